@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints these as one paragraph, without a traceback."""
+
+from __future__ import annotations
+
+
+class InterDynError(Exception):
+    """Base class of errors caused by the user's inputs (paths, weights, configs, data)."""
+
+
+class WeightsNotFoundError(InterDynError, FileNotFoundError):
+    """Model weights are missing at the given path or cannot be fetched from the hub."""
+
+
+class WeightsMismatchError(InterDynError, ValueError):
+    """A checkpoint's tensors do not match the model they are loaded into."""
+
+
+class BatchContractError(InterDynError, ValueError):
+    """A batch violates the data/module contract (keys, shapes, dtypes or value ranges)."""
+
+
+class ConfigError(InterDynError, ValueError):
+    """Inconsistent or invalid configuration values."""

@@ -1,0 +1,60 @@
+"""EDM training objective as used for SVD (spec.md section 3; sigma_data = 1, v-style preconditioning).
+
+- ``log sigma ~ N(p_mean, p_std^2)``
+- ``c_in = 1/sqrt(sigma^2+1)``, ``c_noise = 0.25 ln sigma``, ``c_skip = 1/(sigma^2+1)``,
+  ``c_out = -sigma/sqrt(sigma^2+1)``
+- ``D = c_skip * x_noisy + c_out * F(c_in * x_noisy, c_noise)``
+- ``loss = mean(w(sigma) * (D - x0)^2)`` with ``w = (sigma^2+1)/sigma^2``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Preconditioning:
+    """EDM preconditioning coefficients, each broadcastable against the latents."""
+
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    c_noise: torch.Tensor
+
+
+def sample_sigmas(
+    batch_size: int,
+    p_mean: float = 0.7,
+    p_std: float = 1.6,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Draw ``(batch_size,)`` training noise levels with ``log sigma ~ N(p_mean, p_std^2)``."""
+    gen_device = generator.device if generator is not None else device
+    normal = torch.randn(batch_size, generator=generator, device=gen_device, dtype=torch.float32)
+    return torch.exp(p_mean + p_std * normal).to(device)
+
+
+def precondition(sigma: torch.Tensor) -> Preconditioning:
+    """Coefficients for noise levels ``sigma`` (any shape); ``c_noise`` keeps ``sigma``'s shape, the
+    others too, so reshape sigma to broadcast before calling (e.g. ``(B, 1, 1, 1, 1)``)."""
+    var = sigma**2 + 1.0
+    return Preconditioning(
+        c_skip=1.0 / var,
+        c_out=-sigma / var.sqrt(),
+        c_in=1.0 / var.sqrt(),
+        c_noise=0.25 * sigma.log(),
+    )
+
+
+def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
+    """EDM weight ``(sigma^2 + 1) / sigma^2`` (sigma_data = 1)."""
+    return (sigma**2 + 1.0) / sigma**2
+
+
+def edm_loss(denoised: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``mean(w(sigma) * (denoised - target)^2)``; ``sigma`` is ``(B,)`` and broadcast per sample."""
+    w = loss_weight(sigma.float()).view(-1, *([1] * (target.ndim - 1)))
+    return (w * (denoised.float() - target.float()) ** 2).mean()

@@ -1,0 +1,124 @@
+"""Loading pretrained components from a local folder or a hub id, with one-paragraph errors.
+
+Every ``from_pretrained`` call of the project goes through :func:`load_component`, which turns the hub
+client's and diffusers' errors (missing folders, offline mode, unknown repositories) into a
+:class:`~interdyn.errors.WeightsNotFoundError` that names what is missing and how to get it, and which
+refuses checkpoints whose tensors do not match the model exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from huggingface_hub.errors import HFValidationError
+
+from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
+
+T = TypeVar("T")
+
+SVD_REPO = "stabilityai/stable-video-diffusion-img2vid"
+
+_HOW_TO_GET = {
+    "svd": (
+        "Stable Video Diffusion is gated: accept its licence on the Hugging Face hub, then on a machine "
+        f"with internet access run `hf download {SVD_REPO} --local-dir checkpoints/svd` and pass that "
+        "folder (`--model.svd checkpoints/svd`)."
+    ),
+    "controlnet": (
+        "The released InterDyn branch is the `controlnet/` folder of the hub repository rickakkerman/InterDyn "
+        "(`hf download rickakkerman/InterDyn --local-dir checkpoints/interdyn`); a branch you trained "
+        "is written by `save_pretrained`."
+    ),
+}
+
+
+def looks_like_local_path(path: str) -> bool:
+    """True for strings that can only be filesystem paths (not ``org/name`` hub ids)."""
+    p = str(path)
+    return (
+        os.path.isabs(p)
+        or p.startswith((".", "~"))
+        or p.count("/") > 1
+        or os.sep != "/" and os.sep in p
+        or Path(p).expanduser().exists()
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def describe_missing(path: str, subfolder: str | None, what: str, kind: str, reason: str) -> WeightsNotFoundError:
+    """Build the one-paragraph error for weights that cannot be loaded."""
+    where = f"'{path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
+    hint = _HOW_TO_GET.get(kind, "")
+    return WeightsNotFoundError(f"Could not load the {what} from {where}: {reason} {hint}".strip())
+
+
+def check_local_folder(path: str, subfolder: str | None, what: str, kind: str, marker: str = "config.json") -> Path:
+    """Return the folder holding ``marker``, or raise a WeightsNotFoundError saying what is missing."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise describe_missing(path, subfolder, what, kind, "that path does not exist.")
+    folder = root / subfolder if subfolder else root
+    if not (folder / marker).is_file():
+        present = sorted(p.name for p in root.iterdir())[:12] if root.is_dir() else []
+        raise describe_missing(
+            path, subfolder, what, kind,
+            f"'{folder / marker}' is missing (the folder holds: {', '.join(present) or 'nothing'}).",
+        )
+    return folder
+
+
+def load_component(
+    cls: type[T],
+    path: str,
+    subfolder: str | None = None,
+    what: str = "weights",
+    kind: str = "svd",
+    strict: bool = True,
+    **kwargs: Any,
+) -> T:
+    """``cls.from_pretrained(path, subfolder=...)`` with clear errors.
+
+    Args:
+        cls: a diffusers/transformers class with ``from_pretrained``.
+        path: a local folder or a hub id.
+        subfolder: component subfolder (``"unet"``, ``"vae"``, ...).
+        what: human name used in error messages.
+        kind: which download hint to give (``"svd"`` or ``"controlnet"``).
+        strict: also fail when the checkpoint has missing, unexpected or mis-shaped tensors.
+        kwargs: passed to ``from_pretrained`` (``torch_dtype``, ``variant``, ...).
+    """
+    local = looks_like_local_path(path)
+    if local:
+        check_local_folder(path, subfolder, what, kind)
+        path = str(Path(path).expanduser())
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
+    if strict:
+        kwargs["output_loading_info"] = True
+    try:
+        result = cls.from_pretrained(path, **kwargs)  # type: ignore[attr-defined]
+    except (OSError, HFValidationError) as err:
+        if local:
+            reason = f"the files are unreadable or incomplete ({str(err).splitlines()[0]})."
+        elif _offline():
+            reason = "it is not a local folder and HF_HUB_OFFLINE=1 forbids downloads (nor is it in the local hub cache)."
+        else:
+            reason = f"it is not a local folder and the hub could not provide it ({str(err).splitlines()[0]})."
+        raise describe_missing(path, subfolder, what, kind, reason) from None
+    if not strict:
+        return result
+    model, info = result
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        detail = "; ".join(f"{k}: {list(v)[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
+        raise WeightsMismatchError(
+            f"The {what} at '{path}'{f' (subfolder {subfolder!r})' if subfolder else ''} does not match "
+            f"{cls.__name__}'s architecture ({detail}). Check that the folder belongs to this model and "
+            "that its config.json was not edited."
+        )
+    return model

@@ -1,0 +1,231 @@
+"""Sampling: image + driver masks -> video (spec.md section 4), as a diffusers pipeline.
+
+Euler sampling with SVD's scheduler (v-prediction, Karras sigmas), classifier-free guidance with a
+per-frame scale rising linearly from ``min_guidance_scale`` (first frame) to ``max_guidance_scale``
+(last frame). The unconditional branch zeroes the image conditioning (CLIP embedding and image
+latent) and keeps the control masks. Both branches run in one batched forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPVisionModelWithProjection
+
+from interdyn.models.conditioning import (
+    clip_image_embeds,
+    decode_latents,
+    encode_image_latents,
+    make_added_time_ids,
+    masks_to_control,
+)
+from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.svd import SVDComponents
+from interdyn.models.unet import UNetSpatioTemporalControlModel
+
+ImageInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | np.ndarray
+
+
+@dataclass
+class InterDynPipelineOutput(BaseOutput):
+    """``frames``: list (one per video) of lists of PIL images; or an array / tensor shaped
+    ``(B, T, H, W, 3)`` (np) / ``(B, T, 3, H, W)`` (pt) in ``[0, 1]``; or latents for ``"latent"``."""
+
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
+
+
+def image_to_tensor(image: ImageInput) -> torch.Tensor:
+    """PIL image(s), a ``(B, 3, H, W)`` / ``(3, H, W)`` tensor in ``[-1, 1]``, or an ``(H, W, 3)`` /
+    ``(B, H, W, 3)`` uint8 array -> ``(B, 3, H, W)`` float tensor in ``[-1, 1]``."""
+    if isinstance(image, PIL.Image.Image):
+        image = [image]
+    if isinstance(image, list):
+        image = np.stack([np.asarray(im.convert("RGB")) for im in image])
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError("numpy images must be uint8 (H, W, 3) or (B, H, W, 3)")
+        arr = image[None] if image.ndim == 3 else image
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    tensor = image[None] if image.ndim == 3 else image
+    if tensor.ndim != 4 or tensor.shape[1] != 3:
+        raise ValueError(f"image tensor must be (B, 3, H, W) or (3, H, W), got {tuple(image.shape)}")
+    if tensor.min() < -1.0 - 1e-3 or tensor.max() > 1.0 + 1e-3:
+        raise ValueError("image tensors must hold values in [-1, 1]")
+    return tensor.float()
+
+
+def frames_to_output(frames: torch.Tensor, output_type: str) -> Any:
+    """``(B, T, 3, H, W)`` in ``[-1, 1]`` -> the requested output type, values in ``[0, 1]``."""
+    video = ((frames + 1.0) / 2.0).clamp(0.0, 1.0)
+    if output_type == "pt":
+        return video
+    array = video.permute(0, 1, 3, 4, 2).cpu().numpy()
+    if output_type == "np":
+        return array
+    return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+
+
+class InterDynPipeline(DiffusionPipeline):
+    """Image-to-video with InterDyn's control branch.
+
+    Build from a folder saved by :meth:`save_pretrained` (``from_pretrained`` works offline on a
+    local folder), or from separately loaded parts with :meth:`from_components`.
+    """
+
+    model_cpu_offload_seq = "image_encoder->controlnet->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder: CLIPVisionModelWithProjection,
+        unet: UNetSpatioTemporalControlModel,
+        controlnet: ControlNetSDVModel,
+        scheduler: EulerDiscreteScheduler,
+    ) -> None:
+        super().__init__()
+        if not isinstance(unet, UNetSpatioTemporalControlModel):
+            raise TypeError(
+                "InterDynPipeline needs the UNet as UNetSpatioTemporalControlModel (it adds the branch "
+                "residuals); load it with interdyn.models.load_svd or UNetSpatioTemporalControlModel.from_pretrained"
+            )
+        self.register_modules(
+            vae=vae, image_encoder=image_encoder, unet=unet, controlnet=controlnet, scheduler=scheduler
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_components(cls, svd: SVDComponents, controlnet: ControlNetSDVModel) -> InterDynPipeline:
+        """Assemble from loaded SVD parts and a branch (no copies are made)."""
+        return cls(svd.vae, svd.image_encoder, svd.unet, controlnet, svd.scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> InterDynPipeline:
+        """Load a saved pipeline; a released-style control branch inside it is converted on load
+        (see :mod:`interdyn.models.released`)."""
+        from interdyn.models.released import CONVENTION_KEY, fold_released_residuals
+
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config_file = Path(pretrained_model_name_or_path) / "controlnet" / "config.json"
+        if config_file.is_file() and f'"{CONVENTION_KEY}"' not in config_file.read_text():
+            fold_released_residuals(pipe.controlnet)
+        return pipe
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        control: torch.Tensor | np.ndarray,
+        num_inference_steps: int = 50,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        fps_id: float = 6,
+        motion_bucket_id: float = 40,
+        noise_aug_strength: float = 0.02,
+        conditioning_scale: float = 1.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        decode_chunk_size: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> InterDynPipelineOutput | tuple:
+        """Generate videos.
+
+        Args:
+            image: the first frame(s): PIL image(s), a tensor in ``[-1, 1]`` or a uint8 array.
+            control: driver masks, ``(T, H, W)`` / ``(B, T, H, W)`` booleans or {0, 1}, or an already
+                encoded ``(B, T, 3, H, W)`` control tensor in ``[-1, 1]``. ``T`` sets the frame count and
+                ``H, W`` (multiples of 8) the resolution; the image must have the same size.
+            num_inference_steps: Euler steps.
+            min_guidance_scale / max_guidance_scale: per-frame guidance, linear from first to last frame;
+                guidance is skipped when ``max_guidance_scale <= 1``.
+            fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids (InterDyn: 6, 40, 0.02).
+            conditioning_scale: multiplies the branch residuals (0 gives plain SVD).
+            num_videos_per_prompt: samples per input (outputs are grouped by input).
+            generator: seeds the initial noise and the image noise augmentation.
+            latents: optional initial noise ``(B * num_videos_per_prompt, T, 4, H/8, W/8)`` (unit variance).
+            decode_chunk_size: frames decoded at once (default: all frames of a clip).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+        """
+        device = self._execution_device
+        dtype = self.unet.dtype
+        pixels = image_to_tensor(image).to(device)
+        cond = masks_to_control(torch.as_tensor(control)).to(device)
+        if pixels.shape[0] == 1 and cond.shape[0] > 1:
+            pixels = pixels.expand(cond.shape[0], -1, -1, -1)
+        if cond.shape[0] == 1 and pixels.shape[0] > 1:
+            cond = cond.expand(pixels.shape[0], -1, -1, -1, -1)
+        batch, frames, _, height, width = cond.shape
+        if pixels.shape[0] != batch or pixels.shape[-2:] != (height, width):
+            raise ValueError(
+                f"image batch/size {tuple(pixels.shape)} does not match control {tuple(cond.shape)}; "
+                "resize/crop both to the same size first"
+            )
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
+        n = num_videos_per_prompt
+        first_gen = generator[0] if isinstance(generator, list) else generator
+
+        # Conditioning for the B inputs, then repeated for the samples of each.
+        embeds = clip_image_embeds(self.image_encoder, pixels).to(dtype)
+        image_latents = encode_image_latents(self.vae, pixels, noise_aug_strength, first_gen).to(dtype)
+        embeds = embeds.repeat_interleave(n, dim=0)
+        image_latents = image_latents.repeat_interleave(n, dim=0).unsqueeze(1).expand(-1, frames, -1, -1, -1)
+        cond = cond.repeat_interleave(n, dim=0).to(dtype)
+        time_ids = make_added_time_ids(fps_id, motion_bucket_id, noise_aug_strength, batch * n, device, dtype)
+
+        guided = max_guidance_scale > 1.0
+        if guided:  # [unconditional, conditional] in one batch; the masks are kept for both
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
+            image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
+            cond = torch.cat([cond, cond])
+            time_ids = torch.cat([time_ids, time_ids])
+            scale = torch.linspace(min_guidance_scale, max_guidance_scale, frames, device=device)
+            scale = scale.view(1, frames, 1, 1, 1).to(dtype)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (batch * n, frames, self.unet.config.out_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = torch.cat([latents, latents]) if guided else latents
+            model_in = self.scheduler.scale_model_input(model_in, t).to(dtype)
+            model_in = torch.cat([model_in, image_latents], dim=2)
+            residuals = self.controlnet(
+                model_in, t, embeds, time_ids, cond, conditioning_scale=conditioning_scale, return_dict=False
+            )
+            pred = self.unet(
+                model_in,
+                t,
+                embeds,
+                time_ids,
+                down_block_additional_residuals=residuals[0],
+                mid_block_additional_residual=residuals[1],
+                return_dict=False,
+            )[0].float()
+            if guided:
+                uncond, cond_pred = pred.chunk(2)
+                pred = uncond + scale.float() * (cond_pred - uncond)
+            latents = self.scheduler.step(pred, t, latents).prev_sample
+
+        if output_type == "latent":
+            frames_out: Any = latents
+        else:
+            video = decode_latents(self.vae, latents, decode_chunk_size or frames)
+            frames_out = frames_to_output(video, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames_out,)
+        return InterDynPipelineOutput(frames=frames_out)

@@ -85,29 +85,3 @@ def make_added_time_ids(
     ids = torch.tensor([fps_id, motion_bucket_id, noise_aug_strength], device=device, dtype=dtype)
     return ids.expand(batch_size, 3)
 
-
-def masks_to_control(masks: torch.Tensor) -> torch.Tensor:
-    """Driver masks -> the control tensor ``(B, T, 3, H, W)`` in ``{-1, +1}`` (background -1, driver +1).
-
-    Accepts ``(T, H, W)`` or ``(B, T, H, W)`` masks (bool, uint8 0/255 or float 0/1), ``(B, T, 1, H, W)``
-    masks, or an already encoded ``(B, T, 3, H, W)`` float tensor in ``[-1, 1]`` (returned as float).
-    """
-    if masks.ndim == 5 and masks.shape[2] == 3 and masks.is_floating_point():
-        if masks.min() < -1.0 - 1e-3 or masks.max() > 1.0 + 1e-3:
-            raise ValueError("an encoded control tensor (B, T, 3, H, W) must hold values in [-1, 1]")
-        return masks.float()
-    if masks.ndim == 5 and masks.shape[2] == 1:
-        masks = masks[:, :, 0]
-    if masks.ndim == 3:
-        masks = masks[None]
-    if masks.ndim != 4:
-        raise ValueError(
-            f"control masks must be (T, H, W), (B, T, H, W), (B, T, 1, H, W) or (B, T, 3, H, W); got {tuple(masks.shape)}"
-        )
-    if masks.dtype == torch.bool:
-        binary = masks
-    elif masks.dtype == torch.uint8:
-        binary = masks > 127
-    else:
-        binary = masks > 0.5
-    return (binary.float() * 2.0 - 1.0).unsqueeze(2).expand(-1, -1, 3, -1, -1).contiguous()

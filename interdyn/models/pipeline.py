@@ -25,8 +25,8 @@ from interdyn.models.conditioning import (
     decode_latents,
     encode_image_latents,
     make_added_time_ids,
-    masks_to_control,
 )
+from interdyn.contract import masks_to_control
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel

@@ -164,7 +164,7 @@ def get_svd(source: SVDSource, torch_dtype: torch.dtype | None = None) -> SVDCom
         raise ConfigError(f"unknown SVD preset {source!r}; available: {sorted(PRESETS)}")
     else:
         return load_svd(source, torch_dtype=torch_dtype)
-    if torch_dtype is not None:
+    if torch_dtype is not None and torch_dtype != torch.float32:
         for module in (components.unet, components.vae, components.image_encoder):
             module.to(torch_dtype)
     return components

@@ -1,0 +1,109 @@
+"""The batch contract between the data pipeline and the model (design.md, "Batches").
+
+``dict(pixel_values=(B, T, 3, H, W) float in [-1, 1], control=(B, T, C, H, W) float in [-1, 1],
+key=list[str], ...)``. A wrong value range silently ruins a training run, so it is checked here, at
+the boundary, with an error that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from interdyn.errors import BatchContractError
+
+RANGE_TOLERANCE = 1e-3
+_warned_positive = False
+
+
+def _warn_positive(lo: float, hi: float) -> None:
+    global _warned_positive
+    _warned_positive = True
+    warnings.warn(
+        f"batch['pixel_values'] has no negative values (range [{lo:.3g}, {hi:.3g}]); if the frames are in "
+        "[0, 1] they must be mapped with 2 * x - 1. This warning is shown once.",
+        stacklevel=3,
+    )
+
+
+def masks_to_control(masks: torch.Tensor) -> torch.Tensor:
+    """Driver masks -> the control tensor ``(B, T, 3, H, W)`` in ``{-1, +1}`` (background -1, driver +1).
+
+    Accepts ``(T, H, W)`` or ``(B, T, H, W)`` masks (bool, uint8 0/255 or float 0/1), ``(B, T, 1, H, W)``
+    masks, or an already encoded ``(B, T, 3, H, W)`` float tensor in ``[-1, 1]`` (returned as float).
+    """
+    if masks.ndim == 5 and masks.shape[2] == 3 and masks.is_floating_point():
+        if masks.min() < -1.0 - RANGE_TOLERANCE or masks.max() > 1.0 + RANGE_TOLERANCE:
+            raise ValueError("an encoded control tensor (B, T, 3, H, W) must hold values in [-1, 1]")
+        return masks.float()
+    if masks.ndim == 5 and masks.shape[2] == 1:
+        masks = masks[:, :, 0]
+    if masks.ndim == 3:
+        masks = masks[None]
+    if masks.ndim != 4:
+        raise ValueError(
+            "control masks must be (T, H, W), (B, T, H, W), (B, T, 1, H, W) or (B, T, 3, H, W); "
+            f"got {tuple(masks.shape)}"
+        )
+    if masks.dtype == torch.bool:
+        binary = masks
+    elif masks.dtype == torch.uint8:
+        binary = masks > 127
+    else:
+        binary = masks > 0.5
+    return (binary.float() * 2.0 - 1.0).unsqueeze(2).expand(-1, -1, 3, -1, -1).contiguous()
+
+
+def _check_video(name: str, value: Any, channels: int | None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise BatchContractError(f"batch['{name}'] must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != 5:
+        raise BatchContractError(f"batch['{name}'] must be (B, T, C, H, W), got shape {tuple(value.shape)}")
+    if channels is not None and value.shape[2] != channels:
+        raise BatchContractError(
+            f"batch['{name}'] has {value.shape[2]} channels, expected {channels} (shape {tuple(value.shape)})"
+        )
+    if not value.is_floating_point():
+        raise BatchContractError(
+            f"batch['{name}'] has dtype {value.dtype}; expected float values in [-1, 1] "
+            "(uint8 frames must be mapped with x / 127.5 - 1)"
+        )
+    lo, hi = value.min().item(), value.max().item()
+    if not (lo == lo and hi == hi) or lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        hint = " (it looks like [0, 255]: map with x / 127.5 - 1)" if hi > 2.0 else ""
+        raise BatchContractError(f"batch['{name}'] values lie in [{lo:.3g}, {hi:.3g}], outside [-1, 1]{hint}")
+    if name == "pixel_values" and lo >= -RANGE_TOLERANCE and value.numel() > 4096 and not _warned_positive:
+        # All-positive frames are usually [0, 1] data fed by mistake, but bright scenes exist: warn once.
+        _warn_positive(lo, hi)
+    return value
+
+
+def validate_batch(
+    batch: Mapping[str, Any], control_channels: int | None = 3, spatial_multiple: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a batch against the contract and return ``(pixel_values, control)``.
+
+    Raises:
+        BatchContractError: naming the key and the problem (missing key, shape, dtype, range, size).
+    """
+    if not isinstance(batch, Mapping):
+        raise BatchContractError(f"a batch must be a dict with pixel_values and control, got {type(batch).__name__}")
+    missing = [k for k in ("pixel_values", "control") if k not in batch]
+    if missing:
+        raise BatchContractError(f"batch is missing {missing}; it has keys {sorted(batch)}")
+    pixels = _check_video("pixel_values", batch["pixel_values"], 3)
+    control = _check_video("control", batch["control"], control_channels)
+    if pixels.shape[:2] != control.shape[:2] or pixels.shape[-2:] != control.shape[-2:]:
+        raise BatchContractError(
+            f"pixel_values {tuple(pixels.shape)} and control {tuple(control.shape)} differ in batch, frames or size"
+        )
+    h, w = pixels.shape[-2:]
+    if h % spatial_multiple or w % spatial_multiple:
+        raise BatchContractError(f"frames are {h}x{w}; height and width must be multiples of {spatial_multiple}")
+    keys = batch.get("key")
+    if keys is not None and len(keys) != pixels.shape[0]:
+        raise BatchContractError(f"batch['key'] has {len(keys)} entries for a batch of {pixels.shape[0]}")
+    return pixels, control

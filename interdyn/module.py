@@ -1,0 +1,314 @@
+"""The LightningModule: frozen SVD (UNet, VAE, CLIP) plus the trainable InterDyn control branch.
+
+Training follows spec.md sections 2-3 (EDM loss on VAE latents, first-frame conditioning with noise
+augmentation, 5 % image drop for classifier-free guidance); validation computes the same loss with
+fixed noise levels and fixed noise, so its value is comparable across epochs and runs; prediction
+samples videos with :class:`~interdyn.models.pipeline.InterDynPipeline`.
+
+Checkpoints hold only the branch (and the optimizer state): the frozen parts are rebuilt from the
+``svd`` source on load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from interdyn.contract import validate_batch
+from interdyn.errors import ConfigError, WeightsMismatchError
+from interdyn.models.conditioning import (
+    clip_image_embeds,
+    encode_image_latents,
+    encode_video_latents,
+    make_added_time_ids,
+)
+from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.edm import edm_loss, precondition, sample_sigmas
+from interdyn.models.hub import SVD_REPO
+from interdyn.models.pipeline import InterDynPipeline
+from interdyn.models.released import load_controlnet
+from interdyn.models.svd import SVDSource, get_svd
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BRANCH_PREFIX = "controlnet."
+
+
+def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+
+
+class InterDynModule(L.LightningModule):
+    """Trains the InterDyn control branch on a frozen Stable Video Diffusion.
+
+    Args:
+        svd: the frozen SVD: a local folder or hub id with ``unet/ vae/ image_encoder/ scheduler/``, a
+            preset (``"random:tiny"``, ``"random:svd"``) or a dict of architecture configs (random
+            weights; see :mod:`interdyn.models.svd`).
+        controlnet: start the branch from saved weights (a ``save_pretrained`` folder or the released
+            InterDyn checkpoint) instead of copying the UNet encoder.
+        conditioning_channels: channels of the control input (3: the mask repeated).
+        conditioning_embedding_out_channels: widths of the control encoder.
+        frozen_dtype: storage dtype of the frozen UNet, VAE and CLIP (``float32``, ``bfloat16``, ``float16``).
+        learning_rate, adam_betas, weight_decay: Adam on the branch parameters.
+        image_drop_prob: probability of dropping the image conditioning of a sample (CFG training).
+        fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids ([6, 40, 0.02] in the paper).
+        p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)`` during training.
+        conditioning_scale: multiplies the branch residuals.
+        val_sigmas: fixed noise levels of the validation loss, cycled over the samples of each batch.
+        val_seed: seed of the validation noise (the validation loss is deterministic).
+        vae_chunk_size: frames per VAE call when encoding.
+        num_inference_steps, min_guidance_scale, max_guidance_scale, num_samples, sample_seed: sampling in
+            ``predict_step``.
+    """
+
+    def __init__(
+        self,
+        svd: SVDSource = SVD_REPO,
+        controlnet: str | None = None,
+        conditioning_channels: int = 3,
+        conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
+        frozen_dtype: str = "float32",
+        learning_rate: float = 1e-5,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        image_drop_prob: float = 0.05,
+        fps_id: float = 6,
+        motion_bucket_id: float = 40,
+        noise_aug_strength: float = 0.02,
+        p_mean: float = 0.7,
+        p_std: float = 1.6,
+        conditioning_scale: float = 1.0,
+        val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
+        val_seed: int = 0,
+        vae_chunk_size: int = 16,
+        num_inference_steps: int = 50,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        num_samples: int = 1,
+        sample_seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if frozen_dtype not in _DTYPES:
+            raise ConfigError(f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}")
+        if not 0.0 <= image_drop_prob <= 1.0:
+            raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
+        if not val_sigmas or min(val_sigmas) <= 0:
+            raise ConfigError(f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}")
+        self.save_hyperparameters()
+
+        parts = get_svd(svd, torch_dtype=_DTYPES[frozen_dtype])
+        self.unet = parts.unet
+        self.vae = parts.vae
+        self.image_encoder = parts.image_encoder
+        self.scheduler = parts.scheduler
+        for frozen in (self.unet, self.vae, self.image_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+
+        if controlnet is None:
+            self.controlnet = ControlNetSDVModel.from_unet(
+                self.unet,
+                conditioning_channels=conditioning_channels,
+                conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
+            )
+        else:
+            self.controlnet = load_controlnet(controlnet, torch_dtype=torch.float32)
+            if self.controlnet.config.conditioning_channels != conditioning_channels:
+                raise ConfigError(
+                    f"the branch at {controlnet!r} takes {self.controlnet.config.conditioning_channels} control "
+                    f"channels, but conditioning_channels={conditioning_channels}"
+                )
+        self.controlnet.train()
+
+    # ------------------------------------------------------------------ state
+    def train(self, mode: bool = True) -> InterDynModule:
+        """Switch the branch's mode; the frozen parts always stay in eval mode."""
+        super().train(mode)
+        for frozen in (self.unet, self.vae, self.image_encoder):
+            frozen.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the branch's weights: the frozen SVD is reloaded from ``svd`` on resume."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if not k.startswith(BRANCH_PREFIX)]:
+            del state[key]
+        checkpoint["interdyn_controlnet_config"] = {k: v for k, v in self.controlnet.config.items() if not k.startswith("_")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD."""
+        state = checkpoint["state_dict"]
+        expected = {BRANCH_PREFIX + k for k in self.controlnet.state_dict()}
+        missing = sorted(expected - set(state))
+        unexpected = sorted(k for k in state if k.startswith(BRANCH_PREFIX) and k not in expected)
+        if missing or unexpected:
+            raise WeightsMismatchError(
+                f"the checkpoint's control branch does not match this model (missing {missing[:4]}, unexpected "
+                f"{unexpected[:4]}); was it trained with another architecture or conditioning_channels?"
+            )
+        for key, value in self.state_dict().items():
+            if not key.startswith(BRANCH_PREFIX):
+                state.setdefault(key, value)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the branch parameters only (lr 1e-5 in the paper)."""
+        return torch.optim.Adam(
+            self.controlnet.parameters(),
+            lr=self.hparams.learning_rate,
+            betas=tuple(self.hparams.adam_betas),
+            weight_decay=self.hparams.weight_decay,
+        )
+
+    # ------------------------------------------------------------------ training objective
+    def added_time_ids(self, batch_size: int) -> torch.Tensor:
+        """``(batch_size, 3)`` added time ids from the configured values."""
+        hp = self.hparams
+        return make_added_time_ids(hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, batch_size, self.device, torch.float32)
+
+    def image_keep_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch_size,)`` float mask: 0 where the image conditioning is dropped (prob ``image_drop_prob``)."""
+        device = generator.device if generator is not None else self.device
+        draws = torch.rand(batch_size, generator=generator, device=device)
+        return (draws >= self.hparams.image_drop_prob).float().to(self.device)
+
+    @torch.no_grad()
+    def encode_conditions(
+        self, pixel_values: torch.Tensor, generator: torch.Generator | None = None, drop_image: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frozen encoders: ``(video latents (B,T,4,h,w), CLIP embeds (B,1,D), image latents (B,4,h,w))``.
+
+        With ``drop_image`` the CLIP embedding and image latent of each sample are zeroed with
+        probability ``image_drop_prob``.
+        """
+        first = pixel_values[:, 0]
+        latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size).float()
+        embeds = clip_image_embeds(self.image_encoder, first).float()
+        image_latents = encode_image_latents(self.vae, first, self.hparams.noise_aug_strength, generator).float()
+        if drop_image and self.hparams.image_drop_prob > 0:
+            keep = self.image_keep_mask(pixel_values.shape[0], generator)
+            embeds = embeds * keep.view(-1, 1, 1)
+            image_latents = image_latents * keep.view(-1, 1, 1, 1)
+        return latents, embeds, image_latents
+
+    def compute_loss(
+        self,
+        pixel_values: torch.Tensor,
+        control: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        drop_image: bool = False,
+    ) -> torch.Tensor:
+        """EDM loss of the branch + frozen UNet on one batch (spec.md section 3)."""
+        b, t = pixel_values.shape[:2]
+        latents, embeds, image_latents = self.encode_conditions(pixel_values, generator, drop_image)
+        if sigma is None:
+            sigma = sample_sigmas(b, self.hparams.p_mean, self.hparams.p_std, generator, self.device)
+        sigma = sigma.to(self.device, torch.float32)
+        noisy = latents + sigma.view(b, 1, 1, 1, 1) * _randn(latents.shape, generator, latents)
+        pc = precondition(sigma.view(b, 1, 1, 1, 1))
+        model_in = torch.cat([pc.c_in * noisy, image_latents.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=2)
+        c_noise = pc.c_noise.flatten()
+        time_ids = self.added_time_ids(b)
+
+        residuals = self.controlnet(
+            model_in.to(self.controlnet.dtype),
+            c_noise,
+            embeds.to(self.controlnet.dtype),
+            time_ids,
+            control.to(self.controlnet.dtype),
+            conditioning_scale=self.hparams.conditioning_scale,
+            return_dict=False,
+        )
+        unet_dtype = self.unet.dtype
+        model_out = self.unet(
+            model_in.to(unet_dtype),
+            c_noise,
+            embeds.to(unet_dtype),
+            time_ids,
+            down_block_additional_residuals=residuals[0],
+            mid_block_additional_residual=residuals[1],
+            return_dict=False,
+        )[0].float()
+        denoised = pc.c_skip * noisy + pc.c_out * model_out
+        return edm_loss(denoised, latents, sigma)
+
+    def _checked(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return validate_batch(batch, control_channels=self.controlnet.config.conditioning_channels, spatial_multiple=factor)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        pixel_values, control = self._checked(batch)
+        loss = self.compute_loss(pixel_values, control, drop_image=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=pixel_values.shape[0])
+        return loss
+
+    def validation_sigmas(self, batch_size: int, batch_idx: int) -> torch.Tensor:
+        """The fixed noise levels of a validation batch (``val_sigmas`` cycled over samples)."""
+        levels = self.hparams.val_sigmas
+        return torch.tensor([levels[(batch_idx * batch_size + i) % len(levels)] for i in range(batch_size)])
+
+    def _fixed_loss(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> tuple[torch.Tensor, int]:
+        pixel_values, control = self._checked(batch)
+        b = pixel_values.shape[0]
+        generator = torch.Generator().manual_seed(self.hparams.val_seed + 1_000_003 * dataloader_idx + batch_idx)
+        sigma = self.validation_sigmas(b, batch_idx)
+        return self.compute_loss(pixel_values, control, sigma=sigma, generator=generator), b
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)
+        self.log("test/loss", loss, sync_dist=True, batch_size=b)
+        return loss
+
+    # ------------------------------------------------------------------ sampling
+    def pipeline(self) -> InterDynPipeline:
+        """A sampling pipeline sharing this module's weights (no copies)."""
+        pipe = InterDynPipeline(self.vae, self.image_encoder, self.unet, self.controlnet, self.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def sample(
+        self, pixel_values: torch.Tensor, control: torch.Tensor, seed: int | None = None, **overrides: Any
+    ) -> torch.Tensor:
+        """Generate ``num_samples`` videos per input: ``(B, N, T, 3, H, W)`` in ``[0, 1]``.
+
+        ``pixel_values`` supplies the first frame (``(B, T, 3, H, W)`` or ``(B, 3, H, W)``); keyword
+        overrides go to the pipeline (``num_inference_steps``, guidance scales, ...).
+        """
+        hp = self.hparams
+        image = pixel_values[:, 0] if pixel_values.ndim == 5 else pixel_values
+        n = overrides.pop("num_videos_per_prompt", hp.num_samples)
+        kwargs = {
+            "num_inference_steps": hp.num_inference_steps,
+            "min_guidance_scale": hp.min_guidance_scale,
+            "max_guidance_scale": hp.max_guidance_scale,
+            "fps_id": hp.fps_id,
+            "motion_bucket_id": hp.motion_bucket_id,
+            "noise_aug_strength": hp.noise_aug_strength,
+            "conditioning_scale": hp.conditioning_scale,
+            **overrides,
+        }
+        generator = torch.Generator().manual_seed(hp.sample_seed if seed is None else seed)
+        was_training = self.controlnet.training
+        self.controlnet.eval()
+        try:
+            frames = self.pipeline()(
+                image, control, num_videos_per_prompt=n, generator=generator, output_type="pt", **kwargs
+            ).frames
+        finally:
+            self.controlnet.train(was_training)
+        return frames.unflatten(0, (image.shape[0], n))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Sample videos for a batch; returns ``{"key", "videos": (B, N, T, 3, H, W) in [0, 1]}``."""
+        pixel_values, control = self._checked(batch)
+        videos = self.sample(pixel_values, control, seed=self.hparams.sample_seed + batch_idx)
+        return {"key": batch.get("key"), "videos": videos.cpu()}

@@ -50,6 +50,16 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
+def failure_reason(err: Exception, local: bool) -> str:
+    """Why a from_pretrained call failed, in one sentence."""
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if local:
+        return f"the files are unreadable or incomplete ({first_line})."
+    if _offline():
+        return "it is not a local folder and HF_HUB_OFFLINE=1 forbids downloads (nor is it in the local hub cache)."
+    return f"it is not a local folder and the hub could not provide it ({first_line})."
+
+
 def describe_missing(path: str, subfolder: str | None, what: str, kind: str, reason: str) -> WeightsNotFoundError:
     """Build the one-paragraph error for weights that cannot be loaded."""
     where = f"'{path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
@@ -79,6 +89,7 @@ def load_component(
     what: str = "weights",
     kind: str = "svd",
     strict: bool = True,
+    marker: str = "config.json",
     **kwargs: Any,
 ) -> T:
     """``cls.from_pretrained(path, subfolder=...)`` with clear errors.
@@ -90,11 +101,12 @@ def load_component(
         what: human name used in error messages.
         kind: which download hint to give (``"svd"`` or ``"controlnet"``).
         strict: also fail when the checkpoint has missing, unexpected or mis-shaped tensors.
+        marker: the file a local component folder must hold (``scheduler_config.json`` for schedulers).
         kwargs: passed to ``from_pretrained`` (``torch_dtype``, ``variant``, ...).
     """
     local = looks_like_local_path(path)
     if local:
-        check_local_folder(path, subfolder, what, kind)
+        check_local_folder(path, subfolder, what, kind, marker)
         path = str(Path(path).expanduser())
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
@@ -103,13 +115,7 @@ def load_component(
     try:
         result = cls.from_pretrained(path, **kwargs)  # type: ignore[attr-defined]
     except (OSError, HFValidationError) as err:
-        if local:
-            reason = f"the files are unreadable or incomplete ({str(err).splitlines()[0]})."
-        elif _offline():
-            reason = "it is not a local folder and HF_HUB_OFFLINE=1 forbids downloads (nor is it in the local hub cache)."
-        else:
-            reason = f"it is not a local folder and the hub could not provide it ({str(err).splitlines()[0]})."
-        raise describe_missing(path, subfolder, what, kind, reason) from None
+        raise describe_missing(path, subfolder, what, kind, failure_reason(err, local)) from None
     if not strict:
         return result
     model, info = result

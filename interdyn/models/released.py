@@ -20,7 +20,13 @@ import torch
 from huggingface_hub.errors import HFValidationError
 
 from interdyn.models.controlnet import ControlNetSDVModel
-from interdyn.models.hub import check_local_folder, describe_missing, load_component, looks_like_local_path
+from interdyn.models.hub import (
+    check_local_folder,
+    describe_missing,
+    failure_reason,
+    load_component,
+    looks_like_local_path,
+)
 
 RELEASED_REPO = "rickakkerman/InterDyn"
 RELEASED_SUBFOLDER = "controlnet"
@@ -56,7 +62,7 @@ def _read_raw_config(path: str, subfolder: str | None) -> dict:
     try:
         return dict(ControlNetSDVModel.load_config(path, subfolder=subfolder))
     except (OSError, HFValidationError) as err:
-        raise describe_missing(path, subfolder, _WHAT, "controlnet", str(err).splitlines()[0]) from None
+        raise describe_missing(path, subfolder, _WHAT, "controlnet", failure_reason(err, local=False)) from None
 
 
 def load_controlnet(

@@ -150,7 +150,7 @@ def load_svd(path: str = SVD_REPO, torch_dtype: torch.dtype | None = None, varia
     unet = part(UNetSpatioTemporalControlModel, "unet", **kw)
     vae = part(AutoencoderKLTemporalDecoder, "vae", **kw)
     image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **kw)
-    scheduler = part(EulerDiscreteScheduler, "scheduler", strict=False)
+    scheduler = part(EulerDiscreteScheduler, "scheduler", strict=False, marker="scheduler_config.json")
     return SVDComponents(unet, vae, image_encoder, scheduler)
 
 

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random SVD parts (real diffusers/transformers classes) and helpers."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from interdyn.models import ControlNetSDVModel, SVDComponents, build_svd, save_svd  # noqa: E402
+from interdyn.models.svd import TINY_ARCHITECTURE  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONTROL_CHANNELS = (8, 16, 16, 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_svd_session() -> SVDComponents:
+    return build_svd({**TINY_ARCHITECTURE, "seed": 0})
+
+
+@pytest.fixture
+def tiny_svd(tiny_svd_session: SVDComponents) -> SVDComponents:
+    """A private deep copy per test, so that no test can leak weight changes into another."""
+    return copy.deepcopy(tiny_svd_session)
+
+
+@pytest.fixture(scope="session")
+def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: SVDComponents) -> Path:
+    """The tiny SVD saved in the hub layout (unet/ vae/ image_encoder/ scheduler/)."""
+    folder = tmp_path_factory.mktemp("tiny_svd")
+    save_svd(tiny_svd_session, str(folder))
+    return folder
+
+
+def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Overwrite every parameter with N(0, scale^2) noise (non-zero residual convs, etc.)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return module
+
+
+@pytest.fixture
+def trained_like_branch(tiny_svd: SVDComponents) -> ControlNetSDVModel:
+    """A branch with random non-zero weights everywhere (as if trained)."""
+    branch = ControlNetSDVModel.from_unet(tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
+    return randomize_(branch, seed=1).eval()
+
+
+def unet_inputs(batch: int = 2, frames: int = 3, size: int = 64, seed: int = 0, control_channels: int = 3) -> dict:
+    """Random inputs for the tiny UNet / branch (latents at size/8)."""
+    gen = torch.Generator().manual_seed(seed)
+    h = size // 8
+    return {
+        "sample": torch.randn(batch, frames, 8, h, h, generator=gen),
+        "timestep": torch.rand(batch, generator=gen),
+        "encoder_hidden_states": torch.randn(batch, 1, 32, generator=gen),
+        "added_time_ids": torch.tensor([[6.0, 40.0, 0.02]]).expand(batch, 3),
+        "controlnet_cond": torch.rand(batch, frames, control_channels, size, size, generator=gen) * 2 - 1,
+    }
+
+
+def unet_args(inputs: dict) -> dict:
+    return {k: v for k, v in inputs.items() if k != "controlnet_cond"}

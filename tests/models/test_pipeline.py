@@ -1,0 +1,111 @@
+"""The sampling pipeline with tiny random SVD parts and a tiny branch."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from interdyn.models import ControlNetSDVModel, InterDynPipeline, load_controlnet, load_svd
+from tests.conftest import TINY_CONTROL_CHANNELS
+
+FRAMES, SIZE = 4, 64
+
+
+def make_inputs(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, SIZE, SIZE, generator=gen) * 2 - 1
+    masks = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.bool)
+    for t in range(FRAMES):
+        masks[t, 20:40, 8 + 8 * t : 24 + 8 * t] = True
+    return image, masks
+
+
+@pytest.fixture
+def pipe(tiny_svd, trained_like_branch):
+    pipeline = InterDynPipeline.from_components(tiny_svd, trained_like_branch)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def run(pipe, seed=0, **kw):
+    image, masks = make_inputs()
+    kw.setdefault("num_inference_steps", 3)
+    kw.setdefault("output_type", "pt")
+    return pipe(image, masks, generator=torch.Generator().manual_seed(seed), **kw).frames
+
+
+def test_shapes_ranges_and_output_types(pipe):
+    video = run(pipe, num_videos_per_prompt=2)
+    assert video.shape == (2, FRAMES, 3, SIZE, SIZE)
+    assert video.min() >= 0 and video.max() <= 1 and torch.isfinite(video).all()
+    array = run(pipe, output_type="np")
+    assert array.shape == (1, FRAMES, SIZE, SIZE, 3) and array.dtype == np.float32
+    pil = run(pipe, output_type="pil")
+    assert len(pil) == 1 and len(pil[0]) == FRAMES and isinstance(pil[0][0], PIL.Image.Image)
+    assert pil[0][0].size == (SIZE, SIZE)
+    latents = run(pipe, output_type="latent")
+    assert latents.shape == (1, FRAMES, 4, SIZE // 8, SIZE // 8)
+
+
+def test_fixed_seed_is_deterministic_and_seeds_differ(pipe):
+    a, b, c = run(pipe, seed=42), run(pipe, seed=42), run(pipe, seed=43)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_samples_of_one_input_differ(pipe):
+    video = run(pipe, num_videos_per_prompt=2)
+    assert not torch.allclose(video[0], video[1])
+
+
+def test_unconditional_branch_keeps_the_masks(pipe):
+    seen = []
+    handle = pipe.controlnet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(args[4].clone()), with_kwargs=True
+    )
+    try:
+        run(pipe, num_inference_steps=1)
+    finally:
+        handle.remove()
+    cond = seen[0]
+    uncond_half, cond_half = cond.chunk(2)
+    assert torch.equal(uncond_half, cond_half)
+    assert cond_half.max() == 1 and cond_half.min() == -1  # the masks, not zeros
+
+
+def test_per_frame_guidance_rises_from_min_to_max(pipe):
+    """With min = max = 1 guidance changes nothing; with max > 1 only later frames move much."""
+    base = run(pipe, max_guidance_scale=1.0, min_guidance_scale=1.0)
+    guided = run(pipe, max_guidance_scale=3.0, min_guidance_scale=1.0)
+    diff = (guided - base).abs().flatten(2).mean(-1)[0]
+    assert diff[-1] > diff[0]
+
+
+def test_conditioning_scale_zero_equals_fresh_branch(tiny_svd, pipe):
+    fresh = ControlNetSDVModel.from_unet(tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
+    plain = InterDynPipeline.from_components(tiny_svd, fresh.eval())
+    plain.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(run(pipe, conditioning_scale=0.0), run(plain), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(run(pipe), run(plain), atol=1e-3)
+
+
+def test_mismatched_image_and_masks_are_refused(pipe):
+    image, masks = make_inputs()
+    with pytest.raises(ValueError, match="does not match"):
+        pipe(image[..., :32], masks, num_inference_steps=1)
+
+
+def test_pipeline_save_and_load_offline(tmp_path, pipe):
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = InterDynPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(run(loaded), run(pipe))
+
+
+def test_pipeline_from_svd_folder_and_branch_folder(tmp_path, tiny_svd_folder, pipe):
+    pipe.controlnet.save_pretrained(tmp_path / "branch")
+    assembled = InterDynPipeline.from_components(load_svd(str(tiny_svd_folder)), load_controlnet(str(tmp_path / "branch")))
+    assembled.set_progress_bar_config(disable=True)
+    assert torch.equal(run(assembled), run(pipe))

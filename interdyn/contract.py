@@ -90,7 +90,9 @@ def validate_batch(
         BatchContractError: naming the key and the problem (missing key, shape, dtype, range, size).
     """
     if not isinstance(batch, Mapping):
-        raise BatchContractError(f"a batch must be a dict with pixel_values and control, got {type(batch).__name__}")
+        raise BatchContractError(
+            f"a batch must be a dict with pixel_values and control, got {type(batch).__name__}"
+        )
     missing = [k for k in ("pixel_values", "control") if k not in batch]
     if missing:
         raise BatchContractError(f"batch is missing {missing}; it has keys {sorted(batch)}")
@@ -102,7 +104,9 @@ def validate_batch(
         )
     h, w = pixels.shape[-2:]
     if h % spatial_multiple or w % spatial_multiple:
-        raise BatchContractError(f"frames are {h}x{w}; height and width must be multiples of {spatial_multiple}")
+        raise BatchContractError(
+            f"frames are {h}x{w}; height and width must be multiples of {spatial_multiple}"
+        )
     keys = batch.get("key")
     if keys is not None and len(keys) != pixels.shape[0]:
         raise BatchContractError(f"batch['key'] has {len(keys)} entries for a batch of {pixels.shape[0]}")

@@ -96,7 +96,9 @@ class InterDynModule(L.LightningModule):
         if not 0.0 <= image_drop_prob <= 1.0:
             raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
         if not val_sigmas or min(val_sigmas) <= 0:
-            raise ConfigError(f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}")
+            raise ConfigError(
+                f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}"
+            )
         self.save_hyperparameters()
 
         parts = get_svd(svd, torch_dtype=_DTYPES[frozen_dtype])
@@ -136,7 +138,9 @@ class InterDynModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if not k.startswith(BRANCH_PREFIX)]:
             del state[key]
-        checkpoint["interdyn_controlnet_config"] = {k: v for k, v in self.controlnet.config.items() if not k.startswith("_")}
+        checkpoint["interdyn_controlnet_config"] = {
+            k: v for k, v in self.controlnet.config.items() if not k.startswith("_")
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD."""
@@ -166,7 +170,9 @@ class InterDynModule(L.LightningModule):
     def added_time_ids(self, batch_size: int) -> torch.Tensor:
         """``(batch_size, 3)`` added time ids from the configured values."""
         hp = self.hparams
-        return make_added_time_ids(hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, batch_size, self.device, torch.float32)
+        return make_added_time_ids(
+            hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, batch_size, self.device, torch.float32
+        )
 
     def image_keep_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(batch_size,)`` float mask: 0 where the image conditioning is dropped (prob ``image_drop_prob``)."""
@@ -186,7 +192,9 @@ class InterDynModule(L.LightningModule):
         first = pixel_values[:, 0]
         latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size).float()
         embeds = clip_image_embeds(self.image_encoder, first).float()
-        image_latents = encode_image_latents(self.vae, first, self.hparams.noise_aug_strength, generator).float()
+        image_latents = encode_image_latents(
+            self.vae, first, self.hparams.noise_aug_strength, generator
+        ).float()
         if drop_image and self.hparams.image_drop_prob > 0:
             keep = self.image_keep_mask(pixel_values.shape[0], generator)
             embeds = embeds * keep.view(-1, 1, 1)
@@ -237,7 +245,9 @@ class InterDynModule(L.LightningModule):
 
     def _checked(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return validate_batch(batch, control_channels=self.controlnet.config.conditioning_channels, spatial_multiple=factor)
+        return validate_batch(
+            batch, control_channels=self.controlnet.config.conditioning_channels, spatial_multiple=factor
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         pixel_values, control = self._checked(batch)
@@ -250,10 +260,14 @@ class InterDynModule(L.LightningModule):
         levels = self.hparams.val_sigmas
         return torch.tensor([levels[(batch_idx * batch_size + i) % len(levels)] for i in range(batch_size)])
 
-    def _fixed_loss(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> tuple[torch.Tensor, int]:
+    def _fixed_loss(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int
+    ) -> tuple[torch.Tensor, int]:
         pixel_values, control = self._checked(batch)
         b = pixel_values.shape[0]
-        generator = torch.Generator().manual_seed(self.hparams.val_seed + 1_000_003 * dataloader_idx + batch_idx)
+        generator = torch.Generator().manual_seed(
+            self.hparams.val_seed + 1_000_003 * dataloader_idx + batch_idx
+        )
         sigma = self.validation_sigmas(b, batch_idx)
         return self.compute_loss(pixel_values, control, sigma=sigma, generator=generator), b
 

@@ -49,11 +49,15 @@ def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch
 @pytest.fixture
 def trained_like_branch(tiny_svd: SVDComponents) -> ControlNetSDVModel:
     """A branch with random non-zero weights everywhere (as if trained)."""
-    branch = ControlNetSDVModel.from_unet(tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
+    branch = ControlNetSDVModel.from_unet(
+        tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    )
     return randomize_(branch, seed=1).eval()
 
 
-def unet_inputs(batch: int = 2, frames: int = 3, size: int = 64, seed: int = 0, control_channels: int = 3) -> dict:
+def unet_inputs(
+    batch: int = 2, frames: int = 3, size: int = 64, seed: int = 0, control_channels: int = 3
+) -> dict:
     """Random inputs for the tiny UNet / branch (latents at size/8)."""
     gen = torch.Generator().manual_seed(seed)
     h = size // 8

@@ -64,7 +64,9 @@ def encode_video_latents(
     return torch.cat(latents).unflatten(0, (b, t)) * vae.config.scaling_factor
 
 
-def decode_latents(vae: AutoencoderKLTemporalDecoder, latents: torch.Tensor, chunk_size: int = 14) -> torch.Tensor:
+def decode_latents(
+    vae: AutoencoderKLTemporalDecoder, latents: torch.Tensor, chunk_size: int = 14
+) -> torch.Tensor:
     """``(B, T, 4, h, w)`` scaled latents -> ``(B, T, 3, 8h, 8w)`` frames in ``[-1, 1]`` (float32).
 
     The temporal decoder mixes frames within a chunk, so ``chunk_size`` should be the clip length
@@ -73,15 +75,21 @@ def decode_latents(vae: AutoencoderKLTemporalDecoder, latents: torch.Tensor, chu
     z = (latents / vae.config.scaling_factor).to(vae.dtype)
     videos = []
     for clip in z:  # chunks never straddle two videos
-        frames = [vae.decode(chunk, num_frames=chunk.shape[0]).sample.float() for chunk in clip.split(chunk_size)]
+        frames = [
+            vae.decode(chunk, num_frames=chunk.shape[0]).sample.float() for chunk in clip.split(chunk_size)
+        ]
         videos.append(torch.cat(frames))
     return torch.stack(videos).clamp(-1.0, 1.0)
 
 
 def make_added_time_ids(
-    fps_id: float, motion_bucket_id: float, noise_aug_strength: float, batch_size: int, device: torch.device, dtype: torch.dtype
+    fps_id: float,
+    motion_bucket_id: float,
+    noise_aug_strength: float,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """``(batch_size, 3)`` tensor ``[fps_id, motion_bucket_id, noise_aug_strength]``."""
     ids = torch.tensor([fps_id, motion_bucket_id, noise_aug_strength], device=device, dtype=dtype)
     return ids.expand(batch_size, 3)
-

@@ -37,7 +37,15 @@ _SHARED_CONFIG = (
     "num_frames",
 )
 # Submodules whose weights are copied from the UNet (time_proj holds no weights but is listed for clarity).
-_SHARED_MODULES = ("conv_in", "time_proj", "time_embedding", "add_time_proj", "add_embedding", "down_blocks", "mid_block")
+_SHARED_MODULES = (
+    "conv_in",
+    "time_proj",
+    "time_embedding",
+    "add_time_proj",
+    "add_embedding",
+    "down_blocks",
+    "mid_block",
+)
 
 
 @dataclass
@@ -147,7 +155,9 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
             )
         n = len(down_block_types)
         if len(block_out_channels) != n:
-            raise ValueError(f"block_out_channels has {len(block_out_channels)} entries, down_block_types has {n}")
+            raise ValueError(
+                f"block_out_channels has {len(block_out_channels)} entries, down_block_types has {n}"
+            )
 
         def per_block(value: int | tuple | list, name: str) -> list:
             values = [value] * n if isinstance(value, int) else list(value)
@@ -208,7 +218,9 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
     @property
     def skips_per_block(self) -> list[int]:
         """Number of skip connections each down block contributes (conv_in counted with block 0)."""
-        counts = [len(block.resnets) + (1 if block.downsamplers is not None else 0) for block in self.down_blocks]
+        counts = [
+            len(block.resnets) + (1 if block.downsamplers is not None else 0) for block in self.down_blocks
+        ]
         counts[0] += 1
         return counts
 
@@ -280,7 +292,9 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
 
         skips: tuple[torch.Tensor, ...] = (hidden,)
         for block in self.down_blocks:
-            kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            kwargs = (
+                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            )
             hidden, block_skips = block(
                 hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs
             )
@@ -293,7 +307,8 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
         )
 
         down = tuple(
-            conv(skip) * conditioning_scale for conv, skip in zip(self.controlnet_down_blocks, skips, strict=True)
+            conv(skip) * conditioning_scale
+            for conv, skip in zip(self.controlnet_down_blocks, skips, strict=True)
         )
         mid = self.controlnet_mid_block(hidden) * conditioning_scale
         if not return_dict:

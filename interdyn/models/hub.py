@@ -41,7 +41,8 @@ def looks_like_local_path(path: str) -> bool:
         os.path.isabs(p)
         or p.startswith((".", "~"))
         or p.count("/") > 1
-        or os.sep != "/" and os.sep in p
+        or os.sep != "/"
+        and os.sep in p
         or Path(p).expanduser().exists()
     )
 
@@ -60,14 +61,18 @@ def failure_reason(err: Exception, local: bool) -> str:
     return f"it is not a local folder and the hub could not provide it ({first_line})."
 
 
-def describe_missing(path: str, subfolder: str | None, what: str, kind: str, reason: str) -> WeightsNotFoundError:
+def describe_missing(
+    path: str, subfolder: str | None, what: str, kind: str, reason: str
+) -> WeightsNotFoundError:
     """Build the one-paragraph error for weights that cannot be loaded."""
     where = f"'{path}'" + (f" (subfolder '{subfolder}')" if subfolder else "")
     hint = _HOW_TO_GET.get(kind, "")
     return WeightsNotFoundError(f"Could not load the {what} from {where}: {reason} {hint}".strip())
 
 
-def check_local_folder(path: str, subfolder: str | None, what: str, kind: str, marker: str = "config.json") -> Path:
+def check_local_folder(
+    path: str, subfolder: str | None, what: str, kind: str, marker: str = "config.json"
+) -> Path:
     """Return the folder holding ``marker``, or raise a WeightsNotFoundError saying what is missing."""
     root = Path(path).expanduser()
     if not root.exists():
@@ -76,7 +81,10 @@ def check_local_folder(path: str, subfolder: str | None, what: str, kind: str, m
     if not (folder / marker).is_file():
         present = sorted(p.name for p in root.iterdir())[:12] if root.is_dir() else []
         raise describe_missing(
-            path, subfolder, what, kind,
+            path,
+            subfolder,
+            what,
+            kind,
             f"'{folder / marker}' is missing (the folder holds: {', '.join(present) or 'nothing'}).",
         )
     return folder
@@ -119,7 +127,9 @@ def load_component(
     if not strict:
         return result
     model, info = result
-    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    problems = {
+        k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
     if problems:
         detail = "; ".join(f"{k}: {list(v)[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
         raise WeightsMismatchError(

@@ -20,13 +20,13 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection
 
+from interdyn.contract import masks_to_control
 from interdyn.models.conditioning import (
     clip_image_embeds,
     decode_latents,
     encode_image_latents,
     make_added_time_ids,
 )
-from interdyn.contract import masks_to_control
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
@@ -170,7 +170,9 @@ class InterDynPipeline(DiffusionPipeline):
                 "resize/crop both to the same size first"
             )
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}")
+            raise ValueError(
+                f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}"
+            )
         n = num_videos_per_prompt
         first_gen = generator[0] if isinstance(generator, list) else generator
 
@@ -192,7 +194,13 @@ class InterDynPipeline(DiffusionPipeline):
             scale = scale.view(1, frames, 1, 1, 1).to(dtype)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        shape = (batch * n, frames, self.unet.config.out_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            batch * n,
+            frames,
+            self.unet.config.out_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:

@@ -48,7 +48,9 @@ def released_multiplicities(controlnet: ControlNetSDVModel) -> list[int]:
 def fold_released_residuals(controlnet: ControlNetSDVModel) -> ControlNetSDVModel:
     """Scale each skip's zero conv by its released multiplicity, in place, so that a single addition
     reproduces the released cumulative one."""
-    for conv, mult in zip(controlnet.controlnet_down_blocks, released_multiplicities(controlnet), strict=True):
+    for conv, mult in zip(
+        controlnet.controlnet_down_blocks, released_multiplicities(controlnet), strict=True
+    ):
         conv.weight.mul_(mult)
         conv.bias.mul_(mult)
     return controlnet
@@ -62,7 +64,9 @@ def _read_raw_config(path: str, subfolder: str | None) -> dict:
     try:
         return dict(ControlNetSDVModel.load_config(path, subfolder=subfolder))
     except (OSError, HFValidationError) as err:
-        raise describe_missing(path, subfolder, _WHAT, "controlnet", failure_reason(err, local=False)) from None
+        raise describe_missing(
+            path, subfolder, _WHAT, "controlnet", failure_reason(err, local=False)
+        ) from None
 
 
 def load_controlnet(
@@ -86,7 +90,9 @@ def load_controlnet(
         local = looks_like_local_path(path)
         root = Path(path).expanduser()
         if (not local and path == RELEASED_REPO) or (
-            local and not (root / "config.json").is_file() and (root / RELEASED_SUBFOLDER / "config.json").is_file()
+            local
+            and not (root / "config.json").is_file()
+            and (root / RELEASED_SUBFOLDER / "config.json").is_file()
         ):
             subfolder = RELEASED_SUBFOLDER
     raw = _read_raw_config(path, subfolder)

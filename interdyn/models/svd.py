@@ -117,7 +117,9 @@ def build_svd(config: dict[str, Any]) -> SVDComponents:
         raise ConfigError(
             f"unknown SVD config entries {sorted(unknown)}; expected unet, vae, image_encoder, scheduler, seed"
         )
-    cfg = {k: copy.deepcopy(config.get(k, TINY_ARCHITECTURE.get(k))) for k in ("unet", "vae", "image_encoder")}
+    cfg = {
+        k: copy.deepcopy(config.get(k, TINY_ARCHITECTURE.get(k))) for k in ("unet", "vae", "image_encoder")
+    }
     scheduler_cfg = {**SVD_SCHEDULER_CONFIG, **(config.get("scheduler") or {})}
     unet_cfg = cfg["unet"]
     enc_cfg = cfg["image_encoder"]
@@ -137,7 +139,9 @@ def build_svd(config: dict[str, Any]) -> SVDComponents:
     return SVDComponents(unet, vae, image_encoder, EulerDiscreteScheduler(**scheduler_cfg))
 
 
-def load_svd(path: str = SVD_REPO, torch_dtype: torch.dtype | None = None, variant: str | None = None) -> SVDComponents:
+def load_svd(
+    path: str = SVD_REPO, torch_dtype: torch.dtype | None = None, variant: str | None = None
+) -> SVDComponents:
     """Load SVD img2vid from a local folder or hub id; the UNet is loaded as
     :class:`UNetSpatioTemporalControlModel` (same weights as the stock UNet)."""
     kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}

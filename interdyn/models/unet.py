@@ -39,14 +39,18 @@ class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
         each skip plus its residual (added once, after the encoder has run)."""
         skips: tuple[torch.Tensor, ...] = (hidden,)
         for block in self.down_blocks:
-            kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            kwargs = (
+                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            )
             hidden, block_skips = block(
                 hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs
             )
             skips += block_skips
         if residuals is not None:
             if len(residuals) != len(skips):
-                raise ValueError(f"got {len(residuals)} down-block residuals, the UNet has {len(skips)} skips")
+                raise ValueError(
+                    f"got {len(residuals)} down-block residuals, the UNet has {len(skips)} skips"
+                )
             skips = tuple(s + r.to(s.dtype) for s, r in zip(skips, residuals, strict=True))
         return hidden, skips
 
@@ -90,7 +94,10 @@ class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
             hidden, emb, context, image_only_indicator, down_block_additional_residuals
         )
         hidden = self.mid_block(
-            hidden_states=hidden, temb=emb, encoder_hidden_states=context, image_only_indicator=image_only_indicator
+            hidden_states=hidden,
+            temb=emb,
+            encoder_hidden_states=context,
+            image_only_indicator=image_only_indicator,
         )
         if mid_block_additional_residual is not None:
             hidden = hidden + mid_block_additional_residual.to(hidden.dtype)
@@ -98,8 +105,12 @@ class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
-            upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(self.up_blocks) - 1 else None
-            kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            upsample_size = (
+                skips[-1].shape[2:] if forward_upsample_size and i < len(self.up_blocks) - 1 else None
+            )
+            kwargs = (
+                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            )
             hidden = block(
                 hidden_states=hidden,
                 temb=emb,

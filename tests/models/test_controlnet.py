@@ -14,9 +14,20 @@ from tests.conftest import TINY_CONTROL_CHANNELS, randomize_, unet_inputs
 
 # Config fields of the released checkpoint's config.json (spec.md section 1).
 RELEASED_CONFIG_FIELDS = {
-    "sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
-    "addition_time_embed_dim", "projection_class_embeddings_input_dim", "layers_per_block", "cross_attention_dim",
-    "transformer_layers_per_block", "num_attention_heads", "num_frames", "conditioning_channels",
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "down_block_types",
+    "up_block_types",
+    "block_out_channels",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+    "layers_per_block",
+    "cross_attention_dim",
+    "transformer_layers_per_block",
+    "num_attention_heads",
+    "num_frames",
+    "conditioning_channels",
     "conditioning_embedding_out_channels",
 }
 
@@ -24,8 +35,14 @@ RELEASED_CONFIG_FIELDS = {
 def released_top_level_names() -> set[str]:
     """Parameter-holding module names of the released layout (time_proj/add_time_proj have none)."""
     return {
-        "conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block",
-        "controlnet_cond_embedding", "controlnet_down_blocks", "controlnet_mid_block",
+        "conv_in",
+        "time_embedding",
+        "add_embedding",
+        "down_blocks",
+        "mid_block",
+        "controlnet_cond_embedding",
+        "controlnet_down_blocks",
+        "controlnet_mid_block",
     }
 
 
@@ -33,8 +50,11 @@ def test_from_unet_copies_every_shared_encoder_weight(tiny_svd):
     unet = randomize_(tiny_svd.unet, seed=5)
     branch = ControlNetSDVModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
     unet_state = unet.state_dict()
-    shared = [k for k in branch.state_dict() if k.split(".")[0] in
-              ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")]
+    shared = [
+        k
+        for k in branch.state_dict()
+        if k.split(".")[0] in ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
+    ]
     assert any(k.startswith("add_embedding.") for k in shared)
     assert len(shared) > 100
     for key in shared:
@@ -42,15 +62,23 @@ def test_from_unet_copies_every_shared_encoder_weight(tiny_svd):
 
 
 def test_control_convs_start_at_zero(tiny_svd):
-    branch = ControlNetSDVModel.from_unet(tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
-    zero = [branch.controlnet_cond_embedding.conv_out, branch.controlnet_mid_block, *branch.controlnet_down_blocks]
+    branch = ControlNetSDVModel.from_unet(
+        tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    )
+    zero = [
+        branch.controlnet_cond_embedding.conv_out,
+        branch.controlnet_mid_block,
+        *branch.controlnet_down_blocks,
+    ]
     assert all(torch.count_nonzero(p) == 0 for m in zero for p in m.parameters())
     # ...but the control encoder's inner convs are not zero, so gradients reach them.
     assert torch.count_nonzero(branch.controlnet_cond_embedding.conv_in.weight) > 0
 
 
 def test_layout_matches_the_released_checkpoint(tiny_svd):
-    branch = ControlNetSDVModel.from_unet(tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
+    branch = ControlNetSDVModel.from_unet(
+        tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    )
     keys = set(branch.state_dict())
     assert {k.split(".")[0] for k in keys} == released_top_level_names()
     cond_blocks = {k.split(".")[2] for k in keys if k.startswith("controlnet_cond_embedding.blocks.")}
@@ -77,7 +105,10 @@ def released_folder(tmp_path, branch: ControlNetSDVModel):
     config["_class_name"] = "ControlNetSDVModel"
     config["_diffusers_version"] = "0.29.2"
     (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in branch.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in branch.state_dict().items()},
+        folder / "diffusion_pytorch_model.safetensors",
+    )
     return folder.parent
 
 
@@ -102,7 +133,11 @@ def test_released_folder_loads_strictly(tmp_path, trained_like_branch):
 def test_checkpoint_with_a_missing_tensor_is_refused(tmp_path, trained_like_branch):
     root = released_folder(tmp_path, trained_like_branch)
     weights = root / "controlnet" / "diffusion_pytorch_model.safetensors"
-    state = {k: v.contiguous() for k, v in trained_like_branch.state_dict().items() if "controlnet_mid_block" not in k}
+    state = {
+        k: v.contiguous()
+        for k, v in trained_like_branch.state_dict().items()
+        if "controlnet_mid_block" not in k
+    }
     save_file(state, weights)
     with pytest.raises(WeightsMismatchError, match="controlnet_mid_block"):
         load_controlnet(str(root))

@@ -84,7 +84,9 @@ def test_per_frame_guidance_rises_from_min_to_max(pipe):
 
 
 def test_conditioning_scale_zero_equals_fresh_branch(tiny_svd, pipe):
-    fresh = ControlNetSDVModel.from_unet(tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
+    fresh = ControlNetSDVModel.from_unet(
+        tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    )
     plain = InterDynPipeline.from_components(tiny_svd, fresh.eval())
     plain.set_progress_bar_config(disable=True)
     torch.testing.assert_close(run(pipe, conditioning_scale=0.0), run(plain), rtol=1e-5, atol=1e-5)
@@ -106,6 +108,8 @@ def test_pipeline_save_and_load_offline(tmp_path, pipe):
 
 def test_pipeline_from_svd_folder_and_branch_folder(tmp_path, tiny_svd_folder, pipe):
     pipe.controlnet.save_pretrained(tmp_path / "branch")
-    assembled = InterDynPipeline.from_components(load_svd(str(tiny_svd_folder)), load_controlnet(str(tmp_path / "branch")))
+    assembled = InterDynPipeline.from_components(
+        load_svd(str(tiny_svd_folder)), load_controlnet(str(tmp_path / "branch"))
+    )
     assembled.set_progress_bar_config(disable=True)
     assert torch.equal(run(assembled), run(pipe))

@@ -20,14 +20,18 @@ def released_reference(tiny_svd, branch, inputs):
     ref_unet = ReleasedStyleUNet.from_config(tiny_svd.unet.config)
     ref_unet.load_state_dict(tiny_svd.unet.state_dict())
     down, mid = branch(**inputs, return_dict=False)
-    return ref_unet.eval()(**unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    return ref_unet.eval()(
+        **unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid
+    ).sample
 
 
 @torch.no_grad()
 def ours(tiny_svd, branch, inputs):
     down, mid = branch(**inputs, return_dict=False)
     unet = tiny_svd.unet.eval()
-    return unet(**unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    return unet(
+        **unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid
+    ).sample
 
 
 def test_import_reproduces_released_behaviour(tmp_path, tiny_svd, trained_like_branch):

@@ -57,10 +57,14 @@ def test_without_residuals_equals_stock_unet(tiny_svd):
 def test_fresh_branch_leaves_output_bit_identical(tiny_svd):
     inputs = unet_inputs(seed=1)
     unet = tiny_svd.unet.eval()
-    branch = ControlNetSDVModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS).eval()
+    branch = ControlNetSDVModel.from_unet(
+        unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    ).eval()
     down, mid = branch(**inputs, return_dict=False)
     assert all(torch.count_nonzero(r) == 0 for r in (*down, mid))
-    out = unet(**unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    out = unet(
+        **unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid
+    ).sample
     assert torch.equal(out, stock_copy(unet)(**unet_args(inputs)).sample)
 
 
@@ -69,7 +73,9 @@ def test_residuals_match_hooked_stock_unet(tiny_svd):
     inputs = unet_inputs(seed=2)
     unet = tiny_svd.unet.eval()
     down, mid = random_residuals(unet, inputs)
-    ours = unet(**unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    ours = unet(
+        **unet_args(inputs), down_block_additional_residuals=down, mid_block_additional_residual=mid
+    ).sample
     stock = stock_copy(unet)
     plain = stock(**unet_args(inputs)).sample
     hook_residuals(stock, down, mid)
@@ -100,11 +106,17 @@ class ReleasedStyleUNet(UNetSpatioTemporalControlModel):
     def _run_down_blocks(self, hidden, emb, context, image_only_indicator, residuals):
         skips = (hidden,)
         for block in self.down_blocks:
-            kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            hidden, block_skips = block(hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs)
+            kwargs = (
+                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            )
+            hidden, block_skips = block(
+                hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs
+            )
             skips += block_skips
             if residuals is not None:
-                skips = tuple(s + r for s, r in zip(skips, residuals))  # zip stops at the skips so far
+                skips = tuple(
+                    s + r for s, r in zip(skips, residuals, strict=False)
+                )  # stops at the skips so far
         return hidden, skips
 
 
@@ -129,7 +141,9 @@ def test_wrong_number_of_residuals_is_an_error(tiny_svd):
     inputs = unet_inputs()
     down, mid = random_residuals(tiny_svd.unet, inputs)
     with pytest.raises(ValueError, match="residuals"):
-        tiny_svd.unet(**unet_args(inputs), down_block_additional_residuals=down[:-1], mid_block_additional_residual=mid)
+        tiny_svd.unet(
+            **unet_args(inputs), down_block_additional_residuals=down[:-1], mid_block_additional_residual=mid
+        )
 
 
 def test_stock_svd_unet_weights_load_unchanged(tmp_path, tiny_svd):

@@ -1,5 +1,15 @@
-"""Data: datasets and DataModules that produce batches per :mod:`interdyn.contract`."""
+"""Data: shard streaming, clip sampling, joint transforms and DataModules (batches per :mod:`interdyn.contract`)."""
 
+from interdyn.data.datamodule import ShardDataModule
+from interdyn.data.shards import ClipDecoder, ShardClipStream, SkippedSampleWarning, expand_urls
 from interdyn.data.toy import MovingShapesDataModule, MovingShapesDataset
 
-__all__ = ["MovingShapesDataModule", "MovingShapesDataset"]
+__all__ = [
+    "ClipDecoder",
+    "MovingShapesDataModule",
+    "MovingShapesDataset",
+    "ShardClipStream",
+    "ShardDataModule",
+    "SkippedSampleWarning",
+    "expand_urls",
+]

@@ -22,10 +22,18 @@ from interdyn.contract import masks_to_control
 class MovingShapesDataset(Dataset):
     """Deterministic clips ``{pixel_values (T,3,H,W) in [-1,1], control (T,3,H,W) in {-1,1}, key}``."""
 
-    def __init__(self, num_videos: int, num_frames: int = 14, height: int = 64, width: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, num_videos: int, num_frames: int = 14, height: int = 64, width: int = 64, seed: int = 0
+    ) -> None:
         if num_videos < 1 or num_frames < 1:
             raise ValueError("num_videos and num_frames must be positive")
-        self.num_videos, self.num_frames, self.height, self.width, self.seed = num_videos, num_frames, height, width, seed
+        self.num_videos, self.num_frames, self.height, self.width, self.seed = (
+            num_videos,
+            num_frames,
+            height,
+            width,
+            seed,
+        )
 
     def __len__(self) -> int:
         return self.num_videos
@@ -56,7 +64,11 @@ class MovingShapesDataset(Dataset):
             frames[k], masks[k] = img, driver
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2.0 - 1.0
         control = masks_to_control(torch.from_numpy(masks))[0]
-        return {"pixel_values": pixels.contiguous(), "control": control, "key": f"toy-{self.seed}-{index:06d}"}
+        return {
+            "pixel_values": pixels.contiguous(),
+            "control": control,
+            "key": f"toy-{self.seed}-{index:06d}",
+        }
 
 
 class MovingShapesDataModule(L.LightningDataModule):

@@ -1,0 +1,1 @@
+"""Offline data preparation: source datasets -> WebDataset shards (design.md, "The shard contract")."""

@@ -1,0 +1,165 @@
+"""Writes the shard contract atomically; shared by every preparer.
+
+One WebDataset sample per source video: ``<key>.video.mp4`` (or ``.video.webm``), ``<key>.masks.npz``
+(``control`` bool (T, H, W); optional ``objects`` bool (K, T, H, W) and ``object_names``) and
+``<key>.json`` (metadata). Shards are named ``<dataset>-<split>-%06d.tar`` inside ``<out>/<split>/``
+and each split gets ``index.json`` (sample count, shard list, how it was made).
+
+Every file is written under a temporary name and renamed when complete, so a crash or Ctrl-C never
+leaves a half-written shard or index that looks valid; leftovers of killed runs are removed when a
+writer opens the same split again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TMP_SUFFIX = ".tmp"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def encode_masks(
+    control: np.ndarray, objects: np.ndarray | None = None, object_names: list[str] | None = None
+) -> bytes:
+    """Pack masks into the ``masks.npz`` field (compressed; bool arrays)."""
+    control = np.asarray(control)
+    if control.ndim != 3:
+        raise ValueError(f"control masks must be (T, H, W), got {control.shape}")
+    arrays: dict[str, np.ndarray] = {"control": control.astype(bool)}
+    if objects is not None:
+        objects = np.asarray(objects).astype(bool)
+        if objects.ndim != 4 or objects.shape[1:] != control.shape:
+            raise ValueError(
+                f"object masks must be (K, T, H, W) matching control {control.shape}, got {objects.shape}"
+            )
+        arrays["objects"] = objects
+        arrays["object_names"] = np.array(object_names or [f"object{i}" for i in range(len(objects))])
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ShardWriter:
+    """Streams samples into ``<out>/<split>/<dataset>-<split>-%06d.tar``.
+
+    Use as a context manager; a shard becomes visible (renamed from ``.tar.tmp``) only when it is
+    complete, and ``index.json`` is written last, on a clean exit.
+
+    Args:
+        out: output root; files go to ``out/split``.
+        dataset, split: used in the shard names and the index.
+        max_count: samples per shard.
+        max_bytes: start a new shard past this size.
+        provenance: free-form description stored in the index (command, arguments, source).
+    """
+
+    out: Path | str
+    dataset: str
+    split: str
+    max_count: int = 200
+    max_bytes: int = 1 << 30
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _tar: tarfile.TarFile | None = field(default=None, init=False, repr=False)
+    _shard_index: int = field(default=0, init=False)
+    _in_shard: int = field(default=0, init=False)
+    _bytes: int = field(default=0, init=False)
+    shards: list[str] = field(default_factory=list, init=False)
+    count: int = field(default=0, init=False)
+    _keys: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.out) / self.split
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.folder.glob(f"*{TMP_SUFFIX}"):
+            leftover.unlink()
+
+    def shard_name(self, index: int) -> str:
+        return f"{self.dataset}-{self.split}-{index:06d}.tar"
+
+    def _open(self) -> None:
+        path = self.folder / (self.shard_name(self._shard_index) + TMP_SUFFIX)
+        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        self._in_shard, self._bytes = 0, 0
+
+    def _finish_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        name = self.shard_name(self._shard_index)
+        os.replace(self.folder / (name + TMP_SUFFIX), self.folder / name)
+        self.shards.append(name)
+        self._tar = None
+        self._shard_index += 1
+
+    def write(self, key: str, fields: dict[str, bytes | dict]) -> None:
+        """Add one sample. ``fields`` maps extensions (``video.mp4``, ``masks.npz``, ``json``) to bytes,
+        or a dict for ``json``."""
+        if not _KEY_RE.match(key):
+            raise ValueError(f"sample key {key!r} may hold only letters, digits, '-' and '_' (no dots)")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r}")
+        if self._tar is None:
+            self._open()
+        for ext, value in fields.items():
+            data = json.dumps(value, sort_keys=True).encode() if isinstance(value, dict) else value
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+            self._bytes += len(data)
+        self._keys.add(key)
+        self._in_shard += 1
+        self.count += 1
+        if self._in_shard >= self.max_count or self._bytes >= self.max_bytes:
+            self._finish_shard()
+
+    def close(self) -> dict[str, Any]:
+        """Finish the last shard and write ``index.json``; returns the index."""
+        self._finish_shard()
+        index = {
+            "dataset": self.dataset,
+            "split": self.split,
+            "num_samples": self.count,
+            "shards": self.shards,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "provenance": self.provenance,
+        }
+        atomic_write_bytes(self.folder / "index.json", json.dumps(index, indent=2).encode())
+        return index
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its temporary file) without writing the index."""
+        if self._tar is not None:
+            name = self.folder / (self.shard_name(self._shard_index) + TMP_SUFFIX)
+            self._tar.close()
+            self._tar = None
+            name.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # includes KeyboardInterrupt: complete shards stay, the partial one goes
+            self.abort()

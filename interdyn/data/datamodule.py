@@ -1,0 +1,145 @@
+"""``ShardDataModule``: the LightningDataModule over WebDataset shards.
+
+Training streams clips from resampled, shuffled shards, split by rank (each rank and worker draws
+its own seeded stream) with a configurable epoch length; validation, test and predict read each
+shard once, split by rank and worker, so every sample is seen exactly once across all ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips
+
+Crop = Literal["center", "random", "mask_aware"]
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Clips of ``num_frames`` frames at ``fps`` from shards written by ``data_prep``.
+
+    Args:
+        train_shards, val_shards, test_shards, predict_shards: shard specs: local globs
+            (``data/shards/ssv2/train/*.tar``), brace patterns (``...-{000000..000099}.tar``), ``pipe:``
+            commands (``pipe:aws s3 cp s3://bucket/ssv2-train-{000000..000999}.tar -``), or lists.
+            ``predict_shards`` defaults to ``test_shards``.
+        num_frames, fps: clip length and frame rate (14 at 7 FPS in the paper); frames are picked by
+            timestamp from any source frame rate.
+        frame_stride: take every ``frame_stride``-th source frame instead of resampling to ``fps``
+            (the released demo used stride 2 on 12 fps videos).
+        height, width: output size (multiples of 64 for SVD).
+        crop: training crop (``mask_aware``, ``center`` or ``random``); ``eval_crop`` for evaluation
+            (default: ``crop``, or ``center`` when ``crop`` is random).
+        hflip: random horizontal flips in training (off: flips change text-labelled physics).
+        eval_window: fixed evaluation window: ``center`` (middle valid start) or ``start``.
+        require_driver_in_first_frame, min_driver_pixels: skip windows whose first frame does not show
+            the driver.
+        batch_size, eval_batch_size: per-rank batch sizes.
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        shuffle_buffer: training sample shuffle buffer (per worker).
+        epoch_samples: training clips per epoch over all ranks (rounded up to whole batches per worker).
+        seed: base seed of the training streams and random crops.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
+        predict_shards: str | list[str] | None = None,
+        num_frames: int = 14,
+        fps: float | None = 7.0,
+        frame_stride: int | None = None,
+        height: int = 256,
+        width: int = 384,
+        crop: Crop = "mask_aware",
+        eval_crop: Crop | None = None,
+        hflip: bool = False,
+        eval_window: Literal["center", "start"] = "center",
+        require_driver_in_first_frame: bool = True,
+        min_driver_pixels: int = 1,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        shuffle_buffer: int = 256,
+        epoch_samples: int = 10_000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        ClipDecoder(num_frames, fps, frame_stride, height, width, crop)  # validates the settings early
+
+    # ------------------------------------------------------------------ helpers
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _decoder(self, train: bool) -> ClipDecoder:
+        hp = self.hparams
+        eval_crop = hp.eval_crop or ("center" if hp.crop == "random" else hp.crop)
+        return ClipDecoder(
+            num_frames=hp.num_frames,
+            fps=hp.fps,
+            frame_stride=hp.frame_stride,
+            height=hp.height,
+            width=hp.width,
+            crop=hp.crop if train else eval_crop,
+            hflip=hp.hflip and train,
+            window="random" if train else hp.eval_window,
+            require_driver_in_first_frame=hp.require_driver_in_first_frame,
+            min_driver_pixels=hp.min_driver_pixels,
+        )
+
+    def samples_per_worker(self, world_size: int) -> int:
+        """Training clips per worker per epoch: ``epoch_samples`` split over ranks and workers, rounded up
+        to whole batches so that every rank runs the same number of steps."""
+        hp = self.hparams
+        workers = max(1, hp.num_workers)
+        return math.ceil(hp.epoch_samples / (world_size * workers * hp.batch_size)) * hp.batch_size
+
+    def _loader(self, shards: str | list[str] | None, train: bool, what: str) -> DataLoader:
+        if not shards:
+            raise ValueError(f"no {what} shards configured (set data.init_args.{what}_shards)")
+        hp = self.hparams
+        rank, world = self._rank_world()
+        stream = ShardClipStream(
+            shards,
+            self._decoder(train),
+            train=train,
+            rank=rank,
+            world_size=world,
+            samples_per_worker=self.samples_per_worker(world) if train else None,
+            shuffle_buffer=hp.shuffle_buffer,
+            seed=hp.seed,
+        )
+        return DataLoader(
+            stream,
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=collate_clips,
+        )
+
+    # ------------------------------------------------------------------ LightningDataModule
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_shards, True, "train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.val_shards, False, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.test_shards, False, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_shards or self.hparams.test_shards, False, "predict")

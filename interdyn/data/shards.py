@@ -1,0 +1,263 @@
+"""Streaming clips from WebDataset shards (design.md's shard contract -> the batch contract).
+
+:class:`ClipDecoder` turns one shard sample (``video.mp4``/``video.webm``, ``masks.npz``, ``json``) into
+a clip; :class:`ShardClipStream` is the IterableDataset that reads shards:
+
+- training: shards drawn with replacement (an endless stream, seeded per rank, worker and epoch),
+  a sample shuffle buffer, and a fixed number of samples per worker and epoch;
+- evaluation: each shard read once by exactly one (rank, worker) pair, in order: every sample is seen
+  exactly once across all ranks, with no padding duplicates.
+
+Bad samples (corrupt or truncated videos, unreadable masks, clips too short, driver not visible in the
+first frame) and unreadable or truncated shards are skipped with a warning that names them and a
+running count by reason; they never end an epoch.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import random
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from interdyn.contract import masks_to_control
+from interdyn.data.sampling import choose_start, clip_offsets, effective_fps, valid_starts
+from interdyn.data.transforms import CROPS, joint_transform
+from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
+
+VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
+MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
+
+
+class SkippedSampleWarning(UserWarning):
+    """A sample or shard was skipped (the message names it and the reason)."""
+
+
+class SkipSample(Exception):
+    """Raised by the decoder for a sample that must be skipped; ``reason`` is a short category."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Shard specs -> shard list. Accepts brace patterns (``a-{000000..000099}.tar``), globs
+    (``shards/*.tar``), ``pipe:`` commands (braces expanded, no glob) and lists or ``::``-joined
+    strings of these."""
+    specs = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for spec in specs:
+        for part in str(spec).split("::"):
+            for item in braceexpand.braceexpand(part):
+                if item.startswith("pipe:") or "://" in item or not glob.has_magic(item):
+                    out.append(item)
+                else:
+                    out.extend(sorted(glob.glob(os.path.expanduser(item))))
+    return out
+
+
+@dataclass
+class ClipDecoder:
+    """Decodes a shard sample into ``{pixel_values (T,3,H,W), control (T,3,H,W), key, ...}``.
+
+    Args:
+        num_frames, fps, frame_stride: clip sampling (see :mod:`interdyn.data.sampling`).
+        height, width, crop, hflip: geometry (see :mod:`interdyn.data.transforms`).
+        window: ``"random"`` (training), ``"start"`` or ``"center"`` (evaluation).
+        require_driver_in_first_frame: only windows whose first frame shows at least
+            ``min_driver_pixels`` driver pixels (in the source resolution) are used.
+    """
+
+    num_frames: int = 14
+    fps: float | None = 7.0
+    frame_stride: int | None = None
+    height: int = 256
+    width: int = 384
+    crop: str = "mask_aware"
+    hflip: bool = False
+    window: str = "random"
+    require_driver_in_first_frame: bool = True
+    min_driver_pixels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if self.fps is None and self.frame_stride is None:
+            raise ValueError("set fps or frame_stride")
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        key = sample.get("__key__", "?")
+        if "json" not in sample or "masks.npz" not in sample:
+            raise SkipSample("incomplete", f"fields {sorted(k for k in sample if not k.startswith('__'))}")
+        video_field = next((f for f in VIDEO_FIELDS if f in sample), None)
+        if video_field is None:
+            raise SkipSample("incomplete", "no video field")
+        try:
+            meta = json.loads(sample["json"])
+            with np.load(io.BytesIO(sample["masks.npz"])) as npz:
+                masks = npz["control"].astype(bool)
+        except Exception as err:  # noqa: BLE001 - any parse failure means a bad sample
+            raise SkipSample("bad_masks_or_json", str(err)) from None
+        video = sample[video_field]
+        source_fps = float(meta.get("fps") or 0)
+        num_source = int(meta.get("num_frames") or 0)
+        if source_fps <= 0 or num_source <= 0:
+            header_frames, header_fps, _, _ = probe_video(video)
+            source_fps = source_fps or header_fps
+            num_source = num_source or header_frames or masks.shape[0]
+        num_source = min(num_source, masks.shape[0])
+        offsets = clip_offsets(self.num_frames, source_fps, self.fps, self.frame_stride)
+        starts = list(valid_starts(num_source, offsets))
+        if not starts:
+            raise SkipSample("too_short", f"{num_source} frames at {source_fps:g} fps")
+        if self.require_driver_in_first_frame:
+            visible = masks.reshape(masks.shape[0], -1).sum(axis=1) >= self.min_driver_pixels
+            starts = [s for s in starts if visible[s]]
+            if not starts:
+                raise SkipSample("driver_not_visible", "no window starts with the driver in view")
+        start = choose_start(starts, self.window, rng)
+        indices = start + offsets
+        try:
+            frames = decode_frames(video, indices)
+        except VideoDecodeError as err:
+            raise SkipSample("bad_video", str(err)) from None
+        clip_masks = masks[indices]
+        if frames.shape[1:3] != clip_masks.shape[1:]:
+            raise SkipSample("size_mismatch", f"video {frames.shape[1:3]} vs masks {clip_masks.shape[1:]}")
+        pixels, clip_masks = joint_transform(
+            frames, clip_masks, self.height, self.width, self.crop, self.hflip, rng
+        )
+        return {
+            "pixel_values": pixels,
+            "control": masks_to_control(clip_masks)[0],
+            "key": key,
+            "fps": effective_fps(source_fps, self.fps, self.frame_stride),
+            "start_frame": int(start),
+        }
+
+
+class ShardClipStream(IterableDataset):
+    """IterableDataset over shards; see the module docstring for the train / eval behaviour.
+
+    Args:
+        urls: shard specs (see :func:`expand_urls`).
+        decoder: turns a raw sample into a clip.
+        train: endless resampled stream (True) or each shard once (False).
+        rank, world_size: this process's place among the data-parallel ranks.
+        samples_per_worker: training clips each worker yields per epoch (None: endless).
+        shuffle_buffer: training sample shuffle buffer size.
+        seed: base seed (combined with rank, worker and epoch).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        decoder: ClipDecoder,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        samples_per_worker: int | None = None,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.urls = expand_urls(urls)
+        if not self.urls:
+            raise FileNotFoundError(f"no shards match {urls!r}")
+        self.decoder, self.train = decoder, train
+        self.rank, self.world_size = rank, world_size
+        self.samples_per_worker, self.shuffle_buffer, self.seed = samples_per_worker, shuffle_buffer, seed
+        self.iterations = 0
+        self.skipped: Counter[str] = Counter()
+
+    def _skip(self, reason: str, name: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        warnings.warn(
+            f"skipped {name} ({reason}: {detail}); skipped so far by this loader worker: {dict(self.skipped)}",
+            SkippedSampleWarning,
+            stacklevel=2,
+        )
+
+    def _tar_error(self, err: Exception) -> bool:
+        source = getattr(err, "args", [None])
+        name = next(
+            (a for a in source if isinstance(a, str) and (".tar" in a or a.startswith("pipe:"))), "a shard"
+        )
+        self._skip("bad_shard", name, f"{type(err).__name__}: {err}")
+        return True  # keep going with the next sample / shard
+
+    def _shards(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
+        if self.train:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        else:
+            for url in self.urls[self.rank :: self.world_size][worker::num_workers]:
+                yield {"url": url}
+
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Training streams differ per rank, worker and epoch, and are reproducible under a global seed:
+        # the DataLoader draws each worker's seed from the (seeded) main-process RNG every epoch, and
+        # persistent workers / in-process iteration count their own epochs.
+        self.iterations += 1
+        worker_seed = info.seed if info is not None else 0
+        rng = random.Random(
+            hash((self.seed, self.rank, worker, worker_seed, self.iterations)) if self.train else self.seed
+        )
+        samples = wds.tarfile_to_samples(handler=self._tar_error)(self._shards(rng, worker, num_workers))
+        if self.train and self.shuffle_buffer > 1:
+            samples = self._shuffled(samples, rng)
+        produced, skipped_in_a_row = 0, 0
+        for sample in samples:
+            key = sample.get("__key__", "?")
+            try:
+                clip = self.decoder(sample, rng)
+            except SkipSample as skip:
+                self._skip(skip.reason, f"sample '{key}' from {sample.get('__url__', '?')}", str(skip))
+                skipped_in_a_row += 1
+                if self.train and skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    raise RuntimeError(
+                        f"{skipped_in_a_row} samples in a row were unusable ({dict(self.skipped)}); check the "
+                        f"shards {self.urls[:3]}... and the clip settings (num_frames, fps, driver visibility)"
+                    ) from None
+                continue
+            skipped_in_a_row = 0
+            yield clip
+            produced += 1
+            if self.samples_per_worker is not None and produced >= self.samples_per_worker:
+                return
+
+
+def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack clips into a batch (tensors stacked, other values listed)."""
+    batch: dict[str, Any] = {}
+    for name in items[0]:
+        values = [it[name] for it in items]
+        batch[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch

@@ -1,0 +1,87 @@
+"""Joint geometric transforms of frames and masks: one random draw applied to both.
+
+Resize so that the frame covers the target size (the short side fits when the aspect ratio allows;
+frames bicubic with antialiasing, masks nearest), then crop ``height x width``: ``center``,
+``random`` or ``mask_aware`` (a window centred on the bounding box of the union of all driver masks
+of the clip, clamped to the image; centre crop when the masks are empty). Optional horizontal flip
+(off by default: it changes the physics of text-labelled actions such as "pushing left").
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CROPS = ("center", "random", "mask_aware")
+
+
+def resize_to_cover(
+    frames: torch.Tensor, masks: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``frames`` (T, 3, H, W) float in [0, 1] and ``masks`` (T, H, W) bool, resized so that both sides are
+    at least ``height x width`` with the aspect ratio kept."""
+    h, w = frames.shape[-2:]
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    if (new_h, new_w) == (h, w):
+        return frames, masks
+    frames = F.interpolate(
+        frames, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=scale < 1
+    )
+    masks = F.interpolate(masks[:, None].float(), size=(new_h, new_w), mode="nearest-exact")[:, 0] > 0.5
+    return frames.clamp(0.0, 1.0), masks
+
+
+def crop_offsets(
+    masks: torch.Tensor, height: int, width: int, mode: str, rng: random.Random | None = None
+) -> tuple[int, int]:
+    """Top-left corner of the crop window for ``masks`` (T, H, W) already resized."""
+    h, w = masks.shape[-2:]
+    max_top, max_left = h - height, w - width
+    if max_top < 0 or max_left < 0:
+        raise ValueError(f"cannot crop {height}x{width} from {h}x{w}")
+    if mode == "random":
+        rng = rng or random
+        return rng.randint(0, max_top), rng.randint(0, max_left)
+    if mode == "mask_aware":
+        union = masks.any(dim=0)
+        if union.any():
+            ys = torch.nonzero(union.any(dim=1)).flatten()
+            xs = torch.nonzero(union.any(dim=0)).flatten()
+            cy = (ys[0].item() + ys[-1].item() + 1) / 2
+            cx = (xs[0].item() + xs[-1].item() + 1) / 2
+            top = int(np.clip(round(cy - height / 2), 0, max_top))
+            left = int(np.clip(round(cx - width / 2), 0, max_left))
+            return top, left
+    elif mode != "center":
+        raise ValueError(f"unknown crop {mode!r}; use one of {CROPS}")
+    return max_top // 2, max_left // 2
+
+
+def joint_transform(
+    frames: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    height: int,
+    width: int,
+    crop: str = "center",
+    hflip: bool = False,
+    rng: random.Random | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``frames`` (T, H, W, 3) uint8 and ``masks`` (T, H, W) bool -> frames (T, 3, height, width) in
+    ``[-1, 1]`` and masks (T, height, width) bool, geometrically aligned."""
+    frames_t = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    masks_t = torch.as_tensor(np.asarray(masks)).bool()
+    if frames_t.shape[0] != masks_t.shape[0] or frames_t.shape[-2:] != masks_t.shape[-2:]:
+        raise ValueError(
+            f"frames {tuple(frames_t.shape)} and masks {tuple(masks_t.shape)} differ in length or size"
+        )
+    frames_t, masks_t = resize_to_cover(frames_t, masks_t, height, width)
+    top, left = crop_offsets(masks_t, height, width, crop, rng)
+    frames_t = frames_t[..., top : top + height, left : left + width]
+    masks_t = masks_t[..., top : top + height, left : left + width]
+    if hflip and (rng or random).random() < 0.5:
+        frames_t, masks_t = frames_t.flip(-1), masks_t.flip(-1)
+    return (frames_t * 2.0 - 1.0).contiguous(), masks_t.contiguous()

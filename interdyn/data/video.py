@@ -1,0 +1,84 @@
+"""Video encoding and decoding with PyAV (torchvision has no video IO).
+
+Decoding stops after the last frame a clip needs and converts only the frames it keeps.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+class VideoDecodeError(RuntimeError):
+    """The video bytes could not be decoded (corrupt, truncated, unknown codec, too few frames)."""
+
+
+def encode_video(frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 18) -> bytes:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames to mp4 (libx264, yuv420p; even sizes) or webm (libvpx-vp9)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if codec == "libx264" and (h % 2 or w % 2):
+        raise ValueError(f"libx264 needs even frame sizes, got {h}x{w}")
+    buffer = io.BytesIO()
+    fmt = "webm" if codec.startswith("libvpx") else "mp4"
+    with av.open(buffer, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "fast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def probe_video(data: bytes) -> tuple[int, float, int, int]:
+    """``(num_frames, fps, height, width)`` from the container header (frames may be 0 if unknown)."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            return int(stream.frames or 0), fps, stream.height, stream.width
+    except (av.FFmpegError, IndexError) as err:
+        raise VideoDecodeError(f"cannot read video header: {err}") from err
+
+
+def decode_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Decode the frames at ``indices`` (ascending, repeats allowed) -> ``(len(indices), H, W, 3)`` uint8.
+
+    ``None`` decodes every frame. Raises :class:`VideoDecodeError` for corrupt data or when the video
+    has fewer frames than the largest index.
+    """
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    last = None if wanted is None else wanted[-1]
+    kept: dict[int, np.ndarray] = {}
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            want_set = None if wanted is None else set(wanted)
+            for i, frame in enumerate(container.decode(stream)):
+                if want_set is None or i in want_set:
+                    kept[i] = frame.to_ndarray(format="rgb24")
+                if last is not None and i >= last:
+                    break
+    except (av.FFmpegError, IndexError, ValueError) as err:
+        raise VideoDecodeError(f"cannot decode video: {err}") from err
+    if indices is None:
+        if not kept:
+            raise VideoDecodeError("the video has no frames")
+        return np.stack([kept[i] for i in sorted(kept)])
+    missing = [i for i in wanted if i not in kept]
+    if missing:
+        raise VideoDecodeError(
+            f"the video has {len(kept) and max(kept) + 1} frames, the clip needs frame {missing[0]}"
+        )
+    return np.stack([kept[int(i)] for i in indices])

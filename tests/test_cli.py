@@ -121,3 +121,42 @@ def test_real_configs_build_the_model(name, tiny_svd_folder):
     }
     module = InterDynModule(**args)
     assert module.hparams.learning_rate == 1e-5 and module.hparams.motion_bucket_id == 40
+
+
+def test_demo_config_on_fresh_shards(tmp_path):
+    """`interdyn fit --config configs/demo.yaml` with fast_dev_run on shards generated right here."""
+    from data_prep.synthetic import World, write_split
+
+    world = World(height=64, width=64)
+    for split, count in (("train", 4), ("validation", 2)):
+        write_split(
+            tmp_path / "shards", split, count, seed=0, world=world, num_frames=28, fps=14.0, progress=False
+        )
+    result = interdyn(
+        "fit",
+        "--config",
+        str(REPO_ROOT / "configs" / "demo.yaml"),
+        "--trainer.fast_dev_run",
+        "true",
+        "--data.init_args.train_shards",
+        str(tmp_path / "shards/train/*.tar"),
+        "--data.init_args.val_shards",
+        str(tmp_path / "shards/validation/*.tar"),
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.batch_size",
+        "2",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ssv2_config_validates_and_prints(tmp_path):
+    result = interdyn(
+        "fit", "--config", str(REPO_ROOT / "configs" / "ssv2.yaml"), "--print_config", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load(result.stdout)
+    assert config["data"]["class_path"] == "interdyn.data.ShardDataModule"
+    assert (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"]) == (256, 384)
+    assert config["trainer"]["devices"] == 2

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import random
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ from interdyn.data.transforms import CROPS, joint_transform
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
 VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
+_TAR_NAME = re.compile(r"(pipe:[^'\"]+|[^\s'\"<>(),=]+\.tar)")
 MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
 
 
@@ -50,7 +52,7 @@ class SkipSample(Exception):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -192,11 +194,12 @@ class ShardClipStream(IterableDataset):
         )
 
     def _tar_error(self, err: Exception) -> bool:
-        source = getattr(err, "args", [None])
-        name = next(
-            (a for a in source if isinstance(a, str) and (".tar" in a or a.startswith("pipe:"))), "a shard"
-        )
-        self._skip("bad_shard", name, f"{type(err).__name__}: {err}")
+        # webdataset reports a broken shard from more than one stage: count each shard once per pass.
+        found = _TAR_NAME.search(" ".join(str(a) for a in getattr(err, "args", ())) or str(err))
+        name = found.group(0) if found else "a shard"
+        if name not in self._reported_shards:
+            self._reported_shards.add(name)
+            self._skip("bad_shard", name, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
         return True  # keep going with the next sample / shard
 
     def _shards(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
@@ -226,6 +229,7 @@ class ShardClipStream(IterableDataset):
         # the DataLoader draws each worker's seed from the (seeded) main-process RNG every epoch, and
         # persistent workers / in-process iteration count their own epochs.
         self.iterations += 1
+        self._reported_shards: set[str] = set()
         worker_seed = info.seed if info is not None else 0
         rng = random.Random(
             hash((self.seed, self.rank, worker, worker_seed, self.iterations)) if self.train else self.seed
@@ -239,7 +243,7 @@ class ShardClipStream(IterableDataset):
             try:
                 clip = self.decoder(sample, rng)
             except SkipSample as skip:
-                self._skip(skip.reason, f"sample '{key}' from {sample.get('__url__', '?')}", str(skip))
+                self._skip(skip.reason, f"sample '{key}' from {sample.get('__url__', '?')}", skip.detail)
                 skipped_in_a_row += 1
                 if self.train and skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     raise RuntimeError(

@@ -1,0 +1,5 @@
+"""Lightning callbacks (logging, evaluation) built on the module's public methods."""
+
+from interdyn.callbacks.video_logger import SampleVideoLogger
+
+__all__ = ["SampleVideoLogger"]

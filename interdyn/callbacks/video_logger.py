@@ -1,0 +1,111 @@
+"""Sample videos during validation: control | sample | ground truth, side by side.
+
+On the first validation batch of each validation run the callback keeps a few clips; at the end of
+validation, global rank 0 samples them with the module's sampler and writes an animated GIF to
+``<log_dir>/samples/step_XXXXXXX.gif`` and, with a TensorBoard logger, to the Images tab (animated).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+
+def side_by_side(control: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """``control``/``truth`` (B, T, 3, H, W) in [-1, 1], ``samples`` (B, T, 3, H, W) in [0, 1] ->
+    (T, B*H, 3*W, 3) uint8: one row per clip, columns control | sample | ground truth."""
+    to01 = lambda x: ((x.float().cpu() + 1) / 2).clamp(0, 1)  # noqa: E731
+    grid = torch.cat([to01(control), samples.float().cpu().clamp(0, 1), to01(truth)], dim=-1)  # along width
+    grid = torch.cat(list(grid), dim=-2)  # clips stacked along height: (T, 3, B*H, 3*W)
+    return (grid.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """Animated GIF (looping) of ``(T, H, W, 3)`` uint8 frames."""
+    images = [Image.fromarray(f) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
+    return buffer.getvalue()
+
+
+class SampleVideoLogger(L.Callback):
+    """Log sampled videos of a few validation clips.
+
+    Args:
+        num_videos: clips taken from the first validation batch.
+        num_inference_steps: sampling steps (default: the module's ``num_inference_steps``).
+        fps: playback rate of the GIF.
+        every_n_validations: sample every n-th validation run.
+    """
+
+    def __init__(
+        self,
+        num_videos: int = 2,
+        num_inference_steps: int | None = None,
+        fps: float = 7.0,
+        every_n_validations: int = 1,
+    ) -> None:
+        super().__init__()
+        self.num_videos, self.num_inference_steps, self.fps = num_videos, num_inference_steps, fps
+        self.every_n_validations = max(1, every_n_validations)
+        self._validations = 0
+        self._clips: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_path: Path | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero and not trainer.sanity_checking:
+            n = self.num_videos
+            self._clips = (batch["pixel_values"][:n].detach(), batch["control"][:n].detach())
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        clips, self._clips = self._clips, None
+        if clips is None or not trainer.is_global_zero or (self._validations - 1) % self.every_n_validations:
+            return
+        pixels, control = clips
+        overrides = {"num_videos_per_prompt": 1}
+        if self.num_inference_steps is not None:
+            overrides["num_inference_steps"] = self.num_inference_steps
+        samples = pl_module.sample(pixels, control, **overrides)[:, 0]
+        frames = side_by_side(control, samples, pixels)
+        data = gif_bytes(frames, self.fps)
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{trainer.global_step:07d}.gif"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        self.last_path = path
+        self._log_tensorboard(trainer, data, frames.shape)
+
+    @staticmethod
+    def _log_tensorboard(trainer: L.Trainer, data: bytes, shape: tuple[int, ...]) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                image = Summary.Image(
+                    height=shape[1], width=shape[2], colorspace=3, encoded_image_string=data
+                )
+                summary = Summary(value=[Summary.Value(tag="samples/control|sample|truth", image=image)])
+                logger.experiment._get_file_writer().add_summary(summary, trainer.global_step)

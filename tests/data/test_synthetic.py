@@ -1,0 +1,136 @@
+"""The built-in physics dataset: collisions, friction, determinism, counterfactual groups."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+
+import numpy as np
+
+from data_prep.synthetic import Disc, DriverPath, World, collide, make_video, simulate, write_split
+
+
+def test_equal_discs_head_on_swap_velocities():
+    v1, v2 = collide(
+        np.array([0.0, 0]), np.array([3.0, 0]), 1.0, np.array([2.0, 0]), np.array([-1.0, 0]), 1.0
+    )
+    np.testing.assert_allclose(v1, [-1.0, 0])
+    np.testing.assert_allclose(v2, [3.0, 0])
+
+
+def test_oblique_collision_conserves_momentum_and_energy():
+    m1, m2 = 2.0, 5.0
+    p1, p2 = np.array([0.0, 0.0]), np.array([1.0, 0.7])
+    u1, u2 = np.array([4.0, 1.0]), np.array([-1.0, 0.5])
+    v1, v2 = collide(p1, u1, m1, p2, u2, m2)
+    np.testing.assert_allclose(m1 * v1 + m2 * v2, m1 * u1 + m2 * u2)
+    energy = lambda a, b: 0.5 * m1 * a @ a + 0.5 * m2 * b @ b  # noqa: E731
+    assert math.isclose(energy(v1, v2), energy(u1, u2))
+    assert not np.allclose(v1, u1)
+
+
+def test_separating_discs_do_not_interact():
+    u1, u2 = np.array([-1.0, 0]), np.array([1.0, 0])
+    v1, v2 = collide(np.array([0.0, 0]), u1, 1.0, np.array([1.0, 0]), u2, 1.0)
+    assert np.array_equal(v1, u1) and np.array_equal(v2, u2)
+
+
+def test_kinematic_driver_pushes_without_slowing():
+    vd, v = collide(np.array([0.0, 0]), np.array([2.0, 0]), math.inf, np.array([1.0, 0]), np.zeros(2), 1.0)
+    np.testing.assert_allclose(vd, [2.0, 0])
+    np.testing.assert_allclose(v, [4.0, 0])  # elastic bounce off an infinitely heavy body
+
+
+def test_push_propagates_and_friction_stops_the_discs():
+    world = World(height=100, width=400, friction=50.0)
+    discs = [Disc("a", [150.0, 50], [0, 0], 10, np.zeros(3)), Disc("b", [200.0, 50], [0, 0], 10, np.zeros(3))]
+    driver = DriverPath(
+        np.array([100.0, 50]), np.array([1.0, 0]), 80.0, 0.6, 10, "object", np.array([90.0, 50])
+    )
+    sim = simulate(world, discs, driver, num_frames=100, fps=20.0)
+    assert ("driver" in [e[1] for e in sim["events"]]) and any(e[1] == 0 and e[2] == 1 for e in sim["events"])
+    assert sim["positions"][-1, 1, 0] > 210  # b moved although the driver never touched it
+    np.testing.assert_allclose(sim["velocities"][-1], 0.0, atol=1e-9)  # friction stopped everything
+
+
+def read_shard(folder):
+    out = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                out[m.name] = tar.extractfile(m).read()
+    return out
+
+
+def test_deterministic_per_seed(tmp_path):
+    world = World(height=48, width=64)
+    for name in ("a", "b", "c"):
+        write_split(
+            tmp_path / name,
+            "train",
+            3,
+            seed=0 if name != "c" else 1,
+            world=world,
+            num_frames=16,
+            fps=14.0,
+            progress=False,
+        )
+    a, b, c = (read_shard(tmp_path / n / "train") for n in ("a", "b", "c"))
+    for name in a:
+        if name.endswith(".json"):
+            assert json.loads(a[name]) == json.loads(b[name])
+        elif name.endswith(".npz"):
+            assert all(
+                np.array_equal(x, y)
+                for x, y in zip(
+                    np.load(io.BytesIO(a[name])).values(), np.load(io.BytesIO(b[name])).values(), strict=True
+                )
+            )
+    assert any(json.loads(a[n]) != json.loads(c[n]) for n in a if n.endswith(".json"))
+
+
+def test_counterfactual_variants_share_the_first_frame_only():
+    rng = np.random.default_rng(5)
+    world = World(height=64, width=64)
+    first = make_video(rng, world, 20, 14.0)
+    other = make_video(rng, world, 20, 14.0, first["scene"], first["entry"])
+    assert np.array_equal(first["frames"][0], other["frames"][0])
+    assert not np.array_equal(first["frames"][-1], other["frames"][-1])
+    assert not np.array_equal(first["control"][-1], other["control"][-1])
+
+
+def test_metadata_and_masks_follow_the_contract(tmp_path):
+    write_split(
+        tmp_path,
+        "test",
+        1,
+        seed=0,
+        world=World(height=48, width=64),
+        num_frames=16,
+        fps=14.0,
+        variants=2,
+        progress=False,
+    )
+    files = read_shard(tmp_path / "test")
+    meta = json.loads(files["synthetic-test-000000_v1.json"])
+    assert meta["group"] == "test-000000" and meta["variant"] == 1 and meta["mask_source"] == "synthetic"
+    assert {
+        "id",
+        "dataset",
+        "split",
+        "fps",
+        "num_frames",
+        "height",
+        "width",
+        "label",
+        "template",
+        "objects",
+    } <= set(meta)
+    masks = np.load(io.BytesIO(files["synthetic-test-000000_v1.masks.npz"]))
+    assert masks["control"].shape == (16, 48, 64) and masks["control"].dtype == bool
+    assert masks["objects"].shape == (len(meta["objects"]), 16, 48, 64)
+    assert masks["control"][0].any()  # the driver is visible in the first frame
+    index = json.loads((tmp_path / "test" / "index.json").read_text())
+    assert index["num_samples"] == 2 and index["shards"] == ["synthetic-test-000000.tar"]

@@ -43,9 +43,11 @@ def test_two_ranks_two_workers_see_every_sample_once(synthetic_shards, split):
 
 
 def test_evaluation_clips_are_deterministic(synthetic_shards):
-    make = lambda: ShardClipStream(
-        str(synthetic_shards / "validation/*.tar"), ClipDecoder(**DECODER), train=False
-    )  # noqa: E731
+    def make() -> ShardClipStream:
+        return ShardClipStream(
+            str(synthetic_shards / "validation/*.tar"), ClipDecoder(**DECODER), train=False
+        )
+
     a, b = next(iter(make())), next(iter(make()))
     assert a["key"] == b["key"] and torch.equal(a["pixel_values"], b["pixel_values"])
 

@@ -57,6 +57,20 @@ def masks_to_control(masks: torch.Tensor) -> torch.Tensor:
     return (binary.float() * 2.0 - 1.0).unsqueeze(2).expand(-1, -1, 3, -1, -1).contiguous()
 
 
+def to_contract(batch: dict[str, Any]) -> dict[str, Any]:
+    """Expand a compact batch (``pixel_values`` uint8 ``(B, T, 3, H, W)``, ``control`` bool driver masks
+    ``(B, T, H, W)``) into the contract's floats, on whatever device it lives. Batches already in
+    contract form are returned unchanged. Loader workers ship the compact form (4x less memory
+    traffic) and the DataModule expands it after the transfer to the device."""
+    pixels, control = batch.get("pixel_values"), batch.get("control")
+    out = dict(batch)
+    if isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8:
+        out["pixel_values"] = pixels.float() / 127.5 - 1.0
+    if isinstance(control, torch.Tensor) and control.dtype == torch.bool and control.ndim == 4:
+        out["control"] = masks_to_control(control)
+    return out
+
+
 def _check_video(name: str, value: Any, channels: int | None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise BatchContractError(f"batch['{name}'] must be a torch.Tensor, got {type(value).__name__}")

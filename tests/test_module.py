@@ -95,6 +95,21 @@ def test_image_drop_rate_and_effect():
     assert (embeds.flatten(1).abs().sum(1) > 0).all() and (image_latents.flatten(1).abs().sum(1) > 0).all()
 
 
+def test_compact_batches_expand_to_the_contract():
+    from interdyn.contract import to_contract, validate_batch
+
+    frames = torch.randint(0, 256, (2, 3, 3, 64, 64), dtype=torch.uint8)
+    masks = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    masks[:, :, 10:20, 10:20] = True
+    batch = to_contract({"pixel_values": frames, "control": masks, "key": ["a", "b"]})
+    pixels, control = validate_batch(batch)
+    assert pixels.min() >= -1 and pixels.max() <= 1
+    torch.testing.assert_close(pixels[0, 0, 0, 0, 0], frames[0, 0, 0, 0, 0].float() / 127.5 - 1)
+    assert control.shape == (2, 3, 3, 64, 64) and control[0, 0, :, 15, 15].tolist() == [1.0, 1.0, 1.0]
+    assert control[0, 0, 0, 0, 0] == -1.0
+    assert to_contract(batch)["pixel_values"] is batch["pixel_values"]  # contract batches pass through
+
+
 def test_added_time_ids_are_configurable():
     module = tiny_module(fps_id=5, motion_bucket_id=127, noise_aug_strength=0.1)
     torch.testing.assert_close(module.added_time_ids(2), torch.tensor([[5.0, 127.0, 0.1]] * 2))

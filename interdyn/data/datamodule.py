@@ -1,5 +1,8 @@
 """``ShardDataModule``: the LightningDataModule over WebDataset shards.
 
+Loader workers produce compact batches (uint8 frames, bool masks); ``on_after_batch_transfer`` expands
+them to the batch contract's floats once they are on the device.
+
 Training streams clips from resampled, shuffled shards, split by rank (each rank and worker draws
 its own seeded stream) with a configurable epoch length; validation, test and predict read each
 shard once, split by rank and worker, so every sample is seen exactly once across all ranks.
@@ -14,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from interdyn.contract import to_contract
 from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips
 
 Crop = Literal["center", "random", "mask_aware"]
@@ -140,6 +144,11 @@ class ShardDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.test_shards, False, "test")
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Expand the compact uint8 / bool batch to the contract's floats on the device (see
+        :func:`interdyn.contract.to_contract`)."""
+        return to_contract(batch)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.predict_shards or self.hparams.test_shards, False, "predict")

@@ -33,7 +33,6 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from interdyn.contract import masks_to_control
 from interdyn.data.sampling import choose_start, clip_offsets, effective_fps, valid_starts
 from interdyn.data.transforms import CROPS, joint_transform
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
@@ -73,7 +72,8 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
 
 @dataclass
 class ClipDecoder:
-    """Decodes a shard sample into ``{pixel_values (T,3,H,W), control (T,3,H,W), key, ...}``.
+    """Decodes a shard sample into the compact clip ``{pixel_values (T,3,H,W) uint8, control (T,H,W) bool,
+    key, fps, start_frame}`` (expanded to the batch contract by :func:`interdyn.contract.to_contract`).
 
     Args:
         num_frames, fps, frame_stride: clip sampling (see :mod:`interdyn.data.sampling`).
@@ -143,8 +143,8 @@ class ClipDecoder:
             frames, clip_masks, self.height, self.width, self.crop, self.hflip, rng
         )
         return {
-            "pixel_values": pixels,
-            "control": masks_to_control(clip_masks)[0],
+            "pixel_values": pixels,  # uint8 (T, 3, H, W); see interdyn.contract.to_contract
+            "control": clip_masks,  # bool (T, H, W)
             "key": key,
             "fps": effective_fps(source_fps, self.fps, self.frame_stride),
             "start_frame": int(start),

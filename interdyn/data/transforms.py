@@ -21,18 +21,17 @@ CROPS = ("center", "random", "mask_aware")
 def resize_to_cover(
     frames: torch.Tensor, masks: torch.Tensor, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``frames`` (T, 3, H, W) float in [0, 1] and ``masks`` (T, H, W) bool, resized so that both sides are
-    at least ``height x width`` with the aspect ratio kept."""
+    """``frames`` (T, 3, H, W) uint8 and ``masks`` (T, H, W) bool, resized so that both sides are at least
+    ``height x width`` with the aspect ratio kept. Frames stay uint8: PyTorch's uint8 antialiased
+    bicubic path is more than ten times faster on CPU than the float one."""
     h, w = frames.shape[-2:]
     scale = max(height / h, width / w)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
     if (new_h, new_w) == (h, w):
         return frames, masks
-    frames = F.interpolate(
-        frames, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=scale < 1
-    )
-    masks = F.interpolate(masks[:, None].float(), size=(new_h, new_w), mode="nearest-exact")[:, 0] > 0.5
-    return frames.clamp(0.0, 1.0), masks
+    frames = F.interpolate(frames, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    masks = F.interpolate(masks[:, None].to(torch.uint8), size=(new_h, new_w), mode="nearest-exact")[:, 0] > 0
+    return frames, masks
 
 
 def crop_offsets(
@@ -70,10 +69,13 @@ def joint_transform(
     hflip: bool = False,
     rng: random.Random | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``frames`` (T, H, W, 3) uint8 and ``masks`` (T, H, W) bool -> frames (T, 3, height, width) in
-    ``[-1, 1]`` and masks (T, height, width) bool, geometrically aligned."""
-    frames_t = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    """``frames`` (T, H, W, 3) uint8 and ``masks`` (T, H, W) bool -> frames (T, 3, height, width) uint8 and
+    masks (T, height, width) bool, geometrically aligned. :func:`interdyn.contract.to_contract` turns
+    them into the batch contract's floats (the DataModule does it after the batch reaches the device)."""
+    frames_t = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
     masks_t = torch.as_tensor(np.asarray(masks)).bool()
+    if frames_t.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8, got {frames_t.dtype}")
     if frames_t.shape[0] != masks_t.shape[0] or frames_t.shape[-2:] != masks_t.shape[-2:]:
         raise ValueError(
             f"frames {tuple(frames_t.shape)} and masks {tuple(masks_t.shape)} differ in length or size"
@@ -84,4 +86,4 @@ def joint_transform(
     masks_t = masks_t[..., top : top + height, left : left + width]
     if hflip and (rng or random).random() < 0.5:
         frames_t, masks_t = frames_t.flip(-1), masks_t.flip(-1)
-    return (frames_t * 2.0 - 1.0).contiguous(), masks_t.contiguous()
+    return frames_t.contiguous(), masks_t.contiguous()

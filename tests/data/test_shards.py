@@ -170,7 +170,9 @@ def test_datamodule_batches_follow_the_contract(synthetic_shards):
     )
     train = list(dm.train_dataloader())
     assert len(train) == 3  # epoch_samples rounded to whole batches
-    batch = train[0]
+    compact = train[0]
+    assert compact["pixel_values"].dtype == torch.uint8 and compact["control"].dtype == torch.bool
+    batch = dm.on_after_batch_transfer(compact, 0)  # what the module receives
     assert batch["pixel_values"].shape == (2, 14, 3, 64, 64) and batch["control"].shape == (2, 14, 3, 64, 64)
     assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
     assert set(batch["control"].unique().tolist()) <= {-1.0, 1.0}

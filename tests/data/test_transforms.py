@@ -17,7 +17,7 @@ def driver_colour_fraction(
     frames: torch.Tensor, masks: torch.Tensor, colour: np.ndarray
 ) -> tuple[float, float]:
     """Fraction of pixels with the driver's colour inside the (eroded) mask, and outside the (dilated) mask."""
-    rgb = ((frames + 1) * 127.5).permute(0, 2, 3, 1)
+    rgb = frames.float().permute(0, 2, 3, 1)
     near = (rgb - torch.tensor(colour, dtype=torch.float32)).abs().amax(-1) < 40
     m = masks.float()[:, None]
     eroded = -F.max_pool2d(-m, 5, 1, 2)[:, 0] > 0.5
@@ -37,7 +37,7 @@ def test_driver_pixels_sit_under_the_mask(crop, hflip):
             video["frames"], video["control"], 48, 80, crop=crop, hflip=hflip, rng=random.Random(seed)
         )
         assert frames.shape == (14, 3, 48, 80) and masks.shape == (14, 48, 80)
-        assert frames.min() >= -1 and frames.max() <= 1
+        assert frames.dtype == torch.uint8 and masks.dtype == torch.bool
         inside, outside = driver_colour_fraction(frames, masks, colour)
         assert inside > 0.95, inside
         assert outside < 0.01, outside
@@ -53,11 +53,13 @@ def test_a_misaligned_mask_fails_the_same_check():
 
 
 def test_resize_covers_the_target_keeping_aspect():
-    frames = torch.rand(2, 3, 240, 427)
+    frames = torch.randint(0, 255, (2, 3, 240, 427), dtype=torch.uint8)
     masks = torch.zeros(2, 240, 427, dtype=torch.bool)
     f, m = resize_to_cover(frames, masks, 256, 384)
     assert f.shape[-2:] == (256, 455) and m.shape[-2:] == (256, 455)
-    f, m = resize_to_cover(torch.rand(1, 3, 240, 320), torch.zeros(1, 240, 320, dtype=torch.bool), 256, 384)
+    f, m = resize_to_cover(
+        torch.zeros(1, 3, 240, 320, dtype=torch.uint8), torch.zeros(1, 240, 320, dtype=torch.bool), 256, 384
+    )
     assert f.shape[-2:] == (288, 384)  # 4:3 needs the long side to fit
 
 

@@ -39,7 +39,7 @@ test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check interdyn tests
+	$(VENV)/bin/ruff check interdyn data_prep tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

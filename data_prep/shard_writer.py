@@ -91,8 +91,14 @@ class ShardWriter:
     def __post_init__(self) -> None:
         self.folder = Path(self.out) / self.split
         self.folder.mkdir(parents=True, exist_ok=True)
+        # A split is rewritten as a whole: drop temporary files of killed runs, the old index (so a crash
+        # of this run cannot leave an index describing other shards) and the old shards of this split
+        # (a smaller rewrite must not leave stale shards that globs would still read).
         for leftover in self.folder.glob(f"*{TMP_SUFFIX}"):
             leftover.unlink()
+        (self.folder / "index.json").unlink(missing_ok=True)
+        for old in self.folder.glob(f"{self.dataset}-{self.split}-*.tar"):
+            old.unlink()
 
     def shard_name(self, index: int) -> str:
         return f"{self.dataset}-{self.split}-{index:06d}.tar"
@@ -105,7 +111,11 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         if self._tar is None:
             return
+        fileobj = self._tar.fileobj
         self._tar.close()
+        if fileobj is not None and not fileobj.closed:
+            fileobj.flush()
+            os.fsync(fileobj.fileno())
         name = self.shard_name(self._shard_index)
         os.replace(self.folder / (name + TMP_SUFFIX), self.folder / name)
         self.shards.append(name)
@@ -119,10 +129,17 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} may hold only letters, digits, '-' and '_' (no dots)")
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r}")
+        encoded = {}
+        for ext, value in fields.items():  # everything is encoded before anything is written
+            data = json.dumps(value, sort_keys=True).encode() if isinstance(value, dict) else value
+            if not isinstance(data, bytes):
+                raise TypeError(
+                    f"field {ext!r} of {key!r} must be bytes or a dict, got {type(value).__name__}"
+                )
+            encoded[ext] = data
         if self._tar is None:
             self._open()
-        for ext, value in fields.items():
-            data = json.dumps(value, sort_keys=True).encode() if isinstance(value, dict) else value
+        for ext, data in encoded.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
             self._tar.addfile(info, io.BytesIO(data))

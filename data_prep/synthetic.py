@@ -16,6 +16,7 @@ entry point) with different driver paths. Everything is deterministic per seed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ def simulate(
     """Run the simulation; returns per-frame positions ``(T, K, 2)``, velocities, driver positions
     ``(T, 2)`` and collision events ``(frame, a, b)`` (``a``/``b``: disc index or ``"driver"``)."""
     discs = [Disc(d.name, d.pos.copy(), d.vel.copy(), d.radius, d.colour) for d in discs]
+    driver = dataclasses.replace(driver)  # its stop time may change below; the caller's path stays as given
     dt = 1.0 / (fps * world.substeps)
     positions = np.zeros((num_frames, len(discs), 2))
     velocities = np.zeros_like(positions)
@@ -173,9 +175,22 @@ def simulate(
                     elif d.pos[axis] > limit - d.radius and d.vel[axis] > 0:
                         d.vel[axis] *= -world.wall_restitution
                     d.pos[axis] = min(max(d.pos[axis], d.radius), limit - d.radius)
+            # A disc pinned between the driver and a wall cannot give way: the driver stops there
+            # (a kinematic driver would otherwise pass through it).
+            dp = driver.position(t)
+            if t < driver.stop_time and any(
+                float(np.hypot(*(d.pos - dp))) < d.radius + driver.radius - 1.0 for d in discs
+            ):
+                driver.stop_time = t
     # Events are recorded once per contact episode (first substep of each frame is enough).
     unique = sorted(set(events), key=lambda e: (e[0], str(e[1]), str(e[2])))
-    return {"positions": positions, "velocities": velocities, "driver": driver_pos, "events": unique}
+    return {
+        "positions": positions,
+        "velocities": velocities,
+        "driver": driver_pos,
+        "events": unique,
+        "driver_stop_time": driver.stop_time,
+    }
 
 
 def render(
@@ -320,7 +335,7 @@ def sample_fields(
             "radius": path.radius,
             "speed": path.speed,
             "direction": path.direction.tolist(),
-            "stop_time": None if math.isinf(path.stop_time) else path.stop_time,
+            "stop_time": None if math.isinf(sim["driver_stop_time"]) else sim["driver_stop_time"],
             "positions": np.round(sim["driver"], 3).tolist(),
         },
         "physics": {

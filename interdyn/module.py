@@ -145,17 +145,26 @@ class InterDynModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD."""
         state = checkpoint["state_dict"]
-        expected = {BRANCH_PREFIX + k for k in self.controlnet.state_dict()}
-        missing = sorted(expected - set(state))
-        unexpected = sorted(k for k in state if k.startswith(BRANCH_PREFIX) and k not in expected)
-        if missing or unexpected:
+        own = {BRANCH_PREFIX + k: v for k, v in self.controlnet.state_dict().items()}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(k for k in state if k.startswith(BRANCH_PREFIX) and k not in own)
+        reshaped = sorted(k for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+        if missing or unexpected or reshaped:
             raise WeightsMismatchError(
                 f"the checkpoint's control branch does not match this model (missing {missing[:4]}, unexpected "
-                f"{unexpected[:4]}); was it trained with another architecture or conditioning_channels?"
+                f"{unexpected[:4]}, other shapes {reshaped[:4]}); was it trained with another architecture, "
+                "conditioning_channels or conditioning_embedding_out_channels?"
             )
         for key, value in self.state_dict().items():
             if not key.startswith(BRANCH_PREFIX):
                 state.setdefault(key, value)
+
+    def on_fit_start(self) -> None:
+        """Give each data-parallel rank its own random stream: ``seed_everything`` seeds all ranks alike,
+        which would draw the same noise levels, noise and image drops on every GPU."""
+        if self.trainer.world_size > 1:
+            seed = (torch.initial_seed() + 7919 * self.global_rank) % (2**63)
+            torch.manual_seed(seed)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam on the branch parameters only (lr 1e-5 in the paper)."""
@@ -271,15 +280,39 @@ class InterDynModule(L.LightningModule):
         sigma = self.validation_sigmas(b, batch_idx)
         return self.compute_loss(pixel_values, control, sigma=sigma, generator=generator), b
 
+    # Evaluation losses are summed per rank and reduced once at the end of the epoch, on every rank:
+    # a rank that received no batch (fewer shards than ranks) still takes part, so DDP cannot hang,
+    # and the result is the mean over samples, not a mean of per-rank means.
+    def _accumulate(self, stage: str, loss: torch.Tensor, b: int) -> None:
+        sums = self.__dict__.setdefault("_eval_sums", {})
+        total = sums.get(stage, torch.zeros(2, dtype=torch.float64, device=self.device))
+        sums[stage] = total + torch.stack(
+            [loss.detach().double() * b, torch.tensor(float(b), device=self.device, dtype=torch.float64)]
+        )
+
+    def _reduce_and_log(self, stage: str, prog_bar: bool = False) -> None:
+        sums = self.__dict__.setdefault("_eval_sums", {})
+        total = sums.pop(stage, torch.zeros(2, dtype=torch.float64, device=self.device))
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        if total[1] > 0:
+            self.log(f"{stage}/loss", (total[0] / total[1]).float(), prog_bar=prog_bar, rank_zero_only=True)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
+        self._accumulate("val", loss, b)
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self._reduce_and_log("val", prog_bar=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)
-        self.log("test/loss", loss, sync_dist=True, batch_size=b)
+        self._accumulate("test", loss, b)
         return loss
+
+    def on_test_epoch_end(self) -> None:
+        self._reduce_and_log("test")
 
     # ------------------------------------------------------------------ sampling
     def pipeline(self) -> InterDynPipeline:

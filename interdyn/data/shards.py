@@ -117,7 +117,10 @@ class ClipDecoder:
         source_fps = float(meta.get("fps") or 0)
         num_source = int(meta.get("num_frames") or 0)
         if source_fps <= 0 or num_source <= 0:
-            header_frames, header_fps, _, _ = probe_video(video)
+            try:
+                header_frames, header_fps, _, _ = probe_video(video)
+            except VideoDecodeError as err:
+                raise SkipSample("bad_video", str(err)) from None
             source_fps = source_fps or header_fps
             num_source = num_source or header_frames or masks.shape[0]
         num_source = min(num_source, masks.shape[0])
@@ -139,8 +142,8 @@ class ClipDecoder:
         clip_masks = masks[indices]
         if frames.shape[1:3] != clip_masks.shape[1:]:
             raise SkipSample("size_mismatch", f"video {frames.shape[1:3]} vs masks {clip_masks.shape[1:]}")
-        pixels, clip_masks = joint_transform(
-            frames, clip_masks, self.height, self.width, self.crop, self.hflip, rng
+        pixels, clip_masks, geometry = joint_transform(
+            frames, clip_masks, self.height, self.width, self.crop, self.hflip, rng, with_geometry=True
         )
         return {
             "pixel_values": pixels,  # uint8 (T, 3, H, W); see interdyn.contract.to_contract
@@ -148,6 +151,10 @@ class ClipDecoder:
             "key": key,
             "fps": effective_fps(source_fps, self.fps, self.frame_stride),
             "start_frame": int(start),
+            # for evaluations that need the source (metadata positions, per-object masks)
+            "source_indices": torch.as_tensor(indices),
+            "geometry": torch.tensor([*geometry[:4], float(geometry[4])], dtype=torch.float64),
+            "meta": meta,
         }
 
 
@@ -177,6 +184,18 @@ class ShardClipStream(IterableDataset):
     ) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
+        local = [u for u in self.urls if not u.startswith("pipe:") and "://" not in u]
+        missing = [u for u in local if not os.path.exists(u)]
+        if missing and not train:  # an evaluation over part of the set would be silently wrong
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(self.urls)} evaluation shards do not exist, e.g. {missing[:3]}"
+            )
+        if missing:
+            warnings.warn(
+                f"{len(missing)} training shards do not exist and are left out, e.g. {missing[:3]}",
+                stacklevel=2,
+            )
+            self.urls = [u for u in self.urls if u not in set(missing)]
         if not self.urls:
             raise FileNotFoundError(f"no shards match {urls!r}")
         self.decoder, self.train = decoder, train
@@ -230,7 +249,7 @@ class ShardClipStream(IterableDataset):
         # persistent workers / in-process iteration count their own epochs.
         self.iterations += 1
         self._reported_shards: set[str] = set()
-        worker_seed = info.seed if info is not None else 0
+        worker_seed = info.seed if info is not None else torch.initial_seed()  # both follow seed_everything
         rng = random.Random(
             hash((self.seed, self.rank, worker, worker_seed, self.iterations)) if self.train else self.seed
         )

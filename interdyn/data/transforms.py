@@ -68,10 +68,14 @@ def joint_transform(
     crop: str = "center",
     hflip: bool = False,
     rng: random.Random | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_geometry: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """``frames`` (T, H, W, 3) uint8 and ``masks`` (T, H, W) bool -> frames (T, 3, height, width) uint8 and
     masks (T, height, width) bool, geometrically aligned. :func:`interdyn.contract.to_contract` turns
-    them into the batch contract's floats (the DataModule does it after the batch reaches the device)."""
+    them into the batch contract's floats (the DataModule does it after the batch reaches the device).
+
+    With ``with_geometry`` a third value ``(scale_y, scale_x, top, left, flipped)`` maps source pixel
+    coordinates to output ones: ``x' = x * scale_x - left`` (then ``width - x'`` when flipped)."""
     frames_t = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
     masks_t = torch.as_tensor(np.asarray(masks)).bool()
     if frames_t.dtype != torch.uint8:
@@ -80,10 +84,15 @@ def joint_transform(
         raise ValueError(
             f"frames {tuple(frames_t.shape)} and masks {tuple(masks_t.shape)} differ in length or size"
         )
+    source_h, source_w = frames_t.shape[-2:]
     frames_t, masks_t = resize_to_cover(frames_t, masks_t, height, width)
     top, left = crop_offsets(masks_t, height, width, crop, rng)
+    geometry = (frames_t.shape[-2] / source_h, frames_t.shape[-1] / source_w, top, left, False)
     frames_t = frames_t[..., top : top + height, left : left + width]
     masks_t = masks_t[..., top : top + height, left : left + width]
     if hflip and (rng or random).random() < 0.5:
         frames_t, masks_t = frames_t.flip(-1), masks_t.flip(-1)
+        geometry = (*geometry[:4], True)
+    if with_geometry:
+        return frames_t.contiguous(), masks_t.contiguous(), geometry
     return frames_t.contiguous(), masks_t.contiguous()

@@ -124,6 +124,12 @@ def load_component(
         result = cls.from_pretrained(path, **kwargs)  # type: ignore[attr-defined]
     except (OSError, HFValidationError) as err:
         raise describe_missing(path, subfolder, what, kind, failure_reason(err, local)) from None
+    except ValueError as err:  # diffusers reports tensors of the wrong shape this way
+        if "shape" not in str(err):
+            raise
+        raise WeightsMismatchError(
+            f"The {what} at '{path}' does not match {cls.__name__}'s architecture: {str(err).splitlines()[0][:300]}"
+        ) from None
     if not strict:
         return result
     model, info = result

@@ -211,8 +211,15 @@ class InterDynPipeline(DiffusionPipeline):
             model_in = torch.cat([latents, latents]) if guided else latents
             model_in = self.scheduler.scale_model_input(model_in, t).to(dtype)
             model_in = torch.cat([model_in, image_latents], dim=2)
+            branch_dtype = self.controlnet.dtype  # the branch may be fp32 next to bf16 frozen parts
             residuals = self.controlnet(
-                model_in, t, embeds, time_ids, cond, conditioning_scale=conditioning_scale, return_dict=False
+                model_in.to(branch_dtype),
+                t,
+                embeds.to(branch_dtype),
+                time_ids.to(branch_dtype),
+                cond.to(branch_dtype),
+                conditioning_scale=conditioning_scale,
+                return_dict=False,
             )
             pred = self.unet(
                 model_in,

@@ -60,7 +60,12 @@ def _read_raw_config(path: str, subfolder: str | None) -> dict:
     """config.json exactly as stored (diffusers fills absent fields with defaults, hiding the marker)."""
     if looks_like_local_path(path):
         folder = check_local_folder(path, subfolder, _WHAT, "controlnet")
-        return json.loads((folder / "config.json").read_text())
+        try:
+            return json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError as err:
+            raise describe_missing(
+                path, subfolder, _WHAT, "controlnet", f"its config.json is not valid JSON ({err})."
+            ) from None
     try:
         return dict(ControlNetSDVModel.load_config(path, subfolder=subfolder))
     except (OSError, HFValidationError) as err:

@@ -22,19 +22,42 @@ class InterDynCLI(LightningCLI):
     """LightningCLI with InterDyn's module and any DataModule subclass."""
 
 
+MORE_COMMANDS = """
+other commands:
+  evaluate            score a folder of generated videos against a shard split (interdyn evaluate --help)
+  weights fetch i3d   download and convert the FVD/KVD I3D weights
+"""
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``interdyn`` console script."""
+    argv = sys.argv[1:] if args is None else list(args)
+    cli_args = None if args is None else argv  # LightningCLI reads sys.argv itself when args is None
     # Quieter startup logs from the hub stack; the user's settings win.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen SVD parts are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    if argv and argv[0] in ("evaluate", "weights"):
+        from interdyn.evaluate import main as evaluate_main
+        from interdyn.evaluate import weights_main
+
+        try:
+            sys.exit((evaluate_main if argv[0] == "evaluate" else weights_main)(argv[1:]))
+        except InterDynError as err:
+            print(f"interdyn: error: {err}", file=sys.stderr)
+            sys.exit(2)
+    if argv in (["-h"], ["--help"]):
+        try:
+            InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, args=cli_args)
+        finally:
+            print(MORE_COMMANDS)
     try:
         InterDynCLI(
             InterDynModule,
             L.LightningDataModule,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            args=args,
+            args=cli_args,
         )
     except InterDynError as err:
         print(f"interdyn: error: {err}", file=sys.stderr)

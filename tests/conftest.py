@@ -15,6 +15,7 @@ from interdyn.models import ControlNetSDVModel, SVDComponents, build_svd, save_s
 from interdyn.models.svd import TINY_ARCHITECTURE  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FRAMES, FPS = 30, 14.0
 TINY_CONTROL_CHANNELS = (8, 16, 16, 32)
 
 
@@ -72,3 +73,45 @@ def unet_inputs(
 
 def unet_args(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k != "controlnet_cond"}
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built-in dataset shards written with the real writer: train 8 clips in 2 shards; validation 10
+    clips in 4 shards; test 2 counterfactual groups x 2 variants (64x96, 30 frames at 14 fps)."""
+    from data_prep.synthetic import World, write_split
+
+    out = tmp_path_factory.mktemp("shards")
+    world = World(height=64, width=96)
+    write_split(
+        out, "train", 8, seed=0, world=world, num_frames=FRAMES, fps=FPS, shard_size=4, progress=False
+    )
+    write_split(
+        out, "validation", 10, seed=0, world=world, num_frames=FRAMES, fps=FPS, shard_size=3, progress=False
+    )
+    write_split(
+        out,
+        "test",
+        2,
+        seed=0,
+        world=world,
+        num_frames=FRAMES,
+        fps=FPS,
+        variants=2,
+        shard_size=4,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_i3d_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An I3D weights file with random values (the real ones come from `interdyn weights fetch i3d`)."""
+    from safetensors.torch import save_file
+
+    from interdyn.metrics.i3d import InceptionI3d
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("i3d") / "random-i3d.safetensors"
+    save_file(InceptionI3d().state_dict(), path)
+    return path

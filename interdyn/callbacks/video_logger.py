@@ -18,12 +18,20 @@ import torch
 from PIL import Image
 
 
-def side_by_side(control: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    """``control``/``truth`` (B, T, 3, H, W) in [-1, 1], ``samples`` (B, T, 3, H, W) in [0, 1] ->
-    (T, B*H, 3*W, 3) uint8: one row per clip, columns control | sample | ground truth."""
+def side_by_side(
+    control: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor, with_input: bool = False
+) -> np.ndarray:
+    """``control``/``truth`` (B, T, 3, H, W) in [-1, 1], ``samples`` (B, T, 3, H, W) or (B, N, T, 3, H, W) in
+    [0, 1] -> (T, B*H, C*W, 3) uint8: one row per clip, columns [input frame |] control | samples | truth."""
     to01 = lambda x: ((x.float().cpu() + 1) / 2).clamp(0, 1)  # noqa: E731
-    grid = torch.cat([to01(control), samples.float().cpu().clamp(0, 1), to01(truth)], dim=-1)  # along width
-    grid = torch.cat(list(grid), dim=-2)  # clips stacked along height: (T, 3, B*H, 3*W)
+    samples = samples.float().cpu().clamp(0, 1)
+    if samples.ndim == 5:
+        samples = samples[:, None]
+    columns = [to01(control), *samples.unbind(1), to01(truth)]
+    if with_input:
+        columns.insert(0, to01(truth[:, :1]).expand_as(columns[0]))
+    grid = torch.cat(columns, dim=-1)  # along width
+    grid = torch.cat(list(grid), dim=-2)  # clips stacked along height: (T, 3, B*H, C*W)
     return (grid.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
@@ -99,13 +107,17 @@ class SampleVideoLogger(L.Callback):
 
     @staticmethod
     def _log_tensorboard(trainer: L.Trainer, data: bytes, shape: tuple[int, ...]) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        log_gif(trainer, "samples/control|sample|truth", data, shape)
 
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                image = Summary.Image(
-                    height=shape[1], width=shape[2], colorspace=3, encoded_image_string=data
-                )
-                summary = Summary(value=[Summary.Value(tag="samples/control|sample|truth", image=image)])
-                logger.experiment._get_file_writer().add_summary(summary, trainer.global_step)
+
+def log_gif(trainer: L.Trainer, tag: str, data: bytes, shape: tuple[int, ...]) -> None:
+    """Write an animated GIF to every TensorBoard logger of ``trainer`` (Images tab). The stock
+    ``add_video`` silently writes nothing without moviepy < 2; an encoded GIF image summary always works."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            image = Summary.Image(height=shape[1], width=shape[2], colorspace=3, encoded_image_string=data)
+            summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+            logger.experiment._get_file_writer().add_summary(summary, trainer.global_step)

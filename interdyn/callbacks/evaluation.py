@@ -1,0 +1,165 @@
+"""Test-time evaluation: sample every test clip, score it, write the paper's table.
+
+For each test clip the callback samples ``num_samples`` videos with seeds fixed per clip key (the
+same videos whatever the batch size, rank or order), scores them with
+:class:`~interdyn.metrics.suite.VideoMetrics`, gathers the results of all ranks, and writes into the
+run directory ``metrics.json`` (values, per-video rows, protocol), ``metrics.md`` (the paper's table
+layout with the protocol), mp4s of the first clips (input | control | samples | ground truth) and
+the same side-by-side videos to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
+from interdyn.data.video import encode_video
+from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, summarize
+
+
+def key_seed(seed: int, key: str) -> int:
+    """A stable per-clip seed (independent of batch composition, rank and Python's hash salt)."""
+    return (seed * 1_000_003 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)) % (2**31)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class VideoEvaluation(L.Callback):
+    """Evaluate generated videos during ``interdyn test``.
+
+    Args:
+        metrics: which metrics run (``ssim, psnr, lpips, fvd, kvd, motion_fidelity, physics``).
+        num_samples: samples per test clip (the paper's demo draws 3).
+        seed: base seed; each clip's seed is derived from it and the clip key.
+        num_inference_steps: sampling steps (default: the module's).
+        i3d_weights, lpips_backbone, lpips_net, tracker, track_in_mask_box: see ``VideoMetrics``.
+        save_videos: how many clips (per rank) get an mp4 and a TensorBoard video.
+        out_dir: where the files go (default: the logger's run directory).
+    """
+
+    def __init__(
+        self,
+        metrics: list[str] | None = None,
+        num_samples: int = 1,
+        seed: int = 42,
+        num_inference_steps: int | None = None,
+        i3d_weights: str | None = None,
+        lpips_backbone: str | None = None,
+        lpips_net: str = "alex",
+        tracker: str = "lk",
+        track_in_mask_box: bool = True,
+        save_videos: int = 4,
+        out_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.metrics = list(metrics) if metrics is not None else [m for m in ALL_METRICS if m != "lpips"]
+        self.num_samples, self.seed, self.num_inference_steps = num_samples, seed, num_inference_steps
+        self.options = dict(
+            i3d_weights=i3d_weights,
+            lpips_backbone=lpips_backbone,
+            lpips_net=lpips_net,
+            tracker=tracker,
+            track_in_mask_box=track_in_mask_box,
+        )
+        self.save_videos, self.out_dir = save_videos, out_dir
+        self.evaluator: VideoMetrics | None = None
+        self.results: dict[str, Any] | None = None
+        self._saved = 0
+
+    def _folder(self, trainer: L.Trainer) -> Path:
+        folder = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluator = VideoMetrics(self.metrics, device=pl_module.device, **self.options)
+        self._saved = 0
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        overrides = {"num_videos_per_prompt": self.num_samples}
+        if self.num_inference_steps is not None:
+            overrides["num_inference_steps"] = self.num_inference_steps
+        pixels, control = batch["pixel_values"], batch["control"]
+        keys = batch.get("key") or [
+            f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(len(pixels))
+        ]
+        for i, key in enumerate(keys):
+            samples = pl_module.sample(
+                pixels[i : i + 1], control[i : i + 1], seed=key_seed(self.seed, key), **overrides
+            )
+            self.evaluator.update(
+                (pixels[i] + 1) / 2,
+                samples[0],
+                key,
+                masks=control[i, :, 0] > 0,
+                meta=(batch.get("meta") or [None] * len(keys))[i],
+                source_indices=batch["source_indices"][i].tolist() if "source_indices" in batch else None,
+                geometry=batch["geometry"][i].tolist() if "geometry" in batch else None,
+            )
+            if self._saved < self.save_videos:
+                self._save_video(trainer, key, pixels[i : i + 1], control[i : i + 1], samples)
+                self._saved += 1
+
+    def _save_video(
+        self, trainer: L.Trainer, key: str, pixels: torch.Tensor, control: torch.Tensor, samples: torch.Tensor
+    ) -> None:
+        frames = side_by_side(control, samples, pixels, with_input=True)
+        folder = self._folder(trainer) / "videos"
+        folder.mkdir(exist_ok=True)
+        even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # libx264 needs even sizes
+        tmp = folder / f"{key}.mp4.tmp"
+        tmp.write_bytes(encode_video(even, fps=7.0))
+        os.replace(tmp, folder / f"{key}.mp4")
+        log_gif(trainer, f"test/{key} (input|control|samples|truth)", gif_bytes(frames, 7.0), frames.shape)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = self.evaluator.state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        results = summarize(states, self.metrics)
+        shape = next((s["shape"] for s in states if s["shape"]), None)
+        hp = pl_module.hparams
+        protocol = {
+            "videos": results["num_videos"],
+            "samples_per_input": self.num_samples,
+            "frames": shape[0] if shape else None,
+            "resolution": f"{shape[2]}x{shape[3]}" if shape else None,
+            "seed": self.seed,
+            "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
+            "guidance": f"{hp.get('min_guidance_scale')}->{hp.get('max_guidance_scale')}",
+            "i3d_weights_sha256": self.evaluator.i3d_sha256,
+            "tracker": self.options["tracker"] if "motion_fidelity" in self.metrics else None,
+        }
+        self.results = results
+        for name, value in results.items():
+            if isinstance(value, float):
+                pl_module.log(f"test/{name}", value, rank_zero_only=True)
+        if trainer.is_global_zero:
+            folder = self._folder(trainer)
+            rows = [row for s in states for row in s["rows"]]
+            payload = {"metrics": results, "protocol": protocol, "per_video": rows}
+            atomic_write_text(folder / "metrics.json", json.dumps(payload, indent=2, default=float))
+            atomic_write_text(folder / "metrics.md", markdown_table(results, protocol))
+            print(f"\nEvaluation written to {folder / 'metrics.md'}:\n\n{markdown_table(results, protocol)}")

@@ -1,0 +1,173 @@
+"""The evaluation protocol: every metric of the paper's table, accumulated clip by clip.
+
+:class:`VideoMetrics` scores generated videos against their ground truth and keeps per-video rows
+and I3D features; :func:`summarize` merges the states of all ranks and computes the set-level values
+(per-frame metrics averaged per video, then over videos; FVD / KVD between all real clips and all
+generated samples). It knows nothing of the model: the evaluation callback and ``interdyn evaluate``
+feed it videos.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from interdyn.metrics.distances import fid_from_features, polynomial_mmd
+from interdyn.metrics.frame_metrics import build_lpips, lpips_per_video, psnr_per_video, ssim_per_video
+from interdyn.metrics.motion_fidelity import CoTracker, LKTracker, motion_fidelity
+from interdyn.metrics.physics import physics_error
+
+ALL_METRICS = ("ssim", "psnr", "lpips", "fvd", "kvd", "motion_fidelity", "physics")
+PAPER_COLUMNS = (
+    ("ssim", "SSIM"),
+    ("psnr", "PSNR"),
+    ("lpips", "LPIPS"),
+    ("fvd", "FVD"),
+    ("kvd", "KVD"),
+    ("motion_fidelity", "Motion fidelity"),
+    ("physics_position_error", "Physics error (px)"),
+)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` in [0, 1] -> ``(T, H, W, 3)`` uint8."""
+    return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class VideoMetrics:
+    """Accumulates the evaluation of generated videos.
+
+    Args:
+        metrics: names from :data:`ALL_METRICS`.
+        i3d_weights: FVD/KVD weights file (default: the fetched cache file).
+        lpips_backbone, lpips_net: see :func:`interdyn.metrics.frame_metrics.build_lpips`.
+        tracker: ``"lk"`` (offline) or ``"cotracker"``; ``track_spacing`` is the query grid spacing;
+            ``track_in_mask_box`` restricts query points to the driver's bounding box.
+        device: where I3D and LPIPS run.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = ALL_METRICS,
+        i3d_weights: str | None = None,
+        lpips_backbone: str | None = None,
+        lpips_net: str = "alex",
+        tracker: str = "lk",
+        track_spacing: int = 16,
+        track_in_mask_box: bool = True,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        unknown = set(metrics) - set(ALL_METRICS)
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {ALL_METRICS}")
+        self.metrics = tuple(metrics)
+        self.device = torch.device(device)
+        self.i3d, self.i3d_sha256 = None, None
+        if {"fvd", "kvd"} & set(self.metrics):
+            from interdyn.metrics.weights import load_i3d
+
+            self.i3d, self.i3d_sha256 = load_i3d(i3d_weights, self.device)
+        self.lpips = (
+            build_lpips(lpips_net, lpips_backbone).to(self.device) if "lpips" in self.metrics else None
+        )
+        self.tracker = None
+        if "motion_fidelity" in self.metrics:
+            self.tracker = LKTracker() if tracker == "lk" else CoTracker(device=str(self.device))
+        self.tracker_name, self.track_spacing, self.track_in_mask_box = (
+            tracker,
+            track_spacing,
+            track_in_mask_box,
+        )
+        self.rows: list[dict[str, Any]] = []
+        self.real_features: list[torch.Tensor] = []
+        self.fake_features: list[torch.Tensor] = []
+        self.shape: tuple[int, ...] | None = None
+
+    @torch.no_grad()
+    def update(
+        self,
+        real: torch.Tensor,
+        fakes: torch.Tensor,
+        key: str,
+        masks: torch.Tensor | None = None,
+        meta: dict | None = None,
+        source_indices: Sequence[int] | None = None,
+        geometry: Sequence[float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Score ``fakes`` (N, T, 3, H, W) against ``real`` (T, 3, H, W), both in [0, 1]; returns the rows."""
+        self.shape = tuple(real.shape)
+        real, fakes = real.float().to(self.device), fakes.float().to(self.device)
+        real_u8 = to_uint8(real) if ("motion_fidelity" in self.metrics or "physics" in self.metrics) else None
+        if self.i3d is not None:
+            self.real_features.append(self.i3d(real[None] * 2 - 1).cpu())
+            self.fake_features.append(self.i3d(fakes * 2 - 1).cpu())
+        rows = []
+        for n, fake in enumerate(fakes):
+            row: dict[str, Any] = {"key": key, "sample": n}
+            if "ssim" in self.metrics:
+                row["ssim"] = ssim_per_video(fake, real)
+            if "psnr" in self.metrics:
+                row["psnr"] = psnr_per_video(fake, real)
+            if self.lpips is not None:
+                row["lpips"] = lpips_per_video(self.lpips, fake, real)
+            fake_u8 = to_uint8(fake) if real_u8 is not None else None
+            if self.tracker is not None:
+                box_masks = masks.cpu().numpy() if (masks is not None and self.track_in_mask_box) else None
+                row["motion_fidelity"] = motion_fidelity(
+                    fake_u8, real_u8, self.tracker, box_masks, self.track_spacing
+                )
+            if "physics" in self.metrics and meta is not None and "physics" in meta:
+                result = physics_error(fake_u8, meta, list(source_indices), list(geometry))
+                row["physics_position_error"] = result["position_error"]
+                row["physics_found"] = result["found"]
+            rows.append(row)
+        self.rows += rows
+        return rows
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to merge this process's results with other ranks' (picklable)."""
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, 400, dtype=torch.float64)  # noqa: E731
+        return {
+            "rows": self.rows,
+            "real": cat(self.real_features),
+            "fake": cat(self.fake_features),
+            "shape": self.shape,
+        }
+
+
+def summarize(states: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """Merge rank states; per-frame/motion/physics metrics are means over videos (and samples), FVD/KVD
+    are computed on the union of the features."""
+    rows = [row for state in states for row in state["rows"]]
+    results: dict[str, Any] = {}
+    for name in ("ssim", "psnr", "lpips", "motion_fidelity", "physics_position_error", "physics_found"):
+        values = [r[name] for r in rows if name in r and not math.isnan(r[name])]
+        if values:
+            results[name] = float(np.mean(values))
+    real = torch.cat([s["real"] for s in states])
+    fake = torch.cat([s["fake"] for s in states])
+    if "fvd" in metrics and len(real) >= 2 and len(fake) >= 2:
+        results["fvd"] = fid_from_features(real, fake)
+    if "kvd" in metrics and len(real) >= 2 and len(fake) >= 2:
+        results["kvd"] = polynomial_mmd(real, fake)
+    results["num_videos"] = len({r["key"] for r in rows})
+    results["num_samples"] = len(rows)
+    return results
+
+
+def markdown_table(results: dict[str, Any], protocol: dict[str, Any]) -> str:
+    """The paper's table layout, one row, plus the protocol under it."""
+    columns = [(k, title) for k, title in PAPER_COLUMNS if k in results]
+    fmt = lambda v: f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"  # noqa: E731
+    lines = [
+        "| method | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        f"| {protocol.get('method', 'interdyn')} | " + " | ".join(fmt(results[k]) for k, _ in columns) + " |",
+        "",
+        "Protocol: " + ", ".join(f"{k}: {v}" for k, v in protocol.items() if k != "method") + ".",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""Physics error of the built-in dataset."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from data_prep.synthetic import World, make_video, sample_fields
+from interdyn.metrics.physics import expected_positions, physics_error
+
+
+def clip_with_pushed_disc(seed: int = 0):
+    for s in range(seed, seed + 50):
+        video = make_video(np.random.default_rng([11, s]), World(height=64, width=64), 16, 8.0)
+        meta = sample_fields(video, f"synthetic-test-{s:06d}", "test", 8.0, {})["json"]
+        positions = np.asarray(meta["physics"]["positions"])
+        if (np.linalg.norm(positions[-1] - positions[0], axis=-1) > 4).any():
+            return video, meta
+    raise AssertionError("no clip with a pushed disc")
+
+
+def test_ground_truth_scores_near_zero():
+    video, meta = clip_with_pushed_disc()
+    indices, geometry = list(range(16)), [1.0, 1.0, 0.0, 0.0, 0.0]
+    result = physics_error(video["frames"], meta, indices, geometry)
+    assert result["moved_objects"] >= 1
+    assert result["position_error"] < 1.0 and result["found"] > 0.9
+
+
+def test_error_grows_when_a_disc_is_displaced():
+    video, meta = clip_with_pushed_disc()
+    indices, geometry = list(range(16)), [1.0, 1.0, 0.0, 0.0, 0.0]
+    frames = video["frames"].copy()
+    positions = np.asarray(meta["physics"]["positions"])
+    k = int(np.argmax(np.linalg.norm(positions[-1] - positions[0], axis=-1)))
+    colour = np.asarray(meta["physics"]["colours"][k], dtype=np.uint8)
+    for t in range(len(frames)):  # move disc k 6 px to the right in every frame
+        hit = np.all(frames[t] == colour, axis=-1)
+        frames[t][hit] = frames[t][0, 0]
+        frames[t][np.roll(hit, 6, axis=1)] = colour
+    base = physics_error(video["frames"], meta, indices, geometry)["position_error"]
+    moved = physics_error(frames, meta, indices, geometry)["position_error"]
+    assert moved > base + 2
+
+
+def test_positions_follow_the_clip_geometry():
+    meta = {"physics": {"positions": [[[10.0, 20.0]], [[12.0, 20.0]]]}}
+    out = expected_positions(meta, [1], [2.0, 2.0, 4.0, 8.0, 0.0], width=100)
+    assert out[0, 0].tolist() == [16.0, 36.0]
+    flipped = expected_positions(meta, [1], [2.0, 2.0, 4.0, 8.0, 1.0], width=100)
+    assert flipped[0, 0].tolist() == [84.0, 36.0]
+    static = {"physics": {"positions": [[[10.0, 20.0]]] * 3, "colours": [[255, 0, 0]]}}
+    assert math.isnan(
+        physics_error(np.zeros((3, 8, 8, 3), np.uint8), static, [0, 1, 2], [1, 1, 0, 0, 0])["position_error"]
+    )

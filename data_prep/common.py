@@ -1,0 +1,136 @@
+"""Pieces every dataset preparer shares: reading source videos, length checks, boxes to masks, mask
+binarisation, and the command-line options common to all preparers."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.build import Skip, default_workers
+from interdyn.data.sampling import clip_offsets
+from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
+
+
+def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:
+    """The encoded bytes, every decoded frame ``(T, H, W, 3)`` uint8 and the frame rate of a video file.
+
+    Raises :class:`Skip` (``missing_video`` / ``corrupt_video``) rather than library errors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise Skip("missing_video", str(path))
+    data = path.read_bytes()
+    if not data:
+        raise Skip("corrupt_video", f"{path} is empty")
+    try:
+        _, fps, _, _ = probe_video(data)
+        frames = decode_frames(data)
+    except VideoDecodeError as err:
+        raise Skip("corrupt_video", f"{path}: {err}") from None
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        raise Skip("corrupt_video", f"{path}: no frame rate in the container")
+    return data, frames, float(fps)
+
+
+def min_source_frames(num_frames: int, fps: float, target_fps: float | None, frame_stride: int | None) -> int:
+    """Source frames a video needs for one clip of ``num_frames`` at ``target_fps`` (or ``frame_stride``)."""
+    return int(clip_offsets(num_frames, fps, target_fps, frame_stride)[-1]) + 1
+
+
+def check_length(
+    num_source: int, fps: float, num_frames: int, target_fps: float | None, frame_stride: int | None
+) -> None:
+    """Raise ``Skip("too_short")`` when no clip fits in the video."""
+    need = min_source_frames(num_frames, fps, target_fps, frame_stride)
+    if num_source < need:
+        rate = f"stride {frame_stride}" if frame_stride else f"{target_fps:g} FPS"
+        raise Skip(
+            "too_short", f"{num_source} frames at {fps:g} fps; {num_frames} frames at {rate} need {need}"
+        )
+
+
+def clip_box(
+    box: tuple[float, float, float, float], height: int, width: int
+) -> tuple[int, int, int, int] | None:
+    """Clamp ``(x1, y1, x2, y2)`` (pixels, x2/y2 exclusive) to the frame; ``None`` if nothing is left."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    x1, x2 = sorted((x1, x2))
+    y1, y2 = sorted((y1, y2))
+    ix1, iy1 = max(0, int(math.floor(x1))), max(0, int(math.floor(y1)))
+    ix2, iy2 = min(width, int(math.ceil(x2))), min(height, int(math.ceil(y2)))
+    if ix2 <= ix1 or iy2 <= iy1:
+        return None
+    return ix1, iy1, ix2, iy2
+
+
+def fill_boxes(boxes_per_frame: list[list[tuple[int, int, int, int]]], height: int, width: int) -> np.ndarray:
+    """Filled boxes (already clipped) -> bool masks ``(T, H, W)``."""
+    masks = np.zeros((len(boxes_per_frame), height, width), dtype=bool)
+    for t, boxes in enumerate(boxes_per_frame):
+        for x1, y1, x2, y2 in boxes:
+            masks[t, y1:y2, x1:x2] = True
+    return masks
+
+
+def binarize(frames: np.ndarray, threshold: int = 128, min_blob: int = 0) -> np.ndarray:
+    """Mask frames (``(T, H, W)`` or ``(T, H, W, C)`` grey/RGB, any integer or float) -> bool.
+
+    Lossy codecs leave grey halos and specks: pixels are kept at ``>= threshold`` (on the channel
+    maximum, 0-255 scale) and connected blobs smaller than ``min_blob`` pixels are dropped.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 4:
+        frames = frames.max(axis=-1)
+    if frames.dtype == bool:
+        masks = frames.copy()
+    else:
+        scale = 255.0 if np.issubdtype(frames.dtype, np.floating) and frames.max(initial=0) <= 1.0 else 1.0
+        masks = frames.astype(np.float32) * scale >= threshold
+    if min_blob > 1:
+        import cv2
+
+        for t in range(masks.shape[0]):
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(
+                masks[t].astype(np.uint8), connectivity=8
+            )
+            small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_blob)
+            small = small[small != 0]  # label 0 is the background
+            if small.size:
+                masks[t] &= ~np.isin(labels, small)
+    return masks
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """Options shared by every preparer (output, parallelism, resumption, clip length filter)."""
+    group = parser.add_argument_group("output and running")
+    group.add_argument(
+        "--out", type=Path, default=Path(default_out), help="output root; one folder per split"
+    )
+    group.add_argument(
+        "--workers", type=int, default=default_workers(), help="parallel processes (default: CPUs, at most 8)"
+    )
+    group.add_argument("--shard-size", type=int, default=100, help="source videos per shard")
+    group.add_argument(
+        "--overwrite", action="store_true", help="rebuild splits that were made with other settings"
+    )
+    group.add_argument("--strict", action="store_true", help="stop at the first unexpected error")
+    group.add_argument(
+        "--limit", type=int, default=None, help="only the first N videos of each split (trials)"
+    )
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    clip = parser.add_argument_group("clip length filter (videos too short for one clip are skipped)")
+    clip.add_argument("--num-frames", type=int, default=14, help="frames per training clip")
+    clip.add_argument("--target-fps", type=float, default=7.0, help="clip frame rate")
+    clip.add_argument(
+        "--frame-stride", type=int, default=None, help="fixed source stride instead of --target-fps"
+    )
+
+
+def length_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"num_frames": args.num_frames, "target_fps": args.target_fps, "frame_stride": args.frame_stride}

@@ -1,0 +1,301 @@
+"""Your own clips -> shards: one folder per clip with a video and its masks.
+
+    my_clips/
+      243/
+        video.mp4              # any container/codec PyAV reads, any fps and size
+        mask_hand.mp4          # the driver: a mask video, or a folder of mask images
+        mask_cup/              #   (0000.png, 0001.png, ...) - other objects, kept for evaluation
+      244/ ...
+
+``video.*`` is the RGB video (a folder ``video/`` of frame images also works, with ``--fps``). The
+driver masks are ``mask_<control>.*`` (``--control hand`` by default; several names are merged);
+every other ``mask_<name>.*`` becomes a per-object mask. Masks are binarised (threshold on the
+brightest channel, specks smaller than ``--min-blob`` pixels removed), resized (nearest) when they
+have the video's aspect ratio but another size, and must have as many frames as the video.
+
+Videos in mp4 or webm are stored as they are; anything else (or a frame folder) is re-encoded to
+H.264 (odd sizes are padded by one pixel row/column of edge colour, and the masks with it).
+
+    python -m data_prep.folder --input my_clips/ --out data/shards/mine
+    python -m data_prep.folder --input my_clips/ --out data/shards/mine --val-fraction 0.1 --test-fraction 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.build import Item, Skip, build_split
+from data_prep.common import add_common_arguments, binarize, check_length, length_settings, read_video
+from data_prep.shard_writer import encode_masks
+from interdyn.data.video import encode_video
+
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+KEEP_AS_IS = {".mp4": "video.mp4", ".webm": "video.webm"}
+_NAME_RE = re.compile(r"[^A-Za-z0-9_\-]+")
+
+
+def _natural(path: Path) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
+
+
+def find_media(folder: Path, stem: str) -> Path | None:
+    """``<stem>.<video suffix>`` or a folder ``<stem>/`` holding images, else None."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.stem == stem and path.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
+            return path
+        if path.is_dir() and path.name == stem:
+            return path
+    return None
+
+
+def read_images(folder: Path) -> np.ndarray:
+    """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`Skip` when unusable."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
+    if not files:
+        raise Skip("missing_video", f"{folder} holds no images")
+    frames = []
+    try:
+        for path in files:
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+    except (OSError, UnidentifiedImageError) as err:
+        raise Skip("corrupt_video", f"{path}: {err}") from None
+    if len({f.shape for f in frames}) != 1:
+        raise Skip("corrupt_video", f"{folder}: images of different sizes")
+    return np.stack(frames)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Mask video / image folder / single image -> ``(T, H, W, 3)`` uint8 frames (not yet binarised)."""
+    if path.is_dir():
+        return read_images(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_images_list([path])
+    _, frames, _ = read_video(path)
+    return frames
+
+
+def read_images_list(paths: list[Path]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def fit_mask(masks: np.ndarray, height: int, width: int, name: str) -> np.ndarray:
+    """Resize bool masks ``(T, h, w)`` to the video's size when only the scale differs."""
+    t, h, w = masks.shape
+    if (h, w) == (height, width):
+        return masks
+    if abs(h / w - height / width) > 0.01:
+        raise Skip(
+            "mask_size_mismatch", f"mask_{name} is {w}x{h}, the video {width}x{height} (other aspect ratio)"
+        )
+    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(int)
+    return masks[:, rows][:, :, cols]
+
+
+def split_of(clip_id: str, val_fraction: float, test_fraction: float, default: str) -> str:
+    """A stable split from the clip id's hash (the same clip always lands in the same split)."""
+    u = int(hashlib.sha1(clip_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "validation"
+    return default
+
+
+@dataclass
+class FolderMaker:
+    """Turns one clip folder into a shard sample."""
+
+    dataset: str
+    split: str
+    control: tuple[str, ...] = ("hand",)
+    fps: float | None = None
+    threshold: int = 128
+    min_blob: int = 4
+    num_frames: int = 14
+    target_fps: float | None = 7.0
+    frame_stride: int | None = None
+
+    def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
+        folder = Path(item.data)
+        video_path = find_media(folder, "video")
+        if video_path is None:
+            raise Skip("missing_video", f"no video.* in {folder}")
+        if video_path.is_dir():
+            if not self.fps:
+                raise Skip("missing_fps", f"{video_path} is a frame folder: pass --fps")
+            data, frames, fps = None, read_images(video_path), float(self.fps)
+        else:
+            data, frames, fps = read_video(video_path)
+            fps = float(self.fps or fps)
+        t, h, w, _ = frames.shape
+        check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
+
+        mask_paths = {
+            p.stem[len("mask_") :] if p.is_file() else p.name[len("mask_") :]: p
+            for p in sorted(folder.iterdir())
+            if p.name.startswith("mask_")
+            and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES)
+        }
+        driver_names = [n for n in self.control if n in mask_paths]
+        if not driver_names:
+            wanted = ", ".join(f"mask_{n}.*" for n in self.control)
+            raise Skip("missing_masks", f"no {wanted} in {folder}")
+        masks: dict[str, np.ndarray] = {}
+        for name, path in mask_paths.items():
+            m = binarize(read_mask(path), self.threshold, self.min_blob)
+            if m.shape[0] == 1 and t > 1 and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                m = np.repeat(m, t, axis=0)  # one still image: the same mask on every frame
+            if m.shape[0] != t:
+                raise Skip("mask_length_mismatch", f"mask_{name} has {m.shape[0]} frames, the video {t}")
+            masks[name] = fit_mask(m, h, w, name)
+        control = np.zeros((t, h, w), dtype=bool)
+        for name in driver_names:
+            control |= masks[name]
+        if not control.any():
+            raise Skip(
+                "empty_masks", f"the driver masks ({', '.join(driver_names)}) are empty in every frame"
+            )
+        object_names = [n for n in masks if n not in driver_names]
+
+        if data is None or video_path.suffix.lower() not in KEEP_AS_IS:
+            ph, pw = h % 2, w % 2  # libx264 needs even sizes: pad one edge row/column
+            if ph or pw:
+                frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+                control = np.pad(control, ((0, 0), (0, ph), (0, pw)))
+                masks = {n: np.pad(m, ((0, 0), (0, ph), (0, pw))) for n, m in masks.items()}
+                h, w = h + ph, w + pw
+            video_field, data = "video.mp4", encode_video(frames, fps)
+        else:
+            video_field = KEEP_AS_IS[video_path.suffix.lower()]
+        objects = np.stack([masks[n] for n in object_names]) if object_names else None
+        clip_id = _NAME_RE.sub("_", folder.name)
+        meta = {
+            "id": folder.name,
+            "dataset": self.dataset,
+            "split": self.split,
+            "fps": fps,
+            "num_frames": t,
+            "height": h,
+            "width": w,
+            "label": "",
+            "template": "",
+            "objects": object_names,
+            "mask_source": "user",
+            "control": driver_names,
+            "source": str(folder),
+        }
+        return f"{self.dataset}-{clip_id}", {
+            video_field: data,
+            "masks.npz": encode_masks(control, objects, object_names or None),
+            "json": meta,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.folder",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--input", type=Path, required=True, help="folder with one subfolder per clip")
+    parser.add_argument("--name", default="folder", help="dataset name (shard and key prefix)")
+    parser.add_argument(
+        "--control", nargs="+", default=["hand"], help="mask names that are the driver (mask_<name>.*)"
+    )
+    parser.add_argument("--split", default="train", help="split of the clips not drawn for validation/test")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.0, help="share of clips for validation (by id hash)"
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.0, help="share of clips for test (by id hash)"
+    )
+    parser.add_argument(
+        "--fps", type=float, default=None, help="override the frame rate (required for frame folders)"
+    )
+    parser.add_argument("--threshold", type=int, default=128, help="mask threshold on a 0-255 scale")
+    parser.add_argument("--min-blob", type=int, default=4, help="drop mask specks smaller than this (pixels)")
+    add_common_arguments(parser, "data/shards/folder")
+    args = parser.parse_args(argv)
+    if not args.input.is_dir():
+        print(f"error: input folder {args.input} does not exist", file=sys.stderr)
+        return 2
+    if not re.fullmatch(r"[A-Za-z0-9_]+", args.name):
+        print("error: --name may hold only letters, digits and '_'", file=sys.stderr)
+        return 2
+    clips = sorted((p for p in args.input.iterdir() if p.is_dir()), key=_natural)
+    if not clips:
+        print(
+            f"error: {args.input} has no clip folders (one folder per clip: video.* + mask_*.*)",
+            file=sys.stderr,
+        )
+        return 2
+    keys = {_NAME_RE.sub("_", c.name) for c in clips}
+    if len(keys) != len(clips):
+        print(
+            "error: clip folder names collide once reduced to letters, digits, '-' and '_'", file=sys.stderr
+        )
+        return 2
+    splits: dict[str, list[Item]] = {}
+    for clip in clips:
+        split = split_of(clip.name, args.val_fraction, args.test_fraction, args.split)
+        splits.setdefault(split, []).append(Item(clip.name, str(clip)))
+    for split, items in splits.items():
+        items = items[: args.limit]
+        maker = FolderMaker(
+            args.name,
+            split,
+            tuple(args.control),
+            args.fps,
+            args.threshold,
+            args.min_blob,
+            args.num_frames,
+            args.target_fps,
+            args.frame_stride,
+        )
+        settings = {
+            "control": args.control,
+            "fps": args.fps,
+            "threshold": args.threshold,
+            "min_blob": args.min_blob,
+            "fractions": [args.val_fraction, args.test_fraction],
+            **length_settings(args),
+        }
+        try:
+            result = build_split(
+                args.out,
+                args.name,
+                split,
+                items,
+                maker,
+                shard_size=args.shard_size,
+                workers=args.workers,
+                settings=settings,
+                provenance={"preparer": "data_prep.folder", "input": str(args.input)},
+                overwrite=args.overwrite,
+                strict=args.strict,
+                progress=not args.no_progress,
+            )
+        except (RuntimeError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""Something-Something-v2 -> shards, with hand masks from SAM2 (or filled hand boxes).
+
+Inputs (see the README's data section for the layouts):
+
+- the videos, ``<videos>/<id>.webm`` (VP9, 12 fps, 240 px high), kept as they are in the shards;
+- the label JSONs, ``<labels>/something-something-v2-{train,validation}.json``: lists of
+  ``{id, label, template, placeholders}``;
+- the Something-Else boxes, ``<boxes>/bounding_box_smthsmth_part{1..4}.json``: video id ->
+  per-frame ``{name: "<id>/0001.jpg", labels: [{box2d: {x1, y1, x2, y2}, category,
+  standard_category}], ...}``; ``category == "hand"`` marks hands, the other labels are the objects.
+
+Each kept video becomes one sample ``ssv2-<id>``: the original webm, ``masks.npz`` with the hand masks
+of every frame (``control``) and one filled-box mask per object (``objects``, for evaluation), and
+the metadata (label, template, placeholders, per-frame hand and object boxes, ``mask_source``).
+
+Hand masks: ``--masks sam2`` prompts the SAM2 video predictor with the hand boxes (one SAM2 object per
+hand track, boxes on every ``--sam2-prompt-every``-th annotated frame) and propagates between them;
+all hands are merged into one mask per frame. ``--masks boxes`` fills the hand boxes instead (no SAM2
+needed); frames without an annotation between two annotated ones get linearly interpolated boxes.
+
+    python -m data_prep.ssv2 --root $SSV2_ROOT --boxes $SOMETHING_ELSE --out data/shards/ssv2 \
+        --masks sam2 --sam2-checkpoint sam2.1_hiera_large.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.build import Item, Skip, build_split
+from data_prep.common import (
+    add_common_arguments,
+    check_length,
+    clip_box,
+    fill_boxes,
+    length_settings,
+    read_video,
+)
+from data_prep.shard_writer import encode_masks
+
+LABEL_FILES = {
+    "train": "something-something-v2-train.json",
+    "validation": "something-something-v2-validation.json",
+    "test": "something-something-v2-test.json",
+}
+VIDEO_DIRS = ("20bn-something-something-v2", "videos", "")
+LABEL_DIRS = ("labels", "annotations", "")
+BOX_FILES = "bounding_box_smthsmth_part*.json"
+DEFAULT_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
+_FRAME_RE = re.compile(r"(\d+)\.\w+$")
+
+Box = tuple[float, float, float, float]
+
+
+class SSV2InputError(RuntimeError):
+    """A required SSV2 input (folder, label file, box annotations, SAM2 checkpoint) is missing or unusable."""
+
+
+# --------------------------------------------------------------------------- annotations
+def parse_frames(entries: list[dict[str, Any]]) -> tuple[dict[int, list[Box]], dict[str, dict[int, Box]]]:
+    """Something-Else entries of one video -> (hand boxes per frame index, object name -> frame -> box).
+
+    Frame indices are 0-based (``0001.jpg`` is frame 0). Objects are keyed by their category text
+    (``standard_category`` when the text is empty); a repeated object in one frame keeps its first box.
+    """
+    hands: dict[int, list[Box]] = {}
+    objects: dict[str, dict[int, Box]] = {}
+    for entry in entries:
+        match = _FRAME_RE.search(str(entry.get("name", "")))
+        if not match:
+            continue
+        frame = int(match.group(1)) - 1
+        for label in entry.get("labels") or []:
+            b = label.get("box2d") or {}
+            try:
+                box = (float(b["x1"]), float(b["y1"]), float(b["x2"]), float(b["y2"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            category = str(label.get("category") or "")
+            if category == "hand" or label.get("standard_category") == "hand":
+                hands.setdefault(frame, []).append(box)
+            else:
+                name = category or str(label.get("standard_category") or "object")
+                objects.setdefault(name, {}).setdefault(frame, box)
+    return hands, objects
+
+
+def _iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def track_hands(hands: dict[int, list[Box]], min_iou: float = 0.1) -> list[dict[int, Box]]:
+    """Link per-frame hand boxes into tracks (greedy, highest IoU with the track's last box first)."""
+    tracks: list[dict[int, Box]] = []
+    for frame in sorted(hands):
+        last = {i: t[max(t)] for i, t in enumerate(tracks)}
+        pairs = sorted(
+            ((_iou(box, last[i]), i, j) for j, box in enumerate(hands[frame]) for i in last), reverse=True
+        )
+        used_tracks: set[int] = set()
+        used_boxes: set[int] = set()
+        for score, i, j in pairs:
+            if score < min_iou or i in used_tracks or j in used_boxes:
+                continue
+            tracks[i][frame] = hands[frame][j]
+            used_tracks.add(i)
+            used_boxes.add(j)
+        for j, box in enumerate(hands[frame]):
+            if j not in used_boxes:
+                tracks.append({frame: box})
+    return tracks
+
+
+def interpolate_track(track: dict[int, Box], max_gap: int) -> dict[int, Box]:
+    """Fill frames between two annotated frames of a track (at most ``max_gap`` apart) linearly."""
+    frames = sorted(track)
+    out = dict(track)
+    for a, b in zip(frames, frames[1:], strict=False):
+        if 1 < b - a <= max_gap:
+            for f in range(a + 1, b):
+                w = (f - a) / (b - a)
+                out[f] = tuple((1 - w) * p + w * q for p, q in zip(track[a], track[b], strict=True))
+    return out
+
+
+def load_labels(labels_dir: Path, split_files: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Video id -> (the label file's split, its entry), over every label file present."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for split, name in split_files.items():
+        path = labels_dir / name
+        if not path.is_file():
+            continue
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SSV2InputError(f"cannot read the label file {path}: {err}") from None
+        for entry in entries:
+            found.setdefault(str(entry["id"]), (split, entry))
+    return found
+
+
+def load_boxes(box_files: Iterable[Path], wanted: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Something-Else annotations of the ``wanted`` video ids from the part files (read one at a time)."""
+    boxes: dict[str, list[dict[str, Any]]] = {}
+    for path in box_files:
+        try:
+            part = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SSV2InputError(f"cannot read the box annotations {path}: {err}") from None
+        for vid, entries in part.items():
+            if str(vid) in wanted:
+                boxes[str(vid)] = entries
+        del part
+    return boxes
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Ids from a text file (one per line, ``#`` comments) or a JSON list of ids or of ``{id: ...}``."""
+    if not path.is_file():
+        raise SSV2InputError(f"id list {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return [str(d["id"] if isinstance(d, dict) else d) for d in data]
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+# --------------------------------------------------------------------------- SAM2
+@dataclass
+class Sam2Settings:
+    """How to build the SAM2 video predictor. ``checkpoint=None`` means random weights (tests only)."""
+
+    checkpoint: str | None
+    config: str = DEFAULT_SAM2_CONFIG
+    device: str | None = None
+    prompt_every: int = 1
+    hydra_overrides: list[str] = field(default_factory=list)
+
+
+_PREDICTORS: dict[tuple, Any] = {}
+
+
+def _predictor(settings: Sam2Settings) -> Any:
+    key = (settings.checkpoint, settings.config, settings.device, tuple(settings.hydra_overrides))
+    if key not in _PREDICTORS:
+        try:
+            import torch
+            from sam2.build_sam import build_sam2_video_predictor
+        except ImportError:
+            raise SSV2InputError(
+                "--masks sam2 needs the sam2 package: pip install -e '.[sam2]' (or use --masks boxes)"
+            ) from None
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        _PREDICTORS[key] = build_sam2_video_predictor(
+            settings.config,
+            settings.checkpoint,
+            device=device,
+            hydra_overrides_extra=list(settings.hydra_overrides),
+        )
+    return _PREDICTORS[key]
+
+
+def sam2_masks(frames: np.ndarray, tracks: list[dict[int, Box]], settings: Sam2Settings) -> np.ndarray:
+    """Hand masks ``(T, H, W)``: SAM2 prompted with each track's boxes, propagated, hands merged."""
+    import torch
+    from PIL import Image
+
+    predictor = _predictor(settings)
+    t, h, w, _ = frames.shape
+    masks = np.zeros((t, h, w), dtype=bool)
+    device = getattr(predictor, "device", torch.device("cpu"))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if getattr(device, "type", "cpu") == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    with tempfile.TemporaryDirectory(prefix="interdyn-sam2-") as tmp, torch.inference_mode(), autocast:
+        for i, frame in enumerate(frames):  # SAM2 reads a folder of numbered JPEGs
+            Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
+        state = predictor.init_state(
+            video_path=tmp, offload_video_to_cpu=True, offload_state_to_cpu=device.type != "cuda"
+        )
+        prompted = False
+        for obj_id, track in enumerate(tracks):
+            frames_with_box = sorted(f for f in track if f < t)
+            chosen = frames_with_box[:: max(1, settings.prompt_every)]
+            if frames_with_box and frames_with_box[-1] not in chosen:
+                chosen.append(frames_with_box[-1])
+            for f in chosen:
+                predictor.add_new_points_or_box(
+                    state, frame_idx=f, obj_id=obj_id, box=np.asarray(track[f], dtype=np.float32)
+                )
+                prompted = True
+        if not prompted:
+            return masks
+        for frame_idx, _obj_ids, logits in predictor.propagate_in_video(state):
+            masks[frame_idx] = (logits > 0).any(dim=0).reshape(h, w).cpu().numpy()
+        predictor.reset_state(state)
+    return masks
+
+
+# --------------------------------------------------------------------------- one video
+@dataclass
+class SSV2Maker:
+    """Turns one SSV2 item (id, label entry, Something-Else entries) into a shard sample."""
+
+    videos_dir: str
+    split: str
+    masks: str = "boxes"
+    num_frames: int = 14
+    target_fps: float | None = 7.0
+    frame_stride: int | None = None
+    max_gap: int = 12
+    sam2: Sam2Settings | None = None
+
+    def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
+        label_entry, entries = item.data
+        if not entries:
+            raise Skip("missing_annotations", "no Something-Else entry for this video")
+        hands, objects = parse_frames(entries)
+        if not hands:
+            raise Skip("no_hand_boxes", "the annotations have no box with category 'hand'")
+        data, frames, fps = read_video(Path(self.videos_dir) / f"{item.id}.webm")
+        t, h, w, _ = frames.shape
+        check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
+
+        # clip every box to the frame; boxes wholly outside (or past the last frame) are dropped
+        hands = {f: [c for b in bs if (c := clip_box(b, h, w))] for f, bs in hands.items() if f < t}
+        hands = {f: bs for f, bs in hands.items() if bs}
+        if not hands:
+            raise Skip("boxes_outside_frame", f"no hand box lies inside the {w}x{h} frame")
+        tracks = [interpolate_track(tr, self.max_gap) for tr in track_hands(hands)]
+        boxes_per_frame = [
+            [b for tr in tracks if f in tr for b in [clip_box(tr[f], h, w)] if b] for f in range(t)
+        ]
+        if self.masks == "sam2":
+            if self.sam2 is None:
+                raise ValueError("masks='sam2' needs Sam2Settings")
+            control = sam2_masks(frames, tracks, self.sam2)
+            mask_source = "sam2"
+        else:
+            control = fill_boxes(boxes_per_frame, h, w)
+            mask_source = "boxes"
+
+        names = sorted(objects)
+        object_boxes: dict[str, list[list[int] | None]] = {}
+        object_masks = np.zeros((len(names), t, h, w), dtype=bool)
+        for k, name in enumerate(names):
+            track = interpolate_track(objects[name], self.max_gap)
+            per_frame = [clip_box(track[f], h, w) if f in track else None for f in range(t)]
+            object_boxes[name] = [list(b) if b else None for b in per_frame]
+            object_masks[k] = fill_boxes([[b] if b else [] for b in per_frame], h, w)
+
+        label_split, label = label_entry if label_entry else (None, {})
+        meta = {
+            "id": item.id,
+            "dataset": "ssv2",
+            "split": self.split,
+            "label_split": label_split,
+            "fps": fps,
+            "num_frames": t,
+            "height": h,
+            "width": w,
+            "label": label.get("label", ""),
+            "template": label.get("template", ""),
+            "placeholders": label.get("placeholders", []),
+            "objects": names,
+            "mask_source": mask_source,
+            "hand_boxes": [[list(b) for b in bs] for bs in boxes_per_frame],
+            "object_boxes": object_boxes,
+            "object_mask_source": "boxes",
+        }
+        fields = {
+            "video.webm": data,
+            "masks.npz": encode_masks(control, object_masks if names else None, names or None),
+            "json": meta,
+        }
+        return f"ssv2-{item.id}", fields
+
+
+# --------------------------------------------------------------------------- command line
+def _find_dir(
+    root: Path | None, explicit: Path | None, candidates: tuple[str, ...], what: str, probe: str
+) -> Path:
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise SSV2InputError(f"the {what} folder {explicit} does not exist")
+        return explicit
+    if root is None:
+        raise SSV2InputError(f"give --root (SSV2_ROOT) or --{what}")
+    if not root.is_dir():
+        raise SSV2InputError(f"SSV2 root {root} does not exist")
+    for name in candidates:
+        folder = root / name if name else root
+        if folder.is_dir() and any(folder.glob(probe)):
+            return folder
+    tried = ", ".join(str(root / c) if c else str(root) for c in candidates)
+    raise SSV2InputError(f"no {what} found (looked for {probe} in {tried}); pass --{what} explicitly")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.ssv2",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = parser.add_argument_group("inputs")
+    src.add_argument("--root", type=Path, default=None, help="SSV2 folder (videos and labels inside)")
+    src.add_argument(
+        "--videos", type=Path, default=None, help="folder of <id>.webm (default: found under --root)"
+    )
+    src.add_argument(
+        "--labels", type=Path, default=None, help="folder of the label JSONs (default: found under --root)"
+    )
+    src.add_argument(
+        "--boxes",
+        type=Path,
+        required=True,
+        help="Something-Else folder with bounding_box_smthsmth_part*.json",
+    )
+    src.add_argument("--splits", nargs="+", default=["train", "validation"], help="splits to write")
+    src.add_argument(
+        "--ids",
+        action="append",
+        default=[],
+        metavar="SPLIT=FILE",
+        help="take SPLIT's ids from FILE (text, one per line, or JSON); e.g. test=eval_ids.txt. "
+        "Ids of other written splits are removed from train.",
+    )
+    masks = parser.add_argument_group("hand masks")
+    masks.add_argument(
+        "--masks", choices=["sam2", "boxes"], default="sam2", help="SAM2 masks or filled boxes"
+    )
+    masks.add_argument(
+        "--sam2-checkpoint", type=Path, default=None, help="SAM2 checkpoint (.pt); required with --masks sam2"
+    )
+    masks.add_argument(
+        "--sam2-config", default=DEFAULT_SAM2_CONFIG, help="SAM2 model config (matching the checkpoint)"
+    )
+    masks.add_argument(
+        "--sam2-prompt-every", type=int, default=1, help="prompt every k-th annotated frame of a hand"
+    )
+    masks.add_argument(
+        "--sam2-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra hydra override for the SAM2 config, e.g. ++model.compile_image_encoder=true",
+    )
+    masks.add_argument("--device", default=None, help="SAM2 device (default: cuda if available)")
+    masks.add_argument(
+        "--max-gap", type=int, default=12, help="longest run of unannotated frames to interpolate boxes over"
+    )
+    add_common_arguments(parser, "data/shards/ssv2")
+    args = parser.parse_args(argv)
+    if args.masks == "sam2":
+        if args.sam2_checkpoint is None:
+            parser.error("--masks sam2 needs --sam2-checkpoint PATH (a SAM2 .pt file); or use --masks boxes")
+        if not args.sam2_checkpoint.is_file():
+            parser.error(
+                f"SAM2 checkpoint {args.sam2_checkpoint} does not exist (download it from the SAM2 release)"
+            )
+        if args.workers > 1:
+            args.workers = 1  # one SAM2 model per process would not fit a GPU many times over
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        videos = _find_dir(args.root, args.videos, VIDEO_DIRS, "videos", "*.webm")
+        labels_dir = _find_dir(args.root, args.labels, LABEL_DIRS, "labels", "something-something-v2-*.json")
+        if not args.boxes.is_dir():
+            raise SSV2InputError(f"the Something-Else folder {args.boxes} does not exist")
+        box_files = sorted(args.boxes.glob(BOX_FILES))
+        if not box_files:
+            raise SSV2InputError(f"no {BOX_FILES} in {args.boxes} (the Something-Else box annotations)")
+        labels = load_labels(labels_dir, LABEL_FILES)
+        explicit = dict(spec.split("=", 1) for spec in args.ids)
+        splits = list(dict.fromkeys([*args.splits, *explicit]))
+        split_ids: dict[str, list[str]] = {}
+        for split in splits:
+            if split in explicit:
+                split_ids[split] = read_id_list(Path(explicit[split]))
+            elif split in LABEL_FILES:
+                if not (labels_dir / LABEL_FILES[split]).is_file():
+                    raise SSV2InputError(
+                        f"{labels_dir / LABEL_FILES[split]} is missing (needed for split {split})"
+                    )
+                split_ids[split] = [vid for vid, (s, _) in labels.items() if s == split]
+            else:
+                raise SSV2InputError(
+                    f"split {split!r} has no label file; give its ids with --ids {split}=FILE"
+                )
+        if "train" in split_ids:
+            held_out = {v for s, ids in split_ids.items() if s != "train" for v in ids}
+            split_ids["train"] = [v for v in split_ids["train"] if v not in held_out]
+        for split in split_ids:
+            split_ids[split] = sorted(set(split_ids[split]), key=lambda v: (len(v), v))[: args.limit]
+        print(f"reading Something-Else boxes from {len(box_files)} file(s) ...", flush=True)
+        boxes = load_boxes(box_files, {v for ids in split_ids.values() for v in ids})
+    except SSV2InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    sam2 = None
+    if args.masks == "sam2":
+        sam2 = Sam2Settings(
+            checkpoint=str(args.sam2_checkpoint),
+            config=args.sam2_config,
+            device=args.device,
+            prompt_every=args.sam2_prompt_every,
+            hydra_overrides=list(args.sam2_override),
+        )
+        try:
+            _predictor(sam2)  # load it now: a bad checkpoint must stop the run, not skip every video
+        except SSV2InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Exception as err:  # noqa: BLE001 - hydra/torch errors of a wrong config or checkpoint
+            print(
+                f"error: cannot build SAM2 from {args.sam2_checkpoint} with {args.sam2_config}: {err}",
+                file=sys.stderr,
+            )
+            return 2
+    for split, ids in split_ids.items():
+        items = [Item(v, (labels.get(v), boxes.get(v))) for v in ids]
+        maker = SSV2Maker(
+            str(videos),
+            split,
+            args.masks,
+            args.num_frames,
+            args.target_fps,
+            args.frame_stride,
+            args.max_gap,
+            sam2,
+        )
+        settings = {
+            "masks": args.masks,
+            "max_gap": args.max_gap,
+            **length_settings(args),
+            **(
+                {
+                    "sam2_config": args.sam2_config,
+                    "sam2_prompt_every": args.sam2_prompt_every,
+                    "sam2_overrides": args.sam2_override,
+                }
+                if sam2
+                else {}
+            ),
+        }
+        provenance = {
+            "preparer": "data_prep.ssv2",
+            "videos": str(videos),
+            "labels": str(labels_dir),
+            "boxes": [str(p) for p in box_files],
+            "sam2_checkpoint": str(args.sam2_checkpoint) if sam2 else None,
+        }
+        try:
+            result = build_split(
+                args.out,
+                "ssv2",
+                split,
+                items,
+                maker,
+                shard_size=args.shard_size,
+                workers=args.workers,
+                settings=settings,
+                provenance=provenance,
+                overwrite=args.overwrite,
+                strict=args.strict,
+                progress=not args.no_progress,
+            )
+        except (RuntimeError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The resumable split builder: atomic shards, skip reports, resumption without rewriting, plan checks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import webdataset as wds
+
+from data_prep.build import Item, PlanMismatchError, Skip, build_split
+from data_prep.shard_writer import TMP_SUFFIX
+
+
+@dataclass
+class Maker:
+    """Makes a tiny sample per item; skips ids in ``skip``; interrupts at ``stop_at``; records calls."""
+
+    skip: dict = field(default_factory=dict)
+    stop_at: str | None = None
+    fail: set = field(default_factory=set)
+    calls: list = field(default_factory=list)
+
+    def __call__(self, item: Item):
+        self.calls.append(item.id)
+        if item.id == self.stop_at:
+            raise KeyboardInterrupt
+        if item.id in self.skip:
+            raise Skip(self.skip[item.id], "test")
+        if item.id in self.fail:
+            raise ZeroDivisionError("boom")
+        return f"toy-{item.id}", {"txt": item.id.encode(), "json": {"id": item.id}}
+
+
+def make_items(n: int) -> list[Item]:
+    return [Item(f"{i:03d}") for i in range(n)]
+
+
+def test_build_writes_shards_index_and_report(tmp_path):
+    skip = {"001": "too_short", "003": "too_short", "004": "too_short", "005": "missing_video"}
+    maker = Maker(skip=skip, fail={"006"})
+    result = build_split(tmp_path, "toy", "train", make_items(10), maker, shard_size=3, progress=False)
+    folder = tmp_path / "train"
+    names = sorted(p.name for p in folder.glob("*.tar"))
+    assert names == [f"toy-train-{i:06d}.tar" for i in range(4)]
+    assert result.num_samples == 5
+    assert result.skipped == {"too_short": 3, "missing_video": 1, "error:ZeroDivisionError": 1}
+    report = json.loads((folder / "report.json").read_text())
+    assert report["skipped"]["too_short"] == 3
+    assert [s["id"] for s in report["skipped_items"]["too_short"]] == ["001", "003", "004"]
+    index = json.loads((folder / "index.json").read_text())
+    assert index["num_samples"] == 5 and index["shards"] == names
+    # chunks of 3 items; chunk 1 (003-005) is all skipped and stays as an empty shard (contiguous names)
+    assert index["samples_per_shard"] == [2, 0, 2, 1]
+    # the WebDataset reader sees every written sample once, the empty shard included
+    keys = [
+        s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in folder.glob("*.tar")), shardshuffle=False)
+    ]
+    assert sorted(keys) == sorted(f"toy-{i:03d}" for i in (0, 2, 7, 8, 9))
+
+
+def test_resume_after_interrupt_writes_nothing_twice(tmp_path):
+    items = make_items(10)
+    first = Maker(stop_at="007")
+    with pytest.raises(KeyboardInterrupt):
+        build_split(tmp_path, "toy", "train", items, first, shard_size=3, progress=False)
+    folder = tmp_path / "train"
+    done = sorted(folder.glob("*.tar"))
+    assert [p.name for p in done] == ["toy-train-000000.tar", "toy-train-000001.tar"]  # 000-005
+    assert not list(folder.rglob(f"*{TMP_SUFFIX}")), "the interrupted shard must not stay half-written"
+    assert not (folder / "index.json").exists(), "an unfinished split must have no index"
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
+
+    second = Maker()
+    result = build_split(tmp_path, "toy", "train", items, second, shard_size=3, progress=False)
+    assert second.calls == ["006", "007", "008", "009"], "only unfinished chunks are made again"
+    assert result.reused_shards == 2 and result.written_shards == 2 and result.num_samples == 10
+    for p in done:
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamps[p.name], f"{p.name} was rewritten"
+    # a third run has nothing to do
+    third = Maker()
+    build_split(tmp_path, "toy", "train", items, third, shard_size=3, progress=False)
+    assert third.calls == []
+
+
+def test_parallel_workers_make_the_same_split(tmp_path):
+    items = make_items(9)
+    build_split(
+        tmp_path / "a",
+        "toy",
+        "train",
+        items,
+        Maker(skip={"002": "x"}),
+        shard_size=2,
+        workers=1,
+        progress=False,
+    )
+    build_split(
+        tmp_path / "b",
+        "toy",
+        "train",
+        items,
+        Maker(skip={"002": "x"}),
+        shard_size=2,
+        workers=2,
+        progress=False,
+    )
+    for name in ("index.json", "report.json"):
+        a = json.loads((tmp_path / "a" / "train" / name).read_text())
+        b = json.loads((tmp_path / "b" / "train" / name).read_text())
+        a.pop("created", None), b.pop("created", None)
+        assert a == b
+    for shard in (tmp_path / "a" / "train").glob("*.tar"):
+        assert shard.read_bytes().count(b"toy-") == (
+            tmp_path / "b" / "train" / shard.name
+        ).read_bytes().count(b"toy-")
+
+
+def test_other_settings_are_refused_unless_overwrite(tmp_path):
+    items = make_items(4)
+    build_split(
+        tmp_path, "toy", "train", items, Maker(), shard_size=2, settings={"masks": "boxes"}, progress=False
+    )
+    with pytest.raises(PlanMismatchError, match="settings.masks"):
+        build_split(
+            tmp_path, "toy", "train", items, Maker(), shard_size=2, settings={"masks": "sam2"}, progress=False
+        )
+    with pytest.raises(PlanMismatchError, match="shard_size"):
+        build_split(
+            tmp_path,
+            "toy",
+            "train",
+            items,
+            Maker(),
+            shard_size=3,
+            settings={"masks": "boxes"},
+            progress=False,
+        )
+    maker = Maker()
+    result = build_split(
+        tmp_path,
+        "toy",
+        "train",
+        items[:3],
+        maker,
+        shard_size=3,
+        settings={"masks": "sam2"},
+        overwrite=True,
+        progress=False,
+    )
+    assert maker.calls == ["000", "001", "002"] and result.num_shards == 1
+    assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["toy-train-000000.tar"]
+
+
+def test_strict_reraises(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        build_split(tmp_path, "toy", "train", make_items(3), Maker(fail={"001"}), strict=True, progress=False)

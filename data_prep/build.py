@@ -12,16 +12,21 @@ mixes two configurations.
 At the end ``index.json`` (the shard list, as design.md asks) and ``report.json`` (counts of skipped
 items by reason, with their ids) are written next to the shards. Items are skipped by raising
 :class:`Skip` with a short reason; any other exception is counted under ``error:<type>`` with a
-warning naming the item, so one bad video never stops a run (``strict=True`` re-raises instead).
+warning naming the item, so one bad video never stops a run (``strict=True`` re-raises instead;
+many errors in a row stop it). A shard with such errors is kept but redone by the next run, so a
+transient failure does not leave holes. Ctrl-C stops the workers at once; run the same command
+again to continue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import time
 import traceback
@@ -31,6 +36,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, encode_fields, write_shard
 
@@ -43,6 +50,10 @@ class Skip(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
+
+
+class TooManyErrors(RuntimeError):
+    """Many items in a row failed with unexpected errors: something is broken beyond one video."""
 
 
 class PlanMismatchError(RuntimeError):
@@ -88,14 +99,33 @@ def shard_name(dataset: str, split: str, index: int) -> str:
     return f"{dataset}-{split}-{index:06d}.tar"
 
 
+def fingerprint(value: Any) -> str:
+    """A stable text digest of an item's data (str, numbers, None, lists, tuples, dicts, numpy arrays)."""
+    if isinstance(value, np.ndarray):
+        return (
+            f"nd{value.dtype}{value.shape}{hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()}"
+        )
+    if isinstance(value, dict):
+        return (
+            "{" + ",".join(f"{fingerprint(k)}:{fingerprint(value[k])}" for k in sorted(value, key=str)) + "}"
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(fingerprint(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return fingerprint(dataclasses.asdict(value))
+    return repr(value)
+
+
 def _plan(dataset: str, split: str, items: Sequence[Item], shard_size: int, settings: dict) -> dict:
-    digest = hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for item in items:  # ids and what each item points at (a file added later changes the plan)
+        digest.update(f"{item.id}\t{fingerprint(item.data)}\n".encode())
     return {
         "dataset": dataset,
         "split": split,
         "shard_size": shard_size,
         "num_items": len(items),
-        "items_sha256": digest,
+        "items_sha256": digest.hexdigest(),
         "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
     }
 
@@ -104,9 +134,11 @@ def _plan(dataset: str, split: str, items: Sequence[Item], shard_size: int, sett
 _PROGRESS_QUEUE: Any = None
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, pool_worker: bool = False) -> None:
     global _PROGRESS_QUEUE
     _PROGRESS_QUEUE = progress_queue
+    if pool_worker:  # Ctrl-C is handled by the parent, which stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _tick() -> None:
@@ -115,26 +147,38 @@ def _tick() -> None:
 
 
 def _build_chunk(
-    maker: Maker, items: Sequence[Item], shard_path: str, progress_path: str, strict: bool
+    maker: Maker, items: Sequence[Item], shard_path: str, progress_path: str, strict: bool, max_errors: int
 ) -> dict[str, Any]:
-    """Make every item of one chunk, write the shard, then its progress record. Returns the record."""
+    """Make every item of one chunk, write the shard, then its progress record. Returns the record.
+
+    A chunk where an item failed with an unexpected error is written (its good samples are usable) but
+    its record says so, and a rerun makes it again: a transient failure (GPU, network storage) heals.
+    """
     samples: list[tuple[str, dict[str, bytes]]] = []
     skipped: list[dict[str, str]] = []
-    errors: list[str] = []
+    errors_in_a_row = 0
     for item in items:
         try:
             key, fields = maker(item)
             samples.append((key, encode_fields(key, fields)))
+            errors_in_a_row = 0
         except Skip as skip:
             skipped.append({"id": item.id, "reason": skip.reason, "detail": skip.detail})
+            errors_in_a_row = 0
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one bad item must not stop a long run
             if strict:
                 raise
-            reason = f"error:{type(err).__name__}"
-            skipped.append({"id": item.id, "reason": reason, "detail": str(err)[:500]})
-            errors.append(f"{item.id}: {''.join(traceback.format_exception_only(err)).strip()}")
+            message = "".join(traceback.format_exception_only(err)).strip()
+            print(f"warning: {item.id}: unexpected error, skipped: {message}", file=sys.stderr, flush=True)
+            skipped.append({"id": item.id, "reason": f"error:{type(err).__name__}", "detail": message[:500]})
+            errors_in_a_row += 1
+            if errors_in_a_row >= max_errors:
+                raise TooManyErrors(
+                    f"{errors_in_a_row} videos in a row failed with unexpected errors (last: {item.id}: {message});"
+                    " stopping. Fix the cause and run the same command again: finished shards are kept"
+                ) from err
         _tick()
     keys = [k for k, _ in samples]
     if len(set(keys)) != len(keys):
@@ -145,10 +189,10 @@ def _build_chunk(
         "items": [i.id for i in items],
         "keys": keys,
         "skipped": skipped,
+        "errors": sum(s["reason"].startswith("error:") for s in skipped),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_bytes(Path(progress_path), json.dumps(record).encode())
-    record["errors"] = errors
     return record
 
 
@@ -166,6 +210,7 @@ def build_split(
     provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
     strict: bool = False,
+    max_errors: int = 20,
     progress: bool = True,
 ) -> SplitResult:
     """Build (or finish building) ``out/split`` from ``items``; see the module docstring.
@@ -180,6 +225,7 @@ def build_split(
         provenance: free-form description stored in ``index.json``.
         overwrite: rebuild the split even if it was made with other settings.
         strict: re-raise unexpected errors instead of counting them.
+        max_errors: stop after this many unexpected errors in a row within a shard.
     """
     from tqdm import tqdm
 
@@ -220,55 +266,72 @@ def build_split(
     for c in range(len(chunks)):
         name = shard_name(dataset, split, c)
         record_path = progress_dir / f"{name}.json"
-        if record_path.exists() and (folder / name).exists():
-            records[c] = json.loads(record_path.read_text())
-        else:
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        if record is not None and (folder / name).exists() and not record.get("errors"):
+            records[c] = record
+        else:  # never made, interrupted, or made with errors that may not happen again
             todo.append(c)
     reused = len(records)
     done_items = sum(len(chunks[c]) for c in records)
+    tqdm.monitor_interval = 0  # no monitor thread: the pool below forks
     bar = tqdm(
         total=len(items), initial=done_items, desc=f"{dataset}/{split}", unit="video", disable=not progress
     )
-    first_errors: list[str] = []
-
-    def finish(c: int, record: dict[str, Any]) -> None:
-        first_errors.extend(record.pop("errors", [])[: max(0, 5 - len(first_errors))])
-        records[c] = record
 
     def args_for(c: int) -> tuple:
         name = shard_name(dataset, split, c)
-        return (maker, chunks[c], str(folder / name), str(progress_dir / f"{name}.json"), strict)
+        return (maker, chunks[c], str(folder / name), str(progress_dir / f"{name}.json"), strict, max_errors)
 
     try:
         if workers <= 1 or len(todo) <= 1:
             _init_worker(_InlineTicker(bar))
             try:
                 for c in todo:
-                    finish(c, _build_chunk(*args_for(c)))
+                    records[c] = _build_chunk(*args_for(c))
             finally:
                 _init_worker(None)
         else:
             context = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
             ticks = context.Queue()
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(ticks,)
-            ) as pool:
+            pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(ticks, True)
+            )
+            try:
                 pending: dict[Future, int] = {pool.submit(_build_chunk, *args_for(c)): c for c in todo}
-                try:
-                    while pending:
-                        done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
-                        _drain(ticks, bar)
-                        for future in done:
-                            finish(pending.pop(future), future.result())
+                while pending:
+                    done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(ticks, bar)
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
-                    raise
+                    for future in done:
+                        records[pending.pop(future)] = future.result()
+                _drain(ticks, bar)
+                pool.shutdown(wait=True)
+            except BaseException:
+                # stop now: queued chunks are dropped and running ones killed (their .tmp files are
+                # removed by the next run), instead of waiting for every queued chunk to finish
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in processes:
+                    process.terminate()
+                for process in processes:
+                    process.join(timeout=10)
+                raise
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"\ninterrupted: {len(records)} of {len(chunks)} shards of {dataset}/{split} are finished and kept;"
+            " run the same command again to continue",
+            file=sys.stderr,
+        )
+        raise
     finally:
         bar.close()
-    for message in first_errors:
-        print(f"warning: {dataset}/{split}: unexpected error, item skipped: {message}", file=sys.stderr)
+    num_errors = sum(records[c].get("errors", 0) for c in records)
+    if num_errors:
+        print(
+            f"warning: {dataset}/{split}: {num_errors} videos failed with unexpected errors (see report.json);"
+            " a rerun of the same command retries their shards",
+            file=sys.stderr,
+        )
 
     shards = [shard_name(dataset, split, c) for c in range(len(chunks))]
     skipped = [s for c in range(len(chunks)) for s in records[c]["skipped"]]

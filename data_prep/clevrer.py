@@ -101,6 +101,8 @@ def first_frame_signature(annotation: dict[str, Any]) -> str:
         p = props.get(int(obj["object_id"]), {})
         loc = [round(float(v) / 0.05) * 0.05 for v in obj.get("location", [])[:2]]
         state.append((p.get("color"), p.get("material"), p.get("shape"), *(f"{v:.2f}" for v in loc)))
+    if not state:  # an empty first frame says nothing about a shared scene
+        return ""
     return hashlib.sha1(json.dumps(sorted(state)).encode()).hexdigest()[:16]
 
 
@@ -239,6 +241,7 @@ def counterfactual_groups(annotations: dict[str, Path], ids: list[str]) -> dict[
         for signature, members in by_signature.items()
         if len(members) > 1
         for variant, vid in enumerate(sorted(members))
+        if signature
     }
 
 
@@ -270,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ClevrerInputError(
                 f"no frame-parser masks at {proposals_dir} (the CLEVRER 'derender_proposals' download); pass --proposals"
             )
-        proposals = _index(proposals_dir, "proposal_*.json")
+        proposals = _index(proposals_dir, "proposal_*.json") or _index(proposals_dir, "sim_*.json")
+        if not proposals:
+            raise ClevrerInputError(
+                f"{proposals_dir} holds no proposal_<id>.json (or sim_<id>.json) files with per-frame masks"
+            )
         per_split = {split: find_split(args.root, split) for split in args.splits}
     except ClevrerInputError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -312,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 130
         print(result.summary())
     return 0
 

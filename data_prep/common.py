@@ -4,7 +4,9 @@ binarisation, and the command-line options common to all preparers."""
 from __future__ import annotations
 
 import argparse
+import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,47 @@ def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:
     if not fps or not math.isfinite(fps) or fps <= 0:
         raise Skip("corrupt_video", f"{path}: no frame rate in the container")
     return data, frames, float(fps)
+
+
+def count_video(path: Path) -> tuple[bytes, int, float, int, int]:
+    """``(bytes, num_frames, fps, height, width)`` of a video file, decoding every frame (so that the
+    count is exact and corrupt data is found) without converting any to RGB (little memory)."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise Skip("missing_video", str(path))
+    data = path.read_bytes()
+    if not data:
+        raise Skip("corrupt_video", f"{path} is empty")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            count, height, width = 0, stream.height, stream.width
+            for frame in container.decode(stream):
+                count += 1
+                height, width = frame.height, frame.width
+    except (av.FFmpegError, IndexError, ValueError) as err:
+        raise Skip("corrupt_video", f"{path}: {err}") from None
+    if count == 0:
+        raise Skip("corrupt_video", f"{path}: no frames")
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        raise Skip("corrupt_video", f"{path}: no frame rate in the container")
+    return data, count, fps, height, width
+
+
+def iter_video_frames(path: Path) -> Iterator[np.ndarray]:
+    """Decoded RGB frames of a video file one at a time (for mask videos: binarise as they come)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, IndexError, ValueError) as err:
+        raise Skip("corrupt_video", f"{path}: {err}") from None
 
 
 def min_source_frames(num_frames: int, fps: float, target_fps: float | None, frame_stride: int | None) -> int:

@@ -33,7 +33,15 @@ from typing import Any
 import numpy as np
 
 from data_prep.build import Item, Skip, build_split
-from data_prep.common import add_common_arguments, binarize, check_length, length_settings, read_video
+from data_prep.common import (
+    add_common_arguments,
+    binarize,
+    check_length,
+    count_video,
+    iter_video_frames,
+    length_settings,
+    read_video,
+)
 from data_prep.shard_writer import encode_masks
 from interdyn.data.video import encode_video
 
@@ -57,39 +65,48 @@ def find_media(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_images(folder: Path) -> np.ndarray:
-    """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`Skip` when unusable."""
+def _image_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
+
+
+def _load_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
-    if not files:
-        raise Skip("missing_video", f"{folder} holds no images")
-    frames = []
     try:
-        for path in files:
-            with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
     except (OSError, UnidentifiedImageError) as err:
         raise Skip("corrupt_video", f"{path}: {err}") from None
+
+
+def read_images(folder: Path) -> np.ndarray:
+    """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`Skip` when unusable."""
+    files = _image_files(folder)
+    if not files:
+        raise Skip("missing_video", f"{folder} holds no images")
+    frames = [_load_image(p) for p in files]
     if len({f.shape for f in frames}) != 1:
         raise Skip("corrupt_video", f"{folder}: images of different sizes")
     return np.stack(frames)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Mask video / image folder / single image -> ``(T, H, W, 3)`` uint8 frames (not yet binarised)."""
+def read_mask(path: Path, threshold: int, min_blob: int) -> np.ndarray:
+    """Mask video / image folder / single image -> bool ``(T, H, W)``, binarised frame by frame (a mask
+    video never sits in memory as RGB)."""
     if path.is_dir():
-        return read_images(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return read_images_list([path])
-    _, frames, _ = read_video(path)
-    return frames
-
-
-def read_images_list(paths: list[Path]) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+        frames = (_load_image(p) for p in _image_files(path))
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        frames = iter([_load_image(path)])
+    else:
+        if not path.stat().st_size:
+            raise Skip("corrupt_video", f"{path} is empty")
+        frames = iter_video_frames(path)
+    masks = [binarize(f[None], threshold, min_blob)[0] for f in frames]
+    if not masks:
+        raise Skip("missing_masks", f"{path} holds no frames")
+    if len({m.shape for m in masks}) != 1:
+        raise Skip("mask_size_mismatch", f"{path}: frames of different sizes")
+    return np.stack(masks)
 
 
 def fit_mask(masks: np.ndarray, height: int, width: int, name: str) -> np.ndarray:
@@ -139,10 +156,14 @@ class FolderMaker:
             if not self.fps:
                 raise Skip("missing_fps", f"{video_path} is a frame folder: pass --fps")
             data, frames, fps = None, read_images(video_path), float(self.fps)
+            t, h, w, _ = frames.shape
+        elif video_path.suffix.lower() in KEEP_AS_IS:  # stored as it is: only count the frames
+            data, t, fps, h, w = count_video(video_path)
+            frames, fps = None, float(self.fps or fps)
         else:
-            data, frames, fps = read_video(video_path)
-            fps = float(self.fps or fps)
-        t, h, w, _ = frames.shape
+            _, frames, fps = read_video(video_path)
+            data, fps = None, float(self.fps or fps)
+            t, h, w, _ = frames.shape
         check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
 
         mask_paths = {
@@ -157,7 +178,7 @@ class FolderMaker:
             raise Skip("missing_masks", f"no {wanted} in {folder}")
         masks: dict[str, np.ndarray] = {}
         for name, path in mask_paths.items():
-            m = binarize(read_mask(path), self.threshold, self.min_blob)
+            m = read_mask(path, self.threshold, self.min_blob)
             if m.shape[0] == 1 and t > 1 and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 m = np.repeat(m, t, axis=0)  # one still image: the same mask on every frame
             if m.shape[0] != t:
@@ -172,7 +193,7 @@ class FolderMaker:
             )
         object_names = [n for n in masks if n not in driver_names]
 
-        if data is None or video_path.suffix.lower() not in KEEP_AS_IS:
+        if data is None:
             ph, pw = h % 2, w % 2  # libx264 needs even sizes: pad one edge row/column
             if ph or pw:
                 frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
@@ -293,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 130
         print(result.summary())
     return 0
 

@@ -41,6 +41,7 @@ from data_prep.common import (
     add_common_arguments,
     check_length,
     clip_box,
+    count_video,
     fill_boxes,
     length_settings,
     read_video,
@@ -66,14 +67,34 @@ class SSV2InputError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- annotations
-def parse_frames(entries: list[dict[str, Any]]) -> tuple[dict[int, list[Box]], dict[str, dict[int, Box]]]:
-    """Something-Else entries of one video -> (hand boxes per frame index, object name -> frame -> box).
+@dataclass
+class VideoBoxes:
+    """The Something-Else boxes of one video, compact: rows ``(frame, x1, y1, x2, y2)`` (float32)."""
 
-    Frame indices are 0-based (``0001.jpg`` is frame 0). Objects are keyed by their category text
-    (``standard_category`` when the text is empty); a repeated object in one frame keeps its first box.
+    hands: np.ndarray
+    objects: list[tuple[str, np.ndarray]]  # (name, rows) per object
+
+    def hands_per_frame(self) -> dict[int, list[Box]]:
+        out: dict[int, list[Box]] = {}
+        for row in self.hands:
+            out.setdefault(int(row[0]), []).append(tuple(float(v) for v in row[1:]))
+        return out
+
+    @staticmethod
+    def track(rows: np.ndarray) -> dict[int, Box]:
+        return {int(r[0]): tuple(float(v) for v in r[1:]) for r in rows}
+
+
+def parse_frames(entries: list[dict[str, Any]]) -> VideoBoxes:
+    """Something-Else entries of one video -> its hand boxes and per-object boxes.
+
+    Frame indices are 0-based (``0001.jpg`` is frame 0). Objects are told apart by
+    ``standard_category`` (the placeholder index: two cups in "putting cup next to cup" are two
+    objects) and named by their category text; a repeated object in one frame keeps its first box.
     """
-    hands: dict[int, list[Box]] = {}
+    hands: list[tuple[float, ...]] = []
     objects: dict[str, dict[int, Box]] = {}
+    texts: dict[str, str] = {}
     for entry in entries:
         match = _FRAME_RE.search(str(entry.get("name", "")))
         if not match:
@@ -86,12 +107,20 @@ def parse_frames(entries: list[dict[str, Any]]) -> tuple[dict[int, list[Box]], d
             except (KeyError, TypeError, ValueError):
                 continue
             category = str(label.get("category") or "")
-            if category == "hand" or label.get("standard_category") == "hand":
-                hands.setdefault(frame, []).append(box)
+            standard = str(label.get("standard_category") or "")
+            if category == "hand" or standard == "hand":
+                hands.append((frame, *box))
             else:
-                name = category or str(label.get("standard_category") or "object")
-                objects.setdefault(name, {}).setdefault(frame, box)
-    return hands, objects
+                key = standard or category or "object"
+                texts.setdefault(key, category or key)
+                objects.setdefault(key, {}).setdefault(frame, box)
+    names = [texts[k] for k in sorted(objects)]
+    out = []
+    for key in sorted(objects):
+        name = texts[key] if names.count(texts[key]) == 1 else f"{texts[key]} ({key})"
+        rows = np.array([(f, *b) for f, b in sorted(objects[key].items())], dtype=np.float32).reshape(-1, 5)
+        out.append((name, rows))
+    return VideoBoxes(np.array(hands, dtype=np.float32).reshape(-1, 5), out)
 
 
 def _iou(a: Box, b: Box) -> float:
@@ -152,17 +181,22 @@ def load_labels(labels_dir: Path, split_files: dict[str, str]) -> dict[str, tupl
     return found
 
 
-def load_boxes(box_files: Iterable[Path], wanted: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """Something-Else annotations of the ``wanted`` video ids from the part files (read one at a time)."""
-    boxes: dict[str, list[dict[str, Any]]] = {}
+def load_boxes(box_files: Iterable[Path], wanted: set[str]) -> dict[str, VideoBoxes]:
+    """Something-Else boxes of the ``wanted`` video ids from the part files, read one file at a time and
+    kept compact (a few KB per video instead of the JSON's nested dicts)."""
+    boxes: dict[str, VideoBoxes] = {}
     for path in box_files:
         try:
             part = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise SSV2InputError(f"cannot read the box annotations {path}: {err}") from None
+        if not isinstance(part, dict):
+            raise SSV2InputError(
+                f"{path} is not a Something-Else box file (a JSON object: video id -> frames)"
+            )
         for vid, entries in part.items():
-            if str(vid) in wanted:
-                boxes[str(vid)] = entries
+            if str(vid) in wanted and isinstance(entries, list):
+                boxes[str(vid)] = parse_frames(entries)
         del part
     return boxes
 
@@ -173,8 +207,13 @@ def read_id_list(path: Path) -> list[str]:
         raise SSV2InputError(f"id list {path} does not exist")
     text = path.read_text()
     if path.suffix == ".json":
-        data = json.loads(text)
-        return [str(d["id"] if isinstance(d, dict) else d) for d in data]
+        try:
+            data = json.loads(text)
+            return [str(d["id"] if isinstance(d, dict) else d) for d in data]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SSV2InputError(
+                f"id list {path}: expected a JSON list of ids or of {{id: ...}} ({err})"
+            ) from None
     return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
 
 
@@ -267,14 +306,18 @@ class SSV2Maker:
     sam2: Sam2Settings | None = None
 
     def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
-        label_entry, entries = item.data
-        if not entries:
+        label_entry, boxes = item.data
+        if boxes is None:
             raise Skip("missing_annotations", "no Something-Else entry for this video")
-        hands, objects = parse_frames(entries)
+        hands = boxes.hands_per_frame()
         if not hands:
             raise Skip("no_hand_boxes", "the annotations have no box with category 'hand'")
-        data, frames, fps = read_video(Path(self.videos_dir) / f"{item.id}.webm")
-        t, h, w, _ = frames.shape
+        video_path = Path(self.videos_dir) / f"{item.id}.webm"
+        if self.masks == "sam2":
+            data, frames, fps = read_video(video_path)
+            t, h, w, _ = frames.shape
+        else:  # boxes need only the frame count and size
+            data, t, fps, h, w = count_video(video_path)
         check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
 
         # clip every box to the frame; boxes wholly outside (or past the last frame) are dropped
@@ -282,24 +325,25 @@ class SSV2Maker:
         hands = {f: bs for f, bs in hands.items() if bs}
         if not hands:
             raise Skip("boxes_outside_frame", f"no hand box lies inside the {w}x{h} frame")
-        tracks = [interpolate_track(tr, self.max_gap) for tr in track_hands(hands)]
+        annotated = track_hands(hands)
+        tracks = [interpolate_track(tr, self.max_gap) for tr in annotated]
         boxes_per_frame = [
             [b for tr in tracks if f in tr for b in [clip_box(tr[f], h, w)] if b] for f in range(t)
         ]
         if self.masks == "sam2":
             if self.sam2 is None:
                 raise ValueError("masks='sam2' needs Sam2Settings")
-            control = sam2_masks(frames, tracks, self.sam2)
+            control = sam2_masks(frames, annotated, self.sam2)  # prompted with annotated boxes only
             mask_source = "sam2"
         else:
             control = fill_boxes(boxes_per_frame, h, w)
             mask_source = "boxes"
 
-        names = sorted(objects)
+        names = [name for name, _ in boxes.objects]
         object_boxes: dict[str, list[list[int] | None]] = {}
         object_masks = np.zeros((len(names), t, h, w), dtype=bool)
-        for k, name in enumerate(names):
-            track = interpolate_track(objects[name], self.max_gap)
+        for k, (name, rows) in enumerate(boxes.objects):
+            track = interpolate_track(VideoBoxes.track(rows), self.max_gap)
             per_frame = [clip_box(track[f], h, w) if f in track else None for f in range(t)]
             object_boxes[name] = [list(b) if b else None for b in per_frame]
             object_masks[k] = fill_boxes([[b] if b else [] for b in per_frame], h, w)
@@ -349,6 +393,11 @@ def _find_dir(
             return folder
     tried = ", ".join(str(root / c) if c else str(root) for c in candidates)
     raise SSV2InputError(f"no {what} found (looked for {probe} in {tried}); pass --{what} explicitly")
+
+
+def _file_stamps(paths: Iterable[Path]) -> dict[str, int]:
+    """File name -> size, for the files that exist."""
+    return {Path(p).name: Path(p).stat().st_size for p in paths if Path(p).is_file()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -429,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         if not box_files:
             raise SSV2InputError(f"no {BOX_FILES} in {args.boxes} (the Something-Else box annotations)")
         labels = load_labels(labels_dir, LABEL_FILES)
+        bad = [spec for spec in args.ids if "=" not in spec or not spec.split("=", 1)[0]]
+        if bad:
+            raise SSV2InputError(f"--ids takes SPLIT=FILE (e.g. test=eval_ids.txt), got {bad[0]!r}")
         explicit = dict(spec.split("=", 1) for spec in args.ids)
         splits = list(dict.fromkeys([*args.splits, *explicit]))
         split_ids: dict[str, list[str]] = {}
@@ -489,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
             sam2,
         )
         settings = {
+            # the inputs as files: adding a Something-Else part or another checkpoint changes the plan
+            "inputs": _file_stamps([*box_files, *(labels_dir / n for n in LABEL_FILES.values())])
+            | (_file_stamps([args.sam2_checkpoint]) if sam2 else {}),
             "masks": args.masks,
             "max_gap": args.max_gap,
             **length_settings(args),
@@ -527,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 130
         print(result.summary())
     return 0
 

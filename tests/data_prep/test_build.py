@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.build import Item, PlanMismatchError, Skip, build_split
+from data_prep.build import Item, PlanMismatchError, Skip, TooManyErrors, build_split, fingerprint
 from data_prep.shard_writer import TMP_SUFFIX
 
 
@@ -155,3 +156,33 @@ def test_other_settings_are_refused_unless_overwrite(tmp_path):
 def test_strict_reraises(tmp_path):
     with pytest.raises(ZeroDivisionError):
         build_split(tmp_path, "toy", "train", make_items(3), Maker(fail={"001"}), strict=True, progress=False)
+
+
+def test_shards_with_unexpected_errors_are_retried(tmp_path):
+    items = make_items(6)
+    first = build_split(tmp_path, "toy", "train", items, Maker(fail={"004"}), shard_size=2, progress=False)
+    assert first.num_samples == 5 and first.skipped == {"error:ZeroDivisionError": 1}
+    fixed = Maker()
+    second = build_split(tmp_path, "toy", "train", items, fixed, shard_size=2, progress=False)
+    assert fixed.calls == ["004", "005"], "only the shard with the error is made again"
+    assert second.num_samples == 6 and second.skipped == {}
+
+
+def test_many_errors_in_a_row_stop_the_run(tmp_path):
+    items = make_items(8)
+    with pytest.raises(TooManyErrors, match="3 videos in a row"):
+        build_split(
+            tmp_path, "toy", "train", items, Maker(fail={i.id for i in items}), max_errors=3, progress=False
+        )
+    assert not (tmp_path / "train" / "index.json").exists()
+
+
+def test_changed_item_data_changes_the_plan(tmp_path):
+    items = [Item("a", ("video.mp4", None)), Item("b", ("video.mp4", None))]
+    build_split(tmp_path, "toy", "train", items, Maker(), progress=False)
+    later = [Item("a", ("video.mp4", "proposal.json")), Item("b", ("video.mp4", None))]  # an input appeared
+    with pytest.raises(PlanMismatchError, match="items_sha256"):
+        build_split(tmp_path, "toy", "train", later, Maker(), progress=False)
+    assert fingerprint(np.arange(3)) != fingerprint(np.arange(3.0)) and fingerprint([1, "a"]) == fingerprint(
+        (1, "a")
+    )

@@ -197,3 +197,23 @@ def test_missing_root_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert clevrer.main(["--root", str(tmp_path)]) == 2
     assert "derender_proposals" in capsys.readouterr().err
+
+
+def test_an_empty_first_frame_forms_no_group(tmp_path):
+    def annotation(colour):
+        return {
+            "object_property": [{"object_id": 0, "color": colour, "material": "metal", "shape": "cube"}],
+            "motion_trajectory": [
+                {
+                    "frame_id": 0,
+                    "objects": [{"object_id": 0, "location": [0, 0, 0], "inside_camera_view": False}],
+                }
+            ],
+        }
+
+    paths = {}
+    for vid, colour in (("1", "red"), ("2", "blue")):
+        paths[vid] = tmp_path / f"annotation_{vid}.json"
+        paths[vid].write_text(json.dumps(annotation(colour)))
+    assert clevrer.first_frame_signature(annotation("red")) == ""
+    assert clevrer.counterfactual_groups(paths, ["1", "2"]) == {}

@@ -324,3 +324,43 @@ def test_sam2_path_with_a_random_tiny_model(ssv2_root, tmp_path):
     meta = json.loads(sample["json"])
     control = load_masks(sample["masks.npz"])["control"]
     assert meta["mask_source"] == "sam2" and control.shape == (30, H, W) and control.dtype == np.bool_
+
+
+def test_same_named_objects_stay_apart():
+    """'Putting cup next to cup': two objects with one category text, told apart by placeholder."""
+
+    def label(box, category, standard):
+        return {
+            "box2d": dict(zip(("x1", "y1", "x2", "y2"), box, strict=True)),
+            "category": category,
+            "standard_category": standard,
+        }
+
+    entries = [
+        {
+            "name": "7/0001.jpg",
+            "labels": [
+                label((0, 0, 5, 5), "cup", "0001"),
+                label((10, 10, 20, 20), "cup", "0000"),
+                label((1, 1, 3, 3), "hand", "hand"),
+            ],
+        },
+        {
+            "name": "7/0002.jpg",
+            "labels": [label((10, 10, 20, 20), "cup", "0000"), label((1, 0, 6, 5), "cup", "0001")],
+        },
+    ]
+    boxes = ssv2.parse_frames(entries)
+    assert [name for name, _ in boxes.objects] == ["cup (0000)", "cup (0001)"]
+    assert ssv2.VideoBoxes.track(boxes.objects[1][1]) == {0: (0, 0, 5, 5), 1: (1, 0, 6, 5)}
+    assert boxes.hands_per_frame() == {0: [(1, 1, 3, 3)]}
+
+
+def test_bad_id_list_arguments(ssv2_root, tmp_path, capsys):
+    root, boxes = ssv2_root
+    assert run(["--root", str(root), "--boxes", str(boxes), "--masks", "boxes", "--ids", "test"]) == 2
+    assert "SPLIT=FILE" in capsys.readouterr().err
+    bad = tmp_path / "ids.json"
+    bad.write_text("{not json")
+    assert run(["--root", str(root), "--boxes", str(boxes), "--masks", "boxes", "--ids", f"test={bad}"]) == 2
+    assert "JSON list" in capsys.readouterr().err

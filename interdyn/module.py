@@ -32,6 +32,7 @@ from interdyn.models.released import load_controlnet
 from interdyn.models.svd import SVDSource, get_svd
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OPTIMIZERS = ("adam", "adamw", "adamw8bit")
 BRANCH_PREFIX = "controlnet."
 
 
@@ -62,6 +63,14 @@ class InterDynModule(L.LightningModule):
         vae_chunk_size: frames per VAE call when encoding.
         num_inference_steps, min_guidance_scale, max_guidance_scale, num_samples, sample_seed: sampling in
             ``predict_step``.
+        gradient_checkpointing: recompute the branch's block activations in the backward pass.
+        unet_gradient_checkpointing: the same for the frozen UNet (the loss back-propagates through its
+            decoder into the residuals, so its activations are kept unless this is on).
+        optimizer: ``adam`` (the paper), ``adamw`` (decoupled weight decay) or ``adamw8bit``
+            (bitsandbytes, when installed).
+        fused_optimizer: fused Adam/AdamW kernels; ``None`` uses them on CUDA.
+        compile: ``torch.compile`` the branch and the UNet (first steps are slow while it compiles); a dict
+            gives ``torch.compile`` arguments, e.g. ``{mode: max-autotune}``.
     """
 
     def __init__(
@@ -89,12 +98,19 @@ class InterDynModule(L.LightningModule):
         max_guidance_scale: float = 3.0,
         num_samples: int = 1,
         sample_seed: int = 42,
+        gradient_checkpointing: bool = False,
+        unet_gradient_checkpointing: bool = False,
+        optimizer: str = "adam",
+        fused_optimizer: bool | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if frozen_dtype not in _DTYPES:
             raise ConfigError(f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}")
         if not 0.0 <= image_drop_prob <= 1.0:
             raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if not val_sigmas or min(val_sigmas) <= 0:
             raise ConfigError(
                 f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}"
@@ -124,6 +140,20 @@ class InterDynModule(L.LightningModule):
                     f"channels, but conditioning_channels={conditioning_channels}"
                 )
         self.controlnet.train()
+        if gradient_checkpointing:
+            self.controlnet.enable_gradient_checkpointing()
+        if unet_gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        """Compile once the module is on its device (``compile: true``); keys and hooks stay as they are."""
+        options = self.hparams.compile
+        if options and not self._compiled:
+            options = options if isinstance(options, dict) else {}
+            self.controlnet.compile(**options)
+            self.unet.compile(**options)
+            self._compiled = True
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True) -> InterDynModule:
@@ -167,13 +197,22 @@ class InterDynModule(L.LightningModule):
             torch.manual_seed(seed)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam on the branch parameters only (lr 1e-5 in the paper)."""
-        return torch.optim.Adam(
-            self.controlnet.parameters(),
-            lr=self.hparams.learning_rate,
-            betas=tuple(self.hparams.adam_betas),
-            weight_decay=self.hparams.weight_decay,
-        )
+        """Adam (lr 1e-5 in the paper), AdamW or 8-bit AdamW on the branch parameters only: the frozen
+        parts get no optimizer state."""
+        hp = self.hparams
+        params = [p for p in self.controlnet.parameters() if p.requires_grad]
+        kwargs = {"lr": hp.learning_rate, "betas": tuple(hp.adam_betas), "weight_decay": hp.weight_decay}
+        if hp.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise ConfigError(
+                    "optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), or use adam / adamw"
+                ) from None
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type == "cuda"
+        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        return optimizer_class(params, **kwargs, **({"fused": True} if fused else {}))
 
     # ------------------------------------------------------------------ training objective
     def added_time_ids(self, batch_size: int) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""Sampling benchmark: seconds for one guided video (image + masks -> 14 frames) with the pipeline.
+
+    python benchmarks/sample.py --device cpu                    # tiny model, 64x64
+    python benchmarks/sample.py --device cuda                   # full size (random weights), 256x384
+
+Guidance is batched (one forward for both halves), frozen parts and branch in the chosen dtype, VAE
+decoding in chunks. Reports the median of ``--repeats`` runs after one warm-up, for each number of
+steps in ``--steps``, and the peak GPU memory. Results go to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import machine, write_section  # noqa: E402
+
+TINY_CONTROL = (8, 16, 16, 32)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--preset", default=None, choices=["tiny", "svd"], help="default: tiny on CPU, svd on CUDA"
+    )
+    parser.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default bf16 on CUDA"
+    )
+    parser.add_argument("--frames", type=int, default=14)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 25])
+    parser.add_argument("--decode-chunk", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    from interdyn.models import InterDynPipeline
+    from interdyn.models.controlnet import ControlNetSDVModel
+    from interdyn.models.svd import get_svd
+
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("error: --device cuda but no GPU is visible", file=sys.stderr)
+        return 2
+    preset = args.preset or ("svd" if cuda else "tiny")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
+    h, w = args.height or (256 if cuda else 64), args.width or (384 if cuda else 64)
+    torch.manual_seed(0)
+    svd = get_svd(f"random:{preset}")
+    extra = {"conditioning_embedding_out_channels": TINY_CONTROL} if preset == "tiny" else {}
+    branch = ControlNetSDVModel.from_unet(svd.unet, **extra)
+    pipe = InterDynPipeline.from_components(svd, branch).to(args.device, dtype)
+    image = torch.rand(1, 3, h, w) * 2 - 1
+    masks = torch.zeros(args.frames, h, w, dtype=torch.bool)
+    masks[:, h // 4 : h // 2, w // 4 : w // 2] = True
+
+    def run(steps: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        pipe(
+            image,
+            masks,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            decode_chunk_size=args.decode_chunk,
+            output_type="pt",
+        )
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    rows = []
+    for steps in args.steps:
+        run(min(steps, 2))  # warm-up (kernels, allocator)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = [run(steps) for _ in range(args.repeats)]
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        rows.append((steps, statistics.median(times), peak))
+        print(
+            f"{steps} steps: {rows[-1][1]:.2f} s (median of {args.repeats}), peak {peak:.1f} GiB", flush=True
+        )
+    lines = [
+        f"## Sampling on {args.device.upper()} (`benchmarks/sample.py --device {args.device}`), {time.strftime('%Y-%m-%d')}",
+        "",
+        f"- {machine(args.device)}",
+        f"- {preset} model (random weights), one video of {args.frames} frames at {h}x{w}, {dtype}, guidance"
+        f" 1 -> 3 batched with the conditional pass, VAE decode in chunks of {args.decode_chunk} frames;"
+        f" median of {args.repeats} runs after a warm-up.",
+        "",
+        "| steps | seconds per video | peak GiB |",
+        "|---|---|---|",
+        *(f"| {s} | {t:.2f} | {p:.1f} |" for s, t, p in rows),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(f"sample-{args.device}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

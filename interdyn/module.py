@@ -41,6 +41,21 @@ def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Ten
     return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
 
 
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a frozen diffusers/transformers model's floating weights to ``dtype`` (no-op when they are),
+    without diffusers' warning about modules kept in fp32 (SVD's models declare none)."""
+    if all(p.dtype == dtype for p in module.parameters() if p.is_floating_point()):
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        module.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 class InterDynModule(L.LightningModule):
     """Trains the InterDyn control branch on a frozen Stable Video Diffusion.
 
@@ -117,7 +132,10 @@ class InterDynModule(L.LightningModule):
             )
         self.save_hyperparameters()
 
-        parts = get_svd(svd, torch_dtype=_DTYPES[frozen_dtype])
+        dtype = _DTYPES[frozen_dtype]
+        # A new branch starts as a copy of the UNet encoder: copy it before the frozen parts are cast,
+        # so that a bf16 frozen SVD does not round the branch's starting weights.
+        parts = get_svd(svd, torch_dtype=None if controlnet is None else dtype)
         self.unet = parts.unet
         self.vae = parts.vae
         self.image_encoder = parts.image_encoder
@@ -140,6 +158,8 @@ class InterDynModule(L.LightningModule):
                     f"channels, but conditioning_channels={conditioning_channels}"
                 )
         self.controlnet.train()
+        for frozen in (self.unet, self.vae, self.image_encoder):
+            _cast(frozen, dtype)
         if gradient_checkpointing:
             self.controlnet.enable_gradient_checkpointing()
         if unet_gradient_checkpointing:

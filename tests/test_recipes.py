@@ -145,3 +145,13 @@ def test_compile_gives_the_same_step(reference):
     torch.testing.assert_close(got_grads, grads, rtol=1e-3, atol=1e-4)
     assert torch.nn.functional.cosine_similarity(got_grads, grads, dim=0) > 0.9999
     assert set(module.state_dict()) == set(make().state_dict()), "compiling must not rename the weights"
+
+
+def test_bf16_frozen_parts_do_not_round_the_new_branch():
+    half = tiny_module(frozen_dtype="bfloat16")
+    reference = tiny_module()
+    assert all(p.dtype == torch.bfloat16 for p in half.unet.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in half.image_encoder.parameters())
+    copied = [n for n in reference.controlnet.state_dict() if not n.startswith("controlnet_cond_embedding")]
+    for name in copied:  # the encoder copy of the UNet (the control encoder is drawn at random)
+        assert torch.equal(half.controlnet.state_dict()[name], reference.controlnet.state_dict()[name]), name

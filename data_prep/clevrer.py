@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from data_prep import rle
-from data_prep.build import Item, Skip, build_split
-from data_prep.common import add_common_arguments, check_length, length_settings, read_video
+from data_prep.build import Item, Skip
+from data_prep.common import add_common_arguments, check_length, read_video, run_split
 from data_prep.shard_writer import encode_masks
 
 SPLITS = ("train", "validation")
@@ -297,31 +297,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             for vid in ids
         ]
-        try:
-            result = build_split(
-                args.out,
-                "clevrer",
-                split,
-                items,
-                ClevrerMaker(split, args.num_frames, args.target_fps, args.frame_stride),
-                shard_size=args.shard_size,
-                workers=args.workers,
-                settings={**length_settings(args), "groups": not args.no_groups},
-                provenance={
-                    "preparer": "data_prep.clevrer",
-                    "root": str(args.root),
-                    "proposals": str(proposals_dir),
-                },
-                overwrite=args.overwrite,
-                strict=args.strict,
-                progress=not args.no_progress,
-            )
-        except (RuntimeError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 130
-        print(result.summary())
+        maker = ClevrerMaker(split, args.num_frames, args.target_fps, args.frame_stride)
+        provenance = {
+            "preparer": "data_prep.clevrer",
+            "root": str(args.root),
+            "proposals": str(proposals_dir),
+        }
+        code = run_split(args, "clevrer", split, items, maker, {"groups": not args.no_groups}, provenance)
+        if code:
+            return code
     return 0
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_prep.build import Skip, default_workers
+from data_prep.build import Item, Skip, build_split, default_workers
 from interdyn.data.sampling import clip_offsets
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
@@ -173,6 +174,44 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     clip.add_argument(
         "--frame-stride", type=int, default=None, help="fixed source stride instead of --target-fps"
     )
+
+
+def run_split(
+    args: argparse.Namespace,
+    dataset: str,
+    split: str,
+    items: list[Item],
+    maker: Any,
+    settings: dict[str, Any],
+    provenance: dict[str, Any],
+) -> int:
+    """Build one split with the common options of :func:`add_common_arguments`; print its summary.
+
+    Returns a process exit code: 0, 2 for a refused or broken run (one sentence on stderr), 130 after
+    Ctrl-C (the builder has said what was kept).
+    """
+    try:
+        result = build_split(
+            args.out,
+            dataset,
+            split,
+            items,
+            maker,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            settings={**settings, **length_settings(args)},
+            provenance=provenance,
+            overwrite=args.overwrite,
+            strict=args.strict,
+            progress=not args.no_progress,
+        )
+    except (RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(result.summary())
+    return 0
 
 
 def length_settings(args: argparse.Namespace) -> dict[str, Any]:

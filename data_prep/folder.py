@@ -32,15 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, Skip, build_split
+from data_prep.build import Item, Skip
 from data_prep.common import (
     add_common_arguments,
     binarize,
     check_length,
     count_video,
     iter_video_frames,
-    length_settings,
     read_video,
+    run_split,
 )
 from data_prep.shard_writer import encode_masks
 from interdyn.data.video import encode_video
@@ -294,29 +294,11 @@ def main(argv: list[str] | None = None) -> int:
             "threshold": args.threshold,
             "min_blob": args.min_blob,
             "fractions": [args.val_fraction, args.test_fraction],
-            **length_settings(args),
         }
-        try:
-            result = build_split(
-                args.out,
-                args.name,
-                split,
-                items,
-                maker,
-                shard_size=args.shard_size,
-                workers=args.workers,
-                settings=settings,
-                provenance={"preparer": "data_prep.folder", "input": str(args.input)},
-                overwrite=args.overwrite,
-                strict=args.strict,
-                progress=not args.no_progress,
-            )
-        except (RuntimeError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 130
-        print(result.summary())
+        provenance = {"preparer": "data_prep.folder", "input": str(args.input)}
+        code = run_split(args, args.name, split, items, maker, settings, provenance)
+        if code:
+            return code
     return 0
 
 

@@ -36,15 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, Skip, build_split
+from data_prep.build import Item, Skip
 from data_prep.common import (
     add_common_arguments,
     check_length,
     clip_box,
     count_video,
     fill_boxes,
-    length_settings,
     read_video,
+    run_split,
 )
 from data_prep.shard_writer import encode_masks
 
@@ -546,7 +546,6 @@ def main(argv: list[str] | None = None) -> int:
             | (_file_stamps([args.sam2_checkpoint]) if sam2 else {}),
             "masks": args.masks,
             "max_gap": args.max_gap,
-            **length_settings(args),
             **(
                 {
                     "sam2_config": args.sam2_config,
@@ -564,27 +563,9 @@ def main(argv: list[str] | None = None) -> int:
             "boxes": [str(p) for p in box_files],
             "sam2_checkpoint": str(args.sam2_checkpoint) if sam2 else None,
         }
-        try:
-            result = build_split(
-                args.out,
-                "ssv2",
-                split,
-                items,
-                maker,
-                shard_size=args.shard_size,
-                workers=args.workers,
-                settings=settings,
-                provenance=provenance,
-                overwrite=args.overwrite,
-                strict=args.strict,
-                progress=not args.no_progress,
-            )
-        except (RuntimeError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 130
-        print(result.summary())
+        code = run_split(args, "ssv2", split, items, maker, settings, provenance)
+        if code:
+            return code
     return 0
 
 

@@ -2,7 +2,7 @@
 
 On the first validation batch of each validation run the callback keeps a few clips; at the end of
 validation, global rank 0 samples them with the module's sampler and writes an animated GIF to
-``<log_dir>/samples/step_XXXXXXX.gif`` and, with a TensorBoard logger, to the Images tab (animated).
+``<log_dir>/samples/step_<global step, 7 digits>.gif`` and, with a TensorBoard logger, to the Images tab (animated).
 """
 
 from __future__ import annotations

@@ -125,3 +125,52 @@ def validate_batch(
     if keys is not None and len(keys) != pixels.shape[0]:
         raise BatchContractError(f"batch['key'] has {len(keys)} entries for a batch of {pixels.shape[0]}")
     return pixels, control
+
+
+CACHED_KEYS = ("latent_mean", "latent_std", "image_latents", "image_embeds")
+
+
+def is_cached_batch(batch: Mapping[str, Any]) -> bool:
+    """Whether a batch carries cached conditioning (``make latents``) instead of frames."""
+    return isinstance(batch, Mapping) and "latent_mean" in batch
+
+
+def validate_cached_batch(
+    batch: Mapping[str, Any],
+    control_channels: int | None = 3,
+    latent_channels: int = 4,
+    spatial_factor: int = 8,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Check a cached-conditioning batch and return ``(control, cache)``.
+
+    ``control`` as in :func:`validate_batch`; ``latent_mean`` / ``latent_std`` ``(B, T, C, H/f, W/f)``,
+    ``image_latents`` ``(B, C, H/f, W/f)``, ``image_embeds`` ``(B, 1, D)``, all finite.
+    """
+    missing = [k for k in ("control", *CACHED_KEYS) if k not in batch]
+    if missing:
+        raise BatchContractError(f"cached batch is missing {missing}; it has keys {sorted(batch)}")
+    control = _check_video("control", batch["control"], control_channels)
+    b, t, _, h, w = control.shape
+    latent_shape = (b, t, latent_channels, h // spatial_factor, w // spatial_factor)
+    expected = {
+        "latent_mean": latent_shape,
+        "latent_std": latent_shape,
+        "image_latents": (b, latent_channels, h // spatial_factor, w // spatial_factor),
+    }
+    cache: dict[str, torch.Tensor] = {}
+    for name in CACHED_KEYS:
+        value = batch[name]
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise BatchContractError(f"batch['{name}'] must be a float tensor")
+        want = expected.get(name)
+        if want is not None and tuple(value.shape) != want:
+            raise BatchContractError(
+                f"batch['{name}'] has shape {tuple(value.shape)}, expected {want} for control {tuple(control.shape)}; "
+                "was the cache built for another size or frame count?"
+            )
+        if name == "image_embeds" and (value.ndim != 3 or value.shape[:2] != (b, 1)):
+            raise BatchContractError(f"batch['image_embeds'] must be (B, 1, D), got {tuple(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise BatchContractError(f"batch['{name}'] holds NaN or infinite values")
+        cache[name] = value
+    return control, cache

@@ -16,20 +16,21 @@ from typing import Any
 import lightning as L
 import torch
 
-from interdyn.contract import validate_batch
+from interdyn.contract import is_cached_batch, validate_batch, validate_cached_batch
 from interdyn.errors import ConfigError, WeightsMismatchError
 from interdyn.models.conditioning import (
     clip_image_embeds,
     encode_image_latents,
     encode_video_latents,
     make_added_time_ids,
+    sample_video_latents,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.edm import edm_loss, precondition, sample_sigmas
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import load_controlnet
-from interdyn.models.svd import SVDSource, get_svd
+from interdyn.models.svd import SVDSource, cast_frozen, get_svd
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OPTIMIZERS = ("adam", "adamw", "adamw8bit")
@@ -39,21 +40,6 @@ BRANCH_PREFIX = "controlnet."
 def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
-
-
-def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast a frozen diffusers/transformers model's floating weights to ``dtype`` (no-op when they are),
-    without diffusers' warning about modules kept in fp32 (SVD's models declare none)."""
-    if all(p.dtype == dtype for p in module.parameters() if p.is_floating_point()):
-        return
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        module.to(dtype)
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 class InterDynModule(L.LightningModule):
@@ -159,7 +145,7 @@ class InterDynModule(L.LightningModule):
                 )
         self.controlnet.train()
         for frozen in (self.unet, self.vae, self.image_encoder):
-            _cast(frozen, dtype)
+            cast_frozen(frozen, dtype)
         if gradient_checkpointing:
             self.controlnet.enable_gradient_checkpointing()
         if unet_gradient_checkpointing:
@@ -248,6 +234,14 @@ class InterDynModule(L.LightningModule):
         draws = torch.rand(batch_size, generator=generator, device=device)
         return (draws >= self.hparams.image_drop_prob).float().to(self.device)
 
+    def _drop_image(
+        self, embeds: torch.Tensor, image_latents: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hparams.image_drop_prob <= 0:
+            return embeds, image_latents
+        keep = self.image_keep_mask(embeds.shape[0], generator)
+        return embeds * keep.view(-1, 1, 1), image_latents * keep.view(-1, 1, 1, 1)
+
     @torch.no_grad()
     def encode_conditions(
         self, pixel_values: torch.Tensor, generator: torch.Generator | None = None, drop_image: bool = False
@@ -258,28 +252,52 @@ class InterDynModule(L.LightningModule):
         probability ``image_drop_prob``.
         """
         first = pixel_values[:, 0]
-        latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size).float()
+        latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size)
         embeds = clip_image_embeds(self.image_encoder, first).float()
         image_latents = encode_image_latents(
             self.vae, first, self.hparams.noise_aug_strength, generator
         ).float()
-        if drop_image and self.hparams.image_drop_prob > 0:
-            keep = self.image_keep_mask(pixel_values.shape[0], generator)
-            embeds = embeds * keep.view(-1, 1, 1)
-            image_latents = image_latents * keep.view(-1, 1, 1, 1)
+        if drop_image:
+            embeds, image_latents = self._drop_image(embeds, image_latents, generator)
+        return latents.float(), embeds, image_latents
+
+    @torch.no_grad()
+    def cached_conditions(
+        self,
+        cache: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        drop_image: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same three tensors as :meth:`encode_conditions`, from cached conditioning (``make latents``):
+        a fresh posterior sample of the stored VAE distribution, drawn from ``generator`` exactly as the
+        encoder path draws it, and the stored CLIP embedding and image latent."""
+        latents = sample_video_latents(
+            cache["latent_mean"], cache["latent_std"], self.vae.config.scaling_factor, generator
+        )
+        embeds = cache["image_embeds"].float()
+        image_latents = cache["image_latents"].float()
+        if drop_image:
+            embeds, image_latents = self._drop_image(embeds, image_latents, generator)
         return latents, embeds, image_latents
 
     def compute_loss(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None,
         control: torch.Tensor,
         sigma: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         drop_image: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """EDM loss of the branch + frozen UNet on one batch (spec.md section 3)."""
-        b, t = pixel_values.shape[:2]
-        latents, embeds, image_latents = self.encode_conditions(pixel_values, generator, drop_image)
+        """EDM loss of the branch + frozen UNet on one batch (spec.md section 3); with ``cache`` the
+        conditioning comes from cached latents and embeddings and ``pixel_values`` is not used."""
+        if cache is not None:
+            latents, embeds, image_latents = self.cached_conditions(cache, generator, drop_image)
+        elif pixel_values is not None:
+            latents, embeds, image_latents = self.encode_conditions(pixel_values, generator, drop_image)
+        else:
+            raise ValueError("compute_loss needs pixel_values or cache")
+        b, t = latents.shape[:2]
         if sigma is None:
             sigma = sample_sigmas(b, self.hparams.p_mean, self.hparams.p_std, generator, self.device)
         sigma = sigma.to(self.device, torch.float32)
@@ -317,10 +335,32 @@ class InterDynModule(L.LightningModule):
             batch, control_channels=self.controlnet.config.conditioning_channels, spatial_multiple=factor
         )
 
+    def _checked_cache(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        control, cache = validate_cached_batch(
+            batch,
+            control_channels=self.controlnet.config.conditioning_channels,
+            latent_channels=self.vae.config.latent_channels,
+            spatial_factor=factor,
+        )
+        built_with = batch.get("cache_noise_aug")
+        if built_with is not None and any(
+            abs(v - self.hparams.noise_aug_strength) > 1e-9 for v in built_with
+        ):
+            raise ConfigError(
+                f"the cached image latents were made with noise_aug_strength {sorted(set(built_with))}, but the model "
+                f"uses {self.hparams.noise_aug_strength}; rebuild the cache (make latents) or change the setting"
+            )
+        return control, cache
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        pixel_values, control = self._checked(batch)
-        loss = self.compute_loss(pixel_values, control, drop_image=True)
-        self.log("train/loss", loss, prog_bar=True, batch_size=pixel_values.shape[0])
+        if is_cached_batch(batch):
+            control, cache = self._checked_cache(batch)
+            loss = self.compute_loss(None, control, drop_image=True, cache=cache)
+        else:
+            pixel_values, control = self._checked(batch)
+            loss = self.compute_loss(pixel_values, control, drop_image=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=control.shape[0])
         return loss
 
     def validation_sigmas(self, batch_size: int, batch_idx: int) -> torch.Tensor:

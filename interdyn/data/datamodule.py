@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from interdyn.contract import to_contract
-from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips
+from interdyn.data.cache import CachedClipDecoder, check_cache_settings, read_cache_settings
+from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips, expand_urls
+from interdyn.errors import ConfigError
 
 Crop = Literal["center", "random", "mask_aware"]
 
@@ -49,6 +51,9 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: training sample shuffle buffer (per worker).
         epoch_samples: training clips per epoch over all ranks (rounded up to whole batches per worker).
         seed: base seed of the training streams and random crops.
+        cached_conditioning: train on the ``cond.npz`` fields written by ``make latents`` (VAE latents,
+            first-frame latent and CLIP embedding of one fixed window and crop per video): no video
+            decoding and no encoders in the step. Evaluation still decodes the videos.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         epoch_samples: int = 10_000,
         seed: int = 0,
+        cached_conditioning: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,6 +96,29 @@ class ShardDataModule(L.LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
+
+    def _geometry(self) -> dict:
+        hp = self.hparams
+        return {k: hp[k] for k in ("num_frames", "fps", "frame_stride", "height", "width")}
+
+    def _cached_decoder(self, shards: str | list[str]) -> CachedClipDecoder:
+        """The cache decoder, after checking the first local shard's cache against these settings."""
+        local = [u for u in expand_urls(shards) if not u.startswith("pipe:") and "://" not in u]
+        if local:
+            try:
+                settings = read_cache_settings(local[0])
+            except OSError as err:
+                raise ConfigError(f"cannot read {local[0]}: {err}") from None
+            if settings is None:
+                raise ConfigError(
+                    f"cached_conditioning is on but {local[0]} holds no cond.npz fields; run `make latents` "
+                    "(python -m data_prep.latents) on the training shards first"
+                )
+            try:
+                check_cache_settings(settings, self._geometry(), local[0])
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        return CachedClipDecoder(self._geometry())
 
     def _decoder(self, train: bool) -> ClipDecoder:
         hp = self.hparams
@@ -120,9 +149,10 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"no {what} shards configured (set data.init_args.{what}_shards)")
         hp = self.hparams
         rank, world = self._rank_world()
+        decoder = self._cached_decoder(shards) if train and hp.cached_conditioning else self._decoder(train)
         stream = ShardClipStream(
             shards,
-            self._decoder(train),
+            decoder,
             train=train,
             rank=rank,
             world_size=world,

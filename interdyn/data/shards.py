@@ -23,7 +23,7 @@ import random
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +169,7 @@ class ShardClipStream(IterableDataset):
 
     Args:
         urls: shard specs (see :func:`expand_urls`).
-        decoder: turns a raw sample into a clip.
+        decoder: turns a raw sample into a clip (:class:`ClipDecoder`, or the cache's decoder).
         train: endless resampled stream (True) or each shard once (False).
         rank, world_size: this process's place among the data-parallel ranks.
         samples_per_worker: training clips each worker yields per epoch (None: endless).
@@ -180,7 +180,7 @@ class ShardClipStream(IterableDataset):
     def __init__(
         self,
         urls: str | Sequence[str],
-        decoder: ClipDecoder,
+        decoder: Callable[[dict[str, Any], random.Random], dict[str, Any]],
         train: bool,
         rank: int = 0,
         world_size: int = 1,

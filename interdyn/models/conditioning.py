@@ -40,9 +40,34 @@ def encode_image_latents(
     noise_aug_strength: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` in ``[-1, 1]`` -> ``(B, 4, H/8, W/8)``: noise-augmented, posterior mode, unscaled."""
-    noisy = image + noise_aug_strength * _randn_like(image, generator)
+    """``(B, 3, H, W)`` in ``[-1, 1]`` -> ``(B, 4, H/8, W/8)``: noise-augmented, posterior mode, unscaled.
+
+    With ``noise_aug_strength == 0`` no noise is drawn (the generator is left untouched)."""
+    noisy = image + noise_aug_strength * _randn_like(image, generator) if noise_aug_strength else image
     return vae.encode(noisy.to(vae.dtype)).latent_dist.mode()
+
+
+def encode_video_posterior(
+    vae: AutoencoderKLTemporalDecoder, video: torch.Tensor, chunk_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, T, 3, H, W)`` in ``[-1, 1]`` -> the VAE posterior's ``(mean, std)``, each ``(B, T, 4, H/8, W/8)``
+    and unscaled. Frames are encoded ``chunk_size`` at a time to bound activation memory."""
+    b, t = video.shape[:2]
+    means, stds = [], []
+    for chunk in video.flatten(0, 1).to(vae.dtype).split(chunk_size):
+        dist = vae.encode(chunk).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means).unflatten(0, (b, t)), torch.cat(stds).unflatten(0, (b, t))
+
+
+def sample_video_latents(
+    mean: torch.Tensor, std: torch.Tensor, scaling_factor: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A posterior sample ``mean + std * eps`` times the VAE scaling factor (float32). Shared by the
+    in-step encoder and the cached conditioning, so both draw the same noise from the same generator."""
+    mean, std = mean.float(), std.float()
+    return (mean + std * _randn_like(mean, generator)) * scaling_factor
 
 
 def encode_video_latents(
@@ -51,17 +76,10 @@ def encode_video_latents(
     generator: torch.Generator | None = None,
     chunk_size: int = 16,
 ) -> torch.Tensor:
-    """``(B, T, 3, H, W)`` in ``[-1, 1]`` -> ``(B, T, 4, H/8, W/8)``: posterior sample times the scaling factor.
-
-    Frames are encoded ``chunk_size`` at a time to bound activation memory.
-    """
-    b, t = video.shape[:2]
-    frames = video.flatten(0, 1).to(vae.dtype)
-    latents = []
-    for chunk in frames.split(chunk_size):
-        dist = vae.encode(chunk).latent_dist
-        latents.append(dist.mean + dist.std * _randn_like(dist.mean, generator))
-    return torch.cat(latents).unflatten(0, (b, t)) * vae.config.scaling_factor
+    """``(B, T, 3, H, W)`` in ``[-1, 1]`` -> ``(B, T, 4, H/8, W/8)`` float32: posterior sample times the
+    scaling factor (see :func:`encode_video_posterior`, :func:`sample_video_latents`)."""
+    mean, std = encode_video_posterior(vae, video, chunk_size)
+    return sample_video_latents(mean, std, vae.config.scaling_factor, generator)
 
 
 def decode_latents(

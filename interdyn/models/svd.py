@@ -174,6 +174,43 @@ def get_svd(source: SVDSource, torch_dtype: torch.dtype | None = None) -> SVDCom
     return components
 
 
+def get_encoders(
+    source: SVDSource, torch_dtype: torch.dtype | None = None
+) -> tuple[AutoencoderKLTemporalDecoder, CLIPVisionModelWithProjection]:
+    """Only the VAE and the CLIP image encoder of an SVD source (a saved SVD's UNet is not loaded)."""
+    if isinstance(source, str) and not source.startswith("random:"):
+        kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        vae = load_component(
+            AutoencoderKLTemporalDecoder, source, subfolder="vae", what="SVD vae", kind="svd", **kw
+        )
+        image_encoder = load_component(
+            CLIPVisionModelWithProjection,
+            source,
+            subfolder="image_encoder",
+            what="SVD image_encoder",
+            kind="svd",
+            **kw,
+        )
+        return vae, image_encoder
+    parts = get_svd(source, torch_dtype)
+    return parts.vae, parts.image_encoder
+
+
+def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a frozen diffusers/transformers model's floating weights to ``dtype`` (no-op when they are),
+    without diffusers' warning about modules kept in fp32 (SVD's models declare none)."""
+    if all(p.dtype == dtype for p in module.parameters() if p.is_floating_point()):
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        module.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def save_svd(components: SVDComponents, folder: str) -> None:
     """Write components in the hub layout (``unet/ vae/ image_encoder/ scheduler/``), e.g. a tiny
     random SVD for offline tests of the loading path."""

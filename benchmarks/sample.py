@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 25])
+    parser.add_argument("--schedulers", nargs="+", default=["euler", "dpmpp_2m"], help="samplers to time")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and the branch")
     parser.add_argument("--decode-chunk", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
@@ -58,11 +60,14 @@ def main() -> int:
     branch = ControlNetSDVModel.from_unet(svd.unet, **extra)
     pipe = InterDynPipeline.from_components(svd, branch).to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    if args.compile:
+        pipe.unet.compile()
+        pipe.controlnet.compile()
     image = torch.rand(1, 3, h, w) * 2 - 1
     masks = torch.zeros(args.frames, h, w, dtype=torch.bool)
     masks[:, h // 4 : h // 2, w // 4 : w // 2] = True
 
-    def run(steps: int) -> float:
+    def run(steps: int, scheduler: str) -> float:
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -70,6 +75,7 @@ def main() -> int:
             image,
             masks,
             num_inference_steps=steps,
+            scheduler=scheduler,
             generator=torch.Generator().manual_seed(0),
             decode_chunk_size=args.decode_chunk,
             output_type="pt",
@@ -79,27 +85,32 @@ def main() -> int:
         return time.perf_counter() - start
 
     rows = []
-    for steps in args.steps:
-        run(min(steps, 2))  # warm-up (kernels, allocator)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        times = [run(steps) for _ in range(args.repeats)]
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        rows.append((steps, statistics.median(times), peak))
-        print(
-            f"{steps} steps: {rows[-1][1]:.2f} s (median of {args.repeats}), peak {peak:.1f} GiB", flush=True
-        )
+    for scheduler in args.schedulers:
+        for steps in args.steps:
+            run(min(steps, 2), scheduler)  # warm-up (kernels, allocator, compilation)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            times = [run(steps, scheduler) for _ in range(args.repeats)]
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            rows.append((scheduler, steps, statistics.median(times), peak))
+            print(
+                f"{scheduler} {steps} steps: {rows[-1][2]:.2f} s (median of {args.repeats}), peak {peak:.1f} GiB",
+                flush=True,
+            )
     lines = [
         f"## Sampling on {args.device.upper()} (`benchmarks/sample.py --device {args.device}`), {time.strftime('%Y-%m-%d')}",
         "",
         f"- {machine(args.device)}",
         f"- {preset} model (random weights), one video of {args.frames} frames at {h}x{w}, {dtype}, guidance"
         f" 1 -> 3 batched with the conditional pass, VAE decode in chunks of {args.decode_chunk} frames;"
-        f" median of {args.repeats} runs after a warm-up.",
+        f" median of {args.repeats} runs after a warm-up{'; UNet and branch compiled' if args.compile else ''}.",
         "",
-        "| steps | seconds per video | peak GiB |",
-        "|---|---|---|",
-        *(f"| {s} | {t:.2f} | {p:.1f} |" if cuda else f"| {s} | {t:.2f} | - |" for s, t, p in rows),
+        "| sampler | steps | seconds per video | peak GiB |",
+        "|---|---|---|---|",
+        *(
+            f"| {k} | {s} | {t:.2f} | {p:.1f} |" if cuda else f"| {k} | {s} | {t:.2f} | - |"
+            for k, s, t, p in rows
+        ),
     ]
     text = "\n".join(lines)
     print(text)

@@ -148,6 +148,7 @@ class VideoEvaluation(L.Callback):
             "resolution": f"{shape[2]}x{shape[3]}" if shape else None,
             "seed": self.seed,
             "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
+            "sampler": hp.get("scheduler", "euler"),
             "guidance": f"{hp.get('min_guidance_scale')}->{hp.get('max_guidance_scale')}",
             "i3d_weights_sha256": self.evaluator.i3d_sha256,
             "tracker": self.options["tracker"] if "motion_fidelity" in self.metrics else None,

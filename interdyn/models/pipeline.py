@@ -1,6 +1,7 @@
 """Sampling: image + driver masks -> video (spec.md section 4), as a diffusers pipeline.
 
-Euler sampling with SVD's scheduler (v-prediction, Karras sigmas), classifier-free guidance with a
+Euler sampling with SVD's scheduler (v-prediction, Karras sigmas), or DPM-Solver++(2M) on the same
+EDM noise range (``scheduler="dpmpp_2m"``, about as good in half the steps), classifier-free guidance with a
 per-frame scale rising linearly from ``min_guidance_scale`` (first frame) to ``max_guidance_scale``
 (last frame). The unconditional branch zeroes the image conditioning (CLIP embedding and image
 latent) and keeps the control masks. Both branches run in one batched forward.
@@ -15,7 +16,13 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    DiffusionPipeline,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    EulerDiscreteScheduler,
+)
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection
@@ -30,6 +37,8 @@ from interdyn.models.conditioning import (
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
+
+SCHEDULERS = ("euler", "dpmpp_2m", "edm_euler")
 
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | np.ndarray
 
@@ -60,6 +69,33 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
     if tensor.min() < -1.0 - 1e-3 or tensor.max() > 1.0 + 1e-3:
         raise ValueError("image tensors must hold values in [-1, 1]")
     return tensor.float()
+
+
+def make_scheduler(name: str, svd_scheduler: EulerDiscreteScheduler) -> Any:
+    """A sampler over SVD's noise range (``sigma_min``..``sigma_max`` of its scheduler, Karras spacing).
+
+    - ``euler``: SVD's own scheduler (what the paper used);
+    - ``dpmpp_2m``: DPM-Solver++(2M), second order, for fewer steps;
+    - ``edm_euler``: diffusers' EDM Euler, the same sampler as ``euler`` built the EDM way (a check).
+
+    The EDM schedulers use SVD's preconditioning (``sigma_data = 1``, v-prediction, ``c_noise = log(sigma) / 4``),
+    so the denoising loop stays the same for all three.
+    """
+    if name == "euler":
+        return svd_scheduler
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+    config = svd_scheduler.config
+    common = {
+        "sigma_min": float(config.get("sigma_min") or 0.002),
+        "sigma_max": float(config.get("sigma_max") or 700.0),
+        "sigma_data": 1.0,
+        "prediction_type": config.get("prediction_type", "v_prediction"),
+        "sigma_schedule": "karras",
+    }
+    if name == "edm_euler":
+        return EDMEulerScheduler(**common)
+    return EDMDPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++")
 
 
 def frames_to_output(frames: torch.Tensor, output_type: str) -> Any:
@@ -130,6 +166,7 @@ class InterDynPipeline(DiffusionPipeline):
         motion_bucket_id: float = 40,
         noise_aug_strength: float = 0.02,
         conditioning_scale: float = 1.0,
+        scheduler: str = "euler",
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -144,11 +181,12 @@ class InterDynPipeline(DiffusionPipeline):
             control: driver masks, ``(T, H, W)`` / ``(B, T, H, W)`` booleans or {0, 1}, or an already
                 encoded ``(B, T, 3, H, W)`` control tensor in ``[-1, 1]``. ``T`` sets the frame count and
                 ``H, W`` (multiples of 8) the resolution; the image must have the same size.
-            num_inference_steps: Euler steps.
+            num_inference_steps: sampler steps (each one model evaluation, batched over guidance).
             min_guidance_scale / max_guidance_scale: per-frame guidance, linear from first to last frame;
                 guidance is skipped when ``max_guidance_scale <= 1``.
             fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids (InterDyn: 6, 40, 0.02).
             conditioning_scale: multiplies the branch residuals (0 gives plain SVD).
+            scheduler: ``euler`` (SVD's), ``dpmpp_2m`` or ``edm_euler`` (see :func:`make_scheduler`).
             num_videos_per_prompt: samples per input (outputs are grouped by input).
             generator: seeds the initial noise and the image noise augmentation.
             latents: optional initial noise ``(B * num_videos_per_prompt, T, 4, H/8, W/8)`` (unit variance).
@@ -193,7 +231,8 @@ class InterDynPipeline(DiffusionPipeline):
             scale = torch.linspace(min_guidance_scale, max_guidance_scale, frames, device=device)
             scale = scale.view(1, frames, 1, 1, 1).to(dtype)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        sampler = make_scheduler(scheduler, self.scheduler)
+        sampler.set_timesteps(num_inference_steps, device=device)
         shape = (
             batch * n,
             frames,
@@ -205,11 +244,11 @@ class InterDynPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
+        latents = latents.to(device, torch.float32) * sampler.init_noise_sigma
 
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for t in self.progress_bar(sampler.timesteps):
             model_in = torch.cat([latents, latents]) if guided else latents
-            model_in = self.scheduler.scale_model_input(model_in, t).to(dtype)
+            model_in = sampler.scale_model_input(model_in, t).to(dtype)
             model_in = torch.cat([model_in, image_latents], dim=2)
             branch_dtype = self.controlnet.dtype  # the branch may be fp32 next to bf16 frozen parts
             residuals = self.controlnet(
@@ -233,7 +272,7 @@ class InterDynPipeline(DiffusionPipeline):
             if guided:
                 uncond, cond_pred = pred.chunk(2)
                 pred = uncond + scale.float() * (cond_pred - uncond)
-            latents = self.scheduler.step(pred, t, latents).prev_sample
+            latents = sampler.step(pred, t, latents).prev_sample
 
         if output_type == "latent":
             frames_out: Any = latents

@@ -1,0 +1,254 @@
+"""The counterfactual report: does a model make different outcomes for different driver motions?
+
+A *group* is a set of clips that share their first frame and differ only in how the driver moves
+(CLEVRER scenes with different entering trajectories, or one SSV2 frame with several hand paths).
+For each member ``i`` there are the generated video(s) ``G_i`` and the ground truth ``R_i``. Per group:
+
+- ``self_error``: mean over members of ``d(G_i, R_i)``;
+- ``cross_error``: mean over ordered pairs ``i != j`` of ``d(G_i, R_j)``;
+- ``discrimination = cross_error - self_error``: above 0 when the outcomes follow their controls;
+  exactly 0 for a deterministic model that ignores the control (then ``G_i`` is one video ``G`` and
+  both terms equal the mean of ``d(G, R_j)``);
+- ``accuracy``: fraction of members whose own ground truth is the nearest of the group's (ties share
+  the credit), against ``chance = 1 / members``;
+- ``spread`` (mean ``d(G_i, G_j)``, ``i != j``), ``gt_spread`` (mean ``d(R_i, R_j)``) and
+  ``spread_ratio = spread / gt_spread``: how different the outcomes are, relative to how different
+  they should be; ``sample_spread``: mean ``d`` between two samples of the same member (the noise
+  floor of ``spread``; NaN with one sample).
+
+``d`` is :func:`masked_mse` by default: per-pixel mean squared error over frames ``1..T-1`` (frame 0
+is shared), optionally inside a region. With several samples per member, ``d`` is averaged over
+samples (and over sample pairs for ``spread``). Every member may carry a ``region`` ``(T, H, W)``; a
+group's distances are all measured on one region combined from its members' (``intersection`` by
+default, e.g. for "outside every driver"; ``union`` e.g. for "wherever some pushed object is"), so
+that the distances compared with each other cover the same pixels. A member without a region covers
+the whole frame.
+
+Groups with fewer than two members (or an empty combined region) are skipped and listed. Overall
+values are means over the compared groups (each counterfactual question counts once);
+the overall ``spread_ratio`` is the ratio of the overall spread and ground-truth spread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+import torch
+
+Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], float]
+METRICS = (
+    "self_error",
+    "cross_error",
+    "discrimination",
+    "accuracy",
+    "chance",
+    "spread",
+    "gt_spread",
+    "spread_ratio",
+    "sample_spread",
+)
+REGION_MODES = ("intersection", "union")
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor | None = None) -> float:
+    """Mean squared error between videos ``(T, 3, H, W)`` over frames ``1..T-1`` (frame 0 is the shared
+    conditioning frame), channels and the pixels where ``region`` ``(T, H, W)`` is set (all without one).
+    NaN when the region is empty on those frames."""
+    if a.shape != b.shape:
+        raise ValueError(f"videos differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    per_pixel = (a[1:].float() - b[1:].float()).pow(2).mean(1)  # (T-1, H, W)
+    if region is None:
+        return float(per_pixel.mean(dtype=torch.float64))
+    inside = region[1:].to(device=per_pixel.device, dtype=torch.bool)
+    if not inside.any():
+        return math.nan
+    return float(per_pixel[inside].mean(dtype=torch.float64))
+
+
+@dataclass
+class CounterfactualMember:
+    """One member of a counterfactual group.
+
+    Args:
+        key: the clip key.
+        generated: ``(N, T, 3, H, W)`` samples or one ``(T, 3, H, W)`` video, float in ``[0, 1]``
+            (uint8 is divided by 255).
+        ground_truth: ``(T, 3, H, W)``, same range rules.
+        region: optional bool ``(T, H, W)`` (or ``(H, W)``, used for every frame) where distances are
+            measured.
+    """
+
+    key: str
+    generated: torch.Tensor | np.ndarray
+    ground_truth: torch.Tensor | np.ndarray
+    region: torch.Tensor | np.ndarray | None = None
+
+
+def _video(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    if t.ndim != 5 or t.shape[2] != 3:
+        raise ValueError(f"{what} must be (T, 3, H, W) or (N, T, 3, H, W), got shape {tuple(t.shape)}")
+    return t
+
+
+def _prepare(member: CounterfactualMember) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Samples ``(N, T, 3, H, W)``, ground truth ``(T, 3, H, W)`` and region ``(T, H, W)`` bool or None."""
+    gen = member.generated
+    gen = _video(gen[None] if np.ndim(gen) == 4 else gen, f"{member.key}: generated")
+    gt = _video(member.ground_truth[None], f"{member.key}: ground_truth")[0]
+    if gen.shape[1:] != gt.shape:
+        raise ValueError(
+            f"{member.key}: generated {tuple(gen.shape[1:])} and ground truth {tuple(gt.shape)} differ in shape"
+        )
+    region = member.region
+    if region is not None:
+        region = torch.as_tensor(np.asarray(region)) if isinstance(region, np.ndarray) else region
+        region = region.bool()
+        if region.ndim == 2:
+            region = region.expand(gt.shape[0], -1, -1)
+        if region.shape != (gt.shape[0], *gt.shape[-2:]):
+            expected = (gt.shape[0], *gt.shape[-2:])
+            raise ValueError(
+                f"{member.key}: region must be (T, H, W) = {expected}, got {tuple(region.shape)}"
+            )
+    return gen, gt, region
+
+
+def _combine(regions: Sequence[torch.Tensor | None], mode: str) -> torch.Tensor | None:
+    given = [r for r in regions if r is not None]
+    if not given:
+        return None
+    if mode == "union" and len(given) < len(regions):
+        return None  # a member without a region covers the whole frame
+    out = given[0].clone()
+    for r in given[1:]:
+        out = out & r if mode == "intersection" else out | r
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def group_metrics(
+    members: Sequence[CounterfactualMember],
+    distance: Distance = masked_mse,
+    region_mode: str = "intersection",
+) -> dict[str, float]:
+    """The metrics of one group of at least two members (see the module docstring)."""
+    if len(members) < 2:
+        raise ValueError("a counterfactual group needs at least two members")
+    if region_mode not in REGION_MODES:
+        raise ValueError(f"region_mode must be one of {REGION_MODES}, got {region_mode!r}")
+    prepared = [_prepare(m) for m in members]
+    shapes = {tuple(gt.shape) for _, gt, _ in prepared}
+    if len(shapes) > 1:
+        raise ValueError(f"the members of a group differ in video shape: {sorted(shapes)}")
+    region = _combine([r for _, _, r in prepared], region_mode)
+    gens = [g for g, _, _ in prepared]
+    gts = [gt for _, gt, _ in prepared]
+    m = len(members)
+
+    # d[i][j] = mean over the samples of G_i of d(sample, R_j)
+    d = [[_mean([distance(s, gts[j], region) for s in gens[i]]) for j in range(m)] for i in range(m)]
+    self_error = _mean([d[i][i] for i in range(m)])
+    cross_error = _mean([d[i][j] for i, j in permutations(range(m), 2)])
+    accuracy = 0.0
+    for i in range(m):
+        if any(math.isnan(v) for v in d[i]):  # e.g. an empty region
+            accuracy = math.nan
+            break
+        nearest = [j for j in range(m) if d[i][j] == min(d[i])]
+        accuracy += (i in nearest) / len(nearest)  # ties share the credit
+    spread = _mean(
+        [
+            _mean([distance(a, b, region) for a in gens[i] for b in gens[j]])
+            for i, j in permutations(range(m), 2)
+        ]
+    )
+    gt_spread = _mean([distance(gts[i], gts[j], region) for i, j in permutations(range(m), 2)])
+    within = [distance(g[p], g[q], region) for g in gens for p, q in permutations(range(len(g)), 2)]
+    return {
+        "members": float(m),
+        "self_error": self_error,
+        "cross_error": cross_error,
+        "discrimination": cross_error - self_error,
+        "accuracy": accuracy / m,
+        "chance": 1.0 / m,
+        "spread": spread,
+        "gt_spread": gt_spread,
+        "spread_ratio": spread / gt_spread if gt_spread > 0 else math.nan,
+        "sample_spread": _mean(within),
+    }
+
+
+def counterfactual_report(
+    groups: Mapping[str, Sequence[CounterfactualMember]],
+    distance: Distance = masked_mse,
+    region_mode: str = "intersection",
+) -> dict[str, Any]:
+    """Score every group and summarise them.
+
+    Args:
+        groups: group name -> its members (clips sharing the first frame, different driver motions).
+        distance: ``(video, video, region or None) -> float`` on ``(T, 3, H, W)`` videos; :func:`masked_mse`
+            by default.
+        region_mode: how members' regions combine into the group's: ``"intersection"`` or ``"union"``.
+
+    Returns:
+        ``{"groups": {name: metrics}, "overall": {"groups", "members", *metrics}, "skipped": {name: reason},
+        "num_skipped": int}``; metric names are :data:`METRICS`. Overall metrics are means over the
+        compared groups, except ``spread_ratio`` (overall spread / overall ground-truth spread).
+    """
+    rows: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    for name, members in groups.items():
+        if len(members) < 2:
+            skipped[name] = f"{len(members)} member{'s' if len(members) != 1 else ''}: nothing to compare"
+            continue
+        row = group_metrics(members, distance, region_mode)
+        if math.isnan(row["self_error"]):
+            skipped[name] = "empty region"
+            continue
+        rows[name] = row
+    overall: dict[str, float] = {
+        "groups": float(len(rows)),
+        "members": float(sum(r["members"] for r in rows.values())),
+    }
+    for metric in METRICS:
+        values = [r[metric] for r in rows.values() if not math.isnan(r[metric])]
+        overall[metric] = _mean(values)
+    overall["spread_ratio"] = (
+        overall["spread"] / overall["gt_spread"] if overall["gt_spread"] > 0 else math.nan
+    )
+    return {"groups": rows, "overall": overall, "skipped": skipped, "num_skipped": len(skipped)}
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}g}"
+
+
+def report_to_markdown(report: Mapping[str, Any]) -> str:
+    """A markdown table of :func:`counterfactual_report`'s result: one row per group and an overall row,
+    then the number of skipped groups."""
+    header = "| group | members | self | cross | discrimination | accuracy | spread ratio |"
+    lines = [header, "|---" * 7 + "|"]
+
+    def row(name: str, r: Mapping[str, float]) -> str:
+        return (
+            f"| {name} | {int(r['members'])} | {_fmt(r['self_error'])} | {_fmt(r['cross_error'])} | "
+            f"{_fmt(r['discrimination'])} | {_fmt(r['accuracy'], 3)} | {_fmt(r['spread_ratio'], 3)} |"
+        )
+
+    lines += [row(name, r) for name, r in report["groups"].items()]
+    lines.append(row(f"**overall** ({int(report['overall']['groups'])} groups)", report["overall"]))
+    if report["num_skipped"]:
+        reasons = ", ".join(f"{name} ({why})" for name, why in report["skipped"].items())
+        lines.append(f"\nSkipped {report['num_skipped']} group(s): {reasons}.")
+    return "\n".join(lines) + "\n"

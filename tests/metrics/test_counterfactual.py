@@ -1,0 +1,233 @@
+"""The counterfactual report, with two stand-in generators: one that follows the control, one that ignores it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from interdyn.metrics.counterfactual import (
+    CounterfactualMember,
+    counterfactual_report,
+    group_metrics,
+    masked_mse,
+    report_to_markdown,
+)
+
+T, H, W, SIDE = 7, 24, 32, 4
+DRIVER = torch.tensor([1.0, 0.1, 0.1])
+MOTIONS = {"right": (0, 2), "left": (0, -2), "down": (2, 0), "up": (-2, 0)}
+
+
+def background(seed: int) -> torch.Tensor:
+    return 0.2 + 0.6 * torch.rand(3, H, W, generator=torch.Generator().manual_seed(seed))
+
+
+def driver_masks(dy: int, dx: int, start: tuple[int, int] = (10, 14)) -> torch.Tensor:
+    masks = torch.zeros(T, H, W, dtype=torch.bool)
+    for t in range(T):
+        y, x = start[0] + dy * t, start[1] + dx * t
+        masks[t, max(y, 0) : y + SIDE, max(x, 0) : x + SIDE] = True
+    return masks
+
+
+def paint(frame: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, DRIVER[:, None, None], frame)
+
+
+def ground_truth(bg: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The true video: the driver moves over the background."""
+    return torch.stack([paint(bg, m) for m in masks])
+
+
+# Stand-in generators: (first frame (3, H, W), control masks (T, H, W)) -> video (T, 3, H, W).
+def follows_control(first: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Paints the driver where the control says, over the first frame (it cannot know what the driver
+    hid, so the driver's start position stays painted: not a perfect model)."""
+    return torch.stack([paint(first, m) for m in masks])
+
+
+def ignores_control(first: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Repeats the first frame."""
+    return first.expand(masks.shape[0], -1, -1, -1).clone()
+
+
+def make_group(generator, seed: int = 0, motions=MOTIONS, samples: int = 0, noise: float = 0.0, region=None):
+    bg = background(seed)
+    members = []
+    noise_gen = torch.Generator().manual_seed(seed + 100)
+    for name, (dy, dx) in motions.items():
+        masks = driver_masks(dy, dx)
+        gt = ground_truth(bg, masks)
+        out = generator(gt[0], masks)
+        if samples:
+            out = torch.stack(
+                [out + noise * torch.randn(out.shape, generator=noise_gen) for _ in range(samples)]
+            )
+        members.append(
+            CounterfactualMember(f"scene{seed}-{name}", out, gt, region(masks) if region else None)
+        )
+    return members
+
+
+def test_masked_mse_values():
+    a = torch.zeros(3, 3, 2, 2)
+    b = torch.zeros(3, 3, 2, 2)
+    b[0] = 1.0  # frame 0 is shared: ignored
+    b[1, :, 0, 0] = 1.0
+    assert masked_mse(a, b) == pytest.approx(1 / 8)
+    region = torch.zeros(3, 2, 2, dtype=torch.bool)
+    region[1:, 0, :] = True
+    assert masked_mse(a, b, region) == pytest.approx(1 / 4)
+    region[1:] = False
+    assert math.isnan(masked_mse(a, b, region))
+
+
+def test_control_following_generator_discriminates():
+    r = group_metrics(make_group(follows_control))
+    assert r["accuracy"] == 1.0 and r["chance"] == 0.25
+    assert r["self_error"] > 0  # not a perfect model
+    assert r["discrimination"] > 1.5 * r["self_error"] > 0
+    assert 0.5 < r["spread_ratio"] < 1.5
+    assert math.isnan(r["sample_spread"])
+
+
+def test_control_ignoring_generator_scores_zero():
+    r = group_metrics(make_group(ignores_control))
+    assert abs(r["discrimination"]) < 1e-9
+    assert r["cross_error"] > 0.005
+    assert r["spread"] == 0.0 and r["spread_ratio"] == 0.0 and r["gt_spread"] > 0.005
+    follow = group_metrics(make_group(follows_control))
+    assert follow["discrimination"] > 0.005
+
+
+def test_sampled_control_ignoring_generator_discriminates_about_zero():
+    noisy = group_metrics(make_group(ignores_control, samples=3, noise=0.05))
+    follow = group_metrics(make_group(follows_control, samples=3, noise=0.05))
+    assert abs(noisy["discrimination"]) < 0.05 * follow["discrimination"]
+    assert follow["accuracy"] == 1.0
+    # the outcomes differ only as much as two samples of one member do (2 sigma^2)
+    assert noisy["sample_spread"] == pytest.approx(2 * 0.05**2, rel=0.1)
+    assert noisy["spread"] == pytest.approx(noisy["sample_spread"], rel=0.1)
+    assert follow["spread"] > follow["sample_spread"] + 0.5 * follow["gt_spread"]
+
+
+def test_region_restricts_the_distance():
+    def outside_driver(masks):
+        return ~masks
+
+    members = make_group(follows_control, region=outside_driver)
+    base = group_metrics(members)
+    union_of_drivers = torch.stack([m.region for m in members]).logical_not().any(0)
+    # change the generated videos wherever some member's driver is: outside the (intersected) region
+    changed = [
+        CounterfactualMember(
+            m.key, torch.where(union_of_drivers[:, None], 0.5, m.generated), m.ground_truth, m.region
+        )
+        for m in members
+    ]
+    assert group_metrics(changed) == base
+    # and changing pixels inside the region does change the numbers
+    inside = [CounterfactualMember(m.key, m.generated.clone(), m.ground_truth, m.region) for m in members]
+    inside[0].generated[1:, :, 0, 0] = 0.0
+    assert group_metrics(inside)["self_error"] != base["self_error"]
+    # the default (no region) sees the changed pixels
+    plain = [CounterfactualMember(m.key, m.generated, m.ground_truth) for m in changed]
+    assert group_metrics(plain)["self_error"] != base["self_error"]
+
+
+def test_union_of_regions_and_shared_first_frame():
+    members = make_group(follows_control, region=lambda masks: masks)  # region = where the driver is
+    union = group_metrics(members, region_mode="union")
+    inter = group_metrics(members, region_mode="intersection")
+    assert union["accuracy"] == 1.0 and union["discrimination"] > 0
+    # the four drivers never overlap after frame 0: their intersection is empty, the group is skipped
+    assert math.isnan(inter["self_error"]) and math.isnan(inter["accuracy"])
+    report = counterfactual_report({"scene": members})
+    assert report["groups"] == {} and report["skipped"] == {"scene": "empty region"}
+    assert counterfactual_report({"scene": members}, region_mode="union")["groups"]["scene"] == union
+    # frame 0 is never compared
+    shifted = [
+        CounterfactualMember(
+            m.key, torch.cat([1 - m.generated[:1], m.generated[1:]]), m.ground_truth, m.region
+        )
+        for m in members
+    ]
+    assert group_metrics(shifted, region_mode="union") == union
+
+
+def test_report_skips_single_member_groups_and_summarises():
+    groups = {
+        "scene0": make_group(follows_control, seed=0),
+        "scene1": make_group(
+            follows_control, seed=1, motions={k: MOTIONS[k] for k in ("left", "up", "down")}
+        ),
+        "lonely": make_group(follows_control, seed=2, motions={"right": MOTIONS["right"]}),
+    }
+    report = counterfactual_report(groups)
+    assert set(report["groups"]) == {"scene0", "scene1"}
+    assert report["num_skipped"] == 1 and "lonely" in report["skipped"]
+    overall = report["overall"]
+    assert overall["groups"] == 2 and overall["members"] == 7
+    rows = report["groups"].values()
+    assert overall["discrimination"] == pytest.approx(sum(r["discrimination"] for r in rows) / 2)
+    assert overall["accuracy"] == 1.0
+    assert overall["spread_ratio"] == pytest.approx(overall["spread"] / overall["gt_spread"])
+    assert report["groups"]["scene1"]["chance"] == pytest.approx(1 / 3)
+
+    md = report_to_markdown(report)
+    lines = md.splitlines()
+    assert lines[0].startswith(
+        "| group | members | self | cross | discrimination | accuracy | spread ratio |"
+    )
+    assert any(line.startswith("| scene0 | 4 |") for line in lines)
+    assert any(line.startswith("| scene1 | 3 |") for line in lines)
+    assert any("overall" in line and "| 7 |" in line for line in lines)
+    assert "Skipped 1 group(s): lonely" in md
+    assert "lonely |" not in md
+
+
+def test_pluggable_distance_and_ties():
+    members = make_group(follows_control)
+
+    def l1(a, b, region):
+        return float((a[1:] - b[1:]).abs().mean())
+
+    r = group_metrics(members, distance=l1)
+    assert r["accuracy"] == 1.0 and r["discrimination"] > 0
+    assert r["self_error"] != group_metrics(members)["self_error"]
+    # a distance that sees no difference: all ground truths tie, the credit is shared (chance level)
+    flat = group_metrics(members, distance=lambda a, b, region: 1.0)
+    assert flat["accuracy"] == pytest.approx(0.25) and flat["discrimination"] == 0.0
+
+
+def test_uint8_and_single_videos_are_accepted():
+    members = make_group(follows_control)
+    as_uint8 = [
+        CounterfactualMember(
+            m.key, (m.generated * 255).round().byte(), (m.ground_truth * 255).round().byte().numpy()
+        )
+        for m in members
+    ]
+    quantised = [
+        CounterfactualMember(m.key, (m.generated * 255).round() / 255, (m.ground_truth * 255).round() / 255)
+        for m in members
+    ]
+    a, b = group_metrics(as_uint8), group_metrics(quantised)
+    assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k]) for k in a if not math.isnan(a[k]))
+
+
+def test_bad_inputs_raise():
+    members = make_group(follows_control)
+    with pytest.raises(ValueError, match="differ in shape"):
+        group_metrics(
+            [members[0], CounterfactualMember("x", members[1].generated[:, :, :8], members[1].ground_truth)]
+        )
+    with pytest.raises(ValueError, match="region"):
+        group_metrics([members[0], CounterfactualMember("x", members[1].generated, members[1].ground_truth,
+                                                        torch.ones(T, 3, 3, dtype=torch.bool))])  # fmt: skip
+    with pytest.raises(ValueError, match="region_mode"):
+        group_metrics(members, region_mode="xor")
+    with pytest.raises(ValueError, match="two members"):
+        group_metrics(members[:1])

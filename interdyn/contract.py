@@ -68,6 +68,8 @@ def to_contract(batch: dict[str, Any]) -> dict[str, Any]:
         out["pixel_values"] = pixels.float() / 127.5 - 1.0
     if isinstance(control, torch.Tensor) and control.dtype == torch.bool and control.ndim == 4:
         out["control"] = masks_to_control(control)
+    elif isinstance(control, torch.Tensor) and control.dtype == torch.bool and control.ndim == 5:
+        out["control"] = control.float() * 2.0 - 1.0  # multi-channel control (B, T, C, H, W)
     return out
 
 
@@ -79,6 +81,12 @@ def _check_video(name: str, value: Any, channels: int | None) -> torch.Tensor:
     if channels is not None and value.shape[2] != channels:
         raise BatchContractError(
             f"batch['{name}'] has {value.shape[2]} channels, expected {channels} (shape {tuple(value.shape)})"
+            + (
+                "; the model's conditioning_channels must match the data's control_type "
+                "(binary and boxes: 3, semantic and oracle: 2)"
+                if name == "control"
+                else ""
+            )
         )
     if not value.is_floating_point():
         raise BatchContractError(

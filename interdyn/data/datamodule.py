@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from interdyn.contract import to_contract
 from interdyn.data.cache import CachedClipDecoder, check_cache_settings, read_cache_settings
-from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips, expand_urls
+from interdyn.data.perturb import MaskPerturbation
+from interdyn.data.shards import CONTROL_CHANNELS, ClipDecoder, ShardClipStream, collate_clips, expand_urls
 from interdyn.errors import ConfigError
 
 Crop = Literal["center", "random", "mask_aware"]
@@ -51,6 +52,12 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: training sample shuffle buffer (per worker).
         epoch_samples: training clips per epoch over all ranks (rounded up to whole batches per worker).
         seed: base seed of the training streams and random crops.
+        control_type: the control signal: ``binary`` driver masks (the paper), ``boxes``, ``semantic``
+            (driver + other entities in the first frame) or ``oracle`` (driver + other entities in every
+            frame); set the model's ``conditioning_channels`` to :attr:`control_channels` (3, 3, 2, 2).
+        with_objects: batches also carry ``objects`` (per-clip (K, T, H, W) masks) and ``object_names``.
+        eval_perturbation: perturb the driver masks of validation/test/predict clips, e.g.
+            ``{kind: dilate, severity: 4, seed: 0}`` (kinds: dilate, erode, drop, jitter, boxify).
         cached_conditioning: train on the ``cond.npz`` fields written by ``make latents`` (VAE latents,
             first-frame latent and CLIP embedding of one fixed window and crop per video): no video
             decoding and no encoders in the step. Evaluation still decodes the videos.
@@ -82,11 +89,27 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         epoch_samples: int = 10_000,
         seed: int = 0,
+        control_type: str = "binary",
+        with_objects: bool = False,
+        eval_perturbation: dict | None = None,
         cached_conditioning: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        ClipDecoder(num_frames, fps, frame_stride, height, width, crop)  # validates the settings early
+        try:  # validate the settings early, with the config's names
+            ClipDecoder(num_frames, fps, frame_stride, height, width, crop, control_type=control_type)
+            self._perturbation = MaskPerturbation(**eval_perturbation) if eval_perturbation else None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"data settings: {err}") from None
+        if cached_conditioning and control_type != "binary":
+            raise ConfigError(
+                "cached_conditioning stores binary driver masks; use control_type: binary with it"
+            )
+
+    @property
+    def control_channels(self) -> int:
+        """Channels of the control this DataModule produces (the model's ``conditioning_channels``)."""
+        return CONTROL_CHANNELS[self.hparams.control_type]
 
     # ------------------------------------------------------------------ helpers
     def _rank_world(self) -> tuple[int, int]:
@@ -135,6 +158,9 @@ class ShardDataModule(L.LightningDataModule):
             require_driver_in_first_frame=hp.require_driver_in_first_frame,
             require_driver_in_clip=hp.require_driver_in_clip,
             min_driver_pixels=hp.min_driver_pixels,
+            control_type=hp.control_type,
+            with_objects=hp.with_objects,
+            perturbation=None if train else self._perturbation,
         )
 
     def samples_per_worker(self, world_size: int) -> int:

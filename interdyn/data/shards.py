@@ -33,13 +33,24 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from interdyn.data.perturb import MaskPerturbation, boxify
 from interdyn.data.sampling import choose_start, clip_offsets, effective_fps, valid_starts
-from interdyn.data.transforms import CROPS, joint_transform
+from interdyn.data.transforms import CROPS, apply_geometry, joint_transform
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
 VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
 _TAR_NAME = re.compile(r"(pipe:[^'\"]+|[^\s'\"<>(),=]+\.tar)")
-MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
+MAX_SKIPS_IN_A_ROW = 1000
+# The control signal given to the branch (issue 8's ablation) and its channel count. Channel 0 is always
+# the driver. ``semantic`` adds the other entities as seen in the first frame (no hint of their motion);
+# ``oracle`` adds them in every frame (their true motion: an upper bound, not a usable model).
+CONTROL_CHANNELS = {"binary": 3, "boxes": 3, "semantic": 2, "oracle": 2}
+# Batch fields whose per-clip values differ in shape; they stay lists.
+LIST_FIELDS = (
+    "objects",
+    "object_names",
+    "meta",
+)  # an endless training stream of bad samples must not spin forever
 
 
 class SkippedSampleWarning(UserWarning):
@@ -83,6 +94,13 @@ class ClipDecoder:
             ``min_driver_pixels`` driver pixels (in the source resolution) are used.
         require_driver_in_clip: only windows where some frame shows the driver (for drivers that
             enter the scene later, as in CLEVRER, where the first-frame rule must be off).
+        control_type: ``binary`` driver masks (compact ``(T, H, W)``), ``boxes`` (each frame's driver mask
+            replaced by its filled bounding box), ``semantic`` or ``oracle`` (compact ``(T, 2, H, W)``:
+            driver, other entities); see ``CONTROL_CHANNELS``. Needs ``objects`` in ``masks.npz`` for the
+            last two (clips without them get an empty second channel).
+        with_objects: also return the per-object masks (``objects`` (K, T, H, W) bool, after the same crop)
+            and ``object_names``, for region metrics.
+        perturbation: perturb the driver masks after the crop (evaluation robustness studies).
     """
 
     num_frames: int = 14
@@ -96,8 +114,15 @@ class ClipDecoder:
     require_driver_in_first_frame: bool = True
     require_driver_in_clip: bool = False
     min_driver_pixels: int = 1
+    control_type: str = "binary"
+    with_objects: bool = False
+    perturbation: MaskPerturbation | None = None
 
     def __post_init__(self) -> None:
+        if self.control_type not in CONTROL_CHANNELS:
+            raise ValueError(
+                f"control_type must be one of {tuple(CONTROL_CHANNELS)}, got {self.control_type!r}"
+            )
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
         if self.fps is None and self.frame_stride is None:
@@ -112,8 +137,15 @@ class ClipDecoder:
             raise SkipSample("incomplete", "no video field")
         try:
             meta = json.loads(sample["json"])
+            objects, object_names = None, []
             with np.load(io.BytesIO(sample["masks.npz"])) as npz:
                 masks = npz["control"].astype(bool)
+                needs_objects = self.with_objects or self.control_type in ("semantic", "oracle")
+                if needs_objects and "objects" in npz.files:
+                    objects = npz["objects"].astype(bool)
+                    object_names = (
+                        [str(n) for n in npz["object_names"]] if "object_names" in npz.files else []
+                    )
         except Exception as err:  # noqa: BLE001 - any parse failure means a bad sample
             raise SkipSample("bad_masks_or_json", str(err)) from None
         video = sample[video_field]
@@ -151,9 +183,15 @@ class ClipDecoder:
         pixels, clip_masks, geometry = joint_transform(
             frames, clip_masks, self.height, self.width, self.crop, self.hflip, rng, with_geometry=True
         )
-        return {
+        clip_objects = None
+        if objects is not None and objects.shape[1] >= indices.max() + 1:
+            clip_objects = apply_geometry(objects[:, indices], self.height, self.width, geometry)
+        if self.perturbation is not None:
+            clip_masks = self.perturbation(clip_masks, str(key))
+        control = self._control(clip_masks, clip_objects)
+        out = {
             "pixel_values": pixels,  # uint8 (T, 3, H, W); see interdyn.contract.to_contract
-            "control": clip_masks,  # bool (T, H, W)
+            "control": control,  # bool (T, H, W), or (T, C, H, W) for multi-channel control types
             "key": key,
             "fps": effective_fps(source_fps, self.fps, self.frame_stride),
             "start_frame": int(start),
@@ -162,6 +200,22 @@ class ClipDecoder:
             "geometry": torch.tensor([*geometry[:4], float(geometry[4])], dtype=torch.float64),
             "meta": meta,
         }
+        if self.with_objects:
+            out["objects"], out["object_names"] = clip_objects, object_names
+        return out
+
+    def _control(self, driver: torch.Tensor, objects: torch.Tensor | None) -> torch.Tensor:
+        """The compact control of ``control_type`` from the (cropped) driver masks and object masks."""
+        if self.control_type == "binary":
+            return driver
+        if self.control_type == "boxes":
+            return boxify(driver)
+        others = torch.zeros_like(driver)
+        if objects is not None and len(objects):
+            others = objects.any(dim=0) & ~driver
+            if self.control_type == "semantic":  # where the other entities are at the start, held
+                others = others[:1].expand_as(driver)
+        return torch.stack([driver, others], dim=1).contiguous()
 
 
 class ShardClipStream(IterableDataset):
@@ -284,9 +338,10 @@ class ShardClipStream(IterableDataset):
 
 
 def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack clips into a batch (tensors stacked, other values listed)."""
+    """Stack clips into a batch (tensors stacked; other values and ``LIST_FIELDS`` listed)."""
     batch: dict[str, Any] = {}
     for name in items[0]:
         values = [it[name] for it in items]
-        batch[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        stack = isinstance(values[0], torch.Tensor) and name not in LIST_FIELDS
+        batch[name] = torch.stack(values) if stack else values
     return batch

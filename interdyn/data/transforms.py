@@ -96,3 +96,24 @@ def joint_transform(
     if with_geometry:
         return frames_t.contiguous(), masks_t.contiguous(), geometry
     return frames_t.contiguous(), masks_t.contiguous()
+
+
+def apply_geometry(
+    masks: np.ndarray | torch.Tensor,
+    height: int,
+    width: int,
+    geometry: tuple[float, float, int, int, bool],
+) -> torch.Tensor:
+    """Apply the resize, crop and flip that :func:`joint_transform` returned as ``geometry`` to other masks
+    of the same source clip, ``(..., H, W)`` bool (e.g. per-object masks ``(K, T, H, W)``)."""
+    m = torch.as_tensor(np.asarray(masks)).bool()
+    lead, (h, w) = m.shape[:-2], m.shape[-2:]
+    scale_y, scale_x, top, left, flipped = geometry
+    size = (round(h * scale_y), round(w * scale_x))
+    flat = m.reshape(-1, 1, h, w)
+    if size != (h, w):
+        flat = F.interpolate(flat.to(torch.uint8), size=size, mode="nearest-exact") > 0
+    flat = flat[..., int(top) : int(top) + height, int(left) : int(left) + width]
+    if flipped:
+        flat = flat.flip(-1)
+    return flat.reshape(*lead, height, width).contiguous()

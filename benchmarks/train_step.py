@@ -17,6 +17,8 @@ Recipes (module switches; the plain one is the paper-like baseline of issue 6):
 - ``bf16+ckpt+unet_ckpt``: and of the frozen UNet.
 - ``recommended``: what ``configs/ssv2.yaml`` uses (see ``RECOMMENDED``).
 - ``fused`` / ``compile``: single switches on top of plain (CPU table).
+- ``cached`` / ``recommended+cache``: plain / recommended, with the conditioning read from a cache
+  (``make latents``): no VAE encoder or CLIP in the step.
 """
 
 from __future__ import annotations
@@ -56,15 +58,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     "recommended": RECOMMENDED,
     "fused": {"frozen_dtype": "float16", "autocast": None, "fused_optimizer": True},
     "compile": {"frozen_dtype": "float16", "autocast": None, "compile": True},
+    "cached": {"frozen_dtype": "float16", "autocast": None, "cached": True},
+    "recommended+cache": {**RECOMMENDED, "cached": True},
 }
 # compile is left out on CPU: inductor needs over ten minutes to compile the UNet on 2 cores
-CPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "fused"]
-GPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "recommended"]
+CPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "fused", "cached"]
+GPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "recommended", "recommended+cache"]
 TINY_CONTROL = [8, 16, 16, 32]
 
 
 def module_kwargs(recipe: dict[str, Any], preset: str, device: str) -> dict[str, Any]:
-    kw = {k: v for k, v in recipe.items() if k != "autocast"}
+    kw = {k: v for k, v in recipe.items() if k not in ("autocast", "cached")}
     if device == "cpu" and kw.get("frozen_dtype") == "float16":
         kw["frozen_dtype"] = "float32"  # CPU fp16 kernels are a poor baseline; fp32 is the CPU plain
     kw["svd"] = f"random:{preset}"
@@ -90,11 +94,27 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     control[..., h // 4 : h // 2, w // 4 : w // 2] = 1.0
     autocast = recipe.get("autocast")
     dtype = getattr(torch, autocast) if autocast else None
+    cache = None
+    if recipe.get("cached"):  # what the DataModule hands over from `make latents` (float16 on disk)
+        from interdyn.models.conditioning import (
+            clip_image_embeds,
+            encode_image_latents,
+            encode_video_posterior,
+        )
+
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            mean, std = encode_video_posterior(module.vae, pixels)
+            cache = {
+                "latent_mean": mean.half(),
+                "latent_std": std.half(),
+                "image_latents": encode_image_latents(module.vae, pixels[:, 0], 0.02).half(),
+                "image_embeds": clip_image_embeds(module.image_encoder, pixels[:, 0]).half(),
+            }
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = module.compute_loss(pixels, control, drop_image=True)
+            loss = module.compute_loss(pixels, control, drop_image=True, cache=cache)
         loss.backward()
         optimizer.step()
         return float(loss)

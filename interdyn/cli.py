@@ -24,6 +24,8 @@ class InterDynCLI(LightningCLI):
 
 MORE_COMMANDS = """
 other commands:
+  generate            videos from an image and driver masks, or a clip folder (interdyn generate --help)
+  export              a training checkpoint's branch as a diffusers folder (interdyn export --help)
   evaluate            score a folder of generated videos against a shard split (interdyn evaluate --help)
   weights fetch i3d   download and convert the FVD/KVD I3D weights
 """
@@ -37,6 +39,12 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen SVD parts are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    if argv and argv[0] in ("generate", "export"):
+        if argv[0] == "generate":
+            from interdyn.generate import generate_main as command
+        else:
+            from interdyn.export import export_main as command
+        sys.exit(command(argv[1:]))  # both print user errors as one sentence and return 2
     if argv and argv[0] in ("evaluate", "weights"):
         from interdyn.evaluate import main as evaluate_main
         from interdyn.evaluate import weights_main

@@ -21,3 +21,7 @@ class BatchContractError(InterDynError, ValueError):
 
 class ConfigError(InterDynError, ValueError):
     """Inconsistent or invalid configuration values."""
+
+
+class InputError(InterDynError, ValueError):
+    """An input of ``interdyn generate`` (image, clip, control masks) is missing, unreadable or unusable."""

@@ -24,12 +24,12 @@ _HOW_TO_GET = {
     "svd": (
         "Stable Video Diffusion is gated: accept its licence on the Hugging Face hub, then on a machine "
         f"with internet access run `hf download {SVD_REPO} --local-dir checkpoints/svd` and pass that "
-        "folder (`--model.svd checkpoints/svd`)."
+        "folder (`--model.svd checkpoints/svd` in training, `--svd checkpoints/svd` for `interdyn generate`)."
     ),
     "controlnet": (
         "The released InterDyn branch is the `controlnet/` folder of the hub repository rickakkerman/InterDyn "
         "(`hf download rickakkerman/InterDyn --local-dir checkpoints/interdyn`); a branch you trained "
-        "is written by `save_pretrained`."
+        "is written by `interdyn export` or `save_pretrained`."
     ),
 }
 

@@ -39,6 +39,11 @@ def test_two_process_ddp_on_gloo(tmp_path, synthetic_shards):
                     "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0},
                 },
                 {"class_path": "tests.ddp_probe.RankProbe", "init_args": {"out": str(probe)}},
+                # asks trainer.log_dir (a broadcast) at validation end: must not stall the other rank
+                {
+                    "class_path": "interdyn.callbacks.SampleVideoLogger",
+                    "init_args": {"num_videos": 1, "num_inference_steps": 1},
+                },
             ],
         },
         "model": demo["model"],
@@ -88,3 +93,6 @@ def test_two_process_ddp_on_gloo(tmp_path, synthetic_shards):
     module = InterDynModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     for key, value in state["state_dict"].items():
         assert torch.equal(module.state_dict()[key], value)
+    # the sample video of the validation was written (by rank 0 only)
+    gifs = list((tmp_path / "runs").rglob("samples/*.gif"))
+    assert len(gifs) == 1, gifs

@@ -78,11 +78,16 @@ class VideoEvaluation(L.Callback):
         self._saved = 0
 
     def _folder(self, trainer: L.Trainer) -> Path:
-        folder = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        if getattr(self, "_run_dir", None) is None:  # set on every rank in on_test_start
+            self._run_dir = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        return self._run_dir
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # trainer.log_dir broadcasts from rank 0, so every rank resolves the folder here, together;
+        # later calls (videos on some ranks, tables on rank 0) reuse it.
+        self._run_dir = None
+        self._folder(trainer)
         self.evaluator = VideoMetrics(self.metrics, device=pl_module.device, **self.options)
         self._saved = 0
 

@@ -87,6 +87,8 @@ class SampleVideoLogger(L.Callback):
             return
         self._validations += 1
         clips, self._clips = self._clips, None
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, or DDP waits forever
+        log_dir = trainer.log_dir or trainer.default_root_dir
         if clips is None or not trainer.is_global_zero or (self._validations - 1) % self.every_n_validations:
             return
         pixels, control = clips
@@ -96,7 +98,7 @@ class SampleVideoLogger(L.Callback):
         samples = pl_module.sample(pixels, control, **overrides)[:, 0]
         frames = side_by_side(control, samples, pixels)
         data = gif_bytes(frames, self.fps)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        folder = Path(log_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step_{trainer.global_step:07d}.gif"
         tmp = path.with_name(path.name + ".tmp")

@@ -17,13 +17,10 @@ killed run never leaves a broken shard. A rerun skips the shards already done wi
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import random
 import sys
 import tarfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,15 +28,16 @@ from typing import Any
 import torch
 import yaml
 
+from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, write_shard
 from interdyn.contract import to_contract
-from interdyn.data.cache import FIELD, FORMAT_VERSION, key_seed, pack_cache
+from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
+from interdyn.data.sampling import key_seed
 from interdyn.data.shards import ClipDecoder, SkipSample, expand_urls
 from interdyn.errors import InterDynError
 from interdyn.models.conditioning import clip_image_embeds, encode_image_latents, encode_video_posterior
 from interdyn.models.svd import cast_frozen, get_encoders
 
 PROGRESS_DIR = "_latents"
-TMP_SUFFIX = ".tmp"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DATA_KEYS = {
     "num_frames": 14,
@@ -159,21 +157,6 @@ def _read_samples(path: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
     return samples
 
 
-def _write_tar(path: Path, samples: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    now = int(time.time())
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, fields in samples:
-                for field, data in fields:
-                    info = tarfile.TarInfo(f"{key}.{field}" if field else key)
-                    info.size, info.mtime, info.mode = len(data), now, 0o644
-                    tar.addfile(info, io.BytesIO(data))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def cache_shard(
     src: Path,
     dst: Path,
@@ -219,11 +202,13 @@ def cache_shard(
             progress.update(1)
     if pending:
         flush()
-    out = [
-        (key, [(f, d) for f, d in fields if f != FIELD] + ([(FIELD, cached[key])] if key in cached else []))
-        for key, fields in samples
-    ]
-    _write_tar(dst, out)
+    out = []
+    for key, fields in samples:
+        encoded = {f: d for f, d in fields if f != FIELD}
+        if key in cached:
+            encoded[FIELD] = cached[key]
+        out.append((key, encoded))
+    write_shard(dst, out)
     return counts
 
 
@@ -331,9 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "mtime_ns": stat.st_mtime_ns,
                 "counts": counts,
             }
-            tmp = record.with_name(record.name + TMP_SUFFIX)
-            tmp.write_text(json.dumps(entry, indent=1))
-            os.replace(tmp, record)
+            atomic_write_bytes(record, json.dumps(entry, indent=1).encode())
         if progress is not None:
             progress.close()
     summary = {"settings": settings, "shards": len(urls), "cached_now": len(todo), "counts": dict(total)}

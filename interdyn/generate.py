@@ -27,12 +27,13 @@ from interdyn.data.inputs import GenerationInputs, load_clip_inputs, load_image_
 from interdyn.data.video import encode_video
 from interdyn.errors import InputError, InterDynError, WeightsMismatchError
 from interdyn.export import load_branch
+from interdyn.files import write_atomic
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import SCHEDULERS, InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.svd import SVDComponents, get_svd
-from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes, write_atomic
+from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Sampling defaults (spec.md section 4; SVD's added time ids as the paper sets them), used unless the

@@ -1,4 +1,4 @@
-"""Pictures of generated videos: labelled side-by-side panels, frame contact sheets, atomic files.
+"""Pictures of generated videos: labelled side-by-side panels and frame contact sheets.
 
 Arrays are uint8 RGB: videos ``(T, H, W, 3)``, images ``(H, W, 3)``. Labels are drawn with PIL's
 default font; strip heights are even so that the results stay encodable with libx264.
@@ -7,8 +7,6 @@ default font; strip heights are even so that the results stay encodable with lib
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -102,20 +100,3 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, renamed at the end, so
-    that an interrupted run never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

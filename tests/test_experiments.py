@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from interdyn.callbacks import CounterfactualEvaluation, ForcePropagation, MaskNoiseSweep
-from interdyn.callbacks.evaluation import key_seed
 from interdyn.contract import to_contract
 from interdyn.data import ClipDecoder, ShardClipStream
 from interdyn.data.perturb import dilate
+from interdyn.data.sampling import key_seed
 from interdyn.metrics.regions import hit_roles
 from interdyn.models.svd import TINY_ARCHITECTURE
 from interdyn.module import InterDynModule

@@ -10,9 +10,7 @@ the same side-by-side videos to TensorBoard.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +18,57 @@ import lightning as L
 import torch
 
 from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
+from interdyn.data.sampling import key_seed
 from interdyn.data.video import encode_video
+from interdyn.files import write_atomic
 from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, summarize
 
 
-def key_seed(seed: int, key: str) -> int:
-    """A stable per-clip seed (independent of batch composition, rank and Python's hash salt)."""
-    return (seed * 1_000_003 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)) % (2**31)
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank (just ``[obj]`` outside distributed runs)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        out: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class ClipSampling:
+    """Sampling settings shared by the test callbacks: samples per clip, a seed per clip key (the same
+    videos whatever the batch size, rank or order) and the pipeline overrides."""
+
+    def __init__(self, num_samples: int, seed: int, num_inference_steps: int | None) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples, self.seed, self.num_inference_steps = num_samples, seed, num_inference_steps
+
+    def _sample(
+        self, pl_module: L.LightningModule, pixels: torch.Tensor, control: torch.Tensor, key: str
+    ) -> torch.Tensor:
+        """``(N, T, 3, H, W)`` in [0, 1] for one clip (``pixels``/``control`` with a batch dim of 1)."""
+        overrides: dict[str, Any] = {"num_videos_per_prompt": self.num_samples}
+        if self.num_inference_steps is not None:
+            overrides["num_inference_steps"] = self.num_inference_steps
+        return pl_module.sample(pixels, control, seed=key_seed(self.seed, key), **overrides)[0]
+
+    @staticmethod
+    def _keys(trainer: L.Trainer, batch: dict[str, Any], batch_idx: int) -> list[str]:
+        n = len(batch["pixel_values"])
+        return list(batch.get("key") or [f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(n)])
+
+    def _protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
+        hp = pl_module.hparams
+        return {
+            "samples_per_input": self.num_samples,
+            "frames": shape[0] if shape else None,
+            "resolution": f"{shape[-2]}x{shape[-1]}" if shape else None,
+            "seed": self.seed,
+            "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
+            "sampler": hp.get("scheduler", "euler"),
+        }
 
 
-class VideoEvaluation(L.Callback):
+class VideoEvaluation(ClipSampling, L.Callback):
     """Evaluate generated videos during ``interdyn test``.
 
     Args:
@@ -62,9 +95,9 @@ class VideoEvaluation(L.Callback):
         save_videos: int = 4,
         out_dir: str | None = None,
     ) -> None:
-        super().__init__()
+        ClipSampling.__init__(self, num_samples, seed, num_inference_steps)
+        L.Callback.__init__(self)
         self.metrics = list(metrics) if metrics is not None else [m for m in ALL_METRICS if m != "lpips"]
-        self.num_samples, self.seed, self.num_inference_steps = num_samples, seed, num_inference_steps
         self.options = dict(
             i3d_weights=i3d_weights,
             lpips_backbone=lpips_backbone,
@@ -100,20 +133,13 @@ class VideoEvaluation(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        overrides = {"num_videos_per_prompt": self.num_samples}
-        if self.num_inference_steps is not None:
-            overrides["num_inference_steps"] = self.num_inference_steps
         pixels, control = batch["pixel_values"], batch["control"]
-        keys = batch.get("key") or [
-            f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(len(pixels))
-        ]
+        keys = self._keys(trainer, batch, batch_idx)
         for i, key in enumerate(keys):
-            samples = pl_module.sample(
-                pixels[i : i + 1], control[i : i + 1], seed=key_seed(self.seed, key), **overrides
-            )
+            samples = self._sample(pl_module, pixels[i : i + 1], control[i : i + 1], key)
             self.evaluator.update(
                 (pixels[i] + 1) / 2,
-                samples[0],
+                samples,
                 key,
                 masks=control[i, :, 0] > 0,
                 meta=(batch.get("meta") or [None] * len(keys))[i],
@@ -121,7 +147,7 @@ class VideoEvaluation(L.Callback):
                 geometry=batch["geometry"][i].tolist() if "geometry" in batch else None,
             )
             if self._saved < self.save_videos:
-                self._save_video(trainer, key, pixels[i : i + 1], control[i : i + 1], samples)
+                self._save_video(trainer, key, pixels[i : i + 1], control[i : i + 1], samples[None])
                 self._saved += 1
 
     def _save_video(
@@ -131,29 +157,17 @@ class VideoEvaluation(L.Callback):
         folder = self._folder(trainer) / "videos"
         folder.mkdir(exist_ok=True)
         even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # libx264 needs even sizes
-        tmp = folder / f"{key}.mp4.tmp"
-        tmp.write_bytes(encode_video(even, fps=7.0))
-        os.replace(tmp, folder / f"{key}.mp4")
+        write_atomic(folder / f"{key}.mp4", encode_video(even, fps=7.0))
         log_gif(trainer, f"test/{key} (input|control|samples|truth)", gif_bytes(frames, 7.0), frames.shape)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state = self.evaluator.state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
+        states = gather_objects(self.evaluator.state())
         results = summarize(states, self.metrics)
         shape = next((s["shape"] for s in states if s["shape"]), None)
         hp = pl_module.hparams
         protocol = {
             "videos": results["num_videos"],
-            "samples_per_input": self.num_samples,
-            "frames": shape[0] if shape else None,
-            "resolution": f"{shape[2]}x{shape[3]}" if shape else None,
-            "seed": self.seed,
-            "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
-            "sampler": hp.get("scheduler", "euler"),
+            **self._protocol(pl_module, shape),
             "guidance": f"{hp.get('min_guidance_scale')}->{hp.get('max_guidance_scale')}",
             "i3d_weights_sha256": self.evaluator.i3d_sha256,
             "tracker": self.options["tracker"] if "motion_fidelity" in self.metrics else None,
@@ -166,6 +180,6 @@ class VideoEvaluation(L.Callback):
             folder = self._folder(trainer)
             rows = [row for s in states for row in s["rows"]]
             payload = {"metrics": results, "protocol": protocol, "per_video": rows}
-            atomic_write_text(folder / "metrics.json", json.dumps(payload, indent=2, default=float))
-            atomic_write_text(folder / "metrics.md", markdown_table(results, protocol))
+            write_atomic(folder / "metrics.json", json.dumps(payload, indent=2, default=float))
+            write_atomic(folder / "metrics.md", markdown_table(results, protocol))
             print(f"\nEvaluation written to {folder / 'metrics.md'}:\n\n{markdown_table(results, protocol)}")

@@ -18,7 +18,6 @@ ranks are gathered with ``all_gather_object`` and rank 0 writes the files atomic
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections import defaultdict
@@ -29,8 +28,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from interdyn.callbacks.evaluation import atomic_write_text, key_seed
+from interdyn.callbacks.evaluation import ClipSampling, gather_objects
 from interdyn.data.perturb import KINDS, MaskPerturbation, check_severity, severity_levels
+from interdyn.files import write_atomic
 from interdyn.metrics.counterfactual import CounterfactualMember, counterfactual_report, report_to_markdown
 from interdyn.metrics.regions import (
     hit_roles,
@@ -48,15 +48,6 @@ ROLES = ("direct", "indirect", "all")
 
 
 # ---------------------------------------------------------------------------------------------- shared
-def _gather(obj: Any) -> list[Any]:
-    """``obj`` of every rank (just ``[obj]`` outside distributed runs)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        out: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
 def _folder(trainer: L.Trainer, out_dir: str | None) -> Path:
     """The output folder; call it on every rank (``trainer.log_dir`` broadcasts from rank 0)."""
     return Path(out_dir or trainer.log_dir or trainer.default_root_dir)
@@ -77,8 +68,8 @@ def _json_safe(value: Any) -> Any:
 
 def _write(folder: Path, stem: str, payload: dict[str, Any], markdown: str, title: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / f"{stem}.json", json.dumps(_json_safe(payload), indent=2))
-    atomic_write_text(folder / f"{stem}.md", markdown)
+    write_atomic(folder / f"{stem}.json", json.dumps(_json_safe(payload), indent=2))
+    write_atomic(folder / f"{stem}.md", markdown)
     print(f"\n{title} written to {folder / f'{stem}.md'}:\n\n{markdown}")
 
 
@@ -100,40 +91,6 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
-class _Sampling:
-    """Sampling settings shared by the experiments: per-clip seeds and pipeline overrides."""
-
-    def __init__(self, num_samples: int, seed: int, num_inference_steps: int | None) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.num_samples, self.seed, self.num_inference_steps = num_samples, seed, num_inference_steps
-
-    def _sample(
-        self, pl_module: L.LightningModule, pixels: torch.Tensor, control: torch.Tensor, key: str
-    ) -> torch.Tensor:
-        """``(N, T, 3, H, W)`` in [0, 1] for one clip (``pixels``/``control`` with a batch dim of 1)."""
-        overrides: dict[str, Any] = {"num_videos_per_prompt": self.num_samples}
-        if self.num_inference_steps is not None:
-            overrides["num_inference_steps"] = self.num_inference_steps
-        return pl_module.sample(pixels, control, seed=key_seed(self.seed, key), **overrides)[0]
-
-    @staticmethod
-    def _keys(trainer: L.Trainer, batch: dict[str, Any], batch_idx: int) -> list[str]:
-        n = len(batch["pixel_values"])
-        return list(batch.get("key") or [f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(n)])
-
-    def _protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
-        hp = pl_module.hparams
-        return {
-            "samples_per_input": self.num_samples,
-            "frames": shape[0] if shape else None,
-            "resolution": f"{shape[-2]}x{shape[-1]}" if shape else None,
-            "seed": self.seed,
-            "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
-            "sampler": hp.get("scheduler", "euler"),
-        }
-
-
 # ---------------------------------------------------------------------------------------- mask noise
 def replace_driver(control: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """A copy of ``control`` ``(B, T, C, H, W)`` in ``{-1, 1}`` whose driver is ``masks`` ``(B, T, H, W)``:
@@ -148,7 +105,7 @@ def replace_driver(control: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class MaskNoiseSweep(_Sampling, L.Callback):
+class MaskNoiseSweep(ClipSampling, L.Callback):
     """How much worse do the videos get when the driver masks are noisy?
 
     For every test clip and every perturbation level, the clip's driver masks (``control[:, :, 0] > 0``,
@@ -189,7 +146,7 @@ class MaskNoiseSweep(_Sampling, L.Callback):
         out_dir: str | None = None,
         perturbation_seed: int = 0,
     ) -> None:
-        _Sampling.__init__(self, num_samples, seed, num_inference_steps)
+        ClipSampling.__init__(self, num_samples, seed, num_inference_steps)
         L.Callback.__init__(self)
         self.metrics = list(metrics) if metrics is not None else ["ssim", "psnr"]
         unknown = set(self.metrics) - set(ALL_METRICS)
@@ -220,9 +177,7 @@ class MaskNoiseSweep(_Sampling, L.Callback):
         self.evaluators, self.changed = {}, {}
         for kind, severity in self.levels:
             # The levels share the networks (I3D, tracker) of one VideoMetrics; each has its own results.
-            evaluator = copy.copy(base)
-            evaluator.rows, evaluator.real_features, evaluator.fake_features = [], [], []
-            self.evaluators[self.label(kind, severity)] = evaluator
+            self.evaluators[self.label(kind, severity)] = base.spawn()
             self.changed[self.label(kind, severity)] = []
 
     def on_test_batch_end(
@@ -260,7 +215,7 @@ class MaskNoiseSweep(_Sampling, L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         local = {label: (ev.state(), self.changed[label]) for label, ev in self.evaluators.items()}
-        everyone = _gather(local)
+        everyone = gather_objects(local)
         rows, shape = [], None
         for kind, severity in self.levels:
             label = self.label(kind, severity)
@@ -318,7 +273,7 @@ class MaskNoiseSweep(_Sampling, L.Callback):
 
 
 # -------------------------------------------------------------------------------- force propagation
-class ForcePropagation(_Sampling, L.Callback):
+class ForcePropagation(ClipSampling, L.Callback):
     """Does the model move objects hit indirectly (through other objects) as well as those hit directly?
 
     For every test clip whose metadata names hit objects (:func:`~interdyn.metrics.regions.hit_roles`:
@@ -360,7 +315,7 @@ class ForcePropagation(_Sampling, L.Callback):
         physics: bool = True,
         dilation: int = 2,
     ) -> None:
-        _Sampling.__init__(self, num_samples, seed, num_inference_steps)
+        ClipSampling.__init__(self, num_samples, seed, num_inference_steps)
         L.Callback.__init__(self)
         unknown = set(metrics_region) - set(REGION_METRICS)
         if unknown:
@@ -475,7 +430,7 @@ class ForcePropagation(_Sampling, L.Callback):
                 self.rows.append(row)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        everyone = _gather({"rows": self.rows, "counts": self.counts, "shape": self.shape})
+        everyone = gather_objects({"rows": self.rows, "counts": self.counts, "shape": self.shape})
         rows = [r for rank in everyone for r in rank["rows"]]
         counts = {k: sum(rank["counts"][k] for rank in everyone) for k in self.counts}
         shape = next((rank["shape"] for rank in everyone if rank["shape"]), None)
@@ -536,7 +491,7 @@ class ForcePropagation(_Sampling, L.Callback):
 
 
 # ---------------------------------------------------------------------------------- counterfactuals
-class CounterfactualEvaluation(_Sampling, L.Callback):
+class CounterfactualEvaluation(ClipSampling, L.Callback):
     """Counterfactual report over the test clips that belong to a group (``meta["group"]``).
 
     For every grouped clip the samples and the ground truth are kept, shrunk so that the longer side is
@@ -568,7 +523,7 @@ class CounterfactualEvaluation(_Sampling, L.Callback):
         out_dir: str | None = None,
         max_side: int = 128,
     ) -> None:
-        _Sampling.__init__(self, num_samples, seed, num_inference_steps)
+        ClipSampling.__init__(self, num_samples, seed, num_inference_steps)
         L.Callback.__init__(self)
         if region not in ("outside_driver", "all"):
             raise ValueError(f"region must be 'outside_driver' or 'all', got {region!r}")
@@ -612,7 +567,7 @@ class CounterfactualEvaluation(_Sampling, L.Callback):
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        everyone = _gather({"members": self.members, "ungrouped": self.ungrouped, "shape": self.shape})
+        everyone = gather_objects({"members": self.members, "ungrouped": self.ungrouped, "shape": self.shape})
         members = {m["key"]: m for rank in everyone for m in rank["members"]}  # a key counts once
         ungrouped = sum(rank["ungrouped"] for rank in everyone)
         shape = next((rank["shape"] for rank in everyone if rank["shape"]), None)

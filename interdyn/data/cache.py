@@ -21,7 +21,6 @@ import io
 import json
 import random
 import tarfile
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,11 +33,6 @@ FIELD = "cond.npz"
 FORMAT_VERSION = 1
 # Settings that fix the clip geometry: a DataModule reading the cache must agree on all of them.
 GEOMETRY_KEYS = ("num_frames", "fps", "frame_stride", "height", "width")
-
-
-def key_seed(seed: int, key: str) -> int:
-    """A stable per-sample seed (``hash()`` differs between processes)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
 
 
 def pack_cache(

@@ -14,6 +14,7 @@ uniformly among the valid ones; validation and test use a fixed window: the firs
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 
@@ -62,3 +63,8 @@ def effective_fps(source_fps: float, target_fps: float | None, frame_stride: int
 def clip_duration(num_frames: int, fps: float) -> float:
     """Seconds between the first and the last frame."""
     return (num_frames - 1) / fps if fps > 0 else math.inf
+
+
+def key_seed(seed: int, key: str) -> int:
+    """A stable per-clip seed (independent of batch composition, rank and Python's hash salt)."""
+    return (seed * 1_000_003 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)) % (2**31)

@@ -40,17 +40,13 @@ from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
 VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
 _TAR_NAME = re.compile(r"(pipe:[^'\"]+|[^\s'\"<>(),=]+\.tar)")
-MAX_SKIPS_IN_A_ROW = 1000
+MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
 # The control signal given to the branch (issue 8's ablation) and its channel count. Channel 0 is always
 # the driver. ``semantic`` adds the other entities as seen in the first frame (no hint of their motion);
 # ``oracle`` adds them in every frame (their true motion: an upper bound, not a usable model).
 CONTROL_CHANNELS = {"binary": 3, "boxes": 3, "semantic": 2, "oracle": 2}
 # Batch fields whose per-clip values differ in shape; they stay lists.
-LIST_FIELDS = (
-    "objects",
-    "object_names",
-    "meta",
-)  # an endless training stream of bad samples must not spin forever
+LIST_FIELDS = ("objects", "object_names", "meta")
 
 
 class SkippedSampleWarning(UserWarning):

@@ -9,6 +9,7 @@ feed it videos.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -127,6 +128,13 @@ class VideoMetrics:
             rows.append(row)
         self.rows += rows
         return rows
+
+    def spawn(self) -> VideoMetrics:
+        """A new accumulator with the same settings that shares this one's networks (I3D, LPIPS,
+        tracker) and starts with no results: several evaluations of one run load the networks once."""
+        twin = copy.copy(self)
+        twin.rows, twin.real_features, twin.fake_features, twin.shape = [], [], [], None
+        return twin
 
     def state(self) -> dict[str, Any]:
         """Everything needed to merge this process's results with other ranks' (picklable)."""

@@ -148,11 +148,13 @@ def validate_cached_batch(
     control_channels: int | None = 3,
     latent_channels: int = 4,
     spatial_factor: int = 8,
+    embed_dim: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Check a cached-conditioning batch and return ``(control, cache)``.
 
     ``control`` as in :func:`validate_batch`; ``latent_mean`` / ``latent_std`` ``(B, T, C, H/f, W/f)``,
-    ``image_latents`` ``(B, C, H/f, W/f)``, ``image_embeds`` ``(B, 1, D)``, all finite.
+    ``image_latents`` ``(B, C, H/f, W/f)``, ``image_embeds`` ``(B, 1, D)`` (``D = embed_dim`` when given),
+    all finite.
     """
     missing = [k for k in ("control", *CACHED_KEYS) if k not in batch]
     if missing:
@@ -176,8 +178,13 @@ def validate_cached_batch(
                 f"batch['{name}'] has shape {tuple(value.shape)}, expected {want} for control {tuple(control.shape)}; "
                 "was the cache built for another size or frame count?"
             )
-        if name == "image_embeds" and (value.ndim != 3 or value.shape[:2] != (b, 1)):
-            raise BatchContractError(f"batch['image_embeds'] must be (B, 1, D), got {tuple(value.shape)}")
+        if name == "image_embeds" and (
+            value.ndim != 3 or value.shape[:2] != (b, 1) or (embed_dim and value.shape[2] != embed_dim)
+        ):
+            raise BatchContractError(
+                f"batch['image_embeds'] must be (B, 1, {embed_dim or 'D'}), got {tuple(value.shape)}; "
+                "was the cache built with another SVD?"
+            )
         if not torch.isfinite(value).all():
             raise BatchContractError(f"batch['{name}'] holds NaN or infinite values")
         cache[name] = value

@@ -347,6 +347,7 @@ class InterDynModule(L.LightningModule):
             control_channels=self.controlnet.config.conditioning_channels,
             latent_channels=self.vae.config.latent_channels,
             spatial_factor=factor,
+            embed_dim=self.image_encoder.config.projection_dim,
         )
         built_with = batch.get("cache_noise_aug")
         if built_with is not None and any(

@@ -15,9 +15,10 @@ import torch
 from data_prep.latents import main as latents_main
 from interdyn.contract import to_contract
 from interdyn.data import ShardDataModule
-from interdyn.data.cache import FIELD, CachedClipDecoder, key_seed, unpack_cache
+from interdyn.data.cache import FIELD, CachedClipDecoder, unpack_cache
+from interdyn.data.sampling import key_seed
 from interdyn.data.shards import ClipDecoder, collate_clips
-from interdyn.errors import ConfigError
+from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.conditioning import encode_image_latents
 from interdyn.module import InterDynModule
 from tests.conftest import TINY_CONTROL_CHANNELS
@@ -199,3 +200,14 @@ def test_datamodule_refuses_a_cache_for_other_clips(cached, synthetic_shards):
     )
     with pytest.raises(ConfigError, match="make latents"):
         no_cache.train_dataloader()
+
+
+def test_cached_batches_from_another_svd_are_refused(cached, tiny_svd_folder):
+    model = module(tiny_svd_folder)
+    _, cache_batch = both_batches(next(cached.glob("*.tar")))
+    wrong = {**cache_batch, "image_embeds": torch.zeros(*cache_batch["image_embeds"].shape[:2], 7)}
+    with pytest.raises(BatchContractError, match="another SVD"):
+        model._checked_cache(wrong)
+    wrong = {**cache_batch, "latent_std": cache_batch["latent_std"][:, :-1]}
+    with pytest.raises(BatchContractError, match="latent_std"):
+        model._checked_cache(wrong)

@@ -11,18 +11,25 @@ Checkpoints hold only the branch (and the optimizer state): the frozen parts are
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 
-from interdyn.contract import is_cached_batch, validate_batch, validate_cached_batch
+from interdyn.contract import (
+    has_clips,
+    is_cached_batch,
+    validate_batch,
+    validate_cached_batch,
+)
 from interdyn.errors import ConfigError, WeightsMismatchError
 from interdyn.models.conditioning import (
     clip_image_embeds,
     encode_image_latents,
     encode_video_latents,
     make_added_time_ids,
+    needs_upcast,
     sample_video_latents,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
@@ -30,7 +37,7 @@ from interdyn.models.edm import edm_loss, precondition, sample_sigmas
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import SCHEDULERS, InterDynPipeline
 from interdyn.models.released import load_controlnet
-from interdyn.models.svd import SVDSource, cast_frozen, get_svd
+from interdyn.models.svd import SVDSource, cast_frozen, checkpoint_transformer_layers, get_svd
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OPTIMIZERS = ("adam", "adamw", "adamw8bit")
@@ -74,6 +81,12 @@ class InterDynModule(L.LightningModule):
         fused_optimizer: fused Adam/AdamW kernels; ``None`` uses them on CUDA.
         compile: ``torch.compile`` the branch and the UNet (first steps are slow while it compiles); a dict
             gives ``torch.compile`` arguments, e.g. ``{mode: max-autotune}``.
+        fine_checkpointing: with the two switches above, also recompute each whole spatio-temporal
+            transformer layer (diffusers recomputes only its spatial block): far less activation memory
+            for one more forward of those layers per step.
+        offload_encoders: keep the VAE and CLIP image encoder in host memory, off the accelerator, while
+            training on cached conditioning (``cached_conditioning: true``, which feeds every step without
+            them); they move to the device for validation, testing and sampling, and back afterwards.
     """
 
     def __init__(
@@ -107,6 +120,8 @@ class InterDynModule(L.LightningModule):
         optimizer: str = "adam",
         fused_optimizer: bool | None = None,
         compile: bool | dict[str, Any] = False,
+        fine_checkpointing: bool = False,
+        offload_encoders: bool = False,
     ) -> None:
         super().__init__()
         if frozen_dtype not in _DTYPES:
@@ -151,10 +166,23 @@ class InterDynModule(L.LightningModule):
         self.controlnet.train()
         for frozen in (self.unet, self.vae, self.image_encoder):
             cast_frozen(frozen, dtype)
+        if needs_upcast(self.vae):
+            # SVD's VAE sets force_upcast: it encodes in float32 whatever its stored dtype, as SVD's pipeline
+            # does; kept in float32 here so that no step casts it back and forth.
+            cast_frozen(self.vae, torch.float32)
         if gradient_checkpointing:
             self.controlnet.enable_gradient_checkpointing()
         if unet_gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if fine_checkpointing:
+            for part, on in ((self.controlnet, gradient_checkpointing), (self.unet, unet_gradient_checkpointing)):
+                if on:
+                    checkpoint_transformer_layers(part)
+        if offload_encoders:
+            # Held outside the module tree: `.to(device)` (Lightning's move to the accelerator), DDP and the
+            # state dict leave them alone; `_encoders_on(device)` moves them when a step needs them.
+            for name in ("vae", "image_encoder"):
+                self.__dict__[name] = self._modules.pop(name)
         self._compiled = False
 
     def configure_model(self) -> None:
@@ -167,6 +195,15 @@ class InterDynModule(L.LightningModule):
             self._compiled = True
 
     # ------------------------------------------------------------------ state
+    def _encoders_on(self, device: torch.device | str) -> None:
+        """With ``offload_encoders``, move the VAE and CLIP image encoder to ``device`` (no-op where they are)."""
+        if not self.hparams.get("offload_encoders"):
+            return
+        device = torch.device(device)
+        for part in (self.vae, self.image_encoder):
+            if next(part.parameters()).device != device:
+                part.to(device)
+
     def train(self, mode: bool = True) -> InterDynModule:
         """Switch the branch's mode; the frozen parts always stay in eval mode."""
         super().train(mode)
@@ -200,12 +237,49 @@ class InterDynModule(L.LightningModule):
             if not key.startswith(BRANCH_PREFIX):
                 state.setdefault(key, value)
 
-    def on_fit_start(self) -> None:
-        """Give each data-parallel rank its own random stream: ``seed_everything`` seeds all ranks alike,
-        which would draw the same noise levels, noise and image drops on every GPU."""
-        if self.trainer.world_size > 1:
-            seed = (torch.initial_seed() + 7919 * self.global_rank) % (2**63)
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Everything but the branch, read by ``DistributedDataParallel`` when it wraps the module: the
+        frozen SVD is neither broadcast at start-up (gigabytes of identical weights) nor has its buffers
+        synchronised in forward passes, a collective that hangs validation when one rank has no batch."""
+        return [
+            name
+            for name, _ in (*self.named_parameters(), *self.named_buffers())
+            if not name.startswith(BRANCH_PREFIX)
+        ]
+
+    def on_train_start(self) -> None:
+        """Give each data-parallel rank its own random stream, and a resumed run a new one: ``seed_everything``
+        seeds all ranks alike, and a resumed run like its start, which would draw the same noise levels, noise,
+        image drops and (through the loader workers' seeds, drawn from this stream) the same clips and crops
+        on every GPU and again after every resume. Runs after the checkpoint is restored and before the
+        training loader's workers start."""
+        step = self.trainer.global_step
+        if self.trainer.world_size > 1 or step > 0:
+            seed = (torch.initial_seed() + 7919 * self.global_rank + 1_000_003 * step) % (2**63)
             torch.manual_seed(seed)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip also with fused Adam. Lightning's mixed-precision plugin refuses to clip for an optimizer
+        that unscales inside its step (fused kernels), even under bf16, which has no grad scaler. Without a
+        scaler the gradients are true gradients and are clipped as they are; with one (fp16) they are
+        unscaled first, and the scaler then tells the fused step that they already are."""
+        if not gradient_clip_val or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (lr 1e-5 in the paper), AdamW or 8-bit AdamW on the branch parameters only: the frozen
@@ -256,6 +330,7 @@ class InterDynModule(L.LightningModule):
         With ``drop_image`` the CLIP embedding and image latent of each sample are zeroed with
         probability ``image_drop_prob``.
         """
+        self._encoders_on(pixel_values.device)
         first = pixel_values[:, 0]
         latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size)
         embeds = clip_image_embeds(self.image_encoder, first).float()
@@ -285,28 +360,61 @@ class InterDynModule(L.LightningModule):
             embeds, image_latents = self._drop_image(embeds, image_latents, generator)
         return latents, embeds, image_latents
 
-    def compute_loss(
+    def _draw_inputs(
         self,
         pixel_values: torch.Tensor | None,
-        control: torch.Tensor,
-        sigma: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        drop_image: bool = False,
-        cache: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """EDM loss of the branch + frozen UNet on one batch (spec.md section 3); with ``cache`` the
-        conditioning comes from cached latents and embeddings and ``pixel_values`` is not used."""
+        cache: dict[str, torch.Tensor] | None,
+        sigma: torch.Tensor | None,
+        generator: torch.Generator | None,
+        drop_image: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        """Clean latents, CLIP embeds, image latents, noise levels and noisy latents of one batch."""
         if cache is not None:
             latents, embeds, image_latents = self.cached_conditions(cache, generator, drop_image)
         elif pixel_values is not None:
             latents, embeds, image_latents = self.encode_conditions(pixel_values, generator, drop_image)
         else:
             raise ValueError("compute_loss needs pixel_values or cache")
-        b, t = latents.shape[:2]
+        b = latents.shape[0]
         if sigma is None:
             sigma = sample_sigmas(b, self.hparams.p_mean, self.hparams.p_std, generator, self.device)
         sigma = sigma.to(self.device, torch.float32)
         noisy = latents + sigma.view(b, 1, 1, 1, 1) * _randn(latents.shape, generator, latents)
+        return latents, embeds, image_latents, sigma, noisy
+
+    def compute_loss(
+        self,
+        pixel_values: torch.Tensor | None,
+        control: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        drop_image: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """EDM loss of the branch + frozen UNet on one batch (spec.md section 3); with ``cache`` the
+        conditioning comes from cached latents and embeddings and ``pixel_values`` is not used.
+
+        ``generator`` may be a list with one generator per sample: each sample's posterior sample, noise
+        level, noise and image drop then come from its own generator and do not depend on the batch it
+        is in (two micro-batches of gradient accumulation draw exactly what the whole batch draws).
+        """
+        if isinstance(generator, (list, tuple)):
+            per_sample = [
+                self._draw_inputs(
+                    None if pixel_values is None else pixel_values[i : i + 1],
+                    None if cache is None else {k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in cache.items()},
+                    None if sigma is None else sigma[i : i + 1],
+                    g,
+                    drop_image,
+                )
+                for i, g in enumerate(generator)
+            ]
+            latents, embeds, image_latents, sigma, noisy = (torch.cat(p) for p in zip(*per_sample, strict=True))
+        else:
+            latents, embeds, image_latents, sigma, noisy = self._draw_inputs(
+                pixel_values, cache, sigma, generator, drop_image
+            )
+        b, t = latents.shape[:2]
         pc = precondition(sigma.view(b, 1, 1, 1, 1))
         model_in = torch.cat([pc.c_in * noisy, image_latents.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=2)
         c_noise = pc.c_noise.flatten()
@@ -334,13 +442,18 @@ class InterDynModule(L.LightningModule):
         denoised = pc.c_skip * noisy + pc.c_out * model_out
         return edm_loss(denoised, latents, sigma)
 
-    def _checked(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked(self, batch: dict[str, Any], check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return validate_batch(
-            batch, control_channels=self.controlnet.config.conditioning_channels, spatial_multiple=factor
+            batch,
+            control_channels=self.controlnet.config.conditioning_channels,
+            spatial_multiple=factor,
+            check_values=check_values,
         )
 
-    def _checked_cache(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _checked_cache(
+        self, batch: dict[str, Any], check_values: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         control, cache = validate_cached_batch(
             batch,
@@ -348,6 +461,7 @@ class InterDynModule(L.LightningModule):
             latent_channels=self.vae.config.latent_channels,
             spatial_factor=factor,
             embed_dim=self.image_encoder.config.projection_dim,
+            check_values=check_values,
         )
         built_with = batch.get("cache_noise_aug")
         if built_with is not None and any(
@@ -360,11 +474,23 @@ class InterDynModule(L.LightningModule):
         return control, cache
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # Value checks read the values back from the device, a sync that stalls every step: the first step
+        # checks them (wrong data, e.g. frames in [0, 255], is wrong from the start); validation and test
+        # check every batch. The compact batches of the shard DataModule are in range by construction.
+        check_values = not self.__dict__.get("_train_values_checked", False)
+        self._train_values_checked = True
+        if self.hparams.get("offload_encoders"):
+            if not is_cached_batch(batch):
+                raise ConfigError(
+                    "offload_encoders trains on cached conditioning only; set the data's cached_conditioning: true "
+                    "(after `make latents`) or turn offload_encoders off"
+                )
+            self._encoders_on("cpu")  # back to host memory after validation or sampling
         if is_cached_batch(batch):
-            control, cache = self._checked_cache(batch)
+            control, cache = self._checked_cache(batch, check_values)
             loss = self.compute_loss(None, control, drop_image=True, cache=cache)
         else:
-            pixel_values, control = self._checked(batch)
+            pixel_values, control = self._checked(batch, check_values)
             loss = self.compute_loss(pixel_values, control, drop_image=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=control.shape[0])
         return loss
@@ -403,7 +529,11 @@ class InterDynModule(L.LightningModule):
         if total[1] > 0:
             self.log(f"{stage}/loss", (total[0] / total[1]).float(), prog_bar=prog_bar, rank_zero_only=True)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> torch.Tensor | None:
+        if not has_clips(batch):  # only records of skipped samples
+            return None
         loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)
         self._accumulate("val", loss, b)
         return loss
@@ -411,7 +541,9 @@ class InterDynModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._reduce_and_log("val", prog_bar=True)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor | None:
+        if not has_clips(batch):
+            return None
         loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)
         self._accumulate("test", loss, b)
         return loss
@@ -422,6 +554,7 @@ class InterDynModule(L.LightningModule):
     # ------------------------------------------------------------------ sampling
     def pipeline(self) -> InterDynPipeline:
         """A sampling pipeline sharing this module's weights (no copies)."""
+        self._encoders_on(self.device)
         pipe = InterDynPipeline(self.vae, self.image_encoder, self.unet, self.controlnet, self.scheduler)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -433,7 +566,9 @@ class InterDynModule(L.LightningModule):
         """Generate ``num_samples`` videos per input: ``(B, N, T, 3, H, W)`` in ``[0, 1]``.
 
         ``pixel_values`` supplies the first frame (``(B, T, 3, H, W)`` or ``(B, 3, H, W)``); keyword
-        overrides go to the pipeline (``num_inference_steps``, guidance scales, ...).
+        overrides go to the pipeline (``num_inference_steps``, guidance scales, ...). Attached to a trainer,
+        sampling runs in the trainer's precision (e.g. bf16 autocast), also when called from callbacks,
+        which Lightning runs outside its autocast.
         """
         hp = self.hparams
         image = pixel_values[:, 0] if pixel_values.ndim == 5 else pixel_values
@@ -452,16 +587,26 @@ class InterDynModule(L.LightningModule):
         generator = torch.Generator().manual_seed(hp.sample_seed if seed is None else seed)
         was_training = self.controlnet.training
         self.controlnet.eval()
+        trainer = self._trainer
+        precision = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
         try:
-            frames = self.pipeline()(
-                image, control, num_videos_per_prompt=n, generator=generator, output_type="pt", **kwargs
-            ).frames
+            with precision:
+                frames = self.pipeline()(
+                    image, control, num_videos_per_prompt=n, generator=generator, output_type="pt", **kwargs
+                ).frames
         finally:
             self.controlnet.train(was_training)
-        return frames.unflatten(0, (image.shape[0], n))
+        return frames.float().unflatten(0, (image.shape[0], n))
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Sample videos for a batch; returns ``{"key", "videos": (B, N, T, 3, H, W) in [0, 1]}``."""
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any] | None:
+        """Sample videos for a batch; returns ``{"key", "videos": (B, N, T, 3, H, W) uint8}`` on the host
+        (uint8, a quarter of float32, since ``predict`` keeps every batch's output until the run ends; a
+        ``BasePredictionWriter`` callback can write them instead). Batches holding only records of skipped
+        samples give None."""
+        if not has_clips(batch):
+            return None
         pixel_values, control = self._checked(batch)
         videos = self.sample(pixel_values, control, seed=self.hparams.sample_seed + batch_idx)
-        return {"key": batch.get("key"), "videos": videos.cpu()}
+        return {"key": batch.get("key"), "videos": (videos.clamp(0, 1) * 255).round().to(torch.uint8).cpu()}

@@ -11,10 +11,12 @@ fall back to the tiny preset's).
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -209,6 +211,33 @@ def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
         module.to(dtype)
     finally:
         diffusers_logging.set_verbosity(level)
+
+
+def _checkpointed_forward(forward: Any, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, module, *args, use_reentrant=False, **kwargs)
+    return forward(module, *args, **kwargs)
+
+
+def checkpoint_transformer_layers(model: torch.nn.Module) -> int:
+    """Recompute every whole spatio-temporal transformer layer of ``model`` in the backward pass.
+
+    diffusers' gradient checkpointing recomputes the resnets and the *spatial* transformer blocks only:
+    the norm, projections, temporal transformer blocks and the mixer of each layer keep their
+    activations (most of what a checkpointed SVD step still holds). Wrapping the whole layer keeps only
+    its input, for one more forward of the layer per step. The layer's own spatial-block checkpointing
+    is switched off (the outer recomputation covers it). Weights and their names are unchanged.
+    Returns the number of layers wrapped.
+    """
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, TransformerSpatioTemporalModel):
+            module.gradient_checkpointing = False
+            module.forward = functools.partial(_checkpointed_forward, type(module).forward, module)
+            count += 1
+    return count
 
 
 def save_svd(components: SVDComponents, folder: str) -> None:

@@ -1,0 +1,189 @@
+"""The switches of the 24 GB training recipe (configs/ssv2_24gb.yaml) on the tiny model: gradient
+accumulation equals the full batch, finer activation checkpointing keeps the step and saves fewer
+buffers, and offloaded encoders stay off the device while cached conditioning feeds the steps."""
+
+from __future__ import annotations
+
+import zlib
+
+import lightning as L
+import pytest
+import torch
+
+from interdyn.data.toy import MovingShapesDataset
+from interdyn.errors import ConfigError
+from interdyn.module import InterDynModule
+from tests.conftest import TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
+
+
+class SeededPerSample(InterDynModule):
+    """Draws each sample's randomness from a generator seeded by its key, and records what the
+    optimizer would see: the loss of every micro-batch and the accumulated branch gradient."""
+
+    def training_step(self, batch, batch_idx):
+        pixel_values, control = self._checked(batch)
+        generators = [torch.Generator().manual_seed(zlib.crc32(k.encode())) for k in batch["key"]]
+        loss = self.compute_loss(pixel_values, control, generator=generators, drop_image=True)
+        self.__dict__.setdefault("losses", []).append((loss.detach(), control.shape[0]))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        self.__dict__["grads"] = torch.cat([p.grad.flatten() for p in self.controlnet.parameters()])
+
+
+def fit_one_step(batches: list[dict], accumulate: int, precision: str = "32-true") -> SeededPerSample:
+    module = SeededPerSample(
+        svd={**TINY_ARCHITECTURE, "seed": 0},
+        conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
+        image_drop_prob=0.5,  # some samples dropped, some kept: the drop must follow the sample
+    )
+    randomize_(module.controlnet, seed=5)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=1, accumulate_grad_batches=accumulate, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, precision=precision,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    return module
+
+
+def split(batch: dict, size: int) -> list[dict]:
+    n = len(batch["key"])
+    return [
+        {k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)
+    ]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def square_batch(size: int, frames: int) -> dict:
+    data = MovingShapesDataset(4, num_frames=frames, height=size, width=size, seed=3)
+    items = [data[i] for i in range(4)]
+    return {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "control": torch.stack([it["control"] for it in items]),
+        "key": [it["key"] for it in items],
+    }
+
+
+@pytest.mark.parametrize(
+    "precision, size, frames",
+    [
+        ("64-true", 64, 2),
+        pytest.param("32-true", 128, 4, marks=pytest.mark.slow),
+    ],
+)
+def test_gradient_accumulation_equals_the_full_batch(precision, size, frames):
+    """``accumulate_grad_batches: 2`` over micro-batches of 2 is one batch of 4: the same loss and the
+    same branch gradient when each sample draws its noise level, noise and image drop as it would in
+    the full batch (per-sample generators). Float64 shows the equivalence itself (~1e-11). In float32,
+    batch-size dependent kernels round differently (~1e-7) and this tiny model's deepest levels,
+    GroupNorm over 1x1 feature maps at 64x64 frames, amplify that up to 1e-1; at 128x128 the maps are
+    2x2 and the float32 gap is ~1e-6 (reordering the samples of one batch alone moves it by 5e-7)."""
+    batch = square_batch(size, frames)
+    full = fit_one_step([batch], accumulate=1, precision=precision)
+    micro = fit_one_step(split(batch, 2), accumulate=2, precision=precision)
+    assert [n for _, n in micro.losses] == [2, 2]
+    assert full.grads.dtype == (torch.float64 if precision == "64-true" else torch.float32)
+    micro_loss = torch.stack([loss for loss, _ in micro.losses]).mean()
+    assert relative(micro_loss, full.losses[0][0]) < 1e-6
+    assert full.grads.abs().max() > 0
+    assert relative(micro.grads, full.grads) < (1e-6 if precision == "64-true" else 2e-6)
+
+
+class SavedBytes:
+    """Adds up the bytes of the buffers autograd saves for the backward pass (each storage once)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: dict[int, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        storage = x.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen[storage.data_ptr()] = x  # held so that the address is not reused while counting
+            self.bytes += storage.nbytes()
+        return x
+
+
+def step(module: InterDynModule, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    module.train()
+    module.controlnet.zero_grad(set_to_none=True)
+    saved = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(saved, lambda x: x):
+        loss = module.compute_loss(
+            batch["pixel_values"], batch["control"], sigma=torch.tensor([0.7, 3.0]),
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in module.controlnet.parameters()])
+    return loss.detach(), grads, saved.bytes
+
+
+def tiny(**kw) -> InterDynModule:
+    module = InterDynModule(
+        svd={**TINY_ARCHITECTURE, "seed": 0}, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS, **kw
+    )
+    randomize_(module.controlnet, seed=5)
+    return module
+
+
+def test_fine_checkpointing_gives_the_same_step_and_saves_less():
+    batch = square_batch(64, 4)
+    batch = {k: v[:2] for k, v in batch.items()}
+    both = {"gradient_checkpointing": True, "unet_gradient_checkpointing": True}
+    loss, grads, coarse = step(tiny(**both), batch)
+    fine_module = tiny(**both, fine_checkpointing=True)
+    fine_loss, fine_grads, fine = step(fine_module, batch)
+    torch.testing.assert_close(fine_loss, loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fine_grads, grads, rtol=1e-5, atol=1e-7)
+    # every spatio-temporal layer of the branch and of the UNet keeps only its input
+    assert fine < 0.8 * coarse, (fine, coarse)
+    assert fine_module.state_dict().keys() == tiny().state_dict().keys()
+
+
+def cached_batch(module: InterDynModule, batch: dict) -> dict:
+    """The batch as cached conditioning hands it over (``make latents``), made with the module's encoders."""
+    from interdyn.models.conditioning import clip_image_embeds, encode_image_latents, encode_video_posterior
+
+    with torch.no_grad():
+        mean, std = encode_video_posterior(module.vae, batch["pixel_values"])
+        first = batch["pixel_values"][:, 0]
+        return {
+            "control": batch["control"],
+            "key": batch["key"],
+            "latent_mean": mean,
+            "latent_std": std,
+            "image_latents": encode_image_latents(module.vae, first, module.hparams.noise_aug_strength),
+            "image_embeds": clip_image_embeds(module.image_encoder, first),
+        }
+
+
+def test_offloaded_encoders_stay_off_the_device_and_out_of_the_step():
+    module = tiny(offload_encoders=True)
+    names = {n.split(".")[0] for n in module.state_dict()}
+    assert names == {"unet", "controlnet"}, "the encoders are not part of the device-bound module"
+    batch = {k: v[:2] for k, v in square_batch(64, 2).items()}
+    cached = cached_batch(module, batch)
+
+    calls = []
+    for part in (module.vae.encoder, module.image_encoder):
+        part.register_forward_pre_hook(lambda *_: calls.append(1))
+    loss = module.training_step(cached, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and not calls, "a cached training step runs neither the VAE nor CLIP"
+    assert any(p.grad is not None for p in module.controlnet.parameters())
+    with torch.no_grad():  # validation reads frames: the encoders come back for it
+        assert torch.isfinite(module._fixed_loss(batch, 0, 0)[0]) and calls
+    with pytest.raises(ConfigError, match="cached_conditioning"):
+        module.training_step(batch, 1)
+
+    # Lightning moves the module with .to(device): the encoders stay in host memory, and follow the
+    # module's device only when sampling needs them (meta stands in for the accelerator here)
+    module.to("meta")
+    assert module.unet.conv_in.weight.is_meta and not module.vae.decoder.conv_in.weight.is_meta
+    pipe = module.pipeline()
+    assert pipe.vae.decoder.conv_in.weight.is_meta and next(module.image_encoder.parameters()).is_meta

@@ -1,12 +1,14 @@
-"""Training recipe switches (issue 6): each keeps the training step close to the plain one on the tiny
-model, and no setup gives the frozen parts gradients or optimizer state.
+"""Training recipe switches: each keeps the training step close to the plain one on the tiny model,
+and no setup gives the frozen parts gradients or optimizer state.
 
 Tolerances: gradient checkpointing and fused Adam are exact up to float32 reordering (1e-5 relative).
-bf16 storage of the frozen parts and bf16 autocast change the loss by less than 1 % and keep the
-direction of the gradient of the branch's full-resolution levels (input conv, control encoder, first
-residual convs: cosine > 0.98). The deepest levels' gradients are not compared: in this tiny random
-model they pass through GroupNorm over 1x1 feature maps of the frozen decoder, where rounding is
-amplified (their cosine is 0.1-0.4 even with fp16 storage), which says nothing about the full model.
+bf16 storage of the frozen parts and bf16 autocast are checked for what bf16 guarantees on every CPU,
+with or without native bf16 instructions: dtypes, no gradients or optimizer state for the frozen
+parts, finite gradients, and a loss within 1 %. The direction of the branch gradient is compared in a
+well-conditioned setting only (128x128 frames): at 64x64 the deepest levels of the tiny model run
+GroupNorm over 1x1 feature maps with two channels per group, where bf16 rounding is amplified, and
+the cosine to the fp32 gradient depends on the CPU's bf16 kernels (0.56 to 0.99 for the same code),
+which says nothing about the full model.
 """
 
 from __future__ import annotations
@@ -14,21 +16,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interdyn.data import MovingShapesDataset
 from interdyn.errors import ConfigError
 from tests.conftest import randomize_
 from tests.test_module import tiny_module, toy_batch
 
-FULL_RESOLUTION = (
-    "conv_in",
-    "controlnet_cond_embedding",
-    *(f"controlnet_down_blocks.{i}." for i in range(4)),
-)
 
-
-def loss_and_grads(
-    module, batch, autocast: torch.dtype | None = None, only: tuple[str, ...] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss with fixed sigma and noise, and the branch gradient flattened (``only``: name prefixes)."""
+def loss_and_grads(module, batch, autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss with fixed sigma and noise, and the branch gradient flattened."""
     module.train()
     module.controlnet.zero_grad(set_to_none=True)
     generator = torch.Generator().manual_seed(0)
@@ -37,11 +32,7 @@ def loss_and_grads(
         loss = module.compute_loss(batch["pixel_values"], batch["control"], sigma=sigma, generator=generator)
     loss.backward()
     grads = torch.cat(
-        [
-            p.grad.flatten().float()
-            for n, p in module.controlnet.named_parameters()
-            if p.grad is not None and (only is None or n.startswith(only))
-        ]
+        [p.grad.flatten().float() for p in module.controlnet.parameters() if p.grad is not None]
     )
     return loss.detach(), grads
 
@@ -83,18 +74,42 @@ def test_gradient_checkpointing_gives_the_same_step(reference, switches):
     assert_frozen_untouched(module)
 
 
-@pytest.mark.parametrize("setup", ["frozen_bf16", "autocast_bf16", "both"])
-def test_bf16_stays_close(reference, setup):
+BF16_SETUPS = {  # setup -> (frozen_dtype, autocast dtype)
+    "frozen_bf16": ("bfloat16", None),
+    "autocast_bf16": ("float32", torch.bfloat16),
+    "both": ("bfloat16", torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("setup", list(BF16_SETUPS))
+def test_bf16_keeps_dtypes_loss_and_frozen_parts(reference, setup):
     batch, loss, _ = reference
-    _, grads = loss_and_grads(make(), batch, only=FULL_RESOLUTION)
-    module = make(frozen_dtype="bfloat16" if setup != "autocast_bf16" else "float32")
-    autocast = torch.bfloat16 if setup != "frozen_bf16" else None
-    got_loss, got_grads = loss_and_grads(module, batch, autocast=autocast, only=FULL_RESOLUTION)
-    assert abs(got_loss.item() - loss.item()) <= 0.01 * loss.item()
-    cosine = torch.nn.functional.cosine_similarity(got_grads, grads, dim=0)
-    assert cosine > 0.98, cosine
+    frozen_dtype, autocast = BF16_SETUPS[setup]
+    module = make(frozen_dtype=frozen_dtype)
+    optimizer = module.configure_optimizers()
+    got_loss, got_grads = loss_and_grads(module, batch, autocast=autocast)
+    assert torch.isfinite(got_loss) and abs(got_loss.item() - loss.item()) <= 0.01 * loss.item()
+    assert torch.isfinite(got_grads).all()
+    assert all(p.grad is not None for p in module.controlnet.parameters()), "every branch weight learns"
+    optimizer.step()
+    assert set(map(id, optimizer.state)) == {id(p) for p in module.controlnet.parameters()}
     assert_frozen_untouched(module)
+    expected = getattr(torch, frozen_dtype)
+    for part in (module.unet, module.image_encoder):  # the VAE is kept in fp32 when it would overflow
+        assert all(p.dtype == expected for p in part.parameters())
     assert all(p.dtype == torch.float32 for p in module.controlnet.parameters()), "the branch trains in fp32"
+
+
+def test_bf16_keeps_the_gradient_direction():
+    """At 128x128 (2x2 maps at the deepest level) every bf16 setup keeps the whole branch gradient's
+    direction (cosine 0.9998 both with native bf16 and with oneDNN capped at AVX2)."""
+    data = MovingShapesDataset(2, num_frames=2, height=128, width=128, seed=3)
+    batch = {k: torch.stack([data[i][k] for i in range(2)]) for k in ("pixel_values", "control")}
+    _, grads = loss_and_grads(make(), batch)
+    for setup, (frozen_dtype, autocast) in BF16_SETUPS.items():
+        _, got = loss_and_grads(make(frozen_dtype=frozen_dtype), batch, autocast=autocast)
+        cosine = torch.nn.functional.cosine_similarity(got, grads, dim=0)
+        assert cosine > 0.99, (setup, cosine)
 
 
 @pytest.mark.parametrize("optimizer, fused", [("adam", True), ("adamw", False), ("adamw", True)])

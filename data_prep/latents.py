@@ -34,7 +34,12 @@ from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
 from interdyn.data.sampling import key_seed
 from interdyn.data.shards import ClipDecoder, SkipSample, expand_urls
 from interdyn.errors import InterDynError
-from interdyn.models.conditioning import clip_image_embeds, encode_image_latents, encode_video_posterior
+from interdyn.models.conditioning import (
+    clip_image_embeds,
+    encode_image_latents,
+    encode_video_posterior,
+    needs_upcast,
+)
 from interdyn.models.svd import cast_frozen, get_encoders
 
 PROGRESS_DIR = "_latents"
@@ -117,6 +122,8 @@ class ConditioningEncoder:
         for model in (self.vae, self.clip):
             cast_frozen(model, dtype)
             model.to(device).eval().requires_grad_(False)
+        if needs_upcast(self.vae):  # SVD's VAE (force_upcast) encodes in float32, as in training and sampling
+            cast_frozen(self.vae, torch.float32)
         self.device, self.noise_aug, self.chunk = torch.device(device), noise_aug, chunk
 
     @torch.no_grad()

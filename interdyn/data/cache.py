@@ -28,9 +28,12 @@ import numpy as np
 import torch
 
 from interdyn.data.shards import SkipSample
+from interdyn.errors import ConfigError
 
 FIELD = "cond.npz"
-FORMAT_VERSION = 1
+# 2: CLIP embeddings from SVD's own antialiased resize (no clamp), VAE encoding in float32 for a
+#    ``force_upcast`` VAE, uniform-stride frame timing. Caches of version 1 hold other embeddings.
+FORMAT_VERSION = 2
 # Settings that fix the clip geometry: a DataModule reading the cache must agree on all of them.
 GEOMETRY_KEYS = ("num_frames", "fps", "frame_stride", "height", "width")
 
@@ -96,14 +99,22 @@ def read_cache_settings(shard: str, max_members: int = 10_000) -> dict[str, Any]
 
 
 def check_cache_settings(settings: dict[str, Any], expected: dict[str, Any], where: str) -> None:
-    """Raise ``ValueError`` naming every geometry setting where the cache and the DataModule differ."""
+    """Raise ``ConfigError`` for a cache of another format version, or naming every geometry setting
+    where the cache and the DataModule differ."""
+    version = settings.get("version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"the cached conditioning in {where} has format version {version}, this interdyn reads version "
+            f"{FORMAT_VERSION} (its CLIP embeddings and latents are computed differently); rebuild it with "
+            "`python -m data_prep.latents ... --overwrite` (make latents LATENTS_ARGS=--overwrite)"
+        )
     diffs = [
         f"{k}: cache {settings.get(k)!r} vs data {expected.get(k)!r}"
         for k in GEOMETRY_KEYS
         if k in expected and settings.get(k) != expected.get(k)
     ]
     if diffs:
-        raise ValueError(
+        raise ConfigError(
             f"the cached conditioning in {where} was built for other clips ({'; '.join(diffs)}); rebuild it with "
             "`make latents` for these settings or change the data settings"
         )

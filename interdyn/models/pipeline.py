@@ -62,7 +62,8 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
         if image.dtype != np.uint8:
             raise ValueError("numpy images must be uint8 (H, W, 3) or (B, H, W, 3)")
         arr = image[None] if image.ndim == 3 else image
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        # x / 255 * 2 - 1, in SVD's order of operations (its image processor's), so both see the same floats
+        return (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0) * 2.0 - 1.0
     tensor = image[None] if image.ndim == 3 else image
     if tensor.ndim != 4 or tensor.shape[1] != 3:
         raise ValueError(f"image tensor must be (B, 3, H, W) or (3, H, W), got {tuple(image.shape)}")

@@ -15,7 +15,7 @@ import torch
 from data_prep.latents import main as latents_main
 from interdyn.contract import to_contract
 from interdyn.data import ShardDataModule
-from interdyn.data.cache import FIELD, CachedClipDecoder, unpack_cache
+from interdyn.data.cache import FIELD, FORMAT_VERSION, CachedClipDecoder, pack_cache, unpack_cache
 from interdyn.data.sampling import key_seed
 from interdyn.data.shards import ClipDecoder, collate_clips
 from interdyn.errors import BatchContractError, ConfigError
@@ -211,3 +211,16 @@ def test_cached_batches_from_another_svd_are_refused(cached, tiny_svd_folder):
     wrong = {**cache_batch, "latent_std": cache_batch["latent_std"][:, :-1]}
     with pytest.raises(BatchContractError, match="latent_std"):
         model._checked_cache(wrong)
+
+
+def test_a_cache_of_an_older_format_is_refused(cached):
+    """Caches written before SVD's exact CLIP preprocessing (format 1) hold other embeddings: refused."""
+    sample = read_samples(next(cached.glob("*.tar")))[0]
+    data = unpack_cache(sample[FIELD])
+    assert data["settings"]["version"] == FORMAT_VERSION
+    old = pack_cache(
+        data["latent_mean"], data["latent_std"], data["image_latent"], data["image_embed"], data["control"],
+        data["indices"].tolist(), {**data["settings"], "version": 1},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="format version 1.*rebuild it"):
+        CachedClipDecoder(GEOMETRY)({**sample, FIELD: old}, random.Random(0))

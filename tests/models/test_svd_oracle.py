@@ -1,0 +1,167 @@
+"""Oracle: diffusers' stock ``StableVideoDiffusionPipeline`` is the reference for everything but the branch.
+
+Built from the same tiny random components, ``InterDynPipeline`` with ``conditioning_scale=0`` must give
+the stock pipeline's frames (SVD fps 7, i.e. fps id 6; motion bucket 40; noise aug 0.02; guidance 1 -> 3;
+the same generator; Euler, 3 steps) to 1e-5, and the training conditioning (CLIP embedding, image latent)
+must equal the stock pipeline's.
+
+One difference remains, and it is the stock pipeline's: with several input images *and* several videos
+per image, stock SVD repeats the CLIP embeddings per image (``a a b b``) but tiles the image latents
+(``a b a b``), so its samples 1 and 2 of a batch ``[a, b]`` with 2 videos each see the CLIP embedding of
+one image and the latent of the other. ``InterDynPipeline`` pairs each sample with its own image. The test
+checks equality on the samples where stock SVD pairs them correctly and that the others differ.
+
+Two more, of inputs rather than arithmetic: the stock pipeline resizes the CLIP input only for PIL images
+(a tensor image is fed to CLIP at its own size), and it upcasts a ``force_upcast`` VAE for float16 only,
+where this project also upcasts a bfloat16 one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+from transformers import CLIPImageProcessor
+
+from interdyn.models import ControlNetSDVModel, InterDynPipeline
+from interdyn.models.conditioning import (
+    CLIP_MEAN,
+    CLIP_STD,
+    clip_image_embeds,
+    encode_image_latents,
+    encode_video_posterior,
+)
+from tests.conftest import TINY_CONTROL_CHANNELS
+
+FRAMES, HEIGHT, WIDTH = 4, 64, 96
+SETTINGS = {"num_inference_steps": 3, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0}
+SETTINGS |= {"motion_bucket_id": 40, "noise_aug_strength": 0.02}
+
+
+def stock_pipeline(svd) -> StableVideoDiffusionPipeline:
+    """diffusers' own SVD pipeline with the stock UNet class holding the same weights."""
+    unet = UNetSpatioTemporalConditionModel.from_config(
+        {k: v for k, v in svd.unet.config.items() if not k.startswith("_")}
+    )
+    unet.load_state_dict(svd.unet.state_dict())
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=svd.vae,
+        image_encoder=svd.image_encoder,
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler.from_config(svd.scheduler.config),
+        feature_extractor=processor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def images(n: int) -> list[PIL.Image.Image]:
+    rng = np.random.default_rng(3)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_svd_session):
+    svd = copy.deepcopy(tiny_svd_session)
+    branch = ControlNetSDVModel.from_unet(svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
+    with torch.no_grad():  # a non-zero branch: conditioning_scale=0 must still switch it off entirely
+        for p in branch.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    ours = InterDynPipeline.from_components(svd, branch.eval())
+    ours.set_progress_bar_config(disable=True)
+    return ours, stock_pipeline(svd)
+
+
+def run_ours(pipe: InterDynPipeline, pictures: list, n: int, seed: int = 0) -> torch.Tensor:
+    masks = torch.zeros(len(pictures), FRAMES, HEIGHT, WIDTH, dtype=torch.bool)
+    masks[:, :, 10:40, 20:50] = True
+    return pipe(
+        pictures,
+        masks,
+        fps_id=6,
+        conditioning_scale=0.0,
+        num_videos_per_prompt=n,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        **SETTINGS,
+    ).frames
+
+
+def run_stock(pipe: StableVideoDiffusionPipeline, pictures: list, n: int, seed: int = 0) -> torch.Tensor:
+    frames = pipe(
+        pictures if len(pictures) > 1 else pictures[0],
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=FRAMES,
+        fps=7,  # stock SVD conditions on fps - 1 = 6
+        num_videos_per_prompt=n,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        **SETTINGS,
+    ).frames
+    return frames  # (B * n, T, 3, H, W) in [0, 1]
+
+
+@pytest.mark.parametrize("batch, per_input", [(1, 2), (2, 1)])
+def test_frames_equal_stock_svd(pipelines, batch, per_input):
+    ours, stock = pipelines
+    pictures = images(batch)
+    expected = run_stock(stock, pictures, per_input)
+    got = run_ours(ours, pictures, per_input)
+    assert got.shape == expected.shape == (batch * per_input, FRAMES, 3, HEIGHT, WIDTH)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_batch_of_two_with_two_videos_each(pipelines):
+    """Batch 2 x 2 videos: equal where stock SVD pairs each sample's CLIP embedding and image latent with
+    the same image (samples 0 and 3); stock SVD mixes them up in samples 1 and 2 (see the docstring)."""
+    ours, stock = pipelines
+    pictures = images(2)
+    expected, got = run_stock(stock, pictures, 2), run_ours(ours, pictures, 2)
+    torch.testing.assert_close(got[[0, 3]], expected[[0, 3]], rtol=0, atol=1e-5)
+    assert (got[[1, 2]] - expected[[1, 2]]).abs().max() > 1e-3
+
+
+def test_training_conditioning_equals_stock_svd(pipelines):
+    """The CLIP embedding and the noise-augmented image latent used in training and in the latent cache
+    are the stock pipeline's, for the same image and the same generator."""
+    ours, stock = pipelines
+    picture = images(1)[0]
+    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
+    with torch.no_grad():
+        expected_embeds = stock._encode_image(picture, "cpu", 1, False)
+        gen = torch.Generator().manual_seed(5)
+        stock_image = stock.video_processor.preprocess(picture, height=HEIGHT, width=WIDTH)
+        noisy = stock_image + 0.02 * torch.randn(stock_image.shape, generator=gen)
+        expected_latent = stock._encode_vae_image(noisy, "cpu", 1, False)
+        embeds = clip_image_embeds(ours.image_encoder, pixels)
+        latent = encode_image_latents(ours.vae, pixels, 0.02, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(embeds, expected_embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(latent, expected_latent, rtol=0, atol=1e-5)
+
+
+def test_half_precision_vae_encodes_in_float32(tiny_svd):
+    """A ``force_upcast`` VAE stored in bfloat16 encodes as the float32 VAE does (SVD's upcast) and is left
+    in bfloat16 afterwards."""
+    vae = tiny_svd.vae
+    gen = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 2, 3, 32, 32, generator=gen) * 2 - 1
+    with torch.no_grad():
+        vae.to(torch.bfloat16)
+        reference = encode_video_posterior(copy.deepcopy(vae).float(), video)[0]  # the same weights in fp32
+        upcast = encode_video_posterior(vae, video)[0]
+        assert vae.dtype == torch.bfloat16
+        vae.register_to_config(force_upcast=False)
+        plain = encode_video_posterior(vae, video)[0]
+    torch.testing.assert_close(upcast.float(), reference, rtol=0, atol=1e-6)
+    assert (plain.float() - reference).abs().max() > 1e-4

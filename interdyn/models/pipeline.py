@@ -147,11 +147,11 @@ class InterDynPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> InterDynPipeline:
         """Load a saved pipeline; a released-style control branch inside it is converted on load
         (see :mod:`interdyn.models.released`)."""
-        from interdyn.models.released import CONVENTION_KEY, fold_released_residuals
+        from interdyn.models.released import fold_released_residuals, is_released
 
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        config_file = Path(pretrained_model_name_or_path) / "controlnet" / "config.json"
-        if config_file.is_file() and f'"{CONVENTION_KEY}"' not in config_file.read_text():
+        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token") if k in kwargs}
+        if is_released(str(pretrained_model_name_or_path), "controlnet", **hub_kwargs):
             fold_released_residuals(pipe.controlnet)
         return pipe
 

@@ -8,7 +8,9 @@ scaling ``controlnet_down_blocks.i`` by its multiplicity at import time reproduc
 behaviour exactly under the single addition.
 
 Folders written by this project carry ``residual_addition: "single"`` in their ``config.json``; a
-folder without that field is treated as released-style and folded on load.
+branch without that field is treated as released-style and folded on load. The rule
+(:func:`is_released_config`) is the same for every loader (:func:`load_controlnet`,
+``InterDynPipeline.from_pretrained``) and for local folders and hub ids alike.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def fold_released_residuals(controlnet: ControlNetSDVModel) -> ControlNetSDVMode
     return controlnet
 
 
-def _read_raw_config(path: str, subfolder: str | None) -> dict:
+def _read_raw_config(path: str, subfolder: str | None, **hub_kwargs: object) -> dict:
     """config.json exactly as stored (diffusers fills absent fields with defaults, hiding the marker)."""
     if looks_like_local_path(path):
         folder = check_local_folder(path, subfolder, _WHAT, "controlnet")
@@ -67,11 +69,23 @@ def _read_raw_config(path: str, subfolder: str | None) -> dict:
                 path, subfolder, _WHAT, "controlnet", f"its config.json is not valid JSON ({err})."
             ) from None
     try:
-        return dict(ControlNetSDVModel.load_config(path, subfolder=subfolder))
+        return dict(ControlNetSDVModel.load_config(path, subfolder=subfolder, **hub_kwargs))
     except (OSError, HFValidationError) as err:
         raise describe_missing(
             path, subfolder, _WHAT, "controlnet", failure_reason(err, local=False)
         ) from None
+
+
+def is_released_config(raw: dict) -> bool:
+    """The one rule: a branch config without ``residual_addition: "single"`` holds released-style weights."""
+    return raw.get(CONVENTION_KEY) != "single"
+
+
+def is_released(path: str, subfolder: str | None = None, **hub_kwargs: object) -> bool:
+    """Whether the branch at ``path`` (a local folder or a hub id; ``subfolder`` e.g. ``"controlnet"``) holds
+    released-style weights, by :func:`is_released_config` on its stored ``config.json``. ``hub_kwargs`` (such as
+    ``cache_dir`` or ``revision``) are passed to the hub client for hub ids."""
+    return is_released_config(_read_raw_config(path, subfolder, **hub_kwargs))
 
 
 def load_controlnet(
@@ -105,7 +119,7 @@ def load_controlnet(
         ControlNetSDVModel, path, subfolder=subfolder, what=_WHAT, kind="controlnet", torch_dtype=torch_dtype
     )
     if released is None:
-        released = raw.get(CONVENTION_KEY) != "single"
+        released = is_released_config(raw)
     if released:
         fold_released_residuals(model)
     return model

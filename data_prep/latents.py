@@ -48,6 +48,7 @@ _DATA_KEYS = {
     "num_frames": 14,
     "fps": 7.0,
     "frame_stride": None,
+    "frame_sampling": "uniform",
     "height": 256,
     "width": 384,
     "crop": "mask_aware",
@@ -236,6 +237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-frames", dest="num_frames", type=int)
     parser.add_argument("--fps", type=float)
     parser.add_argument("--frame-stride", dest="frame_stride", type=int)
+    parser.add_argument("--frame-sampling", dest="frame_sampling", choices=("uniform", "timestamp"))
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--crop", choices=("center", "mask_aware"))
@@ -298,6 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_frames=settings["num_frames"],
             fps=settings["fps"],
             frame_stride=settings["frame_stride"],
+            frame_sampling=settings["frame_sampling"],
             height=settings["height"],
             width=settings["width"],
             crop=settings["crop"],

@@ -35,7 +35,7 @@ FIELD = "cond.npz"
 #    ``force_upcast`` VAE, uniform-stride frame timing. Caches of version 1 hold other embeddings.
 FORMAT_VERSION = 2
 # Settings that fix the clip geometry: a DataModule reading the cache must agree on all of them.
-GEOMETRY_KEYS = ("num_frames", "fps", "frame_stride", "height", "width")
+GEOMETRY_KEYS = ("num_frames", "fps", "frame_stride", "frame_sampling", "height", "width")
 
 
 def pack_cache(

@@ -4,8 +4,10 @@ Loader workers produce compact batches (uint8 frames, bool masks); ``on_after_ba
 them to the batch contract's floats once they are on the device.
 
 Training streams clips from resampled, shuffled shards, split by rank (each rank and worker draws
-its own seeded stream) with a configurable epoch length; validation, test and predict read each
-shard once, split by rank and worker, so every sample is seen exactly once across all ranks.
+its own seeded stream) with a configurable epoch length; validation, test and predict split the samples
+across ranks (balanced to a clip) and the shards across a rank's workers, so every sample is seen
+exactly once across all ranks; their batches list skipped samples in ``batch["skipped"]`` (a batch may
+hold only those).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ class ShardDataModule(L.LightningDataModule):
             (``data/shards/ssv2/train/*.tar``), brace patterns (``...-{000000..000099}.tar``), ``pipe:``
             commands (``pipe:aws s3 cp s3://bucket/ssv2-train-{000000..000999}.tar -``), or lists.
             ``predict_shards`` defaults to ``test_shards``.
-        num_frames, fps: clip length and frame rate (14 at 7 FPS in the paper); frames are picked by
-            timestamp from any source frame rate.
-        frame_stride: take every ``frame_stride``-th source frame instead of resampling to ``fps``
-            (the released demo used stride 2 on 12 fps videos).
+        num_frames, fps: clip length and frame rate: 14 frames at "7 FPS" in the paper, SVD's fps=7
+            convention (fps id 6), cut as the authors' loader cuts it (every 2nd frame of 12 fps videos).
+        frame_sampling: ``uniform`` (default): every n-th source frame, with the integer stride whose rate is
+            nearest ``fps`` (12 fps -> 2, 25 or 30 fps -> 4); ``timestamp``: the source frame nearest each
+            ``k / fps`` s (uneven steps). See :mod:`interdyn.data.sampling`.
+        frame_stride: take every ``frame_stride``-th source frame whatever the source frame rate.
         height, width: output size (multiples of 64 for SVD).
         crop: training crop (``mask_aware``, ``center`` or ``random``); ``eval_crop`` for evaluation
             (default: ``crop``, or ``center`` when ``crop`` is random).
@@ -72,6 +76,7 @@ class ShardDataModule(L.LightningDataModule):
         num_frames: int = 14,
         fps: float | None = 7.0,
         frame_stride: int | None = None,
+        frame_sampling: Literal["uniform", "timestamp"] = "uniform",
         height: int = 256,
         width: int = 384,
         crop: Crop = "mask_aware",
@@ -97,7 +102,16 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         try:  # validate the settings early, with the config's names
-            ClipDecoder(num_frames, fps, frame_stride, height, width, crop, control_type=control_type)
+            ClipDecoder(
+                num_frames,
+                fps,
+                frame_stride,
+                height,
+                width,
+                crop,
+                control_type=control_type,
+                frame_sampling=frame_sampling,
+            )
             self._perturbation = MaskPerturbation(**eval_perturbation) if eval_perturbation else None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"data settings: {err}") from None
@@ -122,7 +136,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def _geometry(self) -> dict:
         hp = self.hparams
-        return {k: hp[k] for k in ("num_frames", "fps", "frame_stride", "height", "width")}
+        return {k: hp[k] for k in ("num_frames", "fps", "frame_stride", "frame_sampling", "height", "width")}
 
     def _cached_decoder(self, shards: str | list[str]) -> CachedClipDecoder:
         """The cache decoder, after checking the first local shard's cache against these settings."""
@@ -150,6 +164,7 @@ class ShardDataModule(L.LightningDataModule):
             num_frames=hp.num_frames,
             fps=hp.fps,
             frame_stride=hp.frame_stride,
+            frame_sampling=hp.frame_sampling,
             height=hp.height,
             width=hp.width,
             crop=hp.crop if train else eval_crop,
@@ -185,6 +200,7 @@ class ShardDataModule(L.LightningDataModule):
             samples_per_worker=self.samples_per_worker(world) if train else None,
             shuffle_buffer=hp.shuffle_buffer,
             seed=hp.seed,
+            report_skips=not train,  # evaluations count what they could not score
         )
         return DataLoader(
             stream,

@@ -5,8 +5,11 @@ a clip; :class:`ShardClipStream` is the IterableDataset that reads shards:
 
 - training: shards drawn with replacement (an endless stream, seeded per rank, worker and epoch),
   a sample shuffle buffer, and a fixed number of samples per worker and epoch;
-- evaluation: each shard read once by exactly one (rank, worker) pair, in order: every sample is seen
-  exactly once across all ranks, with no padding duplicates.
+- evaluation: split by *sample* across ranks (every rank reads every shard and decodes its share, so
+  the ranks finish within a clip of each other and a rank never goes without samples because there are
+  fewer shards than ranks), by shard across the loader workers of a rank: every sample is seen exactly
+  once across all ranks, with no padding duplicates. With ``report_skips`` the skipped samples travel
+  in the batches (``batch["skipped"]``) so that an evaluation can count them by reason.
 
 Bad samples (corrupt or truncated videos, unreadable masks, clips too short, driver not visible in the
 first frame) and unreadable or truncated shards are skipped with a warning that names them and a
@@ -34,7 +37,13 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from interdyn.data.perturb import MaskPerturbation, boxify
-from interdyn.data.sampling import choose_start, clip_offsets, effective_fps, valid_starts
+from interdyn.data.sampling import (
+    FRAME_SAMPLINGS,
+    choose_start,
+    clip_offsets,
+    effective_fps,
+    valid_starts,
+)
 from interdyn.data.transforms import CROPS, apply_geometry, joint_transform
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
@@ -83,7 +92,8 @@ class ClipDecoder:
     key, fps, start_frame}`` (expanded to the batch contract by :func:`interdyn.contract.to_contract`).
 
     Args:
-        num_frames, fps, frame_stride: clip sampling (see :mod:`interdyn.data.sampling`).
+        num_frames, fps, frame_stride, frame_sampling: clip sampling (see :mod:`interdyn.data.sampling`;
+            ``uniform`` stride by default, ``timestamp`` picking as an option).
         height, width, crop, hflip: geometry (see :mod:`interdyn.data.transforms`).
         window: ``"random"`` (training), ``"start"`` or ``"center"`` (evaluation).
         require_driver_in_first_frame: only windows whose first frame shows at least
@@ -113,6 +123,7 @@ class ClipDecoder:
     control_type: str = "binary"
     with_objects: bool = False
     perturbation: MaskPerturbation | None = None
+    frame_sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.control_type not in CONTROL_CHANNELS:
@@ -123,6 +134,8 @@ class ClipDecoder:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
         if self.fps is None and self.frame_stride is None:
             raise ValueError("set fps or frame_stride")
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {self.frame_sampling!r}")
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key = sample.get("__key__", "?")
@@ -155,7 +168,7 @@ class ClipDecoder:
             source_fps = source_fps or header_fps
             num_source = num_source or header_frames or masks.shape[0]
         num_source = min(num_source, masks.shape[0])
-        offsets = clip_offsets(self.num_frames, source_fps, self.fps, self.frame_stride)
+        offsets = clip_offsets(self.num_frames, source_fps, self.fps, self.frame_stride, self.frame_sampling)
         starts = list(valid_starts(num_source, offsets))
         if not starts:
             raise SkipSample("too_short", f"{num_source} frames at {source_fps:g} fps")
@@ -189,7 +202,8 @@ class ClipDecoder:
             "pixel_values": pixels,  # uint8 (T, 3, H, W); see interdyn.contract.to_contract
             "control": control,  # bool (T, H, W), or (T, C, H, W) for multi-channel control types
             "key": key,
-            "fps": effective_fps(source_fps, self.fps, self.frame_stride),
+            # the rate actually played (e.g. 6 for every 2nd frame of 12 fps), not the target
+            "fps": effective_fps(source_fps, self.fps, self.frame_stride, self.frame_sampling),
             "start_frame": int(start),
             # for evaluations that need the source (metadata positions, per-object masks)
             "source_indices": torch.as_tensor(indices),
@@ -225,6 +239,8 @@ class ShardClipStream(IterableDataset):
         samples_per_worker: training clips each worker yields per epoch (None: endless).
         shuffle_buffer: training sample shuffle buffer size.
         seed: base seed (combined with rank, worker and epoch).
+        report_skips: (evaluation) also yield a record ``{"skipped": {"key", "reason"}}`` for every skipped
+            sample or shard, which :func:`collate_clips` gathers into ``batch["skipped"]``.
     """
 
     def __init__(
@@ -237,8 +253,11 @@ class ShardClipStream(IterableDataset):
         samples_per_worker: int | None = None,
         shuffle_buffer: int = 256,
         seed: int = 0,
+        report_skips: bool = False,
     ) -> None:
         super().__init__()
+        self.report_skips = report_skips and not train
+        self._pending: list[dict[str, str]] = []
         self.urls = expand_urls(urls)
         local = [u for u in self.urls if not u.startswith("pipe:") and "://" not in u]
         missing = [u for u in local if not os.path.exists(u)]
@@ -260,8 +279,10 @@ class ShardClipStream(IterableDataset):
         self.iterations = 0
         self.skipped: Counter[str] = Counter()
 
-    def _skip(self, reason: str, name: str, detail: str) -> None:
+    def _skip(self, reason: str, name: str, detail: str, key: str | None = None, report: bool = True) -> None:
         self.skipped[reason] += 1
+        if self.report_skips and report:
+            self._pending.append({"key": key or name, "reason": reason})
         warnings.warn(
             f"skipped {name} ({reason}: {detail}); skipped so far by this loader worker: {dict(self.skipped)}",
             SkippedSampleWarning,
@@ -274,16 +295,30 @@ class ShardClipStream(IterableDataset):
         name = found.group(0) if found else "a shard"
         if name not in self._reported_shards:
             self._reported_shards.add(name)
-            self._skip("bad_shard", name, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            # every rank reads every evaluation shard: one of them reports a broken one
+            owner = self._shard_index.get(name, 0) % self.world_size == self.rank
+            self._skip("bad_shard", name, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}", report=owner)
         return True  # keep going with the next sample / shard
 
     def _shards(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
         if self.train:
             while True:
                 yield {"url": rng.choice(self.urls)}
-        else:
-            for url in self.urls[self.rank :: self.world_size][worker::num_workers]:
+        else:  # every rank reads every shard (and keeps its share of samples); workers split the shards
+            for url in self.urls[worker::num_workers]:
                 yield {"url": url}
+
+    def _mine(self, sample: dict[str, Any], position: dict[str, int]) -> bool:
+        """Evaluation: whether this rank decodes ``sample``. Sample ``i`` of shard ``s`` belongs to rank
+        ``(s + i) % world_size``; the shard offset spreads the remainders of the shards over the ranks."""
+        if self.world_size == 1:
+            return True
+        url = sample.get("__url__", "")
+        if url != position.get("url"):
+            position.update(url=url, index=0, shard=self._shard_index.get(url, 0))
+        mine = (position["shard"] + position["index"]) % self.world_size == self.rank
+        position["index"] += 1
+        return mine
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         buffer: list[dict] = []
@@ -312,13 +347,22 @@ class ShardClipStream(IterableDataset):
         samples = wds.tarfile_to_samples(handler=self._tar_error)(self._shards(rng, worker, num_workers))
         if self.train and self.shuffle_buffer > 1:
             samples = self._shuffled(samples, rng)
+        self._shard_index = {url: i for i, url in enumerate(self.urls)}
+        self._pending = []
+        position: dict[str, Any] = {}
         produced, skipped_in_a_row = 0, 0
         for sample in samples:
+            yield from self._flush_skips()  # bad shards are reported from inside the tar reader
+            if not self.train and not self._mine(sample, position):
+                continue
             key = sample.get("__key__", "?")
             try:
                 clip = self.decoder(sample, rng)
             except SkipSample as skip:
-                self._skip(skip.reason, f"sample '{key}' from {sample.get('__url__', '?')}", skip.detail)
+                self._skip(
+                    skip.reason, f"sample '{key}' from {sample.get('__url__', '?')}", skip.detail, key=key
+                )
+                yield from self._flush_skips()
                 skipped_in_a_row += 1
                 if self.train and skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     raise RuntimeError(
@@ -331,11 +375,23 @@ class ShardClipStream(IterableDataset):
             produced += 1
             if self.samples_per_worker is not None and produced >= self.samples_per_worker:
                 return
+        yield from self._flush_skips()
+
+    def _flush_skips(self) -> Iterator[dict[str, Any]]:
+        pending, self._pending = self._pending, []
+        for record in pending:
+            yield {"skipped": record}
 
 
 def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack clips into a batch (tensors stacked; other values and ``LIST_FIELDS`` listed)."""
-    batch: dict[str, Any] = {}
+    """Stack clips into a batch (tensors stacked; other values and ``LIST_FIELDS`` listed). Records of
+    skipped samples (``report_skips``) are listed in ``batch["skipped"]``; a batch of records only is
+    ``{"skipped": [...]}``."""
+    skipped = [it["skipped"] for it in items if "skipped" in it and len(it) == 1]
+    items = [it for it in items if not ("skipped" in it and len(it) == 1)]
+    batch: dict[str, Any] = {"skipped": skipped} if skipped else {}
+    if not items:
+        return batch
     for name in items[0]:
         values = [it[name] for it in items]
         stack = isinstance(values[0], torch.Tensor) and name not in LIST_FIELDS

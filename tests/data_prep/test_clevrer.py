@@ -15,7 +15,7 @@ from interdyn.data import ShardDataModule
 
 from .conftest import H, W, load_masks, read_shards, write_video
 
-FPS, T, S = 25, 50, 12  # 50 frames at 25 fps: 14 frames at 7 FPS need 47
+FPS, T, S = 25, 56, 12  # 56 frames at 25 fps: 14 frames at "7 FPS" (every 4th frame) need 53
 PROPS = [
     {"object_id": 0, "color": "red", "material": "metal", "shape": "cube"},
     {"object_id": 1, "color": "blue", "material": "rubber", "shape": "sphere"},

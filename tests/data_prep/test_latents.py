@@ -24,7 +24,9 @@ from interdyn.module import InterDynModule
 from tests.conftest import TINY_CONTROL_CHANNELS
 
 SIZE = 64
-GEOMETRY = {"num_frames": 14, "fps": 7.0, "frame_stride": None, "height": SIZE, "width": SIZE}
+GEOMETRY = {
+    "num_frames": 14, "fps": 7.0, "frame_stride": None, "frame_sampling": "uniform", "height": SIZE, "width": SIZE,
+}  # fmt: skip
 
 
 def run_latents(shards: Path, out: Path, svd: Path, *extra: str) -> int:

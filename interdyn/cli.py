@@ -8,18 +8,89 @@ paragraph with exit code 2 instead of a traceback.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import warnings
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from interdyn.errors import InterDynError
+from interdyn.checkpoints import load_checkpoint, secure_strategy
+from interdyn.errors import ConfigError, InterDynError
 from interdyn.module import InterDynModule
 
 
 class InterDynCLI(LightningCLI):
-    """LightningCLI with InterDyn's module and any DataModule subclass."""
+    """LightningCLI with InterDyn's module and any DataModule subclass.
+
+    Checkpoints are always loaded weights-only (:mod:`interdyn.checkpoints`); ``--weights_only false`` is
+    refused, and ``--ckpt_path last`` with no last checkpoint is an error rather than a fresh start.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a local --ckpt_path's hyper-parameters here (weights-only); what it cannot
+        # read becomes the loader's one sentence instead of an unpickler traceback.
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("weights_only") is False:
+            raise ConfigError(
+                "--weights_only false is not supported: interdyn loads checkpoints weights-only (tensors and "
+                "plain values), so that a checkpoint can never run code"
+            )
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+            load_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))
+            raise
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        secure_strategy(trainer.strategy)
+        return trainer
+
+    def _check_checkpoint_arguments(self) -> None:
+        if self.config_init[self.subcommand].get("ckpt_path") == "last":
+            found = _last_checkpoints(self.trainer)
+            if not found:
+                raise ConfigError(
+                    "--ckpt_path last: there is no last checkpoint to resume from (none in "
+                    f"{_checkpoint_dirs(self.trainer) or 'any checkpoint folder'}); drop --ckpt_path to start "
+                    "a new run, or pass the path of a .ckpt file"
+                )
+
+    def before_fit(self) -> None:
+        self._check_checkpoint_arguments()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_arguments()
+
+    def before_test(self) -> None:
+        self._check_checkpoint_arguments()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_arguments()
+
+
+def _last_checkpoints(trainer: L.Trainer) -> list[str]:
+    """The files Lightning would consider for ``ckpt_path="last"`` (``last*.ckpt`` of every
+    ModelCheckpoint's folder, and on-exception checkpoints), those that exist."""
+    from lightning.fabric.utilities.cloud_io import get_filesystem
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+
+    candidates = {cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)}
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            candidates |= callback._find_last_checkpoints(trainer)
+    return sorted(p for p in candidates if p and get_filesystem(p).exists(p))
+
+
+def _checkpoint_dirs(trainer: L.Trainer) -> str:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dirs = [
+        cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath
+    ]
+    return ", ".join(str(d) for d in dirs)
 
 
 MORE_COMMANDS = """

@@ -25,3 +25,15 @@ class ConfigError(InterDynError, ValueError):
 
 class InputError(InterDynError, ValueError):
     """An input of ``interdyn generate`` (image, clip, control masks) is missing, unreadable or unusable."""
+
+
+class EvaluationError(InterDynError, RuntimeError):
+    """An evaluation cannot give a result (e.g. no test clip could be scored)."""
+
+
+class UnsafeCheckpointError(InterDynError, ValueError):
+    """A checkpoint is not weights-only (it could run code when unpickled) or is not a checkpoint at all."""
+
+
+class DataNotFoundError(InterDynError, FileNotFoundError):
+    """Configured data (shards) do not exist, or none of it can be read."""

@@ -103,7 +103,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml \
 		--data.init_args.train_shards "$(OUT)/synthetic/train/*.tar" \
 		--data.init_args.val_shards "$(OUT)/synthetic/validation/*.tar" \
-		--data.init_args.test_shards "$(OUT)/synthetic/test/*.tar"
+		--data.init_args.test_shards "$(OUT)/synthetic/test/*.tar" \
+		$$(test -f runs/demo/checkpoints/last.ckpt && echo "--ckpt_path last")
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml \
 		--data.init_args.test_shards "$(OUT)/synthetic/test/*.tar" \
 		--ckpt_path runs/demo/checkpoints/last.ckpt

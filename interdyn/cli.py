@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from interdyn.checkpoints import load_checkpoint, secure_strategy
+from interdyn.checkpoints import LastCheckpointOnInterrupt, load_checkpoint, secure_strategy
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.module import InterDynModule
 
@@ -46,6 +46,7 @@ class InterDynCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         secure_strategy(trainer.strategy)
+        trainer.callbacks.append(LastCheckpointOnInterrupt())
         return trainer
 
     def _check_checkpoint_arguments(self) -> None:

@@ -5,15 +5,20 @@ buffers, and offloaded encoders stay off the device while cached conditioning fe
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 
+from data_prep.latents import main as latents_main
+from interdyn.cli import InterDynCLI
+from interdyn.cli import main as cli_main
 from interdyn.data.toy import MovingShapesDataset
 from interdyn.errors import ConfigError
 from interdyn.module import InterDynModule
-from tests.conftest import TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
+from tests.conftest import REPO_ROOT, TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
 
 
 class SeededPerSample(InterDynModule):
@@ -187,3 +192,71 @@ def test_offloaded_encoders_stay_off_the_device_and_out_of_the_step():
     assert module.unet.conv_in.weight.is_meta and not module.vae.decoder.conv_in.weight.is_meta
     pipe = module.pipeline()
     assert pipe.vae.decoder.conv_in.weight.is_meta and next(module.image_encoder.parameters()).is_meta
+
+
+CONFIG_24GB = REPO_ROOT / "configs" / "ssv2_24gb.yaml"
+
+
+def test_24gb_config_prints(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        cli_main(["fit", "--config", str(CONFIG_24GB), "--print_config"])
+    assert done.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    trainer, model, data = config["trainer"], config["model"], config["data"]["init_args"]
+    # the paper's 8 samples per optimizer step (2 GPUs x 4) on one GPU
+    assert trainer["devices"] * trainer["accumulate_grad_batches"] * data["batch_size"] == 8
+    assert model["offload_encoders"] and data["cached_conditioning"] and model["fine_checkpointing"]
+    assert model["weight_decay"] == 0.0 and model["learning_rate"] == 1e-5
+
+
+@pytest.fixture(scope="module")
+def cached_shards(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
+    out = tmp_path_factory.mktemp("cached24")
+    code = latents_main(
+        [
+            "--shards", str(synthetic_shards / "train" / "*.tar"), "--out", str(out), "--svd", str(tiny_svd_folder),
+            "--num-frames", "4", "--height", "64", "--width", "64", "--device", "cpu", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_24gb_config_trains_two_steps_on_the_tiny_model(cached_shards, synthetic_shards, tiny_svd_folder, tmp_path, monkeypatch):
+    """The config as written, with the tiny SVD, CPU, fp32 and the test shards (and Adam where
+    bitsandbytes is not installed): two optimizer steps of two accumulated micro-batches each, from the
+    cache, with the encoders never run."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        import bitsandbytes  # noqa: F401
+
+        optimizer = []
+    except ImportError:
+        optimizer = ["--model.optimizer", "adam"]
+    args = [
+        "--config", str(CONFIG_24GB),
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_steps", "2",
+        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--model.svd", str(tiny_svd_folder), "--model.conditioning_embedding_out_channels", "[8, 16, 16, 32]",
+        "--data.init_args.train_shards", str(cached_shards / "*.tar"),
+        "--data.init_args.val_shards", str(synthetic_shards / "validation" / "*.tar"),
+        "--data.init_args.num_frames", "4", "--data.init_args.height", "64", "--data.init_args.width", "64",
+        "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0",
+        "--data.init_args.persistent_workers", "false", "--data.init_args.shuffle_buffer", "1",
+        *optimizer,
+    ]  # fmt: skip
+    cli = InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, run=False, args=args)
+    model = cli.model
+    assert model.hparams.offload_encoders and model.hparams.fine_checkpointing
+    calls = []
+    for part in (model.vae.encoder, model.image_encoder):
+        part.register_forward_pre_hook(lambda *_: calls.append(1))
+    micro_batches = []
+    model.on_train_batch_start = lambda batch, i: micro_batches.append(batch["control"].shape[0])
+    before = {k: v.clone() for k, v in model.controlnet.state_dict().items()}
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 2 and micro_batches == [1, 1, 1, 1]
+    assert not calls, "the cache feeds every step: VAE and CLIP never run"
+    assert any(not torch.equal(v, model.controlnet.state_dict()[k]) for k, v in before.items())

@@ -5,8 +5,10 @@
     interdyn generate --clip my_clips/243/                  # video.* + mask_hand.*: with ground truth
     interdyn generate --image scene.png --control a.webm b.webm c.webm --out out/cf/   # counterfactuals
 
-Inputs are read and resampled by :mod:`interdyn.data.inputs` (14 frames at 7 FPS, resized and cropped
-as in training); weights come from a local folder, a hub id, an ``interdyn export`` folder or a Lightning
+Inputs are read and resampled by :mod:`interdyn.data.inputs` as the authors' demo prepares its examples
+(14 frames at "7 FPS", i.e. every 2nd frame of a 12 fps video from frame 0; resize, then centre crop to
+256x384; 3 samples per input with seed 42); weights come from a local folder, a hub id, an
+``interdyn export`` folder or a Lightning
 ``.ckpt`` (:mod:`interdyn.export`); sampling is :class:`~interdyn.models.pipeline.InterDynPipeline`.
 Every output file is written atomically. ``interdyn export`` lives in :mod:`interdyn.export`.
 """
@@ -122,15 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     clip = parser.add_argument_group("clip geometry and timing (as in training)")
     clip.add_argument("--num_frames", type=int, default=14, help="frames per video")
     clip.add_argument(
-        "--fps", type=float, default=7.0, help="clip frame rate; frames are picked by timestamp"
+        "--fps",
+        type=float,
+        default=7.0,
+        help='target rate ("7 FPS": SVD\'s fps=7 convention); the clip takes every n-th source frame, '
+        "with the stride whose rate is nearest (12 fps -> every 2nd frame, as the authors' demo)",
     )
-    clip.add_argument("--frame_stride", type=int, help="take every n-th source frame instead of --fps")
+    clip.add_argument(
+        "--frame_sampling",
+        choices=("uniform", "timestamp"),
+        default="uniform",
+        help="uniform: every n-th frame; timestamp: the frame nearest each k/fps s (uneven steps)",
+    )
+    clip.add_argument("--frame_stride", type=int, help="take every n-th source frame whatever the rates")
     clip.add_argument("--height", type=int, default=256, help="multiple of 8")
     clip.add_argument("--width", type=int, default=384, help="multiple of 8")
     clip.add_argument(
         "--crop",
         choices=("mask_aware", "center"),
-        help="crop window after the resize: centred on the masks (default mask_aware) or on the image",
+        help="crop window after the resize: centred on the image (default center, as the authors' demo) "
+        "or on the masks (mask_aware, the training default)",
     )
 
     weights = parser.add_argument_group("weights")
@@ -149,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<index>")
 
     sampling = parser.add_argument_group("sampling (defaults: the .ckpt's settings, else the paper's)")
-    sampling.add_argument("--num_samples", type=int, default=1, help="videos per control sequence")
+    sampling.add_argument(
+        "--num_samples", type=int, default=3, help="videos per control sequence (3 in the authors' demo)"
+    )
     sampling.add_argument("--seed", type=int, default=42, help="the same seed gives the same videos")
     sampling.add_argument(
         "--scheduler",
@@ -168,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--out", default="generated", help="output folder (created)")
-    out.add_argument("--name", help="file name prefix (default: the image's stem or the clip folder's name)")
+    out.add_argument(
+        "--name", help="file name prefix, not a path (default: the image's stem or the clip folder's name)"
+    )
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -207,14 +224,16 @@ def read_inputs(args: argparse.Namespace) -> GenerationInputs:
         fps=args.fps,
         height=args.height,
         width=args.width,
-        crop=args.crop or "mask_aware",
+        crop=args.crop or "center",
         crop_given=args.crop is not None,
+        frame_sampling=args.frame_sampling,
         frame_stride=args.frame_stride,
         start=args.start,
         control_fps=args.control_fps,
         threshold=args.threshold,
         name=args.name,
     )
+    check_name(args.name)
     if args.clip and (args.image or args.control):
         raise InputError(
             "--clip takes its image and masks from the folder; use either --clip or --image with --control."
@@ -226,6 +245,14 @@ def read_inputs(args: argparse.Namespace) -> GenerationInputs:
     if not args.control:
         raise InputError("--image needs --control: a mask video, a folder of mask images or a .npz.")
     return load_image_inputs(args.image, args.control, **common)
+
+
+def check_name(name: str | None) -> None:
+    """``--name`` is a file name prefix: no folder parts, so every output stays inside ``--out``."""
+    if name is None:
+        return
+    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).name != name:
+        raise InputError(f"--name '{name}' must be a file name, not a path (outputs go into --out).")
 
 
 def check_compatible(branch: ControlNetSDVModel, svd: SVDComponents) -> None:
@@ -309,6 +336,8 @@ def run_generate(args: argparse.Namespace) -> GenerateResult:
     if args.num_samples < 1:
         raise InputError("--num_samples must be at least 1.")
     inputs = read_inputs(args)  # bad inputs fail before any weights are loaded
+    taken = ", ".join(map(str, inputs.source_frames)) or "one still mask"
+    print(f"timing: {inputs.timing}; source frames {taken}")
     for note in inputs.notes:
         print(note)
 
@@ -363,6 +392,11 @@ def run_generate(args: argparse.Namespace) -> GenerateResult:
         "num_samples": args.num_samples,
         "num_frames": args.num_frames,
         "fps": inputs.fps,
+        "frame_sampling": args.frame_sampling,
+        "frame_stride": args.frame_stride,
+        "timing": inputs.timing,
+        "source_frames": inputs.source_frames,
+        "crop": args.crop or "center",
         "height": args.height,
         "width": args.width,
         "sampling": settings,

@@ -2,14 +2,16 @@
 
 Control masks come from a mask video, a folder of mask images, a single mask image (the same mask on
 every frame) or a ``.npz`` array. Whatever their size and frame rate, they are brought to the model's
-clip exactly as training clips are: frames picked by timestamp at the target frame rate
-(:mod:`interdyn.data.sampling`), then resized and cropped with :func:`interdyn.data.transforms.joint_transform`
-(centre or mask-aware window). Every problem with a user's file is an :class:`~interdyn.errors.InputError`
-with one sentence saying what is wrong.
+clip as the authors' demo brings its examples: every n-th frame from the first, with the uniform stride
+nearest the target rate (every 2nd frame of 12 fps for "7 FPS", :mod:`interdyn.data.sampling`), then
+resized and cropped with :func:`interdyn.data.transforms.joint_transform` (centre crop by default, as the
+demo; the mask-aware window of training as an option). Every problem with a user's file is an
+:class:`~interdyn.errors.InputError` with one sentence saying what is wrong.
 
 A clip folder holds ``video.*`` (a video file, or a folder ``video/`` of frame images) and one or more
-``mask_<name>.*`` (as :mod:`data_prep.folder` expects); the video's frames at the same timestamps are
-the ground truth.
+``mask_<name>.*`` (as :mod:`data_prep.folder` expects, e.g. the authors' ``examples/<id>/``); the video's
+frames at the same positions are the ground truth. Masks need not have the video's length: a longer mask
+is cut at the video's end (both start at frame 0), a shorter driver mask cuts the clip to its length.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import av
 import numpy as np
 import torch
 
-from interdyn.data.sampling import clip_offsets, valid_starts
+from interdyn.data.sampling import (
+    FRAME_SAMPLINGS,
+    clip_offsets,
+    describe_timing,
+    effective_fps,
+    valid_starts,
+)
 from interdyn.data.transforms import CROPS, joint_transform, resize_to_cover
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 from interdyn.errors import InputError
@@ -54,8 +62,10 @@ class GenerationInputs:
     controls: list[np.ndarray]  # one (T, H, W) bool array per control sequence
     labels: list[str]  # one short name per control sequence
     truth: np.ndarray | None  # (T, H, W, 3) uint8 ground truth (clip folders only)
-    fps: float  # playback rate of the clips
+    fps: float  # playback rate of the clips (the rate actually taken, e.g. 6 for every 2nd frame of 12 fps)
     notes: list[str] = field(default_factory=list)  # how the inputs were resampled and cropped
+    source_frames: list[int] = field(default_factory=list)  # the source frames taken (first control / clip)
+    timing: str = ""  # e.g. "every 2nd frame of 12 fps = 6 fps (uniform stride nearest 7 FPS)"
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -148,13 +158,26 @@ def _video_fps(path: Path) -> float | None:
     return fps if math.isfinite(fps) and fps > 0 else None
 
 
+def _npz_fps(path: Path, value: np.ndarray) -> float:
+    """The ``fps`` entry of a mask ``.npz``: one finite positive number, else an InputError."""
+    try:
+        fps = float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else math.nan
+    except (TypeError, ValueError):
+        fps = math.nan
+    if not math.isfinite(fps) or fps <= 0:
+        raise InputError(
+            f"the control '{path}' has fps {np.asarray(value).tolist()!r}; it must be one positive number."
+        )
+    return fps
+
+
 def _read_npz(path: Path, threshold: int) -> MaskSource:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"cannot read the control '{path}' ({_short_reason(err)}).") from None
-    fps = float(arrays.pop("fps")) if "fps" in arrays and np.size(arrays["fps"]) == 1 else None
+    fps = _npz_fps(path, arrays.pop("fps")) if "fps" in arrays else None
     key = next((k for k in NPZ_KEYS if k in arrays), None)
     if key is None and len(arrays) == 1:
         key = next(iter(arrays))
@@ -218,10 +241,12 @@ def frame_indices(
     frame_stride: int | None = None,
     start: int = 0,
     what: str = "the control",
+    frame_sampling: str = "uniform",
 ) -> np.ndarray:
-    """Source frames of the clip: ``num_frames`` at ``fps`` (nearest frame by timestamp) or every
-    ``frame_stride``-th frame, from ``start``. Raises an InputError when the source is too short."""
-    offsets = clip_offsets(num_frames, source_fps, fps, frame_stride)
+    """Source frames of the clip: ``num_frames`` at ``fps`` (the uniform stride nearest ``fps``, or the
+    nearest frame by timestamp with ``frame_sampling="timestamp"``) or every ``frame_stride``-th frame, from
+    ``start``. Raises an InputError when the source is too short."""
+    offsets = clip_offsets(num_frames, source_fps, fps, frame_stride, frame_sampling)
     if start not in valid_starts(num_source, offsets):
         need = start + int(offsets[-1]) + 1
         rate = f"a stride of {frame_stride}" if frame_stride else f"{fps:g} FPS"
@@ -255,7 +280,8 @@ def _resample_control(
     start: int,
     control_fps: float | None,
     notes: list[str],
-) -> tuple[np.ndarray, float]:
+    frame_sampling: str = "uniform",
+) -> tuple[np.ndarray, float, np.ndarray]:
     """A control's masks at the clip's timestamps and the source frame rate used, with a note saying
     which frames were taken."""
     what = f"the control '{label}'"
@@ -266,25 +292,22 @@ def _resample_control(
         )
     if source.still:
         notes.append(f"control '{label}': one mask image, repeated over {num_frames} frames")
-        return np.repeat(source.masks, num_frames, axis=0), float(control_fps or FOLDER_FPS)
+        return np.repeat(source.masks, num_frames, axis=0), float(control_fps or FOLDER_FPS), np.zeros(0, int)
     source_fps = float(control_fps or source.fps or FOLDER_FPS)
     origin = (
         "--control_fps"
         if control_fps
         else ("its own rate" if source.fps else "assumed for image folders / .npz")
     )
-    indices = frame_indices(len(source.masks), source_fps, num_frames, fps, frame_stride, start, what)
+    indices = frame_indices(
+        len(source.masks), source_fps, num_frames, fps, frame_stride, start, what, frame_sampling
+    )
     notes.append(
         f"control '{label}': {len(source.masks)} frames at {source_fps:g} fps ({origin}) -> {num_frames} "
-        f"frames at {_clip_rate(fps, frame_stride, source_fps)} (source frames {_describe_indices(indices)})"
+        f"frames, {describe_timing(source_fps, fps, frame_stride, frame_sampling)} "
+        f"(source frames {_describe_indices(indices)})"
     )
-    return source.masks[indices], source_fps
-
-
-def _clip_rate(fps: float, frame_stride: int | None, source_fps: float) -> str:
-    if frame_stride:
-        return f"{source_fps / frame_stride:g} FPS (a stride of {frame_stride} source frames)"
-    return f"{fps:g} FPS"
+    return source.masks[indices], source_fps, indices
 
 
 def _geometry_note(
@@ -295,7 +318,7 @@ def _geometry_note(
     how = (
         ""
         if crop_given
-        else f" (default; --crop {'center' if crop == 'mask_aware' else 'mask_aware'} for the other)"
+        else " (default, as the authors' demo; --crop mask_aware centres the window on the masks)"
     )
     return (
         f"geometry: {source_hw[1]}x{source_hw[0]} resized to {rw}x{rh}, {crop} crop{how} of {width}x{height} "
@@ -312,14 +335,30 @@ def _check_crop(control: np.ndarray, label: str, crop: str) -> None:
 
 
 def _check_options(
-    height: int, width: int, crop: str, num_frames: int, fps: float, frame_stride: int | None, start: int
+    height: int,
+    width: int,
+    crop: str,
+    num_frames: int,
+    fps: float,
+    frame_stride: int | None,
+    start: int,
+    control_fps: float | None = None,
+    frame_sampling: str = "uniform",
 ) -> None:
     if crop not in ("center", "mask_aware"):
         raise InputError(f"--crop must be 'center' or 'mask_aware', got '{crop}' (known crops: {CROPS}).")
     if height <= 0 or width <= 0 or height % 8 or width % 8:
         raise InputError(f"--height and --width must be positive multiples of 8, got {height}x{width}.")
-    if num_frames < 1 or fps <= 0:
+    if num_frames < 1 or not (math.isfinite(fps) and fps > 0):
         raise InputError(f"--num_frames and --fps must be positive, got {num_frames} and {fps:g}.")
+    if control_fps is not None and not (math.isfinite(control_fps) and control_fps > 0):
+        raise InputError(
+            f"--control_fps must be a positive number of frames per second, got {control_fps:g}."
+        )
+    if frame_sampling not in FRAME_SAMPLINGS:
+        raise InputError(
+            f"--frame_sampling must be one of {', '.join(FRAME_SAMPLINGS)}, got '{frame_sampling}'."
+        )
     if (frame_stride is not None and frame_stride < 1) or start < 0:
         raise InputError(
             f"--frame_stride must be at least 1 and --start at least 0, got {frame_stride} and {start}."
@@ -345,20 +384,21 @@ def load_image_inputs(
     fps: float = 7.0,
     height: int = 256,
     width: int = 384,
-    crop: str = "mask_aware",
+    crop: str = "center",
     frame_stride: int | None = None,
     start: int = 0,
     control_fps: float | None = None,
     threshold: int = 128,
     name: str | None = None,
     crop_given: bool = True,
+    frame_sampling: str = "uniform",
 ) -> GenerationInputs:
     """An image and one or more control sequences (several: counterfactuals of the same image).
 
     With several controls the mask-aware crop is centred on the union of all of them, so that every
     sequence sees the same crop of the image.
     """
-    _check_options(height, width, crop, num_frames, fps, frame_stride, start)
+    _check_options(height, width, crop, num_frames, fps, frame_stride, start, control_fps, frame_sampling)
     if not controls:
         raise InputError(
             "--image needs at least one --control (a mask video, a folder of mask images or a .npz)."
@@ -368,17 +408,18 @@ def load_image_inputs(
     paths = [Path(c).expanduser() for c in controls]
     labels = _unique_labels(paths)
     notes: list[str] = []
-    clips, rates = [], []
+    clips, rates, taken = [], [], []
     for label, path in zip(labels, paths, strict=True):
         source = read_masks(path, threshold)
         _check_mask_size(
             source.masks, *picture.shape[:2], f"the control '{label}'", f"the image '{image_path.name}'"
         )
-        clip, rate = _resample_control(
-            label, source, num_frames, fps, frame_stride, start, control_fps, notes
+        clip, rate, indices = _resample_control(
+            label, source, num_frames, fps, frame_stride, start, control_fps, notes, frame_sampling
         )
         clips.append(clip)
         rates.append(rate)
+        taken.append(indices)
 
     # One crop window for the image and every control: joint_transform on the image with the union of
     # all masks (what mask_aware centres on), then the same resize and window for each sequence.
@@ -402,8 +443,10 @@ def load_image_inputs(
         controls=fitted,
         labels=labels,
         truth=None,
-        fps=rates[0] / frame_stride if frame_stride else fps,
+        fps=effective_fps(rates[0], fps, frame_stride, frame_sampling),
         notes=notes,
+        source_frames=[int(i) for i in taken[0]],
+        timing=describe_timing(rates[0], fps, frame_stride, frame_sampling),
     )
 
 
@@ -456,6 +499,23 @@ def find_clip_parts(folder: Path, control_name: str | None) -> tuple[Path, Path,
     return video, masks[control_name], control_name
 
 
+def _align_lengths(
+    frames: np.ndarray, masks: np.ndarray, label: str, video_name: str, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A driver mask and its video start together at frame 0: a longer mask is cut at the video's end, a
+    shorter one cuts the video to its length (the authors' examples have object masks longer than the
+    video)."""
+    if len(masks) > len(frames):
+        notes.append(f"{label} has {len(masks)} frames, the video {len(frames)}: cut at the video's end")
+        return frames, masks[: len(frames)]
+    if len(masks) < len(frames):
+        notes.append(
+            f"{label} has {len(masks)} frames, the video '{video_name}' {len(frames)}: the clip ends with the mask"
+        )
+        return frames[: len(masks)], masks
+    return frames, masks
+
+
 def load_clip_inputs(
     folder: str | Path,
     control_name: str | None = None,
@@ -463,17 +523,22 @@ def load_clip_inputs(
     fps: float = 7.0,
     height: int = 256,
     width: int = 384,
-    crop: str = "mask_aware",
+    crop: str = "center",
     frame_stride: int | None = None,
     start: int = 0,
     control_fps: float | None = None,
     threshold: int = 128,
     name: str | None = None,
     crop_given: bool = True,
+    frame_sampling: str = "uniform",
 ) -> GenerationInputs:
     """A clip folder: its first selected frame is the image, its mask the control, its frames the
-    ground truth (the same frames, resized and cropped together with the masks)."""
-    _check_options(height, width, crop, num_frames, fps, frame_stride, start)
+    ground truth (the same frames, resized and cropped together with the masks).
+
+    The defaults are the authors' demo preprocessing of their ``examples/<id>/`` folders: every 2nd frame
+    of 12 fps from frame 0, resize (short side) then torchvision's centre crop to 256x384, masks resized
+    with torchvision's NEAREST."""
+    _check_options(height, width, crop, num_frames, fps, frame_stride, start, control_fps, frame_sampling)
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(f"the clip folder '{folder}' does not exist.")
@@ -495,21 +560,28 @@ def load_clip_inputs(
     _check_mask_size(source.masks, *frames.shape[1:3], what, f"the video '{video_path.name}'")
     if not source.masks.any():
         raise InputError(f"{what} is empty: none of its {len(source.masks)} frames has a mask pixel.")
+    notes: list[str] = []
     masks = np.repeat(source.masks, len(frames), axis=0) if source.still else source.masks
-    if len(masks) != len(frames):
-        raise InputError(
-            f"{what} has {len(masks)} frames but the video '{video_path.name}' has {len(frames)}; they must match."
-        )
+    frames, masks = _align_lengths(frames, masks, what, video_path.name, notes)
     indices = frame_indices(
-        len(frames), source_fps, num_frames, fps, frame_stride, start, f"the video '{video_path.name}'"
+        len(frames),
+        source_fps,
+        num_frames,
+        fps,
+        frame_stride,
+        start,
+        f"the video '{video_path.name}'" + (" (cut to its mask's length)" if notes else ""),
+        frame_sampling,
     )
     origin = (
         "--control_fps" if control_fps else ("its own rate" if video_fps else "assumed for frame folders")
     )
-    notes = [
-        f"clip '{folder.name}': video and mask_{mask_name}, {len(frames)} frames at {source_fps:g} fps ({origin}) -> "
-        f"{num_frames} frames at {_clip_rate(fps, frame_stride, source_fps)} (source frames {_describe_indices(indices)})"
-    ]
+    timing = describe_timing(source_fps, fps, frame_stride, frame_sampling)
+    notes.insert(
+        0,
+        f"clip '{folder.name}': video and mask_{mask_name}, {len(frames)} frames at {source_fps:g} fps ({origin}) "
+        f"-> {num_frames} frames, {timing} (source frames {_describe_indices(indices)})",
+    )
     frames_t, masks_t, geometry = joint_transform(
         frames[indices], masks[indices], height, width, crop, with_geometry=True
     )
@@ -524,8 +596,10 @@ def load_clip_inputs(
         controls=[control],
         labels=[mask_name],
         truth=truth,
-        fps=source_fps / frame_stride if frame_stride else fps,
+        fps=effective_fps(source_fps, fps, frame_stride, frame_sampling),
         notes=notes,
+        source_frames=[int(i) for i in indices],
+        timing=timing,
     )
 
 

@@ -1,9 +1,10 @@
 """Joint geometric transforms of frames and masks: one random draw applied to both.
 
 Resize so that the frame covers the target size (the short side fits when the aspect ratio allows;
-frames bicubic with antialiasing, masks nearest), then crop ``height x width``: ``center``,
-``random`` or ``mask_aware`` (a window centred on the bounding box of the union of all driver masks
-of the clip, clamped to the image; centre crop when the masks are empty). Optional horizontal flip
+frames bicubic with antialiasing, masks with torchvision's ``NEAREST``, as the authors' code resizes
+them), then crop ``height x width``: ``center`` (torchvision's ``center_crop``, whose offsets round half
+to even, as the authors' demo crops), ``random`` or ``mask_aware`` (a window centred on the bounding box
+of the union of all driver masks of the clip, clamped to the image; centre crop when the masks are empty). Optional horizontal flip
 (off by default: it changes the physics of text-labelled actions such as "pushing left").
 """
 
@@ -14,6 +15,8 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
 
 CROPS = ("center", "random", "mask_aware")
 
@@ -30,8 +33,22 @@ def resize_to_cover(
     if (new_h, new_w) == (h, w):
         return frames, masks
     frames = F.interpolate(frames, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-    masks = F.interpolate(masks[:, None].to(torch.uint8), size=(new_h, new_w), mode="nearest-exact")[:, 0] > 0
-    return frames, masks
+    return frames, resize_masks(masks, (new_h, new_w))
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(..., H, W)`` bool masks resized with torchvision's NEAREST (what the authors' code uses)."""
+    lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
+    if (h, w) == tuple(size):
+        return masks
+    flat = masks.reshape(-1, 1, h, w).to(torch.uint8)
+    resized = TF.resize(flat, list(size), interpolation=InterpolationMode.NEAREST, antialias=False)
+    return resized.reshape(*lead, *size) > 0
+
+
+def center_offsets(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """Top-left corner of torchvision's ``center_crop`` window (offsets rounded half to even)."""
+    return int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
 
 
 def crop_offsets(
@@ -57,7 +74,7 @@ def crop_offsets(
             return top, left
     elif mode != "center":
         raise ValueError(f"unknown crop {mode!r}; use one of {CROPS}")
-    return max_top // 2, max_left // 2
+    return center_offsets(h, w, height, width)
 
 
 def joint_transform(
@@ -88,8 +105,12 @@ def joint_transform(
     frames_t, masks_t = resize_to_cover(frames_t, masks_t, height, width)
     top, left = crop_offsets(masks_t, height, width, crop, rng)
     geometry = (frames_t.shape[-2] / source_h, frames_t.shape[-1] / source_w, top, left, False)
-    frames_t = frames_t[..., top : top + height, left : left + width]
-    masks_t = masks_t[..., top : top + height, left : left + width]
+    if crop == "center":  # torchvision's own centre crop, as the authors' demo calls it
+        frames_t = TF.center_crop(frames_t, [height, width])
+        masks_t = TF.center_crop(masks_t, [height, width])
+    else:
+        frames_t = frames_t[..., top : top + height, left : left + width]
+        masks_t = masks_t[..., top : top + height, left : left + width]
     if hflip and (rng or random).random() < 0.5:
         frames_t, masks_t = frames_t.flip(-1), masks_t.flip(-1)
         geometry = (*geometry[:4], True)
@@ -110,9 +131,7 @@ def apply_geometry(
     lead, (h, w) = m.shape[:-2], m.shape[-2:]
     scale_y, scale_x, top, left, flipped = geometry
     size = (round(h * scale_y), round(w * scale_x))
-    flat = m.reshape(-1, 1, h, w)
-    if size != (h, w):
-        flat = F.interpolate(flat.to(torch.uint8), size=size, mode="nearest-exact") > 0
+    flat = resize_masks(m.reshape(-1, 1, h, w), size)
     flat = flat[..., int(top) : int(top) + height, int(left) : int(left) + width]
     if flipped:
         flat = flat.flip(-1)

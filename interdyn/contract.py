@@ -73,7 +73,7 @@ def to_contract(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_video(name: str, value: Any, channels: int | None) -> torch.Tensor:
+def _check_video(name: str, value: Any, channels: int | None, check_values: bool = True) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise BatchContractError(f"batch['{name}'] must be a torch.Tensor, got {type(value).__name__}")
     if value.ndim != 5:
@@ -93,6 +93,12 @@ def _check_video(name: str, value: Any, channels: int | None) -> torch.Tensor:
             f"batch['{name}'] has dtype {value.dtype}; expected float values in [-1, 1] "
             "(uint8 frames must be mapped with x / 127.5 - 1)"
         )
+    if check_values:
+        _check_range(name, value)
+    return value
+
+
+def _check_range(name: str, value: torch.Tensor) -> None:
     lo, hi = value.min().item(), value.max().item()
     if not (lo == lo and hi == hi) or lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
         hint = " (it looks like [0, 255]: map with x / 127.5 - 1)" if hi > 2.0 else ""
@@ -100,13 +106,22 @@ def _check_video(name: str, value: Any, channels: int | None) -> torch.Tensor:
     if name == "pixel_values" and lo >= -RANGE_TOLERANCE and value.numel() > 4096 and not _warned_positive:
         # All-positive frames are usually [0, 1] data fed by mistake, but bright scenes exist: warn once.
         _warn_positive(lo, hi)
-    return value
+
+
+def has_clips(batch: Mapping[str, Any]) -> bool:
+    """False for a batch that holds only records of skipped samples (``batch["skipped"]``, evaluation
+    loaders), which steps and callbacks pass over."""
+    return not (isinstance(batch, Mapping) and "skipped" in batch and "control" not in batch)
 
 
 def validate_batch(
-    batch: Mapping[str, Any], control_channels: int | None = 3, spatial_multiple: int = 8
+    batch: Mapping[str, Any],
+    control_channels: int | None = 3,
+    spatial_multiple: int = 8,
+    check_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check a batch against the contract and return ``(pixel_values, control)``.
+    """Check a batch against the contract and return ``(pixel_values, control)``. ``check_values=False``
+    checks keys, shapes and dtypes only (no value is read back from the device).
 
     Raises:
         BatchContractError: naming the key and the problem (missing key, shape, dtype, range, size).
@@ -118,8 +133,8 @@ def validate_batch(
     missing = [k for k in ("pixel_values", "control") if k not in batch]
     if missing:
         raise BatchContractError(f"batch is missing {missing}; it has keys {sorted(batch)}")
-    pixels = _check_video("pixel_values", batch["pixel_values"], 3)
-    control = _check_video("control", batch["control"], control_channels)
+    pixels = _check_video("pixel_values", batch["pixel_values"], 3, check_values)
+    control = _check_video("control", batch["control"], control_channels, check_values)
     if pixels.shape[:2] != control.shape[:2] or pixels.shape[-2:] != control.shape[-2:]:
         raise BatchContractError(
             f"pixel_values {tuple(pixels.shape)} and control {tuple(control.shape)} differ in batch, frames or size"
@@ -149,17 +164,18 @@ def validate_cached_batch(
     latent_channels: int = 4,
     spatial_factor: int = 8,
     embed_dim: int | None = None,
+    check_values: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Check a cached-conditioning batch and return ``(control, cache)``.
 
     ``control`` as in :func:`validate_batch`; ``latent_mean`` / ``latent_std`` ``(B, T, C, H/f, W/f)``,
     ``image_latents`` ``(B, C, H/f, W/f)``, ``image_embeds`` ``(B, 1, D)`` (``D = embed_dim`` when given),
-    all finite.
+    all finite (not checked with ``check_values=False``).
     """
     missing = [k for k in ("control", *CACHED_KEYS) if k not in batch]
     if missing:
         raise BatchContractError(f"cached batch is missing {missing}; it has keys {sorted(batch)}")
-    control = _check_video("control", batch["control"], control_channels)
+    control = _check_video("control", batch["control"], control_channels, check_values)
     b, t, _, h, w = control.shape
     latent_shape = (b, t, latent_channels, h // spatial_factor, w // spatial_factor)
     expected = {
@@ -185,7 +201,7 @@ def validate_cached_batch(
                 f"batch['image_embeds'] must be (B, 1, {embed_dim or 'D'}), got {tuple(value.shape)}; "
                 "was the cache built with another SVD?"
             )
-        if not torch.isfinite(value).all():
+        if check_values and not torch.isfinite(value).all():
             raise BatchContractError(f"batch['{name}'] holds NaN or infinite values")
         cache[name] = value
     return control, cache

@@ -236,6 +236,7 @@ class InterDynModule(L.LightningModule):
         for key, value in self.state_dict().items():
             if not key.startswith(BRANCH_PREFIX):
                 state.setdefault(key, value)
+        self._resumed_step = int(checkpoint.get("global_step", 0))  # seeds the resumed run (on_fit_start)
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
@@ -248,13 +249,13 @@ class InterDynModule(L.LightningModule):
             if not name.startswith(BRANCH_PREFIX)
         ]
 
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         """Give each data-parallel rank its own random stream, and a resumed run a new one: ``seed_everything``
         seeds all ranks alike, and a resumed run like its start, which would draw the same noise levels, noise,
-        image drops and (through the loader workers' seeds, drawn from this stream) the same clips and crops
-        on every GPU and again after every resume. Runs after the checkpoint is restored and before the
-        training loader's workers start."""
-        step = self.trainer.global_step
+        image drops and (through the loader's seeds, drawn from this stream) the same clips and crops on every
+        GPU and again after every resume. Lightning calls this after loading the checkpoint and before the
+        training loader starts."""
+        step = self.__dict__.get("_resumed_step", 0)
         if self.trainer.world_size > 1 or step > 0:
             seed = (torch.initial_seed() + 7919 * self.global_rank + 1_000_003 * step) % (2**63)
             torch.manual_seed(seed)

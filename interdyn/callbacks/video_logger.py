@@ -1,6 +1,6 @@
 """Sample videos during validation: control | sample | ground truth, side by side.
 
-On the first validation batch of each validation run the callback keeps a few clips; at the end of
+On the first validation batch (with clips) of each validation run the callback keeps a few clips; at the end of
 validation, global rank 0 samples them with the module's sampler and writes an animated GIF to
 ``<log_dir>/samples/step_<global step, 7 digits>.gif`` and, with a TensorBoard logger, to the Images tab (animated).
 """
@@ -16,6 +16,8 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+
+from interdyn.contract import has_clips
 
 
 def side_by_side(
@@ -78,7 +80,8 @@ class SampleVideoLogger(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero and not trainer.sanity_checking:
+        first = self._clips is None and dataloader_idx == 0 and has_clips(batch)  # the first batch with clips
+        if first and trainer.is_global_zero and not trainer.sanity_checking:
             n = self.num_videos
             self._clips = (batch["pixel_values"][:n].detach(), batch["control"][:n].detach())
 
@@ -113,9 +116,13 @@ class SampleVideoLogger(L.Callback):
 
 
 def log_gif(trainer: L.Trainer, tag: str, data: bytes, shape: tuple[int, ...]) -> None:
-    """Write an animated GIF to every TensorBoard logger of ``trainer`` (Images tab). The stock
-    ``add_video`` silently writes nothing without moviepy < 2; an encoded GIF image summary always works."""
+    """Write an animated GIF to every TensorBoard logger of ``trainer`` (Images tab); global rank 0 only,
+    whose logger has the event writer (the other ranks' is a stand-in). The stock ``add_video`` silently
+    writes nothing without moviepy < 2; an encoded GIF image summary always works."""
     from lightning.pytorch.loggers import TensorBoardLogger
+
+    if not trainer.is_global_zero:
+        return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     for logger in trainer.loggers:

@@ -2,15 +2,18 @@
 
 For each test clip the callback samples ``num_samples`` videos with seeds fixed per clip key (the
 same videos whatever the batch size, rank or order), scores them with
-:class:`~interdyn.metrics.suite.VideoMetrics`, gathers the results of all ranks, and writes into the
-run directory ``metrics.json`` (values, per-video rows, protocol), ``metrics.md`` (the paper's table
-layout with the protocol), mp4s of the first clips (input | control | samples | ground truth) and
-the same side-by-side videos to TensorBoard.
+:class:`~interdyn.metrics.suite.VideoMetrics`, writes each rank's results to
+``eval_parts/rank<r>.pt`` (so that a failed gather loses nothing), gathers the results of all ranks,
+merges them in clip-key order (the same table whatever the number of ranks), and writes into the run
+directory ``metrics.json`` (values, clips scored and skipped by reason, per-video rows, protocol),
+``metrics.md`` (the paper's table layout with the protocol), mp4s of the first clips (input | control |
+samples | ground truth) and, from rank 0, the same side-by-side videos to TensorBoard.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,10 @@ import lightning as L
 import torch
 
 from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
+from interdyn.contract import has_clips
 from interdyn.data.sampling import key_seed
 from interdyn.data.video import encode_video
+from interdyn.errors import EvaluationError
 from interdyn.files import write_atomic
 from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, summarize
 
@@ -77,7 +82,7 @@ class VideoEvaluation(ClipSampling, L.Callback):
         seed: base seed; each clip's seed is derived from it and the clip key.
         num_inference_steps: sampling steps (default: the module's).
         i3d_weights, lpips_backbone, lpips_net, tracker, track_in_mask_box: see ``VideoMetrics``.
-        save_videos: how many clips (per rank) get an mp4 and a TensorBoard video.
+        save_videos: how many clips (per rank) get an mp4 (and, on rank 0, a TensorBoard video).
         out_dir: where the files go (default: the logger's run directory).
     """
 
@@ -108,6 +113,7 @@ class VideoEvaluation(ClipSampling, L.Callback):
         self.save_videos, self.out_dir = save_videos, out_dir
         self.evaluator: VideoMetrics | None = None
         self.results: dict[str, Any] | None = None
+        self.skipped: Counter[str] = Counter()
         self._saved = 0
 
     def _folder(self, trainer: L.Trainer) -> Path:
@@ -122,6 +128,7 @@ class VideoEvaluation(ClipSampling, L.Callback):
         self._run_dir = None
         self._folder(trainer)
         self.evaluator = VideoMetrics(self.metrics, device=pl_module.device, **self.options)
+        self.skipped = Counter()
         self._saved = 0
 
     def on_test_batch_end(
@@ -133,6 +140,9 @@ class VideoEvaluation(ClipSampling, L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        self.skipped.update(record["reason"] for record in batch.get("skipped", []))
+        if not has_clips(batch):  # only records of skipped samples
+            return
         pixels, control = batch["pixel_values"], batch["control"]
         keys = self._keys(trainer, batch, batch_idx)
         for i, key in enumerate(keys):
@@ -161,9 +171,26 @@ class VideoEvaluation(ClipSampling, L.Callback):
         log_gif(trainer, f"test/{key} (input|control|samples|truth)", gif_bytes(frames, 7.0), frames.shape)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        states = gather_objects(self.evaluator.state())
+        own = {**self.evaluator.state(), "skipped": dict(self.skipped)}
+        parts = self._folder(trainer) / "eval_parts"  # this rank's results, before the gather can fail
+        parts.mkdir(exist_ok=True)
+        torch.save(own, parts / f"rank{trainer.global_rank}.pt")
+        everyone = gather_objects(own)
+        skipped = sum((Counter(s["skipped"]) for s in everyone), Counter())
+        state = merge_states(everyone)
+        scored = len({row["key"] for row in state["rows"]})
+        clips = {"scored": scored, "skipped": sum(skipped.values()), "skipped_by_reason": dict(sorted(skipped.items()))}
+        if scored == 0:  # every rank raises, after the gather, so none waits for the others
+            why = f"all {clips['skipped']} test samples were skipped ({_reasons(skipped)})" if skipped else (
+                "the test shards held no samples"
+            )
+            raise EvaluationError(
+                f"no test clip was scored: {why}; check the test shards and the clip settings (num_frames, fps, "
+                "size, driver visibility)"
+            )
+        states = [state]
         results = summarize(states, self.metrics)
-        shape = next((s["shape"] for s in states if s["shape"]), None)
+        shape = state["shape"]
         hp = pl_module.hparams
         protocol = {
             "videos": results["num_videos"],
@@ -178,8 +205,46 @@ class VideoEvaluation(ClipSampling, L.Callback):
                 pl_module.log(f"test/{name}", value, rank_zero_only=True)
         if trainer.is_global_zero:
             folder = self._folder(trainer)
-            rows = [row for s in states for row in s["rows"]]
-            payload = {"metrics": results, "protocol": protocol, "per_video": rows}
+            payload = {"metrics": results, "clips": clips, "protocol": protocol, "per_video": state["rows"]}
             write_atomic(folder / "metrics.json", json.dumps(payload, indent=2, default=float))
-            write_atomic(folder / "metrics.md", markdown_table(results, protocol))
-            print(f"\nEvaluation written to {folder / 'metrics.md'}:\n\n{markdown_table(results, protocol)}")
+            table = markdown_table(results, protocol) + (
+                f"Clips: {scored} clips scored, {clips['skipped']} skipped"
+                + (f" ({_reasons(skipped)})" if skipped else "")
+                + ".\n"
+            )
+            write_atomic(folder / "metrics.md", table)
+            print(f"\nEvaluation written to {folder / 'metrics.md'}:\n\n{table}")
+
+
+def _reasons(skipped: Counter[str]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
+
+
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One :meth:`VideoMetrics.state` from the states of all ranks, ordered by clip key (a key scored on
+    several ranks counts once), so that the values, FVD/KVD included, do not depend on which rank scored
+    which clip. A state's ``real`` features hold one row per scored clip, its ``fake`` features one row per
+    per-video row, both in scoring order (empty without FVD/KVD)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for state in states:
+        rows, with_features = state["rows"], len(state["real"]) > 0
+        order = list(dict.fromkeys(row["key"] for row in rows))
+        own: dict[str, dict[str, Any]] = {}
+        for j, row in enumerate(rows):
+            entry = own.setdefault(row["key"], {"rows": [], "fake": []})
+            entry["rows"].append(row)
+            if with_features:
+                entry["fake"].append(state["fake"][j])
+        for i, key in enumerate(order):
+            if key not in entries:
+                entries[key] = {**own[key], "real": state["real"][i] if with_features else None}
+    keys = sorted(entries)
+    real = [entries[k]["real"] for k in keys if entries[k]["real"] is not None]
+    fake = [f for k in keys for f in entries[k]["fake"]]
+    empty = torch.zeros(0, 400, dtype=torch.float64)
+    return {
+        "rows": [row for k in keys for row in entries[k]["rows"]],
+        "real": torch.stack(real) if real else empty,
+        "fake": torch.stack(fake) if fake else empty,
+        "shape": next((s["shape"] for s in states if s["shape"]), None),
+    }

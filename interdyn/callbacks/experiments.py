@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from interdyn.callbacks.evaluation import ClipSampling, gather_objects
+from interdyn.contract import has_clips
 from interdyn.data.perturb import KINDS, MaskPerturbation, check_severity, severity_levels
 from interdyn.files import write_atomic
 from interdyn.metrics.counterfactual import CounterfactualMember, counterfactual_report, report_to_markdown
@@ -189,6 +190,8 @@ class MaskNoiseSweep(ClipSampling, L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if not has_clips(batch):  # only records of skipped samples
+            return
         pixels, control = batch["pixel_values"], batch["control"]
         keys = self._keys(trainer, batch, batch_idx)
         metas = _per_clip(batch, "meta", len(keys))
@@ -342,6 +345,8 @@ class ForcePropagation(ClipSampling, L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if not has_clips(batch):  # only records of skipped samples
+            return
         pixels, control = batch["pixel_values"], batch["control"]
         keys = self._keys(trainer, batch, batch_idx)
         metas, objects, names = (
@@ -545,6 +550,8 @@ class CounterfactualEvaluation(ClipSampling, L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if not has_clips(batch):  # only records of skipped samples
+            return
         pixels, control = batch["pixel_values"], batch["control"]
         keys = self._keys(trainer, batch, batch_idx)
         metas = _per_clip(batch, "meta", len(keys))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import math
 import os
 import random
 import re
@@ -46,10 +47,13 @@ from interdyn.data.sampling import (
 )
 from interdyn.data.transforms import CROPS, apply_geometry, joint_transform
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
+from interdyn.errors import DataNotFoundError, InterDynError
 
 VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
 _TAR_NAME = re.compile(r"(pipe:[^'\"]+|[^\s'\"<>(),=]+\.tar)")
 MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
+MAX_EMPTY_SHARDS_IN_A_ROW = 50  # nor one of shards that give no sample at all
+MAKE_SHARDS_HINT = "make them first (`make shards`, see the README's Data section) or fix the shard paths"
 # The control signal given to the branch (issue 8's ablation) and its channel count. Channel 0 is always
 # the driver. ``semantic`` adds the other entities as seen in the first frame (no hint of their motion);
 # ``oracle`` adds them in every frame (their true motion: an upper bound, not a usable model).
@@ -68,6 +72,27 @@ class SkipSample(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
+
+
+def _finite_positive(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number > 0, else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _metadata_number(meta: dict[str, Any], name: str) -> float | None:
+    """A positive number of the sample's json; None when missing or 0 (unknown). Anything else (text,
+    NaN, infinite, negative, a list...) makes the sample unusable."""
+    value = meta.get(name)
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool) and value == 0):
+        return None
+    number = None if isinstance(value, bool) else _finite_positive(value)
+    if number is None:
+        raise SkipSample("bad_metadata", f"{name} {value!r} is not a positive number")
+    return number
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -146,27 +171,36 @@ class ClipDecoder:
             raise SkipSample("incomplete", "no video field")
         try:
             meta = json.loads(sample["json"])
+            if not isinstance(meta, dict):
+                raise ValueError(f"the json is a {type(meta).__name__}, not an object")
             objects, object_names = None, []
             with np.load(io.BytesIO(sample["masks.npz"])) as npz:
                 masks = npz["control"].astype(bool)
+                if masks.ndim != 3 or masks.shape[0] == 0:
+                    raise ValueError(f"control masks of shape {masks.shape}, not (T, H, W)")
                 needs_objects = self.with_objects or self.control_type in ("semantic", "oracle")
                 if needs_objects and "objects" in npz.files:
                     objects = npz["objects"].astype(bool)
+                    if objects.ndim != 4:
+                        raise ValueError(f"object masks of shape {objects.shape}, not (K, T, H, W)")
                     object_names = (
                         [str(n) for n in npz["object_names"]] if "object_names" in npz.files else []
                     )
         except Exception as err:  # noqa: BLE001 - any parse failure means a bad sample
             raise SkipSample("bad_masks_or_json", str(err)) from None
         video = sample[video_field]
-        source_fps = float(meta.get("fps") or 0)
-        num_source = int(meta.get("num_frames") or 0)
-        if source_fps <= 0 or num_source <= 0:
+        # 0 or missing: unknown, read from the container; anything else must be a positive number
+        source_fps = _metadata_number(meta, "fps")
+        num_source = int(_metadata_number(meta, "num_frames") or 0)
+        if not source_fps or num_source <= 0:
             try:
                 header_frames, header_fps, _, _ = probe_video(video)
             except VideoDecodeError as err:
                 raise SkipSample("bad_video", str(err)) from None
-            source_fps = source_fps or header_fps
-            num_source = num_source or header_frames or masks.shape[0]
+            source_fps = source_fps or _finite_positive(header_fps)
+            num_source = num_source or int(_finite_positive(header_frames) or 0) or masks.shape[0]
+            if not source_fps:
+                raise SkipSample("bad_metadata", "no frame rate in the json or the video container")
         num_source = min(num_source, masks.shape[0])
         offsets = clip_offsets(self.num_frames, source_fps, self.fps, self.frame_stride, self.frame_sampling)
         starts = list(valid_starts(num_source, offsets))
@@ -262,8 +296,9 @@ class ShardClipStream(IterableDataset):
         local = [u for u in self.urls if not u.startswith("pipe:") and "://" not in u]
         missing = [u for u in local if not os.path.exists(u)]
         if missing and not train:  # an evaluation over part of the set would be silently wrong
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(self.urls)} evaluation shards do not exist, e.g. {missing[:3]}"
+            raise DataNotFoundError(
+                f"{len(missing)} of {len(self.urls)} evaluation shards do not exist, e.g. {missing[:3]}; "
+                f"{MAKE_SHARDS_HINT}"
             )
         if missing:
             warnings.warn(
@@ -272,7 +307,7 @@ class ShardClipStream(IterableDataset):
             )
             self.urls = [u for u in self.urls if u not in set(missing)]
         if not self.urls:
-            raise FileNotFoundError(f"no shards match {urls!r}")
+            raise DataNotFoundError(f"no shards match {urls!r}; {MAKE_SHARDS_HINT}")
         self.decoder, self.train = decoder, train
         self.rank, self.world_size = rank, world_size
         self.samples_per_worker, self.shuffle_buffer, self.seed = samples_per_worker, shuffle_buffer, seed
@@ -307,6 +342,30 @@ class ShardClipStream(IterableDataset):
         else:  # every rank reads every shard (and keeps its share of samples); workers split the shards
             for url in self.urls[worker::num_workers]:
                 yield {"url": url}
+
+    def _bounded(self, shards: Iterator[dict[str, str]]) -> Iterator[dict[str, str]]:
+        """``shards``, stopping training after ``MAX_EMPTY_SHARDS_IN_A_ROW`` shards in a row gave no sample
+        (unreadable, empty, a failing ``pipe:`` command): the endless training stream would spin forever."""
+        self._empty_shards_in_a_row, self._shard_gave_samples = 0, True
+        for shard in shards:
+            if self._shard_gave_samples:
+                self._empty_shards_in_a_row = 0
+            else:
+                self._empty_shards_in_a_row += 1
+                if self.train and self._empty_shards_in_a_row >= MAX_EMPTY_SHARDS_IN_A_ROW:
+                    raise DataNotFoundError(
+                        f"{self._empty_shards_in_a_row} training shards in a row gave no sample (unreadable, empty "
+                        f"or a failing pipe: command; skipped so far: {dict(self.skipped)}); check the shards "
+                        f"{self.urls[:3]}"
+                    )
+            self._shard_gave_samples = False
+            yield shard
+
+    def _seen(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        # the tar reader asks for the next shard only once the current one is exhausted
+        for sample in samples:
+            self._shard_gave_samples = True
+            yield sample
 
     def _mine(self, sample: dict[str, Any], position: dict[str, int]) -> bool:
         """Evaluation: whether this rank decodes ``sample``. Sample ``i`` of shard ``s`` belongs to rank
@@ -344,7 +403,8 @@ class ShardClipStream(IterableDataset):
         rng = random.Random(
             hash((self.seed, self.rank, worker, worker_seed, self.iterations)) if self.train else self.seed
         )
-        samples = wds.tarfile_to_samples(handler=self._tar_error)(self._shards(rng, worker, num_workers))
+        shards = self._bounded(self._shards(rng, worker, num_workers))
+        samples = self._seen(wds.tarfile_to_samples(handler=self._tar_error)(shards))
         if self.train and self.shuffle_buffer > 1:
             samples = self._shuffled(samples, rng)
         self._shard_index = {url: i for i, url in enumerate(self.urls)}
@@ -358,14 +418,19 @@ class ShardClipStream(IterableDataset):
             key = sample.get("__key__", "?")
             try:
                 clip = self.decoder(sample, rng)
-            except SkipSample as skip:
+            except Exception as err:  # noqa: BLE001 - one bad sample never ends a run
+                if isinstance(err, InterDynError):  # a setup error (e.g. a cache built for other clips)
+                    raise
+                if not isinstance(err, SkipSample):  # an unforeseen value: counted by its error type
+                    err = SkipSample(f"error:{type(err).__name__}", str(err))
+                skip = err
                 self._skip(
                     skip.reason, f"sample '{key}' from {sample.get('__url__', '?')}", skip.detail, key=key
                 )
                 yield from self._flush_skips()
                 skipped_in_a_row += 1
                 if self.train and skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                    raise RuntimeError(
+                    raise DataNotFoundError(
                         f"{skipped_in_a_row} samples in a row were unusable ({dict(self.skipped)}); check the "
                         f"shards {self.urls[:3]}... and the clip settings (num_frames, fps, driver visibility)"
                     ) from None

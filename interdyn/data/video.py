@@ -1,20 +1,44 @@
 """Video encoding and decoding with PyAV (torchvision has no video IO).
 
-Decoding stops after the last frame a clip needs and converts only the frames it keeps.
+Decoding stops after the last frame a clip needs and converts only the frames it keeps, with a bounded
+number of decoder threads (:func:`decoder_threads`).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
 from collections.abc import Sequence
 from fractions import Fraction
 
 import av
 import numpy as np
+from torch.utils.data import get_worker_info
 
 
 class VideoDecodeError(RuntimeError):
     """The video bytes could not be decoded (corrupt, truncated, unknown codec, too few frames)."""
+
+
+def _local_ranks() -> int:
+    """Processes that share this node's cores: torchrun's ``LOCAL_WORLD_SIZE``, SLURM's tasks per node,
+    else ``WORLD_SIZE`` (set by Lightning's launcher; on several nodes an overestimate, so fewer threads)."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "WORLD_SIZE"):
+        found = re.match(r"\d+", os.environ.get(name, ""))
+        if found and int(found.group()) > 0:
+            return int(found.group())
+    return 1
+
+
+def decoder_threads() -> int:
+    """Threads for one video decoder: this process's cores shared by the loader workers of its DataLoader
+    and by the ranks on the node (at least 1). FFmpeg's automatic count is one thread per core in *every*
+    decoder, which with 8 workers on each of 2 ranks oversubscribes the CPU sixteen times over."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    info = get_worker_info()
+    workers = info.num_workers if info is not None else 1
+    return max(1, cores // (workers * _local_ranks()))
 
 
 def encode_video(frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 18) -> bytes:
@@ -64,6 +88,7 @@ def decode_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarr
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = decoder_threads()
             want_set = None if wanted is None else set(wanted)
             for i, frame in enumerate(container.decode(stream)):
                 if want_set is None or i in want_set:

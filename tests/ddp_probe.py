@@ -1,4 +1,6 @@
-"""A callback used by tests/test_ddp.py inside real DDP processes: it records what each rank saw."""
+"""Helpers run inside real DDP processes by tests/test_ddp.py: a callback that records what each rank saw,
+and ``python -m tests.ddp_probe --config ...``, which fits and then tests in one launch (both ranks run
+it; Lightning's launcher starts the second rank with the same command)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ import lightning.pytorch as pl
 
 
 class RankProbe(pl.Callback):
-    """Writes ``<out>/rank<r>.json``: the training and validation keys this rank received, and a hash
-    of the branch weights at the start and at the end of training."""
+    """Writes ``<out>/rank<r>.json``: the training, validation and test keys this rank received, and a hash
+    of the branch weights at the start and at the end of training (rewritten after fit and after test)."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.train_keys: list[str] = []
         self.val_keys: list[str] = []
-        self.start_hash = ""
+        self.test_keys: list[str] = []
+        self.start_hash = self.end_hash = ""
+        self.global_step = 0
 
     @staticmethod
     def _hash(module: pl.LightningModule) -> str:
@@ -44,17 +48,59 @@ class RankProbe(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.val_keys.extend(batch["key"])
+        if not trainer.sanity_checking:
+            self.val_keys.extend(batch.get("key", []))
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.test_keys.extend(batch.get("key", []))
+
+    def _write(self, trainer: pl.Trainer) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         record = {
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "train_keys": self.train_keys,
             "val_keys": self.val_keys,
+            "test_keys": self.test_keys,
             "start_hash": self.start_hash,
-            "end_hash": self._hash(pl_module),
-            "global_step": trainer.global_step,
+            "end_hash": self.end_hash,
+            "global_step": self.global_step,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.end_hash, self.global_step = self._hash(pl_module), trainer.global_step
+        self._write(trainer)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the CLI from ``argv`` without running a subcommand, then fit and test the same trainer."""
+    import lightning as L
+
+    from interdyn.cli import InterDynCLI
+    from interdyn.module import InterDynModule
+
+    cli = InterDynCLI(
+        InterDynModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        run=False,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+    )
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,98 +1,259 @@
-"""Real DDP: two CPU processes on gloo, launched by Lightning from the `interdyn` command."""
+"""Real DDP: two CPU processes on gloo, launched by Lightning, with the shipped GPU configs' own recipe
+(bf16-mixed, bf16 frozen parts, gradient checkpointing, clipping with fused Adam, checkpointing and the
+callbacks), so a config change cannot break the GPU path silently."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
-from interdyn.module import InterDynModule
-from tests.conftest import REPO_ROOT
+from interdyn.cli import main
+from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
+
+DEMO = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
 
 
-def test_two_process_ddp_on_gloo(tmp_path, synthetic_shards):
-    demo = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
-    probe = tmp_path / "probe"
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 2,
-            "strategy": "ddp",  # gloo on CPU
-            "precision": "32-true",
-            "max_steps": 3,
-            "val_check_interval": 3,
-            "check_val_every_n_epoch": None,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "ddp"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0},
-                },
-                {"class_path": "tests.ddp_probe.RankProbe", "init_args": {"out": str(probe)}},
-                # asks trainer.log_dir (a broadcast) at validation end: must not stall the other rank
-                {
-                    "class_path": "interdyn.callbacks.SampleVideoLogger",
-                    "init_args": {"num_videos": 1, "num_inference_steps": 1},
-                },
-            ],
-        },
-        "model": demo["model"],
-        "data": {
-            "class_path": "interdyn.data.ShardDataModule",
-            "init_args": {
-                **demo["data"]["init_args"],
-                "train_shards": str(synthetic_shards / "train" / "*.tar"),
-                "val_shards": str(synthetic_shards / "validation" / "*.tar"),
-                "test_shards": None,
-                "height": 64,
-                "width": 64,
-                "batch_size": 2,
-                "num_workers": 0,
-                "persistent_workers": False,
-                "pin_memory": False,
-            },
-        },
-    }
-    config_path = tmp_path / "ddp.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
-    cmd = [sys.executable, "-m", "interdyn.cli", "fit", "--config", str(config_path)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def tiny_model(model: dict) -> dict:
+    """The config's model settings on the tiny random SVD, sampling in one step, Adam fused as on CUDA."""
+    return {
+        **model,
+        "svd": DEMO["model"]["svd"],
+        "conditioning_embedding_out_channels": list(TINY_CONTROL_CHANNELS),
+        "num_inference_steps": 1,
+        "fused_optimizer": True,
+    }
+
+
+def first_test_shard(shards: Path) -> Path:
+    return next((shards / "test").glob("*.tar"))
+
+
+def broken_shard(folder: Path, source: Path) -> Path:
+    """A shard holding one copy of ``source``'s first sample whose video is truncated (skipped as bad_video)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "broken-000000.tar"
+    with tarfile.open(source) as src, tarfile.open(out, "w") as dst:
+        first = src.getmembers()[0].name.split(".", 1)[0]
+        for member in src.getmembers():
+            key, ext = member.name.split(".", 1)
+            if key != first:
+                continue
+            data = src.extractfile(member).read()
+            if ext.endswith("mp4"):
+                data = data[:200]
+            info = tarfile.TarInfo(f"synthetic-broken.{ext}")
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return out
+
+
+def one_clip_shard(folder: Path) -> Path:
+    """A validation split of a single clip: with two ranks, one of them gets no validation batch."""
+    from data_prep.synthetic import World, write_split
+
+    write_split(
+        folder,
+        "validation",
+        1,
+        seed=5,
+        world=World(height=64, width=96),
+        num_frames=30,
+        fps=14.0,
+        progress=False,
+    )
+    return folder / "validation"
+
+
+CONFIGS = [
+    "ssv2",
+    pytest.param("ssv2_256", marks=pytest.mark.slow),
+    pytest.param("clevrer", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, synthetic_shards):
+    """Fit 2 steps, validate and test in one 2-process launch with the config's trainer, model recipe
+    and callbacks. Validation (sanity check included) and test run on a single clip: one rank has no
+    batch and must neither hang nor fail."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / f"{name}.yaml").read_text())
+    probe = tmp_path / "probe"
+    trainer = config["trainer"]
+    trainer.update(
+        accelerator="cpu",
+        max_steps=2,
+        val_check_interval=2,
+        enable_progress_bar=False,
+        logger={
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(tmp_path / "runs"), "name": name},
+        },
+    )
+    assert trainer["strategy"] == "ddp" and trainer["devices"] == 2 and trainer["precision"] == "bf16-mixed"
+    assert trainer["gradient_clip_val"] > 0
+    for callback in trainer["callbacks"]:
+        args = callback.setdefault("init_args", {})
+        if callback["class_path"].endswith("SampleVideoLogger"):
+            args.update(num_videos=1, num_inference_steps=1)
+        if callback["class_path"].endswith("VideoEvaluation"):
+            # LPIPS needs backbone weights this machine cannot fetch; FVD/KVD need two clips (and the
+            # evaluation test below covers them across ranks)
+            args.update(
+                metrics=[m for m in args["metrics"] if m not in ("lpips", "fvd", "kvd")],
+                num_inference_steps=1,
+                save_videos=1,
+            )
+    trainer["callbacks"].append({"class_path": "tests.ddp_probe.RankProbe", "init_args": {"out": str(probe)}})
+    config["model"] = tiny_model(config["model"])
+    one_clip = str(one_clip_shard(tmp_path / "one") / "*.tar")
+    config["data"]["init_args"].update(
+        train_shards=str(synthetic_shards / "train" / "*.tar"),
+        val_shards=one_clip,
+        test_shards=one_clip,
+        height=64,
+        width=64,
+        batch_size=2,
+        num_workers=0,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = launch("-m", "tests.ddp_probe", "--config", str(config_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
 
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [3, 3]
-    # each rank drew its own training stream
-    assert all(len(r["train_keys"]) == 3 * 2 for r in ranks)
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [2, 2]
+    # each rank drew its own training stream; the weights stayed in sync and did change
     assert ranks[0]["train_keys"] != ranks[1]["train_keys"]
-    # validation: every sample exactly once over the two ranks, no padding duplicates
-    val0, val1 = ranks[0]["val_keys"], ranks[1]["val_keys"]
-    assert len(val0) + len(val1) == 10 and not set(val0) & set(val1) and len(set(val0 + val1)) == 10
-    # the same weights everywhere after the steps, and they did change
     assert ranks[0]["start_hash"] == ranks[1]["start_hash"]
     assert ranks[0]["end_hash"] == ranks[1]["end_hash"] != ranks[0]["start_hash"]
-    # the checkpoint written by rank 0 loads
-    ckpt = tmp_path / "ckpt" / "last.ckpt"
-    state = torch.load(ckpt, weights_only=True, map_location="cpu")
-    assert state["global_step"] == 3
-    module = InterDynModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    for key, value in state["state_dict"].items():
-        assert torch.equal(module.state_dict()[key], value)
-    # the sample video of the validation was written (by rank 0 only)
-    gifs = list((tmp_path / "runs").rglob("samples/*.gif"))
-    assert len(gifs) == 1, gifs
+    # the single clip went to one rank; the other validated and tested with no batch and did not stall
+    assert sorted(len(r["val_keys"]) for r in ranks) == [0, 1]
+    assert sorted(len(r["test_keys"]) for r in ranks) == [0, 1]
+    run = tmp_path / "runs" / name / "version_0"
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["clips"]["scored"] == 1 and "motion_fidelity" in report["metrics"]
+    assert len(list((run / "samples").glob("*.gif"))) == 1 and len(list((run / "videos").glob("*.mp4"))) == 1
+    # the bounded checkpoint policy: the newest step checkpoints and a `last` link, branch weights only
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 2 and all(k.startswith("controlnet.") for k in state["state_dict"])
+
+
+def test_two_process_test_scores_each_clip_once_and_matches_one_process(tmp_path, synthetic_shards):
+    """`interdyn test` on 2 gloo processes, counterfactual groups split across the ranks and one broken
+    sample: the same tables as one process, each clip scored once, the skipped sample counted."""
+    shards = [
+        str(synthetic_shards / "test" / "*.tar"),
+        str(broken_shard(tmp_path / "bad", first_test_shard(synthetic_shards))),
+    ]
+
+    def config(devices: int) -> Path:
+        path = tmp_path / f"test{devices}.yaml"
+        callbacks = [
+            {
+                "class_path": "interdyn.callbacks.VideoEvaluation",
+                # FVD/KVD's merge across ranks: tests/test_callbacks.py (I3D is slow on CPU)
+                "init_args": {
+                    "metrics": ["ssim", "psnr", "physics"],
+                    "num_inference_steps": 1,
+                    "save_videos": 1,
+                },
+            },
+            {
+                "class_path": "interdyn.callbacks.CounterfactualEvaluation",
+                "init_args": {"num_inference_steps": 1, "max_side": 32},
+            },
+        ]
+        override = {
+            "trainer": {
+                "devices": devices,
+                "strategy": "ddp" if devices > 1 else "auto",
+                "limit_test_batches": None,
+                "enable_progress_bar": False,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(tmp_path / "runs"), "name": f"p{devices}"},
+                },
+                "callbacks": callbacks,
+            },
+            "model": tiny_model(DEMO["model"]),
+            "data": {"init_args": {"test_shards": shards, "num_workers": 0, "batch_size": 1}},
+        }
+        path.write_text(yaml.safe_dump(override))
+        return path
+
+    demo = str(REPO_ROOT / "configs" / "demo.yaml")
+    two = launch("-m", "interdyn.cli", "test", "--config", demo, "--config", str(config(2)), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-4000:]
+    main(["test", "--config", demo, "--config", str(config(1))])  # one process: in this one
+
+    runs = {n: tmp_path / "runs" / f"p{n}" / "version_0" for n in (1, 2)}
+    reports = {n: json.loads((run / "metrics.json").read_text()) for n, run in runs.items()}
+    for report in reports.values():
+        keys = [r["key"] for r in report["per_video"]]
+        assert len(keys) == len(set(keys)) == 4
+        assert report["clips"] == {"scored": 4, "skipped": 1, "skipped_by_reason": {"bad_video": 1}}
+    assert reports[2]["per_video"] == reports[1]["per_video"]
+    for name in ("metrics.md", "counterfactual.md"):
+        assert (runs[2] / name).read_text() == (runs[1] / name).read_text(), name
+    assert "4 clips scored, 1 skipped (bad_video: 1)" in (runs[2] / "metrics.md").read_text()
+    groups = json.loads((runs[2] / "counterfactual.json").read_text())["groups"]
+    assert len(groups) == 2 and all(g["members"] == 2 for g in groups.values())
+    # each rank kept its rows on disk before the gather
+    assert sorted(p.name for p in (runs[2] / "eval_parts").iterdir()) == ["rank0.pt", "rank1.pt"]
+
+
+def test_a_test_run_with_no_scored_clip_is_an_error(tmp_path, synthetic_shards, capsys):
+    override = {
+        "trainer": {
+            "logger": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [
+                {"class_path": "interdyn.callbacks.VideoEvaluation", "init_args": {"metrics": ["ssim"]}}
+            ],
+        },
+        "data": {
+            "init_args": {
+                "test_shards": str(broken_shard(tmp_path / "bad", first_test_shard(synthetic_shards)))
+            }
+        },
+    }
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    demo = str(REPO_ROOT / "configs" / "demo.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "test",
+                "--config",
+                demo,
+                "--config",
+                str(tmp_path / "override.yaml"),
+                "--data.init_args.num_workers",
+                "0",
+            ]
+        )
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("interdyn: error: no test clip was scored") and "(bad_video: 1)" in message

@@ -10,8 +10,16 @@
 ``video.*`` is the RGB video (a folder ``video/`` of frame images also works, with ``--fps``). The
 driver masks are ``mask_<control>.*`` (``--control hand`` by default; several names are merged);
 every other ``mask_<name>.*`` becomes a per-object mask. Masks are binarised (threshold on the
-brightest channel, specks smaller than ``--min-blob`` pixels removed), resized (nearest) when they
-have the video's aspect ratio but another size, and must have as many frames as the video.
+brightest channel, specks smaller than ``--min-blob`` pixels removed) and resized (nearest) when they
+have the video's aspect ratio but another size.
+
+Masks and video start together at frame 0 but need not have the same length (in the authors' released
+examples the hand mask and the video have 28 frames, the object masks 37 to 68): a mask longer than the
+video is cut at the video's end; a driver mask shorter than the video cuts the clip to its length; an
+object mask shorter than the clip is padded with empty frames (``--short-objects drop`` leaves it out).
+Each case is counted in ``report.json`` (``mask_lengths``) and recorded in the sample's json. Only a clip
+that cannot give one clip of ``--num-frames`` frames is skipped. A split in which no clip became a sample
+is an error (exit code 2, with the reasons).
 
 Videos in mp4 or webm are stored as they are; anything else (or a frame folder) is re-encoded to
 H.264 (odd sizes are padded by one pixel row/column of edge colour, and the masks with it).
@@ -24,8 +32,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
+import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +53,7 @@ from data_prep.common import (
     read_video,
     run_split,
 )
-from data_prep.shard_writer import encode_masks
+from data_prep.shard_writer import atomic_write_bytes, encode_masks
 from interdyn.data.video import encode_video
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif"}
@@ -123,6 +134,41 @@ def fit_mask(masks: np.ndarray, height: int, width: int, name: str) -> np.ndarra
     return masks[:, rows][:, :, cols]
 
 
+LENGTH_CASES = ("mask_cut", "clip_cut_to_driver", "object_padded", "object_dropped")
+
+
+def align_mask_lengths(
+    masks: dict[str, np.ndarray], driver_names: list[str], num_frames: int, short_objects: str = "pad"
+) -> tuple[dict[str, np.ndarray], int, dict[str, list[str]]]:
+    """Bring masks of other lengths to one clip length (all start at frame 0).
+
+    A mask longer than the video is cut at the video's end (``mask_cut``); a driver mask shorter than the
+    video cuts the clip to its length (``clip_cut_to_driver``); an object mask shorter than the clip is
+    padded with empty frames (``object_padded``) or, with ``short_objects="drop"``, left out
+    (``object_dropped``). Returns the masks, the clip length and ``{case: [mask names]}`` for the cases met.
+    """
+    cases: dict[str, list[str]] = {}
+    t = num_frames
+    for name in driver_names:
+        if len(masks[name]) < t:
+            cases.setdefault("clip_cut_to_driver", []).append(name)
+            t = len(masks[name])
+    out: dict[str, np.ndarray] = {}
+    for name, m in masks.items():
+        if len(m) > t:
+            if len(m) > num_frames:
+                cases.setdefault("mask_cut", []).append(name)
+            m = m[:t]
+        elif len(m) < t:  # only objects: drivers set t
+            if short_objects == "drop":
+                cases.setdefault("object_dropped", []).append(name)
+                continue
+            cases.setdefault("object_padded", []).append(name)
+            m = np.concatenate([m, np.zeros((t - len(m), *m.shape[1:]), dtype=bool)])
+        out[name] = m
+    return out, t, cases
+
+
 def split_of(clip_id: str, val_fraction: float, test_fraction: float, default: str) -> str:
     """A stable split from the clip id's hash (the same clip always lands in the same split)."""
     u = int(hashlib.sha1(clip_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -146,6 +192,7 @@ class FolderMaker:
     num_frames: int = 14
     target_fps: float | None = 7.0
     frame_stride: int | None = None
+    short_objects: str = "pad"
 
     def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
         folder = Path(item.data)
@@ -164,8 +211,6 @@ class FolderMaker:
             _, frames, fps = read_video(video_path)
             data, fps = None, float(self.fps or fps)
             t, h, w, _ = frames.shape
-        check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
-
         mask_paths = {
             p.stem[len("mask_") :] if p.is_file() else p.name[len("mask_") :]: p
             for p in sorted(folder.iterdir())
@@ -181,9 +226,11 @@ class FolderMaker:
             m = read_mask(path, self.threshold, self.min_blob)
             if m.shape[0] == 1 and t > 1 and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 m = np.repeat(m, t, axis=0)  # one still image: the same mask on every frame
-            if m.shape[0] != t:
-                raise Skip("mask_length_mismatch", f"mask_{name} has {m.shape[0]} frames, the video {t}")
             masks[name] = fit_mask(m, h, w, name)
+        masks, t, lengths = align_mask_lengths(masks, driver_names, t, self.short_objects)
+        if frames is not None:
+            frames = frames[:t]
+        check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
         control = np.zeros((t, h, w), dtype=bool)
         for name in driver_names:
             control |= masks[name]
@@ -219,6 +266,7 @@ class FolderMaker:
             "mask_source": "user",
             "control": driver_names,
             "source": str(folder),
+            "mask_lengths": lengths,
         }
         return f"{self.dataset}-{clip_id}", {
             video_field: data,
@@ -250,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threshold", type=int, default=128, help="mask threshold on a 0-255 scale")
     parser.add_argument("--min-blob", type=int, default=4, help="drop mask specks smaller than this (pixels)")
+    parser.add_argument(
+        "--short-objects",
+        choices=("pad", "drop"),
+        default="pad",
+        help="an object mask shorter than the clip: pad it with empty frames or leave the object out",
+    )
     add_common_arguments(parser, "data/shards/folder")
     args = parser.parse_args(argv)
     if not args.input.is_dir():
@@ -287,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             args.num_frames,
             args.target_fps,
             args.frame_stride,
+            args.short_objects,
         )
         settings = {
             "control": args.control,
@@ -294,11 +349,44 @@ def main(argv: list[str] | None = None) -> int:
             "threshold": args.threshold,
             "min_blob": args.min_blob,
             "fractions": [args.val_fraction, args.test_fraction],
+            "short_objects": args.short_objects,
         }
         provenance = {"preparer": "data_prep.folder", "input": str(args.input)}
         code = run_split(args, args.name, split, items, maker, settings, provenance)
         if code:
             return code
+        code = finish_report(args.out / split, split)
+        if code:
+            return code
+    return 0
+
+
+def finish_report(folder: Path, split: str) -> int:
+    """Count the mask-length cases of the split's samples into ``report.json`` and print them; a split
+    without any sample is an error (exit code 2, with the reasons the clips were skipped)."""
+    report_path = folder / "report.json"
+    report = json.loads(report_path.read_text())
+    counts: Counter = Counter()
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    for case, names in (meta.get("mask_lengths") or {}).items():
+                        counts[case] += len(names)
+    report["mask_lengths"] = {case: counts.get(case, 0) for case in LENGTH_CASES}
+    atomic_write_bytes(report_path, json.dumps(report, indent=2).encode())
+    if any(counts.values()):
+        shown = ", ".join(f"{case} {n}" for case, n in report["mask_lengths"].items() if n)
+        print(f"{split}: masks of other lengths than their video: {shown} (report.json: mask_lengths)")
+    if not report.get("samples"):
+        reasons = ", ".join(f"{reason} {n}" for reason, n in report.get("skipped", {}).items()) or "none"
+        print(
+            f"error: no clip of split '{split}' became a sample ({report.get('items', 0)} clips; skipped: "
+            f"{reasons}); see {report_path}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

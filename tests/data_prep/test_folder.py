@@ -82,12 +82,11 @@ def test_folder_end_to_end(clips, tmp_path):
     )
     report = json.loads((out / "train" / "report.json").read_text())
     assert report["skipped"] == {
-        "mask_length_mismatch": 1,
         "missing_masks": 1,
         "empty_masks": 1,
         "mask_size_mismatch": 1,
         "missing_video": 1,
-        "too_short": 1,
+        "too_short": 2,  # i9, and d4, whose 20-frame driver mask cuts its clip below 27 frames
     }
     samples = read_shards(out / "train")
     assert sorted(samples) == ["folder-a1", "folder-b2", "folder-c3"]
@@ -136,3 +135,53 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert folder.main(["--input", str(tmp_path)]) == 2
     assert "no clip folders" in capsys.readouterr().err
+
+
+def prepare(root: Path, out: Path, *extra: str) -> int:
+    argv = ["--input", str(root), "--out", str(out), "--workers", "1", "--no-progress", *extra]
+    return folder.main(argv)
+
+
+def test_authors_example_folders_with_masks_of_other_lengths(tmp_path, capsys):
+    """Folders shaped like the released examples: 12 fps VP9 of odd width, grey noisy masks, object masks
+    longer (and shorter) than the video."""
+    from tests.example_folders import HEIGHT as EH
+    from tests.example_folders import WIDTH as EW
+    from tests.example_folders import hand_masks, object_masks, write_example
+
+    root = tmp_path / "examples"
+    write_example(root / "101")  # video and hand 28 frames, cup 37, box 68: as released
+    write_example(root / "102", video_frames=34, hand_frames=28, objects={"cup": 20, "box": 68})
+    write_example(root / "103", video_frames=34, hand_frames=20)  # 20 driver frames: no 14-frame clip
+    assert prepare(root, tmp_path / "out") == 0
+    assert "mask_cut 3, clip_cut_to_driver 1, object_padded 1" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "train" / "report.json").read_text())
+    assert report["samples"] == 2 and report["skipped"] == {"too_short": 1}
+    assert report["mask_lengths"] == {
+        "mask_cut": 3, "clip_cut_to_driver": 1, "object_padded": 1, "object_dropped": 0,
+    }  # fmt: skip
+    samples = read_shards(tmp_path / "out" / "train")
+    first = load_masks(samples["folder-101"]["masks.npz"])
+    assert first["control"].shape == (28, EH, EW) and first["objects"].shape == (2, 28, EH, EW)
+    assert np.array_equal(first["control"], hand_masks(28))  # the grey, noisy mask binarised exactly
+    assert list(first["object_names"]) == ["box", "cup"]
+    assert np.array_equal(first["objects"][1], object_masks(28))
+    second = load_masks(samples["folder-102"]["masks.npz"])
+    meta = json.loads(samples["folder-102"]["json"])
+    assert meta["num_frames"] == 28 and meta["mask_lengths"]["clip_cut_to_driver"] == ["hand"]
+    assert second["objects"][1, :20].any(axis=(1, 2)).all() and not second["objects"][1, 20:].any()
+
+    assert prepare(root, tmp_path / "dropped", "--short-objects", "drop") == 0
+    dropped = read_shards(tmp_path / "dropped" / "train")
+    assert list(load_masks(dropped["folder-102"]["masks.npz"])["object_names"]) == ["box"]
+
+
+def test_a_split_without_samples_is_an_error(tmp_path, capsys):
+    from tests.example_folders import write_example
+
+    write_example(tmp_path / "clips" / "1", video_frames=20)
+    write_example(tmp_path / "clips" / "2", video_frames=20)
+    assert prepare(tmp_path / "clips", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "no clip of split 'train' became a sample (2 clips; skipped: too_short 2)" in err
+    assert len(err.strip().splitlines()) == 1

@@ -4,7 +4,10 @@ Predictions are one file per test clip, named by the clip's key: ``<pred_dir>/<k
 ``.webm``, ``.gif``), or several samples as ``<key>_s0.mp4``, ``<key>_s1.mp4``, ... The ground truth
 clips are cut from the shards exactly as ``interdyn test`` cuts them (same frames, fps, size and
 crop), so baselines such as CosHand are compared on equal terms. Predictions with more frames are
-truncated to the clip length; other sizes are resized to the clip size.
+truncated to the clip length. A prediction of another size than the clips is an error unless
+``--resize`` is given (resizing blurs: perfect predictions at another size lose about 0.1 SSIM).
+Unreadable predictions and predictions with too few frames are left out with a warning and counted by
+reason in ``metrics.json`` and ``metrics.md``.
 
     interdyn evaluate --pred_dir baselines/coshand --data "data/shards/ssv2/test/*.tar" --height 256 --width 384
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,14 +46,38 @@ def find_predictions(pred_dir: Path) -> dict[str, list[Path]]:
     return {k: [p for _, p in sorted(v)] for k, v in found.items()}
 
 
-def load_prediction(path: Path, num_frames: int, height: int, width: int) -> torch.Tensor:
-    """A prediction video -> ``(T, 3, H, W)`` in [0, 1] (first ``num_frames`` frames, resized if needed)."""
-    frames = decode_frames(path.read_bytes())
+class BadPrediction(Exception):
+    """A prediction file that is left out of the scores; ``reason`` is counted in the outputs."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def load_prediction(
+    path: Path, num_frames: int, height: int, width: int, resize: bool = False
+) -> torch.Tensor:
+    """A prediction video -> ``(T, 3, H, W)`` in [0, 1] (its first ``num_frames`` frames).
+
+    Raises :class:`BadPrediction` (``unreadable``, ``too_short``) for a file to leave out, and an
+    InterDynError for a prediction of another size than the clips unless ``resize`` (bicubic) is set."""
+    try:
+        frames = decode_frames(path.read_bytes())
+    except (VideoDecodeError, OSError) as err:
+        raise BadPrediction("unreadable", f"{path.name}: {str(err).splitlines()[0][:200]}") from None
     if len(frames) < num_frames:
-        raise VideoDecodeError(f"{path.name} has {len(frames)} frames, the protocol needs {num_frames}")
+        raise BadPrediction(
+            "too_short", f"{path.name} has {len(frames)} frames, the protocol needs {num_frames}"
+        )
     video = torch.from_numpy(frames[:num_frames]).permute(0, 3, 1, 2)
     if video.shape[-2:] != (height, width):
+        if not resize:
+            raise InterDynError(
+                f"the prediction '{path}' is {video.shape[-1]}x{video.shape[-2]} but the clips are "
+                f"{width}x{height} (--width/--height); generate at the clips' size or pass --resize"
+            )
         video = F.interpolate(video, size=(height, width), mode="bicubic", antialias=True)
+        return video.float().clamp(0, 255) / 255.0
     return video.float() / 255.0
 
 
@@ -62,6 +90,7 @@ def evaluate(
     num_frames: int = 14,
     fps: float = 7.0,
     frame_stride: int | None = None,
+    frame_sampling: str = "uniform",
     height: int = 256,
     width: int = 384,
     crop: str = "mask_aware",
@@ -70,6 +99,7 @@ def evaluate(
     lpips_backbone: str | None = None,
     tracker: str = "lk",
     device: str = "cpu",
+    resize: bool = False,
 ) -> dict[str, Any]:
     """Score the videos in ``pred_dir`` against the clips of the shards ``data``; writes metrics.json and
     metrics.md into ``out`` (default ``<pred_dir>/evaluation``) and returns the results."""
@@ -84,6 +114,7 @@ def evaluate(
         num_frames=num_frames,
         fps=fps,
         frame_stride=frame_stride,
+        frame_sampling=frame_sampling,
         height=height,
         width=width,
         crop=crop,
@@ -96,7 +127,8 @@ def evaluate(
     evaluator = VideoMetrics(
         metrics, i3d_weights=i3d_weights, lpips_backbone=lpips_backbone, tracker=tracker, device=device
     )
-    missing, unreadable, samples = [], [], set()
+    missing, samples, rates = [], set(), set()
+    skipped: dict[str, list[str]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("default", SkippedSampleWarning)
         for clip in tqdm(stream, desc="evaluate", unit="clip"):
@@ -105,11 +137,15 @@ def evaluate(
                 missing.append(key)
                 continue
             try:
-                fakes = torch.stack([load_prediction(p, num_frames, height, width) for p in predictions[key]])
-            except VideoDecodeError as err:
-                unreadable.append(f"{key}: {err}")
+                fakes = torch.stack(
+                    [load_prediction(p, num_frames, height, width, resize) for p in predictions[key]]
+                )
+            except BadPrediction as bad:
+                skipped.setdefault(bad.reason, []).append(f"{key}: {bad}")
+                print(f"warning: left out {key} ({bad.reason}): {bad}", file=sys.stderr)
                 continue
             samples.add(len(fakes))
+            rates.add(float(clip["fps"]))
             evaluator.update(
                 clip["pixel_values"].float() / 255.0,
                 fakes,
@@ -131,12 +167,15 @@ def evaluate(
         "frames": num_frames,
         "resolution": f"{height}x{width}",
         "fps": fps if frame_stride is None else f"stride {frame_stride}",
+        "frame_sampling": frame_sampling,
+        "clip_fps": sorted(rates),  # the rates actually taken (e.g. 6 for every 2nd frame of 12 fps)
         "crop": crop,
         "window": eval_window,
         "i3d_weights_sha256": evaluator.i3d_sha256,
         "tracker": tracker if "motion_fidelity" in metrics else None,
         "missing_predictions": len(missing),
-        "unreadable_predictions": len(unreadable),
+        "skipped_predictions": {reason: len(items) for reason, items in sorted(skipped.items())},
+        "resized_predictions": resize,
     }
     out_dir = Path(out) if out else folder / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +184,7 @@ def evaluate(
         "protocol": protocol,
         "per_video": evaluator.rows,
         "missing": missing,
-        "unreadable": unreadable,
+        "skipped_predictions": skipped,
     }
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=float))
     (out_dir / "metrics.md").write_text(markdown_table(results, protocol))
@@ -153,6 +192,9 @@ def evaluate(
     print(f"written to {out_dir}")
     if missing:
         print(f"warning: {len(missing)} test clips had no prediction (listed in metrics.json)")
+    if skipped:
+        counts = ", ".join(f"{reason} {len(items)}" for reason, items in sorted(skipped.items()))
+        print(f"warning: predictions left out: {counts} (listed in metrics.json)", file=sys.stderr)
     return results
 
 
@@ -171,6 +213,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--method", default=None, help="name in the table (default: the folder name)")
     parser.add_argument("--num_frames", type=int, default=14)
     parser.add_argument("--fps", type=float, default=7.0)
+    parser.add_argument(
+        "--frame_sampling",
+        default="uniform",
+        choices=["uniform", "timestamp"],
+        help="uniform: every n-th source frame with the stride nearest --fps (12 fps -> every 2nd); "
+        "timestamp: the frame nearest each k/fps s",
+    )
     parser.add_argument("--frame_stride", type=int, default=None)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=384)
@@ -182,6 +231,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lpips_backbone", default=None)
     parser.add_argument("--tracker", default="lk", choices=["lk", "cotracker"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize predictions of another size to the clips' (bicubic); without it they are an error",
+    )
     args = parser.parse_args(argv)
     evaluate(**vars(args))
     return 0

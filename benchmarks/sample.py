@@ -11,6 +11,7 @@ steps in ``--steps``, and the peak GPU memory. Results go to ``docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -39,6 +40,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 25])
     parser.add_argument("--schedulers", nargs="+", default=["euler", "dpmpp_2m"], help="samplers to time")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and the branch")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
     parser.add_argument("--decode-chunk", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
@@ -55,14 +57,15 @@ def main() -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
     h, w = args.height or (256 if cuda else 64), args.width or (384 if cuda else 64)
     torch.manual_seed(0)
-    svd = get_svd(f"random:{preset}")
     extra = {"conditioning_embedding_out_channels": TINY_CONTROL} if preset == "tiny" else {}
-    branch = ControlNetSDVModel.from_unet(svd.unet, **extra)
+    with torch.device(args.device):  # random initialisation of the full model on the CPU takes minutes
+        svd = get_svd(f"random:{preset}")
+        branch = ControlNetSDVModel.from_unet(svd.unet, **extra)
     pipe = InterDynPipeline.from_components(svd, branch).to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
     if args.compile:
-        pipe.unet.compile()
-        pipe.controlnet.compile()
+        pipe.unet.compile(backend=args.compile_backend)
+        pipe.controlnet.compile(backend=args.compile_backend)
     image = torch.rand(1, 3, h, w) * 2 - 1
     masks = torch.zeros(args.frames, h, w, dtype=torch.bool)
     masks[:, h // 4 : h // 2, w // 4 : w // 2] = True
@@ -87,12 +90,14 @@ def main() -> int:
     rows = []
     for scheduler in args.schedulers:
         for steps in args.steps:
-            run(min(steps, 2), scheduler)  # warm-up (kernels, allocator, compilation)
+            warmup = run(min(steps, 2), scheduler)  # warm-up (kernels, allocator, compilation)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             times = [run(steps, scheduler) for _ in range(args.repeats)]
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
             rows.append((scheduler, steps, statistics.median(times), peak))
+            print(json.dumps({"scheduler": scheduler, "steps": steps, "seconds": rows[-1][2], "peak_gib": peak,
+                              "warmup_seconds": warmup, "compile": args.compile}), flush=True)  # fmt: skip
             print(
                 f"{scheduler} {steps} steps: {rows[-1][2]:.2f} s (median of {args.repeats}), peak {peak:.1f} GiB",
                 flush=True,

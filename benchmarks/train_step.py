@@ -9,7 +9,7 @@ Each recipe runs in its own process (clean peak memory). Results go to ``docs/be
 markers (``--no-write`` to only print). The full-size model has SVD's architecture with random
 weights (``random:svd``): the numbers are those of the real model, the outputs are not.
 
-Recipes (module switches; the plain one is the paper-like baseline of issue 6):
+Recipes (module switches; plain is the paper-like baseline):
 
 - ``plain``: frozen parts fp16 (fp32 on CPU), no checkpointing, fp32 branch, no autocast.
 - ``bf16``: frozen parts stored in bf16, bf16 autocast.
@@ -104,66 +104,131 @@ def module_kwargs(recipe: dict[str, Any], preset: str, device: str) -> dict[str,
 
 
 # --------------------------------------------------------------------------- one recipe, timed
-def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    from interdyn.module import InterDynModule
-
-    recipe = RECIPES[args.one]
+def make_inputs(module: Any, recipe: dict[str, Any], b: int, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Random frames and a mask video of batch ``b``; for cached recipes, the cache the DataModule hands
+    over from ``make latents`` (float16), made here with the module's encoders."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    module = InterDynModule(**module_kwargs(recipe, args.preset, args.device)).to(device)
-    module.configure_model()
-    module.train()
-    optimizer = module.configure_optimizers()
-    b, t, h, w = args.batch, args.frames, args.height, args.width
+    t, h, w = args.frames, args.height, args.width
     pixels = (torch.rand(b, t, 3, h, w, device=device) * 2 - 1).clamp(-1, 1)
     control = -torch.ones(b, t, 3, h, w, device=device)
     control[..., h // 4 : h // 2, w // 4 : w // 2] = 1.0
+    if not recipe.get("cached"):
+        return pixels, control, None
+    from interdyn.models.conditioning import clip_image_embeds, encode_image_latents, encode_video_posterior
+
+    vae, clip = module.vae, module.image_encoder
+    on = next(vae.parameters()).device
+    vae.to(device), clip.to(device)  # offloaded encoders: on the device for this pass only
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        mean, std = encode_video_posterior(vae, pixels)
+        cache = {
+            "latent_mean": mean.half(),
+            "latent_std": std.half(),
+            "image_latents": encode_image_latents(vae, pixels[:, 0], 0.02).half(),
+            "image_embeds": clip_image_embeds(clip, pixels[:, 0]).half(),
+        }
+    vae.to(on), clip.to(on)
+    return None, control, cache
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Time one recipe: ``--steps`` optimizer steps (each ``accumulate`` micro-batches) after ``--warmup``;
+    on CUDA the peak memory, and with ``--budget-gib`` the largest micro-batch that fits in that budget."""
+    from interdyn.module import InterDynModule
+
+    recipe = RECIPES[args.one]
+    if args.optimizer:
+        recipe = {**recipe, "optimizer": args.optimizer}
+    if args.fp32:
+        recipe = {**recipe, "frozen_dtype": "float32", "autocast": None}
+    device = torch.device(args.device)
+    accumulate = recipe.get("accumulate", 1) if args.accumulate is None else args.accumulate
+    torch.manual_seed(0)
+    # Built on the device directly: random initialisation of the full model on the CPU takes minutes.
+    with torch.device(device):
+        module = InterDynModule(**module_kwargs(recipe, args.preset, args.device))
+    module.to(device)
+    module._encoders_on("cpu")  # offload_encoders: they start in host memory, as in training
+    module.configure_model()
+    module.train()
+    optimizer = module.configure_optimizers()
     autocast = recipe.get("autocast")
     dtype = getattr(torch, autocast) if autocast else None
-    cache = None
-    if recipe.get("cached"):  # what the DataModule hands over from `make latents` (float16 on disk)
-        from interdyn.models.conditioning import (
-            clip_image_embeds,
-            encode_image_latents,
-            encode_video_posterior,
-        )
 
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            mean, std = encode_video_posterior(module.vae, pixels)
-            cache = {
-                "latent_mean": mean.half(),
-                "latent_std": std.half(),
-                "image_latents": encode_image_latents(module.vae, pixels[:, 0], 0.02).half(),
-                "image_embeds": clip_image_embeds(module.image_encoder, pixels[:, 0]).half(),
-            }
-
-    def step() -> float:
+    def step(pixels: Any, control: Any, cache: Any) -> float:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = module.compute_loss(pixels, control, drop_image=True, cache=cache)
-        loss.backward()
+        total = 0.0
+        for _ in range(accumulate):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = module.compute_loss(pixels, control, drop_image=True, cache=cache) / accumulate
+            loss.backward()
+            total += float(loss.detach())
         optimizer.step()
-        return float(loss)
+        return total
 
+    inputs = make_inputs(module, recipe, args.batch, args)
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
-        step()
+        step(*inputs)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
-        step()
+        step(*inputs)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds = (time.perf_counter() - start) / max(args.steps, 1)
+    result: dict[str, Any] = {
+        "recipe": args.one,
+        "optimizer": recipe.get("optimizer", "adam"),
+        "batch": args.batch,
+        "accumulate": accumulate,
+        "seconds_per_step": seconds,
+        "samples_per_second": args.batch * accumulate / seconds,
+    }
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     else:
         import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (whole process)
-    return {"recipe": args.one, "seconds_per_step": seconds, "peak_gib": peak}
+        result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process)
+    print(json.dumps(result), flush=True)  # kept if the search below runs out of time
+    del inputs
+    if args.budget_gib:
+        result["budget_gib"] = args.budget_gib
+        result["largest_batch"] = largest_batch(module, recipe, args, lambda *x: step(*x))
+    return result
+
+
+def largest_batch(module: Any, recipe: dict[str, Any], args: argparse.Namespace, step: Any) -> int:
+    """The largest micro-batch (up to ``--max-batch``) whose training step fits in ``--budget-gib``:
+    on CUDA the allocator is capped at the budget, so a step beyond it runs out of memory; elsewhere
+    (the dry run) only the code path runs."""
+    import gc
+
+    if args.device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * 2**30 / total))
+    fits = 0
+    for b in range(1, args.max_batch + 1):
+        inputs = None
+        try:
+            inputs = make_inputs(module, recipe, b, args)
+            step(*inputs)
+            fits = b
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            del inputs
+            module.controlnet.zero_grad(set_to_none=True)
+            gc.collect()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        print(json.dumps({"fits": b}), flush=True)
+    return fits
 
 
 # --------------------------------------------------------------------------- analysis on meta
@@ -427,17 +492,20 @@ def machine(device: str) -> str:
     return f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def write_section(name: str, text: str) -> None:
+def write_section(name: str, text: str, docs_path: Path | None = None) -> None:
+    """Replace (or append) the section between ``<!-- name:begin/end -->`` markers of the benchmarks page,
+    written atomically (a reader or an interrupted run never sees a half-written page)."""
+    from interdyn.files import write_atomic
+
+    path = docs_path or DOCS
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    docs = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    docs = path.read_text() if path.exists() else "# Benchmarks\n"
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in docs:
         docs = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, docs, flags=re.S)
     else:
         docs = docs.rstrip() + "\n\n" + block + "\n"
-    tmp = DOCS.with_suffix(".tmp")
-    tmp.write_text(docs)
-    tmp.replace(DOCS)
+    write_atomic(path, docs)
 
 
 def analysis_text(rows: list[dict[str, Any]], args: argparse.Namespace, today: str) -> str:
@@ -497,6 +565,11 @@ def main() -> int:
     )
     parser.add_argument("--analyze", action="store_true", help="FLOPs and memory of the full model on meta")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--accumulate", type=int, default=None, help="micro-batches per step (default: the recipe's)")
+    parser.add_argument("--budget-gib", type=float, default=None, help="also find the largest batch within this")
+    parser.add_argument("--max-batch", type=int, default=12, help="upper end of that search")
+    parser.add_argument("--optimizer", default=None, help="override the recipe's optimizer (e.g. adam)")
+    parser.add_argument("--fp32", action="store_true", help="float32 throughout (dry runs: CPUs run bf16 slowly)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     gpu = args.device == "cuda" or args.analyze

@@ -1,0 +1,299 @@
+"""Everything a CUDA machine has to measure, in one command, written into docs/benchmarks.md.
+
+    make gpu-check                                  # installs, then runs this (about 8 minutes on an H100)
+    python benchmarks/gpu_check.py --dry-run        # no GPU: every code path on the tiny model, on CPU
+
+Items, each in its own process (clean peak memory) under a hard timeout; a finished item's rows are
+written at once, so partial results survive a timeout, a crash or an interrupted run:
+
+- training step time and peak memory, full-size SVD architecture with random weights, 14 frames at
+  256x384, batch 4, for ``plain``, ``recommended`` (configs/ssv2.yaml), ``recommended+cache`` and
+  ``24gb`` (configs/ssv2_24gb.yaml); then, with the allocator capped at the recipe's memory budget, the
+  largest micro-batch whose step fits;
+- one 50-step guided sample at 256x384 (Euler), without and with ``torch.compile``;
+- a 2-process NCCL DDP fit of the tiny model (configs/tiny.yaml), when two GPUs are present.
+
+The dry run uses the tiny model at 64x64 in float32 with one step per item, ``aot_eager`` instead of
+inductor for the compiled sample, gloo instead of NCCL, and writes to a scratch copy of the page
+(``--docs``), never to the CUDA rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from train_step import DOCS, RECIPES, machine, write_section  # noqa: E402
+
+GIB_PER_GB = 1e9 / 2**30
+# The memory each recipe must fit in: plain the paper's 80 GB H100, recommended 40 GB (its target),
+# 24gb a 24 GB card less ~2 GiB for the CUDA context and other processes.
+BUDGET_GIB = {"plain": 80 * GIB_PER_GB, "recommended": 40 * GIB_PER_GB, "recommended+cache": 40 * GIB_PER_GB, "24gb": 22.0}
+TRAIN_ORDER = ["24gb", "recommended+cache", "recommended", "plain"]
+
+
+@dataclass
+class Item:
+    """One measurement: a command, its hard timeout, and what it printed (JSON lines) once it ended."""
+
+    name: str
+    section: str
+    cmd: list[str]
+    timeout: float
+    status: str = "not run"
+    records: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str = ""
+
+
+def run_item(item: Item, timeout: float, env: dict[str, str]) -> None:
+    """Run ``item`` in its own process group; on timeout the whole group (DDP workers included) is
+    killed and whatever it had printed is kept."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        item.cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        item.status = "ok" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        item.status = "timed out"
+    item.seconds = time.perf_counter() - start
+    for line in out.splitlines():
+        if line.startswith("{"):
+            try:
+                item.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    if item.status == "failed":
+        tail = [line for line in err.strip().splitlines() if line.strip()][-1:] or [f"exit code {proc.returncode}"]
+        item.error = tail[0][:160].replace("|", "/")
+
+
+def build_items(args: argparse.Namespace, python: str) -> list[Item]:
+    """The measurements, most important first (the overall budget may stop the list early)."""
+    dry = args.dry_run
+    size = ["--frames", "2", "--height", "64", "--width", "64"] if dry else ["--frames", "14", "--height", "256", "--width", "384"]
+    device = "cpu" if dry else "cuda"
+    items = []
+    for recipe in TRAIN_ORDER:
+        cmd = [python, str(HERE / "train_step.py"), "--one", recipe, "--device", device, "--preset", "tiny" if dry else "svd",
+               "--batch", "1" if dry else "4", *size, "--steps", "1" if dry else "3", "--warmup", "0" if dry else "1",
+               "--budget-gib", f"{BUDGET_GIB[recipe]:.2f}", "--max-batch", "2" if dry else "12"]  # fmt: skip
+        if dry:
+            cmd.append("--fp32")
+        if recipe == "24gb" and not has_bitsandbytes(python):
+            cmd += ["--optimizer", "adam"]
+        items.append(Item(f"train:{recipe}", "train", cmd, 40 if dry else 90))
+    steps = ["--steps", "2" if dry else "50", "--schedulers", "euler", "--repeats", "1"]
+    sample = [python, str(HERE / "sample.py"), "--device", device, "--no-write", *steps]
+    if dry:
+        sample += ["--preset", "tiny", "--frames", "2", "--height", "64", "--width", "64"]
+    items.append(Item("sample", "sample", sample, 40 if dry else 60))
+    backend = ["--compile-backend", "aot_eager"] if dry else []
+    items.append(Item("sample:compile", "sample", [*sample, "--compile", *backend], 120 if dry else 200))
+    gpus = 0 if dry else cuda_devices(python)
+    if dry or gpus >= 2:
+        ddp = [python, "-m", "interdyn.cli", "fit", "--config", "configs/tiny.yaml",
+               "--trainer.accelerator", "cpu" if dry else "gpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               "--trainer.max_steps", "2" if dry else "20", "--trainer.val_check_interval", "2" if dry else "10",
+               "--trainer.logger.init_args.save_dir", str(Path(args.scratch) / "runs"),
+               "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]  # fmt: skip
+        items.append(Item("ddp", "ddp", ddp, 90 if dry else 90))
+    return items
+
+
+def has_bitsandbytes(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import bitsandbytes"], capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+def cuda_devices(python: str) -> int:
+    probe = subprocess.run(
+        [python, "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True, text=True, timeout=120
+    )
+    return int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
+
+
+# --------------------------------------------------------------------------- the page
+def status_cell(item: Item) -> str:
+    if item.status == "failed":
+        return f"failed: {item.error}"
+    if item.status == "timed out":
+        return f"timed out after {item.seconds:.0f} s"
+    return item.status
+
+
+def train_section(items: list[Item], header: list[str]) -> str:
+    lines = [
+        *header,
+        "- Full-size SVD architecture, random weights, 14 frames at 256x384; one optimizer step = `accumulate`"
+        " micro-batches; 1 warm-up and 3 timed steps. Peak: `torch.cuda.max_memory_allocated` (reserved:"
+        " what the caching allocator held, i.e. with its slack). Largest batch: the largest micro-batch whose"
+        " step runs with the allocator capped at the budget (`torch.cuda.set_per_process_memory_fraction`).",
+        "",
+        "| recipe | batch x accumulate | s/step | samples/s | peak GiB | reserved GiB | budget GiB | largest batch in budget |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for item in items:
+        recipe = item.name.split(":", 1)[1]
+        timed = next((r for r in item.records if "seconds_per_step" in r), None)
+        if timed is None:
+            lines.append(f"| {recipe} | {status_cell(item)} | | | | | {BUDGET_GIB[recipe]:.1f} | |")
+            continue
+        fits = [r["fits"] for r in item.records if "fits" in r]
+        final = next((r for r in reversed(item.records) if "largest_batch" in r), None)
+        largest = str(final["largest_batch"]) if final else (f">= {fits[-1]} ({status_cell(item)})" if fits else status_cell(item))
+        reserved = f"{timed['reserved_gib']:.1f}" if "reserved_gib" in timed else "-"
+        wanted = RECIPES[recipe].get("optimizer", "adam")
+        if timed.get("optimizer", wanted) != wanted:  # e.g. bitsandbytes missing: Adam's state is larger
+            recipe = f"{recipe} (with {timed['optimizer']}, not {wanted})"
+        lines.append(
+            f"| {recipe} | {timed['batch']} x {timed['accumulate']} | {timed['seconds_per_step']:.3f} |"
+            f" {timed['samples_per_second']:.2f} | {timed['peak_gib']:.1f} | {reserved} | {BUDGET_GIB[recipe]:.1f} | {largest} |"
+        )
+    return "\n".join(lines)
+
+
+def sample_section(items: list[Item], header: list[str]) -> str:
+    lines = [
+        *header,
+        "- One guided video (guidance 1 -> 3), full-size architecture with random weights, bf16, 14 frames at"
+        " 256x384, Euler; seconds for the whole call (VAE/CLIP encode, the steps, VAE decode) after one"
+        " warm-up call (which includes compilation).",
+        "",
+        "| sampler | steps | compile | seconds per video | warm-up s | peak GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for item in items:
+        compiled = "yes" if item.name.endswith("compile") else "no"
+        rows = [r for r in item.records if "seconds" in r]
+        if not rows:
+            lines.append(f"| euler | | {compiled} | {status_cell(item)} | | |")
+        for r in rows:
+            peak = "-" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.1f}"  # NaN: no CUDA
+            lines.append(
+                f"| {r['scheduler']} | {r['steps']} | {compiled} | {r['seconds']:.2f} | {r['warmup_seconds']:.1f} | {peak} |"
+            )
+    return "\n".join(lines)
+
+
+def ddp_section(items: list[Item], header: list[str], gpus: int) -> str:
+    lines = [*header, ""]
+    if not items:
+        lines.append(f"Not run: {gpus} GPU(s) visible; the 2-process NCCL fit needs two.")
+    for item in items:
+        lines.append(
+            f"2-process DDP fit of the tiny model (configs/tiny.yaml): {status_cell(item)}"
+            f" ({item.seconds:.0f} s wall, start-up included)."
+        )
+    return "\n".join(lines)
+
+
+def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: int) -> None:
+    """Rewrite the sections whose items have run (each write atomic)."""
+    today = time.strftime("%Y-%m-%d")
+    where = (
+        "CPU dry run: tiny model, 2 frames at 64x64, float32, one step per item (the notes below describe the CUDA run)"
+        if args.dry_run
+        else machine("cuda")
+    )
+    titles = {
+        "train": "Training step on CUDA (`make gpu-check`)",
+        "sample": "Sampling on CUDA (`make gpu-check`)",
+        "ddp": "DDP on CUDA (`make gpu-check`)",
+    }
+    for section in ("train", "sample", "ddp"):
+        mine = [i for i in items if i.section == section]
+        if all(i.status == "not run" for i in mine) and not (section == "ddp" and not args.only):
+            continue  # nothing measured yet (the DDP section also says why it was not run)
+        header = [f"## {titles[section]}, {today}", "", f"- {where}"]
+        if section == "train":
+            text = train_section(mine, header)
+        elif section == "sample":
+            text = sample_section(mine, header)
+        else:
+            text = ddp_section(mine, header, gpus)
+        write_section(f"{section}-cuda", text, docs)
+
+
+# --------------------------------------------------------------------------- driver
+def install(python: str) -> None:
+    """Best effort: bitsandbytes for the 24 GB recipe's 8-bit AdamW (the run uses Adam without it)."""
+    if has_bitsandbytes(python):
+        return
+    try:
+        subprocess.run(
+            [python, "-m", "pip", "install", "--quiet", "--retries", "0", "--timeout", "10", "bitsandbytes"],
+            timeout=180, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        print("bitsandbytes: install timed out; the 24gb row uses Adam", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model, scratch page: test every code path")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="overall time limit (items past it are not run)")
+    parser.add_argument("--only", nargs="+", default=None, help="item names, e.g. train:24gb sample ddp")
+    parser.add_argument("--timeout", type=float, default=None, help="one hard timeout for every item (seconds)")
+    parser.add_argument("--docs", type=Path, default=None, help="page to write (default: docs/benchmarks.md; dry run: scratch)")
+    parser.add_argument("--no-install", action="store_true", help="skip the bitsandbytes install")
+    args = parser.parse_args(argv)
+    python = sys.executable
+    if not args.dry_run and cuda_devices(python) == 0:
+        print("error: no CUDA GPU visible; use --dry-run to exercise the check on CPU", file=sys.stderr)
+        return 2
+    scratch = tempfile.mkdtemp(prefix="gpu-check-")
+    args.scratch = scratch
+    docs = args.docs
+    if docs is None:
+        docs = Path(scratch) / "benchmarks.md" if args.dry_run else DOCS
+        if args.dry_run:
+            shutil.copyfile(DOCS, docs)
+    if not args.dry_run and not args.no_install:
+        install(python)
+    items = build_items(args, python)
+    if args.only:
+        unknown = sorted(set(args.only) - {i.name for i in items})
+        if unknown:
+            print(f"error: unknown items {unknown}; available: {[i.name for i in items]}", file=sys.stderr)
+            return 2
+        items = [i for i in items if i.name in args.only]
+    gpus = 0 if args.dry_run else cuda_devices(python)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if args.dry_run:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    deadline = time.perf_counter() + args.budget_s
+    for item in items:
+        left = deadline - time.perf_counter()
+        if left < 10:
+            item.status = "not run (out of time)"
+            continue
+        run_item(item, min(args.timeout or item.timeout, left), env)
+        print(f"{item.name}: {status_cell(item)} in {item.seconds:.0f} s", flush=True)
+        write_page(items, args, docs, gpus)
+    write_page(items, args, docs, gpus)
+    print(f"results: {docs}")
+    shutil.rmtree(Path(scratch) / "runs", ignore_errors=True)
+    return 0 if all(i.status == "ok" for i in items) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

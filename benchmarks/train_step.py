@@ -47,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 
-RECOMMENDED = {  # configs/ssv2.yaml; the analysis puts it at ~39 GiB for batch 4 (target <= 40)
+RECOMMENDED = {  # configs/ssv2.yaml; the analysis puts it at ~44 GiB for batch 4, transients bounded
     "frozen_dtype": "bfloat16",
     "autocast": "bfloat16",
     "gradient_checkpointing": True,

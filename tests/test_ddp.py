@@ -1,6 +1,7 @@
 """Real DDP: two CPU processes on gloo, launched by Lightning, with the shipped GPU configs' own recipe
 (bf16-mixed, bf16 frozen parts, gradient checkpointing, clipping with fused Adam, checkpointing and the
-callbacks), so a config change cannot break the GPU path silently."""
+callbacks), so a config change cannot break the GPU path silently; and evaluation across ranks, which
+must give the one-process tables."""
 
 from __future__ import annotations
 
@@ -94,9 +95,10 @@ CONFIGS = [
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, synthetic_shards):
-    """Fit 2 steps, validate and test in one 2-process launch with the config's trainer, model recipe
-    and callbacks. Validation (sanity check included) and test run on a single clip: one rank has no
-    batch and must neither hang nor fail."""
+    """One 2-process launch with the config's trainer, model recipe and callbacks: fit 2 steps, validate
+    on a single clip (sanity check included: one rank has no batch and must neither hang nor fail), then
+    test with the counterfactual groups split across the ranks and one broken sample. Then `interdyn test`
+    of the checkpoint on one process writes the same tables."""
     config = yaml.safe_load((REPO_ROOT / "configs" / f"{name}.yaml").read_text())
     probe = tmp_path / "probe"
     trainer = config["trainer"]
@@ -114,33 +116,52 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
     assert trainer["gradient_clip_val"] > 0
     for callback in trainer["callbacks"]:
         args = callback.setdefault("init_args", {})
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            args.update(every_n_train_steps=1)  # the config's policy, at this run's scale
         if callback["class_path"].endswith("SampleVideoLogger"):
             args.update(num_videos=1, num_inference_steps=1)
         if callback["class_path"].endswith("VideoEvaluation"):
-            # LPIPS needs backbone weights this machine cannot fetch; FVD/KVD need two clips (and the
-            # evaluation test below covers them across ranks)
+            # LPIPS needs backbone weights this machine cannot fetch; FVD/KVD run I3D, slow on CPU (their
+            # merge across ranks: tests/test_callbacks.py)
             args.update(
                 metrics=[m for m in args["metrics"] if m not in ("lpips", "fvd", "kvd")],
                 num_inference_steps=1,
                 save_videos=1,
             )
-    trainer["callbacks"].append({"class_path": "tests.ddp_probe.RankProbe", "init_args": {"out": str(probe)}})
+    trainer["callbacks"].append(
+        {
+            "class_path": "interdyn.callbacks.CounterfactualEvaluation",
+            "init_args": {"num_inference_steps": 1, "max_side": 32},
+        }
+    )
     config["model"] = tiny_model(config["model"])
-    one_clip = str(one_clip_shard(tmp_path / "one") / "*.tar")
     config["data"]["init_args"].update(
         train_shards=str(synthetic_shards / "train" / "*.tar"),
-        val_shards=one_clip,
-        test_shards=one_clip,
+        val_shards=str(one_clip_shard(tmp_path / "one") / "*.tar"),
+        test_shards=[
+            str(synthetic_shards / "test" / "*.tar"),  # 2 groups x 2 variants
+            str(broken_shard(tmp_path / "bad", first_test_shard(synthetic_shards))),
+        ],
         height=64,
         width=64,
         batch_size=2,
+        eval_batch_size=1,
         num_workers=0,
         persistent_workers=False,
         pin_memory=False,
     )
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    result = launch("-m", "tests.ddp_probe", "--config", str(config_path), cwd=tmp_path)
+    single = {
+        **config,
+        "trainer": {**trainer, "devices": 1, "strategy": "auto", "callbacks": list(trainer["callbacks"])},
+    }
+    single["trainer"]["logger"] = {
+        **trainer["logger"],
+        "init_args": {**trainer["logger"]["init_args"], "name": "one"},
+    }
+    trainer["callbacks"].append({"class_path": "tests.ddp_probe.RankProbe", "init_args": {"out": str(probe)}})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(single))
+    result = launch("-m", "tests.ddp_probe", "--config", str(tmp_path / "two.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
 
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -149,80 +170,42 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
     assert ranks[0]["train_keys"] != ranks[1]["train_keys"]
     assert ranks[0]["start_hash"] == ranks[1]["start_hash"]
     assert ranks[0]["end_hash"] == ranks[1]["end_hash"] != ranks[0]["start_hash"]
-    # the single clip went to one rank; the other validated and tested with no batch and did not stall
+    # the single validation clip went to one rank; the other validated with no batch and did not stall
     assert sorted(len(r["val_keys"]) for r in ranks) == [0, 1]
-    assert sorted(len(r["test_keys"]) for r in ranks) == [0, 1]
+    # every test clip exactly once over the two ranks, each group split across them
+    test0, test1 = ranks[0]["test_keys"], ranks[1]["test_keys"]
+    assert len(test0) == len(test1) == 2 and len(set(test0 + test1)) == 4
+    assert {k.rsplit("_v", 1)[0] for k in test0} == {k.rsplit("_v", 1)[0] for k in test1}
     run = tmp_path / "runs" / name / "version_0"
-    report = json.loads((run / "metrics.json").read_text())
-    assert report["clips"]["scored"] == 1 and "motion_fidelity" in report["metrics"]
-    assert len(list((run / "samples").glob("*.gif"))) == 1 and len(list((run / "videos").glob("*.mp4"))) == 1
-    # the bounded checkpoint policy: the newest step checkpoints and a `last` link, branch weights only
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert len(list((run / "samples").glob("*.gif"))) == 1 and len(list((run / "videos").glob("*.mp4"))) == 2
+    # each rank kept its rows on disk before the gather
+    assert sorted(p.name for p in (run / "eval_parts").iterdir()) == ["rank0.pt", "rank1.pt"]
+    # the bounded checkpoint policy: `last` links the newest step checkpoint; branch weights only
+    last = run / "checkpoints" / "last.ckpt"
+    steps = sorted(p.name for p in (run / "checkpoints").glob("*step=*.ckpt"))
+    assert len(steps) == 2 and last.is_symlink() and last.resolve().name == steps[-1]
+    state = torch.load(last, weights_only=True, map_location="cpu")
     assert state["global_step"] == 2 and all(k.startswith("controlnet.") for k in state["state_dict"])
 
-
-def test_two_process_test_scores_each_clip_once_and_matches_one_process(tmp_path, synthetic_shards):
-    """`interdyn test` on 2 gloo processes, counterfactual groups split across the ranks and one broken
-    sample: the same tables as one process, each clip scored once, the skipped sample counted."""
-    shards = [
-        str(synthetic_shards / "test" / "*.tar"),
-        str(broken_shard(tmp_path / "bad", first_test_shard(synthetic_shards))),
-    ]
-
-    def config(devices: int) -> Path:
-        path = tmp_path / f"test{devices}.yaml"
-        callbacks = [
-            {
-                "class_path": "interdyn.callbacks.VideoEvaluation",
-                # FVD/KVD's merge across ranks: tests/test_callbacks.py (I3D is slow on CPU)
-                "init_args": {
-                    "metrics": ["ssim", "psnr", "physics"],
-                    "num_inference_steps": 1,
-                    "save_videos": 1,
-                },
-            },
-            {
-                "class_path": "interdyn.callbacks.CounterfactualEvaluation",
-                "init_args": {"num_inference_steps": 1, "max_side": 32},
-            },
-        ]
-        override = {
-            "trainer": {
-                "devices": devices,
-                "strategy": "ddp" if devices > 1 else "auto",
-                "limit_test_batches": None,
-                "enable_progress_bar": False,
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": str(tmp_path / "runs"), "name": f"p{devices}"},
-                },
-                "callbacks": callbacks,
-            },
-            "model": tiny_model(DEMO["model"]),
-            "data": {"init_args": {"test_shards": shards, "num_workers": 0, "batch_size": 1}},
-        }
-        path.write_text(yaml.safe_dump(override))
-        return path
-
-    demo = str(REPO_ROOT / "configs" / "demo.yaml")
-    two = launch("-m", "interdyn.cli", "test", "--config", demo, "--config", str(config(2)), cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-4000:]
-    main(["test", "--config", demo, "--config", str(config(1))])  # one process: in this one
-
-    runs = {n: tmp_path / "runs" / f"p{n}" / "version_0" for n in (1, 2)}
-    reports = {n: json.loads((run / "metrics.json").read_text()) for n, run in runs.items()}
-    for report in reports.values():
+    # the same checkpoint tested on one process, in this one (one thread, like each rank)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["test", "--config", str(tmp_path / "one.yaml"), "--ckpt_path", str(last)])
+    finally:
+        torch.set_num_threads(threads)
+    one = tmp_path / "runs" / "one" / "version_0"
+    reports = [json.loads((folder / "metrics.json").read_text()) for folder in (run, one)]
+    for report in reports:
         keys = [r["key"] for r in report["per_video"]]
-        assert len(keys) == len(set(keys)) == 4
+        assert sorted(keys) == sorted(test0 + test1) and "motion_fidelity" in report["metrics"]
         assert report["clips"] == {"scored": 4, "skipped": 1, "skipped_by_reason": {"bad_video": 1}}
-    assert reports[2]["per_video"] == reports[1]["per_video"]
-    for name in ("metrics.md", "counterfactual.md"):
-        assert (runs[2] / name).read_text() == (runs[1] / name).read_text(), name
-    assert "4 clips scored, 1 skipped (bad_video: 1)" in (runs[2] / "metrics.md").read_text()
-    groups = json.loads((runs[2] / "counterfactual.json").read_text())["groups"]
+    assert reports[0]["per_video"] == reports[1]["per_video"]
+    for table in ("metrics.md", "counterfactual.md"):
+        assert (run / table).read_text() == (one / table).read_text(), table
+    assert "4 clips scored, 1 skipped (bad_video: 1)" in (run / "metrics.md").read_text()
+    groups = json.loads((run / "counterfactual.json").read_text())["groups"]
     assert len(groups) == 2 and all(g["members"] == 2 for g in groups.values())
-    # each rank kept its rows on disk before the gather
-    assert sorted(p.name for p in (runs[2] / "eval_parts").iterdir()) == ["rank0.pt", "rank1.pt"]
 
 
 def test_a_test_run_with_no_scored_clip_is_an_error(tmp_path, synthetic_shards, capsys):

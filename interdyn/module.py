@@ -164,11 +164,12 @@ class InterDynModule(L.LightningModule):
                     f"channels, but conditioning_channels={conditioning_channels}"
                 )
         self.controlnet.train()
-        for frozen in (self.unet, self.vae, self.image_encoder):
+        # SVD's VAE sets force_upcast: it encodes in float32 whatever its stored dtype, as SVD's pipeline does.
+        # Such a VAE stays in float32 (never rounded to the frozen dtype), so no step casts it back and forth.
+        upcast_vae = bool(self.vae.config.get("force_upcast", False))
+        for frozen in (self.unet, self.image_encoder) if upcast_vae else (self.unet, self.vae, self.image_encoder):
             cast_frozen(frozen, dtype)
-        if needs_upcast(self.vae):
-            # SVD's VAE sets force_upcast: it encodes in float32 whatever its stored dtype, as SVD's pipeline
-            # does; kept in float32 here so that no step casts it back and forth.
+        if needs_upcast(self.vae):  # loaded in half precision (a given branch loads the SVD in the frozen dtype)
             cast_frozen(self.vae, torch.float32)
         if gradient_checkpointing:
             self.controlnet.enable_gradient_checkpointing()

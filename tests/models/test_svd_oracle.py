@@ -166,3 +166,34 @@ def test_half_precision_vae_encodes_in_float32(tiny_svd):
         plain = encode_video_posterior(vae, video)[0]
     torch.testing.assert_close(upcast.float(), reference, rtol=0, atol=1e-6)
     assert (plain.float() - reference).abs().max() > 1e-4
+
+
+def test_training_conditioning_of_the_module_equals_stock_svd(pipelines):
+    """The training step's conditioning (``InterDynModule.encode_conditions``) is the stock pipeline's, and a
+    bfloat16 frozen SVD keeps its ``force_upcast`` VAE in float32."""
+    from interdyn.models.svd import TINY_ARCHITECTURE
+    from interdyn.module import InterDynModule
+
+    _, stock = pipelines
+    module = InterDynModule(
+        svd={**TINY_ARCHITECTURE, "seed": 0},
+        conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
+        frozen_dtype="bfloat16",
+        noise_aug_strength=0.0,
+    )
+    assert module.vae.dtype == torch.float32 and module.unet.dtype == torch.bfloat16
+    module.image_encoder.float()  # the same (bfloat16-rounded) CLIP weights on both sides, in float32
+    picture = images(1)[0]
+    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
+    video = pixels[:, None].expand(-1, 2, -1, -1, -1)
+    with torch.no_grad():
+        _, embeds, image_latents = module.encode_conditions(video, torch.Generator().manual_seed(0))
+        stock_image = stock.video_processor.preprocess(picture, height=HEIGHT, width=WIDTH)
+        expected_latent = stock._encode_vae_image(stock_image, "cpu", 1, False)
+        stock_clip, stock.image_encoder = stock.image_encoder, module.image_encoder
+        try:
+            expected_embeds = stock._encode_image(picture, "cpu", 1, False)
+        finally:
+            stock.image_encoder = stock_clip
+    torch.testing.assert_close(image_latents, expected_latent, rtol=0, atol=1e-5)
+    torch.testing.assert_close(embeds, expected_embeds, rtol=0, atol=1e-5)

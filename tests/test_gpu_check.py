@@ -25,8 +25,9 @@ def section(page: str, name: str) -> str:
 
 
 def table_rows(text: str) -> list[list[str]]:
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows if "---" not in row]
+    """The cells of the section's table, without its header and separator lines."""
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
 
 
 def test_an_item_past_its_timeout_is_killed_and_reported(tmp_path):

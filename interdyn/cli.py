@@ -72,6 +72,17 @@ class InterDynCLI(LightningCLI):
         self._check_checkpoint_arguments()
 
 
+def user_message(err: BaseException) -> str:
+    """The error's own sentence. An error raised in a DataLoader worker reaches the main process with the
+    worker's traceback as its message; its last line holds the sentence."""
+    text = str(err)
+    if "\nOriginal Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        name = f"{type(err).__module__}.{type(err).__qualname__}: "
+        text = last.removeprefix(name)
+    return text
+
+
 def _last_checkpoints(trainer: L.Trainer) -> list[str]:
     """The files Lightning would consider for ``ckpt_path="last"`` (``last*.ckpt`` of every
     ModelCheckpoint's folder, and on-exception checkpoints), those that exist."""
@@ -124,7 +135,7 @@ def main(args: list[str] | None = None) -> None:
         try:
             sys.exit((evaluate_main if argv[0] == "evaluate" else weights_main)(argv[1:]))
         except InterDynError as err:
-            print(f"interdyn: error: {err}", file=sys.stderr)
+            print(f"interdyn: error: {user_message(err)}", file=sys.stderr)
             sys.exit(2)
     if argv in (["-h"], ["--help"]):
         try:
@@ -140,7 +151,7 @@ def main(args: list[str] | None = None) -> None:
             args=cli_args,
         )
     except InterDynError as err:
-        print(f"interdyn: error: {err}", file=sys.stderr)
+        print(f"interdyn: error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
 
 

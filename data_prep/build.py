@@ -28,6 +28,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -134,11 +135,33 @@ def _plan(dataset: str, split: str, items: Sequence[Item], shard_size: int, sett
 _PROGRESS_QUEUE: Any = None
 
 
-def _init_worker(progress_queue: Any, pool_worker: bool = False) -> None:
+def _init_worker(progress_queue: Any, pool_worker: bool = False, parent_pid: int | None = None) -> None:
     global _PROGRESS_QUEUE
     _PROGRESS_QUEUE = progress_queue
     if pool_worker:  # Ctrl-C is handled by the parent, which stops the pool
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this pool worker when the preparer that started it dies (SIGKILL, OOM killer): nothing else
+    would, as the worker holds its own end of the task queue and would wait on it forever. Its half-made
+    shard is a temporary file that the next run removes."""
+    if sys.platform.startswith("linux"):  # the kernel kills us the moment the parent goes
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:  # elsewhere (and if the parent died before prctl): poll for re-parenting
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _tick() -> None:
@@ -294,7 +317,10 @@ def build_split(
             context = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
             ticks = context.Queue()
             pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(ticks, True)
+                max_workers=workers,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(ticks, True, os.getpid()),
             )
             try:
                 pending: dict[Future, int] = {pool.submit(_build_chunk, *args_for(c)): c for c in todo}

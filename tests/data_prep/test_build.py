@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +192,55 @@ def test_changed_item_data_changes_the_plan(tmp_path):
     assert fingerprint(np.arange(3)) != fingerprint(np.arange(3.0)) and fingerprint([1, "a"]) == fingerprint(
         (1, "a")
     )
+
+
+SLOW_PREPARER = """
+import os, sys, time
+from pathlib import Path
+from data_prep.build import Item, build_split
+
+out = Path(sys.argv[1])
+
+def slow(item):
+    (out / f"worker-{os.getpid()}").touch()
+    time.sleep(120)  # a long video
+    return item.id, {"txt": b"x"}
+
+if __name__ == "__main__":
+    items = [Item(f"{i:03d}") for i in range(4)]
+    build_split(out, "toy", "train", items, slow, shard_size=1, workers=2, progress=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\\nState:\\tZ" not in status  # a zombie has exited
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_the_preparer_is_killed(tmp_path):
+    script = tmp_path / "prep.py"
+    script.write_text(SLOW_PREPARER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "pool workers outlived their killed parent"
+    finally:
+        parent.kill()
+        for p in tmp_path.glob("worker-*"):
+            pid = int(p.name.split("-")[1])
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

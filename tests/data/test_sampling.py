@@ -64,7 +64,9 @@ def test_uniform_steps_never_jitter():
 def test_effective_fps_and_timing_note():
     assert effective_fps(12.0, None, 2) == 6.0
     assert effective_fps(12.0, 7.0, None, "timestamp") == 7.0
-    assert describe_timing(12.0, 7.0, None) == "every 2nd frame of 12 fps = 6 fps (uniform stride nearest 7 FPS)"
+    assert (
+        describe_timing(12.0, 7.0, None) == "every 2nd frame of 12 fps = 6 fps (uniform stride nearest 7 FPS)"
+    )
     assert "by timestamp" in describe_timing(12.0, 7.0, None, "timestamp")
     with pytest.raises(ValueError, match="frame_sampling"):
         clip_offsets(14, 12.0, 7.0, frame_sampling="nearest")

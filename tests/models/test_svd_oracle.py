@@ -11,9 +11,13 @@ per image, stock SVD repeats the CLIP embeddings per image (``a a b b``) but til
 one image and the latent of the other. ``InterDynPipeline`` pairs each sample with its own image. The test
 checks equality on the samples where stock SVD pairs them correctly and that the others differ.
 
-Two more, of inputs rather than arithmetic: the stock pipeline resizes the CLIP input only for PIL images
-(a tensor image is fed to CLIP at its own size), and it upcasts a ``force_upcast`` VAE for float16 only,
-where this project also upcasts a bfloat16 one.
+Others do not show in float32 with one generator and the default decoding, and are named in
+docs/fidelity.md: the stock pipeline resizes the CLIP input only for PIL images (a tensor image is fed to
+CLIP at its own size); it upcasts a ``force_upcast`` VAE for float16 only, where this project also upcasts
+a bfloat16 one; in float16 it draws the initial noise and keeps the latents and Euler steps in float16,
+where this project keeps them in float32; with a list of generators it draws the image noise per sample
+(here: from the first generator); a ``decode_chunk_size`` that does not divide the frame count makes its
+chunks straddle two videos (here: never).
 """
 
 from __future__ import annotations

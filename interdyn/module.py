@@ -543,7 +543,9 @@ class InterDynModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._reduce_and_log("val", prog_bar=True)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor | None:
+    def test_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> torch.Tensor | None:
         if not has_clips(batch):
             return None
         loss, b = self._fixed_loss(batch, batch_idx, dataloader_idx)

@@ -179,10 +179,16 @@ class VideoEvaluation(ClipSampling, L.Callback):
         skipped = sum((Counter(s["skipped"]) for s in everyone), Counter())
         state = merge_states(everyone)
         scored = len({row["key"] for row in state["rows"]})
-        clips = {"scored": scored, "skipped": sum(skipped.values()), "skipped_by_reason": dict(sorted(skipped.items()))}
+        clips = {
+            "scored": scored,
+            "skipped": sum(skipped.values()),
+            "skipped_by_reason": dict(sorted(skipped.items())),
+        }
         if scored == 0:  # every rank raises, after the gather, so none waits for the others
-            why = f"all {clips['skipped']} test samples were skipped ({_reasons(skipped)})" if skipped else (
-                "the test shards held no samples"
+            why = (
+                f"all {clips['skipped']} test samples were skipped ({_reasons(skipped)})"
+                if skipped
+                else "the test shards held no samples"
             )
             raise EvaluationError(
                 f"no test clip was scored: {why}; check the test shards and the clip settings (num_frames, fps, "

@@ -52,11 +52,9 @@ def test_training_lowers_loss_and_changes_only_the_branch():
     module.train()
     for _ in range(6):
         optimizer.zero_grad()
-        generator = torch.Generator().manual_seed(0)
-        loss = module.compute_loss(
-            batch["pixel_values"], batch["control"], torch.tensor([0.5, 2.0]), generator, drop_image=True
-        )
-        loss.backward()
+        sigma, generator = torch.tensor([0.5, 2.0]), torch.Generator().manual_seed(0)
+        pixels, control = batch["pixel_values"], batch["control"]
+        module.compute_loss(pixels, control, sigma=sigma, generator=generator, drop_image=True).backward()
         optimizer.step()
     end = fixed_loss(module, batch)
     assert end < 0.9 * start, (start, end)

@@ -29,7 +29,6 @@ from interdyn.models.conditioning import (
     encode_image_latents,
     encode_video_latents,
     make_added_time_ids,
-    needs_upcast,
     sample_video_latents,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
@@ -128,6 +127,11 @@ class InterDynModule(L.LightningModule):
             raise ConfigError(f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}")
         if not 0.0 <= image_drop_prob <= 1.0:
             raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
+        if not (learning_rate > 0 and weight_decay >= 0 and all(0 <= b < 1 for b in adam_betas)):
+            raise ConfigError(
+                "learning_rate must be > 0, weight_decay >= 0 and adam_betas in [0, 1), got "
+                f"{learning_rate}, {weight_decay} and {tuple(adam_betas)}"
+            )
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
@@ -141,7 +145,8 @@ class InterDynModule(L.LightningModule):
         dtype = _DTYPES[frozen_dtype]
         # A new branch starts as a copy of the UNet encoder: copy it before the frozen parts are cast,
         # so that a bf16 frozen SVD does not round the branch's starting weights.
-        parts = get_svd(svd, torch_dtype=None if controlnet is None else dtype)
+        # The VAE is read in float32: SVD's encodes in float32 (force_upcast) and must not be rounded first.
+        parts = get_svd(svd, torch_dtype=None if controlnet is None else dtype, vae_float32=True)
         self.unet = parts.unet
         self.vae = parts.vae
         self.image_encoder = parts.image_encoder
@@ -169,8 +174,6 @@ class InterDynModule(L.LightningModule):
         upcast_vae = bool(self.vae.config.get("force_upcast", False))
         for frozen in (self.unet, self.image_encoder) if upcast_vae else (self.unet, self.vae, self.image_encoder):
             cast_frozen(frozen, dtype)
-        if needs_upcast(self.vae):  # loaded in half precision (a given branch loads the SVD in the frozen dtype)
-            cast_frozen(self.vae, torch.float32)
         if gradient_checkpointing:
             self.controlnet.enable_gradient_checkpointing()
         if unet_gradient_checkpointing:

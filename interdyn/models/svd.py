@@ -142,26 +142,35 @@ def build_svd(config: dict[str, Any]) -> SVDComponents:
 
 
 def load_svd(
-    path: str = SVD_REPO, torch_dtype: torch.dtype | None = None, variant: str | None = None
+    path: str = SVD_REPO,
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    vae_float32: bool = False,
 ) -> SVDComponents:
     """Load SVD img2vid from a local folder or hub id; the UNet is loaded as
-    :class:`UNetSpatioTemporalControlModel` (same weights as the stock UNet)."""
+    :class:`UNetSpatioTemporalControlModel` (same weights as the stock UNet). With ``vae_float32`` the VAE
+    is loaded in float32 whatever ``torch_dtype`` is (a VAE that encodes in float32 is then never rounded
+    to a half dtype on the way)."""
     kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     if variant is not None:
         kw["variant"] = variant
+    vae_kw = {**kw, "torch_dtype": torch.float32} if vae_float32 else kw
 
     def part(cls: type, subfolder: str, **extra: Any) -> Any:
         return load_component(cls, path, subfolder=subfolder, what=f"SVD {subfolder}", kind="svd", **extra)
 
     unet = part(UNetSpatioTemporalControlModel, "unet", **kw)
-    vae = part(AutoencoderKLTemporalDecoder, "vae", **kw)
+    vae = part(AutoencoderKLTemporalDecoder, "vae", **vae_kw)
     image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **kw)
     scheduler = part(EulerDiscreteScheduler, "scheduler", strict=False, marker="scheduler_config.json")
     return SVDComponents(unet, vae, image_encoder, scheduler)
 
 
-def get_svd(source: SVDSource, torch_dtype: torch.dtype | None = None) -> SVDComponents:
-    """Resolve any SVD source (path / hub id, preset name, or config dict) to components."""
+def get_svd(
+    source: SVDSource, torch_dtype: torch.dtype | None = None, vae_float32: bool = False
+) -> SVDComponents:
+    """Resolve any SVD source (path / hub id, preset name, or config dict) to components; ``torch_dtype``
+    and ``vae_float32`` as in :func:`load_svd`."""
     if isinstance(source, dict):
         components = build_svd(source)
     elif source in PRESETS:
@@ -169,9 +178,9 @@ def get_svd(source: SVDSource, torch_dtype: torch.dtype | None = None) -> SVDCom
     elif isinstance(source, str) and source.startswith("random:"):
         raise ConfigError(f"unknown SVD preset {source!r}; available: {sorted(PRESETS)}")
     else:
-        return load_svd(source, torch_dtype=torch_dtype)
+        return load_svd(source, torch_dtype=torch_dtype, vae_float32=vae_float32)
     if torch_dtype is not None and torch_dtype != torch.float32:
-        for module in (components.unet, components.vae, components.image_encoder):
+        for module in (components.unet, components.image_encoder) + (() if vae_float32 else (components.vae,)):
             module.to(torch_dtype)
     return components
 

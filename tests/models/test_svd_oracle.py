@@ -201,3 +201,25 @@ def test_training_conditioning_of_the_module_equals_stock_svd(pipelines):
             stock.image_encoder = stock_clip
     torch.testing.assert_close(image_latents, expected_latent, rtol=0, atol=1e-5)
     torch.testing.assert_close(embeds, expected_embeds, rtol=0, atol=1e-5)
+
+
+def test_a_given_branch_does_not_round_the_float32_vae(tiny_svd_session, tiny_svd_folder, tmp_path):
+    """Starting from saved branch weights loads the frozen SVD in the frozen dtype; the ``force_upcast`` VAE
+    must still be read in float32, bit for bit the saved weights (not rounded through bfloat16)."""
+    from interdyn.module import InterDynModule
+
+    assert tiny_svd_session.vae.config.force_upcast
+    branch = ControlNetSDVModel.from_unet(
+        tiny_svd_session.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    )
+    branch.save_pretrained(tmp_path / "branch")
+    module = InterDynModule(
+        svd=str(tiny_svd_folder),
+        controlnet=str(tmp_path / "branch"),
+        conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
+        frozen_dtype="bfloat16",
+    )
+    assert module.unet.dtype == torch.bfloat16 and module.vae.dtype == torch.float32
+    saved = tiny_svd_session.vae.state_dict()
+    for name, value in module.vae.state_dict().items():
+        assert torch.equal(value, saved[name]), name

@@ -1,5 +1,5 @@
-"""Bad data paths through the `interdyn` command: one sentence and exit code 2, also when the error
-happens in a DataLoader worker."""
+"""Bad data paths and settings through the `interdyn` command: one sentence and exit code 2, also when the
+error happens in a DataLoader worker."""
 
 from __future__ import annotations
 
@@ -46,3 +46,17 @@ def test_shards_without_samples_stop_training_in_a_worker(tmp_path, monkeypatch,
     assert "in a row gave no sample" in err and "Traceback" not in err
     message = [line for line in err.splitlines() if line.startswith("interdyn: error:")]
     assert len(message) == 1 and "DataLoader worker" not in message[0]
+
+
+def test_a_negative_learning_rate_is_one_sentence(tmp_path, monkeypatch, capsys):
+    code, err = run_cli(
+        "fit",
+        "--config",
+        str(REPO_ROOT / "configs" / "tiny.yaml"),
+        "--model.learning_rate=-1e-4",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code == 2, err[-2000:]
+    assert "learning_rate must be > 0" in err and "Traceback" not in err

@@ -55,7 +55,9 @@ def encode_video(frames: np.ndarray, fps: float, codec: str = "libx264", crf: in
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "fast"}
+            # One encoder thread: the same frames always give the same bytes (resumed and split preparation
+            # runs are compared byte for byte), and the project's parallelism is across videos anyway.
+            stream.options = {"crf": str(crf), "preset": "fast", "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -9,8 +9,14 @@ half-written ever carries a shard's name. ``plan.json`` records the item list an
 with other settings is refused (``overwrite=True`` rebuilds the split) so that a resumed split never
 mixes two configurations.
 
-At the end ``index.json`` (the shard list, as design.md asks) and ``report.json`` (counts of skipped
-items by reason, with their ids) are written next to the shards. Items are skipped by raising
+At the end ``index.json`` (the shard list) and ``report.json`` (counts of skipped items by reason, with
+their ids) are written next to the shards, from the per-chunk records alone.
+
+Parts: ``part=Part(i, n)`` (see :mod:`data_prep.parts`) makes only chunks ``i, i + n, ...``; parts may run
+at once or at different times, on machines sharing the output folder (no locks: every file has one
+writer, or identical content written through a rename). A shard's bytes depend only on its chunk, so n
+parts give the same shards, index and report as one process. The last part to find every chunk done
+writes the index and report; ``finalize_only=True`` does it on demand and names the missing chunks. Items are skipped by raising
 :class:`Skip` with a short reason; any other exception is counted under ``error:<type>`` with a
 warning naming the item, so one bad video never stops a run (``strict=True`` re-raises instead;
 many errors in a row stop it). A shard with such errors is kept but redone by the next run, so a
@@ -40,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.parts import Part
 from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, encode_fields, write_shard
 
 PROGRESS_DIR = "_progress"
@@ -59,6 +66,20 @@ class TooManyErrors(RuntimeError):
 
 class PlanMismatchError(RuntimeError):
     """The split folder holds shards made from other items or settings."""
+
+
+class MissingChunksError(RuntimeError):
+    """The index was asked for while chunks of the plan are not finished (or no part has run yet)."""
+
+
+# Throughput counters of the item being made (e.g. SAM2 frames); see :func:`count`.
+_COUNTERS: Counter = Counter()
+
+
+def count(name: str, n: int = 1) -> None:
+    """Add ``n`` to the counter ``name`` (e.g. ``sam2_frames``) from inside a maker: each chunk's record
+    keeps its counters and each part reports them per second."""
+    _COUNTERS[name] += n
 
 
 @dataclass(frozen=True)
@@ -85,14 +106,37 @@ class SplitResult:
     reused_shards: int
     written_shards: int
     index: dict[str, Any] = field(repr=False, default_factory=dict)
+    part: str = "0/1"
+    finalized: bool = True
+    missing: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    videos_made: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def throughput(self) -> str:
+        """This process's work: videos (items) made per second and every counter per second."""
+        rate = self.videos_made / self.seconds if self.seconds > 0 else 0.0
+        extra = "".join(
+            f", {n} {name.replace('_', ' ')} ({n / self.seconds if self.seconds > 0 else 0.0:.1f}/s)"
+            for name, n in sorted(self.counters.items())
+        )
+        return f"{self.videos_made} videos in {self.seconds:.1f} s ({rate:.2f} videos/s{extra})"
 
     def summary(self) -> str:
+        who = f"{self.split}" + (f" part {self.part}" if self.part != "0/1" else "")
+        made = f"{self.written_shards} shard(s) written, {self.reused_shards} kept from an earlier run"
+        if not self.finalized:
+            shown = ", ".join(self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
+            return (
+                f"{who}: {made}; {self.throughput()}. Not indexed yet: {len(self.missing)} shard(s) of other"
+                f" parts are not finished ({shown}); the last part to finish writes index.json"
+                " (or run the same command with --finalize)"
+            )
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.skipped.items(), key=lambda x: -x[1]))
         return (
-            f"{self.split}: {self.num_samples} samples in {self.num_shards} shard(s) -> {self.folder}"
-            f" ({self.written_shards} written, {self.reused_shards} kept from an earlier run)"
-            + (f"; skipped {skipped}: {reasons}" if skipped else "")
+            f"{who}: {self.num_samples} samples in {self.num_shards} shard(s) -> {self.folder}"
+            f" ({made}; {self.throughput()})" + (f"; skipped {skipped}: {reasons}" if skipped else "")
         )
 
 
@@ -170,7 +214,14 @@ def _tick() -> None:
 
 
 def _build_chunk(
-    maker: Maker, items: Sequence[Item], shard_path: str, progress_path: str, strict: bool, max_errors: int
+    maker: Maker,
+    items: Sequence[Item],
+    shard_path: str,
+    progress_path: str,
+    strict: bool,
+    max_errors: int,
+    plan_id: str = "",
+    part: str = "0/1",
 ) -> dict[str, Any]:
     """Make every item of one chunk, write the shard, then its progress record. Returns the record.
 
@@ -180,6 +231,8 @@ def _build_chunk(
     samples: list[tuple[str, dict[str, bytes]]] = []
     skipped: list[dict[str, str]] = []
     errors_in_a_row = 0
+    _COUNTERS.clear()
+    started = time.monotonic()
     for item in items:
         try:
             key, fields = maker(item)
@@ -213,6 +266,10 @@ def _build_chunk(
         "keys": keys,
         "skipped": skipped,
         "errors": sum(s["reason"].startswith("error:") for s in skipped),
+        "plan": plan_id,  # a record of another plan is never taken for this one's
+        "part": part,
+        "seconds": round(time.monotonic() - started, 3),
+        "counters": dict(_COUNTERS),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_bytes(Path(progress_path), json.dumps(record).encode())
@@ -235,6 +292,8 @@ def build_split(
     strict: bool = False,
     max_errors: int = 20,
     progress: bool = True,
+    part: Part | None = None,
+    finalize_only: bool = False,
 ) -> SplitResult:
     """Build (or finish building) ``out/split`` from ``items``; see the module docstring.
 
@@ -249,9 +308,13 @@ def build_split(
         overwrite: rebuild the split even if it was made with other settings.
         strict: re-raise unexpected errors instead of counting them.
         max_errors: stop after this many unexpected errors in a row within a shard.
+        part: make only this part's chunks (default: all of them, in this process).
+        finalize_only: make nothing; write ``index.json`` and ``report.json`` if every chunk is done,
+            else raise :class:`MissingChunksError` naming the missing ones.
     """
     from tqdm import tqdm
 
+    part = part or Part()
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     ids = [i.id for i in items]
@@ -260,11 +323,36 @@ def build_split(
     folder = Path(out) / split
     progress_dir = folder / PROGRESS_DIR
     plan = _plan(dataset, split, items, shard_size, settings or {})
+    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
     plan_path = folder / "plan.json"
+    chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    names = [shard_name(dataset, split, c) for c in range(len(chunks))]
+
+    def finalize() -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+        records = {c: _read_record(folder, names[c], plan_id) for c in range(len(chunks))}
+        missing = [c for c, r in records.items() if r is None]
+        if missing:
+            raise MissingChunksError(_missing_message(dataset, split, names, missing))
+        index = _write_index(folder, dataset, split, len(items), names, records, plan, provenance)
+        return records, index  # type: ignore[return-value]
+
+    if finalize_only:
+        existing = json.loads(plan_path.read_text()) if plan_path.exists() else None
+        if existing is None:
+            raise MissingChunksError(f"{folder} has no plan.json: no part of {dataset}/{split} has run yet")
+        if existing != plan:
+            raise PlanMismatchError(
+                f"{folder} was planned from other items or settings ({_plan_difference(existing, plan)});"
+                " finalize with the same arguments as the parts"
+            )
+        records, index = finalize()
+        return _result(folder, split, records, index, part, reused=len(records), written=0)
 
     folder.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    mine = part.chunks(len(chunks))
+    # shards before the plan: a part that wrote a shard had written plan.json first
     stale_shards = sorted(folder.glob(f"{dataset}-{split}-*.tar"))
+    existing = json.loads(plan_path.read_text()) if plan_path.exists() else None
     if existing != plan and (existing is not None or stale_shards):
         if not overwrite:
             raise PlanMismatchError(
@@ -273,44 +361,72 @@ def build_split(
                 " or choose another --out"
             )
     if existing != plan or overwrite:
-        for path in [*stale_shards, *progress_dir.glob("*.json")]:
-            path.unlink()
+        if part.whole:
+            remove = [*stale_shards, *progress_dir.glob("*.json")]
+        else:  # other parts may be at work: only this part's chunks and shards no chunk owns any more
+            remove = [folder / names[c] for c in mine] + [progress_dir / f"{names[c]}.json" for c in mine]
+            remove += [p for p in stale_shards if p.name not in set(names)]
+        for path in remove:
+            path.unlink(missing_ok=True)
         for name in ("index.json", "report.json"):
             (folder / name).unlink(missing_ok=True)
     progress_dir.mkdir(exist_ok=True)
-    for leftover in [*folder.glob(f"*{TMP_SUFFIX}"), *progress_dir.glob(f"*{TMP_SUFFIX}")]:
-        leftover.unlink()  # temporary files of a killed run
-    atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
-    (folder / "index.json").unlink(missing_ok=True)  # rewritten at the end, only if all shards are done
+    if part.whole:
+        leftovers = [*folder.glob(f"*{TMP_SUFFIX}"), *progress_dir.glob(f"*{TMP_SUFFIX}")]
+    else:  # temporary files of other parts may be in use: only this part's own
+        leftovers = [
+            p for c in mine for d in (folder, progress_dir) for p in d.glob(f"{names[c]}*{TMP_SUFFIX}")
+        ]
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)  # temporary files of a killed run
+    if existing != plan:
+        atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
 
-    chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     records: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
-    for c in range(len(chunks)):
-        name = shard_name(dataset, split, c)
-        record_path = progress_dir / f"{name}.json"
-        record = json.loads(record_path.read_text()) if record_path.exists() else None
-        if record is not None and (folder / name).exists() and not record.get("errors"):
+    for c in mine:
+        record = _read_record(folder, names[c], plan_id)
+        if record is not None and not record.get("errors"):
             records[c] = record
         else:  # never made, interrupted, or made with errors that may not happen again
             todo.append(c)
+    if todo:
+        (folder / "index.json").unlink(missing_ok=True)  # rewritten at the end, only if all shards are done
     reused = len(records)
     done_items = sum(len(chunks[c]) for c in records)
     tqdm.monitor_interval = 0  # no monitor thread: the pool below forks
     bar = tqdm(
-        total=len(items), initial=done_items, desc=f"{dataset}/{split}", unit="video", disable=not progress
+        total=sum(len(chunks[c]) for c in mine),
+        initial=done_items,
+        desc=f"{dataset}/{split}" + ("" if part.whole else f" part {part}"),
+        unit="video",
+        disable=not progress,
     )
+    started = time.monotonic()
+    made: Counter = Counter()
+
+    def finished(c: int, record: dict[str, Any]) -> None:
+        records[c] = record
+        made.update(record.get("counters") or {})
+        seconds = time.monotonic() - started
+        if made and seconds > 0:
+            bar.set_postfix_str(
+                ", ".join(f"{k.replace('_', ' ')} {v / seconds:.1f}/s" for k, v in made.items())
+            )
 
     def args_for(c: int) -> tuple:
-        name = shard_name(dataset, split, c)
-        return (maker, chunks[c], str(folder / name), str(progress_dir / f"{name}.json"), strict, max_errors)
+        name = names[c]
+        return (
+            maker, chunks[c], str(folder / name), str(progress_dir / f"{name}.json"), strict, max_errors,
+            plan_id, str(part),
+        )  # fmt: skip
 
     try:
         if workers <= 1 or len(todo) <= 1:
             _init_worker(_InlineTicker(bar))
             try:
                 for c in todo:
-                    records[c] = _build_chunk(*args_for(c))
+                    finished(c, _build_chunk(*args_for(c)))
             finally:
                 _init_worker(None)
         else:
@@ -328,7 +444,8 @@ def build_split(
                     done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(ticks, bar)
                     for future in done:
-                        records[pending.pop(future)] = future.result()
+                        c = pending.pop(future)
+                        finished(c, future.result())
                 _drain(ticks, bar)
                 pool.shutdown(wait=True)
             except BaseException:
@@ -344,13 +461,15 @@ def build_split(
     except KeyboardInterrupt:
         bar.close()
         print(
-            f"\ninterrupted: {len(records)} of {len(chunks)} shards of {dataset}/{split} are finished and kept;"
-            " run the same command again to continue",
+            f"\ninterrupted: {len(records)} of {len(mine)} shards of {dataset}/{split}"
+            + ("" if part.whole else f" part {part}")
+            + " are finished and kept; run the same command again to continue",
             file=sys.stderr,
         )
         raise
     finally:
         bar.close()
+    seconds = time.monotonic() - started
     num_errors = sum(records[c].get("errors", 0) for c in records)
     if num_errors:
         print(
@@ -359,14 +478,65 @@ def build_split(
             file=sys.stderr,
         )
 
-    shards = [shard_name(dataset, split, c) for c in range(len(chunks))]
-    skipped = [s for c in range(len(chunks)) for s in records[c]["skipped"]]
+    stats = {"seconds": seconds, "videos_made": sum(len(chunks[c]) for c in todo), "counters": dict(made)}
+    if not part.whole:  # the last part to finish writes the index; earlier ones say what is missing
+        others = [c for c in range(len(chunks)) if not part.owns(c)]
+        missing = [c for c in others if _read_record(folder, names[c], plan_id) is None]
+        if missing:
+            return _result(
+                folder,
+                split,
+                records,
+                {},
+                part,
+                reused,
+                len(todo),
+                missing=[names[c] for c in missing],
+                **stats,
+            )
+    all_records, index = finalize()
+    return _result(folder, split, all_records, index, part, reused, len(todo), **stats)
+
+
+def _read_record(folder: Path, name: str, plan_id: str) -> dict[str, Any] | None:
+    """The progress record of shard ``name`` if it is finished for the plan ``plan_id``, else None."""
+    try:
+        record = json.loads((folder / PROGRESS_DIR / f"{name}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if record.get("plan") != plan_id or not (folder / name).exists():
+        return None
+    return record
+
+
+def _missing_message(dataset: str, split: str, names: list[str], missing: list[int]) -> str:
+    shown = ", ".join(f"{c} ({names[c]})" for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+    return (
+        f"{dataset}/{split}: {len(missing)} of {len(names)} chunks are not finished: {shown};"
+        " chunk c belongs to part c mod n of --part i/n: rerun those parts, then finalize again"
+    )
+
+
+def _write_index(
+    folder: Path,
+    dataset: str,
+    split: str,
+    num_items: int,
+    names: list[str],
+    records: dict[int, dict[str, Any]],
+    plan: dict[str, Any],
+    provenance: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``report.json`` and ``index.json`` from the chunk records alone (no time stamps: the same records
+    give the same bytes, whichever part writes them)."""
+    order = range(len(names))
+    skipped = [s for c in order for s in records[c]["skipped"]]
     counts = Counter(s["reason"] for s in skipped)
-    num_samples = sum(len(records[c]["keys"]) for c in range(len(chunks)))
+    num_samples = sum(len(records[c]["keys"]) for c in order)
     report = {
         "dataset": dataset,
         "split": split,
-        "items": len(items),
+        "items": num_items,
         "samples": num_samples,
         "skipped": dict(sorted(counts.items())),
         "skipped_items": {
@@ -379,21 +549,43 @@ def build_split(
         "dataset": dataset,
         "split": split,
         "num_samples": num_samples,
-        "shards": shards,
-        "samples_per_shard": [len(records[c]["keys"]) for c in range(len(chunks))],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "shards": list(names),
+        "samples_per_shard": [len(records[c]["keys"]) for c in order],
         "provenance": {**(provenance or {}), "settings": plan["settings"]},
     }
     atomic_write_bytes(folder / "index.json", json.dumps(index, indent=2).encode())
+    return index
+
+
+def _result(
+    folder: Path,
+    split: str,
+    records: dict[int, dict[str, Any]],
+    index: dict[str, Any],
+    part: Part,
+    reused: int,
+    written: int,
+    missing: list[str] | None = None,
+    seconds: float = 0.0,
+    videos_made: int = 0,
+    counters: dict[str, int] | None = None,
+) -> SplitResult:
+    skipped = Counter(s["reason"] for r in records.values() for s in r["skipped"])
     return SplitResult(
         split=split,
         folder=folder,
-        num_samples=num_samples,
-        num_shards=len(shards),
-        skipped=dict(counts),
+        num_samples=sum(len(r["keys"]) for r in records.values()),
+        num_shards=len(index.get("shards", [])) or len(records),
+        skipped=dict(skipped),
         reused_shards=reused,
-        written_shards=len(todo),
+        written_shards=written,
         index=index,
+        part=str(part),
+        finalized=bool(index),
+        missing=list(missing or []),
+        seconds=seconds,
+        videos_made=videos_made,
+        counters=dict(counters or {}),
     )
 
 

@@ -7,13 +7,14 @@ import argparse
 import io
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from data_prep.build import Item, Skip, build_split, default_workers
+from data_prep.parts import Part, resolve_part
 from interdyn.data.sampling import clip_offsets
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
@@ -168,6 +169,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
         "--limit", type=int, default=None, help="only the first N videos of each split (trials)"
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument(
+        "--part",
+        default=None,
+        metavar="I/N",
+        help="make only part I of N (0-based; default: from RANK/WORLD_SIZE of torchrun, SLURM_PROCID/"
+        "SLURM_NTASKS of srun or SLURM_ARRAY_TASK_ID/COUNT, else the whole split); see docs/data.md",
+    )
+    group.add_argument(
+        "--finalize",
+        action="store_true",
+        help="make nothing: write index.json and report.json once every part is done (else name the missing chunks)",
+    )
     clip = parser.add_argument_group("clip length filter (videos too short for one clip are skipped)")
     clip.add_argument("--num-frames", type=int, default=14, help="frames per training clip")
     clip.add_argument("--target-fps", type=float, default=7.0, help="clip frame rate")
@@ -184,13 +197,18 @@ def run_split(
     maker: Any,
     settings: dict[str, Any],
     provenance: dict[str, Any],
+    part: Part | None = None,
+    on_finalized: Callable[[Path, str], int] | None = None,
 ) -> int:
-    """Build one split with the common options of :func:`add_common_arguments`; print its summary.
+    """Build one split (or this process's part of it) with the common options of
+    :func:`add_common_arguments`; print its summary.
 
-    Returns a process exit code: 0, 2 for a refused or broken run (one sentence on stderr), 130 after
-    Ctrl-C (the builder has said what was kept).
+    ``on_finalized(folder, split)`` runs once the split's index is written (by this process) and returns
+    an exit code. Returns a process exit code: 0, 2 for a refused or broken run (one sentence on stderr),
+    130 after Ctrl-C (the builder has said what was kept).
     """
     try:
+        part = part or resolve_part(args.part)
         result = build_split(
             args.out,
             dataset,
@@ -204,13 +222,17 @@ def run_split(
             overwrite=args.overwrite,
             strict=args.strict,
             progress=not args.no_progress,
+            part=part,
+            finalize_only=args.finalize,
         )
     except (RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    print(result.summary())
+    print(result.summary(), flush=True)
+    if result.finalized and on_finalized is not None:
+        return on_finalized(result.folder, split)
     return 0
 
 

@@ -352,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             "short_objects": args.short_objects,
         }
         provenance = {"preparer": "data_prep.folder", "input": str(args.input)}
-        code = run_split(args, args.name, split, items, maker, settings, provenance)
-        if code:
-            return code
-        code = finish_report(args.out / split, split)
+        # the mask-length counts go into report.json once the split is indexed (by this part or --finalize)
+        code = run_split(
+            args, args.name, split, items, maker, settings, provenance, on_finalized=finish_report
+        )
         if code:
             return code
     return 0

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import socket
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -50,8 +51,12 @@ def encode_masks(
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    The temporary name carries the host and process id: parts of one pass on several machines may write
+    the same shared file (``plan.json``, ``index.json``) at once, each through its own temporary file.
+    """
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -77,7 +82,8 @@ def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int
     size = 0
     for ext, data in encoded.items():
         info = tarfile.TarInfo(f"{key}.{ext}")
-        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        # a fixed time stamp: the same samples give the same bytes, whenever and wherever they are written
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
         tar.addfile(info, io.BytesIO(data))
         size += len(data)
     return size

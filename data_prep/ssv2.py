@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, Skip
+from data_prep.build import Item, Skip, count
 from data_prep.common import (
     add_common_arguments,
     check_length,
@@ -46,6 +46,7 @@ from data_prep.common import (
     read_video,
     run_split,
 )
+from data_prep.parts import PartSpecError, part_device, resolve_part
 from data_prep.shard_writer import encode_masks
 
 LABEL_FILES = {
@@ -288,6 +289,7 @@ def sam2_masks(frames: np.ndarray, tracks: list[dict[int, Box]], settings: Sam2S
         for frame_idx, _obj_ids, logits in predictor.propagate_in_video(state):
             masks[frame_idx] = (logits > 0).any(dim=0).reshape(h, w).cpu().numpy()
         predictor.reset_state(state)
+    count("sam2_frames", t)  # each part reports SAM2 frames per second
     return masks
 
 
@@ -449,7 +451,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra hydra override for the SAM2 config, e.g. ++model.compile_image_encoder=true",
     )
-    masks.add_argument("--device", default=None, help="SAM2 device (default: cuda if available)")
+    masks.add_argument(
+        "--device",
+        default=None,
+        help="SAM2 device (default: cuda:LOCAL_RANK under torchrun/srun, else cuda if available, else cpu)",
+    )
     masks.add_argument(
         "--max-gap", type=int, default=12, help="longest run of unannotated frames to interpolate boxes over"
     )
@@ -469,6 +475,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        part = resolve_part(args.part)
+    except PartSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         videos = _find_dir(args.root, args.videos, VIDEO_DIRS, "videos", "*.webm")
         labels_dir = _find_dir(args.root, args.labels, LABEL_DIRS, "labels", "something-something-v2-*.json")
@@ -513,12 +524,13 @@ def main(argv: list[str] | None = None) -> int:
         sam2 = Sam2Settings(
             checkpoint=str(args.sam2_checkpoint),
             config=args.sam2_config,
-            device=args.device,
+            device=part_device(part, args.device),  # LOCAL_RANK's GPU under torchrun / srun
             prompt_every=args.sam2_prompt_every,
             hydra_overrides=list(args.sam2_override),
         )
         try:
-            _predictor(sam2)  # load it now: a bad checkpoint must stop the run, not skip every video
+            if not args.finalize:
+                _predictor(sam2)  # load it now: a bad checkpoint must stop the run, not skip every video
         except SSV2InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -563,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             "boxes": [str(p) for p in box_files],
             "sam2_checkpoint": str(args.sam2_checkpoint) if sam2 else None,
         }
-        code = run_split(args, "ssv2", split, items, maker, settings, provenance)
+        code = run_split(args, "ssv2", split, items, maker, settings, provenance, part)
         if code:
             return code
     return 0

@@ -7,6 +7,8 @@ own loader defaults to ``weights_only=False`` for URLs and lets the caller turn 
 :class:`WeightsOnlyCheckpointIO` takes its place in the trainer's strategy and ignores that switch.
 Tensors are always mapped to the CPU: Lightning then copies them to each rank's own device, so no
 rank ever allocates on the device the checkpoint was saved from (``cuda:0``).
+
+:class:`LastCheckpointOnInterrupt` writes ``last.ckpt`` when ``fit`` is interrupted with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from lightning.pytorch.callbacks import Callback
 
 from interdyn.errors import UnsafeCheckpointError, WeightsNotFoundError
 
-# Non-tensor, non-primitive types that a Lightning checkpoint of this project holds. Each is a plain
-# value type whose unpickling runs no user code. ``collections.defaultdict`` (the loops' progress
-# tracking) and ``torch.Size`` are already allowed by torch's weights-only unpickler.
+# Types beyond tensors, containers, numbers and strings that a checkpoint may hold, each a plain value
+# type whose unpickling runs no code. Checkpoints of this project (module and DataModule
+# hyper-parameters, optimizer, loop and callback states) need none today: the ones torch's
+# weights-only unpickler allows by itself (``collections.OrderedDict``, ``torch.Size``, dtypes) suffice.
 SAFE_GLOBALS: list[Any] = []
 
 

@@ -148,3 +148,20 @@ def test_a_project_checkpoint_loads_from_a_url_onto_the_cpu(tmp_path, served):
     checkpoint = load_checkpoint(f"{served}/last.ckpt")
     assert checkpoint["global_step"] == 1 and checkpoint["optimizer_states"]
     assert all(v.device.type == "cpu" for v in checkpoint["state_dict"].values())
+
+
+def test_a_checkpoint_saved_on_cuda0_loads_onto_the_cpu(tmp_path, monkeypatch):
+    """Storages tagged ``cuda:0`` (what rank 0 of a GPU run writes) are mapped to the CPU: no rank
+    allocates on another rank's device, and a machine without a GPU can read the file."""
+    path = tmp_path / "gpu.ckpt"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save({"state_dict": {"w": torch.ones(3)}, "global_step": 7}, path)
+    if not torch.cuda.is_available():  # the file really names cuda:0
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    for checkpoint in (
+        load_checkpoint(path),
+        WeightsOnlyCheckpointIO().load_checkpoint(path, map_location="cuda:0"),
+    ):
+        assert checkpoint["state_dict"]["w"].device.type == "cpu" and checkpoint["global_step"] == 7

@@ -12,6 +12,12 @@ is that every epoch sees the same window and crop of each video.
 Shards are rewritten whole (a temporary file, then a rename), in place unless ``--out`` is given, so a
 killed run never leaves a broken shard. A rerun skips the shards already done with the same settings
 (``_latents/<shard>.json``) and refuses other settings unless ``--overwrite``.
+
+Parts: like the shard preparers, ``--part i/n`` (or torchrun's ``RANK``/``WORLD_SIZE``, srun, a SLURM job
+array; see :mod:`data_prep.parts`) caches only shards ``i, i + n, ...`` of the sorted shard list, on the
+GPU ``LOCAL_RANK`` names. A shard's cache depends only on that shard, so n parts write the same bytes as
+one process. The last part to find every shard cached (or ``--finalize``) writes ``latents.json`` (the
+settings and the counts per shard) next to the shards; ``--finalize`` names the shards not cached yet.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import random
 import sys
 import tarfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, write_shard
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
@@ -246,7 +254,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--noise-aug-strength", dest="noise_aug_strength", type=float)
     parser.add_argument("--seed", type=int, default=0, help="seeds the image-latent noise per sample key")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", help="default: cuda:LOCAL_RANK under torchrun/srun, else cuda if available, else cpu"
+    )
     parser.add_argument(
         "--encoder-dtype",
         choices=sorted(_DTYPES),
@@ -257,11 +267,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae-chunk-size", type=int, default=16, help="frames per VAE call")
     parser.add_argument("--overwrite", action="store_true", help="rebuild caches made with other settings")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--part",
+        metavar="I/N",
+        help="cache only part I of N of the shards (default: from torchrun/srun/SLURM array variables, else all)",
+    )
+    parser.add_argument(
+        "--finalize",
+        action="store_true",
+        help="cache nothing: write latents.json once every shard is cached (else name the missing ones)",
+    )
     return parser.parse_args(argv)
+
+
+class MissingCacheError(InterDynError, ValueError):
+    """``--finalize`` found shards that no part has cached with these settings yet."""
+
+
+def _state(src: Path, dst: Path, record: Path, fingerprint: str) -> str:
+    """``done`` (cached with these settings), ``other`` (cached with other settings) or ``todo``."""
+    if not (record.is_file() and dst.is_file()):
+        return "todo"
+    try:
+        done = json.loads(record.read_text())
+    except json.JSONDecodeError:
+        return "todo"
+    stat = dst.stat()
+    if done.get("size") != stat.st_size or done.get("mtime_ns") != stat.st_mtime_ns:
+        return "todo"  # the shard changed since (rewritten by a preparer): cache it again
+    return "done" if done.get("settings") == fingerprint else "other"
+
+
+def _write_reports(jobs: list[tuple[Path, Path, Path]], settings: dict[str, Any]) -> None:
+    """``latents.json`` in every folder of cached shards: the settings and each shard's counts (no time
+    stamps: the same caches give the same bytes, whichever part writes the file)."""
+    folders: dict[Path, dict[str, Any]] = {}
+    for _, dst, record in jobs:
+        counts = json.loads(record.read_text()).get("counts", {})
+        folders.setdefault(dst.parent, {})[dst.name] = dict(sorted(counts.items()))
+    for folder, shards in folders.items():
+        total: Counter = Counter()
+        for counts in shards.values():
+            total.update(counts)
+        report = {"settings": settings, "counts": dict(sorted(total.items())), "shards": shards}
+        atomic_write_bytes(folder / "latents.json", json.dumps(report, indent=1, sort_keys=True).encode())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Cache every shard; returns a summary (settings, shard counts, samples cached and skipped)."""
+    part = resolve_part(args.part)
     settings, svd, urls = resolve_settings(args)
     fingerprint = json.dumps(settings, sort_keys=True)
     jobs: list[tuple[Path, Path, Path]] = []
@@ -270,31 +324,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dst = (args.out / src.name) if args.out else src
         record = dst.parent / PROGRESS_DIR / (src.name + ".json")
         jobs.append((src, dst, record))
+    if args.finalize:
+        missing = [j for j, job in enumerate(jobs) if _state(*job, fingerprint) != "done"]
+        if missing:
+            shown = ", ".join(f"{j} ({jobs[j][1].name})" for j in missing[:10]) + (
+                ", ..." if len(missing) > 10 else ""
+            )
+            raise MissingCacheError(
+                f"latents: {len(missing)} of {len(jobs)} shards are not cached with these settings: {shown};"
+                " shard j belongs to part j mod n of --part i/n: rerun those parts, then finalize again"
+            )
+        _write_reports(jobs, settings)
+        print(f"latents: all {len(jobs)} shards are cached; wrote latents.json")
+        return {"settings": settings, "shards": len(urls), "cached_now": 0, "counts": {}}
+    mine = [jobs[j] for j in part.chunks(len(jobs))]
     todo = []
-    for src, dst, record in jobs:
+    for src, dst, record in mine:
         stale = dst.with_name(dst.name + TMP_SUFFIX)
         if stale.exists():
-            stale.unlink()  # left by a killed run
-        if record.is_file() and dst.is_file():
-            done = json.loads(record.read_text())
-            same_file = (
-                done.get("size") == dst.stat().st_size and done.get("mtime_ns") == dst.stat().st_mtime_ns
+            stale.unlink()  # left by a killed run of this part (no other part writes this shard)
+        state = _state(src, dst, record, fingerprint)
+        if state == "done":
+            continue
+        if state == "other" and not args.overwrite:
+            raise ValueError(
+                f"{dst} was cached with other settings ({record}); pass --overwrite to rebuild the cache"
             )
-            if same_file and done.get("settings") == fingerprint:
-                continue
-            if same_file and not args.overwrite:
-                raise ValueError(
-                    f"{dst} was cached with other settings ({record}); pass --overwrite to rebuild the cache"
-                )
         todo.append((src, dst, record))
     shown = {k: v for k, v in settings.items() if k not in ("svd", "version")}
     svd_name = svd if isinstance(svd, str) else "the config's random SVD"
-    print(f"latents: {len(urls)} shards ({len(urls) - len(todo)} already cached) with {svd_name}; {shown}")
+    which = "" if part.whole else f" (part {part}: {len(mine)} of them)"
+    print(
+        f"latents: {len(urls)} shards{which}, {len(mine) - len(todo)} already cached, with {svd_name}; {shown}"
+    )
     total: Counter = Counter()
+    started = time.monotonic()
     if todo:
-        dtype_name = args.encoder_dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")
+        device = part_device(part, args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = args.encoder_dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
         encoder = ConditioningEncoder(
-            svd, args.device, _DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+            svd, device, _DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
         )
         decoder = ClipDecoder(
             num_frames=settings["num_frames"],
@@ -329,12 +398,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             atomic_write_bytes(record, json.dumps(entry, indent=1).encode())
         if progress is not None:
             progress.close()
+    seconds = time.monotonic() - started
     summary = {"settings": settings, "shards": len(urls), "cached_now": len(todo), "counts": dict(total)}
     skipped = {k: v for k, v in total.items() if k != "cached"}
+    videos = sum(total.values())
     print(
-        f"latents: cached {total.get('cached', 0)} samples in {len(todo)} shards"
-        + (f"; skipped {skipped}" if skipped else "")
+        f"latents{'' if part.whole else f' part {part}'}: cached {total.get('cached', 0)} samples in"
+        f" {len(todo)} shards, {videos} videos in {seconds:.1f} s ({videos / max(seconds, 1e-9):.2f} videos/s)"
+        + (f"; skipped {skipped}" if skipped else ""),
+        flush=True,
     )
+    # the last part to finish (or the only one) writes latents.json
+    waiting = [job[1].name for job in jobs if _state(*job, fingerprint) != "done"]
+    if not waiting:
+        _write_reports(jobs, settings)
+    else:
+        print(
+            f"latents: {len(waiting)} shard(s) of other parts are not cached yet; the last part to finish"
+            " writes latents.json (or run the same command with --finalize)"
+        )
     return summary
 
 

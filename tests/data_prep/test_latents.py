@@ -226,3 +226,24 @@ def test_a_cache_of_an_older_format_is_refused(cached):
     )  # fmt: skip
     with pytest.raises(ConfigError, match="format version 1.*rebuild it"):
         CachedClipDecoder(GEOMETRY)({**sample, FIELD: old}, random.Random(0))
+
+
+def test_parts_cache_the_bytes_of_one_process(
+    cached, synthetic_shards, tiny_svd_folder, tmp_path, capsys, monkeypatch
+):
+    """Two parts (in the reverse order) write the shards and latents.json of the one-process run; the
+    report is refused while a part's shards are missing, and names them."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "parts"
+    args = ("--noise-aug-strength", "0", "--store-dtype", "float32")
+    assert run_latents(synthetic_shards / "train", out, tiny_svd_folder, *args, "--part", "1/2") == 0
+    assert "videos/s" in capsys.readouterr().out and not (out / "latents.json").exists()
+    assert run_latents(synthetic_shards / "train", out, tiny_svd_folder, *args, "--finalize") == 2
+    first = sorted(p.name for p in synthetic_shards.glob("train/*.tar"))[0]
+    assert f"0 ({first})" in capsys.readouterr().err
+    assert run_latents(synthetic_shards / "train", out, tiny_svd_folder, *args, "--part", "0/2") == 0
+    one = {p.name: p.read_bytes() for p in cached.iterdir() if p.is_file()}
+    assert sorted(one) == sorted([*(p.name for p in synthetic_shards.glob("train/*.tar")), "latents.json"])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == one
+    assert json.loads(one["latents.json"])["counts"]["cached"] == 8

@@ -87,7 +87,12 @@ def test_parts_share_chunks_round_robin_and_pick_the_local_gpu(clean_env):
     assert part_device(part, "cpu") == "cpu"  # an explicit device always wins
     import torch
 
-    assert part_device(part, None) == ("cuda:2" if torch.cuda.device_count() > 2 else None)
+    if not torch.cuda.is_available():
+        assert part_device(part, None) is None  # the caller's CPU default
+    elif torch.cuda.device_count() > 2:
+        assert part_device(part, None) == "cuda:2"
+    else:  # one GPU per task (CUDA_VISIBLE_DEVICES set by the launcher): the only one there is
+        assert part_device(part, None) == f"cuda:{2 % torch.cuda.device_count()}"
 
 
 def toy_maker(item: Item):

@@ -324,6 +324,9 @@ def test_sam2_path_with_a_random_tiny_model(ssv2_root, tmp_path):
     meta = json.loads(sample["json"])
     control = load_masks(sample["masks.npz"])["control"]
     assert meta["mask_source"] == "sam2" and control.shape == (30, H, W) and control.dtype == np.bool_
+    # the chunk's record counts the SAM2 frames, which each part reports per second
+    (record,) = (out / "validation" / "_progress").glob("*.json")
+    assert json.loads(record.read_text())["counters"] == {"sam2_frames": 30}
 
 
 def test_same_named_objects_stay_apart():

@@ -108,6 +108,7 @@ def _checkpoint_dirs(trainer: L.Trainer) -> str:
 MORE_COMMANDS = """
 other commands:
   generate            videos from an image and driver masks, or a clip folder (interdyn generate --help)
+  app                 a browser app: paint a mask, drag it along a path, generate (interdyn app --help)
   export              a training checkpoint's branch as a diffusers folder (interdyn export --help)
   evaluate            score a folder of generated videos against a shard split (interdyn evaluate --help)
   weights fetch i3d   download and convert the FVD/KVD I3D weights
@@ -122,6 +123,10 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen SVD parts are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    if argv and argv[0] == "app":
+        from interdyn.app.main import app_main
+
+        sys.exit(app_main(argv[1:]))  # prints user errors as one sentence and returns 2
     if argv and argv[0] in ("generate", "export"):
         if argv[0] == "generate":
             from interdyn.generate import generate_main as command

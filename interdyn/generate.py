@@ -329,8 +329,39 @@ def write_outputs(inputs: GenerationInputs, videos: dict[str, np.ndarray], out: 
 
 
 # ---------------------------------------------------------------------------- the command
-def run_generate(args: argparse.Namespace) -> GenerateResult:
-    """Read the inputs, load the weights, sample every control sequence, write the outputs."""
+@dataclass
+class LoadedWeights:
+    """The sampling pipeline of ``--svd``/``--controlnet`` on a device, loaded once and reusable: the
+    browser app (:mod:`interdyn.app`) keeps one between runs and passes it to :func:`run_generate`."""
+
+    pipe: InterDynPipeline
+    svd_source: Any  # what --svd resolved to (the .ckpt's SVD, or the default hub id, when not given)
+    recorded: dict[str, Any]  # a .ckpt's sampling settings ({} for folders and hub ids)
+    device: torch.device
+    dtype: torch.dtype
+    key: tuple  # (svd, controlnet, device, dtype) as asked for: which arguments these weights serve
+
+
+def weights_key(args: argparse.Namespace) -> tuple:
+    """The arguments that decide which weights a run needs."""
+    return (args.svd, args.controlnet, args.device, args.dtype)
+
+
+def load_weights(args: argparse.Namespace) -> LoadedWeights:
+    """Load the branch and SVD that ``args`` name, check they fit each other, build the pipeline."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    branch, recorded = load_branch(args.controlnet, torch_dtype=dtype)
+    svd_source = args.svd if args.svd is not None else recorded.get("svd", SVD_REPO)
+    svd = get_svd(svd_source, torch_dtype=dtype)
+    check_compatible(branch, svd)
+    pipe = InterDynPipeline.from_components(svd, branch).to(device)
+    return LoadedWeights(pipe, svd_source, recorded, device, dtype, weights_key(args))
+
+
+def run_generate(args: argparse.Namespace, weights: LoadedWeights | None = None) -> GenerateResult:
+    """Read the inputs, load the weights (or reuse ``weights``, loaded by :func:`load_weights` for the same
+    ``--svd``/``--controlnet``/``--device``/``--dtype``), sample every control sequence, write the outputs."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.num_samples < 1:
@@ -344,13 +375,12 @@ def run_generate(args: argparse.Namespace) -> GenerateResult:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}' exists and is not a folder.")
-    branch, recorded = load_branch(args.controlnet, torch_dtype=dtype)
-    svd_source = args.svd if args.svd is not None else recorded.get("svd", SVD_REPO)
-    svd = get_svd(svd_source, torch_dtype=dtype)
-    check_compatible(branch, svd)
+    if weights is not None and weights.key != weights_key(args):
+        raise ValueError(f"the loaded weights serve {weights.key}, not {weights_key(args)}")
+    if weights is None:
+        weights = load_weights(args)
+    svd_source, recorded, pipe = weights.svd_source, weights.recorded, weights.pipe
     settings = sampling_settings(args, recorded)
-    pipe = InterDynPipeline.from_components(svd, branch)
-    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=args.no_progress, desc="sampling")
     svd_name = svd_source if isinstance(svd_source, str) else "an architecture dict (random weights)"
     print(

@@ -1,0 +1,305 @@
+"""What the app's buttons do, without the UI: a thin layer over ``interdyn generate``.
+
+Every generation writes its inputs into a run folder (``first_frame.png`` and the driver: ``driver.npz``
+for a drawn path, or the uploaded mask file as it is) and runs :func:`interdyn.generate.run_generate` on
+the command line that ``interdyn generate`` would parse for them. Preprocessing, seeds and output files
+are therefore exactly the command's; the run's ``command.txt`` repeats it from a shell. The weights are
+loaded once, on the first generation, and kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from interdyn.app.paths import drag_mask
+from interdyn.data.inputs import (
+    FOLDER_FPS,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    GenerationInputs,
+    find_clip_parts,
+    masks_npz_bytes,
+    read_image,
+)
+from interdyn.errors import InputError
+from interdyn.files import write_atomic
+from interdyn.generate import (
+    GenerateResult,
+    LoadedWeights,
+    build_parser,
+    load_weights,
+    read_inputs,
+    run_generate,
+)
+from interdyn.render import png_bytes
+
+NUM_FRAMES = 14  # SVD img2vid's clip length
+MIN_SIDE, MAX_SIDE, MAX_ASPECT = 16, 4096, 8.0
+MASK_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES | {".npz"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Weights and sizes the app runs with; ``controlnet=None`` is a seeded random branch."""
+
+    label: str  # shown at the top of the page
+    svd: str | None
+    controlnet: str | None
+    height: int
+    width: int
+    steps: int
+    notice: str = ""  # said plainly in the page
+
+
+TINY_RANDOM = ModelChoice(
+    label="tiny random model (CPU)",
+    svd="random:tiny",
+    controlnet=None,
+    height=64,
+    width=64,
+    steps=3,
+    notice="This runs the tiny **random** model: its videos are noise that shows how the app works, not "
+    "what InterDyn does. Trained weights for the built-in world are not published yet; start the app "
+    "with `--svd` and `--controlnet` for real ones.",
+)
+# The model `interdyn app` runs when no weights are named. Switch to the built-in world's trained weights
+# (a ModelChoice with their svd/controlnet paths) when they exist.
+DEFAULT_MODEL = TINY_RANDOM
+
+
+def random_branch(folder: Path, svd: str = "random:tiny", seed: int = 0) -> Path:
+    """A control branch for the preset ``svd`` with seeded random weights (non-zero everywhere, so that the
+    driver changes the video), saved once at ``folder`` for ``interdyn generate --controlnet``."""
+    if (folder / "config.json").is_file():
+        return folder
+    from interdyn.models.controlnet import ControlNetSDVModel
+    from interdyn.models.svd import get_svd
+
+    with torch.random.fork_rng(devices=[]):
+        unet = get_svd(svd).unet
+        branch = ControlNetSDVModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in branch.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    branch.save_pretrained(tmp, safe_serialization=True)
+    tmp.replace(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------- inputs
+def check_image(image: Any) -> np.ndarray:
+    """The first frame as ``(H, W, 3)`` uint8, or one sentence saying why it cannot be one."""
+    if image is None:
+        raise InputError("pick a first frame: upload an image, take a video's first frame or pick a scene.")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"the first frame must be an RGB image, got an array of shape {array.shape}.")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        scale = 255.0 if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0 else 1.0
+        array = np.clip(array.astype(np.float64) * scale, 0, 255).round().astype(np.uint8)
+    h, w = array.shape[:2]
+    if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
+        raise InputError(
+            f"the first frame is {w}x{h} pixels; use an image between {MIN_SIDE} and {MAX_SIDE} pixels a side."
+        )
+    if max(h, w) / min(h, w) > MAX_ASPECT:
+        raise InputError(
+            f"the first frame is {w}x{h} pixels, too elongated for a {NUM_FRAMES}-frame clip crop (at most "
+            f"{MAX_ASPECT:g}:1)."
+        )
+    return np.ascontiguousarray(array)
+
+
+def first_frame_of(path: str | Path) -> np.ndarray:
+    """The first frame of an image, a video file or a clip folder (its ``video.*``)."""
+    path = Path(str(path).strip()).expanduser()
+    if not str(path) or not path.exists():
+        raise InputError(f"'{path}' does not exist.")
+    if path.is_dir():
+        video, _, _ = find_clip_parts(path, None)
+        if video.is_dir():
+            files = sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise InputError(f"the frame folder '{video}' holds no images.")
+            video = files[0]
+        path = video
+    return check_image(read_image(path))
+
+
+def painted_mask(layers: list[Any] | None, shape: tuple[int, int]) -> np.ndarray:
+    """The union of the painted layers (RGBA: a pixel counts where it is not transparent)."""
+    mask = np.zeros(shape, dtype=bool)
+    for layer in layers or []:
+        if layer is None:
+            continue
+        layer = np.asarray(layer)
+        if layer.shape[:2] != shape:
+            raise InputError(
+                f"the painted layer is {layer.shape[1]}x{layer.shape[0]}, the image {shape[1]}x{shape[0]}."
+            )
+        mask |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else np.asarray(layer).any(-1)
+    return mask
+
+
+@dataclass
+class Driver:
+    """The driver of a run: a mask dragged along a path, or an uploaded mask file."""
+
+    masks: np.ndarray | None = None  # (T, H, W) bool at the first frame's size (a drawn path)
+    file: Path | None = None  # a mask video / image / .npz as uploaded
+    points: list[list[float]] = field(default_factory=list)
+    speed: float | None = None
+
+    @classmethod
+    def drawn(cls, mask: np.ndarray, points: list, speed: float | None = None) -> Driver:
+        """``mask`` dragged along ``points`` over the clip (``speed`` in pixels per frame)."""
+        pts = [[float(x), float(y)] for x, y in points]
+        return cls(masks=drag_mask(mask, pts, NUM_FRAMES, speed), points=pts, speed=speed)
+
+    @classmethod
+    def uploaded(cls, file: str | Path | None) -> Driver:
+        """A mask video, a mask image (the same mask on every frame) or a ``.npz``."""
+        if not file:
+            raise InputError("upload a mask video, a mask image or a .npz, or draw a path instead.")
+        path = Path(file)
+        if path.suffix.lower() not in MASK_SUFFIXES:
+            raise InputError(
+                f"'{path.name}' is not a mask video, a mask image or a .npz ({', '.join(sorted(MASK_SUFFIXES))})."
+            )
+        return cls(file=path)
+
+
+# ---------------------------------------------------------------------------- the engine
+class Engine:
+    """Holds the weights' arguments and, once loaded, the weights; runs previews and generations."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        model: ModelChoice = DEFAULT_MODEL,
+        device: str = "auto",
+        dtype: str = "auto",
+        height: int | None = None,
+        width: int | None = None,
+    ) -> None:
+        self.out = Path(out).expanduser().resolve()
+        self.model = model
+        self.device, self.dtype = device, dtype
+        self.height, self.width = height or model.height, width or model.width
+        self._weights: LoadedWeights | None = None
+        self._lock = threading.Lock()  # one generation at a time per process (the UI's queue also waits)
+
+    def weight_args(self) -> list[str]:
+        controlnet = self.model.controlnet
+        if controlnet is None:
+            controlnet = str(random_branch(self.out / ".tiny-random-branch", self.model.svd or "random:tiny"))
+        argv = ["--controlnet", controlnet, "--device", self.device, "--dtype", self.dtype]
+        return argv + (["--svd", self.model.svd] if self.model.svd else [])
+
+    def _write_inputs(self, folder: Path, image: np.ndarray, driver: Driver) -> list[str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        image_path = write_atomic(folder / "first_frame.png", png_bytes(check_image(image)))
+        if driver.masks is not None:
+            control = write_atomic(folder / "driver.npz", masks_npz_bytes(driver.masks, FOLDER_FPS))
+            path = {"points": driver.points, "speed_px_per_frame": driver.speed, "frames": NUM_FRAMES}
+            write_atomic(folder / "driver_path.json", json.dumps(path, indent=2).encode())
+        elif driver.file is not None:
+            control = folder / f"driver{driver.file.suffix.lower()}"
+            if driver.file.resolve() != control.resolve():
+                shutil.copyfile(driver.file, control)
+        else:
+            raise InputError("make a driver first: paint a mask and draw its path, or upload a mask file.")
+        # A drawn driver is written at 7 fps, the clip's rate: the clip takes every one of its frames.
+        return ["--image", str(image_path), "--control", str(control)]
+
+    def arguments(self, folder: Path, image: np.ndarray, driver: Driver, **sampling: Any) -> list[str]:
+        """The ``interdyn generate`` command line of a run in ``folder`` (its inputs are written there)."""
+        argv = self._write_inputs(folder, image, driver)
+        argv += ["--height", str(self.height), "--width", str(self.width), "--out", str(folder)]
+        argv += ["--name", folder.name, "--crop", "center"]
+        for key, value in sampling.items():
+            if value is not None:
+                argv += [f"--{key}", str(value)]
+        return argv
+
+    def preview(self, image: np.ndarray, driver: Driver) -> GenerationInputs:
+        """The image and driver as the model will see them (the command's own preprocessing)."""
+        folder = self.out / ".preview"
+        argv = self.arguments(folder, image, driver)
+        return read_inputs(parse_or_error(argv))
+
+    def next_run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        taken = [int(m.group(1)) for p in self.out.iterdir() if (m := re.fullmatch(r"run(\d+)", p.name))]
+        return self.out / f"run{max(taken, default=0) + 1:03d}"
+
+    def generate(
+        self,
+        image: np.ndarray,
+        driver: Driver,
+        num_samples: int = 3,
+        steps: int | None = None,
+        scheduler: str = "euler",
+        min_guidance: float = 1.0,
+        max_guidance: float = 3.0,
+        seed: int = 42,
+    ) -> GenerateResult:
+        """Run ``interdyn generate`` on the inputs in a new run folder with the loaded weights."""
+        with self._lock:
+            check_image(image)
+            folder = self.next_run()
+            try:
+                argv = self.arguments(
+                    folder,
+                    image,
+                    driver,
+                    num_samples=int(num_samples),
+                    steps=int(steps or self.model.steps),
+                    scheduler=scheduler,
+                    min_guidance=float(min_guidance),
+                    max_guidance=float(max_guidance),
+                    seed=int(seed),
+                )
+                argv += self.weight_args()
+                args = parse_or_error(argv)
+                read_inputs(args)  # bad inputs fail before the weights are loaded
+                if self._weights is None:
+                    self._weights = load_weights(args)
+                result = run_generate(args, self._weights)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)  # no half-written run in the history
+                raise
+            command = "interdyn generate " + shlex.join(argv)
+            write_atomic(folder / "command.txt", (command + "\n").encode())
+            result.paths.append(folder / "command.txt")
+            return result
+
+
+def parse_or_error(argv: list[str]) -> argparse.Namespace:
+    """``interdyn generate``'s parser, with its usage errors as InputError instead of SystemExit."""
+    parser = build_parser()
+
+    def error(message: str) -> None:
+        raise InputError(f"invalid settings: {message}.")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(argv)

@@ -1,0 +1,324 @@
+"""The page of ``interdyn app`` (Gradio): first frame, driver, generation, the last runs side by side.
+
+Callbacks only translate between the page and :class:`~interdyn.app.engine.Engine`; a user error becomes
+a message in the page (``gr.Error``), never a stack trace, and the server keeps running.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from interdyn.app.engine import NUM_FRAMES, Driver, Engine, check_image, first_frame_of, painted_mask
+from interdyn.app.scenes import builtin_scenes
+from interdyn.errors import InterDynError
+from interdyn.models.pipeline import SCHEDULERS
+
+log = logging.getLogger(__name__)
+HISTORY = 6  # runs kept side by side
+MASK_RGB = np.array([255, 40, 40], dtype=np.float32)
+
+
+def guarded(fn: Callable) -> Callable:
+    """A callback whose errors reach the page as one sentence (and the server log, when unexpected)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except InterDynError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        except Exception as err:  # the app keeps running: say what failed, log the traceback
+            log.exception("callback %s failed", fn.__name__)
+            raise gr.Error(f"unexpected error ({type(err).__name__}): {err}", print_exception=False) from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- drawing helpers
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """``image`` with ``mask`` tinted red."""
+    out = image[..., :3].astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * MASK_RGB
+    return out.round().astype(np.uint8)
+
+
+def zoom_of(shape: tuple[int, ...], target: int = 384) -> int:
+    """Whole-pixel enlargement that shows a small image at about ``target`` pixels."""
+    return max(1, math.floor(target / max(shape[:2])))
+
+
+def enlarge(image: np.ndarray, zoom: int) -> np.ndarray:
+    return image.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else image
+
+
+def path_canvas(image: np.ndarray | None, mask: np.ndarray | None, points: list) -> np.ndarray | None:
+    """The first frame (enlarged when small) with the painted mask and the path drawn on it."""
+    if image is None:
+        return None
+    zoom = zoom_of(image.shape)
+    shown = overlay(image, mask) if mask is not None else image[..., :3]
+    canvas = Image.fromarray(enlarge(shown, zoom))
+    draw = ImageDraw.Draw(canvas)
+    xy = [((x + 0.5) * zoom, (y + 0.5) * zoom) for x, y in points]
+    if len(xy) > 1:
+        draw.line(xy, fill=(255, 230, 0), width=max(2, zoom))
+    for k, (x, y) in enumerate(xy):
+        r = max(3, 2 * zoom)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(0, 200, 255) if k == 0 else (255, 230, 0))
+    return np.asarray(canvas)
+
+
+def editor_parts(value: dict | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The first frame and the painted mask of the editor's value (either may be None)."""
+    if not value or value.get("background") is None:
+        return None, None
+    image = check_image(value["background"])
+    mask = painted_mask(value.get("layers"), image.shape[:2])
+    return image, mask
+
+
+def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    layers = []
+    if mask is not None:
+        layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
+        layer[mask] = (255, 40, 40, 255)
+        layers.append(layer)
+    return {"background": image, "layers": layers, "composite": None}
+
+
+# ---------------------------------------------------------------------------- the page
+def build_ui(engine: Engine) -> gr.Blocks:
+    """The Blocks of the app for ``engine``."""
+    scenes = {scene.name: scene for scene in builtin_scenes()}
+    model = engine.model
+
+    def driver_of(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> Driver:
+        if mode == "upload":
+            return Driver.uploaded(upload)
+        image, mask = editor_parts(editor)
+        if image is None:
+            raise InterDynError(
+                "pick a first frame: upload an image, take a video's first frame or pick a scene."
+            )
+        return Driver.drawn(mask, points, float(speed) or None)
+
+    @guarded
+    def on_editor_change(editor: dict | None, points: list) -> np.ndarray | None:
+        image, mask = editor_parts(editor)
+        return path_canvas(image, mask, points)
+
+    @guarded
+    def on_path_click(editor: dict | None, points: list, evt: gr.SelectData) -> tuple:
+        image, mask = editor_parts(editor)
+        if image is None:
+            raise InterDynError("pick a first frame before drawing a path.")
+        zoom = zoom_of(image.shape)
+        x, y = evt.index[0] / zoom, evt.index[1] / zoom
+        points = [*points, [min(max(x, 0.0), image.shape[1] - 1.0), min(max(y, 0.0), image.shape[0] - 1.0)]]
+        return points, path_canvas(image, mask, points)
+
+    @guarded
+    def on_path_edit(editor: dict | None, points: list, action: str) -> tuple:
+        points = points[:-1] if action == "undo" else []
+        image, mask = editor_parts(editor)
+        return points, path_canvas(image, mask, points)
+
+    @guarded
+    def on_preview(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> tuple:
+        image, _ = editor_parts(editor)
+        if image is None:
+            raise InterDynError("pick a first frame first.")
+        inputs = engine.preview(image, driver_of(editor, mode, points, speed, upload))
+        zoom = zoom_of(inputs.image.shape, 256)
+        frames = [enlarge(overlay(inputs.image, m), zoom) for m in inputs.controls[0]]
+        notes = "\n".join(f"- {n}" for n in [f"timing: {inputs.timing}", *inputs.notes])
+        return frames, frames[0], gr.update(value=0, maximum=len(frames) - 1), notes
+
+    def on_scrub(frames: list, index: float) -> np.ndarray | None:
+        return frames[int(index)] if frames else None
+
+    @guarded
+    def on_video_file(path: str | None, points: list) -> tuple:
+        if not path:
+            return gr.skip(), gr.skip()
+        image = first_frame_of(path)
+        return editor_value(image), []
+
+    @guarded
+    def on_scene(name: str) -> tuple:
+        if name not in scenes:
+            raise InterDynError("pick one of the built-in scenes.")
+        scene = scenes[name]
+        return editor_value(scene.image, scene.mask), [list(p) for p in scene.points]
+
+    @guarded
+    def on_generate(
+        editor: dict | None,
+        mode: str,
+        points: list,
+        speed: float,
+        upload: Any,
+        samples: float,
+        steps: float,
+        scheduler: str,
+        min_guidance: float,
+        max_guidance: float,
+        seed: float,
+        history: list,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way to ask for it)
+    ) -> tuple:
+        image, _ = editor_parts(editor)
+        if image is None:
+            raise InterDynError("pick a first frame first.")
+        driver = driver_of(editor, mode, points, speed, upload)
+        progress(0, desc="loading the weights and preparing the inputs")
+        result = engine.generate(
+            image, driver, int(samples), int(steps), scheduler, min_guidance, max_guidance, int(seed)
+        )
+        compare = next(p for p in result.paths if p.name.endswith(("_compare.mp4", "_grid.mp4")))
+        run = compare.parent.name
+        what = (
+            f"{len(driver.points)}-point path" if driver.masks is not None else f"upload {upload and 'file'}"
+        )
+        caption = f"{run}: {what}, seed {int(seed)}, {int(steps)} steps"
+        history = [(str(compare), caption), *history][:HISTORY]
+        command = (compare.parent / "command.txt").read_text().strip()
+        info = (
+            f"**{run}** written to `{compare.parent}`: {NUM_FRAMES} frames at {result.inputs.fps:g} fps.\n\n"
+        )
+        info += f"The same from a shell:\n```\n{command}\n```"
+        files = [str(p) for p in result.paths]
+        return str(compare), files, info, history, history
+
+    with gr.Blocks(title="InterDyn") as demo:
+        gr.Markdown(
+            "# InterDyn: draw the driver, watch the world react\n"
+            f"Model: **{model.label}**, {engine.width}x{engine.height} pixels, {NUM_FRAMES} frames."
+            + (f"\n\n> {model.notice}" if model.notice else "")
+        )
+        points = gr.State([])
+        history = gr.State([])
+        preview_frames = gr.State([])
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown(
+                    "### 1. First frame and mask\nUpload an image into the editor (or take one below), then "
+                    "paint the mask of what moves with the brush."
+                )
+                editor = gr.ImageEditor(
+                    label="first frame: paint the driver's mask",
+                    type="numpy",
+                    image_mode="RGBA",
+                    format="png",
+                    sources=("upload", "clipboard"),
+                    transforms=(),
+                    layers=False,
+                    brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed"),
+                    eraser=gr.Eraser(),
+                    elem_id="editor",
+                )
+                with gr.Accordion(
+                    "or take the first frame of a video, a clip folder or a built-in scene", open=True
+                ):
+                    video_file = gr.File(
+                        label="video (its first frame)", file_types=["video"], elem_id="video_file"
+                    )
+                    with gr.Row():
+                        clip_path = gr.Textbox(
+                            label="path on this machine: image, video or clip folder (video.* + mask_*.*)",
+                            elem_id="clip_path",
+                        )
+                        clip_button = gr.Button("load", size="sm")
+                    with gr.Row():
+                        scene = gr.Dropdown(
+                            choices=list(scenes), label="built-in world scenes", elem_id="scene"
+                        )
+                        scene_button = gr.Button("use scene", size="sm", elem_id="use_scene")
+            with gr.Column():
+                gr.Markdown(
+                    "### 2. Driver\nClick points on the image to draw the path the mask is dragged along, "
+                    "or upload a mask video."
+                )
+                mode = gr.Radio(
+                    [("drag the painted mask along the path", "path"), ("uploaded masks", "upload")],
+                    value="path",
+                    label="driver",
+                    elem_id="mode",
+                )
+                canvas = gr.Image(
+                    label="path: click to add points (blue: start)",
+                    interactive=False,
+                    elem_id="path_canvas",
+                    format="png",
+                )
+                with gr.Row():
+                    undo = gr.Button("undo point", size="sm")
+                    clear = gr.Button("clear path", size="sm", elem_id="clear_path")
+                speed = gr.Slider(
+                    0,
+                    40,
+                    value=0,
+                    step=0.5,
+                    label="speed, pixels per frame (0: the whole path over the clip)",
+                )
+                upload = gr.File(
+                    label="mask video, mask image or .npz (driver: uploaded masks)",
+                    file_types=[".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".npz", "image"],
+                )
+                preview_button = gr.Button("preview the driver", elem_id="preview")
+                preview = gr.Image(
+                    label="driver as the model sees it", interactive=False, elem_id="preview_image"
+                )
+                scrub = gr.Slider(0, NUM_FRAMES - 1, value=0, step=1, label="frame", elem_id="scrub")
+                notes = gr.Markdown()
+        gr.Markdown("### 3. Generate")
+        with gr.Row():
+            samples = gr.Slider(1, 4, value=3, step=1, label="samples", elem_id="samples")
+            steps = gr.Slider(1, 100, value=model.steps, step=1, label="sampler steps", elem_id="steps")
+            scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="sampler")
+            min_guidance = gr.Number(1.0, label="guidance, first frame")
+            max_guidance = gr.Number(3.0, label="guidance, last frame")
+            seed = gr.Number(42, label="seed", precision=0)
+        go = gr.Button("generate", variant="primary", elem_id="generate")
+        with gr.Row():
+            video = gr.Video(
+                label="input | control | samples", autoplay=True, loop=True, elem_id="result_video"
+            )
+            with gr.Column():
+                files = gr.File(
+                    label="downloads: MP4s, contact sheet, settings",
+                    file_count="multiple",
+                    elem_id="downloads",
+                )
+                info = gr.Markdown(elem_id="run_info")
+        gr.Markdown("### 4. Counterfactuals: edit the path and generate again; the last runs stay here")
+        gallery = gr.Gallery(label="last runs", columns=3, height="auto", elem_id="history")
+
+        driver_inputs = [editor, mode, points, speed, upload]
+        editor.change(on_editor_change, [editor, points], canvas, show_progress="hidden")
+        canvas.select(on_path_click, [editor, points], [points, canvas], show_progress="hidden")
+        undo.click(functools.partial(on_path_edit, action="undo"), [editor, points], [points, canvas])
+        clear.click(functools.partial(on_path_edit, action="clear"), [editor, points], [points, canvas])
+        video_file.change(on_video_file, [video_file, points], [editor, points])
+        clip_button.click(on_video_file, [clip_path, points], [editor, points])
+        scene_button.click(on_scene, scene, [editor, points])
+        preview_button.click(on_preview, driver_inputs, [preview_frames, preview, scrub, notes])
+        scrub.change(on_scrub, [preview_frames, scrub], preview, show_progress="hidden")
+        go.click(
+            on_generate,
+            [*driver_inputs, samples, steps, scheduler, min_guidance, max_guidance, seed, history],
+            [video, files, info, history, gallery],
+            concurrency_limit=1,
+            concurrency_id="generate",
+        )
+    return demo

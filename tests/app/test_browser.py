@@ -1,0 +1,164 @@
+"""``interdyn app`` driven as a person would: a real headless Chromium paints a mask, clicks a path and
+generates on the tiny model; the video and the downloads must come back.
+
+Needs the system's Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``, which
+``.ci/run`` does); the test is skipped, saying so, only where they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from interdyn.data.video import decode_frames
+from tests.conftest import REPO_ROOT
+
+pytest.importorskip("gradio", reason="the app's extra is not installed (pip install -e '.[app]')")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in [dev])")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="no Chromium browser and driver on this machine (Debian: apt-get install chromium chromium-driver; "
+    ".ci/run installs them)",
+)
+SCREENSHOT = os.environ.get("INTERDYN_APP_SCREENSHOT")  # where to save the page after the generation
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory):
+    """``interdyn app`` on a free loopback port (one server for the module), stopped with its process
+    group at the end."""
+    tmp_path = tmp_path_factory.mktemp("app")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
+    log = open(tmp_path / "app.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "interdyn.cli", "app", "--port", str(port), "--out", str(tmp_path / "runs")],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"the app did not start:\n{(tmp_path / 'app.log').read_text()}"
+                    ) from None
+                time.sleep(0.5)
+        yield url, tmp_path / "runs"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
+    url, runs = app_url
+    picture = np.full((96, 128, 3), (90, 110, 140), dtype=np.uint8)
+    picture[30:60, 60:90] = (220, 60, 50)
+    Image.fromarray(picture).save(tmp_path / "scene.png")
+    wait = WebDriverWait(browser, 60)
+
+    browser.get(url)
+    editor = wait.until(lambda d: d.find_element(By.ID, "editor"))
+    editor.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(tmp_path / "scene.png"))
+    wait.until(lambda d: editor.find_element(By.CSS_SELECTOR, "button[aria-label=Brush]")).click()
+    canvas = editor.find_elements(By.CSS_SELECTOR, "canvas")[-1]
+    strokes = ActionChains(browser).move_to_element_with_offset(canvas, 20, -20).click_and_hold()
+    for dx, dy in [(45, -20), (45, 0), (20, 0), (20, 15), (45, 15)]:
+        strokes.move_to_element_with_offset(canvas, dx, dy)
+    strokes.release().perform()
+
+    # The path canvas shows the frame once the editor has it; two clicks make a path to the left.
+    path = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))
+    for fx in (0.1, -0.35):
+        ActionChains(browser).move_to_element_with_offset(
+            path, int(fx * path.size["width"]), 0
+        ).click().perform()
+        time.sleep(1.0)  # each click is one round trip that redraws the canvas
+    browser.find_element(By.ID, "preview").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
+
+    browser.find_element(By.ID, "generate").click()
+    video = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#result_video video[src]"))
+    hrefs = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")]
+    assert browser.execute_script("return document.querySelectorAll('.toast-body').length") == 0
+
+    # The video in the page has the clip's 14 frames; the downloads are the run's files.
+    frames = decode_frames(urllib.request.urlopen(video.get_attribute("src"), timeout=10).read())
+    assert frames.shape[0] == 14
+    assert sum(h.endswith(".mp4") for h in hrefs) == 3 + 1  # 3 samples and the side-by-side video
+    settings = json.loads(
+        urllib.request.urlopen(next(h for h in hrefs if h.endswith("_settings.json"))).read()
+    )
+    assert settings["seed"] == 42 and settings["num_frames"] == 14 and settings["svd"] == "random:tiny"
+    sheet = urllib.request.urlopen(next(h for h in hrefs if h.endswith("_sheet.png"))).read()
+    assert sheet.startswith(b"\x89PNG")
+    # The drawn driver was dragged to the left: its last frame lies left of its first.
+    run = runs / "run001"
+    masks = np.load(run / "driver.npz")["control"]
+    assert masks.shape[0] == 14 and masks[0].any() and masks[-1].any()
+    assert np.nonzero(masks[-1])[1].mean() < np.nonzero(masks[0])[1].mean() - 10
+    assert "video" in browser.find_element(By.ID, "history").get_attribute("innerHTML")
+    if SCREENSHOT:
+        browser.execute_script("document.getElementById('generate').scrollIntoView({block: 'center'})")
+        browser.save_screenshot(SCREENSHOT)
+
+
+def test_bad_input_is_a_message_in_the_page(app_url, browser) -> None:
+    url, _ = app_url
+    wait = WebDriverWait(browser, 60)
+    browser.get(url)
+    wait.until(lambda d: d.find_element(By.ID, "generate")).click()  # no first frame, no mask, no path
+    toast = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".toast-body"))
+    assert "pick a first frame" in toast.text
+    assert "Traceback" not in browser.page_source
+    urllib.request.urlopen(url, timeout=5).close()  # the server still answers

@@ -1,0 +1,114 @@
+"""The app's callbacks without the browser: a thin layer over ``interdyn generate`` on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interdyn.app.engine import Driver, Engine, check_image, first_frame_of, painted_mask
+from interdyn.app.scenes import builtin_scenes
+from interdyn.data.video import decode_frames, encode_video
+from interdyn.errors import InputError, InterDynError
+from interdyn.generate import generate
+
+
+def picture(h: int = 48, w: int = 64) -> np.ndarray:
+    image = np.full((h, w, 3), (90, 110, 140), dtype=np.uint8)
+    image[16:32, 40:56] = (220, 60, 50)
+    return image
+
+
+def square_mask(h: int = 48, w: int = 64) -> np.ndarray:
+    mask = np.zeros((h, w), dtype=bool)
+    mask[16:32, 40:56] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine(tmp_path_factory.mktemp("runs"), device="cpu")
+
+
+def test_generate_is_interdyn_generate(engine: Engine, tmp_path: Path) -> None:
+    """A run's videos are those of its own command line: same preprocessing, seed and files."""
+    driver = Driver.drawn(square_mask(), [(48, 24), (12, 24)])
+    result = engine.generate(picture(), driver, num_samples=1, steps=2, seed=7)
+    run = engine.out / "run001"
+    names = sorted(p.name for p in run.iterdir())
+    assert names == sorted(
+        ["first_frame.png", "driver.npz", "driver_path.json", "run001_s0.mp4", "run001_compare.mp4"]
+        + ["run001_sheet.png", "run001_settings.json", "command.txt"]
+    )
+    assert result.videos["driver"].shape == (1, 14, 64, 64, 3)
+    settings = json.loads((run / "run001_settings.json").read_text())
+    assert settings["seed"] == 7 and settings["sampling"]["num_inference_steps"] == 2
+    # The same command from a shell (into another folder) gives the same frames.
+    argv = shlex.split((run / "command.txt").read_text())[2:]
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    again = generate(argv + ["--no_progress"])
+    np.testing.assert_array_equal(again.videos["driver"], result.videos["driver"])
+    # Another path (a counterfactual) changes the video; the next run gets its own folder.
+    other = engine.generate(picture(), Driver.drawn(square_mask(), [(48, 24), (48, 4)]), 1, 2, seed=7)
+    assert (engine.out / "run002" / "run002_compare.mp4").is_file()
+    assert not np.array_equal(other.videos["driver"], result.videos["driver"])
+    frames = decode_frames((run / "run001_compare.mp4").read_bytes())
+    assert frames.shape[0] == 14
+
+
+def test_preview_is_what_the_model_sees(engine: Engine) -> None:
+    inputs = engine.preview(picture(), Driver.drawn(square_mask(), [(48, 24), (12, 24)], speed=1.0))
+    assert inputs.image.shape == (64, 64, 3) and inputs.controls[0].shape == (14, 64, 64)
+    xs = [np.nonzero(m)[1].mean() for m in inputs.controls[0]]
+    assert xs[0] > xs[-1]  # dragged to the left
+    assert any("center crop" in note for note in inputs.notes)
+
+
+def test_uploaded_mask_video(engine: Engine, tmp_path: Path) -> None:
+    masks = np.zeros((28, 48, 64, 3), dtype=np.uint8)
+    for t in range(28):
+        masks[t, 10:30, 5 + t : 20 + t] = 255
+    (tmp_path / "hand.mp4").write_bytes(encode_video(masks, 14.0))
+    inputs = engine.preview(picture(), Driver.uploaded(tmp_path / "hand.mp4"))
+    assert any("every 2nd frame of 14 fps" in note for note in inputs.notes)  # the command's resampling
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: check_image(None), "pick a first frame"),
+        (lambda: check_image(np.zeros((4, 300, 3), np.uint8)), "between 16 and 4096"),
+        (lambda: check_image(np.zeros((40, 400, 3), np.uint8)), "too elongated"),
+        (lambda: check_image(np.zeros((40, 40, 2), np.uint8)), "RGB image"),
+        (lambda: Driver.drawn(np.zeros((48, 64), bool), [(0, 0), (5, 5)]), "paint a mask"),
+        (lambda: Driver.drawn(square_mask(), []), "at least two points"),
+        (lambda: Driver.uploaded(None), "upload a mask video"),
+        (lambda: Driver.uploaded("notes.txt"), "is not a mask video"),
+        (lambda: first_frame_of("/nonexistent/clip"), "does not exist"),
+        (lambda: painted_mask([np.zeros((10, 10, 4), np.uint8)], (48, 64)), "painted layer"),
+    ],
+)
+def test_bad_inputs_are_one_sentence(make, words: str) -> None:
+    with pytest.raises(InputError, match=words):
+        make()
+
+
+def test_missing_weights_are_one_sentence(tmp_path: Path) -> None:
+    from interdyn.app.engine import ModelChoice
+
+    model = ModelChoice("missing", "random:tiny", str(tmp_path / "no_branch"), 64, 64, 2)
+    engine = Engine(tmp_path / "runs", model, device="cpu")
+    with pytest.raises(InterDynError, match="no_branch"):
+        engine.generate(picture(), Driver.drawn(square_mask(), [(48, 24), (12, 24)]), 1, 2)
+    assert not any((tmp_path / "runs").glob("run*"))  # no half-written run
+
+
+def test_builtin_scenes_are_world_first_frames() -> None:
+    scenes = builtin_scenes()
+    assert len(scenes) == 6 and len({s.image.tobytes() for s in scenes}) == 6
+    for scene in scenes:
+        assert scene.image.shape == (128, 128, 3) and scene.mask.any() and len(scene.points) == 2
+        Driver.drawn(scene.mask, scene.points)  # a usable driver as given

@@ -209,6 +209,8 @@ def run_split(
     """
     try:
         part = part or resolve_part(args.part)
+        if not part.whole and not args.finalize:
+            print(f"{dataset}/{split}: part {part} ({part.source})", flush=True)
         result = build_split(
             args.out,
             dataset,

@@ -340,9 +340,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mine = [jobs[j] for j in part.chunks(len(jobs))]
     todo = []
     for src, dst, record in mine:
-        stale = dst.with_name(dst.name + TMP_SUFFIX)
-        if stale.exists():
-            stale.unlink()  # left by a killed run of this part (no other part writes this shard)
+        for stale in dst.parent.glob(f"{dst.name}*{TMP_SUFFIX}"):  # left by a killed run of this part
+            stale.unlink(missing_ok=True)
         state = _state(src, dst, record, fingerprint)
         if state == "done":
             continue
@@ -353,7 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         todo.append((src, dst, record))
     shown = {k: v for k, v in settings.items() if k not in ("svd", "version")}
     svd_name = svd if isinstance(svd, str) else "the config's random SVD"
-    which = "" if part.whole else f" (part {part}: {len(mine)} of them)"
+    which = "" if part.whole else f" (part {part} from {part.source}: {len(mine)} of them)"
     print(
         f"latents: {len(urls)} shards{which}, {len(mine) - len(todo)} already cached, with {svd_name}; {shown}"
     )

@@ -91,8 +91,9 @@ def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int
 
 def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
     """Write a whole shard (already encoded samples) atomically: a temporary file, fsync, rename.
-    An empty list gives a valid empty tar (keeps shard numbering contiguous)."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    An empty list gives a valid empty tar (keeps shard numbering contiguous). The temporary name carries
+    the host and process id, so that two processes never write into one temporary file."""
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
     with open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, encoded in samples:

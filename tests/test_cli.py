@@ -1,4 +1,5 @@
-"""The `interdyn` command, run as a user runs it (subprocesses on the tiny config)."""
+"""The `interdyn` command on the tiny config: once as a subprocess, as a user runs it, then in this
+process through the same entry point (``main``), which saves the seconds of importing the stack anew."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import pytest
 import torch
 import yaml
 
+from interdyn.cli import main
 from interdyn.module import InterDynModule
 from tests.conftest import REPO_ROOT
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
 FAST = [
     "--data.init_args.num_frames",
-    "4",
+    "2",
     "--data.init_args.num_train",
     "4",
     "--data.init_args.num_val",
@@ -31,6 +33,24 @@ def interdyn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``run(*args, cwd=...)``: ``interdyn *args`` in this process; returns its exit code and output."""
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return call
+
+
 def test_help_lists_the_subcommands(tmp_path):
     result = interdyn("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -38,8 +58,8 @@ def test_help_lists_the_subcommands(tmp_path):
         assert sub in result.stdout
 
 
-def test_print_config_shows_the_tiny_setup(tmp_path):
-    result = interdyn("fit", "--config", TINY, "--print_config", cwd=tmp_path)
+def test_print_config_shows_the_tiny_setup(tmp_path, run):
+    result = run("fit", "--config", TINY, "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["model"]["svd"]["unet"]["block_out_channels"] == [32, 32, 64, 64]
@@ -47,13 +67,13 @@ def test_print_config_shows_the_tiny_setup(tmp_path):
     assert config["data"]["class_path"] == "interdyn.data.MovingShapesDataModule"
 
 
-def test_fast_dev_run(tmp_path):
-    result = interdyn("fit", "--config", TINY, "--trainer.fast_dev_run", "true", *FAST, cwd=tmp_path)
+def test_fast_dev_run(tmp_path, run):
+    result = run("fit", "--config", TINY, "--trainer.fast_dev_run", "true", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_fit_then_resume_from_checkpoint(tmp_path):
-    first = interdyn(
+def test_fit_then_resume_from_checkpoint(tmp_path, run):
+    first = run(
         "fit",
         "--config",
         TINY,
@@ -72,7 +92,7 @@ def test_fit_then_resume_from_checkpoint(tmp_path):
     assert checkpoint["optimizer_states"]
     assert (tmp_path / "runs" / "tiny" / "version_0" / "config.yaml").is_file()
 
-    second = interdyn(
+    second = run(
         "fit",
         "--config",
         TINY,
@@ -99,8 +119,8 @@ def test_fit_then_resume_from_checkpoint(tmp_path):
         assert torch.equal(module.state_dict()[key], value)
 
 
-def test_missing_weights_exit_with_one_paragraph(tmp_path):
-    result = interdyn("fit", "--config", TINY, "--model.svd", str(tmp_path / "no_svd"), cwd=tmp_path)
+def test_missing_weights_exit_with_one_paragraph(tmp_path, run):
+    result = run("fit", "--config", TINY, "--model.svd", str(tmp_path / "no_svd"), cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "does not exist" in result.stderr and "hf download" in result.stderr
@@ -123,7 +143,7 @@ def test_real_configs_build_the_model(name, tiny_svd_folder):
     assert module.hparams.learning_rate == 1e-5 and module.hparams.motion_bucket_id == 40
 
 
-def test_demo_config_on_fresh_shards(tmp_path):
+def test_demo_config_on_fresh_shards(tmp_path, run):
     """`interdyn fit --config configs/demo.yaml` with fast_dev_run on shards generated right here."""
     from data_prep.synthetic import World, write_split
 
@@ -132,7 +152,7 @@ def test_demo_config_on_fresh_shards(tmp_path):
         write_split(
             tmp_path / "shards", split, count, seed=0, world=world, num_frames=28, fps=14.0, progress=False
         )
-    result = interdyn(
+    result = run(
         "fit",
         "--config",
         str(REPO_ROOT / "configs" / "demo.yaml"),
@@ -146,15 +166,15 @@ def test_demo_config_on_fresh_shards(tmp_path):
         "0",
         "--data.init_args.batch_size",
         "2",
+        "--data.init_args.num_frames",  # the config's 14 frames sample the logged videos for half a minute
+        "4",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_ssv2_config_validates_and_prints(tmp_path):
-    result = interdyn(
-        "fit", "--config", str(REPO_ROOT / "configs" / "ssv2.yaml"), "--print_config", cwd=tmp_path
-    )
+def test_ssv2_config_validates_and_prints(tmp_path, run):
+    result = run("fit", "--config", str(REPO_ROOT / "configs" / "ssv2.yaml"), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)
     assert config["data"]["class_path"] == "interdyn.data.ShardDataModule"

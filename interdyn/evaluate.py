@@ -109,6 +109,8 @@ def evaluate(
     predictions = find_predictions(folder)
     if not predictions:
         raise InterDynError(f"no prediction videos ({', '.join(VIDEO_EXTS)}) in '{pred_dir}'")
+    if out and Path(out).exists() and not Path(out).is_dir():  # found before the scoring, not after it
+        raise InterDynError(f"--out '{out}' exists and is not a folder")
     metrics = list(metrics or [m for m in ALL_METRICS if m != "lpips"])
     decoder = ClipDecoder(
         num_frames=num_frames,

@@ -136,6 +136,9 @@ def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards, monkeypatch):
     monkeypatch.setenv("INTERDYN_CACHE", str(tmp_path / "no-cache"))
     with pytest.raises(InterDynError, match="interdyn weights fetch i3d"):
         run_evaluate(tmp_path / "preds", str(synthetic_shards / "test/*.tar"), metrics=["fvd"])
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(InterDynError, match="--out .* is not a folder"):
+        run_evaluate(tmp_path / "preds", str(synthetic_shards / "test/*.tar"), out=str(tmp_path / "taken"))
 
 
 def ground_truth_predictions(folder: Path, shards: str, size: tuple[int, int] = (64, 64)) -> list[str]:

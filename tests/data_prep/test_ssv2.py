@@ -367,3 +367,38 @@ def test_bad_id_list_arguments(ssv2_root, tmp_path, capsys):
     bad.write_text("{not json")
     assert run(["--root", str(root), "--boxes", str(boxes), "--masks", "boxes", "--ids", f"test={bad}"]) == 2
     assert "JSON list" in capsys.readouterr().err
+
+
+def test_parts_from_launcher_variables_give_the_bytes_of_one_process(ssv2_root, tmp_path, monkeypatch):
+    """Part 1 of 2 as torchrun starts it, part 0 of 2 as a SLURM array task: both splits come out as
+    the one-process run's, byte for byte; the second part to finish writes each index."""
+    root, boxes = ssv2_root
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    args = [
+        "--root",
+        str(root),
+        "--boxes",
+        str(boxes),
+        "--masks",
+        "boxes",
+        "--workers",
+        "1",
+        "--shard-size",
+        "2",
+    ]
+    assert run([*args, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "parts"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run([*args, "--out", str(out)]) == 0
+    assert not (out / "train" / "index.json").exists() and (out / "train" / "ssv2-train-000001.tar").exists()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert run([*args, "--out", str(out)]) == 0
+    for split in ("train", "validation"):
+        one = {p.name: p.read_bytes() for p in (tmp_path / "one" / split).iterdir() if p.is_file()}
+        assert "index.json" in one and "report.json" in one
+        assert {p.name: p.read_bytes() for p in (out / split).iterdir() if p.is_file()} == one

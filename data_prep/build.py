@@ -365,7 +365,8 @@ def build_split(
             remove = [*stale_shards, *progress_dir.glob("*.json")]
         else:  # other parts may be at work: only this part's chunks and shards no chunk owns any more
             remove = [folder / names[c] for c in mine] + [progress_dir / f"{names[c]}.json" for c in mine]
-            remove += [p for p in stale_shards if p.name not in set(names)]
+            owned = set(names)
+            remove += [p for p in stale_shards if p.name not in owned]
         for path in remove:
             path.unlink(missing_ok=True)
         for name in ("index.json", "report.json"):

@@ -34,13 +34,14 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help demo latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench gpu-check weights
+.PHONY: install test test-all lint clean help app demo latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench gpu-check weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
 	@echo "make test      run the default test suite (what CI runs)"
 	@echo "make test-all  also run tests marked slow"
 	@echo "make lint      ruff"
+	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
 	@echo "make demo      generate the built-in dataset, train the tiny model on CPU, test it"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
@@ -94,6 +95,11 @@ shards-folder: $(STAMP)
 
 shards-synthetic: $(STAMP)
 	$(PY) -m data_prep.synthetic --out $(OUT)/synthetic --train $(SYN_TRAIN) --val $(SYN_VAL) --test-groups $(SYN_TEST_GROUPS)
+
+# The browser app (docs/app.md); the [app] extra is part of the dev install.
+APP_ARGS ?=
+app: $(STAMP)
+	$(VENV)/bin/interdyn app $(APP_ARGS)
 
 weights: $(STAMP)
 	$(VENV)/bin/interdyn weights fetch i3d

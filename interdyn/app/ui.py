@@ -10,6 +10,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -188,10 +189,15 @@ def build_ui(engine: Engine) -> gr.Blocks:
         compare = next(p for p in result.paths if p.name.endswith(("_compare.mp4", "_grid.mp4")))
         run = compare.parent.name
         what = (
-            f"{len(driver.points)}-point path" if driver.masks is not None else f"upload {upload and 'file'}"
+            f"{len(driver.points)}-point path, "
+            + (f"{float(speed):g} px/frame" if speed else "over the clip")
+            if driver.masks is not None
+            else f"masks {Path(str(upload)).name}"
         )
         caption = f"{run}: {what}, seed {int(seed)}, {int(steps)} steps"
-        history = [(str(compare), caption), *history][:HISTORY]
+        # The gallery keeps each run's contact sheet (input, control, samples; frames left to right).
+        sheet = next(p for p in result.paths if p.name.endswith("_sheet.png"))
+        history = [(str(sheet), caption), *history][:HISTORY]
         command = (compare.parent / "command.txt").read_text().strip()
         info = (
             f"**{run}** written to `{compare.parent}`: {NUM_FRAMES} frames at {result.inputs.fps:g} fps.\n\n"
@@ -228,8 +234,15 @@ def build_ui(engine: Engine) -> gr.Blocks:
                     elem_id="editor",
                 )
                 with gr.Accordion(
-                    "or take the first frame of a video, a clip folder or a built-in scene", open=True
+                    "or take a built-in scene, a video's first frame or a clip folder's", open=True
                 ):
+                    with gr.Row():
+                        scene = gr.Dropdown(
+                            choices=list(scenes),
+                            label="built-in world scenes (mask and path included)",
+                            elem_id="scene",
+                        )
+                        scene_button = gr.Button("use scene", size="sm", elem_id="use_scene")
                     video_file = gr.File(
                         label="video (its first frame)", file_types=["video"], elem_id="video_file"
                     )
@@ -239,11 +252,6 @@ def build_ui(engine: Engine) -> gr.Blocks:
                             elem_id="clip_path",
                         )
                         clip_button = gr.Button("load", size="sm")
-                    with gr.Row():
-                        scene = gr.Dropdown(
-                            choices=list(scenes), label="built-in world scenes", elem_id="scene"
-                        )
-                        scene_button = gr.Button("use scene", size="sm", elem_id="use_scene")
             with gr.Column():
                 gr.Markdown(
                     "### 2. Driver\nClick points on the image to draw the path the mask is dragged along, "
@@ -302,7 +310,9 @@ def build_ui(engine: Engine) -> gr.Blocks:
                 )
                 info = gr.Markdown(elem_id="run_info")
         gr.Markdown("### 4. Counterfactuals: edit the path and generate again; the last runs stay here")
-        gallery = gr.Gallery(label="last runs", columns=3, height="auto", elem_id="history")
+        gallery = gr.Gallery(
+            label="last runs", columns=2, height="auto", object_fit="contain", elem_id="history"
+        )
 
         driver_inputs = [editor, mode, points, speed, upload]
         editor.change(on_editor_change, [editor, points], canvas, show_progress="hidden")

@@ -29,6 +29,7 @@ pytest.importorskip("gradio", reason="the app's extra is not installed (pip inst
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in [dev])")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -147,9 +148,26 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     masks = np.load(run / "driver.npz")["control"]
     assert masks.shape[0] == 14 and masks[0].any() and masks[-1].any()
     assert np.nonzero(masks[-1])[1].mean() < np.nonzero(masks[0])[1].mean() - 10
-    assert "video" in browser.find_element(By.ID, "history").get_attribute("innerHTML")
-    if SCREENSHOT:
-        browser.execute_script("document.getElementById('generate').scrollIntoView({block: 'center'})")
+    assert "run001_sheet" in browser.find_element(By.ID, "history").get_attribute("innerHTML")
+    if SCREENSHOT:  # docs/app.png: a counterfactual on a built-in world scene, next to the first run
+        scene = browser.find_element(By.CSS_SELECTOR, "#scene input")
+        scene.click()
+        scene.send_keys("scene 2", Keys.ENTER)
+        browser.find_element(By.ID, "use_scene").click()
+        time.sleep(3)
+        browser.find_element(By.ID, "preview").click()
+        time.sleep(3)
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "run002_sheet" in d.find_element(By.ID, "history").get_attribute("innerHTML"))
+        browser.set_window_size(1400, 3400)  # the whole page
+        browser.execute_script("window.scrollTo(0, 0)")
+        wait.until(
+            lambda d: d.execute_script(
+                "const imgs = [...document.querySelectorAll('#history img')];"
+                "return imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0);"
+            )
+        )
+        time.sleep(1)
         browser.save_screenshot(SCREENSHOT)
 
 

@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,9 +244,14 @@ class Engine:
 
     def preview(self, image: np.ndarray, driver: Driver) -> GenerationInputs:
         """The image and driver as the model will see them (the command's own preprocessing)."""
-        folder = self.out / ".preview"
-        argv = self.arguments(folder, image, driver)
-        return read_inputs(parse_or_error(argv))
+        self.out.mkdir(parents=True, exist_ok=True)
+        folder = Path(
+            tempfile.mkdtemp(prefix=".preview-", dir=self.out)
+        )  # one per request: pages may overlap
+        try:
+            return read_inputs(parse_or_error(self.arguments(folder, image, driver)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def next_run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)

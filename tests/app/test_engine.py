@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from interdyn.app.engine import Driver, Engine, check_image, first_frame_of, painted_mask
 from interdyn.app.scenes import builtin_scenes
@@ -112,3 +113,27 @@ def test_builtin_scenes_are_world_first_frames() -> None:
     for scene in scenes:
         assert scene.image.shape == (128, 128, 3) and scene.mask.any() and len(scene.points) == 2
         Driver.drawn(scene.mask, scene.points)  # a usable driver as given
+
+
+def test_first_frame_of_a_video_and_a_clip_folder(tmp_path: Path) -> None:
+    frames = np.zeros((4, 48, 64, 3), dtype=np.uint8)
+    frames[0, :, :32] = 200  # the first frame: bright left half
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "video.mp4").write_bytes(encode_video(frames, 12.0))
+    (clip / "mask_hand.mp4").write_bytes(encode_video(frames, 12.0))
+    for source in (clip / "video.mp4", clip):
+        first = first_frame_of(source)
+        assert first.shape == (48, 64, 3)
+        assert first[:, :28].mean() > 150 and first[:, 36:].mean() < 50
+
+
+def test_app_command_errors_are_one_sentence(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("gradio", reason="the app's extra is not installed (pip install -e '.[app]')")
+    from interdyn.app.main import app_main
+
+    assert app_main(["--height", "60"]) == 2
+    assert "--height must be a positive multiple of 8" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert app_main(["--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err

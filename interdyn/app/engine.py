@@ -167,6 +167,7 @@ class Driver:
 
     masks: np.ndarray | None = None  # (T, H, W) bool at the first frame's size (a drawn path)
     file: Path | None = None  # a mask video / image / .npz as uploaded
+    frames: list[Path] = field(default_factory=list)  # mask images uploaded together: a folder of frames
     points: list[list[float]] = field(default_factory=list)
     speed: float | None = None
 
@@ -177,16 +178,22 @@ class Driver:
         return cls(masks=drag_mask(mask, pts, NUM_FRAMES, speed), points=pts, speed=speed)
 
     @classmethod
-    def uploaded(cls, file: str | Path | None) -> Driver:
-        """A mask video, a mask image (the same mask on every frame) or a ``.npz``."""
-        if not file:
+    def uploaded(cls, files: str | Path | list | None) -> Driver:
+        """A mask video, a mask image (the same mask on every frame) or a ``.npz``; several mask images
+        are a folder of frames (in natural order of their names)."""
+        paths = [Path(f) for f in ([files] if isinstance(files, str | Path) else files or [])]
+        if not paths:
             raise InputError("upload a mask video, a mask image or a .npz, or draw a path instead.")
-        path = Path(file)
-        if path.suffix.lower() not in MASK_SUFFIXES:
+        for path in paths:
+            if path.suffix.lower() not in MASK_SUFFIXES:
+                raise InputError(
+                    f"'{path.name}' is not a mask video, a mask image or a .npz ({', '.join(sorted(MASK_SUFFIXES))})."
+                )
+        if len(paths) > 1 and any(p.suffix.lower() not in IMAGE_SUFFIXES for p in paths):
             raise InputError(
-                f"'{path.name}' is not a mask video, a mask image or a .npz ({', '.join(sorted(MASK_SUFFIXES))})."
+                "several files are a folder of mask images; upload one video or .npz on its own."
             )
-        return cls(file=path)
+        return cls(file=paths[0]) if len(paths) == 1 else cls(frames=paths)
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -227,6 +234,12 @@ class Engine:
             control = folder / f"driver{driver.file.suffix.lower()}"
             if driver.file.resolve() != control.resolve():
                 shutil.copyfile(driver.file, control)
+        elif driver.frames:
+            control = folder / "driver"
+            shutil.rmtree(control, ignore_errors=True)
+            control.mkdir()
+            for path in driver.frames:
+                shutil.copyfile(path, control / path.name)
         else:
             raise InputError("make a driver first: paint a mask and draw its path, or upload a mask file.")
         # A drawn driver is written at 7 fps, the clip's rate: the clip takes every one of its frames.

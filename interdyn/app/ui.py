@@ -192,7 +192,8 @@ def build_ui(engine: Engine) -> gr.Blocks:
             f"{len(driver.points)}-point path, "
             + (f"{float(speed):g} px/frame" if speed else "over the clip")
             if driver.masks is not None
-            else f"masks {Path(str(upload)).name}"
+            else f"uploaded masks {Path(str(upload[0])).name}"
+            + (f" (+{len(upload) - 1})" if len(upload) > 1 else "")
         )
         caption = f"{run}: {what}, seed {int(seed)}, {int(steps)} steps"
         # The gallery keeps each run's contact sheet (input, control, samples; frames left to right).
@@ -280,7 +281,8 @@ def build_ui(engine: Engine) -> gr.Blocks:
                     label="speed, pixels per frame (0: the whole path over the clip)",
                 )
                 upload = gr.File(
-                    label="mask video, mask image or .npz (driver: uploaded masks)",
+                    label="mask video, mask image, .npz or mask frames (driver: uploaded masks)",
+                    file_count="multiple",
                     file_types=[".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".npz", "image"],
                 )
                 preview_button = gr.Button("preview the driver", elem_id="preview")

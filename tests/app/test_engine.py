@@ -77,6 +77,19 @@ def test_uploaded_mask_video(engine: Engine, tmp_path: Path) -> None:
     assert any("every 2nd frame of 14 fps" in note for note in inputs.notes)  # the command's resampling
 
 
+def test_uploaded_mask_frames_are_a_folder(engine: Engine, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for t in range(14):
+        frame = np.zeros((48, 64), dtype=np.uint8)
+        frame[10:30, 2 * t : 2 * t + 12] = 255
+        Image.fromarray(frame).save(tmp_path / f"mask_{t}.png")  # natural order: mask_2 before mask_10
+    files = sorted(tmp_path.glob("*.png"))  # as a browser may send them: mask_0, mask_1, mask_10, ...
+    inputs = engine.preview(picture(), Driver.uploaded(files))
+    xs = [np.nonzero(m)[1].min() for m in inputs.controls[0]]
+    assert len(xs) == 14 and xs == sorted(xs) and xs[-1] > xs[0]
+
+
 @pytest.mark.parametrize(
     ("make", "words"),
     [
@@ -88,6 +101,7 @@ def test_uploaded_mask_video(engine: Engine, tmp_path: Path) -> None:
         (lambda: Driver.drawn(square_mask(), []), "at least two points"),
         (lambda: Driver.uploaded(None), "upload a mask video"),
         (lambda: Driver.uploaded("notes.txt"), "is not a mask video"),
+        (lambda: Driver.uploaded(["a.png", "b.mp4"]), "several files"),
         (lambda: first_frame_of("/nonexistent/clip"), "does not exist"),
         (lambda: painted_mask([np.zeros((10, 10, 4), np.uint8)], (48, 64)), "painted layer"),
     ],

@@ -114,13 +114,14 @@ def build_ui(engine: Engine) -> gr.Blocks:
         return Driver.drawn(mask, points, float(speed) or None)
 
     @guarded
-    def on_editor_change(editor: dict | None, points: list) -> np.ndarray | None:
+    def on_editor_change(editor: dict | None, points: list) -> tuple:
         image, mask = editor_parts(editor)
-        return path_canvas(image, mask, points)
+        # Kept on the server, so that path clicks do not send the editor's images again.
+        return (image, mask), path_canvas(image, mask, points)
 
     @guarded
-    def on_path_click(editor: dict | None, points: list, evt: gr.SelectData) -> tuple:
-        image, mask = editor_parts(editor)
+    def on_path_click(frame: tuple | None, points: list, evt: gr.SelectData) -> tuple:
+        image, mask = frame or (None, None)
         if image is None:
             raise InterDynError("pick a first frame before drawing a path.")
         zoom = zoom_of(image.shape)
@@ -129,9 +130,9 @@ def build_ui(engine: Engine) -> gr.Blocks:
         return points, path_canvas(image, mask, points)
 
     @guarded
-    def on_path_edit(editor: dict | None, points: list, action: str) -> tuple:
+    def on_path_edit(frame: tuple | None, points: list, action: str) -> tuple:
         points = points[:-1] if action == "undo" else []
-        image, mask = editor_parts(editor)
+        image, mask = frame or (None, None)
         return points, path_canvas(image, mask, points)
 
     @guarded
@@ -214,6 +215,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
             + (f"\n\n> {model.notice}" if model.notice else "")
         )
         points = gr.State([])
+        frame = gr.State(None)  # (first frame, painted mask) as numpy arrays
         history = gr.State([])
         preview_frames = gr.State([])
         with gr.Row():
@@ -317,10 +319,10 @@ def build_ui(engine: Engine) -> gr.Blocks:
         )
 
         driver_inputs = [editor, mode, points, speed, upload]
-        editor.change(on_editor_change, [editor, points], canvas, show_progress="hidden")
-        canvas.select(on_path_click, [editor, points], [points, canvas], show_progress="hidden")
-        undo.click(functools.partial(on_path_edit, action="undo"), [editor, points], [points, canvas])
-        clear.click(functools.partial(on_path_edit, action="clear"), [editor, points], [points, canvas])
+        editor.change(on_editor_change, [editor, points], [frame, canvas], show_progress="hidden")
+        canvas.select(on_path_click, [frame, points], [points, canvas], show_progress="hidden")
+        undo.click(functools.partial(on_path_edit, action="undo"), [frame, points], [points, canvas])
+        clear.click(functools.partial(on_path_edit, action="clear"), [frame, points], [points, canvas])
         video_file.change(on_video_file, [video_file, points], [editor, points])
         clip_button.click(on_video_file, [clip_path, points], [editor, points])
         scene_button.click(on_scene, scene, [editor, points])

@@ -101,6 +101,11 @@ def browser():
         driver.quit()
 
 
+def redrawn(before: str | None):
+    """A wait condition: the path canvas shows another image than ``before``."""
+    return lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img").get_attribute("src") != before
+
+
 def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     url, runs = app_url
     picture = np.full((96, 128, 3), (90, 110, 140), dtype=np.uint8)
@@ -121,10 +126,15 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     # The path canvas shows the frame once the editor has it; two clicks make a path to the left.
     path = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))
     for fx in (0.1, -0.35):
+        before = path.get_attribute("src")
         ActionChains(browser).move_to_element_with_offset(
             path, int(fx * path.size["width"]), 0
         ).click().perform()
-        time.sleep(1.0)  # each click is one round trip that redraws the canvas
+        wait.until(redrawn(before))  # each click is one round trip that redraws the canvas
+        path = browser.find_element(By.CSS_SELECTOR, "#path_canvas img")
+    samples = browser.find_element(By.CSS_SELECTOR, "#samples input[type=number]")
+    samples.clear()
+    samples.send_keys("2", Keys.TAB)
     browser.find_element(By.ID, "preview").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
 
@@ -136,11 +146,12 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     # The video in the page has the clip's 14 frames; the downloads are the run's files.
     frames = decode_frames(urllib.request.urlopen(video.get_attribute("src"), timeout=10).read())
     assert frames.shape[0] == 14
-    assert sum(h.endswith(".mp4") for h in hrefs) == 3 + 1  # 3 samples and the side-by-side video
+    assert sum(h.endswith(".mp4") for h in hrefs) == 2 + 1  # 2 samples and the side-by-side video
     settings = json.loads(
         urllib.request.urlopen(next(h for h in hrefs if h.endswith("_settings.json"))).read()
     )
     assert settings["seed"] == 42 and settings["num_frames"] == 14 and settings["svd"] == "random:tiny"
+    assert settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == 3
     sheet = urllib.request.urlopen(next(h for h in hrefs if h.endswith("_sheet.png"))).read()
     assert sheet.startswith(b"\x89PNG")
     # The drawn driver was dragged to the left: its last frame lies left of its first.

@@ -11,6 +11,8 @@ written at once, so partial results survive a timeout, a crash or an interrupted
   ``24gb`` (configs/ssv2_24gb.yaml); then, with the allocator capped at the recipe's memory budget, the
   largest micro-batch whose step fits;
 - one 50-step guided sample at 256x384 (Euler), without and with ``torch.compile``;
+- a real one-GPU ``interdyn fit`` + ``interdyn test`` with configs/ssv2.yaml's recipe on the tiny model
+  (benchmarks/gpu_smoke.py);
 - a 2-process NCCL DDP fit of the tiny model (configs/tiny.yaml), when two GPUs are present.
 
 The dry run uses the tiny model at 64x64 in float32 with one step per item, ``aot_eager`` instead of
@@ -108,6 +110,8 @@ def build_items(args: argparse.Namespace, python: str) -> list[Item]:
     items.append(Item("sample", "sample", sample, 90 if dry else 60))
     backend = ["--compile-backend", "aot_eager"] if dry else []
     items.append(Item("sample:compile", "sample", [*sample, "--compile", *backend], 300 if dry else 200))
+    smoke = [python, str(HERE / "gpu_smoke.py"), "--device", device, "--scratch", str(Path(args.scratch) / "smoke")]
+    items.append(Item("smoke", "ddp", smoke, 400 if dry else 120))
     gpus = 0 if dry else cuda_devices(python)
     if dry or gpus >= 2:
         ddp = [python, "-m", "interdyn.cli", "fit", "--config", "configs/tiny.yaml",
@@ -197,6 +201,14 @@ def sample_section(items: list[Item], header: list[str]) -> str:
 
 def ddp_section(items: list[Item], header: list[str], gpus: int) -> str:
     lines = [*header, ""]
+    for item in [i for i in items if i.name == "smoke"]:
+        done = next((r for r in item.records if "smoke" in r), None)
+        times = f"fit {done['fit_seconds']:.0f} s, test {done['test_seconds']:.0f} s" if done else f"{item.seconds:.0f} s wall"
+        lines.append(
+            "One-GPU `interdyn fit` (4 steps, validation, checkpoints) + `interdyn test` with configs/ssv2.yaml's"
+            f" recipe on the tiny model (benchmarks/gpu_smoke.py): {status_cell(item)} ({times}).\n"
+        )
+    items = [i for i in items if i.name != "smoke"]
     if not items:
         lines.append(f"Not run: {gpus} GPU(s) visible; the 2-process NCCL fit needs two.")
     for item in items:
@@ -218,7 +230,7 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
     titles = {
         "train": "Training step on CUDA (`make gpu-check`)",
         "sample": "Sampling on CUDA (`make gpu-check`)",
-        "ddp": "DDP on CUDA (`make gpu-check`)",
+        "ddp": "Real runs and DDP on CUDA (`make gpu-check`)",
     }
     for section in ("train", "sample", "ddp"):
         mine = [i for i in items if i.section == section]

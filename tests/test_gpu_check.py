@@ -52,7 +52,7 @@ def test_unknown_item_is_an_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_dry_run_fills_every_row(tmp_path):
     """Every item on CPU with the tiny model: the four training recipes with their batch search, the
-    sample with and without compile (aot_eager), and a 2-process gloo DDP fit."""
+    sample with and without compile (aot_eager), the one-device fit + test, and a 2-process gloo DDP fit."""
     docs = tmp_path / "benchmarks.md"
     assert gpu_check.main(["--dry-run", "--docs", str(docs)]) == 0
     page = docs.read_text()
@@ -63,3 +63,6 @@ def test_dry_run_fills_every_row(tmp_path):
     sample = table_rows(section(page, "sample-cuda"))
     assert [r[2] for r in sample] == ["no", "yes"] and all(float(r[3]) > 0 for r in sample)
     assert "DDP fit of the tiny model (configs/tiny.yaml): ok" in section(page, "ddp-cuda")
+    assert "`interdyn test` with configs/ssv2.yaml's recipe on the tiny model (benchmarks/gpu_smoke.py): ok" in (
+        section(page, "ddp-cuda")
+    )

@@ -419,12 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--frames", type=int, default=32, help="frames per video")
     parser.add_argument("--fps", type=float, default=14.0, help="frame rate of the rendered videos")
+    parser.add_argument(
+        "--friction",
+        type=float,
+        default=None,
+        help="deceleration of rolling discs in px/s^2 (default: 80 at 128 px, scaled with the frame size)",
+    )
     parser.add_argument("--shard-size", type=int, default=100, help="samples per shard")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.size[0] % 2 or args.size[1] % 2:
         parser.error("--size must be even (libx264)")
-    world = World(height=args.size[0], width=args.size[1])
+    friction = args.friction if args.friction is not None else 80.0 * min(args.size) / 128
+    world = World(height=args.size[0], width=args.size[1], friction=friction)
     for split, count, variants in (
         ("train", args.train, 1),
         ("validation", args.val, 1),

@@ -112,6 +112,7 @@ other commands:
   export              a training checkpoint's branch as a diffusers folder (interdyn export --help)
   evaluate            score a folder of generated videos against a shard split (interdyn evaluate --help)
   weights fetch i3d   download and convert the FVD/KVD I3D weights
+  world fit           train the built-in world's own small SVD (interdyn world fit --config configs/world/vae.yaml)
 """
 
 
@@ -142,6 +143,21 @@ def main(args: list[str] | None = None) -> None:
         except InterDynError as err:
             print(f"interdyn: error: {user_message(err)}", file=sys.stderr)
             sys.exit(2)
+    if argv and argv[0] == "world":
+        # The world's own SVD stages (interdyn.world): any LightningModule named by the config's class_path.
+        try:
+            InterDynCLI(
+                L.LightningModule,
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=argv[1:],
+            )
+        except InterDynError as err:
+            print(f"interdyn: error: {user_message(err)}", file=sys.stderr)
+            sys.exit(2)
+        return
     if argv in (["-h"], ["--help"]):
         try:
             InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, args=cli_args)

@@ -22,3 +22,25 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_folder_atomic(path: str | Path, fill) -> Path:  # noqa: ANN001 (a callable taking the folder)
+    """Make the folder ``path`` by calling ``fill(tmp_folder)`` on a temporary sibling and renaming it into
+    place at the end (an existing folder of that name is replaced only then); returns the path."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        fill(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path

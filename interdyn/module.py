@@ -32,7 +32,7 @@ from interdyn.models.conditioning import (
     sample_video_latents,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
-from interdyn.models.edm import edm_loss, precondition, sample_sigmas
+from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import SCHEDULERS, InterDynPipeline
 from interdyn.models.released import load_controlnet
@@ -419,11 +419,8 @@ class InterDynModule(L.LightningModule):
             latents, embeds, image_latents, sigma, noisy = self._draw_inputs(
                 pixel_values, cache, sigma, generator, drop_image
             )
-        b, t = latents.shape[:2]
-        pc = precondition(sigma.view(b, 1, 1, 1, 1))
-        model_in = torch.cat([pc.c_in * noisy, image_latents.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=2)
-        c_noise = pc.c_noise.flatten()
-        time_ids = self.added_time_ids(b)
+        pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
+        time_ids = self.added_time_ids(latents.shape[0])
 
         residuals = self.controlnet(
             model_in.to(self.controlnet.dtype),
@@ -444,8 +441,7 @@ class InterDynModule(L.LightningModule):
             mid_block_additional_residual=residuals[1],
             return_dict=False,
         )[0].float()
-        denoised = pc.c_skip * noisy + pc.c_out * model_out
-        return edm_loss(denoised, latents, sigma)
+        return edm_loss(denoised(pc, noisy, model_out), latents, sigma)
 
     def _checked(self, batch: dict[str, Any], check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)

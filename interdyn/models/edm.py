@@ -58,3 +58,20 @@ def edm_loss(denoised: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) 
     """``mean(w(sigma) * (denoised - target)^2)``; ``sigma`` is ``(B,)`` and broadcast per sample."""
     w = loss_weight(sigma.float()).view(-1, *([1] * (target.ndim - 1)))
     return (w * (denoised.float() - target.float()) ** 2).mean()
+
+
+def unet_input(
+    noisy: torch.Tensor, sigma: torch.Tensor, image_latents: torch.Tensor
+) -> tuple[Preconditioning, torch.Tensor, torch.Tensor]:
+    """SVD's UNet input for noisy latents ``(B, T, C, h, w)`` at noise levels ``sigma`` ``(B,)``: the
+    preconditioning, ``c_in * noisy`` with the image latent ``(B, C, h, w)`` concatenated on the channels of
+    every frame, and the flat ``c_noise`` ``(B,)``."""
+    b, t = noisy.shape[:2]
+    pc = precondition(sigma.view(b, 1, 1, 1, 1))
+    model_in = torch.cat([pc.c_in * noisy, image_latents.unsqueeze(1).expand(-1, t, -1, -1, -1)], dim=2)
+    return pc, model_in, pc.c_noise.flatten()
+
+
+def denoised(pc: Preconditioning, noisy: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+    """``D = c_skip * x_noisy + c_out * F``."""
+    return pc.c_skip * noisy + pc.c_out * model_out

@@ -1,0 +1,165 @@
+"""Stage 2 of the world's SVD: the spatio-temporal UNet trained as an image-to-video model, with SVD's
+EDM objective and conditioning (image latent on every frame, CLIP embedding of the first frame, added
+time ids) and no control. The VAE is stage 1's, frozen; the CLIP image encoder is small, random and fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from interdyn.errors import ConfigError
+from interdyn.models.conditioning import (
+    clip_image_embeds,
+    encode_image_latents,
+    encode_video_latents,
+    make_added_time_ids,
+)
+from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
+from interdyn.models.hub import load_component
+from interdyn.models.svd import SVD_SCHEDULER_CONFIG
+from interdyn.models.unet import UNetSpatioTemporalControlModel
+from interdyn.world.folder import write_svd_folder
+
+
+class BaseVideoModule(L.LightningModule):
+    """Trains SVD's UNet (no control branch) on clips, on a frozen VAE and a fixed CLIP image encoder.
+
+    Args:
+        vae: folder of the trained VAE (stage 1).
+        unet: ``UNetSpatioTemporalConditionModel`` constructor arguments (``in_channels`` is twice the VAE's
+            latent channels, ``out_channels`` its latent channels; ``cross_attention_dim`` the CLIP
+            projection size).
+        image_encoder: ``CLIPVisionConfig`` arguments of the random, fixed CLIP image encoder.
+        seed: seed of the UNet's and CLIP's initial weights.
+        learning_rate, weight_decay, warmup_steps: AdamW with a linear warm-up.
+        ema_decay: decay of the exponential moving average of the UNet's weights that is written out
+            (``0``: the trained weights themselves).
+        image_drop_prob: probability of dropping a sample's image conditioning (classifier-free guidance).
+        fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids, fixed for this world.
+        p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)``.
+        val_sigmas, val_seed: fixed noise levels and noise of the validation loss.
+        out: the SVD img2vid folder written at the end of training (``None``: none).
+    """
+
+    def __init__(
+        self,
+        vae: str,
+        unet: dict[str, Any],
+        image_encoder: dict[str, Any],
+        seed: int = 0,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        ema_decay: float = 0.999,
+        image_drop_prob: float = 0.05,
+        fps_id: float = 6,
+        motion_bucket_id: float = 40,
+        noise_aug_strength: float = 0.02,
+        p_mean: float = 0.7,
+        p_std: float = 1.6,
+        val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
+        val_seed: int = 0,
+        out: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.vae = load_component(
+            AutoencoderKLTemporalDecoder, vae, what="world VAE (stage 1: interdyn world fit --config "
+            "configs/world/vae.yaml)", kind="svd"
+        )
+        latent = int(self.vae.config.latent_channels)
+        unet = {"in_channels": 2 * latent, "out_channels": latent, **unet}
+        if unet["in_channels"] != 2 * latent or unet["out_channels"] != latent:
+            raise ConfigError(
+                f"unet in_channels/out_channels must be {2 * latent}/{latent} for a VAE with {latent} latent channels"
+            )
+        if image_encoder.get("projection_dim") != unet.get("cross_attention_dim", 1024):
+            raise ConfigError("image_encoder.projection_dim must equal unet.cross_attention_dim")
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.unet = UNetSpatioTemporalControlModel(**unet)
+                self.image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**image_encoder))
+        except TypeError as err:
+            raise ConfigError(f"invalid UNet or image encoder config: {err}") from None
+        for frozen in (self.vae, self.image_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.ema = copy.deepcopy(self.unet).requires_grad_(False) if ema_decay > 0 else None
+
+    def train(self, mode: bool = True) -> BaseVideoModule:
+        """Only the UNet changes mode; the VAE, CLIP and the average stay in eval mode."""
+        super().train(mode)
+        for frozen in (self.vae, self.image_encoder, self.ema):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    def compute_loss(
+        self, pixel_values: torch.Tensor, sigma: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        drop_image: bool = False, unet: torch.nn.Module | None = None,
+    ) -> torch.Tensor:
+        """EDM loss of ``unet`` (the trained one by default) on a batch of clips ``(B, T, 3, H, W)``."""
+        hp = self.hparams
+        b = pixel_values.shape[0]
+        with torch.no_grad():
+            latents = encode_video_latents(self.vae, pixel_values, generator)
+            first = pixel_values[:, 0]
+            embeds = clip_image_embeds(self.image_encoder, first).float()
+            image_latents = encode_image_latents(self.vae, first, hp.noise_aug_strength, generator).float()
+            if drop_image and hp.image_drop_prob > 0:
+                draws = torch.rand(b, generator=generator, device=self.device if generator is None else generator.device)
+                keep = (draws >= hp.image_drop_prob).float().to(self.device)
+                embeds = embeds * keep.view(-1, 1, 1)
+                image_latents = image_latents * keep.view(-1, 1, 1, 1)
+        if sigma is None:
+            sigma = sample_sigmas(b, hp.p_mean, hp.p_std, generator, self.device)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device if generator is None else generator.device)
+        noisy = latents + sigma.view(b, 1, 1, 1, 1) * noise.to(latents.device)
+        pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
+        time_ids = make_added_time_ids(hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, b, self.device, torch.float32)
+        out = (unet or self.unet)(model_in, c_noise, embeds, time_ids, return_dict=False)[0]
+        return edm_loss(denoised(pc, noisy, out), latents, sigma)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch["pixel_values"], drop_image=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["pixel_values"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        with torch.no_grad():
+            for avg, live in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
+                avg.lerp_(live, 1.0 - decay)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        video = batch["pixel_values"]
+        b = video.shape[0]
+        sigmas = torch.tensor(self.hparams.val_sigmas, device=self.device)
+        sigma = sigmas[(torch.arange(b, device=self.device) + batch_idx * b) % len(sigmas)]
+        generator = torch.Generator(self.device).manual_seed(self.hparams.val_seed + batch_idx)
+        loss = self.compute_loss(video, sigma, generator, unet=self.ema or self.unet)
+        self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        warmup = max(1, int(hp.warmup_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        """Write the SVD img2vid folder (rank 0): the averaged UNet, the VAE, CLIP and SVD's scheduler."""
+        if not self.hparams.out or self.global_rank != 0:
+            return
+        scheduler = EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
+        write_svd_folder(self.hparams.out, self.ema or self.unet, self.vae, self.image_encoder, scheduler)
+        print(f"SVD img2vid folder written to {self.hparams.out}")

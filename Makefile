@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-# Shard preparation (see the README's data section for the input layouts).
+# Shard preparation (see docs/data.md for the input layouts).
 OUT ?= data/shards
 # make shards runs every preparer whose input is given, the built-in dataset when none is;
 # DATASET=synthetic|ssv2|clevrer|folder picks one.

@@ -1,1 +1,1 @@
-"""Offline data preparation: source datasets -> WebDataset shards (design.md, "The shard contract")."""
+"""Offline data preparation: source datasets -> WebDataset shards (the format: ``docs/data.md``)."""

@@ -1,6 +1,6 @@
 """Something-Something-v2 -> shards, with hand masks from SAM2 (or filled hand boxes).
 
-Inputs (see the README's data section for the layouts):
+Inputs (see docs/data.md for the layouts):
 
 - the videos, ``<videos>/<id>.webm`` (VP9, 12 fps, 240 px high), kept as they are in the shards;
 - the label JSONs, ``<labels>/something-something-v2-{train,validation}.json``: lists of

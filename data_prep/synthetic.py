@@ -314,7 +314,7 @@ def make_video(
 def sample_fields(
     video: dict[str, Any], key: str, split: str, fps: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """The shard fields of one simulated clip (design.md's contract)."""
+    """The shard fields of one simulated clip (the shard format of ``docs/data.md``)."""
     frames = video["frames"]
     discs, path, sim = video["discs"], video["path"], video["sim"]
     t, h, w, _ = frames.shape

@@ -1,4 +1,4 @@
-"""The batch contract between the data pipeline and the model (design.md, "Batches").
+"""The batch contract between the data pipeline and the model.
 
 ``dict(pixel_values=(B, T, 3, H, W) float in [-1, 1], control=(B, T, C, H, W) float in [-1, 1],
 key=list[str], ...)``. A wrong value range silently ruins a training run, so it is checked here, at

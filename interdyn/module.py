@@ -1,6 +1,6 @@
 """The LightningModule: frozen SVD (UNet, VAE, CLIP) plus the trainable InterDyn control branch.
 
-Training follows spec.md sections 2-3 (EDM loss on VAE latents, first-frame conditioning with noise
+Training follows the paper's recipe (EDM loss on VAE latents, first-frame conditioning with noise
 augmentation, 5 % image drop for classifier-free guidance); validation computes the same loss with
 fixed noise levels and fixed noise, so its value is comparable across epochs and runs; prediction
 samples videos with :class:`~interdyn.models.pipeline.InterDynPipeline`.
@@ -396,7 +396,7 @@ class InterDynModule(L.LightningModule):
         drop_image: bool = False,
         cache: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """EDM loss of the branch + frozen UNet on one batch (spec.md section 3); with ``cache`` the
+        """EDM loss of the branch + frozen UNet on one batch (EDM, as the paper trains SVD); with ``cache`` the
         conditioning comes from cached latents and embeddings and ``pixel_values`` is not used.
 
         ``generator`` may be a list with one generator per sample: each sample's posterior sample, noise

@@ -1,4 +1,4 @@
-"""The issue-8 experiments (mask-noise sweep, force propagation, counterfactuals) in a real ``Trainer.test``
+"""The test-time experiments (mask-noise sweep, force propagation, counterfactuals) in a real ``Trainer.test``
 with the tiny model, on clips of the built-in dataset decoded from real shards (per-object masks cropped
 like the frames)."""
 

@@ -1,4 +1,4 @@
-"""Test-time experiments beyond the paper's table (issue 8), as callbacks of ``interdyn test``.
+"""Test-time experiments beyond the paper's SSV2 table, as callbacks of ``interdyn test``.
 
 - :class:`MaskNoiseSweep`: robustness to noisy driver masks. Every test clip is sampled again with its
   masks perturbed (dilate, erode, drop, jitter, boxify at several severities) and scored against the

@@ -1,4 +1,4 @@
-"""Test-time perturbations of the driver masks, for the robustness study (issue 8).
+"""Test-time perturbations of the driver masks, for the mask-noise robustness study.
 
 Each perturbation maps the clip's control masks ``(T, H, W)`` bool to masks of the same shape, with
 one severity parameter; severity 0 returns the masks unchanged for every kind:

@@ -1,4 +1,4 @@
-"""Streaming clips from WebDataset shards (design.md's shard contract -> the batch contract).
+"""Streaming clips from WebDataset shards (the shard format in docs/data.md -> the batch contract).
 
 :class:`ClipDecoder` turns one shard sample (``video.mp4``/``video.webm``, ``masks.npz``, ``json``) into
 a clip; :class:`ShardClipStream` is the IterableDataset that reads shards:
@@ -53,8 +53,8 @@ VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
 _TAR_NAME = re.compile(r"(pipe:[^'\"]+|[^\s'\"<>(),=]+\.tar)")
 MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
 MAX_EMPTY_SHARDS_IN_A_ROW = 50  # nor one of shards that give no sample at all
-MAKE_SHARDS_HINT = "make them first (`make shards`, see the README's Data section) or fix the shard paths"
-# The control signal given to the branch (issue 8's ablation) and its channel count. Channel 0 is always
+MAKE_SHARDS_HINT = "make them first (`make shards`, see docs/data.md) or fix the shard paths"
+# The control signal given to the branch (the control-signal ablation) and its channel count. Channel 0 is always
 # the driver. ``semantic`` adds the other entities as seen in the first frame (no hint of their motion);
 # ``oracle`` adds them in every frame (their true motion: an upper bound, not a usable model).
 CONTROL_CHANNELS = {"binary": 3, "boxes": 3, "semantic": 2, "oracle": 2}

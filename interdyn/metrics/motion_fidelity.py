@@ -1,4 +1,4 @@
-"""Motion fidelity (spec.md section 6): do the generated video's point tracks move like the real ones?
+"""Motion fidelity (the paper's SSV2 table): do the generated video's point tracks move like the real ones?
 
 For a pair of tracks, ``corr`` is the mean over time of the cosine between their frame-to-frame
 displacements; the score averages (mean over generated tracks of the best ``corr`` with a real track)

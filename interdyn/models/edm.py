@@ -1,4 +1,4 @@
-"""EDM training objective as used for SVD (spec.md section 3; sigma_data = 1, v-style preconditioning).
+"""EDM training objective as used for SVD and by the paper (sigma_data = 1, v-style preconditioning).
 
 - ``log sigma ~ N(p_mean, p_std^2)``
 - ``c_in = 1/sqrt(sigma^2+1)``, ``c_noise = 0.25 ln sigma``, ``c_skip = 1/(sigma^2+1)``,

@@ -1,4 +1,4 @@
-"""Sampling: image + driver masks -> video (spec.md section 4), as a diffusers pipeline.
+"""Sampling: image + driver masks -> video (the paper's sampling), as a diffusers pipeline.
 
 Euler sampling with SVD's scheduler (v-prediction, Karras sigmas), or DPM-Solver++(2M) on the same
 EDM noise range (``scheduler="dpmpp_2m"``, about as good in half the steps), classifier-free guidance with a

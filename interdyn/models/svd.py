@@ -24,7 +24,7 @@ from interdyn.errors import ConfigError
 from interdyn.models.hub import SVD_REPO, load_component
 from interdyn.models.unet import UNetSpatioTemporalControlModel
 
-# spec.md section 1: the scheduler SVD img2vid ships with.
+# The scheduler SVD img2vid ships with (its scheduler/scheduler_config.json).
 SVD_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

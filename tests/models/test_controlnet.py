@@ -12,7 +12,7 @@ from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
 from interdyn.models import ControlNetSDVModel, load_controlnet
 from tests.conftest import TINY_CONTROL_CHANNELS, randomize_, unet_inputs
 
-# Config fields of the released checkpoint's config.json (spec.md section 1).
+# Config fields of the released checkpoint's config.json (hub repo rickakkerman/InterDyn, controlnet/).
 RELEASED_CONFIG_FIELDS = {
     "sample_size",
     "in_channels",
@@ -90,7 +90,7 @@ def test_layout_matches_the_released_checkpoint(tiny_svd):
 
 
 def test_full_size_branch_matches_spec_parameter_count():
-    """spec.md: the full SVD branch has 682,021,537 parameters (meta device: no memory used)."""
+    """The full SVD branch (a copy of the UNet's encoder half) has 682,021,537 parameters (meta device: no memory used)."""
     with torch.device("meta"):
         branch = ControlNetSDVModel(num_frames=14)
     assert sum(p.numel() for p in branch.parameters()) == 682_021_537

@@ -1,4 +1,4 @@
-"""EDM sigma sampling, preconditioning and loss against hand-computed values (spec.md section 3)."""
+"""EDM sigma sampling, preconditioning and loss against hand-computed values (the paper's EDM recipe)."""
 
 from __future__ import annotations
 

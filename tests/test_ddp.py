@@ -122,7 +122,7 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
             args.update(num_videos=1, num_inference_steps=1)
         if callback["class_path"].endswith("VideoEvaluation"):
             # LPIPS needs backbone weights this machine cannot fetch; FVD/KVD run I3D, slow on CPU (their
-            # merge across ranks: tests/test_callbacks.py)
+            # merge across ranks: tests/metrics/test_suite.py)
             args.update(
                 metrics=[m for m in args["metrics"] if m not in ("lpips", "fvd", "kvd")],
                 num_inference_steps=1,

@@ -1,7 +1,9 @@
 """Lightning callbacks (logging, evaluation) built on the module's public methods."""
 
+from interdyn.callbacks.counterfactual import CounterfactualEvaluation
 from interdyn.callbacks.evaluation import VideoEvaluation
-from interdyn.callbacks.experiments import CounterfactualEvaluation, ForcePropagation, MaskNoiseSweep
+from interdyn.callbacks.force_propagation import ForcePropagation
+from interdyn.callbacks.mask_noise import MaskNoiseSweep
 from interdyn.callbacks.video_logger import SampleVideoLogger
 
 __all__ = [

@@ -20,60 +20,16 @@ from typing import Any
 import lightning as L
 import torch
 
+from interdyn.callbacks.clip_sampler import ClipSampler, clip_keys, clip_timing, gather_objects, run_folder
 from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
 from interdyn.contract import has_clips
-from interdyn.data.sampling import key_seed
 from interdyn.data.video import encode_video
 from interdyn.errors import EvaluationError
 from interdyn.files import write_atomic
-from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, summarize
+from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, merge_states, summarize
 
 
-def gather_objects(obj: Any) -> list[Any]:
-    """``obj`` of every rank (just ``[obj]`` outside distributed runs)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        out: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
-class ClipSampling:
-    """Sampling settings shared by the test callbacks: samples per clip, a seed per clip key (the same
-    videos whatever the batch size, rank or order) and the pipeline overrides."""
-
-    def __init__(self, num_samples: int, seed: int, num_inference_steps: int | None) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.num_samples, self.seed, self.num_inference_steps = num_samples, seed, num_inference_steps
-
-    def _sample(
-        self, pl_module: L.LightningModule, pixels: torch.Tensor, control: torch.Tensor, key: str
-    ) -> torch.Tensor:
-        """``(N, T, 3, H, W)`` in [0, 1] for one clip (``pixels``/``control`` with a batch dim of 1)."""
-        overrides: dict[str, Any] = {"num_videos_per_prompt": self.num_samples}
-        if self.num_inference_steps is not None:
-            overrides["num_inference_steps"] = self.num_inference_steps
-        return pl_module.sample(pixels, control, seed=key_seed(self.seed, key), **overrides)[0]
-
-    @staticmethod
-    def _keys(trainer: L.Trainer, batch: dict[str, Any], batch_idx: int) -> list[str]:
-        n = len(batch["pixel_values"])
-        return list(batch.get("key") or [f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(n)])
-
-    def _protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
-        hp = pl_module.hparams
-        return {
-            "samples_per_input": self.num_samples,
-            "frames": shape[0] if shape else None,
-            "resolution": f"{shape[-2]}x{shape[-1]}" if shape else None,
-            "seed": self.seed,
-            "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
-            "sampler": hp.get("scheduler", "euler"),
-        }
-
-
-class VideoEvaluation(ClipSampling, L.Callback):
+class VideoEvaluation(L.Callback):
     """Evaluate generated videos during ``interdyn test``.
 
     Args:
@@ -100,8 +56,8 @@ class VideoEvaluation(ClipSampling, L.Callback):
         save_videos: int = 4,
         out_dir: str | None = None,
     ) -> None:
-        ClipSampling.__init__(self, num_samples, seed, num_inference_steps)
-        L.Callback.__init__(self)
+        super().__init__()
+        self.sampler = ClipSampler(num_samples, seed, num_inference_steps)
         self.metrics = list(metrics) if metrics is not None else [m for m in ALL_METRICS if m != "lpips"]
         self.options = dict(
             i3d_weights=i3d_weights,
@@ -118,7 +74,7 @@ class VideoEvaluation(ClipSampling, L.Callback):
 
     def _folder(self, trainer: L.Trainer) -> Path:
         if getattr(self, "_run_dir", None) is None:  # set on every rank in on_test_start
-            self._run_dir = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+            self._run_dir = run_folder(trainer, self.out_dir)
         self._run_dir.mkdir(parents=True, exist_ok=True)
         return self._run_dir
 
@@ -144,17 +100,18 @@ class VideoEvaluation(ClipSampling, L.Callback):
         if not has_clips(batch):  # only records of skipped samples
             return
         pixels, control = batch["pixel_values"], batch["control"]
-        keys = self._keys(trainer, batch, batch_idx)
+        keys = clip_keys(trainer, batch, batch_idx)
         for i, key in enumerate(keys):
-            samples = self._sample(pl_module, pixels[i : i + 1], control[i : i + 1], key)
+            samples = self.sampler.sample(pl_module, pixels[i : i + 1], control[i : i + 1], key)
+            source_indices, geometry = clip_timing(batch, i)
             self.evaluator.update(
                 (pixels[i] + 1) / 2,
                 samples,
                 key,
                 masks=control[i, :, 0] > 0,
                 meta=(batch.get("meta") or [None] * len(keys))[i],
-                source_indices=batch["source_indices"][i].tolist() if "source_indices" in batch else None,
-                geometry=batch["geometry"][i].tolist() if "geometry" in batch else None,
+                source_indices=source_indices,
+                geometry=geometry,
             )
             if self._saved < self.save_videos:
                 self._save_video(trainer, key, pixels[i : i + 1], control[i : i + 1], samples[None])
@@ -200,7 +157,7 @@ class VideoEvaluation(ClipSampling, L.Callback):
         hp = pl_module.hparams
         protocol = {
             "videos": results["num_videos"],
-            **self._protocol(pl_module, shape),
+            **self.sampler.protocol(pl_module, shape),
             "guidance": f"{hp.get('min_guidance_scale')}->{hp.get('max_guidance_scale')}",
             "i3d_weights_sha256": self.evaluator.i3d_sha256,
             "tracker": self.options["tracker"] if "motion_fidelity" in self.metrics else None,
@@ -224,33 +181,3 @@ class VideoEvaluation(ClipSampling, L.Callback):
 
 def _reasons(skipped: Counter[str]) -> str:
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
-
-
-def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """One :meth:`VideoMetrics.state` from the states of all ranks, ordered by clip key (a key scored on
-    several ranks counts once), so that the values, FVD/KVD included, do not depend on which rank scored
-    which clip. A state's ``real`` features hold one row per scored clip, its ``fake`` features one row per
-    per-video row, both in scoring order (empty without FVD/KVD)."""
-    entries: dict[str, dict[str, Any]] = {}
-    for state in states:
-        rows, with_features = state["rows"], len(state["real"]) > 0
-        order = list(dict.fromkeys(row["key"] for row in rows))
-        own: dict[str, dict[str, Any]] = {}
-        for j, row in enumerate(rows):
-            entry = own.setdefault(row["key"], {"rows": [], "fake": []})
-            entry["rows"].append(row)
-            if with_features:
-                entry["fake"].append(state["fake"][j])
-        for i, key in enumerate(order):
-            if key not in entries:
-                entries[key] = {**own[key], "real": state["real"][i] if with_features else None}
-    keys = sorted(entries)
-    real = [entries[k]["real"] for k in keys if entries[k]["real"] is not None]
-    fake = [f for k in keys for f in entries[k]["fake"]]
-    empty = torch.zeros(0, 400, dtype=torch.float64)
-    return {
-        "rows": [row for k in keys for row in entries[k]["rows"]],
-        "real": torch.stack(real) if real else empty,
-        "fake": torch.stack(fake) if fake else empty,
-        "shape": next((s["shape"] for s in states if s["shape"]), None),
-    }

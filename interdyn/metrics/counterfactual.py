@@ -32,7 +32,7 @@ the overall ``spread_ratio`` is the ratio of the overall spread and ground-truth
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
@@ -228,6 +228,29 @@ def counterfactual_report(
         overall["spread"] / overall["gt_spread"] if overall["gt_spread"] > 0 else math.nan
     )
     return {"groups": rows, "overall": overall, "skipped": skipped, "num_skipped": len(skipped)}
+
+
+def group_members(
+    kept: Iterable[Mapping[str, Any]], outside_driver: bool = True
+) -> dict[str, list[CounterfactualMember]]:
+    """Kept clips -> groups for :func:`counterfactual_report`, in a fixed order (group, integer variant
+    first, key), whatever the order the clips were scored in.
+
+    Each kept clip is a mapping with ``key``, ``group``, ``variant`` (an int or None), ``generated``,
+    ``ground_truth`` and ``driver`` (bool ``(T, H, W)``); with ``outside_driver`` a member's region is the
+    complement of its driver (so that a group is compared outside every member's driver)."""
+
+    def order(m: Mapping[str, Any]) -> tuple[str, int, str]:
+        variant = m["variant"] if isinstance(m["variant"], int) else 1 << 30
+        return m["group"], variant, m["key"]
+
+    groups: dict[str, list[CounterfactualMember]] = {}
+    for m in sorted(kept, key=order):
+        region = ~m["driver"] if outside_driver else None
+        groups.setdefault(m["group"], []).append(
+            CounterfactualMember(m["key"], m["generated"], m["ground_truth"], region)
+        )
+    return groups
 
 
 def _fmt(value: float, digits: int = 4) -> str:

@@ -167,6 +167,36 @@ def summarize(states: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[
     return results
 
 
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One :meth:`VideoMetrics.state` from the states of all ranks, ordered by clip key (a key scored on
+    several ranks counts once), so that the values, FVD/KVD included, do not depend on which rank scored
+    which clip. A state's ``real`` features hold one row per scored clip, its ``fake`` features one row per
+    per-video row, both in scoring order (empty without FVD/KVD)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for state in states:
+        rows, with_features = state["rows"], len(state["real"]) > 0
+        order = list(dict.fromkeys(row["key"] for row in rows))
+        own: dict[str, dict[str, Any]] = {}
+        for j, row in enumerate(rows):
+            entry = own.setdefault(row["key"], {"rows": [], "fake": []})
+            entry["rows"].append(row)
+            if with_features:
+                entry["fake"].append(state["fake"][j])
+        for i, key in enumerate(order):
+            if key not in entries:
+                entries[key] = {**own[key], "real": state["real"][i] if with_features else None}
+    keys = sorted(entries)
+    real = [entries[k]["real"] for k in keys if entries[k]["real"] is not None]
+    fake = [f for k in keys for f in entries[k]["fake"]]
+    empty = torch.zeros(0, 400, dtype=torch.float64)
+    return {
+        "rows": [row for k in keys for row in entries[k]["rows"]],
+        "real": torch.stack(real) if real else empty,
+        "fake": torch.stack(fake) if fake else empty,
+        "shape": next((s["shape"] for s in states if s["shape"]), None),
+    }
+
+
 def markdown_table(results: dict[str, Any], protocol: dict[str, Any]) -> str:
     """The paper's table layout, one row, plus the protocol under it."""
     columns = [(k, title) for k, title in PAPER_COLUMNS if k in results]

@@ -1,0 +1,136 @@
+"""Counterfactuals, as a callback of ``interdyn test``: do different driver motions from one first frame
+give different, matching outcomes? :func:`~interdyn.metrics.counterfactual.counterfactual_report` over
+the test split's groups; ``counterfactual.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+
+from interdyn.callbacks.clip_sampler import (
+    ClipSampler,
+    clip_keys,
+    gather_objects,
+    per_clip,
+    run_folder,
+    write_report,
+)
+from interdyn.contract import has_clips
+from interdyn.metrics.counterfactual import counterfactual_report, group_members, report_to_markdown
+from interdyn.metrics.regions import shrink_masks, shrink_video
+from interdyn.metrics.report import protocol_line
+
+
+class CounterfactualEvaluation(L.Callback):
+    """Counterfactual report over the test clips that belong to a group (``meta["group"]``).
+
+    For every grouped clip the samples and the ground truth are kept, shrunk so that the longer side is
+    at most ``max_side`` and stored as uint8 (to bound memory), with the clip's driver masks (shrunk
+    conservatively: a pixel touched by the driver stays driver). At the end the members of all ranks
+    are gathered and :func:`~interdyn.metrics.counterfactual.counterfactual_report` scores each group:
+    with ``region="outside_driver"`` the distances are measured, frame by frame, outside the union of
+    the drivers of all members (the outcome, not the control being reproduced); with ``"all"`` over
+    whole frames. Clips without a group are not sampled (counted).
+
+    Writes ``counterfactual.md`` / ``.json`` (per-group rows and the overall row: self error, cross
+    error, discrimination, accuracy vs chance, spread ratio) and logs ``test/counterfactual/<metric>``.
+
+    Args:
+        num_samples, seed, num_inference_steps: sampling (see :class:`ClipSampler`).
+        region: ``"outside_driver"`` or ``"all"``.
+        out_dir: where the files go (default: the logger's run directory).
+        max_side: the longer side of the kept videos.
+
+    Batch keys: ``pixel_values``, ``control``, ``key``, ``meta`` (``group``, optionally ``variant``).
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        seed: int = 42,
+        num_inference_steps: int | None = None,
+        region: Literal["outside_driver", "all"] = "outside_driver",
+        out_dir: str | None = None,
+        max_side: int = 128,
+    ) -> None:
+        super().__init__()
+        self.sampler = ClipSampler(num_samples, seed, num_inference_steps)
+        if region not in ("outside_driver", "all"):
+            raise ValueError(f"region must be 'outside_driver' or 'all', got {region!r}")
+        self.region, self.out_dir, self.max_side = region, out_dir, max_side
+        self.members: list[dict[str, Any]] = []
+        self.ungrouped = 0
+        self.shape: tuple[int, ...] | None = None
+        self.results: dict[str, Any] | None = None
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.members, self.ungrouped, self.shape = [], 0, None
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not has_clips(batch):  # only records of skipped samples
+            return
+        pixels, control = batch["pixel_values"], batch["control"]
+        keys = clip_keys(trainer, batch, batch_idx)
+        metas = per_clip(batch, "meta", len(keys))
+        for i, key in enumerate(keys):
+            meta = metas[i] or {}
+            if meta.get("group") is None:
+                self.ungrouped += 1
+                continue
+            samples = self.sampler.sample(pl_module, pixels[i : i + 1], control[i : i + 1], key)
+            self.shape = tuple(samples.shape[1:])
+            self.members.append(
+                {
+                    "key": key,
+                    "group": str(meta["group"]),
+                    "variant": meta.get("variant"),
+                    "generated": shrink_video(samples, self.max_side),
+                    "ground_truth": shrink_video((pixels[i] + 1) / 2, self.max_side),
+                    "driver": shrink_masks(control[i, :, 0] > 0, self.max_side),
+                }
+            )
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        everyone = gather_objects({"members": self.members, "ungrouped": self.ungrouped, "shape": self.shape})
+        members = {m["key"]: m for rank in everyone for m in rank["members"]}  # a key counts once
+        ungrouped = sum(rank["ungrouped"] for rank in everyone)
+        shape = next((rank["shape"] for rank in everyone if rank["shape"]), None)
+        groups = group_members(members.values(), outside_driver=self.region == "outside_driver")
+        report = counterfactual_report(groups)
+        for name, value in report["overall"].items():
+            if math.isfinite(value):
+                pl_module.log(f"test/counterfactual/{name}", value, rank_zero_only=True)
+        stored = next(iter(members.values()))["ground_truth"].shape if members else None
+        protocol = {
+            **self.sampler.protocol(pl_module, shape),
+            "region": self.region,
+            "distance": "masked MSE over frames 1..T-1",
+            "compared_at": f"{stored[-2]}x{stored[-1]}" if stored else None,
+        }
+        counts = {"grouped_clips": len(members), "ungrouped_clips": ungrouped, "groups": len(groups)}
+        self.results = {
+            **report,
+            "counts": counts,
+            "protocol": protocol,
+            "members": {k: m["group"] for k, m in members.items()},
+        }
+        folder = run_folder(trainer, self.out_dir)
+        if trainer.is_global_zero:
+            text = (
+                report_to_markdown(report)
+                + f"\nClips: {len(members)} in {len(groups)} group(s), {ungrouped} without a group (ignored).\n"
+                + protocol_line(protocol)
+                + "\n"
+            )
+            write_report(folder, "counterfactual", self.results, text, "Counterfactual report")

@@ -17,7 +17,7 @@ at once or at different times, on machines sharing the output folder (no locks: 
 writer, or identical content written through a rename). A shard's bytes depend only on its chunk, so n
 parts give the same shards, index and report as one process. The last part to find every chunk done
 writes the index and report; ``finalize_only=True`` does it on demand and names the missing chunks. Items are skipped by raising
-:class:`Skip` with a short reason; any other exception is counted under ``error:<type>`` with a
+:class:`SkipSample` with a short reason; any other exception is counted under ``error:<type>`` with a
 warning naming the item, so one bad video never stops a run (``strict=True`` re-raises instead;
 many errors in a row stop it). A shard with such errors is kept but redone by the next run, so a
 transient failure does not leave holes. Ctrl-C stops the workers at once; run the same command
@@ -47,17 +47,10 @@ from typing import Any
 import numpy as np
 
 from data_prep.parts import Part
-from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, encode_fields, write_shard
+from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, write_shard
+from interdyn.data.shard_format import SkipSample, encode_fields, shard_name
 
 PROGRESS_DIR = "_progress"
-
-
-class Skip(Exception):
-    """An item that cannot become a sample; ``reason`` is a short category counted in the report."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
 
 
 class TooManyErrors(RuntimeError):
@@ -138,10 +131,6 @@ class SplitResult:
             f"{who}: {self.num_samples} samples in {self.num_shards} shard(s) -> {self.folder}"
             f" ({made}; {self.throughput()})" + (f"; skipped {skipped}: {reasons}" if skipped else "")
         )
-
-
-def shard_name(dataset: str, split: str, index: int) -> str:
-    return f"{dataset}-{split}-{index:06d}.tar"
 
 
 def fingerprint(value: Any) -> str:
@@ -238,7 +227,7 @@ def _build_chunk(
             key, fields = maker(item)
             samples.append((key, encode_fields(key, fields)))
             errors_in_a_row = 0
-        except Skip as skip:
+        except SkipSample as skip:
             skipped.append({"id": item.id, "reason": skip.reason, "detail": skip.detail})
             errors_in_a_row = 0
         except KeyboardInterrupt:
@@ -300,7 +289,7 @@ def build_split(
     Args:
         out: output root of the dataset; shards go to ``out/split``.
         items: the source items in their final order (ids unique).
-        maker: item -> (sample key, fields); raises :class:`Skip` for items to leave out.
+        maker: item -> (sample key, fields); raises :class:`SkipSample` for items to leave out.
         shard_size: items per shard (a shard holds fewer samples when items are skipped).
         workers: processes (``<= 1`` runs in this process, e.g. for a GPU model).
         settings: everything that changes the samples' content; part of the plan.

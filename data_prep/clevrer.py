@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from data_prep import rle
-from data_prep.build import Item, Skip
+from data_prep.build import Item
 from data_prep.common import add_common_arguments, check_length, read_video, run_split
-from data_prep.shard_writer import encode_masks
+from interdyn.data.shard_format import SkipSample, encode_masks
 
 SPLITS = ("train", "validation")
 _ID_RE = re.compile(r"(\d+)")
@@ -126,9 +126,9 @@ def proposal_masks(
             try:
                 mask = rle.decode(obj["mask"])
             except (ValueError, KeyError, TypeError) as err:
-                raise Skip("bad_masks", f"frame {f}: {err}") from None
+                raise SkipSample("bad_masks", f"frame {f}: {err}") from None
             if mask.shape != (height, width):
-                raise Skip("bad_masks", f"mask size {mask.shape} differs from the video's {(height, width)}")
+                raise SkipSample("bad_masks", f"mask size {mask.shape} differs from the video's {(height, width)}")
             for k in ks:  # identical attributes: both objects get the union (rare)
                 masks[k, f] |= mask
     return masks
@@ -146,32 +146,32 @@ class ClevrerMaker:
     def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
         video_path, annotation_path, proposal_path, group = item.data
         if annotation_path is None:
-            raise Skip("missing_annotations", "no annotation JSON")
+            raise SkipSample("missing_annotations", "no annotation JSON")
         if proposal_path is None:
-            raise Skip("missing_annotations", "no frame-parser proposal JSON (derender_proposals)")
+            raise SkipSample("missing_annotations", "no frame-parser proposal JSON (derender_proposals)")
         try:
             annotation = json.loads(Path(annotation_path).read_text())
             proposal = json.loads(Path(proposal_path).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise Skip("bad_annotations", str(err)) from None
+            raise SkipSample("bad_annotations", str(err)) from None
         if video_path is None:
-            raise Skip("missing_video", f"no video_{item.id}.mp4")
+            raise SkipSample("missing_video", f"no video_{item.id}.mp4")
         data, frames, fps = read_video(Path(video_path))
         t, h, w, _ = frames.shape
         check_length(t, fps, self.num_frames, self.target_fps, self.frame_stride)
         props = sorted(annotation.get("object_property", []), key=lambda p: int(p["object_id"]))
         if not props:
-            raise Skip("bad_annotations", "no object_property")
+            raise SkipSample("bad_annotations", "no object_property")
         entering = entering_objects(annotation, t)
         if not entering:
-            raise Skip("no_entering_object", "every object is in view in the first frame")
+            raise SkipSample("no_entering_object", "every object is in view in the first frame")
         objects = proposal_masks(proposal, props, t, h, w)
         position = {int(p["object_id"]): k for k, p in enumerate(props)}
         control = np.zeros((t, h, w), dtype=bool)
         for obj_id, _ in entering:
             control |= objects[position[obj_id]]
         if not control.any():
-            raise Skip("no_driver_mask", "the frame parser has no mask for the entering objects")
+            raise SkipSample("no_driver_mask", "the frame parser has no mask for the entering objects")
 
         entering_ids = {i for i, _ in entering}
         collisions = [

@@ -13,30 +13,31 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, Skip, build_split, default_workers
+from data_prep.build import Item, build_split, default_workers
 from data_prep.parts import Part, resolve_part
 from interdyn.data.sampling import clip_offsets
+from interdyn.data.shard_format import SkipSample
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 
 
 def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:
     """The encoded bytes, every decoded frame ``(T, H, W, 3)`` uint8 and the frame rate of a video file.
 
-    Raises :class:`Skip` (``missing_video`` / ``corrupt_video``) rather than library errors.
+    Raises :class:`SkipSample` (``missing_video`` / ``corrupt_video``) rather than library errors.
     """
     path = Path(path)
     if not path.is_file():
-        raise Skip("missing_video", str(path))
+        raise SkipSample("missing_video", str(path))
     data = path.read_bytes()
     if not data:
-        raise Skip("corrupt_video", f"{path} is empty")
+        raise SkipSample("corrupt_video", f"{path} is empty")
     try:
         _, fps, _, _ = probe_video(data)
         frames = decode_frames(data)
     except VideoDecodeError as err:
-        raise Skip("corrupt_video", f"{path}: {err}") from None
+        raise SkipSample("corrupt_video", f"{path}: {err}") from None
     if not fps or not math.isfinite(fps) or fps <= 0:
-        raise Skip("corrupt_video", f"{path}: no frame rate in the container")
+        raise SkipSample("corrupt_video", f"{path}: no frame rate in the container")
     return data, frames, float(fps)
 
 
@@ -47,10 +48,10 @@ def count_video(path: Path) -> tuple[bytes, int, float, int, int]:
 
     path = Path(path)
     if not path.is_file():
-        raise Skip("missing_video", str(path))
+        raise SkipSample("missing_video", str(path))
     data = path.read_bytes()
     if not data:
-        raise Skip("corrupt_video", f"{path} is empty")
+        raise SkipSample("corrupt_video", f"{path} is empty")
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
@@ -60,11 +61,11 @@ def count_video(path: Path) -> tuple[bytes, int, float, int, int]:
                 count += 1
                 height, width = frame.height, frame.width
     except (av.FFmpegError, IndexError, ValueError) as err:
-        raise Skip("corrupt_video", f"{path}: {err}") from None
+        raise SkipSample("corrupt_video", f"{path}: {err}") from None
     if count == 0:
-        raise Skip("corrupt_video", f"{path}: no frames")
+        raise SkipSample("corrupt_video", f"{path}: no frames")
     if not fps or not math.isfinite(fps) or fps <= 0:
-        raise Skip("corrupt_video", f"{path}: no frame rate in the container")
+        raise SkipSample("corrupt_video", f"{path}: no frame rate in the container")
     return data, count, fps, height, width
 
 
@@ -78,7 +79,7 @@ def iter_video_frames(path: Path) -> Iterator[np.ndarray]:
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, IndexError, ValueError) as err:
-        raise Skip("corrupt_video", f"{path}: {err}") from None
+        raise SkipSample("corrupt_video", f"{path}: {err}") from None
 
 
 def min_source_frames(num_frames: int, fps: float, target_fps: float | None, frame_stride: int | None) -> int:
@@ -89,11 +90,11 @@ def min_source_frames(num_frames: int, fps: float, target_fps: float | None, fra
 def check_length(
     num_source: int, fps: float, num_frames: int, target_fps: float | None, frame_stride: int | None
 ) -> None:
-    """Raise ``Skip("too_short")`` when no clip fits in the video."""
+    """Raise ``SkipSample("too_short")`` when no clip fits in the video."""
     need = min_source_frames(num_frames, fps, target_fps, frame_stride)
     if num_source < need:
         rate = f"stride {frame_stride}" if frame_stride else f"{target_fps:g} FPS"
-        raise Skip(
+        raise SkipSample(
             "too_short", f"{num_source} frames at {fps:g} fps; {num_frames} frames at {rate} need {need}"
         )
 

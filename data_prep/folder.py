@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, Skip
+from data_prep.build import Item
 from data_prep.common import (
     add_common_arguments,
     binarize,
@@ -53,7 +53,8 @@ from data_prep.common import (
     read_video,
     run_split,
 )
-from data_prep.shard_writer import atomic_write_bytes, encode_masks
+from data_prep.shard_writer import atomic_write_bytes
+from interdyn.data.shard_format import SkipSample, encode_masks
 from interdyn.data.video import encode_video
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif"}
@@ -87,17 +88,17 @@ def _load_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (OSError, UnidentifiedImageError) as err:
-        raise Skip("corrupt_video", f"{path}: {err}") from None
+        raise SkipSample("corrupt_video", f"{path}: {err}") from None
 
 
 def read_images(folder: Path) -> np.ndarray:
-    """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`Skip` when unusable."""
+    """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`SkipSample` when unusable."""
     files = _image_files(folder)
     if not files:
-        raise Skip("missing_video", f"{folder} holds no images")
+        raise SkipSample("missing_video", f"{folder} holds no images")
     frames = [_load_image(p) for p in files]
     if len({f.shape for f in frames}) != 1:
-        raise Skip("corrupt_video", f"{folder}: images of different sizes")
+        raise SkipSample("corrupt_video", f"{folder}: images of different sizes")
     return np.stack(frames)
 
 
@@ -110,13 +111,13 @@ def read_mask(path: Path, threshold: int, min_blob: int) -> np.ndarray:
         frames = iter([_load_image(path)])
     else:
         if not path.stat().st_size:
-            raise Skip("corrupt_video", f"{path} is empty")
+            raise SkipSample("corrupt_video", f"{path} is empty")
         frames = iter_video_frames(path)
     masks = [binarize(f[None], threshold, min_blob)[0] for f in frames]
     if not masks:
-        raise Skip("missing_masks", f"{path} holds no frames")
+        raise SkipSample("missing_masks", f"{path} holds no frames")
     if len({m.shape for m in masks}) != 1:
-        raise Skip("mask_size_mismatch", f"{path}: frames of different sizes")
+        raise SkipSample("mask_size_mismatch", f"{path}: frames of different sizes")
     return np.stack(masks)
 
 
@@ -126,7 +127,7 @@ def fit_mask(masks: np.ndarray, height: int, width: int, name: str) -> np.ndarra
     if (h, w) == (height, width):
         return masks
     if abs(h / w - height / width) > 0.01:
-        raise Skip(
+        raise SkipSample(
             "mask_size_mismatch", f"mask_{name} is {w}x{h}, the video {width}x{height} (other aspect ratio)"
         )
     rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(int)
@@ -198,10 +199,10 @@ class FolderMaker:
         folder = Path(item.data)
         video_path = find_media(folder, "video")
         if video_path is None:
-            raise Skip("missing_video", f"no video.* in {folder}")
+            raise SkipSample("missing_video", f"no video.* in {folder}")
         if video_path.is_dir():
             if not self.fps:
-                raise Skip("missing_fps", f"{video_path} is a frame folder: pass --fps")
+                raise SkipSample("missing_fps", f"{video_path} is a frame folder: pass --fps")
             data, frames, fps = None, read_images(video_path), float(self.fps)
             t, h, w, _ = frames.shape
         elif video_path.suffix.lower() in KEEP_AS_IS:  # stored as it is: only count the frames
@@ -220,7 +221,7 @@ class FolderMaker:
         driver_names = [n for n in self.control if n in mask_paths]
         if not driver_names:
             wanted = ", ".join(f"mask_{n}.*" for n in self.control)
-            raise Skip("missing_masks", f"no {wanted} in {folder}")
+            raise SkipSample("missing_masks", f"no {wanted} in {folder}")
         masks: dict[str, np.ndarray] = {}
         for name, path in mask_paths.items():
             m = read_mask(path, self.threshold, self.min_blob)
@@ -235,7 +236,7 @@ class FolderMaker:
         for name in driver_names:
             control |= masks[name]
         if not control.any():
-            raise Skip(
+            raise SkipSample(
                 "empty_masks", f"the driver masks ({', '.join(driver_names)}) are empty in every frame"
             )
         object_names = [n for n in masks if n not in driver_names]

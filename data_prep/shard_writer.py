@@ -1,9 +1,4 @@
-"""Writes the shard contract atomically; shared by every preparer.
-
-One WebDataset sample per source video: ``<key>.video.mp4`` (or ``.video.webm``), ``<key>.masks.npz``
-(``control`` bool (T, H, W); optional ``objects`` bool (K, T, H, W) and ``object_names``) and
-``<key>.json`` (metadata). Shards are named ``<dataset>-<split>-%06d.tar`` inside ``<out>/<split>/``
-and each split gets ``index.json`` (sample count, shard list, how it was made).
+"""Writes shards (the format of :mod:`interdyn.data.shard_format`) atomically; shared by every preparer.
 
 Every file is written under a temporary name and renamed when complete, so a crash or Ctrl-C never
 leaves a half-written shard or index that looks valid; leftovers of killed runs are removed when a
@@ -15,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import socket
 import tarfile
 import time
@@ -23,31 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from interdyn.data.shard_format import INDEX_FILE, encode_fields, shard_name
 
 TMP_SUFFIX = ".tmp"
-_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-def encode_masks(
-    control: np.ndarray, objects: np.ndarray | None = None, object_names: list[str] | None = None
-) -> bytes:
-    """Pack masks into the ``masks.npz`` field (compressed; bool arrays)."""
-    control = np.asarray(control)
-    if control.ndim != 3:
-        raise ValueError(f"control masks must be (T, H, W), got {control.shape}")
-    arrays: dict[str, np.ndarray] = {"control": control.astype(bool)}
-    if objects is not None:
-        objects = np.asarray(objects).astype(bool)
-        if objects.ndim != 4 or objects.shape[1:] != control.shape:
-            raise ValueError(
-                f"object masks must be (K, T, H, W) matching control {control.shape}, got {objects.shape}"
-            )
-        arrays["objects"] = objects
-        arrays["object_names"] = np.array(object_names or [f"object{i}" for i in range(len(objects))])
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return buffer.getvalue()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -62,19 +34,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def encode_fields(key: str, fields: dict[str, bytes | dict]) -> dict[str, bytes]:
-    """Check a sample key and turn its fields into bytes (dicts become JSON) before anything is written."""
-    if not _KEY_RE.match(key):
-        raise ValueError(f"sample key {key!r} may hold only letters, digits, '-' and '_' (no dots)")
-    encoded = {}
-    for ext, value in fields.items():
-        data = json.dumps(value, sort_keys=True).encode() if isinstance(value, dict) else value
-        if not isinstance(data, bytes):
-            raise TypeError(f"field {ext!r} of {key!r} must be bytes or a dict, got {type(value).__name__}")
-        encoded[ext] = data
-    return encoded
 
 
 def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int:
@@ -140,12 +99,12 @@ class ShardWriter:
         # (a smaller rewrite must not leave stale shards that globs would still read).
         for leftover in self.folder.glob(f"*{TMP_SUFFIX}"):
             leftover.unlink()
-        (self.folder / "index.json").unlink(missing_ok=True)
+        (self.folder / INDEX_FILE).unlink(missing_ok=True)
         for old in self.folder.glob(f"{self.dataset}-{self.split}-*.tar"):
             old.unlink()
 
     def shard_name(self, index: int) -> str:
-        return f"{self.dataset}-{self.split}-{index:06d}.tar"
+        return shard_name(self.dataset, self.split, index)
 
     def _open(self) -> None:
         path = self.folder / (self.shard_name(self._shard_index) + TMP_SUFFIX)
@@ -192,7 +151,7 @@ class ShardWriter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provenance": self.provenance,
         }
-        atomic_write_bytes(self.folder / "index.json", json.dumps(index, indent=2).encode())
+        atomic_write_bytes(self.folder / INDEX_FILE, json.dumps(index, indent=2).encode())
         return index
 
     def abort(self) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, Skip, count
+from data_prep.build import Item, count
 from data_prep.common import (
     add_common_arguments,
     check_length,
@@ -47,7 +47,7 @@ from data_prep.common import (
     run_split,
 )
 from data_prep.parts import PartSpecError, part_device, resolve_part
-from data_prep.shard_writer import encode_masks
+from interdyn.data.shard_format import SkipSample, encode_masks
 
 LABEL_FILES = {
     "train": "something-something-v2-train.json",
@@ -310,10 +310,10 @@ class SSV2Maker:
     def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
         label_entry, boxes = item.data
         if boxes is None:
-            raise Skip("missing_annotations", "no Something-Else entry for this video")
+            raise SkipSample("missing_annotations", "no Something-Else entry for this video")
         hands = boxes.hands_per_frame()
         if not hands:
-            raise Skip("no_hand_boxes", "the annotations have no box with category 'hand'")
+            raise SkipSample("no_hand_boxes", "the annotations have no box with category 'hand'")
         video_path = Path(self.videos_dir) / f"{item.id}.webm"
         if self.masks == "sam2":
             data, frames, fps = read_video(video_path)
@@ -326,7 +326,7 @@ class SSV2Maker:
         hands = {f: [c for b in bs if (c := clip_box(b, h, w))] for f, bs in hands.items() if f < t}
         hands = {f: bs for f, bs in hands.items() if bs}
         if not hands:
-            raise Skip("boxes_outside_frame", f"no hand box lies inside the {w}x{h} frame")
+            raise SkipSample("boxes_outside_frame", f"no hand box lies inside the {w}x{h} frame")
         annotated = track_hands(hands)
         tracks = [interpolate_track(tr, self.max_gap) for tr in annotated]
         boxes_per_frame = [

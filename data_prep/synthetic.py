@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.shard_writer import ShardWriter, encode_masks
+from data_prep.shard_writer import ShardWriter
+from interdyn.data.shard_format import encode_masks
 from interdyn.data.video import encode_video
 
 PALETTE = np.array(

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from interdyn.data.shards import SkipSample
+from interdyn.data.shard_format import SkipSample
 from interdyn.errors import ConfigError
 
 FIELD = "cond.npz"

@@ -1,4 +1,4 @@
-"""Streaming clips from WebDataset shards (the shard format in docs/data.md -> the batch contract).
+"""Streaming clips from WebDataset shards (the format of :mod:`interdyn.data.shard_format` -> the batch contract).
 
 :class:`ClipDecoder` turns one shard sample (``video.mp4``/``video.webm``, ``masks.npz``, ``json``) into
 a clip; :class:`ShardClipStream` is the IterableDataset that reads shards:
@@ -19,8 +19,6 @@ running count by reason; they never end an epoch.
 from __future__ import annotations
 
 import glob
-import io
-import json
 import math
 import os
 import random
@@ -32,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import braceexpand
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
@@ -45,11 +42,11 @@ from interdyn.data.sampling import (
     effective_fps,
     valid_starts,
 )
+from interdyn.data.shard_format import SkipSample, decode_sample
 from interdyn.data.transforms import CROPS, apply_geometry, joint_transform
 from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
 from interdyn.errors import DataNotFoundError, InterDynError
 
-VIDEO_FIELDS = ("video.mp4", "video.webm", "mp4", "webm")
 _TAR_NAME = re.compile(r"(pipe:[^'\"]+|[^\s'\"<>(),=]+\.tar)")
 MAX_SKIPS_IN_A_ROW = 1000  # an endless training stream of bad samples must not spin forever
 MAX_EMPTY_SHARDS_IN_A_ROW = 50  # nor one of shards that give no sample at all
@@ -64,14 +61,6 @@ LIST_FIELDS = ("objects", "object_names", "meta")
 
 class SkippedSampleWarning(UserWarning):
     """A sample or shard was skipped (the message names it and the reason)."""
-
-
-class SkipSample(Exception):
-    """Raised by the decoder for a sample that must be skipped; ``reason`` is a short category."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
 
 
 def _finite_positive(value: Any) -> float | None:
@@ -163,32 +152,10 @@ class ClipDecoder:
             raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {self.frame_sampling!r}")
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        key = sample.get("__key__", "?")
-        if "json" not in sample or "masks.npz" not in sample:
-            raise SkipSample("incomplete", f"fields {sorted(k for k in sample if not k.startswith('__'))}")
-        video_field = next((f for f in VIDEO_FIELDS if f in sample), None)
-        if video_field is None:
-            raise SkipSample("incomplete", "no video field")
-        try:
-            meta = json.loads(sample["json"])
-            if not isinstance(meta, dict):
-                raise ValueError(f"the json is a {type(meta).__name__}, not an object")
-            objects, object_names = None, []
-            with np.load(io.BytesIO(sample["masks.npz"])) as npz:
-                masks = npz["control"].astype(bool)
-                if masks.ndim != 3 or masks.shape[0] == 0:
-                    raise ValueError(f"control masks of shape {masks.shape}, not (T, H, W)")
-                needs_objects = self.with_objects or self.control_type in ("semantic", "oracle")
-                if needs_objects and "objects" in npz.files:
-                    objects = npz["objects"].astype(bool)
-                    if objects.ndim != 4:
-                        raise ValueError(f"object masks of shape {objects.shape}, not (K, T, H, W)")
-                    object_names = (
-                        [str(n) for n in npz["object_names"]] if "object_names" in npz.files else []
-                    )
-        except Exception as err:  # noqa: BLE001 - any parse failure means a bad sample
-            raise SkipSample("bad_masks_or_json", str(err)) from None
-        video = sample[video_field]
+        needs_objects = self.with_objects or self.control_type in ("semantic", "oracle")
+        fields = decode_sample(sample, with_objects=needs_objects)
+        key, meta, video, masks = fields.key, fields.meta, fields.video, fields.control
+        objects, object_names = fields.objects, fields.object_names
         # 0 or missing: unknown, read from the container; anything else must be a positive number
         source_fps = _metadata_number(meta, "fps")
         num_source = int(_metadata_number(meta, "num_frames") or 0)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.build import Item, PlanMismatchError, Skip, TooManyErrors, build_split, fingerprint
+from data_prep.build import Item, PlanMismatchError, TooManyErrors, build_split, fingerprint
 from data_prep.shard_writer import TMP_SUFFIX
+from interdyn.data.shard_format import SkipSample
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Maker:
         if item.id == self.stop_at:
             raise KeyboardInterrupt
         if item.id in self.skip:
-            raise Skip(self.skip[item.id], "test")
+            raise SkipSample(self.skip[item.id], "test")
         if item.id in self.fail:
             raise ZeroDivisionError("boom")
         return f"toy-{item.id}", {"txt": item.id.encode(), "json": {"id": item.id}}

@@ -98,9 +98,9 @@ def test_parts_share_chunks_round_robin_and_pick_the_local_gpu(clean_env):
 def toy_maker(item: Item):
     """A tiny deterministic sample; '004' is skipped; counts two 'frames' per sample."""
     if item.id == "004":
-        from data_prep.build import Skip
+        from interdyn.data.shard_format import SkipSample
 
-        raise Skip("too_short", "test")
+        raise SkipSample("too_short", "test")
     count("frames", 2)
     return f"toy-{item.id}", {"txt": item.id.encode(), "json": {"id": item.id}}
 

@@ -37,10 +37,12 @@ import yaml
 
 from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, write_shard
+from interdyn.branch_checkpoint import DTYPES
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
 from interdyn.data.sampling import key_seed
-from interdyn.data.shards import ClipDecoder, SkipSample, expand_urls
+from interdyn.data.shard_format import SkipSample
+from interdyn.data.shards import ClipDecoder, expand_urls
 from interdyn.errors import InterDynError
 from interdyn.models.conditioning import (
     clip_image_embeds,
@@ -51,7 +53,6 @@ from interdyn.models.conditioning import (
 from interdyn.models.svd import cast_frozen, get_encoders
 
 PROGRESS_DIR = "_latents"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DATA_KEYS = {
     "num_frames": 14,
     "fps": 7.0,
@@ -259,7 +260,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--encoder-dtype",
-        choices=sorted(_DTYPES),
+        choices=sorted(DTYPES),
         help="VAE/CLIP dtype (default: bfloat16 on CUDA, float32 on CPU)",
     )
     parser.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
@@ -362,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device = part_device(part, args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype_name = args.encoder_dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
         encoder = ConditioningEncoder(
-            svd, device, _DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+            svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
         )
         decoder = ClipDecoder(
             num_frames=settings["num_frames"],

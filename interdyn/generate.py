@@ -5,7 +5,7 @@
     interdyn generate --clip my_clips/243/                  # video.* + mask_hand.*: with ground truth
     interdyn generate --image scene.png --control a.webm b.webm c.webm --out out/cf/   # counterfactuals
 
-Inputs are read and resampled by :mod:`interdyn.data.inputs` as the authors' demo prepares its examples
+Inputs are read and resampled by :mod:`interdyn.inputs` as the authors' demo prepares its examples
 (14 frames at "7 FPS", i.e. every 2nd frame of a 12 fps video from frame 0; resize, then centre crop to
 256x384; 3 samples per input with seed 42); weights come from a local folder, a hub id, an
 ``interdyn export`` folder or a Lightning
@@ -15,43 +15,32 @@ Every output file is written atomically. ``interdyn export`` lives in :mod:`inte
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 
-from interdyn.data.inputs import GenerationInputs, load_clip_inputs, load_image_inputs
+from interdyn.branch_checkpoint import DTYPES, load_branch
+from interdyn.commands import add_default_note, command_parser, resolve_device, run_command
 from interdyn.data.video import encode_video
-from interdyn.errors import InputError, InterDynError, WeightsMismatchError
-from interdyn.export import load_branch
+from interdyn.errors import InputError, WeightsMismatchError
 from interdyn.files import write_atomic
+from interdyn.inputs import GenerationInputs, load_clip_inputs, load_image_inputs
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
-from interdyn.models.pipeline import SCHEDULERS, InterDynPipeline
+from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
+from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings, Scheduler
 from interdyn.models.svd import SVDComponents, get_svd
 from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Sampling defaults (the paper: Euler, 50 steps, guidance 1 -> 3 per frame; fps id 6, motion bucket 40,
-# noise aug 0.02), used unless the command line or a .ckpt's hyper-parameters say otherwise.
-SAMPLING_DEFAULTS: dict[str, Any] = {
-    "num_inference_steps": 50,
-    "min_guidance_scale": 1.0,
-    "max_guidance_scale": 3.0,
-    "fps_id": 6,
-    "motion_bucket_id": 40,
-    "noise_aug_strength": 0.02,
-    "conditioning_scale": 1.0,
-    "scheduler": "euler",
-}
-# command-line flag -> pipeline argument
-_SAMPLING_FLAGS = {
+# command-line option -> sampling setting (the pipeline's keyword argument)
+SAMPLING_OPTIONS = {
     "steps": "num_inference_steps",
     "min_guidance": "min_guidance_scale",
     "max_guidance": "max_guidance_scale",
@@ -85,129 +74,99 @@ class GenerateResult:
 
 
 # ---------------------------------------------------------------------------- arguments
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one and the help text does not already say it."""
+@dataclass
+class GenerateOptions:
+    """Generate videos from one image (or a clip folder's first frame) and driver masks.
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
+    Args:
+        image: the first frame: png/jpg (or a video file: its first frame); give --control with it
+        control: driver masks: a mask video, a folder of mask images or a .npz; several give a
+            counterfactual grid for the same image
+        clip: a clip folder with video.* and mask_<name>.* (its frames: ground truth), instead of --image
+        control_name: which mask_<name> of --clip drives (default: hand, or the only one)
+        control_fps: frame rate of the masks (and of a --clip's video); default: the video's own, 7 for
+            image folders and .npz without an fps entry
+        start: first source frame of the clip window
+        threshold: mask threshold (0-255, brightest channel)
+        num_frames: frames per video
+        fps: target rate ("7 FPS": SVD's fps=7 convention); the clip takes every n-th source frame, with
+            the stride whose rate is nearest (12 fps -> every 2nd frame, as the authors' demo)
+        frame_sampling: uniform: every n-th frame; timestamp: the frame nearest each k/fps s (uneven steps)
+        frame_stride: take every n-th source frame whatever the rates
+        height: clip height, a multiple of 8
+        width: clip width, a multiple of 8
+        crop: crop window after the resize: centred on the image (default center, as the authors' demo)
+            or on the masks (mask_aware, the training default)
+        svd: SVD img2vid folder or hub id, or random:tiny (default: the .ckpt's, else the SVD hub repo)
+        controlnet: control branch: a folder (released or written by `interdyn export`), a hub id, or a
+            .ckpt
+        dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
+        device: auto, cpu, cuda or cuda:<index>
+        num_samples: videos per control sequence (3 in the authors' demo)
+        seed: the same seed gives the same videos
+        scheduler: sampler: euler (SVD's, the paper's), dpmpp_2m (similar quality in about half the steps)
+            or edm_euler
+        steps: sampler steps
+        min_guidance: guidance of the first frame
+        max_guidance: guidance of the last frame
+        fps_id: SVD's fps conditioning
+        motion_bucket_id: SVD's motion bucket
+        noise_aug_strength: noise on the image latent
+        conditioning_scale: strength of the branch
+        decode_chunk_size: frames decoded at once (default: all)
+        out: output folder (created)
+        name: file name prefix, not a path (default: the image's stem or the clip folder's name)
+        no_progress: no progress bar
+    """
+
+    image: str | None = None
+    control: list[str] | None = None
+    clip: str | None = None
+    control_name: str | None = None
+    control_fps: float | None = None
+    start: int = 0
+    threshold: int = 128
+    num_frames: int = 14
+    fps: float = 7.0
+    frame_sampling: Literal["uniform", "timestamp"] = "uniform"
+    frame_stride: int | None = None
+    height: int = 256
+    width: int = 384
+    crop: Literal["mask_aware", "center"] | None = None
+    svd: str | None = None
+    controlnet: str = RELEASED_REPO
+    dtype: str = "auto"
+    device: str = "auto"
+    num_samples: int = 3
+    seed: int = 42
+    scheduler: Scheduler | None = None
+    steps: int | None = None
+    min_guidance: float | None = None
+    max_guidance: float | None = None
+    fps_id: float | None = None
+    motion_bucket_id: float | None = None
+    noise_aug_strength: float | None = None
+    conditioning_scale: float | None = None
+    decode_chunk_size: int | None = None
+    out: str = "generated"
+    name: str | None = None
+    no_progress: bool = False
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="interdyn generate",
-        description="Generate videos from one image (or a clip folder's first frame) and driver masks.",
-        formatter_class=_HelpFormatter,
+def build_parser() -> ArgumentParser:
+    """The parser of ``interdyn generate`` (its ``parse_args`` gives the options of :class:`GenerateOptions`)."""
+    parser = command_parser(GenerateOptions, "interdyn generate", multiple=["control"])
+    add_default_note(
+        parser,
+        {
+            option: f"the .ckpt's, else {getattr(DEFAULT_SAMPLING, setting)}"
+            for option, setting in SAMPLING_OPTIONS.items()
+        },
     )
-    src = parser.add_argument_group("inputs (--image with --control, or --clip)")
-    src.add_argument("--image", help="the first frame: png/jpg (or a video file: its first frame)")
-    src.add_argument(
-        "--control",
-        nargs="+",
-        help="driver masks: a mask video, a folder of mask images or a .npz; several give a "
-        "counterfactual grid for the same image",
-    )
-    src.add_argument("--clip", help="a clip folder with video.* and mask_<name>.* (its frames: ground truth)")
-    src.add_argument(
-        "--control_name", help="which mask_<name> of --clip drives (default: hand, or the only one)"
-    )
-    src.add_argument(
-        "--control_fps",
-        type=float,
-        help="frame rate of the masks (and of a --clip's video); default: the video's own, 7 for image "
-        "folders and .npz without an fps entry",
-    )
-    src.add_argument("--start", type=int, default=0, help="first source frame of the clip window")
-    src.add_argument("--threshold", type=int, default=128, help="mask threshold (0-255, brightest channel)")
-
-    clip = parser.add_argument_group("clip geometry and timing (as in training)")
-    clip.add_argument("--num_frames", type=int, default=14, help="frames per video")
-    clip.add_argument(
-        "--fps",
-        type=float,
-        default=7.0,
-        help='target rate ("7 FPS": SVD\'s fps=7 convention); the clip takes every n-th source frame, '
-        "with the stride whose rate is nearest (12 fps -> every 2nd frame, as the authors' demo)",
-    )
-    clip.add_argument(
-        "--frame_sampling",
-        choices=("uniform", "timestamp"),
-        default="uniform",
-        help="uniform: every n-th frame; timestamp: the frame nearest each k/fps s (uneven steps)",
-    )
-    clip.add_argument("--frame_stride", type=int, help="take every n-th source frame whatever the rates")
-    clip.add_argument("--height", type=int, default=256, help="multiple of 8")
-    clip.add_argument("--width", type=int, default=384, help="multiple of 8")
-    clip.add_argument(
-        "--crop",
-        choices=("mask_aware", "center"),
-        help="crop window after the resize: centred on the image (default center, as the authors' demo) "
-        "or on the masks (mask_aware, the training default)",
-    )
-
-    weights = parser.add_argument_group("weights")
-    weights.add_argument(
-        "--svd",
-        help=f"SVD img2vid folder or hub id, or random:tiny (default: the .ckpt's, else {SVD_REPO})",
-    )
-    weights.add_argument(
-        "--controlnet",
-        default=RELEASED_REPO,
-        help="control branch: a folder (released or written by `interdyn export`), a hub id, or a .ckpt",
-    )
-    weights.add_argument(
-        "--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU) | " + " | ".join(DTYPES)
-    )
-    weights.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<index>")
-
-    sampling = parser.add_argument_group("sampling (defaults: the .ckpt's settings, else the paper's)")
-    sampling.add_argument(
-        "--num_samples", type=int, default=3, help="videos per control sequence (3 in the authors' demo)"
-    )
-    sampling.add_argument("--seed", type=int, default=42, help="the same seed gives the same videos")
-    sampling.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        help="sampler: euler (SVD's, the paper's; default), dpmpp_2m (similar quality in about half the "
-        "steps) or edm_euler",
-    )
-    sampling.add_argument("--steps", type=int, help="sampler steps (default 50)")
-    sampling.add_argument("--min_guidance", type=float, help="guidance of the first frame (default 1.0)")
-    sampling.add_argument("--max_guidance", type=float, help="guidance of the last frame (default 3.0)")
-    sampling.add_argument("--fps_id", type=float, help="SVD's fps conditioning (default 6)")
-    sampling.add_argument("--motion_bucket_id", type=float, help="SVD's motion bucket (default 40)")
-    sampling.add_argument("--noise_aug_strength", type=float, help="noise on the image latent (default 0.02)")
-    sampling.add_argument("--conditioning_scale", type=float, help="strength of the branch (default 1.0)")
-    sampling.add_argument("--decode_chunk_size", type=int, help="frames decoded at once (default: all)")
-
-    out = parser.add_argument_group("outputs")
-    out.add_argument("--out", default="generated", help="output folder (created)")
-    out.add_argument(
-        "--name", help="file name prefix, not a path (default: the image's stem or the clip folder's name)"
-    )
-    out.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
 
 # ---------------------------------------------------------------------------- pieces
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(
-            f"--device '{name}' is not a device (use auto, cpu, cuda or cuda:<index>)."
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name} was asked for, but no CUDA GPU is available.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
-    return device
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` -> float16 on CUDA, float32 elsewhere."""
     if name == "auto":
@@ -217,7 +176,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def read_inputs(args: argparse.Namespace) -> GenerationInputs:
+def read_inputs(args: GenerateOptions) -> GenerationInputs:
     """The image/clip and controls named on the command line, at the model's resolution."""
     common = dict(
         num_frames=args.num_frames,
@@ -274,16 +233,13 @@ def check_compatible(branch: ControlNetSDVModel, svd: SVDComponents) -> None:
         )
 
 
-def sampling_settings(args: argparse.Namespace, recorded: dict[str, Any]) -> dict[str, Any]:
-    """Pipeline keyword arguments: command line, else the checkpoint's settings, else the defaults."""
-    settings = {}
-    for flag, key in _SAMPLING_FLAGS.items():
-        value = getattr(args, flag)
-        settings[key] = value if value is not None else recorded.get(key, SAMPLING_DEFAULTS[key])
-    settings["num_inference_steps"] = int(settings["num_inference_steps"])
-    if settings["num_inference_steps"] < 1:
+def sampling_settings(args: GenerateOptions, recorded: dict[str, Any]) -> SamplingSettings:
+    """The command line's settings, else the checkpoint's, else the defaults."""
+    given = {setting: getattr(args, option) for option, setting in SAMPLING_OPTIONS.items()}
+    settings = SamplingSettings.from_mapping(recorded).with_overrides(**given)
+    if int(settings.num_inference_steps) < 1:
         raise InputError("--steps must be at least 1.")
-    return settings
+    return settings.with_overrides(num_inference_steps=int(settings.num_inference_steps))
 
 
 def _uint8(frames: np.ndarray) -> np.ndarray:
@@ -342,12 +298,12 @@ class LoadedWeights:
     key: tuple  # (svd, controlnet, device, dtype) as asked for: which arguments these weights serve
 
 
-def weights_key(args: argparse.Namespace) -> tuple:
+def weights_key(args: GenerateOptions) -> tuple:
     """The arguments that decide which weights a run needs."""
     return (args.svd, args.controlnet, args.device, args.dtype)
 
 
-def load_weights(args: argparse.Namespace) -> LoadedWeights:
+def load_weights(args: GenerateOptions) -> LoadedWeights:
     """Load the branch and SVD that ``args`` name, check they fit each other, build the pipeline."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -359,7 +315,7 @@ def load_weights(args: argparse.Namespace) -> LoadedWeights:
     return LoadedWeights(pipe, svd_source, recorded, device, dtype, weights_key(args))
 
 
-def run_generate(args: argparse.Namespace, weights: LoadedWeights | None = None) -> GenerateResult:
+def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) -> GenerateResult:
     """Read the inputs, load the weights (or reuse ``weights``, loaded by :func:`load_weights` for the same
     ``--svd``/``--controlnet``/``--device``/``--dtype``), sample every control sequence, write the outputs."""
     device = resolve_device(args.device)
@@ -380,7 +336,7 @@ def run_generate(args: argparse.Namespace, weights: LoadedWeights | None = None)
     if weights is None:
         weights = load_weights(args)
     svd_source, recorded, pipe = weights.svd_source, weights.recorded, weights.pipe
-    settings = sampling_settings(args, recorded)
+    settings = sampling_settings(args, recorded).as_kwargs()
     pipe.set_progress_bar_config(disable=args.no_progress, desc="sampling")
     svd_name = svd_source if isinstance(svd_source, str) else "an architecture dict (random weights)"
     print(
@@ -447,13 +403,7 @@ def generate(argv: list[str]) -> GenerateResult:
 
 def generate_main(argv: list[str]) -> int:
     """``interdyn generate``: returns the exit code (2 with one sentence on stderr for user errors)."""
-    args = build_parser().parse_args(argv)
-    try:
-        run_generate(args)
-    except InterDynError as err:
-        print(f"interdyn generate: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("interdyn generate", build_parser(), run_generate, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from interdyn.branch_checkpoint import BRANCH_PREFIX, DTYPES, branch_mismatch, keep_branch_only
 from interdyn.contract import (
     has_clips,
     is_cached_batch,
@@ -34,13 +35,12 @@ from interdyn.models.conditioning import (
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
 from interdyn.models.hub import SVD_REPO
-from interdyn.models.pipeline import SCHEDULERS, InterDynPipeline
+from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import load_controlnet
+from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
 from interdyn.models.svd import SVDSource, cast_frozen, checkpoint_transformer_layers, get_svd
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OPTIMIZERS = ("adam", "adamw", "adamw8bit")
-BRANCH_PREFIX = "controlnet."
 
 
 def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
@@ -99,21 +99,21 @@ class InterDynModule(L.LightningModule):
         adam_betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         image_drop_prob: float = 0.05,
-        fps_id: float = 6,
-        motion_bucket_id: float = 40,
-        noise_aug_strength: float = 0.02,
+        fps_id: float = DEFAULT_SAMPLING.fps_id,
+        motion_bucket_id: float = DEFAULT_SAMPLING.motion_bucket_id,
+        noise_aug_strength: float = DEFAULT_SAMPLING.noise_aug_strength,
         p_mean: float = 0.7,
         p_std: float = 1.6,
-        conditioning_scale: float = 1.0,
+        conditioning_scale: float = DEFAULT_SAMPLING.conditioning_scale,
         val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
         val_seed: int = 0,
         vae_chunk_size: int = 16,
-        num_inference_steps: int = 50,
-        min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 3.0,
+        num_inference_steps: int = DEFAULT_SAMPLING.num_inference_steps,
+        min_guidance_scale: float = DEFAULT_SAMPLING.min_guidance_scale,
+        max_guidance_scale: float = DEFAULT_SAMPLING.max_guidance_scale,
         num_samples: int = 1,
         sample_seed: int = 42,
-        scheduler: str = "euler",
+        scheduler: str = DEFAULT_SAMPLING.scheduler,
         gradient_checkpointing: bool = False,
         unet_gradient_checkpointing: bool = False,
         optimizer: str = "adam",
@@ -123,8 +123,8 @@ class InterDynModule(L.LightningModule):
         offload_encoders: bool = False,
     ) -> None:
         super().__init__()
-        if frozen_dtype not in _DTYPES:
-            raise ConfigError(f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}")
+        if frozen_dtype not in DTYPES:
+            raise ConfigError(f"frozen_dtype must be one of {sorted(DTYPES)}, got {frozen_dtype!r}")
         if not 0.0 <= image_drop_prob <= 1.0:
             raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
         if not (learning_rate > 0 and weight_decay >= 0 and all(0 <= b < 1 for b in adam_betas)):
@@ -142,7 +142,7 @@ class InterDynModule(L.LightningModule):
             )
         self.save_hyperparameters()
 
-        dtype = _DTYPES[frozen_dtype]
+        dtype = DTYPES[frozen_dtype]
         # A new branch starts as a copy of the UNet encoder: copy it before the frozen parts are cast,
         # so that a bf16 frozen SVD does not round the branch's starting weights.
         # The VAE is read in float32: SVD's encodes in float32 (force_upcast) and must not be rounded first.
@@ -217,25 +217,17 @@ class InterDynModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the branch's weights: the frozen SVD is reloaded from ``svd`` on resume."""
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if not k.startswith(BRANCH_PREFIX)]:
-            del state[key]
-        checkpoint["interdyn_controlnet_config"] = {
-            k: v for k, v in self.controlnet.config.items() if not k.startswith("_")
-        }
+        keep_branch_only(checkpoint, self.controlnet)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD."""
         state = checkpoint["state_dict"]
         own = {BRANCH_PREFIX + k: v for k, v in self.controlnet.state_dict().items()}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(k for k in state if k.startswith(BRANCH_PREFIX) and k not in own)
-        reshaped = sorted(k for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
-        if missing or unexpected or reshaped:
+        mismatch = branch_mismatch(own, {k: v for k, v in state.items() if k.startswith(BRANCH_PREFIX)})
+        if mismatch:
             raise WeightsMismatchError(
-                f"the checkpoint's control branch does not match this model (missing {missing[:4]}, unexpected "
-                f"{unexpected[:4]}, other shapes {reshaped[:4]}); was it trained with another architecture, "
-                "conditioning_channels or conditioning_embedding_out_channels?"
+                f"the checkpoint's control branch does not match this model {mismatch}; was it trained with "
+                "another architecture, conditioning_channels or conditioning_embedding_out_channels?"
             )
         for key, value in self.state_dict().items():
             if not key.startswith(BRANCH_PREFIX):
@@ -555,6 +547,11 @@ class InterDynModule(L.LightningModule):
         self._reduce_and_log("test")
 
     # ------------------------------------------------------------------ sampling
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The sampling settings among the hyper-parameters (defaults for those an older checkpoint lacks)."""
+        return SamplingSettings.from_mapping(self.hparams)
+
     def pipeline(self) -> InterDynPipeline:
         """A sampling pipeline sharing this module's weights (no copies)."""
         self._encoders_on(self.device)
@@ -576,17 +573,7 @@ class InterDynModule(L.LightningModule):
         hp = self.hparams
         image = pixel_values[:, 0] if pixel_values.ndim == 5 else pixel_values
         n = overrides.pop("num_videos_per_prompt", hp.num_samples)
-        kwargs = {
-            "num_inference_steps": hp.num_inference_steps,
-            "min_guidance_scale": hp.min_guidance_scale,
-            "max_guidance_scale": hp.max_guidance_scale,
-            "fps_id": hp.fps_id,
-            "motion_bucket_id": hp.motion_bucket_id,
-            "noise_aug_strength": hp.noise_aug_strength,
-            "conditioning_scale": hp.conditioning_scale,
-            "scheduler": hp.get("scheduler", "euler"),
-            **overrides,
-        }
+        kwargs = {**self.sampling.as_kwargs(), **overrides}
         generator = torch.Generator().manual_seed(hp.sample_seed if seed is None else seed)
         was_training = self.controlnet.training
         self.controlnet.eval()

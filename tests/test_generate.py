@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from interdyn.data.inputs import load_clip_inputs, load_image_inputs
+from interdyn.branch_checkpoint import read_checkpoint
 from interdyn.data.toy import MovingShapesDataModule
 from interdyn.data.transforms import joint_transform
 from interdyn.data.video import decode_frames, encode_video, probe_video
 from interdyn.errors import InputError
-from interdyn.export import export_checkpoint, export_main, read_checkpoint
+from interdyn.export import export_checkpoint, export_main
 from interdyn.generate import generate, generate_main
+from interdyn.inputs import load_clip_inputs, load_image_inputs
 from interdyn.models import ControlNetSDVModel, InterDynPipeline, load_controlnet, load_svd
 from interdyn.module import InterDynModule
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS, randomize_
@@ -476,7 +477,7 @@ def test_clip_masks_of_other_lengths(tmp_path):
     [
         (["--name", "../../x"], "--name '../../x' must be a file name, not a path"),
         (["--name", "sub/x"], "must be a file name"),
-        (["--control_fps", "nan"], "--control_fps must be a positive number"),
+        (["--control_fps", ".nan"], "--control_fps must be a positive number"),
         (["--control_fps", "0"], "--control_fps must be a positive number"),
         (["--control_fps", "-12"], "--control_fps must be a positive number"),
     ],

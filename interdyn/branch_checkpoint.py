@@ -1,0 +1,134 @@
+"""The control branch inside a Lightning checkpoint: how :class:`~interdyn.module.InterDynModule` writes it
+and how ``interdyn export``, ``interdyn generate`` and the latent cache read it.
+
+A checkpoint holds the branch's weights under ``state_dict`` (keys prefixed ``controlnet.``; the frozen
+SVD is left out and reloaded from its path), the branch's constructor arguments under
+``interdyn_controlnet_config`` and the module's hyper-parameters (the SVD source and the sampling
+settings). Reading it needs no Lightning: ``torch.load(weights_only=True)``, then
+``ControlNetSDVModel(**config)`` loaded strictly. ``DTYPES`` is the one table of dtype names that
+settings and command-line options accept.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interdyn.errors import InputError, WeightsMismatchError, WeightsNotFoundError
+from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.released import load_controlnet
+
+BRANCH_PREFIX = "controlnet."
+CONFIG_KEY = "interdyn_controlnet_config"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Hyper-parameters of the module that are sampling settings (used as defaults by `interdyn generate`).
+SAMPLING_HPARAMS = (
+    "num_inference_steps",
+    "min_guidance_scale",
+    "max_guidance_scale",
+    "fps_id",
+    "motion_bucket_id",
+    "noise_aug_strength",
+    "conditioning_scale",
+    "scheduler",
+)
+
+
+def branch_config(branch: ControlNetSDVModel) -> dict[str, Any]:
+    """The branch's constructor arguments, as stored under ``CONFIG_KEY``."""
+    return {k: v for k, v in branch.config.items() if not k.startswith("_")}
+
+
+def keep_branch_only(checkpoint: dict[str, Any], branch: ControlNetSDVModel) -> None:
+    """Drop every weight but the branch's from ``checkpoint["state_dict"]`` and record the branch config."""
+    state = checkpoint["state_dict"]
+    for key in [k for k in state if not k.startswith(BRANCH_PREFIX)]:
+        del state[key]
+    checkpoint[CONFIG_KEY] = branch_config(branch)
+
+
+def branch_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """None when ``found`` holds exactly the tensors of ``expected`` with their shapes, else a short
+    ``(missing [...], unexpected [...], other shapes [...])`` naming the first few of each."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape))
+    if not (missing or unexpected or reshaped):
+        return None
+    return f"(missing {missing[:4]}, unexpected {unexpected[:4]}, other shapes {reshaped[:4]})"
+
+
+def is_checkpoint_path(source: str) -> bool:
+    """True for sources that name a Lightning checkpoint file rather than a folder or hub id."""
+    return str(source).endswith(".ckpt") or Path(source).expanduser().is_file()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load an interdyn Lightning checkpoint safely (tensors and plain values only)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"the checkpoint '{path}' does not exist.")
+    try:
+        try:  # memory-mapped: the optimizer state of a large checkpoint is never read
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError(
+            f"cannot read the checkpoint '{path}' as a safe (weights-only) torch file ({reason})."
+        ) from None
+    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise InputError(
+            f"'{path}' is not a checkpoint of an interdyn training run (it has no '{CONFIG_KEY}' entry)."
+        )
+    return checkpoint
+
+
+def branch_from_checkpoint(
+    checkpoint: dict[str, Any], torch_dtype: torch.dtype = torch.float32, where: str = "the checkpoint"
+) -> ControlNetSDVModel:
+    """Build the branch recorded in a checkpoint read by :func:`read_checkpoint` and load its weights
+    strictly (every tensor present, none left over, every shape equal)."""
+    config = {k: v for k, v in checkpoint[CONFIG_KEY].items() if not str(k).startswith("_")}
+    state = {
+        k[len(BRANCH_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(BRANCH_PREFIX)
+    }
+    try:
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
+            model = ControlNetSDVModel(**config)
+    except (TypeError, ValueError) as err:
+        raise WeightsMismatchError(f"the branch config in {where} is invalid ({err}).") from None
+    mismatch = branch_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightsMismatchError(f"the control branch in {where} does not match its recorded config {mismatch}.")
+    # Copies in the wanted dtype (off the memory map); assign=True makes them the parameters.
+    tensors = {k: v.to(torch_dtype, copy=True) for k, v in state.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval()
+
+
+def checkpoint_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The SVD source (``svd``) and sampling settings recorded in a checkpoint's hyper-parameters."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    settings = {k: hparams[k] for k in SAMPLING_HPARAMS if k in hparams}
+    if "svd" in hparams:
+        settings["svd"] = hparams["svd"]
+    return settings
+
+
+def load_branch(
+    source: str, torch_dtype: torch.dtype = torch.float32
+) -> tuple[ControlNetSDVModel, dict[str, Any]]:
+    """A branch from a ``.ckpt`` (with the checkpoint's settings), or from a folder / hub id through
+    :func:`load_controlnet` (released folders are converted; settings empty)."""
+    if is_checkpoint_path(source):
+        checkpoint = read_checkpoint(source)
+        branch = branch_from_checkpoint(checkpoint, torch_dtype, where=f"'{source}'")
+        return branch, checkpoint_settings(checkpoint)
+    return load_controlnet(source, torch_dtype=torch_dtype).eval(), {}

@@ -1,5 +1,5 @@
-"""Pieces every dataset preparer shares: reading source videos, length checks, boxes to masks, mask
-binarisation, and the command-line options common to all preparers."""
+"""Pieces every dataset preparer shares: reading source videos, length checks, boxes to masks, and the
+command-line options common to all preparers (mask binarisation: :func:`interdyn.media.binarize`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import io
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from data_prep.build import Item, build_split, default_workers
 from data_prep.parts import Part, resolve_part
 from interdyn.data.sampling import clip_offsets
 from interdyn.data.shard_format import SkipSample
-from interdyn.data.video import VideoDecodeError, decode_frames, probe_video
+from interdyn.media import MediaError, read_video_file
 
 
 def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:
@@ -28,17 +28,13 @@ def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:
     path = Path(path)
     if not path.is_file():
         raise SkipSample("missing_video", str(path))
-    data = path.read_bytes()
-    if not data:
-        raise SkipSample("corrupt_video", f"{path} is empty")
     try:
-        _, fps, _, _ = probe_video(data)
-        frames = decode_frames(data)
-    except VideoDecodeError as err:
+        data, frames, fps = read_video_file(path)
+    except MediaError as err:
         raise SkipSample("corrupt_video", f"{path}: {err}") from None
-    if not fps or not math.isfinite(fps) or fps <= 0:
+    if fps is None:
         raise SkipSample("corrupt_video", f"{path}: no frame rate in the container")
-    return data, frames, float(fps)
+    return data, frames, fps
 
 
 def count_video(path: Path) -> tuple[bytes, int, float, int, int]:
@@ -67,19 +63,6 @@ def count_video(path: Path) -> tuple[bytes, int, float, int, int]:
     if not fps or not math.isfinite(fps) or fps <= 0:
         raise SkipSample("corrupt_video", f"{path}: no frame rate in the container")
     return data, count, fps, height, width
-
-
-def iter_video_frames(path: Path) -> Iterator[np.ndarray]:
-    """Decoded RGB frames of a video file one at a time (for mask videos: binarise as they come)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-    except (av.FFmpegError, IndexError, ValueError) as err:
-        raise SkipSample("corrupt_video", f"{path}: {err}") from None
 
 
 def min_source_frames(num_frames: int, fps: float, target_fps: float | None, frame_stride: int | None) -> int:
@@ -121,34 +104,6 @@ def fill_boxes(boxes_per_frame: list[list[tuple[int, int, int, int]]], height: i
     for t, boxes in enumerate(boxes_per_frame):
         for x1, y1, x2, y2 in boxes:
             masks[t, y1:y2, x1:x2] = True
-    return masks
-
-
-def binarize(frames: np.ndarray, threshold: int = 128, min_blob: int = 0) -> np.ndarray:
-    """Mask frames (``(T, H, W)`` or ``(T, H, W, C)`` grey/RGB, any integer or float) -> bool.
-
-    Lossy codecs leave grey halos and specks: pixels are kept at ``>= threshold`` (on the channel
-    maximum, 0-255 scale) and connected blobs smaller than ``min_blob`` pixels are dropped.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim == 4:
-        frames = frames.max(axis=-1)
-    if frames.dtype == bool:
-        masks = frames.copy()
-    else:
-        scale = 255.0 if np.issubdtype(frames.dtype, np.floating) and frames.max(initial=0) <= 1.0 else 1.0
-        masks = frames.astype(np.float32) * scale >= threshold
-    if min_blob > 1:
-        import cv2
-
-        for t in range(masks.shape[0]):
-            count, labels, stats, _ = cv2.connectedComponentsWithStats(
-                masks[t].astype(np.uint8), connectivity=8
-            )
-            small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_blob)
-            small = small[small != 0]  # label 0 is the background
-            if small.size:
-                masks[t] &= ~np.isin(labels, small)
     return masks
 
 

@@ -44,27 +44,23 @@ from typing import Any
 import numpy as np
 
 from data_prep.build import Item
-from data_prep.common import (
-    add_common_arguments,
-    binarize,
-    check_length,
-    count_video,
-    iter_video_frames,
-    read_video,
-    run_split,
-)
-from data_prep.shard_writer import atomic_write_bytes
+from data_prep.common import add_common_arguments, check_length, count_video, read_video, run_split
 from interdyn.data.shard_format import SkipSample, encode_masks
 from interdyn.data.video import encode_video
+from interdyn.files import write_atomic
+from interdyn.media import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    MediaError,
+    binarize,
+    image_files,
+    iter_video_frames,
+    natural_key,
+    open_image,
+)
 
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 KEEP_AS_IS = {".mp4": "video.mp4", ".webm": "video.webm"}
 _NAME_RE = re.compile(r"[^A-Za-z0-9_\-]+")
-
-
-def _natural(path: Path) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
 
 
 def find_media(folder: Path, stem: str) -> Path | None:
@@ -77,23 +73,16 @@ def find_media(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
-
-
 def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
+        return open_image(path)
+    except MediaError as err:
         raise SkipSample("corrupt_video", f"{path}: {err}") from None
 
 
 def read_images(folder: Path) -> np.ndarray:
     """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`SkipSample` when unusable."""
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise SkipSample("missing_video", f"{folder} holds no images")
     frames = [_load_image(p) for p in files]
@@ -106,14 +95,17 @@ def read_mask(path: Path, threshold: int, min_blob: int) -> np.ndarray:
     """Mask video / image folder / single image -> bool ``(T, H, W)``, binarised frame by frame (a mask
     video never sits in memory as RGB)."""
     if path.is_dir():
-        frames = (_load_image(p) for p in _image_files(path))
+        frames = (_load_image(p) for p in image_files(path))
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         frames = iter([_load_image(path)])
     else:
         if not path.stat().st_size:
             raise SkipSample("corrupt_video", f"{path} is empty")
         frames = iter_video_frames(path)
-    masks = [binarize(f[None], threshold, min_blob)[0] for f in frames]
+    try:
+        masks = [binarize(f[None], threshold, min_blob)[0] for f in frames]
+    except MediaError as err:  # a mask video that cannot be decoded
+        raise SkipSample("corrupt_video", f"{path}: {err}") from None
     if not masks:
         raise SkipSample("missing_masks", f"{path} holds no frames")
     if len({m.shape for m in masks}) != 1:
@@ -313,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.name):
         print("error: --name may hold only letters, digits and '_'", file=sys.stderr)
         return 2
-    clips = sorted((p for p in args.input.iterdir() if p.is_dir()), key=_natural)
+    clips = sorted((p for p in args.input.iterdir() if p.is_dir()), key=natural_key)
     if not clips:
         print(
             f"error: {args.input} has no clip folders (one folder per clip: video.* + mask_*.*)",
@@ -376,7 +368,7 @@ def finish_report(folder: Path, split: str) -> int:
                     for case, names in (meta.get("mask_lengths") or {}).items():
                         counts[case] += len(names)
     report["mask_lengths"] = {case: counts.get(case, 0) for case in LENGTH_CASES}
-    atomic_write_bytes(report_path, json.dumps(report, indent=2).encode())
+    write_atomic(report_path, json.dumps(report, indent=2).encode())
     if any(counts.values()):
         shown = ", ".join(f"{case} {n}" for case, n in report["mask_lengths"].items() if n)
         print(f"{split}: masks of other lengths than their video: {shown} (report.json: mask_lengths)")

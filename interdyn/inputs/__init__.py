@@ -1,0 +1,32 @@
+"""The inputs of ``interdyn generate``: an image (or a clip folder) and driver masks from user files,
+brought to the model's clip (:mod:`interdyn.inputs.files` reads the files, :mod:`interdyn.inputs.clips`
+resamples, resizes and crops them)."""
+
+from interdyn.inputs.clips import GenerationInputs, frame_indices, load_clip_inputs, load_image_inputs
+from interdyn.inputs.files import (
+    FOLDER_FPS,
+    MaskSource,
+    find_clip_parts,
+    masks_npz_bytes,
+    read_frames,
+    read_image,
+    read_masks,
+)
+from interdyn.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, binarize
+
+__all__ = [
+    "FOLDER_FPS",
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "GenerationInputs",
+    "MaskSource",
+    "binarize",
+    "find_clip_parts",
+    "frame_indices",
+    "load_clip_inputs",
+    "load_image_inputs",
+    "masks_npz_bytes",
+    "read_frames",
+    "read_image",
+    "read_masks",
+]

@@ -1,0 +1,214 @@
+"""Reading the user's files for ``interdyn generate``: the image, driver masks, clip folders.
+
+Control masks come from a mask video, a folder of mask images, a single mask image (the same mask on
+every frame) or a ``.npz`` array. Every problem with a user's file is an
+:class:`~interdyn.errors.InputError` with one sentence saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from interdyn.data.video import VideoDecodeError, decode_frames
+from interdyn.errors import InputError
+from interdyn.media import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    MediaError,
+    binarize,
+    image_files,
+    iter_video_frames,
+    open_image,
+    read_video_file,
+    short_reason,
+)
+
+FOLDER_FPS = 7.0  # frame rate assumed for image folders and .npz files without an ``fps`` entry
+NPZ_KEYS = ("control", "masks", "mask")
+
+
+@dataclass
+class MaskSource:
+    """Binary driver masks as read from a file, at the file's own frame rate."""
+
+    masks: np.ndarray  # (T, H, W) bool
+    fps: float | None  # None: the file carries no frame rate
+    still: bool = False  # a single mask image, to be repeated over the clip
+
+
+def _open_image(path: Path, what: str) -> np.ndarray:
+    try:
+        return open_image(path)
+    except MediaError as err:
+        raise InputError(f"cannot read {what} '{path}' ({err}).") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file (or the first frame of a video file) -> ``(H, W, 3)`` uint8 RGB."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"the image '{path}' does not exist.")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        try:
+            return decode_frames(path.read_bytes(), [0])[0]
+        except VideoDecodeError as err:
+            raise InputError(f"cannot read the image '{path}' ({short_reason(err)}).") from None
+    return _open_image(path, "the image")
+
+
+def read_frames(path: Path) -> tuple[np.ndarray, float | None]:
+    """A clip folder's video: a video file or a folder of frame images -> every frame ``(T, H, W, 3)``
+    uint8 and its frame rate (None for a frame folder or a container without one)."""
+    if not path.is_dir():
+        try:
+            _, frames, fps = read_video_file(path)
+        except MediaError as err:
+            raise InputError(f"cannot read the video '{path}' ({err}).") from None
+        return frames, fps
+    files = image_files(path)
+    if not files:
+        raise InputError(f"the frame folder '{path}' holds no images.")
+    frames = [_open_image(p, "the frame") for p in files]
+    if len({f.shape for f in frames}) != 1:
+        raise InputError(f"the frames in '{path}' do not all have the same size.")
+    return np.stack(frames), None
+
+
+def _read_mask_video(path: Path, threshold: int) -> MaskSource:
+    """A mask video, binarised frame by frame (it never sits in memory as RGB), at its own rate."""
+    import av
+
+    if not path.stat().st_size:
+        raise InputError(f"cannot read the control '{path}' (the file is empty).")
+    try:
+        masks = [binarize(frame[None], threshold)[0] for frame in iter_video_frames(path)]
+    except MediaError as err:
+        raise InputError(f"cannot read the control '{path}' ({err}).") from None
+    if not masks:
+        raise InputError(f"cannot read the control '{path}' (it has no frames).")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+    return MaskSource(np.stack(masks), fps if math.isfinite(fps) and fps > 0 else None)
+
+
+def _npz_fps(path: Path, value: np.ndarray) -> float:
+    """The ``fps`` entry of a mask ``.npz``: one finite positive number, else an InputError."""
+    try:
+        fps = float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else math.nan
+    except (TypeError, ValueError):
+        fps = math.nan
+    if not math.isfinite(fps) or fps <= 0:
+        raise InputError(
+            f"the control '{path}' has fps {np.asarray(value).tolist()!r}; it must be one positive number."
+        )
+    return fps
+
+
+def _read_npz(path: Path, threshold: int) -> MaskSource:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"cannot read the control '{path}' ({short_reason(err)}).") from None
+    fps = _npz_fps(path, arrays.pop("fps")) if "fps" in arrays else None
+    key = next((k for k in NPZ_KEYS if k in arrays), None)
+    if key is None and len(arrays) == 1:
+        key = next(iter(arrays))
+    if key is None:
+        raise InputError(
+            f"the control '{path}' holds arrays {sorted(arrays)}; name the masks 'control' (shape T x H x W)."
+        )
+    masks = arrays[key]
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim == 4 and masks.shape[-1] in (1, 3, 4):
+        masks = masks[..., 0] if masks.shape[-1] == 1 else masks
+    if masks.ndim not in (3, 4):
+        raise InputError(
+            f"the control '{path}' has masks of shape {masks.shape}; expected (frames, height, width)."
+        )
+    return MaskSource(binarize(masks, threshold, zero_one=True), fps)
+
+
+def read_masks(path: str | Path, threshold: int = 128) -> MaskSource:
+    """Driver masks from a mask video, a folder of mask images, a single mask image or a ``.npz``
+    (array ``control``, ``masks`` or the only one; optional scalar ``fps``)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"the control '{path}' does not exist.")
+    if path.is_dir():
+        files = image_files(path)
+        if not files:
+            raise InputError(
+                f"the control folder '{path}' holds no mask images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+            )
+        images = [_open_image(p, "the mask image") for p in files]
+        if len({m.shape for m in images}) != 1:
+            raise InputError(f"the mask images in '{path}' do not all have the same size.")
+        return MaskSource(binarize(np.stack(images), threshold, zero_one=True), None)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path, threshold)
+    if suffix in IMAGE_SUFFIXES:
+        image = _open_image(path, "the control")
+        return MaskSource(binarize(image[None], threshold, zero_one=True), None, still=True)
+    if suffix not in VIDEO_SUFFIXES:
+        raise InputError(
+            f"the control '{path}' is neither a mask video, a folder of mask images, a mask image nor a .npz."
+        )
+    return _read_mask_video(path, threshold)
+
+
+def find_clip_parts(folder: Path, control_name: str | None) -> tuple[Path, Path, str]:
+    """``(video, mask, mask name)`` of a clip folder: ``video.*`` and ``mask_<name>.*``."""
+    video = next(
+        (
+            p
+            for p in sorted(folder.iterdir())
+            if p.stem == "video" and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES)
+        ),
+        None,
+    )
+    if video is None:
+        raise InputError(
+            f"the clip folder '{folder}' has no video.* (a video file such as video.mp4, or a folder video/ of frames)."
+        )
+    masks = {
+        (p.name if p.is_dir() else p.stem)[len("mask_") :]: p
+        for p in sorted(folder.iterdir())
+        if p.name.startswith("mask_")
+        and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES | {".npz"})
+    }
+    if not masks:
+        raise InputError(
+            f"the clip folder '{folder}' has no mask_<name>.* (a mask video, a folder of mask images or a .npz)."
+        )
+    if control_name is None:
+        if "hand" in masks:
+            control_name = "hand"
+        elif len(masks) == 1:
+            control_name = next(iter(masks))
+        else:
+            raise InputError(
+                f"the clip folder '{folder}' has several masks ({', '.join(sorted(masks))}); pick one with --control_name."
+            )
+    if control_name not in masks:
+        raise InputError(
+            f"the clip folder '{folder}' has no mask_{control_name}.* (it has: {', '.join(sorted(masks))})."
+        )
+    return video, masks[control_name], control_name
+
+
+def masks_npz_bytes(masks: np.ndarray, fps: float) -> bytes:
+    """``(T, H, W)`` bool masks as a ``.npz`` (``control``, ``fps``), readable by :func:`read_masks`."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, control=masks.astype(bool), fps=np.float64(fps))
+    return buffer.getvalue()

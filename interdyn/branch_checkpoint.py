@@ -20,21 +20,11 @@ import torch
 from interdyn.errors import InputError, WeightsMismatchError, WeightsNotFoundError
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.released import load_controlnet
+from interdyn.models.sampling import SamplingSettings
 
 BRANCH_PREFIX = "controlnet."
 CONFIG_KEY = "interdyn_controlnet_config"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Hyper-parameters of the module that are sampling settings (used as defaults by `interdyn generate`).
-SAMPLING_HPARAMS = (
-    "num_inference_steps",
-    "min_guidance_scale",
-    "max_guidance_scale",
-    "fps_id",
-    "motion_bucket_id",
-    "noise_aug_strength",
-    "conditioning_scale",
-    "scheduler",
-)
 
 
 def branch_config(branch: ControlNetSDVModel) -> dict[str, Any]:
@@ -116,7 +106,8 @@ def branch_from_checkpoint(
 def checkpoint_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The SVD source (``svd``) and sampling settings recorded in a checkpoint's hyper-parameters."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    settings = {k: hparams[k] for k in SAMPLING_HPARAMS if k in hparams}
+    # The module keeps its sampling settings as hyper-parameters of the same names.
+    settings = {k: hparams[k] for k in SamplingSettings.names() if k in hparams}
     if "svd" in hparams:
         settings["svd"] = hparams["svd"]
     return settings

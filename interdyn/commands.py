@@ -24,6 +24,22 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from interdyn.errors import InputError, InterDynError
 
 
+class CommandParser(ArgumentParser):
+    """jsonargparse's parser, where an ``error`` handler assigned to an instance may take the message
+    alone, as argparse's does (jsonargparse calls it with the exception too)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "error" and callable(value) and len(inspect.signature(value).parameters) == 1:
+            handler = value
+
+            def error(message: str, ex: Exception | None = None) -> typing.NoReturn:
+                handler(message)
+                raise AssertionError("an error handler must raise")  # argparse's contract: it never returns
+
+            value = error
+        super().__setattr__(name, value)
+
+
 def _unwrap_optional(annotation: Any) -> Any:
     """``X | None`` -> ``X``; anything else as it is."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -49,7 +65,7 @@ def command_parser(
     """
     doc = parse_docstring(component.__doc__ or "")
     first_paragraph = " ".join(inspect.cleandoc(component.__doc__ or "").split("\n\n")[0].split())
-    parser = ArgumentParser(prog=prog, description=description or first_paragraph)
+    parser = CommandParser(prog=prog, description=description or first_paragraph)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     multiple = tuple(multiple)
     adder = parser.add_class_arguments if inspect.isclass(component) else parser.add_function_arguments

@@ -35,6 +35,7 @@ from interdyn.data.sampling import choose_start, clip_offsets, valid_starts  # n
 from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips  # noqa: E402
 from interdyn.data.transforms import joint_transform  # noqa: E402
 from interdyn.data.video import decode_frames, encode_video  # noqa: E402
+from interdyn.files import write_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- loader:begin -->", "<!-- loader:end -->"
@@ -145,7 +146,7 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    write_atomic(RESULTS, text)
     print(f"wrote {RESULTS}")
 
 

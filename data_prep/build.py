@@ -1,6 +1,7 @@
 """Resumable, parallel building of one split's shards from a list of source items.
 
-The items (one per source video) are sorted by the preparer and cut into fixed chunks of
+The items (one per source video, or per group of videos made together such as the variants of a
+counterfactual group) are sorted by the preparer and cut into fixed chunks of
 ``shard_size``; chunk ``i`` becomes shard ``<dataset>-<split>-%06d.tar``. A shard is written whole by
 one worker (temporary file, fsync, rename) and then marked done in ``_progress/<shard>.json`` with
 the keys it holds and the items it skipped and why. A killed run therefore restarts where it stopped:
@@ -16,75 +17,53 @@ Parts: ``part=Part(i, n)`` (see :mod:`data_prep.parts`) makes only chunks ``i, i
 at once or at different times, on machines sharing the output folder (no locks: every file has one
 writer, or identical content written through a rename). A shard's bytes depend only on its chunk, so n
 parts give the same shards, index and report as one process. The last part to find every chunk done
-writes the index and report; ``finalize_only=True`` does it on demand and names the missing chunks. Items are skipped by raising
-:class:`SkipSample` with a short reason; any other exception is counted under ``error:<type>`` with a
+writes the index and report; ``finalize_only=True`` does it on demand and names the missing chunks.
+Items are skipped by raising :class:`~interdyn.data.shard_format.SkipSample` with a short reason; any other exception is counted under ``error:<type>`` with a
 warning naming the item, so one bad video never stops a run (``strict=True`` re-raises instead;
 many errors in a row stop it). A shard with such errors is kept but redone by the next run, so a
 transient failure does not leave holes. Ctrl-C stops the workers at once; run the same command
 again to continue.
+
+:mod:`data_prep.split_plan` holds the plan, the progress records and the index; :mod:`data_prep.chunk`
+makes one chunk (the worker side) and runs the chunks in this process or a pool.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import multiprocessing as mp
 import os
-import queue
-import signal
 import sys
-import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from data_prep.chunk import Item, Maker, TooManyErrors, count, run_chunks
 from data_prep.parts import Part
-from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, write_shard
-from interdyn.data.shard_format import SkipSample, encode_fields, shard_name
+from data_prep.split_plan import (
+    MissingChunksError,
+    PlanMismatchError,
+    SplitPlan,
+    fingerprint,
+    plan_difference,
+)
+from interdyn.files import TMP_SUFFIX, write_atomic
 
-PROGRESS_DIR = "_progress"
-
-
-class TooManyErrors(RuntimeError):
-    """Many items in a row failed with unexpected errors: something is broken beyond one video."""
-
-
-class PlanMismatchError(RuntimeError):
-    """The split folder holds shards made from other items or settings."""
-
-
-class MissingChunksError(RuntimeError):
-    """The index was asked for while chunks of the plan are not finished (or no part has run yet)."""
-
-
-# Throughput counters of the item being made (e.g. SAM2 frames); see :func:`count`.
-_COUNTERS: Counter = Counter()
-
-
-def count(name: str, n: int = 1) -> None:
-    """Add ``n`` to the counter ``name`` (e.g. ``sam2_frames``) from inside a maker: each chunk's record
-    keeps its counters and each part reports them per second."""
-    _COUNTERS[name] += n
-
-
-@dataclass(frozen=True)
-class Item:
-    """One source video to turn into a sample: ``id`` (unique, sorted order) and picklable ``data``."""
-
-    id: str
-    data: Any = None
-
-
-# A maker turns an item into (key, fields); it must be picklable (a module-level function or an object).
-Maker = Callable[[Item], tuple[str, dict[str, Any]]]
+__all__ = [
+    "Item",
+    "Maker",
+    "MissingChunksError",
+    "PlanMismatchError",
+    "SplitPlan",
+    "SplitResult",
+    "TooManyErrors",
+    "build_split",
+    "count",
+    "default_workers",
+    "fingerprint",
+]
 
 
 @dataclass
@@ -133,138 +112,6 @@ class SplitResult:
         )
 
 
-def fingerprint(value: Any) -> str:
-    """A stable text digest of an item's data (str, numbers, None, lists, tuples, dicts, numpy arrays)."""
-    if isinstance(value, np.ndarray):
-        return (
-            f"nd{value.dtype}{value.shape}{hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()}"
-        )
-    if isinstance(value, dict):
-        return (
-            "{" + ",".join(f"{fingerprint(k)}:{fingerprint(value[k])}" for k in sorted(value, key=str)) + "}"
-        )
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(fingerprint(v) for v in value) + "]"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return fingerprint(dataclasses.asdict(value))
-    return repr(value)
-
-
-def _plan(dataset: str, split: str, items: Sequence[Item], shard_size: int, settings: dict) -> dict:
-    digest = hashlib.sha256()
-    for item in items:  # ids and what each item points at (a file added later changes the plan)
-        digest.update(f"{item.id}\t{fingerprint(item.data)}\n".encode())
-    return {
-        "dataset": dataset,
-        "split": split,
-        "shard_size": shard_size,
-        "num_items": len(items),
-        "items_sha256": digest.hexdigest(),
-        "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
-    }
-
-
-# --------------------------------------------------------------------------- worker side
-_PROGRESS_QUEUE: Any = None
-
-
-def _init_worker(progress_queue: Any, pool_worker: bool = False, parent_pid: int | None = None) -> None:
-    global _PROGRESS_QUEUE
-    _PROGRESS_QUEUE = progress_queue
-    if pool_worker:  # Ctrl-C is handled by the parent, which stops the pool
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_pid is not None:
-        _exit_with_parent(parent_pid)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """End this pool worker when the preparer that started it dies (SIGKILL, OOM killer): nothing else
-    would, as the worker holds its own end of the task queue and would wait on it forever. Its half-made
-    shard is a temporary file that the next run removes."""
-    if sys.platform.startswith("linux"):  # the kernel kills us the moment the parent goes
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:  # elsewhere (and if the parent died before prctl): poll for re-parenting
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _tick() -> None:
-    if _PROGRESS_QUEUE is not None:
-        _PROGRESS_QUEUE.put(1)
-
-
-def _build_chunk(
-    maker: Maker,
-    items: Sequence[Item],
-    shard_path: str,
-    progress_path: str,
-    strict: bool,
-    max_errors: int,
-    plan_id: str = "",
-    part: str = "0/1",
-) -> dict[str, Any]:
-    """Make every item of one chunk, write the shard, then its progress record. Returns the record.
-
-    A chunk where an item failed with an unexpected error is written (its good samples are usable) but
-    its record says so, and a rerun makes it again: a transient failure (GPU, network storage) heals.
-    """
-    samples: list[tuple[str, dict[str, bytes]]] = []
-    skipped: list[dict[str, str]] = []
-    errors_in_a_row = 0
-    _COUNTERS.clear()
-    started = time.monotonic()
-    for item in items:
-        try:
-            key, fields = maker(item)
-            samples.append((key, encode_fields(key, fields)))
-            errors_in_a_row = 0
-        except SkipSample as skip:
-            skipped.append({"id": item.id, "reason": skip.reason, "detail": skip.detail})
-            errors_in_a_row = 0
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # noqa: BLE001 - one bad item must not stop a long run
-            if strict:
-                raise
-            message = "".join(traceback.format_exception_only(err)).strip()
-            print(f"warning: {item.id}: unexpected error, skipped: {message}", file=sys.stderr, flush=True)
-            skipped.append({"id": item.id, "reason": f"error:{type(err).__name__}", "detail": message[:500]})
-            errors_in_a_row += 1
-            if errors_in_a_row >= max_errors:
-                raise TooManyErrors(
-                    f"{errors_in_a_row} videos in a row failed with unexpected errors (last: {item.id}: {message});"
-                    " stopping. Fix the cause and run the same command again: finished shards are kept"
-                ) from err
-        _tick()
-    keys = [k for k, _ in samples]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate sample keys in {shard_path}")
-    write_shard(Path(shard_path), samples)
-    record = {
-        "shard": Path(shard_path).name,
-        "items": [i.id for i in items],
-        "keys": keys,
-        "skipped": skipped,
-        "errors": sum(s["reason"].startswith("error:") for s in skipped),
-        "plan": plan_id,  # a record of another plan is never taken for this one's
-        "part": part,
-        "seconds": round(time.monotonic() - started, 3),
-        "counters": dict(_COUNTERS),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_bytes(Path(progress_path), json.dumps(record).encode())
-    return record
-
-
 # --------------------------------------------------------------------------- driver side
 def build_split(
     out: Path | str,
@@ -286,10 +133,15 @@ def build_split(
 ) -> SplitResult:
     """Build (or finish building) ``out/split`` from ``items``; see the module docstring.
 
+    The phases: plan the chunks; check the folder against an earlier plan and clear what is stale
+    (:func:`_prepare_folder`); find this part's unfinished chunks; make them (:func:`~data_prep.chunk.run_chunks`);
+    write the index once every chunk of the split is done (:func:`_conclude`).
+
     Args:
         out: output root of the dataset; shards go to ``out/split``.
         items: the source items in their final order (ids unique).
-        maker: item -> (sample key, fields); raises :class:`SkipSample` for items to leave out.
+        maker: item -> (sample key, fields), or a list of them; raises :class:`SkipSample` for items to
+            leave out.
         shard_size: items per shard (a shard holds fewer samples when items are skipped).
         workers: processes (``<= 1`` runs in this process, e.g. for a GPU model).
         settings: everything that changes the samples' content; part of the plan.
@@ -301,94 +153,110 @@ def build_split(
         finalize_only: make nothing; write ``index.json`` and ``report.json`` if every chunk is done,
             else raise :class:`MissingChunksError` naming the missing ones.
     """
-    from tqdm import tqdm
-
     part = part or Part()
-    if shard_size < 1:
-        raise ValueError("shard_size must be >= 1")
-    ids = [i.id for i in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{split}: item ids are not unique")
-    folder = Path(out) / split
-    progress_dir = folder / PROGRESS_DIR
-    plan = _plan(dataset, split, items, shard_size, settings or {})
-    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-    plan_path = folder / "plan.json"
-    chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    names = [shard_name(dataset, split, c) for c in range(len(chunks))]
-
-    def finalize() -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
-        records = {c: _read_record(folder, names[c], plan_id) for c in range(len(chunks))}
-        missing = [c for c, r in records.items() if r is None]
-        if missing:
-            raise MissingChunksError(_missing_message(dataset, split, names, missing))
-        index = _write_index(folder, dataset, split, len(items), names, records, plan, provenance)
-        return records, index  # type: ignore[return-value]
-
+    plan = SplitPlan.make(out, dataset, split, items, shard_size, settings, provenance)
     if finalize_only:
-        existing = json.loads(plan_path.read_text()) if plan_path.exists() else None
-        if existing is None:
-            raise MissingChunksError(f"{folder} has no plan.json: no part of {dataset}/{split} has run yet")
-        if existing != plan:
-            raise PlanMismatchError(
-                f"{folder} was planned from other items or settings ({_plan_difference(existing, plan)});"
-                " finalize with the same arguments as the parts"
-            )
-        records, index = finalize()
-        return _result(folder, split, records, index, part, reused=len(records), written=0)
+        return _finalize_only(plan, part)
+    mine = part.chunks(len(plan.chunks))
+    _prepare_folder(plan, mine, part, overwrite)
+    records: dict[int, dict[str, Any]] = {}
+    todo: list[int] = []
+    for c in mine:
+        record = plan.record(c)
+        if record is not None and not record.get("errors"):
+            records[c] = record
+        else:  # never made, interrupted, or made with errors that may not happen again
+            todo.append(c)
+    if todo:
+        (plan.folder / "index.json").unlink(missing_ok=True)  # rewritten at the end, once all shards are done
+    reused = len(records)
+    started = time.monotonic()
+    made = _make_chunks(plan, mine, todo, records, maker, part, workers, strict, max_errors, progress)
+    stats = {
+        "seconds": time.monotonic() - started,
+        "videos_made": sum(len(plan.chunks[c]) for c in todo),
+        "counters": dict(made),
+    }
+    return _conclude(plan, part, records, reused, len(todo), stats)
 
+
+def _finalize_only(plan: SplitPlan, part: Part) -> SplitResult:
+    """``--finalize``: the index of a split whose parts have all run with the same plan."""
+    existing = plan.stored()
+    if existing is None:
+        raise MissingChunksError(
+            f"{plan.folder} has no plan.json: no part of {plan.dataset}/{plan.split} has run yet"
+        )
+    if existing != plan.plan:
+        raise PlanMismatchError(
+            f"{plan.folder} was planned from other items or settings ({plan_difference(existing, plan.plan)});"
+            " finalize with the same arguments as the parts"
+        )
+    records, index = plan.finalize()
+    return _result(plan.folder, plan.split, records, index, part, reused=len(records), written=0)
+
+
+def _prepare_folder(plan: SplitPlan, mine: list[int], part: Part, overwrite: bool) -> None:
+    """Refuse a folder made with another plan (unless ``overwrite``), clear what a new plan makes stale
+    and the temporary files of killed runs, and write ``plan.json``."""
+    folder, names = plan.folder, plan.names
     folder.mkdir(parents=True, exist_ok=True)
-    mine = part.chunks(len(chunks))
     # shards before the plan: a part that wrote a shard had written plan.json first
-    stale_shards = sorted(folder.glob(f"{dataset}-{split}-*.tar"))
-    existing = json.loads(plan_path.read_text()) if plan_path.exists() else None
-    if existing != plan and (existing is not None or stale_shards):
-        if not overwrite:
-            raise PlanMismatchError(
-                f"{folder} holds shards made from other items or settings"
-                f" ({_plan_difference(existing, plan)}); pass --overwrite to rebuild this split,"
-                " or choose another --out"
-            )
-    if existing != plan or overwrite:
+    stale_shards = sorted(folder.glob(f"{plan.dataset}-{plan.split}-*.tar"))
+    existing = plan.stored()
+    if existing != plan.plan and (existing is not None or stale_shards) and not overwrite:
+        raise PlanMismatchError(
+            f"{folder} holds shards made from other items or settings"
+            f" ({plan_difference(existing, plan.plan)}); pass --overwrite to rebuild this split,"
+            " or choose another --out"
+        )
+    if existing != plan.plan or overwrite:
         if part.whole:
-            remove = [*stale_shards, *progress_dir.glob("*.json")]
+            remove = [*stale_shards, *plan.progress_dir.glob("*.json")]
         else:  # other parts may be at work: only this part's chunks and shards no chunk owns any more
-            remove = [folder / names[c] for c in mine] + [progress_dir / f"{names[c]}.json" for c in mine]
+            remove = [folder / names[c] for c in mine] + [
+                plan.progress_dir / f"{names[c]}.json" for c in mine
+            ]
             owned = set(names)
             remove += [p for p in stale_shards if p.name not in owned]
         for path in remove:
             path.unlink(missing_ok=True)
         for name in ("index.json", "report.json"):
             (folder / name).unlink(missing_ok=True)
-    progress_dir.mkdir(exist_ok=True)
+    plan.progress_dir.mkdir(exist_ok=True)
     if part.whole:
-        leftovers = [*folder.glob(f"*{TMP_SUFFIX}"), *progress_dir.glob(f"*{TMP_SUFFIX}")]
+        leftovers = [*folder.glob(f"*{TMP_SUFFIX}"), *plan.progress_dir.glob(f"*{TMP_SUFFIX}")]
     else:  # temporary files of other parts may be in use: only this part's own
         leftovers = [
-            p for c in mine for d in (folder, progress_dir) for p in d.glob(f"{names[c]}*{TMP_SUFFIX}")
+            p for c in mine for d in (folder, plan.progress_dir) for p in d.glob(f"{names[c]}*{TMP_SUFFIX}")
         ]
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)  # temporary files of a killed run
-    if existing != plan:
-        atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
+    if existing != plan.plan:
+        write_atomic(folder / "plan.json", json.dumps(plan.plan, indent=2).encode())
 
-    records: dict[int, dict[str, Any]] = {}
-    todo: list[int] = []
-    for c in mine:
-        record = _read_record(folder, names[c], plan_id)
-        if record is not None and not record.get("errors"):
-            records[c] = record
-        else:  # never made, interrupted, or made with errors that may not happen again
-            todo.append(c)
-    if todo:
-        (folder / "index.json").unlink(missing_ok=True)  # rewritten at the end, only if all shards are done
-    reused = len(records)
-    done_items = sum(len(chunks[c]) for c in records)
-    tqdm.monitor_interval = 0  # no monitor thread: the pool below forks
+
+def _make_chunks(
+    plan: SplitPlan,
+    mine: list[int],
+    todo: list[int],
+    records: dict[int, dict[str, Any]],
+    maker: Maker,
+    part: Part,
+    workers: int,
+    strict: bool,
+    max_errors: int,
+    progress: bool,
+) -> Counter:
+    """Make the ``todo`` chunks with a progress bar over this part's items, adding their records to
+    ``records``; returns the makers' counters summed. Ctrl-C says what was kept, then re-raises."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: the pool forks
     bar = tqdm(
-        total=sum(len(chunks[c]) for c in mine),
-        initial=done_items,
-        desc=f"{dataset}/{split}" + ("" if part.whole else f" part {part}"),
+        total=sum(len(plan.chunks[c]) for c in mine),
+        initial=sum(len(plan.chunks[c]) for c in records),
+        desc=f"{plan.dataset}/{plan.split}" + ("" if part.whole else f" part {part}"),
         unit="video",
         disable=not progress,
     )
@@ -404,54 +272,25 @@ def build_split(
                 ", ".join(f"{k.replace('_', ' ')} {v / seconds:.1f}/s" for k, v in made.items())
             )
 
-    def args_for(c: int) -> tuple:
-        name = names[c]
-        return (
-            maker, chunks[c], str(folder / name), str(progress_dir / f"{name}.json"), strict, max_errors,
-            plan_id, str(part),
-        )  # fmt: skip
-
+    jobs = {
+        c: (
+            maker,
+            plan.chunks[c],
+            str(plan.folder / plan.names[c]),
+            str(plan.progress_dir / f"{plan.names[c]}.json"),
+            strict,
+            max_errors,
+            plan.plan_id,
+            str(part),
+        )
+        for c in todo
+    }
     try:
-        if workers <= 1 or len(todo) <= 1:
-            _init_worker(_InlineTicker(bar))
-            try:
-                for c in todo:
-                    finished(c, _build_chunk(*args_for(c)))
-            finally:
-                _init_worker(None)
-        else:
-            context = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-            ticks = context.Queue()
-            pool = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(ticks, True, os.getpid()),
-            )
-            try:
-                pending: dict[Future, int] = {pool.submit(_build_chunk, *args_for(c)): c for c in todo}
-                while pending:
-                    done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
-                    _drain(ticks, bar)
-                    for future in done:
-                        c = pending.pop(future)
-                        finished(c, future.result())
-                _drain(ticks, bar)
-                pool.shutdown(wait=True)
-            except BaseException:
-                # stop now: queued chunks are dropped and running ones killed (their .tmp files are
-                # removed by the next run), instead of waiting for every queued chunk to finish
-                processes = list((getattr(pool, "_processes", None) or {}).values())
-                pool.shutdown(wait=False, cancel_futures=True)
-                for process in processes:
-                    process.terminate()
-                for process in processes:
-                    process.join(timeout=10)
-                raise
+        run_chunks(jobs, workers, bar, finished)
     except KeyboardInterrupt:
         bar.close()
         print(
-            f"\ninterrupted: {len(records)} of {len(mine)} shards of {dataset}/{split}"
+            f"\ninterrupted: {len(records)} of {len(mine)} shards of {plan.dataset}/{plan.split}"
             + ("" if part.whole else f" part {part}")
             + " are finished and kept; run the same command again to continue",
             file=sys.stderr,
@@ -459,92 +298,35 @@ def build_split(
         raise
     finally:
         bar.close()
-    seconds = time.monotonic() - started
     num_errors = sum(records[c].get("errors", 0) for c in records)
     if num_errors:
         print(
-            f"warning: {dataset}/{split}: {num_errors} videos failed with unexpected errors (see report.json);"
-            " a rerun of the same command retries their shards",
+            f"warning: {plan.dataset}/{plan.split}: {num_errors} videos failed with unexpected errors (see "
+            "report.json); a rerun of the same command retries their shards",
             file=sys.stderr,
         )
+    return made
 
-    stats = {"seconds": seconds, "videos_made": sum(len(chunks[c]) for c in todo), "counters": dict(made)}
-    if not part.whole:  # the last part to finish writes the index; earlier ones say what is missing
-        others = [c for c in range(len(chunks)) if not part.owns(c)]
-        missing = [c for c in others if _read_record(folder, names[c], plan_id) is None]
+
+def _conclude(
+    plan: SplitPlan,
+    part: Part,
+    records: dict[int, dict[str, Any]],
+    reused: int,
+    written: int,
+    stats: dict[str, Any],
+) -> SplitResult:
+    """Write the index when every chunk of the split is done; a part that finds chunks of other parts
+    unfinished says which instead (the last part to finish writes the index)."""
+    if not part.whole:
+        others = [c for c in range(len(plan.chunks)) if not part.owns(c)]
+        missing = [plan.names[c] for c in others if plan.record(c) is None]
         if missing:
             return _result(
-                folder,
-                split,
-                records,
-                {},
-                part,
-                reused,
-                len(todo),
-                missing=[names[c] for c in missing],
-                **stats,
+                plan.folder, plan.split, records, {}, part, reused, written, missing=missing, **stats
             )
-    all_records, index = finalize()
-    return _result(folder, split, all_records, index, part, reused, len(todo), **stats)
-
-
-def _read_record(folder: Path, name: str, plan_id: str) -> dict[str, Any] | None:
-    """The progress record of shard ``name`` if it is finished for the plan ``plan_id``, else None."""
-    try:
-        record = json.loads((folder / PROGRESS_DIR / f"{name}.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if record.get("plan") != plan_id or not (folder / name).exists():
-        return None
-    return record
-
-
-def _missing_message(dataset: str, split: str, names: list[str], missing: list[int]) -> str:
-    shown = ", ".join(f"{c} ({names[c]})" for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
-    return (
-        f"{dataset}/{split}: {len(missing)} of {len(names)} chunks are not finished: {shown};"
-        " chunk c belongs to part c mod n of --part i/n: rerun those parts, then finalize again"
-    )
-
-
-def _write_index(
-    folder: Path,
-    dataset: str,
-    split: str,
-    num_items: int,
-    names: list[str],
-    records: dict[int, dict[str, Any]],
-    plan: dict[str, Any],
-    provenance: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """``report.json`` and ``index.json`` from the chunk records alone (no time stamps: the same records
-    give the same bytes, whichever part writes them)."""
-    order = range(len(names))
-    skipped = [s for c in order for s in records[c]["skipped"]]
-    counts = Counter(s["reason"] for s in skipped)
-    num_samples = sum(len(records[c]["keys"]) for c in order)
-    report = {
-        "dataset": dataset,
-        "split": split,
-        "items": num_items,
-        "samples": num_samples,
-        "skipped": dict(sorted(counts.items())),
-        "skipped_items": {
-            reason: [{"id": s["id"], "detail": s["detail"]} for s in skipped if s["reason"] == reason]
-            for reason in sorted(counts)
-        },
-    }
-    atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2).encode())
-    index = {
-        "dataset": dataset,
-        "split": split,
-        "num_samples": num_samples,
-        "shards": list(names),
-        "samples_per_shard": [len(records[c]["keys"]) for c in order],
-        "provenance": {**(provenance or {}), "settings": plan["settings"]},
-    }
-    atomic_write_bytes(folder / "index.json", json.dumps(index, indent=2).encode())
-    return index
+    all_records, index = plan.finalize()
+    return _result(plan.folder, plan.split, all_records, index, part, reused, written, **stats)
 
 
 def _result(
@@ -577,43 +359,6 @@ def _result(
         videos_made=videos_made,
         counters=dict(counters or {}),
     )
-
-
-class _InlineTicker:
-    """Stands in for the worker queue when chunks run in this process."""
-
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def put(self, n: int) -> None:
-        self.bar.update(n)
-
-
-def _drain(ticks: Any, bar: Any) -> None:
-    n = 0
-    while True:
-        try:
-            n += ticks.get_nowait()
-        except queue.Empty:
-            break
-        except (EOFError, OSError):
-            break
-    if n:
-        bar.update(n)
-
-
-def _plan_difference(old: dict | None, new: dict) -> str:
-    if old is None:
-        return "no plan.json: made by another tool or an older version"
-    diffs = [k for k in new if old.get(k) != new.get(k)]
-    if "settings" in diffs:
-        keys = sorted(
-            k
-            for k in set(old.get("settings", {})) | set(new["settings"])
-            if old.get("settings", {}).get(k) != new["settings"].get(k)
-        )
-        diffs = [d for d in diffs if d != "settings"] + [f"settings.{k}" for k in keys]
-    return "different " + ", ".join(diffs)
 
 
 def default_workers() -> int:

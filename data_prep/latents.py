@@ -1,7 +1,7 @@
 """Cached conditioning: run the frozen VAE and CLIP once per sample and store the results in the shards.
 
     python -m data_prep.latents --config configs/ssv2.yaml                  # the config's train shards
-    python -m data_prep.latents --config configs/demo.yaml --device cpu --shards 'data/shards/x/*.tar'
+    python -m data_prep.latents --config configs/tiny_shards.yaml --device cpu --shards 'data/shards/x/*.tar'
     make latents CONFIG=configs/ssv2.yaml
 
 Each sample gets a ``cond.npz`` field (see :mod:`interdyn.data.cache`) for one fixed window (``center``
@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from data_prep.parts import part_device, resolve_part
-from data_prep.shard_writer import TMP_SUFFIX, atomic_write_bytes, write_shard
+from data_prep.shard_writer import write_shard
 from interdyn.branch_checkpoint import DTYPES
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
@@ -44,6 +44,7 @@ from interdyn.data.sampling import key_seed
 from interdyn.data.shard_format import SkipSample
 from interdyn.data.shards import ClipDecoder, expand_urls
 from interdyn.errors import InterDynError
+from interdyn.files import TMP_SUFFIX, write_atomic
 from interdyn.models.conditioning import (
     clip_image_embeds,
     encode_image_latents,
@@ -311,7 +312,7 @@ def _write_reports(jobs: list[tuple[Path, Path, Path]], settings: dict[str, Any]
         for counts in shards.values():
             total.update(counts)
         report = {"settings": settings, "counts": dict(sorted(total.items())), "shards": shards}
-        atomic_write_bytes(folder / "latents.json", json.dumps(report, indent=1, sort_keys=True).encode())
+        write_atomic(folder / "latents.json", json.dumps(report, indent=1, sort_keys=True).encode())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -395,7 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "mtime_ns": stat.st_mtime_ns,
                 "counts": counts,
             }
-            atomic_write_bytes(record, json.dumps(entry, indent=1).encode())
+            write_atomic(record, json.dumps(entry, indent=1).encode())
         if progress is not None:
             progress.close()
     seconds = time.monotonic() - started

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -18,22 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from interdyn.data.shard_format import INDEX_FILE, encode_fields, shard_name
-
-TMP_SUFFIX = ".tmp"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename.
-
-    The temporary name carries the host and process id: parts of one pass on several machines may write
-    the same shared file (``plan.json``, ``index.json``) at once, each through its own temporary file.
-    """
-    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from interdyn.files import TMP_SUFFIX, atomic_file, write_atomic
 
 
 def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int:
@@ -49,17 +33,12 @@ def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int
 
 
 def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write a whole shard (already encoded samples) atomically: a temporary file, fsync, rename.
-    An empty list gives a valid empty tar (keeps shard numbering contiguous). The temporary name carries
-    the host and process id, so that two processes never write into one temporary file."""
-    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
+    """Write a whole shard (already encoded samples) through :func:`interdyn.files.atomic_file`.
+    An empty list gives a valid empty tar (keeps shard numbering contiguous)."""
+    with atomic_file(path) as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, encoded in samples:
                 add_sample(tar, key, encoded)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -151,7 +130,7 @@ class ShardWriter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provenance": self.provenance,
         }
-        atomic_write_bytes(self.folder / INDEX_FILE, json.dumps(index, indent=2).encode())
+        write_atomic(self.folder / INDEX_FILE, json.dumps(index, indent=2))
         return index
 
     def abort(self) -> None:

@@ -1,26 +1,53 @@
-"""Writing result files so that an interrupted run never leaves a half-written file under the final name."""
+"""Writing files so that an interrupted run never leaves a half-written file under the final name.
+
+Every writer of the project (shards, indexes and reports, result tables, videos, weights) goes through
+:func:`write_atomic` or :func:`atomic_file`: the data goes to a temporary sibling, is flushed to disk and
+renamed over the final name. The temporary name carries the host and process id, so that processes on
+several machines sharing a folder never write into one temporary file, and ends in ``TMP_SUFFIX``, so
+that a writer can find and remove the leftovers of killed runs.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+TMP_SUFFIX = ".tmp"
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through a temporary file in the same folder,
-    flushed to disk and renamed at the end; creates the folder. Returns the path."""
+def temporary_path(path: str | Path) -> Path:
+    """The temporary sibling that :func:`atomic_file` writes ``path`` through (unique per host and process)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}")
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """An open binary file that becomes ``path`` when the block ends without an error (flushed to disk,
+    then renamed); on an error the temporary file is removed and ``path`` is left as it was. Creates the
+    folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    payload = data.encode() if isinstance(data, str) else data
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_file`; returns the path."""
+    path = Path(path)
+    with atomic_file(path) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
     return path
 
 

@@ -12,6 +12,7 @@ samples | ground truth) and, from rank 0, the same side-by-side videos to Tensor
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -130,8 +131,9 @@ class VideoEvaluation(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         own = {**self.evaluator.state(), "skipped": dict(self.skipped)}
         parts = self._folder(trainer) / "eval_parts"  # this rank's results, before the gather can fail
-        parts.mkdir(exist_ok=True)
-        torch.save(own, parts / f"rank{trainer.global_rank}.pt")
+        buffer = io.BytesIO()
+        torch.save(own, buffer)
+        write_atomic(parts / f"rank{trainer.global_rank}.pt", buffer.getvalue())
         everyone = gather_objects(own)
         skipped = sum((Counter(s["skipped"]) for s in everyone), Counter())
         state = merge_states(everyone)

@@ -8,7 +8,6 @@ validation, global rank 0 samples them with the module's sampler and writes an a
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ import torch
 from PIL import Image
 
 from interdyn.contract import has_clips
+from interdyn.files import write_atomic
+from interdyn.render import to_uint8
 
 
 def side_by_side(
@@ -34,7 +35,7 @@ def side_by_side(
         columns.insert(0, to01(truth[:, :1]).expand_as(columns[0]))
     grid = torch.cat(columns, dim=-1)  # along width
     grid = torch.cat(list(grid), dim=-2)  # clips stacked along height: (T, 3, B*H, C*W)
-    return (grid.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    return to_uint8(grid.permute(0, 2, 3, 1)).numpy()
 
 
 def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
@@ -101,13 +102,7 @@ class SampleVideoLogger(L.Callback):
         samples = pl_module.sample(pixels, control, **overrides)[:, 0]
         frames = side_by_side(control, samples, pixels)
         data = gif_bytes(frames, self.fps)
-        folder = Path(log_dir) / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step_{trainer.global_step:07d}.gif"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        self.last_path = path
+        self.last_path = write_atomic(Path(log_dir) / "samples" / f"step_{trainer.global_step:07d}.gif", data)
         self._log_tensorboard(trainer, data, frames.shape)
 
     @staticmethod

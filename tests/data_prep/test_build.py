@@ -16,8 +16,8 @@ import pytest
 import webdataset as wds
 
 from data_prep.build import Item, PlanMismatchError, TooManyErrors, build_split, fingerprint
-from data_prep.shard_writer import TMP_SUFFIX
 from interdyn.data.shard_format import SkipSample
+from interdyn.files import TMP_SUFFIX
 
 
 @dataclass
@@ -245,3 +245,30 @@ def test_pool_workers_exit_when_the_preparer_is_killed(tmp_path):
             pid = int(p.name.split("-")[1])
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class SlowOrFailing:
+    """Item ``000`` fails at once (re-raised with ``strict``); every other item takes minutes."""
+
+    def __call__(self, item: Item):
+        if item.id == "000":
+            time.sleep(0.5)  # let the other worker start its long item
+            raise ZeroDivisionError("boom")
+        time.sleep(120)
+        return f"toy-{item.id}", {"txt": b"x"}
+
+
+def test_a_failed_pool_run_stops_the_other_workers_at_once(tmp_path):
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    started = time.monotonic()
+    with pytest.raises(ZeroDivisionError, match="boom"):
+        build_split(
+            tmp_path, "toy", "train", make_items(3), SlowOrFailing(), shard_size=1, workers=2, strict=True,
+            progress=False,
+        )  # fmt: skip
+    assert time.monotonic() - started < 30  # the two-minute items were not waited for
+    assert set(multiprocessing.active_children()) <= before  # the workers were killed and joined
+    assert not list((tmp_path / "train").glob("*.tar"))  # no shard, and no index, from the stopped run

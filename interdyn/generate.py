@@ -37,7 +37,7 @@ from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings, Scheduler
 from interdyn.models.svd import SVDComponents, get_svd
-from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes
+from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes, to_uint8
 
 # command-line option -> sampling setting (the pipeline's keyword argument)
 SAMPLING_OPTIONS = {
@@ -242,10 +242,6 @@ def sampling_settings(args: GenerateOptions, recorded: dict[str, Any]) -> Sampli
     return settings.with_overrides(num_inference_steps=int(settings.num_inference_steps))
 
 
-def _uint8(frames: np.ndarray) -> np.ndarray:
-    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------- outputs
 def write_outputs(inputs: GenerationInputs, videos: dict[str, np.ndarray], out: Path) -> list[Path]:
     """Per-sample mp4s, a labelled comparison video and a contact sheet (a grid in counterfactual mode)."""
@@ -361,7 +357,7 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
             output_type="np",
             **settings,
         ).frames
-        videos[label] = _uint8(frames)
+        videos[label] = to_uint8(frames)
 
     paths = write_outputs(inputs, videos, out)
     record = {

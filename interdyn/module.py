@@ -39,6 +39,7 @@ from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import load_controlnet
 from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
 from interdyn.models.svd import SVDSource, cast_frozen, checkpoint_transformer_layers, get_svd
+from interdyn.render import to_uint8
 
 OPTIMIZERS = ("adam", "adamw", "adamw8bit")
 
@@ -599,4 +600,4 @@ class InterDynModule(L.LightningModule):
             return None
         pixel_values, control = self._checked(batch)
         videos = self.sample(pixel_values, control, seed=self.hparams.sample_seed + batch_idx)
-        return {"key": batch.get("key"), "videos": (videos.clamp(0, 1) * 255).round().to(torch.uint8).cpu()}
+        return {"key": batch.get("key"), "videos": to_uint8(videos).cpu()}

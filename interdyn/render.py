@@ -7,12 +7,23 @@ default font; strip heights are even so that the results stay encodable with lib
 from __future__ import annotations
 
 import io
+from typing import TypeVar
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
+FramesT = TypeVar("FramesT", torch.Tensor, np.ndarray)
+
+
+def to_uint8(frames: FramesT) -> FramesT:
+    """Frames with values in ``[0, 1]`` (any layout; a tensor or an array) -> uint8 levels ``0..255``:
+    clamped to ``[0, 1]``, then rounded to the nearest level. A tensor stays a tensor on its device."""
+    if isinstance(frames, np.ndarray):
+        return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _font(panel_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -117,11 +117,6 @@ def describe_timing(
     return f"{nth} frame of {source_fps:g} fps = {source_fps / stride:g} fps ({why})"
 
 
-def clip_duration(num_frames: int, fps: float) -> float:
-    """Seconds between the first and the last frame."""
-    return (num_frames - 1) / fps if fps > 0 else math.inf
-
-
 def key_seed(seed: int, key: str) -> int:
     """A stable per-clip seed (independent of batch composition, rank and Python's hash salt)."""
     return (seed * 1_000_003 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)) % (2**31)

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from interdyn.metrics.regions import physics_error_of, region_errors, role_region
+from interdyn.metrics.physics import physics_error
+from interdyn.metrics.regions import region_errors, role_region
 from interdyn.metrics.report import format_value, nanmean, protocol_line
-from interdyn.metrics.suite import to_uint8
+from interdyn.render import to_uint8
 
 REGION_METRICS = ("psnr", "mse", "mae")
 ROLES = ("direct", "indirect", "all")
@@ -61,7 +62,7 @@ def role_rows(
             regions[role] = role_region(objects, names, role_names, dilation, driver)
     rows = []
     for n, fake in enumerate(samples):
-        fake_u8 = to_uint8(fake) if with_physics else None
+        fake_u8 = to_uint8(fake.permute(0, 2, 3, 1)).cpu().numpy() if with_physics else None
         for role, role_names in members.items():
             if not role_names:
                 continue
@@ -73,7 +74,7 @@ def role_rows(
                 row.update({f"region_{m}": errors[m] for m in metrics_region})
             if with_physics:
                 discs = [disc_names.index(name) for name in role_names if name in disc_names]
-                result = physics_error_of(fake_u8, meta, source_indices, geometry, discs)
+                result = physics_error(fake_u8, meta, source_indices, geometry, discs=discs)
                 row["physics_position_error"], row["physics_found"] = (
                     result["position_error"],
                     result["found"],

@@ -3,8 +3,8 @@
 Each disc is found in a frame by its colour (the simulator draws discs in flat palette colours);
 its centroid is compared with the simulated position, mapped through the clip's frame selection and
 resize/crop. Reported over the discs that the simulation moves (the ones the driver pushes, directly
-or through other discs): the mean distance in output pixels, and the fraction of frames where the
-disc was found at all.
+or through other discs), or over a chosen list of discs: the mean distance in output pixels, and the
+fraction of frames where the disc was found at all.
 """
 
 from __future__ import annotations
@@ -49,24 +49,32 @@ def physics_error(
     source_indices: Sequence[int],
     geometry: Sequence[float],
     moved_threshold: float = 2.0,
+    discs: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Error of ``frames`` (T, H, W, 3) uint8 against the simulation stored in ``meta``.
+    """Error of ``frames`` (T, H, W, 3) uint8 against the simulation stored in ``meta``, over the discs
+    that move more than ``moved_threshold`` output pixels in the clip or, when given, over the disc
+    indices ``discs`` (whether they moved or not).
 
-    Returns ``position_error`` (mean pixel distance over moved discs and frames where they were found),
-    ``found`` (fraction of those disc-frames where the disc was found) and ``moved_objects``.
+    Returns ``position_error`` (mean pixel distance over those discs and the frames where they were
+    found by colour), ``found`` (fraction of those disc-frames where the disc was found) and the number
+    of discs measured: ``moved_objects``, or ``objects`` for a given list. NaN errors without discs.
     """
+    count = "moved_objects" if discs is None else "objects"
+    if discs is not None and len(discs) == 0:
+        return {"position_error": math.nan, "found": math.nan, count: 0.0}
     expected = expected_positions(meta, source_indices, geometry, frames.shape[2])
-    travel = np.linalg.norm(expected[-1] - expected[0], axis=-1)
-    moved = np.nonzero(travel > moved_threshold)[0]
-    if len(moved) == 0:
-        return {"position_error": math.nan, "found": math.nan, "moved_objects": 0.0}
+    if discs is None:
+        travel = np.linalg.norm(expected[-1] - expected[0], axis=-1)
+        discs = np.nonzero(travel > moved_threshold)[0]
+        if len(discs) == 0:
+            return {"position_error": math.nan, "found": math.nan, count: 0.0}
     errors, found = [], []
     colours = meta["physics"]["colours"]
-    for k in moved:
+    for k in (int(k) for k in discs):
         seen = locate_by_colour(frames, colours[k])
         ok = ~np.isnan(seen[:, 0])
         found.append(ok.mean())
         if ok.any():
             errors.append(np.linalg.norm(seen[ok] - expected[ok, k], axis=-1))
     error = float(np.concatenate(errors).mean()) if errors else math.nan
-    return {"position_error": error, "found": float(np.mean(found)), "moved_objects": float(len(moved))}
+    return {"position_error": error, "found": float(np.mean(found)), count: float(len(discs))}

@@ -8,7 +8,6 @@
   ``physics.collisions``; CLEVRER: ``collisions`` + ``entering``, or ``hit_directly`` /
   ``hit_indirectly``).
 - :func:`role_region`: the pixels of a set of objects, from per-object masks.
-- :func:`physics_error_of`: the built-in dataset's physics error over a chosen list of discs.
 - :func:`shrink_video` / :func:`shrink_masks`: bounded-size copies for reports that keep videos.
 """
 
@@ -18,12 +17,11 @@ import math
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interdyn.data.perturb import dilate
-from interdyn.metrics.physics import expected_positions, locate_by_colour
+from interdyn.morphology import dilate
+from interdyn.render import to_uint8
 
 
 def region_errors(
@@ -172,31 +170,6 @@ def role_region(
     return region, len(ks)
 
 
-def physics_error_of(
-    frames: np.ndarray,
-    meta: dict[str, Any],
-    source_indices: Sequence[int],
-    geometry: Sequence[float],
-    discs: Sequence[int],
-) -> dict[str, float]:
-    """Like :func:`interdyn.metrics.physics.physics_error`, over the given disc indices (whether they moved
-    or not) instead of the moved discs: ``position_error`` (mean pixel distance over the disc-frames where
-    the disc was found by colour), ``found`` (fraction found) and ``objects``; NaN without discs."""
-    if len(discs) == 0:
-        return {"position_error": math.nan, "found": math.nan, "objects": 0.0}
-    expected = expected_positions(meta, source_indices, geometry, frames.shape[2])
-    colours = meta["physics"]["colours"]
-    errors, found = [], []
-    for k in discs:
-        seen = locate_by_colour(frames, colours[int(k)])
-        ok = ~np.isnan(seen[:, 0])
-        found.append(ok.mean())
-        if ok.any():
-            errors.append(np.linalg.norm(seen[ok] - expected[ok, int(k)], axis=-1))
-    error = float(np.concatenate(errors).mean()) if errors else math.nan
-    return {"position_error": error, "found": float(np.mean(found)), "objects": float(len(discs))}
-
-
 def _shrunk_size(h: int, w: int, max_side: int) -> tuple[int, int]:
     if max(h, w) <= max_side:
         return h, w
@@ -212,7 +185,7 @@ def shrink_video(video: torch.Tensor, max_side: int) -> torch.Tensor:
     flat = video.reshape(-1, 3, h, w).float()
     if size != (h, w):
         flat = F.interpolate(flat, size=size, mode="area")
-    return (flat.clamp(0, 1) * 255).round().to(torch.uint8).reshape(*lead, 3, *size).cpu()
+    return to_uint8(flat).reshape(*lead, 3, *size).cpu()
 
 
 def shrink_masks(masks: torch.Tensor, max_side: int) -> torch.Tensor:

@@ -24,11 +24,6 @@ class UNetSpatioTemporalControlModel(UNetSpatioTemporalConditionModel):
     """SVD UNet whose forward accepts ControlNet residuals (``down_block_additional_residuals``,
     ``mid_block_additional_residual``), each added exactly once."""
 
-    @property
-    def num_skips(self) -> int:
-        """Number of skip connections (one per residual the branch must provide)."""
-        return 1 + sum(len(b.resnets) + (1 if b.downsamplers is not None else 0) for b in self.down_blocks)
-
     def _run_down_blocks(
         self,
         hidden: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from data_prep.synthetic import World, make_video, sample_fields
 from interdyn.metrics.physics import expected_positions, physics_error
@@ -54,3 +55,19 @@ def test_positions_follow_the_clip_geometry():
     assert math.isnan(
         physics_error(np.zeros((3, 8, 8, 3), np.uint8), static, [0, 1, 2], [1, 1, 0, 0, 0])["position_error"]
     )
+
+
+def test_physics_error_over_chosen_discs_measures_only_those():
+    frames = np.zeros((3, 20, 30, 3), dtype=np.uint8)
+    positions = [[[10.0, 8.0], [25.0, 15.0]] for _ in range(3)]
+    for t in range(3):
+        frames[t, 6:10, 8 + t : 12 + t] = (200, 0, 0)  # disc 0, drifting 1 px right per frame
+    meta = {"physics": {"positions": positions, "colours": [[200, 0, 0], [0, 0, 200]]}}
+    out = physics_error(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], discs=[0])
+    assert out["found"] == 1.0 and out["position_error"] == pytest.approx(1.0)  # mean of 0, 1, 2
+    assert out["objects"] == 1.0
+    missing = physics_error(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], discs=[1])  # disc 1 is not drawn
+    assert missing["found"] == 0.0 and math.isnan(missing["position_error"])
+    assert math.isnan(physics_error(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], discs=[])["found"])
+    # without a list, only discs the simulation moves count: neither disc moves here
+    assert physics_error(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0])["moved_objects"] == 0.0

@@ -1,17 +1,15 @@
-"""Region helpers: masked errors, direct / indirect hit roles, role regions, per-disc physics error."""
+"""Region helpers: masked errors, direct / indirect hit roles, role regions, bounded-size copies."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from interdyn.metrics.regions import (
     collision_roles,
     hit_roles,
-    physics_error_of,
     region_errors,
     role_region,
     shrink_masks,
@@ -97,19 +95,6 @@ def test_role_region_unions_dilates_and_excludes():
     cut, _ = role_region(objects, names, ["a"], dilation=1, exclude=exclude)
     assert cut[0].sum() == 8 and not cut[:, 2, 2].any()
     assert role_region(objects, names, ["nothing"]) == (None, 0)
-
-
-def test_physics_error_of_measures_only_the_chosen_discs():
-    frames = np.zeros((3, 20, 30, 3), dtype=np.uint8)
-    positions = [[[10.0, 8.0], [25.0, 15.0]] for _ in range(3)]
-    for t in range(3):
-        frames[t, 6:10, 8 + t : 12 + t] = (200, 0, 0)  # disc 0, drifting 1 px right per frame
-    meta = {"physics": {"positions": positions, "colours": [[200, 0, 0], [0, 0, 200]]}}
-    out = physics_error_of(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], [0])
-    assert out["found"] == 1.0 and out["position_error"] == pytest.approx(1.0)  # mean of 0, 1, 2
-    missing = physics_error_of(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], [1])  # disc 1 is not drawn
-    assert missing["found"] == 0.0 and math.isnan(missing["position_error"])
-    assert math.isnan(physics_error_of(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], [])["found"])
 
 
 def test_shrink_keeps_the_aspect_ratio_and_every_driver_pixel():

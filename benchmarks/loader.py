@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.shard_writer import ShardWriter  # noqa: E402
+from data_prep.shard_writer import write_samples  # noqa: E402
 from data_prep.synthetic import World, make_video, sample_fields  # noqa: E402
 from interdyn.data.sampling import choose_start, clip_offsets, valid_starts  # noqa: E402
+from interdyn.data.shard_format import shard_name  # noqa: E402
 from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips  # noqa: E402
 from interdyn.data.transforms import joint_transform  # noqa: E402
 from interdyn.data.video import decode_frames, encode_video  # noqa: E402
@@ -45,19 +46,22 @@ def make_sources(root: Path, videos: int, codec: str, frames: int = 40, fps: flo
     """Write the same videos as shards (root/shards) and as clip folders (root/files)."""
     world = World(height=240, width=428)
     ext = "webm" if codec.startswith("libvpx") else "mp4"
-    with ShardWriter(root / "shards", "bench", "train", max_count=16) as writer:
-        for i in range(videos):
-            video = make_video(np.random.default_rng([7, i]), world, frames, fps)
-            key = f"bench-{i:05d}"
-            fields = sample_fields(video, key, "train", fps, {})
-            del fields["video.mp4"]
-            fields[f"video.{ext}"] = encode_video(video["frames"], fps, codec=codec)
-            writer.write(key, fields)
-            folder = root / "files" / key
-            folder.mkdir(parents=True)
-            (folder / f"video.{ext}").write_bytes(fields[f"video.{ext}"])
-            mask_rgb = np.repeat(video["control"][..., None].astype(np.uint8) * 255, 3, axis=-1)
-            (folder / f"mask_hand.{ext}").write_bytes(encode_video(mask_rgb, fps, codec=codec))
+    samples = []
+    for i in range(videos):
+        video = make_video(np.random.default_rng([7, i]), world, frames, fps)
+        key = f"bench-{i:05d}"
+        fields = sample_fields(video, key, "train", fps, {})
+        del fields["video.mp4"]
+        fields[f"video.{ext}"] = encode_video(video["frames"], fps, codec=codec)
+        samples.append((key, fields))
+        folder = root / "files" / key
+        folder.mkdir(parents=True)
+        (folder / f"video.{ext}").write_bytes(fields[f"video.{ext}"])
+        mask_rgb = np.repeat(video["control"][..., None].astype(np.uint8) * 255, 3, axis=-1)
+        (folder / f"mask_hand.{ext}").write_bytes(encode_video(mask_rgb, fps, codec=codec))
+    for start in range(0, videos, 16):  # 16 videos per shard
+        name = shard_name("bench", "train", start // 16)
+        write_samples(root / "shards" / "train" / name, samples[start : start + 16])
 
 
 class FolderClips(Dataset):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.shard_writer import ShardWriter
+from data_prep.build import Item, PlanMismatchError, build_split
 from interdyn.data.shard_format import encode_masks
 from interdyn.data.video import encode_video
 
@@ -355,6 +355,37 @@ def sample_fields(
     }
 
 
+@dataclass(frozen=True)
+class SyntheticMaker:
+    """Makes item ``i`` of a split: one clip, or a counterfactual group of ``variants`` clips sharing the
+    first frame (keys ``..._v<k>``). Each item draws from its own generator, seeded by ``(seed, split,
+    i)``, so items can be made in any order or process and still give the same samples."""
+
+    split: str
+    seed: int
+    world: World
+    num_frames: int
+    fps: float
+    variants: int = 1
+
+    def __call__(self, item: Item) -> list[tuple[str, dict[str, Any]]]:
+        i = int(item.data)
+        split_number = {"train": 0, "validation": 1, "test": 2}.get(self.split, 3)
+        rng = np.random.default_rng([self.seed, split_number, i])
+        first = make_video(rng, self.world, self.num_frames, self.fps)
+        samples = []
+        for v in range(self.variants):
+            video = (
+                first
+                if v == 0
+                else make_video(rng, self.world, self.num_frames, self.fps, first["scene"], first["entry"])
+            )
+            key = f"synthetic-{self.split}-{i:06d}" + (f"_v{v}" if self.variants > 1 else "")
+            extra = {"group": f"{self.split}-{i:06d}", "variant": v} if self.variants > 1 else {}
+            samples.append((key, sample_fields(video, key, self.split, self.fps, extra)))
+        return samples
+
+
 def write_split(
     out: Path,
     split: str,
@@ -366,37 +397,33 @@ def write_split(
     variants: int = 1,
     shard_size: int = 100,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Write ``count`` clips (train/val) or ``count`` counterfactual groups of ``variants`` clips (test)."""
-    from tqdm import tqdm
-
-    provenance = {
-        "generator": "data_prep.synthetic",
+    """Write ``count`` clips (train/val) or ``count`` counterfactual groups of ``variants`` clips (test)
+    with the resumable build of every preparer (:func:`data_prep.build.build_split`): ``shard_size``
+    clips (or groups) per shard, an interrupted run continues where it stopped, and a split made with
+    other settings is replaced (the data is generated, nothing is lost)."""
+    maker = SyntheticMaker(split, seed, world, num_frames, fps, variants)
+    items = [Item(f"{i:06d}", i) for i in range(count)]
+    settings = {
         "seed": seed,
-        "world": world.__dict__,
+        "world": dataclasses.asdict(world),
         "fps": fps,
         "num_frames": num_frames,
         "variants": variants,
     }
-    with ShardWriter(out, "synthetic", split, max_count=shard_size, provenance=provenance) as writer:
-        for i in tqdm(
-            range(count),
-            desc=f"synthetic/{split}",
-            disable=not progress,
-            unit="group" if variants > 1 else "clip",
-        ):
-            rng = np.random.default_rng([seed, {"train": 0, "validation": 1, "test": 2}.get(split, 3), i])
-            first = make_video(rng, world, num_frames, fps)
-            for v in range(variants):
-                video = (
-                    first
-                    if v == 0
-                    else make_video(rng, world, num_frames, fps, first["scene"], first["entry"])
-                )
-                key = f"synthetic-{split}-{i:06d}" + (f"_v{v}" if variants > 1 else "")
-                extra = {"group": f"{split}-{i:06d}", "variant": v} if variants > 1 else {}
-                writer.write(key, sample_fields(video, key, split, fps, extra))
-    return {"split": split, "samples": writer.count, "shards": len(writer.shards)}
+    options = {
+        "settings": settings,
+        "provenance": {"generator": "data_prep.synthetic"},
+        "shard_size": shard_size,
+        "workers": workers,
+        "progress": progress,
+    }
+    try:
+        result = build_split(out, "synthetic", split, items, maker, **options)
+    except PlanMismatchError:
+        result = build_split(out, "synthetic", split, items, maker, overwrite=True, **options)
+    return {"split": split, "samples": result.num_samples, "shards": result.num_shards}
 
 
 def main(argv: list[str] | None = None) -> int:

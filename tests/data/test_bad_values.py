@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.shard_writer import ShardWriter
+from data_prep.shard_writer import write_samples
 from interdyn.data import ClipDecoder, ShardClipStream, SkippedSampleWarning
 from interdyn.errors import DataNotFoundError
 
@@ -67,10 +67,8 @@ def test_nonsense_values_are_skipped_and_counted(synthetic_shards, tmp_path):
         "fps-list": {"json": json.dumps({**meta, "fps": [14]}).encode()},
         "frames-negative": {"json": json.dumps({**meta, "num_frames": -3}).encode()},
     }
-    with ShardWriter(tmp_path, "bad", "test", max_count=100) as writer:
-        for name, fields in bad.items():
-            writer.write(name, {**good, **fields})
-        writer.write("good", good)
+    samples = [(name, {**good, **fields}) for name, fields in bad.items()] + [("good", good)]
+    write_samples(tmp_path / "test" / "bad-test-000000.tar", samples)
     stream = ShardClipStream(str(tmp_path / "test" / "*.tar"), ClipDecoder(**DECODER), train=False)
     with pytest.warns(SkippedSampleWarning):
         keys = [clip["key"] for clip in stream]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_prep.shard_writer import ShardWriter
+from data_prep.shard_writer import write_samples
 from interdyn.data import ClipDecoder, ShardClipStream, ShardDataModule, SkippedSampleWarning, expand_urls
 from interdyn.data.shards import collate_clips
 
@@ -76,12 +76,13 @@ def write_bad_shards(folder: Path, good_shard: Path) -> tuple[set[str], str]:
     """One shard with a corrupt video between good samples, and a truncated copy of a good shard."""
     members = {m.name: tarfile.open(good_shard).extractfile(m).read() for m in tarfile.open(good_shard)}
     keys = sorted({name.split(".")[0] for name in members})
-    with ShardWriter(folder, "bad", "test", max_count=100) as writer:
-        for i, key in enumerate(keys[:3]):
-            fields = {ext: members[f"{key}.{ext}"] for ext in ("video.mp4", "masks.npz", "json")}
-            if i == 1:
-                fields["video.mp4"] = b"\x00\x00\x00 this is not a video" + fields["video.mp4"][-200:]
-            writer.write(f"{key}_copy", fields)
+    samples = []
+    for i, key in enumerate(keys[:3]):
+        fields = {ext: members[f"{key}.{ext}"] for ext in ("video.mp4", "masks.npz", "json")}
+        if i == 1:
+            fields["video.mp4"] = b"\x00\x00\x00 this is not a video" + fields["video.mp4"][-200:]
+        samples.append((f"{key}_copy", fields))
+    write_samples(folder / "test" / "bad-test-000000.tar", samples)
     data = good_shard.read_bytes()
     (folder / "test" / "bad-test-000001.tar").write_bytes(data[: len(data) // 2])  # truncated mid-sample
     return {f"{keys[0]}_copy", f"{keys[2]}_copy"}, f"{keys[1]}_copy"
@@ -112,27 +113,14 @@ def test_short_clips_and_invisible_drivers_are_filtered(tmp_path, synthetic_shar
     control = np.load(io.BytesIO(members[f"{key}.masks.npz"]))["control"]
     empty = io.BytesIO()
     np.savez_compressed(empty, control=np.zeros_like(control))
-    with ShardWriter(tmp_path, "filt", "test") as writer:
-        writer.write(
-            "short",
-            {
-                "video.mp4": members[f"{key}.video.mp4"],
-                "masks.npz": members[f"{key}.masks.npz"],
-                "json": {**meta, "num_frames": 20},
-            },
-        )  # 14 frames at 7 fps from 14 fps need 27
-        writer.write(
-            "nodriver",
-            {"video.mp4": members[f"{key}.video.mp4"], "masks.npz": empty.getvalue(), "json": meta},
-        )
-        writer.write(
-            "fine",
-            {
-                "video.mp4": members[f"{key}.video.mp4"],
-                "masks.npz": members[f"{key}.masks.npz"],
-                "json": meta,
-            },
-        )
+    video, masks = members[f"{key}.video.mp4"], members[f"{key}.masks.npz"]
+    samples = [
+        # 14 frames at 7 fps from 14 fps need 27
+        ("short", {"video.mp4": video, "masks.npz": masks, "json": {**meta, "num_frames": 20}}),
+        ("nodriver", {"video.mp4": video, "masks.npz": empty.getvalue(), "json": meta}),
+        ("fine", {"video.mp4": video, "masks.npz": masks, "json": meta}),
+    ]
+    write_samples(tmp_path / "test" / "filt-test-000000.tar", samples)
     stream = ShardClipStream(str(tmp_path / "test/*.tar"), ClipDecoder(**DECODER), train=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedSampleWarning)
@@ -183,25 +171,3 @@ def test_datamodule_batches_follow_the_contract(synthetic_shards):
 def test_missing_shards_are_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no shards match"):
         ShardClipStream(str(tmp_path / "*.tar"), ClipDecoder(**DECODER), train=False)
-
-
-def test_writer_never_leaves_a_half_written_shard(synthetic_shards, tmp_path):
-    good = sorted((synthetic_shards / "validation").glob("*.tar"))[0]
-    members = {m.name: tarfile.open(good).extractfile(m).read() for m in tarfile.open(good)}
-    key = sorted({n.split(".")[0] for n in members})[0]
-    fields = {ext: members[f"{key}.{ext}"] for ext in ("video.mp4", "masks.npz", "json")}
-    with pytest.raises(KeyboardInterrupt):
-        with ShardWriter(tmp_path, "ds", "train", max_count=2) as writer:
-            for i in range(3):
-                writer.write(f"s{i}", fields)
-            raise KeyboardInterrupt  # Ctrl-C while the second shard is open
-    names = sorted(p.name for p in (tmp_path / "train").iterdir())
-    assert names == ["ds-train-000000.tar"]  # the complete shard only; no tmp file, no index
-    # a crashed run's leftovers disappear when the split is written again
-    (tmp_path / "train" / "ds-train-000001.tar.tmp").write_bytes(b"partial")
-    with ShardWriter(tmp_path, "ds", "train", max_count=2) as writer:
-        writer.write("s0", fields)
-    assert not list((tmp_path / "train").glob("*.tmp"))
-    assert json.loads((tmp_path / "train" / "index.json").read_text())["num_samples"] == 1
-    with pytest.raises(ValueError, match="no dots"):
-        ShardWriter(tmp_path, "ds", "x").write("a.b", fields)

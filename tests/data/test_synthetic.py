@@ -134,3 +134,18 @@ def test_metadata_and_masks_follow_the_contract(tmp_path):
     assert masks["control"][0].any()  # the driver is visible in the first frame
     index = json.loads((tmp_path / "test" / "index.json").read_text())
     assert index["num_samples"] == 2 and index["shards"] == ["synthetic-test-000000.tar"]
+
+
+def test_a_rerun_keeps_finished_shards_and_other_settings_replace_the_split(tmp_path):
+    common = {"world": World(height=32, width=48), "num_frames": 8, "fps": 14.0, "progress": False}
+    write_split(tmp_path, "train", 3, seed=0, shard_size=2, **common)
+    shards = sorted((tmp_path / "train").glob("*.tar"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    first = read_shard(tmp_path / "train")
+    write_split(tmp_path, "train", 3, seed=0, shard_size=2, **common)  # the same split: nothing redone
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    write_split(tmp_path, "train", 3, seed=1, shard_size=3, **common)  # other settings: a new split
+    assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["synthetic-train-000000.tar"]
+    second = read_shard(tmp_path / "train")
+    assert second.keys() == first.keys() and second != first
+    assert json.loads((tmp_path / "train" / "index.json").read_text())["num_samples"] == 3

@@ -91,6 +91,17 @@ def test_resume_after_interrupt_writes_nothing_twice(tmp_path):
     assert third.calls == []
 
 
+def test_a_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path):
+    items = make_items(4)
+    with pytest.raises(KeyboardInterrupt):
+        build_split(tmp_path, "toy", "train", items, Maker(stop_at="003"), shard_size=2, progress=False)
+    folder = tmp_path / "train"
+    (folder / f"toy-train-000001.tar.otherhost-1{TMP_SUFFIX}").write_bytes(b"partial")  # as a SIGKILL leaves it
+    result = build_split(tmp_path, "toy", "train", items, Maker(), shard_size=2, progress=False)
+    assert not list(folder.rglob(f"*{TMP_SUFFIX}"))
+    assert result.num_samples == 4 and json.loads((folder / "index.json").read_text())["num_samples"] == 4
+
+
 def test_parallel_workers_make_the_same_split(tmp_path):
     items = make_items(9)
     build_split(

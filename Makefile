@@ -27,7 +27,7 @@ SHARD_SIZE ?= 100
 PREP_ARGS ?=
 # make latents: the config whose model (SVD) and data (clip size, train shards) settings the cache follows
 CONFIG ?= configs/ssv2.yaml
-# extra arguments, e.g. LATENTS_ARGS="--device cuda:1 --batch-size 16" or "--shards 'x/*.tar' --out y"
+# extra arguments, e.g. LATENTS_ARGS="--device cuda:1 --batch_size 16" or "--shards 'x/*.tar' --out y"
 LATENTS_ARGS ?=
 # Built-in dataset sizes (make shards-synthetic SYN_TRAIN=2000 ...)
 SYN_TRAIN ?= 512
@@ -82,16 +82,16 @@ shards-ssv2: $(STAMP)
 	@test -n "$(SSV2_ROOT)" || { echo "error: set SSV2_ROOT=/path/to/ssv2 (videos + labels)"; exit 2; }
 	@test -n "$(SOMETHING_ELSE)" || { echo "error: set SOMETHING_ELSE=/path/to/something-else (bounding_box_smthsmth_part*.json)"; exit 2; }
 	$(PY) -m data_prep.ssv2 --root "$(SSV2_ROOT)" --boxes "$(SOMETHING_ELSE)" --out "$(OUT)/ssv2" \
-		--masks $(SSV2_MASKS) $(if $(SAM2_CHECKPOINT),--sam2-checkpoint "$(SAM2_CHECKPOINT)" --sam2-config "$(SAM2_CONFIG)") \
-		$(if $(SSV2_TEST_IDS),--ids "test=$(SSV2_TEST_IDS)") --workers $(WORKERS) --shard-size $(SHARD_SIZE) $(PREP_ARGS)
+		--masks $(SSV2_MASKS) $(if $(SAM2_CHECKPOINT),--sam2_checkpoint "$(SAM2_CHECKPOINT)" --sam2_config "$(SAM2_CONFIG)") \
+		$(if $(SSV2_TEST_IDS),--ids "test=$(SSV2_TEST_IDS)") --workers $(WORKERS) --shard_size $(SHARD_SIZE) $(PREP_ARGS)
 
 shards-clevrer: $(STAMP)
 	@test -n "$(CLEVRER_ROOT)" || { echo "error: set CLEVRER_ROOT=/path/to/clevrer"; exit 2; }
-	$(PY) -m data_prep.clevrer --root "$(CLEVRER_ROOT)" --out "$(OUT)/clevrer" --workers $(WORKERS) --shard-size $(SHARD_SIZE) $(PREP_ARGS)
+	$(PY) -m data_prep.clevrer --root "$(CLEVRER_ROOT)" --out "$(OUT)/clevrer" --workers $(WORKERS) --shard_size $(SHARD_SIZE) $(PREP_ARGS)
 
 shards-folder: $(STAMP)
 	@test -n "$(FOLDER)" || { echo "error: set FOLDER=/path/to/my_clips (one folder per clip)"; exit 2; }
-	$(PY) -m data_prep.folder --input "$(FOLDER)" --name $(FOLDER_NAME) --out "$(OUT)/$(FOLDER_NAME)" --workers $(WORKERS) --shard-size $(SHARD_SIZE) $(PREP_ARGS)
+	$(PY) -m data_prep.folder --input "$(FOLDER)" --name $(FOLDER_NAME) --out "$(OUT)/$(FOLDER_NAME)" --workers $(WORKERS) --shard_size $(SHARD_SIZE) $(PREP_ARGS)
 
 shards-synthetic: $(STAMP)
 	$(PY) -m data_prep.synthetic --out $(OUT)/synthetic --train $(SYN_TRAIN) --val $(SYN_VAL) --test-groups $(SYN_TEST_GROUPS)
@@ -134,7 +134,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --analyze
 
 # Everything a CUDA machine must measure (training steps, largest batches, sampling with and without
-# compile, 2-GPU DDP), each item in its own process under a hard timeout; GPU_CHECK_ARGS="--dry-run" on CPU.
+# compile, 2-GPU DDP), each item in its own process under a hard timeout; GPU_CHECK_ARGS="--dry_run" on CPU.
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -1,7 +1,7 @@
 """Everything a CUDA machine has to measure, in one command, written into docs/benchmarks.md.
 
     make gpu-check                                  # installs, then runs this (about 8 minutes on an H100)
-    python benchmarks/gpu_check.py --dry-run        # no GPU: every code path on the tiny model, on CPU
+    python benchmarks/gpu_check.py --dry_run        # no GPU: every code path on the tiny model, on CPU
 
 Items, each in its own process (clean peak memory) under a hard timeout; a finished item's rows are
 written at once, so partial results survive a timeout, a crash or an interrupted run:
@@ -97,18 +97,18 @@ def build_items(args: argparse.Namespace, python: str) -> list[Item]:
     for recipe in TRAIN_ORDER:
         cmd = [python, str(HERE / "train_step.py"), "--one", recipe, "--device", device, "--preset", "tiny" if dry else "svd",
                "--batch", "1" if dry else "4", *size, "--steps", "1" if dry else "3", "--warmup", "0" if dry else "1",
-               "--budget-gib", f"{BUDGET_GIB[recipe]:.2f}", "--max-batch", "2" if dry else "12"]  # fmt: skip
+               "--budget_gib", f"{BUDGET_GIB[recipe]:.2f}", "--max_batch", "2" if dry else "12"]  # fmt: skip
         if dry:
             cmd.append("--fp32")
         if recipe == "24gb" and not has_bitsandbytes(python):
             cmd += ["--optimizer", "adam"]
         items.append(Item(f"train:{recipe}", "train", cmd, 150 if dry else 90))
     steps = ["--steps", "2" if dry else "50", "--schedulers", "euler", "--repeats", "1"]
-    sample = [python, str(HERE / "sample.py"), "--device", device, "--no-write", *steps]
+    sample = [python, str(HERE / "sample.py"), "--device", device, "--no_write", *steps]
     if dry:
         sample += ["--preset", "tiny", "--frames", "2", "--height", "64", "--width", "64"]
     items.append(Item("sample", "sample", sample, 90 if dry else 60))
-    backend = ["--compile-backend", "aot_eager"] if dry else []
+    backend = ["--compile_backend", "aot_eager"] if dry else []
     items.append(Item("sample:compile", "sample", [*sample, "--compile", *backend], 300 if dry else 200))
     smoke = [python, str(HERE / "gpu_smoke.py"), "--device", device, "--scratch", str(Path(args.scratch) / "smoke")]
     items.append(Item("smoke", "ddp", smoke, 400 if dry else 120))
@@ -262,18 +262,18 @@ def install(python: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model, scratch page: test every code path")
+    parser.add_argument("--dry_run", action="store_true", help="CPU, tiny model, scratch page: test every code path")
     parser.add_argument(
-        "--budget-s", type=float, default=None, help="overall time limit, items past it are not run (480; dry run 1800)"
+        "--budget_s", type=float, default=None, help="overall time limit, items past it are not run (480; dry run 1800)"
     )
     parser.add_argument("--only", nargs="+", default=None, help="item names, e.g. train:24gb sample ddp")
     parser.add_argument("--timeout", type=float, default=None, help="one hard timeout for every item (seconds)")
     parser.add_argument("--docs", type=Path, default=None, help="page to write (default: docs/benchmarks.md; dry run: scratch)")
-    parser.add_argument("--no-install", action="store_true", help="skip the bitsandbytes install")
+    parser.add_argument("--no_install", action="store_true", help="skip the bitsandbytes install")
     args = parser.parse_args(argv)
     python = sys.executable
     if not args.dry_run and cuda_devices(python) == 0:
-        print("error: no CUDA GPU visible; use --dry-run to exercise the check on CPU", file=sys.stderr)
+        print("error: no CUDA GPU visible; use --dry_run to exercise the check on CPU", file=sys.stderr)
         return 2
     scratch = tempfile.mkdtemp(prefix="gpu-check-")
     args.scratch = scratch

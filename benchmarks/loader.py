@@ -8,7 +8,7 @@ of both videos per clip, as the demo does; the shard path decodes only up to the
 and reads the masks from ``masks.npz``.
 
     python benchmarks/loader.py                # writes the results into docs/benchmarks.md
-    python benchmarks/loader.py --videos 64 --clips 128 --no-write
+    python benchmarks/loader.py --videos 64 --clips 128 --no_write
 """
 
 from __future__ import annotations
@@ -158,11 +158,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--clips", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--codec", default="libvpx-vp9", choices=["libvpx-vp9", "libx264"])
     parser.add_argument(
-        "--no-write", action="store_true", help="print only; do not update docs/benchmarks.md"
+        "--no_write", action="store_true", help="print only; do not update docs/benchmarks.md"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)  # loader workers and the trainer share the cores; decode is per process

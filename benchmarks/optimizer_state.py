@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3, help="large enough for the tiny model to move")
     parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no_write", action="store_true")
     args = parser.parse_args()
     from interdyn.data.toy import MovingShapesDataset
 

@@ -40,10 +40,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 25])
     parser.add_argument("--schedulers", nargs="+", default=["euler", "dpmpp_2m"], help="samplers to time")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and the branch")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
-    parser.add_argument("--decode-chunk", type=int, default=8)
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
+    parser.add_argument("--decode_chunk", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no_write", action="store_true")
     args = parser.parse_args()
     from interdyn.models import InterDynPipeline
     from interdyn.models.controlnet import ControlNetSDVModel

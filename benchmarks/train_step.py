@@ -6,7 +6,7 @@ analysis (parameter counts, FLOPs per step, activation memory) that needs no GPU
     python benchmarks/train_step.py --analyze                     # full size on the meta device
 
 Each recipe runs in its own process (clean peak memory). Results go to ``docs/benchmarks.md`` between
-markers (``--no-write`` to only print). The full-size model has SVD's architecture with random
+markers (``--no_write`` to only print). The full-size model has SVD's architecture with random
 weights (``random:svd``): the numbers are those of the real model, the outputs are not.
 
 Recipes (module switches; plain is the paper-like baseline):
@@ -133,7 +133,7 @@ def make_inputs(module: Any, recipe: dict[str, Any], b: int, args: argparse.Name
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Time one recipe: ``--steps`` optimizer steps (each ``accumulate`` micro-batches) after ``--warmup``;
-    on CUDA the peak memory, and with ``--budget-gib`` the largest micro-batch that fits in that budget."""
+    on CUDA the peak memory, and with ``--budget_gib`` the largest micro-batch that fits in that budget."""
     from interdyn.module import InterDynModule
 
     recipe = RECIPES[args.one]
@@ -204,7 +204,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def largest_batch(module: Any, recipe: dict[str, Any], args: argparse.Namespace, step: Any) -> int:
-    """The largest micro-batch (up to ``--max-batch``) whose training step fits in ``--budget-gib``:
+    """The largest micro-batch (up to ``--max_batch``) whose training step fits in ``--budget_gib``:
     on CUDA the allocator is capped at the budget, so a step beyond it runs out of memory; elsewhere
     (the dry run) only the code path runs."""
     import gc
@@ -564,10 +564,10 @@ def main() -> int:
         "--warmup", type=int, default=None, help="untimed steps (default 3 / 2; compile needs more)"
     )
     parser.add_argument("--analyze", action="store_true", help="FLOPs and memory of the full model on meta")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--no_write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--accumulate", type=int, default=None, help="micro-batches per step (default: the recipe's)")
-    parser.add_argument("--budget-gib", type=float, default=None, help="also find the largest batch within this")
-    parser.add_argument("--max-batch", type=int, default=12, help="upper end of that search")
+    parser.add_argument("--budget_gib", type=float, default=None, help="also find the largest batch within this")
+    parser.add_argument("--max_batch", type=int, default=12, help="upper end of that search")
     parser.add_argument("--optimizer", default=None, help="override the recipe's optimizer (e.g. adam)")
     parser.add_argument("--fp32", action="store_true", help="float32 throughout (dry runs: CPUs run bf16 slowly)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)

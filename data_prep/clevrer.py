@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to write")
     parser.add_argument(
-        "--no-groups",
+        "--no_groups",
         action="store_true",
         help="skip the counterfactual grouping pass (it reads every annotation once more)",
     )

@@ -116,7 +116,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     group.add_argument(
         "--workers", type=int, default=default_workers(), help="parallel processes (default: CPUs, at most 8)"
     )
-    group.add_argument("--shard-size", type=int, default=100, help="source videos per shard")
+    group.add_argument("--shard_size", type=int, default=100, help="source videos per shard")
     group.add_argument(
         "--overwrite", action="store_true", help="rebuild splits that were made with other settings"
     )
@@ -124,7 +124,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     group.add_argument(
         "--limit", type=int, default=None, help="only the first N videos of each split (trials)"
     )
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--no_progress", action="store_true", help="no progress bars")
     group.add_argument(
         "--part",
         default=None,
@@ -138,10 +138,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
         help="make nothing: write index.json and report.json once every part is done (else name the missing chunks)",
     )
     clip = parser.add_argument_group("clip length filter (videos too short for one clip are skipped)")
-    clip.add_argument("--num-frames", type=int, default=14, help="frames per training clip")
-    clip.add_argument("--target-fps", type=float, default=7.0, help="clip frame rate")
+    clip.add_argument("--num_frames", type=int, default=14, help="frames per training clip")
+    clip.add_argument("--target_fps", type=float, default=7.0, help="clip frame rate")
     clip.add_argument(
-        "--frame-stride", type=int, default=None, help="fixed source stride instead of --target-fps"
+        "--frame_stride", type=int, default=None, help="fixed source stride instead of --target_fps"
     )
 
 

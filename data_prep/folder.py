@@ -10,22 +10,22 @@
 ``video.*`` is the RGB video (a folder ``video/`` of frame images also works, with ``--fps``). The
 driver masks are ``mask_<control>.*`` (``--control hand`` by default; several names are merged);
 every other ``mask_<name>.*`` becomes a per-object mask. Masks are binarised (threshold on the
-brightest channel, specks smaller than ``--min-blob`` pixels removed) and resized (nearest) when they
+brightest channel, specks smaller than ``--min_blob`` pixels removed) and resized (nearest) when they
 have the video's aspect ratio but another size.
 
 Masks and video start together at frame 0 but need not have the same length (in the authors' released
 examples the hand mask and the video have 28 frames, the object masks 37 to 68): a mask longer than the
 video is cut at the video's end; a driver mask shorter than the video cuts the clip to its length; an
-object mask shorter than the clip is padded with empty frames (``--short-objects drop`` leaves it out).
+object mask shorter than the clip is padded with empty frames (``--short_objects drop`` leaves it out).
 Each case is counted in ``report.json`` (``mask_lengths``) and recorded in the sample's json. Only a clip
-that cannot give one clip of ``--num-frames`` frames is skipped. A split in which no clip became a sample
+that cannot give one clip of ``--num_frames`` frames is skipped. A split in which no clip became a sample
 is an error (exit code 2, with the reasons).
 
 Videos in mp4 or webm are stored as they are; anything else (or a frame folder) is re-encoded to
 H.264 (odd sizes are padded by one pixel row/column of edge colour, and the masks with it).
 
     python -m data_prep.folder --input my_clips/ --out data/shards/mine
-    python -m data_prep.folder --input my_clips/ --out data/shards/mine --val-fraction 0.1 --test-fraction 0.1
+    python -m data_prep.folder --input my_clips/ --out data/shards/mine --val_fraction 0.1 --test_fraction 0.1
 """
 
 from __future__ import annotations
@@ -281,18 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--split", default="train", help="split of the clips not drawn for validation/test")
     parser.add_argument(
-        "--val-fraction", type=float, default=0.0, help="share of clips for validation (by id hash)"
+        "--val_fraction", type=float, default=0.0, help="share of clips for validation (by id hash)"
     )
     parser.add_argument(
-        "--test-fraction", type=float, default=0.0, help="share of clips for test (by id hash)"
+        "--test_fraction", type=float, default=0.0, help="share of clips for test (by id hash)"
     )
     parser.add_argument(
         "--fps", type=float, default=None, help="override the frame rate (required for frame folders)"
     )
     parser.add_argument("--threshold", type=int, default=128, help="mask threshold on a 0-255 scale")
-    parser.add_argument("--min-blob", type=int, default=4, help="drop mask specks smaller than this (pixels)")
+    parser.add_argument("--min_blob", type=int, default=4, help="drop mask specks smaller than this (pixels)")
     parser.add_argument(
-        "--short-objects",
+        "--short_objects",
         choices=("pad", "drop"),
         default="pad",
         help="an object mask shorter than the clip: pad it with empty frames or leave the object out",

@@ -244,31 +244,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", nargs="+", help="shard globs / brace patterns (instead of the config's)")
     parser.add_argument("--out", type=Path, help="write the cached shards here (default: in place)")
     parser.add_argument("--svd", help="SVD folder, hub id or preset (default: the config's model.svd)")
-    parser.add_argument("--num-frames", dest="num_frames", type=int)
+    parser.add_argument("--num_frames", dest="num_frames", type=int)
     parser.add_argument("--fps", type=float)
-    parser.add_argument("--frame-stride", dest="frame_stride", type=int)
-    parser.add_argument("--frame-sampling", dest="frame_sampling", choices=("uniform", "timestamp"))
+    parser.add_argument("--frame_stride", dest="frame_stride", type=int)
+    parser.add_argument("--frame_sampling", dest="frame_sampling", choices=("uniform", "timestamp"))
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--crop", choices=("center", "mask_aware"))
     parser.add_argument(
         "--window", choices=("center", "start"), default="center", help="which clip of each video"
     )
-    parser.add_argument("--noise-aug-strength", dest="noise_aug_strength", type=float)
+    parser.add_argument("--noise_aug_strength", dest="noise_aug_strength", type=float)
     parser.add_argument("--seed", type=int, default=0, help="seeds the image-latent noise per sample key")
     parser.add_argument(
         "--device", help="default: cuda:LOCAL_RANK under torchrun/srun, else cuda if available, else cpu"
     )
     parser.add_argument(
-        "--encoder-dtype",
+        "--encoder_dtype",
         choices=sorted(DTYPES),
         help="VAE/CLIP dtype (default: bfloat16 on CUDA, float32 on CPU)",
     )
-    parser.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per encoder call")
-    parser.add_argument("--vae-chunk-size", type=int, default=16, help="frames per VAE call")
+    parser.add_argument("--store_dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--batch_size", type=int, default=8, help="clips per encoder call")
+    parser.add_argument("--vae_chunk_size", type=int, default=16, help="frames per VAE call")
     parser.add_argument("--overwrite", action="store_true", help="rebuild caches made with other settings")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no_progress", action="store_true")
     parser.add_argument(
         "--part",
         metavar="I/N",

@@ -14,12 +14,12 @@ of every frame (``control``) and one filled-box mask per object (``objects``, fo
 the metadata (label, template, placeholders, per-frame hand and object boxes, ``mask_source``).
 
 Hand masks: ``--masks sam2`` prompts the SAM2 video predictor with the hand boxes (one SAM2 object per
-hand track, boxes on every ``--sam2-prompt-every``-th annotated frame) and propagates between them;
+hand track, boxes on every ``--sam2_prompt_every``-th annotated frame) and propagates between them;
 all hands are merged into one mask per frame. ``--masks boxes`` fills the hand boxes instead (no SAM2
 needed); frames without an annotation between two annotated ones get linearly interpolated boxes.
 
     python -m data_prep.ssv2 --root $SSV2_ROOT --boxes $SOMETHING_ELSE --out data/shards/ssv2 \
-        --masks sam2 --sam2-checkpoint sam2.1_hiera_large.pt
+        --masks sam2 --sam2_checkpoint sam2.1_hiera_large.pt
 """
 
 from __future__ import annotations
@@ -436,16 +436,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--masks", choices=["sam2", "boxes"], default="sam2", help="SAM2 masks or filled boxes"
     )
     masks.add_argument(
-        "--sam2-checkpoint", type=Path, default=None, help="SAM2 checkpoint (.pt); required with --masks sam2"
+        "--sam2_checkpoint", type=Path, default=None, help="SAM2 checkpoint (.pt); required with --masks sam2"
     )
     masks.add_argument(
-        "--sam2-config", default=DEFAULT_SAM2_CONFIG, help="SAM2 model config (matching the checkpoint)"
+        "--sam2_config", default=DEFAULT_SAM2_CONFIG, help="SAM2 model config (matching the checkpoint)"
     )
     masks.add_argument(
-        "--sam2-prompt-every", type=int, default=1, help="prompt every k-th annotated frame of a hand"
+        "--sam2_prompt_every", type=int, default=1, help="prompt every k-th annotated frame of a hand"
     )
     masks.add_argument(
-        "--sam2-override",
+        "--sam2_override",
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -457,13 +457,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SAM2 device (default: cuda:LOCAL_RANK under torchrun/srun, else cuda if available, else cpu)",
     )
     masks.add_argument(
-        "--max-gap", type=int, default=12, help="longest run of unannotated frames to interpolate boxes over"
+        "--max_gap", type=int, default=12, help="longest run of unannotated frames to interpolate boxes over"
     )
     add_common_arguments(parser, "data/shards/ssv2")
     args = parser.parse_args(argv)
     if args.masks == "sam2":
         if args.sam2_checkpoint is None:
-            parser.error("--masks sam2 needs --sam2-checkpoint PATH (a SAM2 .pt file); or use --masks boxes")
+            parser.error("--masks sam2 needs --sam2_checkpoint PATH (a SAM2 .pt file); or use --masks boxes")
         if not args.sam2_checkpoint.is_file():
             parser.error(
                 f"SAM2 checkpoint {args.sam2_checkpoint} does not exist (download it from the SAM2 release)"

@@ -210,7 +210,7 @@ def test_authors_example_folders_through_preparer_and_evaluate(tmp_path):
     write_example(tmp_path / "examples" / "11")
     write_example(tmp_path / "examples" / "12", video_frames=34, hand_frames=28, objects={"cup": 20})
     argv = ["--input", str(tmp_path / "examples"), "--out", str(tmp_path / "shards"), "--split", "test"]
-    assert folder.main(argv + ["--workers", "1", "--no-progress"]) == 0
+    assert folder.main(argv + ["--workers", "1", "--no_progress"]) == 0
     shards = str(tmp_path / "shards" / "test" / "*.tar")
     keys = ground_truth_predictions(tmp_path / "preds", shards)
     assert sorted(keys) == ["folder-11", "folder-12"]

@@ -34,7 +34,7 @@ def test_an_item_past_its_timeout_is_killed_and_reported(tmp_path):
     docs = tmp_path / "benchmarks.md"
     shutil.copyfile(REPO_ROOT / "docs" / "benchmarks.md", docs)
     before = docs.read_text()
-    code = gpu_check.main(["--dry-run", "--only", "train:24gb", "--timeout", "2", "--docs", str(docs)])
+    code = gpu_check.main(["--dry_run", "--only", "train:24gb", "--timeout", "2", "--docs", str(docs)])
     assert code == 1
     page = docs.read_text()
     assert table_rows(section(page, "train-cuda")) == [["24gb", "timed out after 2 s", "", "", "", "", "22.0", ""]]
@@ -45,7 +45,7 @@ def test_an_item_past_its_timeout_is_killed_and_reported(tmp_path):
 
 
 def test_unknown_item_is_an_error(tmp_path, capsys):
-    assert gpu_check.main(["--dry-run", "--only", "train:nope", "--docs", str(tmp_path / "b.md")]) == 2
+    assert gpu_check.main(["--dry_run", "--only", "train:nope", "--docs", str(tmp_path / "b.md")]) == 2
     assert "unknown items" in capsys.readouterr().err
 
 
@@ -54,7 +54,7 @@ def test_dry_run_fills_every_row(tmp_path):
     """Every item on CPU with the tiny model: the four training recipes with their batch search, the
     sample with and without compile (aot_eager), the one-device fit + test, and a 2-process gloo DDP fit."""
     docs = tmp_path / "benchmarks.md"
-    assert gpu_check.main(["--dry-run", "--docs", str(docs)]) == 0
+    assert gpu_check.main(["--dry_run", "--docs", str(docs)]) == 0
     page = docs.read_text()
     train = table_rows(section(page, "train-cuda"))
     assert [r[0].split()[0] for r in train] == gpu_check.TRAIN_ORDER  # 24gb may note Adam for 8-bit AdamW

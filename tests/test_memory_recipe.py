@@ -215,7 +215,7 @@ def cached_shards(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
     code = latents_main(
         [
             "--shards", str(synthetic_shards / "train" / "*.tar"), "--out", str(out), "--svd", str(tiny_svd_folder),
-            "--num-frames", "4", "--height", "64", "--width", "64", "--device", "cpu", "--no-progress",
+            "--num_frames", "4", "--height", "64", "--width", "64", "--device", "cpu", "--no_progress",
         ]
     )  # fmt: skip
     assert code == 0

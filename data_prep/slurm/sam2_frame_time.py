@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "--override", action="append", default=[], help="hydra override, e.g. ++model.image_size=512"
     )
     parser.add_argument("--videos", type=int, default=169_000, help="videos to estimate for")
-    parser.add_argument("--frames-per-video", type=float, default=45.0, help="mean frames per video")
+    parser.add_argument("--frames_per_video", type=float, default=45.0, help="mean frames per video")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 64], help="parts to estimate for")
     args = parser.parse_args(argv)
 

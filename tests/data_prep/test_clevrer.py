@@ -127,7 +127,7 @@ def test_clevrer_end_to_end(clevrer_root, tmp_path):
     out = tmp_path / "shards"
     assert (
         clevrer.main(
-            ["--root", str(root), "--out", str(out), "--workers", "2", "--shard-size", "2", "--no-progress"]
+            ["--root", str(root), "--out", str(out), "--workers", "2", "--shard_size", "2", "--no_progress"]
         )
         == 0
     )

@@ -73,9 +73,9 @@ def test_folder_end_to_end(clips, tmp_path):
                 "12",
                 "--workers",
                 "2",
-                "--shard-size",
+                "--shard_size",
                 "4",
-                "--no-progress",
+                "--no_progress",
             ]
         )
         == 0
@@ -138,7 +138,7 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
 
 
 def prepare(root: Path, out: Path, *extra: str) -> int:
-    argv = ["--input", str(root), "--out", str(out), "--workers", "1", "--no-progress", *extra]
+    argv = ["--input", str(root), "--out", str(out), "--workers", "1", "--no_progress", *extra]
     return folder.main(argv)
 
 
@@ -171,7 +171,7 @@ def test_authors_example_folders_with_masks_of_other_lengths(tmp_path, capsys):
     assert meta["num_frames"] == 28 and meta["mask_lengths"]["clip_cut_to_driver"] == ["hand"]
     assert second["objects"][1, :20].any(axis=(1, 2)).all() and not second["objects"][1, 20:].any()
 
-    assert prepare(root, tmp_path / "dropped", "--short-objects", "drop") == 0
+    assert prepare(root, tmp_path / "dropped", "--short_objects", "drop") == 0
     dropped = read_shards(tmp_path / "dropped" / "train")
     assert list(load_masks(dropped["folder-102"]["masks.npz"])["object_names"]) == ["box"]
 

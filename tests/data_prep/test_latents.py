@@ -33,7 +33,7 @@ def run_latents(shards: Path, out: Path, svd: Path, *extra: str) -> int:
     return latents_main(
         [
             "--shards", str(shards / "*.tar"), "--out", str(out), "--svd", str(svd),
-            "--height", str(SIZE), "--width", str(SIZE), "--device", "cpu", "--no-progress", *extra,
+            "--height", str(SIZE), "--width", str(SIZE), "--device", "cpu", "--no_progress", *extra,
         ]
     )  # fmt: skip
 
@@ -56,9 +56,9 @@ def cached(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
         synthetic_shards / "train",
         out,
         tiny_svd_folder,
-        "--noise-aug-strength",
+        "--noise_aug_strength",
         "0",
-        "--store-dtype",
+        "--store_dtype",
         "float32",
     )
     assert code == 0
@@ -126,7 +126,7 @@ def test_cached_and_encoded_conditioning_give_the_same_loss(cached, tiny_svd_fol
 def test_float16_cache_is_close(tmp_path, synthetic_shards, tiny_svd_folder):
     """float16 storage (the default, half the disk) keeps the loss within 1e-3 relative."""
     assert (
-        run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--noise-aug-strength", "0") == 0
+        run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--noise_aug_strength", "0") == 0
     )
     model = module(tiny_svd_folder)
     frames, cache_batch = both_batches(next(tmp_path.glob("*.tar")))
@@ -143,7 +143,7 @@ def test_float16_cache_is_close(tmp_path, synthetic_shards, tiny_svd_folder):
 
 
 def test_image_latent_uses_a_fixed_noise_draw_per_sample(tmp_path, synthetic_shards, tiny_svd_folder):
-    assert run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--store-dtype", "float32") == 0
+    assert run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--store_dtype", "float32") == 0
     model = module(tiny_svd_folder, noise_aug_strength=0.02)
     frames, cache_batch = both_batches(next(tmp_path.glob("*.tar")))
     for i, key in enumerate(cache_batch["key"]):
@@ -161,12 +161,12 @@ def test_rerun_skips_done_shards_and_refuses_other_settings(
     tmp_path, cached, synthetic_shards, tiny_svd_folder, capsys
 ):
     stamp = {p.name: p.stat().st_mtime_ns for p in cached.glob("*.tar")}
-    args = ("--noise-aug-strength", "0", "--store-dtype", "float32")
+    args = ("--noise_aug_strength", "0", "--store_dtype", "float32")
     assert run_latents(synthetic_shards / "train", cached, tiny_svd_folder, *args) == 0
     assert "cached 0 samples" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in cached.glob("*.tar")} == stamp
     assert (
-        run_latents(synthetic_shards / "train", cached, tiny_svd_folder, "--noise-aug-strength", "0.1") == 2
+        run_latents(synthetic_shards / "train", cached, tiny_svd_folder, "--noise_aug_strength", "0.1") == 2
     )
     assert "--overwrite" in capsys.readouterr().err
     assert run_latents(synthetic_shards / "bad", tmp_path, tiny_svd_folder) == 2
@@ -236,7 +236,7 @@ def test_parts_cache_the_bytes_of_one_process(
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
     out = tmp_path / "parts"
-    args = ("--noise-aug-strength", "0", "--store-dtype", "float32")
+    args = ("--noise_aug_strength", "0", "--store_dtype", "float32")
     assert run_latents(synthetic_shards / "train", out, tiny_svd_folder, *args, "--part", "1/2") == 0
     assert "videos/s" in capsys.readouterr().out and not (out / "latents.json").exists()
     assert run_latents(synthetic_shards / "train", out, tiny_svd_folder, *args, "--finalize") == 2

@@ -158,8 +158,8 @@ def make_clips(root: Path, n: int) -> None:
 
 def folder_args(inp: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--input", str(inp), "--name", "toy", "--out", str(out), "--shard-size", "3", "--workers", "1",
-        "--num-frames", "4", "--frame-stride", "1", "--no-progress", *extra,
+        "--input", str(inp), "--name", "toy", "--out", str(out), "--shard_size", "3", "--workers", "1",
+        "--num_frames", "4", "--frame_stride", "1", "--no_progress", *extra,
     ]  # fmt: skip
 
 

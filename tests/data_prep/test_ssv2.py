@@ -99,7 +99,7 @@ def ssv2_root(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run(args: list[str]) -> int:
-    return ssv2.main([*args, "--no-progress"])
+    return ssv2.main([*args, "--no_progress"])
 
 
 def test_boxes_mode_end_to_end(ssv2_root, tmp_path):
@@ -118,7 +118,7 @@ def test_boxes_mode_end_to_end(ssv2_root, tmp_path):
                 "boxes",
                 "--workers",
                 "2",
-                "--shard-size",
+                "--shard_size",
                 "3",
             ]
         )
@@ -198,7 +198,7 @@ def test_rerun_resumes_and_rewrites_nothing(ssv2_root, tmp_path):
         "boxes",
         "--workers",
         "1",
-        "--shard-size",
+        "--shard_size",
         "2",
         "--splits",
         "train",
@@ -216,7 +216,7 @@ def test_rerun_resumes_and_rewrites_nothing(ssv2_root, tmp_path):
             assert p.stat().st_mtime_ns == stamps[p], f"{p.name} was rewritten"
     assert json.loads((out / "train" / "index.json").read_text())["num_samples"] == 2
     # other settings on the same folder are refused
-    assert run([*args[:-4], "--shard-size", "3", "--splits", "train"]) == 2
+    assert run([*args[:-4], "--shard_size", "3", "--splits", "train"]) == 2
 
 
 def test_id_lists_choose_splits_and_leave_train(ssv2_root, tmp_path):
@@ -253,10 +253,10 @@ def test_clear_errors(ssv2_root, tmp_path, capsys):
     root, boxes = ssv2_root
     with pytest.raises(SystemExit) as exit_info:
         ssv2.main(["--root", str(root), "--boxes", str(boxes), "--masks", "sam2"])
-    assert exit_info.value.code == 2 and "--sam2-checkpoint" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--sam2_checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ssv2.main(
-            ["--root", str(root), "--boxes", str(boxes), "--sam2-checkpoint", str(tmp_path / "nope.pt")]
+            ["--root", str(root), "--boxes", str(boxes), "--sam2_checkpoint", str(tmp_path / "nope.pt")]
         )
     assert "does not exist" in capsys.readouterr().err
     assert (
@@ -308,13 +308,13 @@ def test_sam2_path_with_a_random_tiny_model(ssv2_root, tmp_path):
         "1",
         "--masks",
         "sam2",
-        "--sam2-checkpoint",
+        "--sam2_checkpoint",
         str(checkpoint),
-        "--sam2-config",
+        "--sam2_config",
         config,
-        "--sam2-override",
+        "--sam2_override",
         overrides[0],
-        "--sam2-prompt-every",
+        "--sam2_prompt_every",
         "8",
         "--device",
         "cpu",
@@ -384,7 +384,7 @@ def test_parts_from_launcher_variables_give_the_bytes_of_one_process(ssv2_root, 
         "boxes",
         "--workers",
         "1",
-        "--shard-size",
+        "--shard_size",
         "2",
     ]
     assert run([*args, "--out", str(tmp_path / "one")]) == 0

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from interdyn.app.engine import NUM_FRAMES, Driver, Engine, check_image, first_frame_of, painted_mask
 from interdyn.app.scenes import builtin_scenes
 from interdyn.errors import InterDynError
-from interdyn.models.pipeline import SCHEDULERS
+from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS
 
 log = logging.getLogger(__name__)
 HISTORY = 6  # runs kept side by side
@@ -297,9 +297,9 @@ def build_ui(engine: Engine) -> gr.Blocks:
         with gr.Row():
             samples = gr.Slider(1, 4, value=3, step=1, label="samples", elem_id="samples")
             steps = gr.Slider(1, 100, value=model.steps, step=1, label="sampler steps", elem_id="steps")
-            scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="sampler")
-            min_guidance = gr.Number(1.0, label="guidance, first frame")
-            max_guidance = gr.Number(3.0, label="guidance, last frame")
+            scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SAMPLING.scheduler, label="sampler")
+            min_guidance = gr.Number(DEFAULT_SAMPLING.min_guidance_scale, label="guidance, first frame")
+            max_guidance = gr.Number(DEFAULT_SAMPLING.max_guidance_scale, label="guidance, last frame")
             seed = gr.Number(42, label="seed", precision=0)
         go = gr.Button("generate", variant="primary", elem_id="generate")
         with gr.Row():

@@ -18,6 +18,9 @@ hand track, boxes on every ``--sam2_prompt_every``-th annotated frame) and propa
 all hands are merged into one mask per frame. ``--masks boxes`` fills the hand boxes instead (no SAM2
 needed); frames without an annotation between two annotated ones get linearly interpolated boxes.
 
+The annotations are read by :mod:`data_prep.ssv2_annotations`, the SAM2 masks made by
+:mod:`data_prep.sam2_masks`; this module turns one video into a sample and holds the command line.
+
     python -m data_prep.ssv2 --root $SSV2_ROOT --boxes $SOMETHING_ELSE --out data/shards/ssv2 \
         --masks sam2 --sam2_checkpoint sam2.1_hiera_large.pt
 """
@@ -25,18 +28,15 @@ needed); frames without an annotation between two annotated ones get linearly in
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
-import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, count
+from data_prep.build import Item
 from data_prep.common import (
     add_common_arguments,
     check_length,
@@ -47,250 +47,22 @@ from data_prep.common import (
     run_split,
 )
 from data_prep.parts import PartSpecError, part_device, resolve_part
+from data_prep.sam2_masks import DEFAULT_SAM2_CONFIG, Sam2Settings, sam2_masks, sam2_predictor
+from data_prep.ssv2_annotations import (
+    BOX_FILES,
+    LABEL_FILES,
+    SSV2InputError,
+    VideoBoxes,
+    interpolate_track,
+    load_boxes,
+    load_labels,
+    read_id_list,
+    track_hands,
+)
 from interdyn.data.shard_format import SkipSample, encode_masks
 
-LABEL_FILES = {
-    "train": "something-something-v2-train.json",
-    "validation": "something-something-v2-validation.json",
-    "test": "something-something-v2-test.json",
-}
 VIDEO_DIRS = ("20bn-something-something-v2", "videos", "")
 LABEL_DIRS = ("labels", "annotations", "")
-BOX_FILES = "bounding_box_smthsmth_part*.json"
-DEFAULT_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
-_FRAME_RE = re.compile(r"(\d+)\.\w+$")
-
-Box = tuple[float, float, float, float]
-
-
-class SSV2InputError(RuntimeError):
-    """A required SSV2 input (folder, label file, box annotations, SAM2 checkpoint) is missing or unusable."""
-
-
-# --------------------------------------------------------------------------- annotations
-@dataclass
-class VideoBoxes:
-    """The Something-Else boxes of one video, compact: rows ``(frame, x1, y1, x2, y2)`` (float32)."""
-
-    hands: np.ndarray
-    objects: list[tuple[str, np.ndarray]]  # (name, rows) per object
-
-    def hands_per_frame(self) -> dict[int, list[Box]]:
-        out: dict[int, list[Box]] = {}
-        for row in self.hands:
-            out.setdefault(int(row[0]), []).append(tuple(float(v) for v in row[1:]))
-        return out
-
-    @staticmethod
-    def track(rows: np.ndarray) -> dict[int, Box]:
-        return {int(r[0]): tuple(float(v) for v in r[1:]) for r in rows}
-
-
-def parse_frames(entries: list[dict[str, Any]]) -> VideoBoxes:
-    """Something-Else entries of one video -> its hand boxes and per-object boxes.
-
-    Frame indices are 0-based (``0001.jpg`` is frame 0). Objects are told apart by
-    ``standard_category`` (the placeholder index: two cups in "putting cup next to cup" are two
-    objects) and named by their category text; a repeated object in one frame keeps its first box.
-    """
-    hands: list[tuple[float, ...]] = []
-    objects: dict[str, dict[int, Box]] = {}
-    texts: dict[str, str] = {}
-    for entry in entries:
-        match = _FRAME_RE.search(str(entry.get("name", "")))
-        if not match:
-            continue
-        frame = int(match.group(1)) - 1
-        for label in entry.get("labels") or []:
-            b = label.get("box2d") or {}
-            try:
-                box = (float(b["x1"]), float(b["y1"]), float(b["x2"]), float(b["y2"]))
-            except (KeyError, TypeError, ValueError):
-                continue
-            category = str(label.get("category") or "")
-            standard = str(label.get("standard_category") or "")
-            if category == "hand" or standard == "hand":
-                hands.append((frame, *box))
-            else:
-                key = standard or category or "object"
-                texts.setdefault(key, category or key)
-                objects.setdefault(key, {}).setdefault(frame, box)
-    names = [texts[k] for k in sorted(objects)]
-    out = []
-    for key in sorted(objects):
-        name = texts[key] if names.count(texts[key]) == 1 else f"{texts[key]} ({key})"
-        rows = np.array([(f, *b) for f, b in sorted(objects[key].items())], dtype=np.float32).reshape(-1, 5)
-        out.append((name, rows))
-    return VideoBoxes(np.array(hands, dtype=np.float32).reshape(-1, 5), out)
-
-
-def _iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def track_hands(hands: dict[int, list[Box]], min_iou: float = 0.1) -> list[dict[int, Box]]:
-    """Link per-frame hand boxes into tracks (greedy, highest IoU with the track's last box first)."""
-    tracks: list[dict[int, Box]] = []
-    for frame in sorted(hands):
-        last = {i: t[max(t)] for i, t in enumerate(tracks)}
-        pairs = sorted(
-            ((_iou(box, last[i]), i, j) for j, box in enumerate(hands[frame]) for i in last), reverse=True
-        )
-        used_tracks: set[int] = set()
-        used_boxes: set[int] = set()
-        for score, i, j in pairs:
-            if score < min_iou or i in used_tracks or j in used_boxes:
-                continue
-            tracks[i][frame] = hands[frame][j]
-            used_tracks.add(i)
-            used_boxes.add(j)
-        for j, box in enumerate(hands[frame]):
-            if j not in used_boxes:
-                tracks.append({frame: box})
-    return tracks
-
-
-def interpolate_track(track: dict[int, Box], max_gap: int) -> dict[int, Box]:
-    """Fill frames between two annotated frames of a track (at most ``max_gap`` apart) linearly."""
-    frames = sorted(track)
-    out = dict(track)
-    for a, b in zip(frames, frames[1:], strict=False):
-        if 1 < b - a <= max_gap:
-            for f in range(a + 1, b):
-                w = (f - a) / (b - a)
-                out[f] = tuple((1 - w) * p + w * q for p, q in zip(track[a], track[b], strict=True))
-    return out
-
-
-def load_labels(labels_dir: Path, split_files: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Video id -> (the label file's split, its entry), over every label file present."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for split, name in split_files.items():
-        path = labels_dir / name
-        if not path.is_file():
-            continue
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise SSV2InputError(f"cannot read the label file {path}: {err}") from None
-        for entry in entries:
-            found.setdefault(str(entry["id"]), (split, entry))
-    return found
-
-
-def load_boxes(box_files: Iterable[Path], wanted: set[str]) -> dict[str, VideoBoxes]:
-    """Something-Else boxes of the ``wanted`` video ids from the part files, read one file at a time and
-    kept compact (a few KB per video instead of the JSON's nested dicts)."""
-    boxes: dict[str, VideoBoxes] = {}
-    for path in box_files:
-        try:
-            part = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise SSV2InputError(f"cannot read the box annotations {path}: {err}") from None
-        if not isinstance(part, dict):
-            raise SSV2InputError(
-                f"{path} is not a Something-Else box file (a JSON object: video id -> frames)"
-            )
-        for vid, entries in part.items():
-            if str(vid) in wanted and isinstance(entries, list):
-                boxes[str(vid)] = parse_frames(entries)
-        del part
-    return boxes
-
-
-def read_id_list(path: Path) -> list[str]:
-    """Ids from a text file (one per line, ``#`` comments) or a JSON list of ids or of ``{id: ...}``."""
-    if not path.is_file():
-        raise SSV2InputError(f"id list {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-            return [str(d["id"] if isinstance(d, dict) else d) for d in data]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SSV2InputError(
-                f"id list {path}: expected a JSON list of ids or of {{id: ...}} ({err})"
-            ) from None
-    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
-
-
-# --------------------------------------------------------------------------- SAM2
-@dataclass
-class Sam2Settings:
-    """How to build the SAM2 video predictor. ``checkpoint=None`` means random weights (tests only)."""
-
-    checkpoint: str | None
-    config: str = DEFAULT_SAM2_CONFIG
-    device: str | None = None
-    prompt_every: int = 1
-    hydra_overrides: list[str] = field(default_factory=list)
-
-
-_PREDICTORS: dict[tuple, Any] = {}
-
-
-def _predictor(settings: Sam2Settings) -> Any:
-    key = (settings.checkpoint, settings.config, settings.device, tuple(settings.hydra_overrides))
-    if key not in _PREDICTORS:
-        try:
-            import torch
-            from sam2.build_sam import build_sam2_video_predictor
-        except ImportError:
-            raise SSV2InputError(
-                "--masks sam2 needs the sam2 package: pip install -e '.[sam2]' (or use --masks boxes)"
-            ) from None
-        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        _PREDICTORS[key] = build_sam2_video_predictor(
-            settings.config,
-            settings.checkpoint,
-            device=device,
-            hydra_overrides_extra=list(settings.hydra_overrides),
-        )
-    return _PREDICTORS[key]
-
-
-def sam2_masks(frames: np.ndarray, tracks: list[dict[int, Box]], settings: Sam2Settings) -> np.ndarray:
-    """Hand masks ``(T, H, W)``: SAM2 prompted with each track's boxes, propagated, hands merged."""
-    import torch
-    from PIL import Image
-
-    predictor = _predictor(settings)
-    t, h, w, _ = frames.shape
-    masks = np.zeros((t, h, w), dtype=bool)
-    device = getattr(predictor, "device", torch.device("cpu"))
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if getattr(device, "type", "cpu") == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-    with tempfile.TemporaryDirectory(prefix="interdyn-sam2-") as tmp, torch.inference_mode(), autocast:
-        for i, frame in enumerate(frames):  # SAM2 reads a folder of numbered JPEGs
-            Image.fromarray(frame).save(Path(tmp) / f"{i:05d}.jpg", quality=95)
-        state = predictor.init_state(
-            video_path=tmp, offload_video_to_cpu=True, offload_state_to_cpu=device.type != "cuda"
-        )
-        prompted = False
-        for obj_id, track in enumerate(tracks):
-            frames_with_box = sorted(f for f in track if f < t)
-            chosen = frames_with_box[:: max(1, settings.prompt_every)]
-            if frames_with_box and frames_with_box[-1] not in chosen:
-                chosen.append(frames_with_box[-1])
-            for f in chosen:
-                predictor.add_new_points_or_box(
-                    state, frame_idx=f, obj_id=obj_id, box=np.asarray(track[f], dtype=np.float32)
-                )
-                prompted = True
-        if not prompted:
-            return masks
-        for frame_idx, _obj_ids, logits in predictor.propagate_in_video(state):
-            masks[frame_idx] = (logits > 0).any(dim=0).reshape(h, w).cpu().numpy()
-        predictor.reset_state(state)
-    count("sam2_frames", t)  # each part reports SAM2 frames per second
-    return masks
 
 
 # --------------------------------------------------------------------------- one video
@@ -530,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             if not args.finalize:
-                _predictor(sam2)  # load it now: a bad checkpoint must stop the run, not skip every video
+                sam2_predictor(sam2)  # load it now: a bad checkpoint must stop the run, not skip every video
         except SSV2InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from data_prep.ssv2 import DEFAULT_SAM2_CONFIG, Sam2Settings, _predictor, sam2_masks  # noqa: E402
+from data_prep.sam2_masks import DEFAULT_SAM2_CONFIG, Sam2Settings, sam2_masks, sam2_predictor  # noqa: E402
 
 
 def moving_box_video(frames: int, height: int, width: int) -> tuple[np.ndarray, list[dict]]:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint, args.config, args.device, prompt_every=1, hydra_overrides=args.override
     )
     started = time.perf_counter()
-    _predictor(settings)
+    sam2_predictor(settings)
     print(f"built {args.config} in {time.perf_counter() - started:.1f} s")
     warm, tracks = moving_box_video(2, args.height, args.width)
     sam2_masks(warm, tracks, settings)  # first call: allocations, lazy initialisation

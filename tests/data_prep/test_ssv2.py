@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from data_prep import ssv2
+from data_prep import ssv2, ssv2_annotations
 from interdyn.data import ShardDataModule
 
 from .conftest import H, W, iou, load_masks, moving_square_video, read_shards, square_box, write_video
@@ -274,11 +274,11 @@ def test_track_hands_links_boxes_by_overlap():
         1: [(52, 50, 62, 60), (1, 0, 11, 10)],
         2: [(2, 0, 12, 10)],
     }
-    tracks = ssv2.track_hands(hands)
+    tracks = ssv2_annotations.track_hands(hands)
     assert len(tracks) == 2
     assert tracks[0] == {0: (0, 0, 10, 10), 1: (1, 0, 11, 10), 2: (2, 0, 12, 10)}
     assert tracks[1] == {0: (50, 50, 60, 60), 1: (52, 50, 62, 60)}
-    filled = ssv2.interpolate_track({0: (0, 0, 10, 10), 4: (4, 0, 14, 10), 20: (0, 0, 1, 1)}, max_gap=12)
+    filled = ssv2_annotations.interpolate_track({0: (0, 0, 10, 10), 4: (4, 0, 14, 10), 20: (0, 0, 1, 1)}, max_gap=12)
     assert filled[2] == (2, 0, 12, 10) and 10 not in filled
 
 
@@ -353,9 +353,9 @@ def test_same_named_objects_stay_apart():
             "labels": [label((10, 10, 20, 20), "cup", "0000"), label((1, 0, 6, 5), "cup", "0001")],
         },
     ]
-    boxes = ssv2.parse_frames(entries)
+    boxes = ssv2_annotations.parse_frames(entries)
     assert [name for name, _ in boxes.objects] == ["cup (0000)", "cup (0001)"]
-    assert ssv2.VideoBoxes.track(boxes.objects[1][1]) == {0: (0, 0, 5, 5), 1: (1, 0, 6, 5)}
+    assert ssv2_annotations.VideoBoxes.track(boxes.objects[1][1]) == {0: (0, 0, 5, 5), 1: (1, 0, 6, 5)}
     assert boxes.hands_per_frame() == {0: [(1, 1, 3, 3)]}
 
 

@@ -58,12 +58,14 @@ class InterDynModule(L.LightningModule):
             weights; see :mod:`interdyn.models.svd`).
         controlnet: start the branch from saved weights (a ``save_pretrained`` folder or the released
             InterDyn checkpoint) instead of copying the UNet encoder.
-        conditioning_channels: channels of the control input (3: the mask repeated).
+        conditioning_channels: channels of the control input (3: the mask repeated); ``interdyn fit``
+            takes it from the DataModule's ``control_channels``.
         conditioning_embedding_out_channels: widths of the control encoder.
         frozen_dtype: storage dtype of the frozen UNet, VAE and CLIP (``float32``, ``bfloat16``, ``float16``).
         learning_rate, adam_betas, weight_decay: Adam on the branch parameters.
         image_drop_prob: probability of dropping the image conditioning of a sample (CFG training).
-        fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids ([6, 40, 0.02] in the paper).
+        fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids ([6, 40, 0.02] in the paper);
+            ``interdyn fit`` sets ``fps_id`` to the data's ``fps - 1``. Defaults: :class:`SamplingSettings`.
         p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)`` during training.
         conditioning_scale: multiplies the branch residuals.
         val_sigmas: fixed noise levels of the validation loss, cycled over the samples of each batch.

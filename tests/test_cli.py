@@ -174,16 +174,12 @@ def test_demo_config_on_fresh_shards(tmp_path, run):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize(
-    "names, width", [(["ssv2.yaml"], 384), (["ssv2.yaml", "ssv2_256.yaml"], 256), (["clevrer.yaml"], 384)]
-)
-def test_real_configs_validate_and_print(names, width, tmp_path, run):
-    configs = [arg for name in names for arg in ("--config", str(REPO_ROOT / "configs" / name))]
-    result = run("fit", *configs, "--print_config", cwd=tmp_path)
+def test_ssv2_config_validates_and_prints(tmp_path, run):
+    result = run("fit", "--config", str(REPO_ROOT / "configs" / "ssv2.yaml"), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)
     assert config["data"]["class_path"] == "interdyn.data.ShardDataModule"
-    assert (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"]) == (256, width)
+    assert (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"]) == (256, 384)
     assert config["trainer"]["devices"] == 2
 
 

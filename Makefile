@@ -34,7 +34,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench gpu-check weights
+.PHONY: install test test-all lint clean help app demo world-data world-base world-branch latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench gpu-check weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -42,7 +42,8 @@ help:
 	@echo "make test-all  also run tests marked slow"
 	@echo "make lint      ruff"
 	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
-	@echo "make demo      generate the built-in dataset, train the tiny model on CPU, test it"
+	@echo "make demo      train an InterDyn branch on the world's shipped SVD on CPU, test it against no control (docs/world.md)"
+	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (~2 h on 2 cores)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
@@ -104,23 +105,51 @@ app: $(STAMP)
 weights: $(STAMP)
 	$(VENV)/bin/interdyn weights fetch i3d
 
+# The built-in world (docs/world.md): its clips, its own small SVD, its InterDyn branch, and the demo.
+WORLD ?= data/shards/world
+WORLD_TRAIN ?= 4096
+DEMO_EVAL ?= runs/demo_eval
+world-data: $(STAMP)
+	@test -f $(WORLD)/test/index.json || $(PY) -m data_prep.synthetic --out $(WORLD) --size 64 64 --frames 14 \
+		--fps 7 --train $(WORLD_TRAIN) --val 64 --test-groups 16
+
+# Stage 1 (the temporal VAE) and stage 2 (the UNet, image-to-video): writes weights/world/svd.
+world-base: world-data
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn world fit --config configs/world/vae.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn world fit --config configs/world/base.yaml
+
+# The converged branch on weights/world/svd: writes weights/world/branch.
+world-branch: world-data
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml --config configs/world/branch.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/world_branch/checkpoints/last.ckpt \
+		--out weights/world/branch --dtype float16 --overwrite
+
+# Trains a branch for a few minutes on the shipped SVD, then tests it, the shipped converged branch and the
+# SVD without control on the same held-out clips and seeds: one table and pictures in $(DEMO_EVAL).
 demo: $(STAMP)
-	@test -f $(OUT)/synthetic/test/index.json || $(MAKE) --no-print-directory shards-synthetic
+	@$(MAKE) --no-print-directory world-data WORLD_TRAIN=1024
 	@$(PY) -c "from interdyn.metrics.weights import load_i3d; load_i3d()" 2>/dev/null || $(MAKE) --no-print-directory weights
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml \
-		--data.init_args.train_shards "$(OUT)/synthetic/train/*.tar" \
-		--data.init_args.val_shards "$(OUT)/synthetic/validation/*.tar" \
-		--data.init_args.test_shards "$(OUT)/synthetic/test/*.tar" \
 		$$(test -f runs/demo/checkpoints/last.ckpt && echo "--ckpt_path last")
-	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml \
-		--data.init_args.test_shards "$(OUT)/synthetic/test/*.tar" \
-		--ckpt_path runs/demo/checkpoints/last.ckpt
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/demo/checkpoints/last.ckpt \
+		--out $(DEMO_EVAL)/demo_branch_weights --overwrite
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.conditioning_scale 0 \
+		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name no_control \
+		--trainer.logger.init_args.version test
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.controlnet $(DEMO_EVAL)/demo_branch_weights \
+		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name demo_branch \
+		--trainer.logger.init_args.version test
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.controlnet weights/world/branch \
+		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name shipped_branch \
+		--trainer.logger.init_args.version test
+	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.report --out $(DEMO_EVAL) \
+		--run "SVD, no control=$(DEMO_EVAL)/no_control/test" \
+		--run "demo branch (make demo)=$(DEMO_EVAL)/demo_branch/test" \
+		--run "shipped branch=$(DEMO_EVAL)/shipped_branch/test" \
+		--branch "demo branch=$(DEMO_EVAL)/demo_branch_weights" --branch "shipped branch=weights/world/branch"
 	@echo ""
-	@echo "Demo finished."
-	@echo "  checkpoint:     runs/demo/checkpoints/last.ckpt"
-	@echo "  logs + metrics: runs/demo/version_*/ (tensorboard --logdir runs/)"
-	@echo "  sample videos:  $$(ls -d runs/demo/version_*/samples 2>/dev/null | tail -n 1) (GIFs; also under TensorBoard's Images tab)"
-	@echo "  test metrics:   $$(ls -d runs/demo/version_*/metrics.md 2>/dev/null | tail -n 1) (+ metrics.json, videos/)"
+	@echo "Demo finished: $(DEMO_EVAL)/table.md, contact_sheet.png/.mp4, counterfactual_grid.png/.mp4"
+	@echo "  per model: $(DEMO_EVAL)/<model>/test/ (metrics.md, counterfactual.md, videos/); tensorboard --logdir runs/"
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py

@@ -38,7 +38,7 @@ def make_shards(out: Path) -> None:
 def smoke_config(config_path: Path, shards: Path, runs: Path, device: str) -> dict:
     """The config's trainer and model recipe at the tiny model's scale (steps, clips and sampling cut)."""
     config = yaml.safe_load(config_path.read_text())
-    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "configs" / "tiny_shards.yaml").read_text())
     trainer = config["trainer"]
     trainer.update(
         accelerator="gpu" if device == "cuda" else "cpu",

@@ -8,7 +8,7 @@ import tarfile
 from tests.conftest import REPO_ROOT
 from tests.test_checkpoint_policy import run_cli
 
-DEMO = str(REPO_ROOT / "configs" / "demo.yaml")
+DEMO = str(REPO_ROOT / "configs" / "tiny_shards.yaml")
 
 
 def fit_demo(train: str, val: str, tmp_path, monkeypatch, capsys, workers: int = 0) -> tuple[int, str]:

@@ -47,7 +47,7 @@ def test_interdyn_test_writes_the_table_and_videos(tmp_path, synthetic_shards, r
     result = interdyn(
         "test",
         "--config",
-        str(REPO_ROOT / "configs/demo.yaml"),
+        str(REPO_ROOT / "configs/tiny_shards.yaml"),
         "--config",
         str(tmp_path / "override.yaml"),
         cwd=tmp_path,

@@ -25,7 +25,7 @@ EXPERIMENTS = {
 
 def make_cli(config: Path, tmp_path: Path, shards: Path, *extra: str) -> InterDynCLI:
     args = [
-        "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--config", str(config),
+        "--config", str(REPO_ROOT / "configs" / "tiny_shards.yaml"), "--config", str(config),
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.enable_progress_bar", "false",
         "--model.num_inference_steps", "1",

@@ -74,9 +74,21 @@ TINY_RANDOM = ModelChoice(
     "what InterDyn does. Trained weights for the built-in world are not published yet; start the app "
     "with `--svd` and `--controlnet` for real ones.",
 )
-# The model `interdyn app` runs when no weights are named. Switch to the built-in world's trained weights
-# (a ModelChoice with their svd/controlnet paths) when they exist.
-DEFAULT_MODEL = TINY_RANDOM
+# The built-in world's own trained SVD and converged branch, shipped in the repository (docs/world.md).
+WORLD_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "world"
+WORLD = ModelChoice(
+    label="the built-in world's trained SVD + InterDyn branch (CPU)",
+    svd=str(WORLD_WEIGHTS / "svd"),
+    controlnet=str(WORLD_WEIGHTS / "branch"),
+    height=64,
+    width=64,
+    steps=10,
+    notice="This runs the small SVD and branch trained on the built-in world (64x64 clips of discs pushed by "
+    "a hand or a sliding object; docs/world.md): draw a driver into one of the world's scenes. Start the app "
+    "with `--svd` and `--controlnet` for real SVD and InterDyn weights.",
+)
+# The model `interdyn app` runs when no weights are named: the world's, where the checkout has them.
+DEFAULT_MODEL = WORLD if (WORLD_WEIGHTS / "branch" / "config.json").is_file() else TINY_RANDOM
 
 
 def random_branch(folder: Path, svd: str = "random:tiny", seed: int = 0) -> Path:

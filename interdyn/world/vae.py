@@ -12,18 +12,33 @@ from interdyn.errors import ConfigError
 from interdyn.files import write_folder_atomic
 
 
+def foreground_weights(video: torch.Tensor, foreground_weight: float, threshold: float = 0.1) -> torch.Tensor:
+    """Per-pixel loss weights ``(B, T, 1, H, W)`` for clips ``(B, T, 3, H, W)`` in ``[-1, 1]``: 1 on the
+    background, ``1 + foreground_weight`` where a pixel's colour is more than ``threshold`` (summed over
+    channels) from its frame's per-channel median; normalised to mean 1 per frame."""
+    if foreground_weight <= 0:
+        return torch.ones_like(video[:, :, :1])
+    median = video.flatten(3).median(dim=3).values[..., None, None]
+    foreground = ((video - median).abs().sum(dim=2, keepdim=True) > threshold).float()
+    weight = 1.0 + foreground_weight * foreground
+    return weight / weight.mean(dim=(3, 4), keepdim=True)
+
+
 class VAEModule(L.LightningModule):
     """Trains an ``AutoencoderKLTemporalDecoder`` to reconstruct whole clips (the decoder's temporal layers
     see the clip's frames together, as they do when SVD decodes a video).
 
-    The loss is ``MSE + l1_weight * L1 + kl_weight * KL`` per pixel. When training ends the VAE is written
+    The loss is ``MSE + l1_weight * L1 + kl_weight * KL`` per pixel, where the reconstruction terms weigh
+    foreground pixels (those away from the frame's median colour: the objects, the driver)
+    ``1 + foreground_weight`` times a background pixel, so that small objects are learnt early rather than
+    after the background. When training ends the VAE is written
     to ``out`` as a diffusers folder, with ``scaling_factor`` set so that scaled latents of training clips
     have unit standard deviation (what SVD's EDM objective, with sigma_data = 1, expects).
 
     Args:
         vae: ``AutoencoderKLTemporalDecoder`` constructor arguments.
         learning_rate: AdamW's learning rate (cosine decay to 10 % over ``trainer.max_steps``).
-        kl_weight, l1_weight: loss weights.
+        kl_weight, l1_weight, foreground_weight: loss weights.
         train_frames: frames of a random window of each clip seen per training step (the decoder's temporal
             layers are local, so short windows of many clips teach them as well as whole clips, for less
             compute); ``None``: whole clips. Validation always decodes whole clips.
@@ -39,6 +54,7 @@ class VAEModule(L.LightningModule):
         learning_rate: float = 1e-3,
         kl_weight: float = 1e-6,
         l1_weight: float = 1.0,
+        foreground_weight: float = 0.0,
         train_frames: int | None = 4,
         init_logvar: float = -8.0,
         seed: int = 0,
@@ -67,8 +83,9 @@ class VAEModule(L.LightningModule):
 
     def _loss(self, video: torch.Tensor, sample: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         recon, z, posterior = self.reconstruct(video, sample)
-        mse = torch.mean((recon - video) ** 2)
-        l1 = torch.mean((recon - video).abs())
+        weight = foreground_weights(video, self.hparams.foreground_weight)
+        mse = torch.mean(weight * (recon - video) ** 2)
+        l1 = torch.mean(weight * (recon - video).abs())
         kl = posterior.kl().mean() / z[0].numel()
         loss = mse + self.hparams.l1_weight * l1 + self.hparams.kl_weight * kl
         return loss, {"mse": mse, "l1": l1, "kl": kl, "latent_std": posterior.mode().std()}

@@ -1,0 +1,192 @@
+"""The demo's report: one table over several ``interdyn test`` runs, and pictures of one counterfactual
+group sampled by each model (a contact sheet and a grid, as PNG and MP4).
+
+    python -m interdyn.world.report --svd weights/world/svd --test-shards 'data/shards/world/test/*.tar' \\
+        --run "no control=runs/demo_eval/no_control" --run "demo branch=runs/demo_eval/demo_branch" ... \\
+        --branch "demo branch=runs/demo_eval/demo_branch_weights" --out runs/demo_eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from interdyn.errors import InterDynError
+from interdyn.files import write_atomic
+
+# (column title, where in metrics.json / counterfactual.json, format)
+COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("SSIM", ("metrics", "ssim"), "{:.3f}"),
+    ("PSNR", ("metrics", "psnr"), "{:.2f}"),
+    ("FVD", ("metrics", "fvd"), "{:.1f}"),
+    ("KVD", ("metrics", "kvd"), "{:.3f}"),
+    ("motion fid.", ("metrics", "motion_fidelity"), "{:.3f}"),
+    ("physics err. (px)", ("metrics", "physics_position_error"), "{:.2f}"),
+    ("discs found", ("metrics", "physics_found"), "{:.2f}"),
+    ("counterf. acc.", ("counterfactual", "accuracy"), "{:.2f}"),
+    ("chance", ("counterfactual", "chance"), "{:.2f}"),
+]
+
+
+def _lookup(tables: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = tables
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return math.nan
+        value = value[part]
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """The metrics (``metrics.json``'s ``metrics``) and counterfactual overall row of one test run."""
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.exists():
+        raise InterDynError(f"{metrics_file} does not exist: run `interdyn test` for this model first")
+    tables: dict[str, Any] = {"metrics": json.loads(metrics_file.read_text())["metrics"]}
+    counterfactual = folder / "counterfactual.json"
+    if counterfactual.exists():
+        tables["counterfactual"] = json.loads(counterfactual.read_text()).get("overall", {})
+    return tables
+
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    """A markdown table with one row per run."""
+    head = "| model | " + " | ".join(title for title, _, _ in COLUMNS) + " |"
+    lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, tables in runs.items():
+        cells = []
+        for _, path, fmt in COLUMNS:
+            value = _lookup(tables, path)
+            cells.append(fmt.format(value) if math.isfinite(value) else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def first_group(test_shards: str, size: int, members: int) -> dict[str, Any]:
+    """The first counterfactual group of the test shards: ``pixel_values (M, T, 3, H, W)``, ``control``."""
+    from interdyn.data import ShardDataModule
+
+    data = ShardDataModule(
+        test_shards=test_shards, height=size, width=size, crop="center", eval_window="start",
+        batch_size=1, num_workers=0, persistent_workers=False, pin_memory=False,
+    )
+    data.setup("test")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for batch in data.test_dataloader():
+        if "pixel_values" not in batch:
+            continue
+        meta = batch["meta"][0] if isinstance(batch.get("meta"), list) else {}
+        group = groups.setdefault(str(meta.get("group")), [])
+        group.append(batch)
+        if len(group) == members:
+            return {
+                "pixel_values": torch.cat([b["pixel_values"] for b in group]),
+                "control": torch.cat([b["control"] for b in group]),
+                "keys": [b["key"][0] for b in group],
+            }
+    raise InterDynError(f"no counterfactual group of {members} clips in {test_shards}")
+
+
+def _uint8(video: torch.Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` in ``[0, 1]`` -> ``(T, H, W, 3)`` uint8."""
+    return (video.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def pictures(
+    svd: str, branches: dict[str, str], group: dict[str, Any], out: Path, steps: int, seed: int,
+    conditioning_channels: tuple[int, ...],
+) -> list[Path]:
+    """Sample ``group`` with the SVD alone (``conditioning_scale 0``) and with each branch; write the
+    contact sheet (one row per picture: control, each model's sample, ground truth; every frame) of the
+    group's first clip and the counterfactual grid (a row per member: control | samples | truth), each as
+    PNG and MP4."""
+    from interdyn.data.video import encode_video
+    from interdyn.module import InterDynModule
+    from interdyn.render import contact_sheet, labelled_row, png_bytes
+
+    pixels, control = group["pixel_values"], group["control"]
+    samples: dict[str, torch.Tensor] = {}
+    models = {"no control": None, **branches}
+    for name, branch in models.items():
+        module = InterDynModule(
+            svd=svd, controlnet=branch, conditioning_embedding_out_channels=conditioning_channels
+        ).eval()
+        scale = {"conditioning_scale": 0.0} if branch is None else {}
+        samples[name] = module.sample(pixels, control, seed=seed, num_inference_steps=steps, **scale)[:, 0]
+    truth = [(_uint8((v + 1) / 2)) for v in pixels]
+    masks = [_uint8((c + 1) / 2) for c in control]
+    written = []
+    rows = [masks[0]] + [_uint8(s[0]) for s in samples.values()] + [truth[0]]
+    labels = ["control"] + list(samples) + ["ground truth"]
+    written.append(write_atomic(out / "contact_sheet.png", png_bytes(contact_sheet(rows, labels))))
+    row_video = labelled_row(rows, labels)
+    written.append(write_atomic(out / "contact_sheet.mp4", encode_video(_even(row_video), fps=7.0)))
+    grid_rows = [
+        labelled_row(
+            [masks[m]] + [_uint8(s[m]) for s in samples.values()] + [truth[m]],
+            [f"control {m + 1}"] + list(samples) + [f"truth {m + 1}"],
+        )
+        for m in range(len(truth))
+    ]
+    grid = np.concatenate(grid_rows, axis=1)
+    middle = grid.shape[0] - 1
+    written.append(write_atomic(out / "counterfactual_grid.png", png_bytes(grid[middle])))
+    written.append(write_atomic(out / "counterfactual_grid.mp4", encode_video(_even(grid), fps=7.0)))
+    return written
+
+
+def _even(video: np.ndarray) -> np.ndarray:
+    """Crop to even height and width (libx264)."""
+    t, h, w, _ = video.shape
+    return np.ascontiguousarray(video[:, : h - h % 2, : w - w % 2])
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InterDynError(f"{what} must be NAME=PATH, got {value!r}")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", action="append", default=[], help="NAME=FOLDER of an interdyn test run")
+    parser.add_argument("--branch", action="append", default=[], help="NAME=FOLDER of a branch to picture")
+    parser.add_argument("--svd", default="weights/world/svd", help="the SVD img2vid folder")
+    parser.add_argument("--test-shards", default="data/shards/world/test/*.tar")
+    parser.add_argument("--size", type=int, default=64, help="frame size (square)")
+    parser.add_argument("--conditioning-channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--steps", type=int, default=10, help="sampling steps of the pictures")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        runs = {name: read_run(Path(folder)) for name, folder in _pairs(args.run, "--run").items()}
+        text = table(runs)
+        write_atomic(args.out / "table.md", text)
+        print(text)
+        branches = _pairs(args.branch, "--branch")
+        if branches:
+            group = first_group(args.test_shards, args.size, members=3)
+            for path in pictures(
+                args.svd, branches, group, args.out, args.steps, args.seed, tuple(args.conditioning_channels)
+            ):
+                print(f"wrote {path}")
+    except InterDynError as err:
+        print(f"interdyn: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from interdyn.cli import main
+from interdyn.config import read_config
 from interdyn.module import InterDynModule
 from tests.conftest import REPO_ROOT
 
@@ -127,11 +128,18 @@ def test_missing_weights_exit_with_one_paragraph(tmp_path, run):
     assert "does not exist" in result.stderr and "hf download" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["ssv2.yaml", "ssv2_256.yaml", "clevrer.yaml"])
+REAL_CONFIGS = {"ssv2": ["ssv2.yaml"], "ssv2_256": ["ssv2.yaml", "ssv2_256.yaml"], "clevrer": ["clevrer.yaml"]}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
 def test_real_configs_build_the_model(name, tiny_svd_folder):
-    """The real configs' model sections are valid; SVD comes from a tiny folder in the hub layout
-    (the real weights cannot be downloaded here)."""
-    config = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
+    """The real configs (read by the CLI's own parser, overlays included) are valid and their model
+    sections build; SVD comes from a tiny folder in the hub layout (the real weights cannot be
+    downloaded here)."""
+    config = read_config([REPO_ROOT / "configs" / f for f in REAL_CONFIGS[name]])
+    assert config["trainer"]["logger"]["init_args"]["name"] == name  # each model has its own run folder
+    size = (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"])
+    assert size == {"ssv2": (256, 384), "ssv2_256": (256, 256), "clevrer": (256, 384)}[name]
     assert config["model"]["svd"] == "stabilityai/stable-video-diffusion-img2vid"
     assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "ddp"
     assert config["data"]["init_args"]["num_frames"] == 14 and config["data"]["init_args"]["fps"] == 7.0
@@ -145,7 +153,7 @@ def test_real_configs_build_the_model(name, tiny_svd_folder):
 
 
 def test_demo_config_on_fresh_shards(tmp_path, run):
-    """`interdyn fit --config configs/demo.yaml` with fast_dev_run on shards generated right here."""
+    """`interdyn fit --config configs/tiny_shards.yaml` with fast_dev_run on shards generated right here."""
     from data_prep.synthetic import World, write_split
 
     world = World(height=64, width=64)
@@ -156,7 +164,7 @@ def test_demo_config_on_fresh_shards(tmp_path, run):
     result = run(
         "fit",
         "--config",
-        str(REPO_ROOT / "configs" / "demo.yaml"),
+        str(REPO_ROOT / "configs" / "tiny_shards.yaml"),
         "--trainer.fast_dev_run",
         "true",
         "--data.init_args.train_shards",
@@ -189,7 +197,7 @@ def test_model_settings_follow_the_data(tmp_path, run):
     from interdyn.cli import InterDynCLI
 
     demo, oracle = (
-        REPO_ROOT / "configs" / "demo.yaml",
+        REPO_ROOT / "configs" / "tiny_shards.yaml",
         REPO_ROOT / "configs" / "ablations" / "control_oracle.yaml",
     )
     args = ["--config", str(demo), "--config", str(oracle), "--data.init_args.fps", "12.5"]

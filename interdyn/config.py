@@ -1,0 +1,54 @@
+"""Reading the configs of ``interdyn fit`` as ``interdyn fit`` reads them, without building anything.
+
+Tools that need a run's settings (the latent cache, tests of the shipped configs) get them from
+:class:`~interdyn.cli.InterDynCLI`'s own parser: ``--config`` files overlay each other in order (a
+``class_path`` section is merged as LightningCLI merges it), values are type-checked and defaults are
+filled in. No model, DataModule or trainer is created and no seed is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import yaml
+from jsonargparse import ArgumentError
+
+from interdyn.cli import InterDynCLI
+from interdyn.errors import ConfigError
+from interdyn.module import InterDynModule
+
+
+class _ParseOnly(InterDynCLI):
+    """The CLI stopped after parsing: no seed, no instantiation."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def read_config(configs: Sequence[str | os.PathLike[str]], args: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings ``interdyn fit --config configs[0] --config configs[1] ... *args`` would run with, as the
+    plain dict of a config file that holds them all: ``model`` (the module's arguments), ``data`` (``class_path`` and ``init_args``),
+    ``trainer``, ``optimizer``... Raises :class:`ConfigError` with the parser's reason when the
+    configs do not parse (a missing file, an unknown key, a wrong type)."""
+    argv = [arg for path in configs for arg in ("--config", os.fspath(path))] + list(args)
+    try:
+        cli = _ParseOnly(
+            InterDynModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            run=False,
+            args=argv,
+            save_config_callback=None,
+            parser_kwargs={"exit_on_error": False},
+        )
+    except ArgumentError as err:
+        reason = " ".join(str(err).split())[:400] or type(err).__name__
+        raise ConfigError(f"cannot read the configs {[os.fspath(p) for p in configs]}: {reason}") from None
+    # the parser's own YAML dump: plain values only (lists, strings), as a config file would hold them
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import write_shard
 from interdyn.branch_checkpoint import DTYPES
+from interdyn.config import read_config
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
 from interdyn.data.sampling import key_seed
@@ -68,23 +68,15 @@ _DATA_KEYS = {
 }
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def read_configs(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Merge LightningCLI YAML configs (later ones win) -> ``(model init_args, data init_args)``."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} does not exist")
-        merged = _merge(merged, yaml.safe_load(path.read_text()) or {})
-    model = merged.get("model") or {}
-    data = merged.get("data") or {}
-    return model.get("init_args", model), data.get("init_args", data)
+    """The settings of LightningCLI configs as ``interdyn fit`` reads them (overlays in order, defaults
+    filled in; :func:`interdyn.config.read_config`) -> ``(model arguments, data init_args)``; empty
+    without configs."""
+    if not paths:
+        return {}, {}
+    config = read_config(paths)
+    data = config.get("data") or {}
+    return config.get("model") or {}, data.get("init_args", data)
 
 
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any, list[str]]:

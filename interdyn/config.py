@@ -51,4 +51,4 @@ def read_config(configs: Sequence[str | os.PathLike[str]], args: Sequence[str] =
         reason = " ".join(str(err).split())[:400] or type(err).__name__
         raise ConfigError(f"cannot read the configs {[os.fspath(p) for p in configs]}: {reason}") from None
     # the parser's own YAML dump: plain values only (lists, strings), as a config file would hold them
-    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_unset=False))

@@ -18,9 +18,10 @@ import torch
 import yaml
 
 from interdyn.cli import main
+from interdyn.config import read_config
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
-DEMO = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
+DEMO = yaml.safe_load((REPO_ROOT / "configs" / "tiny_shards.yaml").read_text())
 
 
 def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -91,6 +92,8 @@ CONFIGS = [
     pytest.param("ssv2_256", marks=pytest.mark.slow),
     pytest.param("clevrer", marks=pytest.mark.slow),
 ]
+# the config files of each run, overlays after their base
+CONFIG_FILES = {"ssv2": ["ssv2.yaml"], "ssv2_256": ["ssv2.yaml", "ssv2_256.yaml"], "clevrer": ["clevrer.yaml"]}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -99,7 +102,7 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
     on a single clip (sanity check included: one rank has no batch and must neither hang nor fail), then
     test with the counterfactual groups split across the ranks and one broken sample. Then `interdyn test`
     of the checkpoint on one process writes the same tables."""
-    config = yaml.safe_load((REPO_ROOT / "configs" / f"{name}.yaml").read_text())
+    config = read_config([REPO_ROOT / "configs" / f for f in CONFIG_FILES[name]])
     probe = tmp_path / "probe"
     trainer = config["trainer"]
     trainer.update(
@@ -224,7 +227,7 @@ def test_a_test_run_with_no_scored_clip_is_an_error(tmp_path, synthetic_shards, 
         },
     }
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
-    demo = str(REPO_ROOT / "configs" / "demo.yaml")
+    demo = str(REPO_ROOT / "configs" / "tiny_shards.yaml")
     with pytest.raises(SystemExit) as exit_:
         main(
             [

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from data_prep.latents import main as latents_main
+from data_prep.latents import parse_args, resolve_settings
 from interdyn.contract import to_contract
 from interdyn.data import ShardDataModule
 from interdyn.data.cache import FIELD, FORMAT_VERSION, CachedClipDecoder, pack_cache, unpack_cache
@@ -21,7 +22,7 @@ from interdyn.data.shards import ClipDecoder, collate_clips
 from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.conditioning import encode_image_latents
 from interdyn.module import InterDynModule
-from tests.conftest import TINY_CONTROL_CHANNELS
+from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 SIZE = 64
 GEOMETRY = {
@@ -247,3 +248,29 @@ def test_parts_cache_the_bytes_of_one_process(
     assert sorted(one) == sorted([*(p.name for p in synthetic_shards.glob("train/*.tar")), "latents.json"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == one
     assert json.loads(one["latents.json"])["counts"]["cached"] == 8
+
+
+def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_shards):
+    """The configs are read by the CLI's own parser: an overlay after its base wins, DataModule defaults
+    fill what neither names, and explicit flags win over both."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        f"data:\n  init_args:\n    width: 256\n    train_shards: {synthetic_shards / 'train' / '*.tar'}\n"
+    )
+    base = [REPO_ROOT / "configs" / "ssv2.yaml"]
+    settings, svd, urls = resolve_settings(parse_args(["--config", str(base[0]), "--config", str(overlay)]))
+    assert (settings["height"], settings["width"], settings["num_frames"], settings["crop"]) == (
+        256, 256, 14, "mask_aware",
+    )  # fmt: skip
+    assert svd == "stabilityai/stable-video-diffusion-img2vid" and settings["noise_aug_strength"] == 0.02
+    assert urls and all(u.startswith(str(synthetic_shards / "train")) for u in urls)
+    flags = ["--config", str(base[0]), "--config", str(overlay), "--width", "320", "--svd", "random:tiny"]
+    settings, svd, _ = resolve_settings(parse_args(flags))
+    assert settings["width"] == 320 and svd == "random:tiny"
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_settings(parse_args(["--config", str(tmp_path / "missing.yaml")]))
+    # a misspelt key is refused, as `interdyn fit` refuses it, rather than left out of the cache settings
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  init_args:\n    widht: 256\n")
+    with pytest.raises(ConfigError, match="widht"):
+        resolve_settings(parse_args(["--config", str(base[0]), "--config", str(typo)]))

@@ -46,7 +46,7 @@ from data_prep.common import (
     read_video,
     run_split,
 )
-from data_prep.parts import PartSpecError, part_device, resolve_part
+from data_prep.parts import Part, PartSpecError, part_device, resolve_part
 from data_prep.sam2_masks import DEFAULT_SAM2_CONFIG, Sam2Settings, sam2_masks, sam2_predictor
 from data_prep.ssv2_annotations import (
     BOX_FILES,
@@ -261,57 +261,33 @@ def main(argv: list[str] | None = None) -> int:
         if not box_files:
             raise SSV2InputError(f"no {BOX_FILES} in {args.boxes} (the Something-Else box annotations)")
         labels = load_labels(labels_dir, LABEL_FILES)
-        bad = [spec for spec in args.ids if "=" not in spec or not spec.split("=", 1)[0]]
-        if bad:
-            raise SSV2InputError(f"--ids takes SPLIT=FILE (e.g. test=eval_ids.txt), got {bad[0]!r}")
-        explicit = dict(spec.split("=", 1) for spec in args.ids)
-        splits = list(dict.fromkeys([*args.splits, *explicit]))
-        split_ids: dict[str, list[str]] = {}
-        for split in splits:
-            if split in explicit:
-                split_ids[split] = read_id_list(Path(explicit[split]))
-            elif split in LABEL_FILES:
-                if not (labels_dir / LABEL_FILES[split]).is_file():
-                    raise SSV2InputError(
-                        f"{labels_dir / LABEL_FILES[split]} is missing (needed for split {split})"
-                    )
-                split_ids[split] = [vid for vid, (s, _) in labels.items() if s == split]
-            else:
-                raise SSV2InputError(
-                    f"split {split!r} has no label file; give its ids with --ids {split}=FILE"
-                )
-        if "train" in split_ids:
-            held_out = {v for s, ids in split_ids.items() if s != "train" for v in ids}
-            split_ids["train"] = [v for v in split_ids["train"] if v not in held_out]
-        for split in split_ids:
-            split_ids[split] = sorted(set(split_ids[split]), key=lambda v: (len(v), v))[: args.limit]
+        split_ids = _split_ids(args, labels, labels_dir)
         print(f"reading Something-Else boxes from {len(box_files)} file(s) ...", flush=True)
         boxes = load_boxes(box_files, {v for ids in split_ids.values() for v in ids})
+        sam2 = _sam2_settings(args, part)
     except SSV2InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    sam2 = None
-    if args.masks == "sam2":
-        sam2 = Sam2Settings(
-            checkpoint=str(args.sam2_checkpoint),
-            config=args.sam2_config,
-            device=part_device(part, args.device),  # LOCAL_RANK's GPU under torchrun / srun
-            prompt_every=args.sam2_prompt_every,
-            hydra_overrides=list(args.sam2_override),
-        )
-        try:
-            if not args.finalize:
-                sam2_predictor(sam2)  # load it now: a bad checkpoint must stop the run, not skip every video
-        except SSV2InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except Exception as err:  # noqa: BLE001 - hydra/torch errors of a wrong config or checkpoint
-            print(
-                f"error: cannot build SAM2 from {args.sam2_checkpoint} with {args.sam2_config}: {err}",
-                file=sys.stderr,
-            )
-            return 2
+    settings = {
+        # the inputs as files: adding a Something-Else part or another checkpoint changes the plan
+        "inputs": _file_stamps([*box_files, *(labels_dir / n for n in LABEL_FILES.values())])
+        | (_file_stamps([args.sam2_checkpoint]) if sam2 else {}),
+        "masks": args.masks,
+        "max_gap": args.max_gap,
+    }
+    if sam2:
+        settings |= {
+            "sam2_config": args.sam2_config,
+            "sam2_prompt_every": args.sam2_prompt_every,
+            "sam2_overrides": args.sam2_override,
+        }
+    provenance = {
+        "preparer": "data_prep.ssv2",
+        "videos": str(videos),
+        "labels": str(labels_dir),
+        "boxes": [str(p) for p in box_files],
+        "sam2_checkpoint": str(args.sam2_checkpoint) if sam2 else None,
+    }
     for split, ids in split_ids.items():
         items = [Item(v, (labels.get(v), boxes.get(v))) for v in ids]
         maker = SSV2Maker(
@@ -324,33 +300,63 @@ def main(argv: list[str] | None = None) -> int:
             args.max_gap,
             sam2,
         )
-        settings = {
-            # the inputs as files: adding a Something-Else part or another checkpoint changes the plan
-            "inputs": _file_stamps([*box_files, *(labels_dir / n for n in LABEL_FILES.values())])
-            | (_file_stamps([args.sam2_checkpoint]) if sam2 else {}),
-            "masks": args.masks,
-            "max_gap": args.max_gap,
-            **(
-                {
-                    "sam2_config": args.sam2_config,
-                    "sam2_prompt_every": args.sam2_prompt_every,
-                    "sam2_overrides": args.sam2_override,
-                }
-                if sam2
-                else {}
-            ),
-        }
-        provenance = {
-            "preparer": "data_prep.ssv2",
-            "videos": str(videos),
-            "labels": str(labels_dir),
-            "boxes": [str(p) for p in box_files],
-            "sam2_checkpoint": str(args.sam2_checkpoint) if sam2 else None,
-        }
         code = run_split(args, "ssv2", split, items, maker, settings, provenance, part)
         if code:
             return code
     return 0
+
+
+def _split_ids(
+    args: argparse.Namespace, labels: dict[str, tuple[str, dict[str, Any]]], labels_dir: Path
+) -> dict[str, list[str]]:
+    """The sorted video ids of every split to write: from ``--ids SPLIT=FILE`` or the split's label file;
+    ids of the other written splits leave train; ``--limit`` keeps the first ones."""
+    bad = [spec for spec in args.ids if "=" not in spec or not spec.split("=", 1)[0]]
+    if bad:
+        raise SSV2InputError(f"--ids takes SPLIT=FILE (e.g. test=eval_ids.txt), got {bad[0]!r}")
+    explicit = dict(spec.split("=", 1) for spec in args.ids)
+    split_ids: dict[str, list[str]] = {}
+    for split in dict.fromkeys([*args.splits, *explicit]):
+        if split in explicit:
+            split_ids[split] = read_id_list(Path(explicit[split]))
+        elif split in LABEL_FILES:
+            if not (labels_dir / LABEL_FILES[split]).is_file():
+                raise SSV2InputError(
+                    f"{labels_dir / LABEL_FILES[split]} is missing (needed for split {split})"
+                )
+            split_ids[split] = [vid for vid, (s, _) in labels.items() if s == split]
+        else:
+            raise SSV2InputError(f"split {split!r} has no label file; give its ids with --ids {split}=FILE")
+    if "train" in split_ids:
+        held_out = {v for s, ids in split_ids.items() if s != "train" for v in ids}
+        split_ids["train"] = [v for v in split_ids["train"] if v not in held_out]
+    return {
+        split: sorted(set(ids), key=lambda v: (len(v), v))[: args.limit] for split, ids in split_ids.items()
+    }
+
+
+def _sam2_settings(args: argparse.Namespace, part: Part) -> Sam2Settings | None:
+    """SAM2's settings with ``--masks sam2`` (None with boxes), the predictor built now unless this run
+    only finalizes: a bad checkpoint must stop the run, not skip every video."""
+    if args.masks != "sam2":
+        return None
+    sam2 = Sam2Settings(
+        checkpoint=str(args.sam2_checkpoint),
+        config=args.sam2_config,
+        device=part_device(part, args.device),  # LOCAL_RANK's GPU under torchrun / srun
+        prompt_every=args.sam2_prompt_every,
+        hydra_overrides=list(args.sam2_override),
+    )
+    if not args.finalize:
+        try:
+            sam2_predictor(sam2)
+        except SSV2InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - hydra/torch errors of a wrong config or checkpoint
+            raise SSV2InputError(
+                f"cannot build SAM2 from {args.sam2_checkpoint} with {args.sam2_config}: {err}"
+            ) from None
+    return sam2
 
 
 if __name__ == "__main__":

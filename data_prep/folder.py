@@ -268,7 +268,7 @@ class FolderMaker:
         }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.folder",
         description=__doc__.split("\n\n")[0],
@@ -298,25 +298,30 @@ def main(argv: list[str] | None = None) -> int:
         help="an object mask shorter than the clip: pad it with empty frames or leave the object out",
     )
     add_common_arguments(parser, "data/shards/folder")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _clip_folders(args: argparse.Namespace) -> list[Path]:
+    """The clip folders of ``--input`` in natural order; ValueError (one sentence) when the input, the
+    dataset name or the folder names cannot make a dataset."""
     if not args.input.is_dir():
-        print(f"error: input folder {args.input} does not exist", file=sys.stderr)
-        return 2
+        raise ValueError(f"input folder {args.input} does not exist")
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.name):
-        print("error: --name may hold only letters, digits and '_'", file=sys.stderr)
-        return 2
+        raise ValueError("--name may hold only letters, digits and '_'")
     clips = sorted((p for p in args.input.iterdir() if p.is_dir()), key=natural_key)
     if not clips:
-        print(
-            f"error: {args.input} has no clip folders (one folder per clip: video.* + mask_*.*)",
-            file=sys.stderr,
-        )
-        return 2
-    keys = {_NAME_RE.sub("_", c.name) for c in clips}
-    if len(keys) != len(clips):
-        print(
-            "error: clip folder names collide once reduced to letters, digits, '-' and '_'", file=sys.stderr
-        )
+        raise ValueError(f"{args.input} has no clip folders (one folder per clip: video.* + mask_*.*)")
+    if len({_NAME_RE.sub("_", c.name) for c in clips}) != len(clips):
+        raise ValueError("clip folder names collide once reduced to letters, digits, '-' and '_'")
+    return clips
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        clips = _clip_folders(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     splits: dict[str, list[Item]] = {}
     for clip in clips:

@@ -8,6 +8,7 @@ see :mod:`interdyn.models.released` for weights trained with the released (cumul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,14 @@ class ControlNetSDVOutput(BaseOutput):
 
     down_block_res_samples: tuple[torch.Tensor, ...]
     mid_block_res_sample: torch.Tensor
+
+
+def _per_block(value: int | tuple | list, name: str, n: int) -> list:
+    """A per-down-block setting as a list of ``n`` (an int is repeated); ValueError for another length."""
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries, expected one per down block ({n})")
+    return values
 
 
 def _zero_conv(channels: int) -> nn.Conv2d:
@@ -156,21 +165,11 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
                 "weights with interdyn.models.load_controlnet, which converts them"
             )
         n = len(down_block_types)
-        if len(block_out_channels) != n:
-            raise ValueError(
-                f"block_out_channels has {len(block_out_channels)} entries, down_block_types has {n}"
-            )
-
-        def per_block(value: int | tuple | list, name: str) -> list:
-            values = [value] * n if isinstance(value, int) else list(value)
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} entries, expected one per down block ({n})")
-            return values
-
-        heads = per_block(num_attention_heads, "num_attention_heads")
-        cross_dims = per_block(cross_attention_dim, "cross_attention_dim")
-        layers = per_block(layers_per_block, "layers_per_block")
-        transformer_layers = per_block(transformer_layers_per_block, "transformer_layers_per_block")
+        _per_block(block_out_channels, "block_out_channels", n)
+        heads = _per_block(num_attention_heads, "num_attention_heads", n)
+        cross_dims = _per_block(cross_attention_dim, "cross_attention_dim", n)
+        layers = _per_block(layers_per_block, "layers_per_block", n)
+        transformer_layers = _per_block(transformer_layers_per_block, "transformer_layers_per_block", n)
 
         c0 = block_out_channels[0]
         time_embed_dim = c0 * 4
@@ -183,11 +182,43 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
             c0, conditioning_channels, tuple(conditioning_embedding_out_channels)
         )
 
+        self._build_down_blocks(
+            down_block_types,
+            block_out_channels,
+            layers,
+            transformer_layers,
+            cross_dims,
+            heads,
+            time_embed_dim,
+        )
+
+        self.mid_block = UNetMidBlockSpatioTemporal(
+            block_out_channels[-1],
+            temb_channels=time_embed_dim,
+            transformer_layers_per_block=transformer_layers[-1],
+            cross_attention_dim=cross_dims[-1],
+            num_attention_heads=heads[-1],
+        )
+        self.controlnet_mid_block = _zero_conv(block_out_channels[-1])
+
+    def _build_down_blocks(
+        self,
+        down_block_types: Sequence[str],
+        block_out_channels: Sequence[int],
+        layers: list[int],
+        transformer_layers: list,
+        cross_dims: list,
+        heads: list,
+        time_embed_dim: int,
+    ) -> None:
+        """The encoder copy's down blocks and, interleaved in creation order, the zero convs of their skips."""
         self.down_blocks = nn.ModuleList()
-        self.controlnet_down_blocks = nn.ModuleList([_zero_conv(c0)])  # skip 0: conv_in output
-        prev = c0
+        self.controlnet_down_blocks = nn.ModuleList(
+            [_zero_conv(block_out_channels[0])]
+        )  # skip 0: conv_in output
+        prev = block_out_channels[0]
         for i, block_type in enumerate(down_block_types):
-            is_last = i == n - 1
+            is_last = i == len(down_block_types) - 1
             self.down_blocks.append(
                 get_down_block(
                     block_type,
@@ -204,18 +235,10 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
                 )
             )
             # One skip per resnet layer, plus one for the downsampler.
-            for _ in range(layers[i] + (0 if is_last else 1)):
-                self.controlnet_down_blocks.append(_zero_conv(block_out_channels[i]))
+            self.controlnet_down_blocks.extend(
+                _zero_conv(block_out_channels[i]) for _ in range(layers[i] + (0 if is_last else 1))
+            )
             prev = block_out_channels[i]
-
-        self.mid_block = UNetMidBlockSpatioTemporal(
-            block_out_channels[-1],
-            temb_channels=time_embed_dim,
-            transformer_layers_per_block=transformer_layers[-1],
-            cross_attention_dim=cross_dims[-1],
-            num_attention_heads=heads[-1],
-        )
-        self.controlnet_mid_block = _zero_conv(block_out_channels[-1])
 
     @property
     def skips_per_block(self) -> list[int]:

@@ -9,7 +9,8 @@ import tarfile
 
 import numpy as np
 
-from data_prep.synthetic import Disc, DriverPath, World, collide, make_video, simulate, write_split
+from data_prep.synthetic import write_split
+from data_prep.synthetic_world import Disc, DriverPath, World, collide, make_video, simulate
 
 
 def test_equal_discs_head_on_swap_velocities():

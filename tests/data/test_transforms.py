@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_prep.synthetic import HAND_COLOUR, SLIDER_COLOUR, World, make_video
+from data_prep.synthetic_world import HAND_COLOUR, SLIDER_COLOUR, World, make_video
 from interdyn.data.transforms import crop_offsets, joint_transform, resize_to_cover
 
 

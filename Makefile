@@ -95,7 +95,7 @@ shards-folder: $(STAMP)
 	$(PY) -m data_prep.folder --input "$(FOLDER)" --name $(FOLDER_NAME) --out "$(OUT)/$(FOLDER_NAME)" --workers $(WORKERS) --shard_size $(SHARD_SIZE) $(PREP_ARGS)
 
 shards-synthetic: $(STAMP)
-	$(PY) -m data_prep.synthetic --out $(OUT)/synthetic --train $(SYN_TRAIN) --val $(SYN_VAL) --test-groups $(SYN_TEST_GROUPS)
+	$(PY) -m data_prep.synthetic --out $(OUT)/synthetic --train $(SYN_TRAIN) --val $(SYN_VAL) --test_groups $(SYN_TEST_GROUPS)
 
 # The browser app (docs/app.md); the [app] extra is part of the dev install.
 APP_ARGS ?=
@@ -111,7 +111,7 @@ WORLD_TRAIN ?= 4096
 DEMO_EVAL ?= runs/demo_eval
 world-data: $(STAMP)
 	@test -f $(WORLD)/test/index.json || $(PY) -m data_prep.synthetic --out $(WORLD) --size 64 64 --frames 14 \
-		--fps 7 --train $(WORLD_TRAIN) --val 64 --test-groups 16
+		--fps 7 --train $(WORLD_TRAIN) --val 64 --test_groups 16
 
 # Stage 1 (the temporal VAE) and stage 2 (the UNet, image-to-video): writes weights/world/svd.
 world-base: world-data

@@ -13,7 +13,7 @@ makes the dataset's samples and writes them with the resumable build of every pr
 The test split is made of counterfactual groups: the same first frame (same scene, driver at the same
 entry point) with different driver paths. Everything is deterministic per seed.
 
-    python -m data_prep.synthetic --out data/shards/synthetic --train 512 --val 32 --test-groups 16
+    python -m data_prep.synthetic --out data/shards/synthetic --train 512 --val 32 --test_groups 16
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--train", type=int, default=512, help="training clips")
     parser.add_argument("--val", type=int, default=32, help="validation clips")
-    parser.add_argument("--test-groups", type=int, default=16, help="counterfactual test groups")
+    parser.add_argument("--test_groups", type=int, default=16, help="counterfactual test groups")
     parser.add_argument(
         "--variants", type=int, default=3, help="driver paths per test group (same first frame)"
     )
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="deceleration of rolling discs in px/s^2 (default: 80 at 128 px, scaled with the frame size)",
     )
-    parser.add_argument("--shard-size", type=int, default=100, help="samples per shard")
+    parser.add_argument("--shard_size", type=int, default=100, help="samples per shard (test: groups per shard)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.size[0] % 2 or args.size[1] % 2:

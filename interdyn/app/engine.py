@@ -71,8 +71,8 @@ TINY_RANDOM = ModelChoice(
     width=64,
     steps=3,
     notice="This runs the tiny **random** model: its videos are noise that shows how the app works, not "
-    "what InterDyn does. Trained weights for the built-in world are not published yet; start the app "
-    "with `--svd` and `--controlnet` for real ones.",
+    "what InterDyn does (this checkout has no weights/world/). Start the app with `--svd` and `--controlnet` "
+    "for trained ones.",
 )
 # The built-in world's own trained SVD and converged branch, shipped in the repository (docs/world.md).
 WORLD_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "world"

@@ -1,7 +1,7 @@
 """The demo's report: one table over several ``interdyn test`` runs, and pictures of one counterfactual
 group sampled by each model (a contact sheet and a grid, as PNG and MP4).
 
-    python -m interdyn.world.report --svd weights/world/svd --test-shards 'data/shards/world/test/*.tar' \\
+    python -m interdyn.world.report --svd weights/world/svd --test_shards 'data/shards/world/test/*.tar' \\
         --run "no control=runs/demo_eval/no_control" --run "demo branch=runs/demo_eval/demo_branch" ... \\
         --branch "demo branch=runs/demo_eval/demo_branch_weights" --out runs/demo_eval
 """
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="append", default=[], help="NAME=FOLDER of an interdyn test run")
     parser.add_argument("--branch", action="append", default=[], help="NAME=FOLDER of a branch to picture")
     parser.add_argument("--svd", default="weights/world/svd", help="the SVD img2vid folder")
-    parser.add_argument("--test-shards", default="data/shards/world/test/*.tar")
+    parser.add_argument("--test_shards", default="data/shards/world/test/*.tar")
     parser.add_argument("--size", type=int, default=64, help="frame size (square)")
-    parser.add_argument("--conditioning-channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--conditioning_channels", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--steps", type=int, default=10, help="sampling steps of the pictures")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, required=True)

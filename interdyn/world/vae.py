@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
 
+from interdyn.contract import to_contract
 from interdyn.errors import ConfigError
 from interdyn.files import write_folder_atomic
 
@@ -124,21 +125,25 @@ class VAEModule(L.LightningModule):
         return float(1.0 / self.vae.encode(video.flatten(0, 1)).latent_dist.mode().std().clamp_min(1e-6))
 
     def on_train_end(self) -> None:
-        """Write the trained VAE (rank 0), its scaling factor measured on training clips."""
+        """Write the trained VAE (rank 0), its scaling factor measured on up to 32 training clips."""
         if not self.hparams.out or self.global_rank != 0:
             return
-        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
         videos = []
-        if loader is not None:
-            for i, batch in enumerate(loader):
-                videos.append(batch["pixel_values"])
-                if i >= 7:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            for batch in datamodule.train_dataloader():
+                videos.append(to_contract(batch)["pixel_values"])
+                if sum(len(v) for v in videos) >= 32:
                     break
+        self.write(self.hparams.out, torch.cat(videos).to(self.device) if videos else None)
+
+    def write(self, out: str, videos: torch.Tensor | None = None) -> None:
+        """Save the VAE as a diffusers folder at ``out`` (atomically); with ``videos`` ``(B, T, 3, H, W)`` in
+        ``[-1, 1]`` its ``scaling_factor`` is first set to :meth:`latent_scale` of them."""
         was_training = self.vae.training
         self.vae.eval()
-        if videos:
-            scale = self.latent_scale(torch.cat(videos).to(self.device))
-            self.vae.register_to_config(scaling_factor=scale)
+        if videos is not None:
+            self.vae.register_to_config(scaling_factor=self.latent_scale(videos))
         self.vae.train(was_training)
-        write_folder_atomic(self.hparams.out, lambda tmp: self.vae.save_pretrained(tmp, safe_serialization=True))
-        print(f"VAE written to {self.hparams.out} (scaling_factor {self.vae.config.scaling_factor:.4f})")
+        write_folder_atomic(out, lambda tmp: self.vae.save_pretrained(tmp, safe_serialization=True))
+        print(f"VAE written to {out} (scaling_factor {self.vae.config.scaling_factor:.4f})")

@@ -70,8 +70,10 @@ class BaseVideoModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.vae = load_component(
-            AutoencoderKLTemporalDecoder, vae, what="world VAE (stage 1: interdyn world fit --config "
-            "configs/world/vae.yaml)", kind="svd"
+            AutoencoderKLTemporalDecoder,
+            vae,
+            what="world VAE (stage 1: interdyn world fit --config configs/world/vae.yaml)",
+            kind="svd",
         )
         latent = int(self.vae.config.latent_channels)
         unet = {"in_channels": 2 * latent, "out_channels": latent, **unet}
@@ -102,8 +104,12 @@ class BaseVideoModule(L.LightningModule):
         return self
 
     def compute_loss(
-        self, pixel_values: torch.Tensor, sigma: torch.Tensor | None = None, generator: torch.Generator | None = None,
-        drop_image: bool = False, unet: torch.nn.Module | None = None,
+        self,
+        pixel_values: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        drop_image: bool = False,
+        unet: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         """EDM loss of ``unet`` (the trained one by default) on a batch of clips ``(B, T, 3, H, W)``."""
         hp = self.hparams
@@ -114,16 +120,24 @@ class BaseVideoModule(L.LightningModule):
             embeds = clip_image_embeds(self.image_encoder, first).float()
             image_latents = encode_image_latents(self.vae, first, hp.noise_aug_strength, generator).float()
             if drop_image and hp.image_drop_prob > 0:
-                draws = torch.rand(b, generator=generator, device=self.device if generator is None else generator.device)
+                draws = torch.rand(
+                    b, generator=generator, device=self.device if generator is None else generator.device
+                )
                 keep = (draws >= hp.image_drop_prob).float().to(self.device)
                 embeds = embeds * keep.view(-1, 1, 1)
                 image_latents = image_latents * keep.view(-1, 1, 1, 1)
         if sigma is None:
             sigma = sample_sigmas(b, hp.p_mean, hp.p_std, generator, self.device)
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device if generator is None else generator.device)
+        noise = torch.randn(
+            latents.shape,
+            generator=generator,
+            device=latents.device if generator is None else generator.device,
+        )
         noisy = latents + sigma.view(b, 1, 1, 1, 1) * noise.to(latents.device)
         pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
-        time_ids = make_added_time_ids(hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, b, self.device, torch.float32)
+        time_ids = make_added_time_ids(
+            hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, b, self.device, torch.float32
+        )
         out = (unet or self.unet)(model_in, c_noise, embeds, time_ids, return_dict=False)[0]
         return edm_loss(denoised(pc, noisy, out), latents, sigma)
 
@@ -151,7 +165,9 @@ class BaseVideoModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+        )
         warmup = max(1, int(hp.warmup_steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

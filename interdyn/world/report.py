@@ -74,8 +74,15 @@ def first_group(test_shards: str, size: int, members: int) -> dict[str, Any]:
     from interdyn.data import ShardDataModule
 
     data = ShardDataModule(
-        test_shards=test_shards, height=size, width=size, crop="center", eval_window="start",
-        batch_size=1, num_workers=0, persistent_workers=False, pin_memory=False,
+        test_shards=test_shards,
+        height=size,
+        width=size,
+        crop="center",
+        eval_window="start",
+        batch_size=1,
+        num_workers=0,
+        persistent_workers=False,
+        pin_memory=False,
     )
     data.setup("test")
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -100,7 +107,12 @@ def _uint8(video: torch.Tensor) -> np.ndarray:
 
 
 def pictures(
-    svd: str, branches: dict[str, str], group: dict[str, Any], out: Path, steps: int, seed: int,
+    svd: str,
+    branches: dict[str, str],
+    group: dict[str, Any],
+    out: Path,
+    steps: int,
+    seed: int,
     conditioning_channels: tuple[int, ...],
 ) -> list[Path]:
     """Sample ``group`` with the SVD alone (``conditioning_scale 0``) and with each branch; write the

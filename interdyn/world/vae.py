@@ -115,7 +115,10 @@ class VAEModule(L.LightningModule):
         optimizer = torch.optim.AdamW(self.vae.parameters(), lr=self.hparams.learning_rate, weight_decay=0.0)
         total = max(1, int(self.trainer.max_steps or 1))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(min(step, total) / total * torch.pi)).item())
+            optimizer,
+            lambda step: (
+                0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(min(step, total) / total * torch.pi)).item())
+            ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

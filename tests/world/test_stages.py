@@ -34,7 +34,9 @@ def _config(name: str, tmp: Path, shards: Path, **model: object) -> Path:
     return path
 
 
-def test_stages_write_an_svd_folder_that_diffusers_and_interdyn_load(synthetic_shards: Path, tmp_path: Path) -> None:
+def test_stages_write_an_svd_folder_that_diffusers_and_interdyn_load(
+    synthetic_shards: Path, tmp_path: Path
+) -> None:
     from diffusers import AutoencoderKLTemporalDecoder, StableVideoDiffusionPipeline
 
     vae_dir, svd_dir = tmp_path / "vae", tmp_path / "svd"
@@ -45,12 +47,26 @@ def test_stages_write_an_svd_folder_that_diffusers_and_interdyn_load(synthetic_s
         "latent_channels": 4,
         "sample_size": 64,
     }
-    main(["world", "fit", "--config", str(_config("vae.yaml", tmp_path, synthetic_shards, vae=vae_arch, out=str(vae_dir)))])
+    main(
+        [
+            "world",
+            "fit",
+            "--config",
+            str(_config("vae.yaml", tmp_path, synthetic_shards, vae=vae_arch, out=str(vae_dir))),
+        ]
+    )
     vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
     # the scaling factor was measured: scaled latents of training clips have unit spread
     assert vae.config.scaling_factor != 0.18215 and np.isfinite(vae.config.scaling_factor)
 
-    main(["world", "fit", "--config", str(_config("base.yaml", tmp_path, synthetic_shards, vae=str(vae_dir), out=str(svd_dir)))])
+    main(
+        [
+            "world",
+            "fit",
+            "--config",
+            str(_config("base.yaml", tmp_path, synthetic_shards, vae=str(vae_dir), out=str(svd_dir))),
+        ]
+    )
     for part in ("unet", "vae", "image_encoder", "scheduler", "feature_extractor", "model_index.json"):
         assert (svd_dir / part).exists(), part
     assert not list(tmp_path.glob(".svd.tmp-*"))  # written through a temporary folder
@@ -60,7 +76,12 @@ def test_stages_write_an_svd_folder_that_diffusers_and_interdyn_load(synthetic_s
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     frames = pipe(
-        image, height=64, width=64, num_frames=14, num_inference_steps=2, output_type="pt",
+        image,
+        height=64,
+        width=64,
+        num_frames=14,
+        num_inference_steps=2,
+        output_type="pt",
         generator=torch.Generator().manual_seed(0),
     ).frames
     assert frames.shape == (1, 14, 3, 64, 64) and torch.isfinite(frames).all()
@@ -84,7 +105,11 @@ def test_vae_stage_learns_to_reconstruct(synthetic_shards: Path) -> None:
     frames = np.stack([make_video(rng, World(32, 32, friction=20.0), 4, 7.0)["frames"] for _ in range(2)])
     video = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     module = VAEModule(
-        {"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D"] * 2, "latent_channels": 4},
+        {
+            "block_out_channels": [32, 32],
+            "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "latent_channels": 4,
+        },
         train_frames=None,
     )
     optimizer = torch.optim.AdamW(module.parameters(), lr=2e-3)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interdyn.contract import to_contract
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
 
@@ -87,6 +88,7 @@ def first_group(test_shards: str, size: int, members: int) -> dict[str, Any]:
     data.setup("test")
     groups: dict[str, list[dict[str, Any]]] = {}
     for batch in data.test_dataloader():
+        batch = to_contract(batch)  # the loader ships uint8 frames and bool masks
         if "pixel_values" not in batch:
             continue
         meta = batch["meta"][0] if isinstance(batch.get("meta"), list) else {}

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from interdyn.app.engine import DEFAULT_MODEL
 from interdyn.data.video import decode_frames
 from tests.conftest import REPO_ROOT
 
@@ -139,7 +140,7 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
 
     browser.find_element(By.ID, "generate").click()
-    video = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#result_video video[src]"))
+    video = WebDriverWait(browser, 300).until(lambda d: d.find_element(By.CSS_SELECTOR, "#result_video video[src]"))
     hrefs = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")]
     assert browser.execute_script("return document.querySelectorAll('.toast-body').length") == 0
 
@@ -150,8 +151,8 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     settings = json.loads(
         urllib.request.urlopen(next(h for h in hrefs if h.endswith("_settings.json"))).read()
     )
-    assert settings["seed"] == 42 and settings["num_frames"] == 14 and settings["svd"] == "random:tiny"
-    assert settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == 3
+    assert settings["seed"] == 42 and settings["num_frames"] == 14 and settings["svd"] == DEFAULT_MODEL.svd
+    assert settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == DEFAULT_MODEL.steps
     sheet = urllib.request.urlopen(next(h for h in hrefs if h.endswith("_sheet.png"))).read()
     assert sheet.startswith(b"\x89PNG")
     # The drawn driver was dragged to the left: its last frame lies left of its first.
@@ -187,7 +188,8 @@ def test_bad_input_is_a_message_in_the_page(app_url, browser) -> None:
     wait = WebDriverWait(browser, 60)
     browser.get(url)
     wait.until(lambda d: d.find_element(By.ID, "generate")).click()  # no first frame, no mask, no path
-    toast = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".toast-body"))
-    assert "pick a first frame" in toast.text
+    # a toast's text can be filled in (or be hidden while it animates) after the element appears
+    toasts = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".toast-body"))
+    wait.until(lambda d: any("pick a first frame" in (t.get_attribute("textContent") or "") for t in toasts))
     assert "Traceback" not in browser.page_source
     urllib.request.urlopen(url, timeout=5).close()  # the server still answers

@@ -24,15 +24,6 @@ import numpy as np
 import torch
 
 from interdyn.app.paths import drag_mask
-from interdyn.data.inputs import (
-    FOLDER_FPS,
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    GenerationInputs,
-    find_clip_parts,
-    masks_npz_bytes,
-    read_image,
-)
 from interdyn.errors import InputError
 from interdyn.files import write_atomic
 from interdyn.generate import (
@@ -42,6 +33,15 @@ from interdyn.generate import (
     load_weights,
     read_inputs,
     run_generate,
+)
+from interdyn.inputs import (
+    FOLDER_FPS,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    GenerationInputs,
+    find_clip_parts,
+    masks_npz_bytes,
+    read_image,
 )
 from interdyn.render import png_bytes
 

@@ -109,6 +109,8 @@ class VideoMetrics:
             row: dict[str, Any] = {"key": key, "sample": n}
             if "ssim" in self.metrics:
                 row["ssim"] = ssim_per_video(fake, real)
+                # the first frame is the conditioning image: an image-to-video model must keep it
+                row["ssim_first_frame"] = ssim_per_video(fake[:1], real[:1])
             if "psnr" in self.metrics:
                 row["psnr"] = psnr_per_video(fake, real)
             if self.lpips is not None:
@@ -150,7 +152,15 @@ def summarize(states: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[
     are computed on the union of the features."""
     rows = [row for state in states for row in state["rows"]]
     results: dict[str, Any] = {}
-    for name in ("ssim", "psnr", "lpips", "motion_fidelity", "physics_position_error", "physics_found"):
+    for name in (
+        "ssim",
+        "ssim_first_frame",
+        "psnr",
+        "lpips",
+        "motion_fidelity",
+        "physics_position_error",
+        "physics_found",
+    ):
         values = [r[name] for r in rows if name in r and not math.isnan(r[name])]
         if values:
             results[name] = float(np.mean(values))

@@ -25,6 +25,7 @@ from interdyn.files import write_atomic
 # (column title, where in metrics.json / counterfactual.json, format)
 COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("SSIM", ("metrics", "ssim"), "{:.3f}"),
+    ("SSIM frame 1", ("metrics", "ssim_first_frame"), "{:.3f}"),
     ("PSNR", ("metrics", "psnr"), "{:.2f}"),
     ("FVD", ("metrics", "fvd"), "{:.1f}"),
     ("KVD", ("metrics", "kvd"), "{:.3f}"),

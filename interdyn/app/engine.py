@@ -43,6 +43,7 @@ from interdyn.inputs import (
     masks_npz_bytes,
     read_image,
 )
+from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.render import png_bytes
 
 NUM_FRAMES = 14  # SVD img2vid's clip length
@@ -289,9 +290,9 @@ class Engine:
         driver: Driver,
         num_samples: int = 3,
         steps: int | None = None,
-        scheduler: str = "euler",
-        min_guidance: float = 1.0,
-        max_guidance: float = 3.0,
+        scheduler: str = DEFAULT_SAMPLING.scheduler,
+        min_guidance: float = DEFAULT_SAMPLING.min_guidance_scale,
+        max_guidance: float = DEFAULT_SAMPLING.max_guidance_scale,
         seed: int = 42,
     ) -> GenerateResult:
         """Run ``interdyn generate`` on the inputs in a new run folder with the loaded weights."""

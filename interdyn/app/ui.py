@@ -11,14 +11,23 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from interdyn.app.engine import NUM_FRAMES, Driver, Engine, check_image, first_frame_of, painted_mask
-from interdyn.app.scenes import builtin_scenes
+from interdyn.app.engine import (
+    NUM_FRAMES,
+    Driver,
+    Engine,
+    ModelChoice,
+    check_image,
+    first_frame_of,
+    painted_mask,
+)
+from interdyn.app.scenes import Scene, builtin_scenes
 from interdyn.errors import InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS
 
@@ -59,6 +68,7 @@ def zoom_of(shape: tuple[int, ...], target: int = 384) -> int:
 
 
 def enlarge(image: np.ndarray, zoom: int) -> np.ndarray:
+    """``image`` with each pixel repeated ``zoom`` times along both axes."""
     return image.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else image
 
 
@@ -89,6 +99,7 @@ def editor_parts(value: dict | None) -> tuple[np.ndarray | None, np.ndarray | No
 
 
 def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """The editor's value showing ``image`` with ``mask`` painted as its one layer."""
     layers = []
     if mask is not None:
         layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
@@ -97,43 +108,76 @@ def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
     return {"background": image, "layers": layers, "composite": None}
 
 
-# ---------------------------------------------------------------------------- the page
-def build_ui(engine: Engine) -> gr.Blocks:
-    """The Blocks of the app for ``engine``."""
-    scenes = {scene.name: scene for scene in builtin_scenes()}
-    model = engine.model
+# ---------------------------------------------------------------------------- callbacks
+def driver_of(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> Driver:
+    """The driver the page describes: the uploaded masks, or the painted mask dragged along the path."""
+    if mode == "upload":
+        return Driver.uploaded(upload)
+    image, mask = editor_parts(editor)
+    if image is None:
+        raise InterDynError(
+            "pick a first frame: upload an image, take a video's first frame or pick a scene."
+        )
+    return Driver.drawn(mask, points, float(speed) or None)
 
-    def driver_of(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> Driver:
-        if mode == "upload":
-            return Driver.uploaded(upload)
-        image, mask = editor_parts(editor)
-        if image is None:
-            raise InterDynError(
-                "pick a first frame: upload an image, take a video's first frame or pick a scene."
-            )
-        return Driver.drawn(mask, points, float(speed) or None)
+
+@guarded
+def on_editor_change(editor: dict | None, points: list) -> tuple:
+    """The new first frame and mask, and the path drawn on them."""
+    image, mask = editor_parts(editor)
+    # Kept on the server, so that path clicks do not send the editor's images again.
+    return (image, mask), path_canvas(image, mask, points)
+
+
+@guarded
+def on_path_click(frame: tuple | None, points: list, evt: gr.SelectData) -> tuple:
+    """The path with the clicked point added (clamped to the first frame)."""
+    image, mask = frame or (None, None)
+    if image is None:
+        raise InterDynError("pick a first frame before drawing a path.")
+    zoom = zoom_of(image.shape)
+    x, y = evt.index[0] / zoom, evt.index[1] / zoom
+    points = [*points, [min(max(x, 0.0), image.shape[1] - 1.0), min(max(y, 0.0), image.shape[0] - 1.0)]]
+    return points, path_canvas(image, mask, points)
+
+
+@guarded
+def on_path_edit(frame: tuple | None, points: list, action: str) -> tuple:
+    """The path without its last point (``undo``) or without any (``clear``)."""
+    points = points[:-1] if action == "undo" else []
+    image, mask = frame or (None, None)
+    return points, path_canvas(image, mask, points)
+
+
+def on_scrub(frames: list, index: float) -> np.ndarray | None:
+    """The preview's frame at the slider."""
+    return frames[int(index)] if frames else None
+
+
+@guarded
+def on_video_file(path: str | None, points: list) -> tuple:
+    """The first frame of a video, image or clip folder in the editor, with an empty path."""
+    if not path:
+        return gr.skip(), gr.skip()
+    image = first_frame_of(path)
+    return editor_value(image), []
+
+
+def scene_callback(scenes: dict[str, Scene]) -> Callable:
+    """The callback that loads one of ``scenes`` (its first frame, mask and path)."""
 
     @guarded
-    def on_editor_change(editor: dict | None, points: list) -> tuple:
-        image, mask = editor_parts(editor)
-        # Kept on the server, so that path clicks do not send the editor's images again.
-        return (image, mask), path_canvas(image, mask, points)
+    def on_scene(name: str) -> tuple:
+        if name not in scenes:
+            raise InterDynError("pick one of the built-in scenes.")
+        scene = scenes[name]
+        return editor_value(scene.image, scene.mask), [list(p) for p in scene.points]
 
-    @guarded
-    def on_path_click(frame: tuple | None, points: list, evt: gr.SelectData) -> tuple:
-        image, mask = frame or (None, None)
-        if image is None:
-            raise InterDynError("pick a first frame before drawing a path.")
-        zoom = zoom_of(image.shape)
-        x, y = evt.index[0] / zoom, evt.index[1] / zoom
-        points = [*points, [min(max(x, 0.0), image.shape[1] - 1.0), min(max(y, 0.0), image.shape[0] - 1.0)]]
-        return points, path_canvas(image, mask, points)
+    return on_scene
 
-    @guarded
-    def on_path_edit(frame: tuple | None, points: list, action: str) -> tuple:
-        points = points[:-1] if action == "undo" else []
-        image, mask = frame or (None, None)
-        return points, path_canvas(image, mask, points)
+
+def preview_callback(engine: Engine) -> Callable:
+    """The callback that shows the driver as ``engine``'s model will see it."""
 
     @guarded
     def on_preview(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> tuple:
@@ -146,22 +190,22 @@ def build_ui(engine: Engine) -> gr.Blocks:
         notes = "\n".join(f"- {n}" for n in [f"timing: {inputs.timing}", *inputs.notes])
         return frames, frames[0], gr.update(value=0, maximum=len(frames) - 1), notes
 
-    def on_scrub(frames: list, index: float) -> np.ndarray | None:
-        return frames[int(index)] if frames else None
+    return on_preview
 
-    @guarded
-    def on_video_file(path: str | None, points: list) -> tuple:
-        if not path:
-            return gr.skip(), gr.skip()
-        image = first_frame_of(path)
-        return editor_value(image), []
 
-    @guarded
-    def on_scene(name: str) -> tuple:
-        if name not in scenes:
-            raise InterDynError("pick one of the built-in scenes.")
-        scene = scenes[name]
-        return editor_value(scene.image, scene.mask), [list(p) for p in scene.points]
+def run_caption(run: str, driver: Driver, speed: float, upload: Any, seed: float, steps: float) -> str:
+    """The gallery's caption of a run: its driver, seed and steps."""
+    what = (
+        f"{len(driver.points)}-point path, " + (f"{float(speed):g} px/frame" if speed else "over the clip")
+        if driver.masks is not None
+        else f"uploaded masks {Path(str(upload[0])).name}"
+        + (f" (+{len(upload) - 1})" if len(upload) > 1 else "")
+    )
+    return f"{run}: {what}, seed {int(seed)}, {int(steps)} steps"
+
+
+def generate_callback(engine: Engine) -> Callable:
+    """The callback that generates with ``engine`` and adds the run to the history."""
 
     @guarded
     def on_generate(
@@ -189,14 +233,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
         )
         compare = next(p for p in result.paths if p.name.endswith(("_compare.mp4", "_grid.mp4")))
         run = compare.parent.name
-        what = (
-            f"{len(driver.points)}-point path, "
-            + (f"{float(speed):g} px/frame" if speed else "over the clip")
-            if driver.masks is not None
-            else f"uploaded masks {Path(str(upload[0])).name}"
-            + (f" (+{len(upload) - 1})" if len(upload) > 1 else "")
-        )
-        caption = f"{run}: {what}, seed {int(seed)}, {int(steps)} steps"
+        caption = run_caption(run, driver, speed, upload, seed, steps)
         # The gallery keeps each run's contact sheet (input, control, samples; frames left to right).
         sheet = next(p for p in result.paths if p.name.endswith("_sheet.png"))
         history = [(str(sheet), caption), *history][:HISTORY]
@@ -208,131 +245,159 @@ def build_ui(engine: Engine) -> gr.Blocks:
         files = [str(p) for p in result.paths]
         return str(compare), files, info, history, history
 
+    return on_generate
+
+
+# ---------------------------------------------------------------------------- the page
+def first_frame_panel(scenes: dict[str, Scene]) -> dict[str, Any]:
+    """Step 1: the editor of the first frame and its mask, and the other ways to get a first frame."""
+    gr.Markdown(
+        "### 1. First frame and mask\nUpload an image into the editor (or take one below), then "
+        "paint the mask of what moves with the brush."
+    )
+    parts: dict[str, Any] = {}
+    parts["editor"] = gr.ImageEditor(
+        label="first frame: paint the driver's mask",
+        type="numpy",
+        image_mode="RGBA",
+        format="png",
+        sources=("upload", "clipboard"),
+        transforms=(),
+        layers=False,
+        brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed"),
+        eraser=gr.Eraser(),
+        elem_id="editor",
+    )
+    with gr.Accordion("or take a built-in scene, a video's first frame or a clip folder's", open=True):
+        with gr.Row():
+            parts["scene"] = gr.Dropdown(
+                choices=list(scenes), label="built-in world scenes (mask and path included)", elem_id="scene"
+            )
+            parts["scene_button"] = gr.Button("use scene", size="sm", elem_id="use_scene")
+        parts["video_file"] = gr.File(
+            label="video (its first frame)", file_types=["video"], elem_id="video_file"
+        )
+        with gr.Row():
+            parts["clip_path"] = gr.Textbox(
+                label="path on this machine: image, video or clip folder (video.* + mask_*.*)",
+                elem_id="clip_path",
+            )
+            parts["clip_button"] = gr.Button("load", size="sm")
+    return parts
+
+
+def driver_panel() -> dict[str, Any]:
+    """Step 2: the path drawn on the first frame (or uploaded masks) and the driver's preview."""
+    gr.Markdown(
+        "### 2. Driver\nClick points on the image to draw the path the mask is dragged along, "
+        "or upload a mask video."
+    )
+    parts: dict[str, Any] = {}
+    parts["mode"] = gr.Radio(
+        [("drag the painted mask along the path", "path"), ("uploaded masks", "upload")],
+        value="path",
+        label="driver",
+        elem_id="mode",
+    )
+    parts["canvas"] = gr.Image(
+        label="path: click to add points (blue: start)",
+        interactive=False,
+        elem_id="path_canvas",
+        format="png",
+    )
+    with gr.Row():
+        parts["undo"] = gr.Button("undo point", size="sm")
+        parts["clear"] = gr.Button("clear path", size="sm", elem_id="clear_path")
+    parts["speed"] = gr.Slider(
+        0, 40, value=0, step=0.5, label="speed, pixels per frame (0: the whole path over the clip)"
+    )
+    parts["upload"] = gr.File(
+        label="mask video, mask image, .npz or mask frames (driver: uploaded masks)",
+        file_count="multiple",
+        file_types=[".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".npz", "image"],
+    )
+    parts["preview_button"] = gr.Button("preview the driver", elem_id="preview")
+    parts["preview"] = gr.Image(
+        label="driver as the model sees it", interactive=False, elem_id="preview_image"
+    )
+    parts["scrub"] = gr.Slider(0, NUM_FRAMES - 1, value=0, step=1, label="frame", elem_id="scrub")
+    parts["notes"] = gr.Markdown()
+    return parts
+
+
+def generate_panel(model: ModelChoice) -> dict[str, Any]:
+    """Steps 3 and 4: the sampling settings, the result with its downloads, and the last runs."""
+    gr.Markdown("### 3. Generate")
+    parts: dict[str, Any] = {}
+    with gr.Row():
+        parts["samples"] = gr.Slider(1, 4, value=3, step=1, label="samples", elem_id="samples")
+        parts["steps"] = gr.Slider(1, 100, value=model.steps, step=1, label="sampler steps", elem_id="steps")
+        parts["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SAMPLING.scheduler, label="sampler")
+        parts["min_guidance"] = gr.Number(DEFAULT_SAMPLING.min_guidance_scale, label="guidance, first frame")
+        parts["max_guidance"] = gr.Number(DEFAULT_SAMPLING.max_guidance_scale, label="guidance, last frame")
+        parts["seed"] = gr.Number(42, label="seed", precision=0)
+    parts["go"] = gr.Button("generate", variant="primary", elem_id="generate")
+    with gr.Row():
+        parts["video"] = gr.Video(
+            label="input | control | samples", autoplay=True, loop=True, elem_id="result_video"
+        )
+        with gr.Column():
+            parts["files"] = gr.File(
+                label="downloads: MP4s, contact sheet, settings", file_count="multiple", elem_id="downloads"
+            )
+            parts["info"] = gr.Markdown(elem_id="run_info")
+    gr.Markdown("### 4. Counterfactuals: edit the path and generate again; the last runs stay here")
+    parts["gallery"] = gr.Gallery(
+        label="last runs", columns=2, height="auto", object_fit="contain", elem_id="history"
+    )
+    return parts
+
+
+def wire(c: SimpleNamespace, engine: Engine, scenes: dict[str, Scene]) -> None:
+    """Connect the page's events to the callbacks (``c``: the page's components and states)."""
+    driver_inputs = [c.editor, c.mode, c.points, c.speed, c.upload]
+    path = [c.points, c.canvas]
+    c.editor.change(on_editor_change, [c.editor, c.points], [c.frame, c.canvas], show_progress="hidden")
+    c.canvas.select(on_path_click, [c.frame, c.points], path, show_progress="hidden")
+    c.undo.click(functools.partial(on_path_edit, action="undo"), [c.frame, c.points], path)
+    c.clear.click(functools.partial(on_path_edit, action="clear"), [c.frame, c.points], path)
+    c.video_file.change(on_video_file, [c.video_file, c.points], [c.editor, c.points])
+    c.clip_button.click(on_video_file, [c.clip_path, c.points], [c.editor, c.points])
+    c.scene_button.click(scene_callback(scenes), c.scene, [c.editor, c.points])
+    c.preview_button.click(
+        preview_callback(engine), driver_inputs, [c.preview_frames, c.preview, c.scrub, c.notes]
+    )
+    c.scrub.change(on_scrub, [c.preview_frames, c.scrub], c.preview, show_progress="hidden")
+    c.go.click(
+        generate_callback(engine),
+        [*driver_inputs, c.samples, c.steps, c.scheduler, c.min_guidance, c.max_guidance, c.seed, c.history],
+        [c.video, c.files, c.info, c.history, c.gallery],
+        concurrency_limit=1,
+        concurrency_id="generate",
+    )
+
+
+def build_ui(engine: Engine) -> gr.Blocks:
+    """The Blocks of the app for ``engine``."""
+    scenes = {scene.name: scene for scene in builtin_scenes()}
+    model = engine.model
     with gr.Blocks(title="InterDyn") as demo:
         gr.Markdown(
             "# InterDyn: draw the driver, watch the world react\n"
             f"Model: **{model.label}**, {engine.width}x{engine.height} pixels, {NUM_FRAMES} frames."
             + (f"\n\n> {model.notice}" if model.notice else "")
         )
-        points = gr.State([])
-        frame = gr.State(None)  # (first frame, painted mask) as numpy arrays
-        history = gr.State([])
-        preview_frames = gr.State([])
+        states = {
+            "points": gr.State([]),
+            "frame": gr.State(None),  # (first frame, painted mask) as numpy arrays
+            "history": gr.State([]),
+            "preview_frames": gr.State([]),
+        }
         with gr.Row():
             with gr.Column():
-                gr.Markdown(
-                    "### 1. First frame and mask\nUpload an image into the editor (or take one below), then "
-                    "paint the mask of what moves with the brush."
-                )
-                editor = gr.ImageEditor(
-                    label="first frame: paint the driver's mask",
-                    type="numpy",
-                    image_mode="RGBA",
-                    format="png",
-                    sources=("upload", "clipboard"),
-                    transforms=(),
-                    layers=False,
-                    brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed"),
-                    eraser=gr.Eraser(),
-                    elem_id="editor",
-                )
-                with gr.Accordion(
-                    "or take a built-in scene, a video's first frame or a clip folder's", open=True
-                ):
-                    with gr.Row():
-                        scene = gr.Dropdown(
-                            choices=list(scenes),
-                            label="built-in world scenes (mask and path included)",
-                            elem_id="scene",
-                        )
-                        scene_button = gr.Button("use scene", size="sm", elem_id="use_scene")
-                    video_file = gr.File(
-                        label="video (its first frame)", file_types=["video"], elem_id="video_file"
-                    )
-                    with gr.Row():
-                        clip_path = gr.Textbox(
-                            label="path on this machine: image, video or clip folder (video.* + mask_*.*)",
-                            elem_id="clip_path",
-                        )
-                        clip_button = gr.Button("load", size="sm")
+                first_frame = first_frame_panel(scenes)
             with gr.Column():
-                gr.Markdown(
-                    "### 2. Driver\nClick points on the image to draw the path the mask is dragged along, "
-                    "or upload a mask video."
-                )
-                mode = gr.Radio(
-                    [("drag the painted mask along the path", "path"), ("uploaded masks", "upload")],
-                    value="path",
-                    label="driver",
-                    elem_id="mode",
-                )
-                canvas = gr.Image(
-                    label="path: click to add points (blue: start)",
-                    interactive=False,
-                    elem_id="path_canvas",
-                    format="png",
-                )
-                with gr.Row():
-                    undo = gr.Button("undo point", size="sm")
-                    clear = gr.Button("clear path", size="sm", elem_id="clear_path")
-                speed = gr.Slider(
-                    0,
-                    40,
-                    value=0,
-                    step=0.5,
-                    label="speed, pixels per frame (0: the whole path over the clip)",
-                )
-                upload = gr.File(
-                    label="mask video, mask image, .npz or mask frames (driver: uploaded masks)",
-                    file_count="multiple",
-                    file_types=[".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".npz", "image"],
-                )
-                preview_button = gr.Button("preview the driver", elem_id="preview")
-                preview = gr.Image(
-                    label="driver as the model sees it", interactive=False, elem_id="preview_image"
-                )
-                scrub = gr.Slider(0, NUM_FRAMES - 1, value=0, step=1, label="frame", elem_id="scrub")
-                notes = gr.Markdown()
-        gr.Markdown("### 3. Generate")
-        with gr.Row():
-            samples = gr.Slider(1, 4, value=3, step=1, label="samples", elem_id="samples")
-            steps = gr.Slider(1, 100, value=model.steps, step=1, label="sampler steps", elem_id="steps")
-            scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SAMPLING.scheduler, label="sampler")
-            min_guidance = gr.Number(DEFAULT_SAMPLING.min_guidance_scale, label="guidance, first frame")
-            max_guidance = gr.Number(DEFAULT_SAMPLING.max_guidance_scale, label="guidance, last frame")
-            seed = gr.Number(42, label="seed", precision=0)
-        go = gr.Button("generate", variant="primary", elem_id="generate")
-        with gr.Row():
-            video = gr.Video(
-                label="input | control | samples", autoplay=True, loop=True, elem_id="result_video"
-            )
-            with gr.Column():
-                files = gr.File(
-                    label="downloads: MP4s, contact sheet, settings",
-                    file_count="multiple",
-                    elem_id="downloads",
-                )
-                info = gr.Markdown(elem_id="run_info")
-        gr.Markdown("### 4. Counterfactuals: edit the path and generate again; the last runs stay here")
-        gallery = gr.Gallery(
-            label="last runs", columns=2, height="auto", object_fit="contain", elem_id="history"
-        )
-
-        driver_inputs = [editor, mode, points, speed, upload]
-        editor.change(on_editor_change, [editor, points], [frame, canvas], show_progress="hidden")
-        canvas.select(on_path_click, [frame, points], [points, canvas], show_progress="hidden")
-        undo.click(functools.partial(on_path_edit, action="undo"), [frame, points], [points, canvas])
-        clear.click(functools.partial(on_path_edit, action="clear"), [frame, points], [points, canvas])
-        video_file.change(on_video_file, [video_file, points], [editor, points])
-        clip_button.click(on_video_file, [clip_path, points], [editor, points])
-        scene_button.click(on_scene, scene, [editor, points])
-        preview_button.click(on_preview, driver_inputs, [preview_frames, preview, scrub, notes])
-        scrub.change(on_scrub, [preview_frames, scrub], preview, show_progress="hidden")
-        go.click(
-            on_generate,
-            [*driver_inputs, samples, steps, scheduler, min_guidance, max_guidance, seed, history],
-            [video, files, info, history, gallery],
-            concurrency_limit=1,
-            concurrency_id="generate",
-        )
+                driver = driver_panel()
+        page = SimpleNamespace(**states, **first_frame, **driver, **generate_panel(model))
+        wire(page, engine, scenes)
     return demo

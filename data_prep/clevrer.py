@@ -40,6 +40,7 @@ import numpy as np
 from data_prep import rle
 from data_prep.build import Item
 from data_prep.common import add_common_arguments, check_length, read_video, run_split
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
 
 SPLITS = ("train", "validation")
@@ -128,7 +129,9 @@ def proposal_masks(
             except (ValueError, KeyError, TypeError) as err:
                 raise SkipSample("bad_masks", f"frame {f}: {err}") from None
             if mask.shape != (height, width):
-                raise SkipSample("bad_masks", f"mask size {mask.shape} differs from the video's {(height, width)}")
+                raise SkipSample(
+                    "bad_masks", f"mask size {mask.shape} differs from the video's {(height, width)}"
+                )
             for k in ks:  # identical attributes: both objects get the union (rare)
                 masks[k, f] |= mask
     return masks
@@ -139,8 +142,8 @@ class ClevrerMaker:
     """Turns one CLEVRER video id (with its file paths and group) into a shard sample."""
 
     split: str
-    num_frames: int = 14
-    target_fps: float | None = 7.0
+    num_frames: int = PAPER_CLIP.num_frames
+    target_fps: float | None = PAPER_CLIP.fps
     frame_stride: int | None = None
 
     def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from data_prep.build import Item, build_split, default_workers
 from data_prep.parts import Part, resolve_part
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.sampling import clip_offsets
 from interdyn.data.shard_format import SkipSample
 from interdyn.media import MediaError, read_video_file
@@ -138,8 +139,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
         help="make nothing: write index.json and report.json once every part is done (else name the missing chunks)",
     )
     clip = parser.add_argument_group("clip length filter (videos too short for one clip are skipped)")
-    clip.add_argument("--num_frames", type=int, default=14, help="frames per training clip")
-    clip.add_argument("--target_fps", type=float, default=7.0, help="clip frame rate")
+    clip.add_argument(
+        "--num_frames", type=int, default=PAPER_CLIP.num_frames, help="frames per training clip"
+    )
+    clip.add_argument("--target_fps", type=float, default=PAPER_CLIP.fps, help="clip frame rate")
     clip.add_argument(
         "--frame_stride", type=int, default=None, help="fixed source stride instead of --target_fps"
     )

@@ -59,6 +59,7 @@ from data_prep.ssv2_annotations import (
     read_id_list,
     track_hands,
 )
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
 
 VIDEO_DIRS = ("20bn-something-something-v2", "videos", "")
@@ -73,8 +74,8 @@ class SSV2Maker:
     videos_dir: str
     split: str
     masks: str = "boxes"
-    num_frames: int = 14
-    target_fps: float | None = 7.0
+    num_frames: int = PAPER_CLIP.num_frames
+    target_fps: float | None = PAPER_CLIP.fps
     frame_stride: int | None = None
     max_gap: int = 12
     sam2: Sam2Settings | None = None

@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="deceleration of rolling discs in px/s^2 (default: 80 at 128 px, scaled with the frame size)",
     )
-    parser.add_argument("--shard_size", type=int, default=100, help="samples per shard (test: groups per shard)")
+    parser.add_argument(
+        "--shard_size", type=int, default=100, help="samples per shard (test: groups per shard)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.size[0] % 2 or args.size[1] % 2:

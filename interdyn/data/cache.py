@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interdyn.data.clip_spec import GEOMETRY_KEYS
 from interdyn.data.shard_format import SkipSample
 from interdyn.errors import ConfigError
 
@@ -34,8 +35,6 @@ FIELD = "cond.npz"
 # 2: CLIP embeddings from SVD's own antialiased resize (no clamp), VAE encoding in float32 for a
 #    ``force_upcast`` VAE, uniform-stride frame timing. Caches of version 1 hold other embeddings.
 FORMAT_VERSION = 2
-# Settings that fix the clip geometry: a DataModule reading the cache must agree on all of them.
-GEOMETRY_KEYS = ("num_frames", "fps", "frame_stride", "frame_sampling", "height", "width")
 
 
 def pack_cache(

@@ -13,7 +13,6 @@ hold only those).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import lightning as L
 import torch
@@ -21,11 +20,10 @@ from torch.utils.data import DataLoader
 
 from interdyn.contract import to_contract
 from interdyn.data.cache import CachedClipDecoder, check_cache_settings, read_cache_settings
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec, Crop, FrameSampling, Window
 from interdyn.data.perturb import MaskPerturbation
 from interdyn.data.shards import CONTROL_CHANNELS, ClipDecoder, ShardClipStream, collate_clips, expand_urls
 from interdyn.errors import ConfigError
-
-Crop = Literal["center", "random", "mask_aware"]
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -73,16 +71,16 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: str | list[str] | None = None,
         test_shards: str | list[str] | None = None,
         predict_shards: str | list[str] | None = None,
-        num_frames: int = 14,
-        fps: float | None = 7.0,
-        frame_stride: int | None = None,
-        frame_sampling: Literal["uniform", "timestamp"] = "uniform",
-        height: int = 256,
-        width: int = 384,
-        crop: Crop = "mask_aware",
+        num_frames: int = PAPER_CLIP.num_frames,
+        fps: float | None = PAPER_CLIP.fps,
+        frame_stride: int | None = PAPER_CLIP.frame_stride,
+        frame_sampling: FrameSampling = PAPER_CLIP.frame_sampling,
+        height: int = PAPER_CLIP.height,
+        width: int = PAPER_CLIP.width,
+        crop: Crop = PAPER_CLIP.crop,
         eval_crop: Crop | None = None,
         hflip: bool = False,
-        eval_window: Literal["center", "start"] = "center",
+        eval_window: Window = PAPER_CLIP.window,
         require_driver_in_first_frame: bool = True,
         require_driver_in_clip: bool = False,
         min_driver_pixels: int = 1,
@@ -101,17 +99,11 @@ class ShardDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.clip_spec = ClipSpec(
+            num_frames, fps, frame_stride, frame_sampling, height, width, crop, eval_window
+        )
         try:  # validate the settings early, with the config's names
-            ClipDecoder(
-                num_frames,
-                fps,
-                frame_stride,
-                height,
-                width,
-                crop,
-                control_type=control_type,
-                frame_sampling=frame_sampling,
-            )
+            ClipDecoder.from_spec(self.clip_spec, control_type=control_type)
             self._perturbation = MaskPerturbation(**eval_perturbation) if eval_perturbation else None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"data settings: {err}") from None
@@ -134,10 +126,6 @@ class ShardDataModule(L.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _geometry(self) -> dict:
-        hp = self.hparams
-        return {k: hp[k] for k in ("num_frames", "fps", "frame_stride", "frame_sampling", "height", "width")}
-
     def _cached_decoder(self, shards: str | list[str]) -> CachedClipDecoder:
         """The cache decoder, after checking the first local shard's cache against these settings."""
         local = [u for u in expand_urls(shards) if not u.startswith("pipe:") and "://" not in u]
@@ -152,21 +140,16 @@ class ShardDataModule(L.LightningDataModule):
                     "(python -m data_prep.latents) on the training shards first"
                 )
             try:
-                check_cache_settings(settings, self._geometry(), local[0])
+                check_cache_settings(settings, self.clip_spec.geometry(), local[0])
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        return CachedClipDecoder(self._geometry())
+        return CachedClipDecoder(self.clip_spec.geometry())
 
     def _decoder(self, train: bool) -> ClipDecoder:
         hp = self.hparams
         eval_crop = hp.eval_crop or ("center" if hp.crop == "random" else hp.crop)
-        return ClipDecoder(
-            num_frames=hp.num_frames,
-            fps=hp.fps,
-            frame_stride=hp.frame_stride,
-            frame_sampling=hp.frame_sampling,
-            height=hp.height,
-            width=hp.width,
+        return ClipDecoder.from_spec(
+            self.clip_spec,
             crop=hp.crop if train else eval_crop,
             hflip=hp.hflip and train,
             window="random" if train else hp.eval_window,

@@ -34,6 +34,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
 from interdyn.data.perturb import MaskPerturbation, boxify
 from interdyn.data.sampling import (
     FRAME_SAMPLINGS,
@@ -123,12 +124,12 @@ class ClipDecoder:
         perturbation: perturb the driver masks after the crop (evaluation robustness studies).
     """
 
-    num_frames: int = 14
-    fps: float | None = 7.0
-    frame_stride: int | None = None
-    height: int = 256
-    width: int = 384
-    crop: str = "mask_aware"
+    num_frames: int = PAPER_CLIP.num_frames
+    fps: float | None = PAPER_CLIP.fps
+    frame_stride: int | None = PAPER_CLIP.frame_stride
+    height: int = PAPER_CLIP.height
+    width: int = PAPER_CLIP.width
+    crop: str = PAPER_CLIP.crop
     hflip: bool = False
     window: str = "random"
     require_driver_in_first_frame: bool = True
@@ -137,7 +138,13 @@ class ClipDecoder:
     control_type: str = "binary"
     with_objects: bool = False
     perturbation: MaskPerturbation | None = None
-    frame_sampling: str = "uniform"
+    frame_sampling: str = PAPER_CLIP.frame_sampling
+
+    @classmethod
+    def from_spec(cls, spec: ClipSpec, **options: Any) -> ClipDecoder:
+        """A decoder cutting the clips ``spec`` describes (its fixed ``window`` too); ``options`` set the
+        other fields or override the spec's (``window="random"`` for training)."""
+        return cls(**{**spec.as_kwargs(), **options})
 
     def __post_init__(self) -> None:
         if self.control_type not in CONTROL_CHANNELS:
@@ -299,7 +306,9 @@ class ShardClipStream(IterableDataset):
             self._reported_shards.add(name)
             # every rank reads every evaluation shard: one of them reports a broken one
             owner = self._shard_index.get(name, 0) % self.world_size == self.rank
-            self._skip("bad_shard", name, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}", report=owner)
+            self._skip(
+                "bad_shard", name, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}", report=owner
+            )
         return True  # keep going with the next sample / shard
 
     def _shards(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[dict[str, str]]:

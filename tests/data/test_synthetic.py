@@ -103,17 +103,8 @@ def test_counterfactual_variants_share_the_first_frame_only():
 
 
 def test_metadata_and_masks_follow_the_contract(tmp_path):
-    write_split(
-        tmp_path,
-        "test",
-        1,
-        seed=0,
-        world=World(height=48, width=64),
-        num_frames=16,
-        fps=14.0,
-        variants=2,
-        progress=False,
-    )
+    world = World(height=48, width=64)
+    write_split(tmp_path, "test", 1, seed=0, world=world, num_frames=16, fps=14.0, variants=2, progress=False)
     files = read_shard(tmp_path / "test")
     meta = json.loads(files["synthetic-test-000000_v1.json"])
     assert meta["group"] == "test-000000" and meta["variant"] == 1 and meta["mask_source"] == "synthetic"

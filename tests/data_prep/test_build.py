@@ -96,7 +96,9 @@ def test_a_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_split(tmp_path, "toy", "train", items, Maker(stop_at="003"), shard_size=2, progress=False)
     folder = tmp_path / "train"
-    (folder / f"toy-train-000001.tar.otherhost-1{TMP_SUFFIX}").write_bytes(b"partial")  # as a SIGKILL leaves it
+    (folder / f"toy-train-000001.tar.otherhost-1{TMP_SUFFIX}").write_bytes(
+        b"partial"
+    )  # as a SIGKILL leaves it
     result = build_split(tmp_path, "toy", "train", items, Maker(), shard_size=2, progress=False)
     assert not list(folder.rglob(f"*{TMP_SUFFIX}"))
     assert result.num_samples == 4 and json.loads((folder / "index.json").read_text())["num_samples"] == 4
@@ -104,26 +106,11 @@ def test_a_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path):
 
 def test_parallel_workers_make_the_same_split(tmp_path):
     items = make_items(9)
-    build_split(
-        tmp_path / "a",
-        "toy",
-        "train",
-        items,
-        Maker(skip={"002": "x"}),
-        shard_size=2,
-        workers=1,
-        progress=False,
-    )
-    build_split(
-        tmp_path / "b",
-        "toy",
-        "train",
-        items,
-        Maker(skip={"002": "x"}),
-        shard_size=2,
-        workers=2,
-        progress=False,
-    )
+    for folder, workers in (("a", 1), ("b", 2)):
+        maker = Maker(skip={"002": "x"})
+        build_split(
+            tmp_path / folder, "toy", "train", items, maker, shard_size=2, workers=workers, progress=False
+        )
     for name in ("index.json", "report.json"):
         a = json.loads((tmp_path / "a" / "train" / name).read_text())
         b = json.loads((tmp_path / "b" / "train" / name).read_text())

@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
 from interdyn.commands import call_with, command_parser, resolve_device, run_command
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec, Crop, FrameSampling, Window
 from interdyn.data.shards import ClipDecoder, ShardClipStream, SkippedSampleWarning
 from interdyn.data.video import VideoDecodeError, decode_frames
 from interdyn.errors import InterDynError
@@ -83,20 +85,137 @@ def load_prediction(
     return video.float() / 255.0
 
 
+def _open_predictions(pred_dir: str, out: str | None) -> tuple[Path, dict[str, list[Path]]]:
+    """The prediction folder and its files by clip key; user errors are found before any scoring."""
+    folder = Path(pred_dir)
+    if not folder.is_dir():
+        raise InterDynError(f"--pred_dir '{pred_dir}' is not a folder")
+    predictions = find_predictions(folder)
+    if not predictions:
+        raise InterDynError(f"no prediction videos ({', '.join(VIDEO_EXTS)}) in '{pred_dir}'")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise InterDynError(f"--out '{out}' exists and is not a folder")
+    return folder, predictions
+
+
+@dataclass
+class _Tally:
+    """What the scoring loop met besides the scores: clips without a prediction, left-out predictions
+    by reason, the samples per clip and the clip rates taken."""
+
+    missing: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    samples: set[int] = field(default_factory=set)
+    rates: set[float] = field(default_factory=set)
+
+
+def _score(
+    stream: ShardClipStream,
+    predictions: dict[str, list[Path]],
+    evaluator: VideoMetrics,
+    spec: ClipSpec,
+    resize: bool,
+) -> _Tally:
+    """Feed every test clip that has a prediction to ``evaluator``."""
+    tally = _Tally()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", SkippedSampleWarning)
+        for clip in tqdm(stream, desc="evaluate", unit="clip"):
+            key = clip["key"]
+            if key not in predictions:
+                tally.missing.append(key)
+                continue
+            try:
+                fakes = torch.stack(
+                    [
+                        load_prediction(p, spec.num_frames, spec.height, spec.width, resize)
+                        for p in predictions[key]
+                    ]
+                )
+            except BadPrediction as bad:
+                tally.skipped.setdefault(bad.reason, []).append(f"{key}: {bad}")
+                print(f"warning: left out {key} ({bad.reason}): {bad}", file=sys.stderr)
+                continue
+            tally.samples.add(len(fakes))
+            tally.rates.add(float(clip["fps"]))
+            evaluator.update(
+                clip["pixel_values"].float() / 255.0,
+                fakes,
+                key,
+                masks=clip["control"],
+                meta=clip["meta"],
+                source_indices=clip["source_indices"].tolist(),
+                geometry=clip["geometry"].tolist(),
+            )
+    return tally
+
+
+def _protocol(
+    method: str,
+    results: dict[str, Any],
+    spec: ClipSpec,
+    tally: _Tally,
+    evaluator: VideoMetrics,
+    tracker: str | None,
+    resize: bool,
+) -> dict[str, Any]:
+    """The protocol row of the outputs: how the clips were cut and what was scored."""
+    return {
+        "method": method,
+        "videos": results["num_videos"],
+        "samples_per_input": "/".join(str(s) for s in sorted(tally.samples)),
+        "frames": spec.num_frames,
+        "resolution": f"{spec.height}x{spec.width}",
+        "fps": spec.fps if spec.frame_stride is None else f"stride {spec.frame_stride}",
+        "frame_sampling": spec.frame_sampling,
+        "clip_fps": sorted(tally.rates),  # the rates actually taken (e.g. 6 for every 2nd frame of 12 fps)
+        "crop": spec.crop,
+        "window": spec.window,
+        "i3d_weights_sha256": evaluator.i3d_sha256,
+        "tracker": tracker,
+        "missing_predictions": len(tally.missing),
+        "skipped_predictions": {reason: len(items) for reason, items in sorted(tally.skipped.items())},
+        "resized_predictions": resize,
+    }
+
+
+def _write_results(
+    out_dir: Path, results: dict[str, Any], protocol: dict[str, Any], evaluator: VideoMetrics, tally: _Tally
+) -> None:
+    """metrics.json and metrics.md into ``out_dir``, the table and warnings on the terminal."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "metrics": results,
+        "protocol": protocol,
+        "per_video": evaluator.rows,
+        "missing": tally.missing,
+        "skipped_predictions": tally.skipped,
+    }
+    write_atomic(out_dir / "metrics.json", json.dumps(payload, indent=2, default=float))
+    write_atomic(out_dir / "metrics.md", markdown_table(results, protocol))
+    print(markdown_table(results, protocol))
+    print(f"written to {out_dir}")
+    if tally.missing:
+        print(f"warning: {len(tally.missing)} test clips had no prediction (listed in metrics.json)")
+    if tally.skipped:
+        counts = ", ".join(f"{reason} {len(items)}" for reason, items in sorted(tally.skipped.items()))
+        print(f"warning: predictions left out: {counts} (listed in metrics.json)", file=sys.stderr)
+
+
 def evaluate(
     pred_dir: str,
     data: str,
     metrics: list[Metric] | None = None,
     out: str | None = None,
     method: str | None = None,
-    num_frames: int = 14,
-    fps: float = 7.0,
-    frame_stride: int | None = None,
-    frame_sampling: Literal["uniform", "timestamp"] = "uniform",
-    height: int = 256,
-    width: int = 384,
-    crop: Literal["mask_aware", "center", "random"] = "mask_aware",
-    eval_window: Literal["center", "start"] = "center",
+    num_frames: int = PAPER_CLIP.num_frames,
+    fps: float = PAPER_CLIP.fps,
+    frame_stride: int | None = PAPER_CLIP.frame_stride,
+    frame_sampling: FrameSampling = PAPER_CLIP.frame_sampling,
+    height: int = PAPER_CLIP.height,
+    width: int = PAPER_CLIP.width,
+    crop: Crop = PAPER_CLIP.crop,
+    eval_window: Window = PAPER_CLIP.window,
     i3d_weights: str | None = None,
     lpips_backbone: str | None = None,
     tracker: Literal["lk", "cotracker"] = "lk",
@@ -128,27 +247,11 @@ def evaluate(
         device: auto (CUDA when available), cpu, cuda or cuda:<index>
         resize: resize predictions of another size to the clips' (bicubic); without it they are an error
     """
-    folder = Path(pred_dir)
-    if not folder.is_dir():
-        raise InterDynError(f"--pred_dir '{pred_dir}' is not a folder")
-    predictions = find_predictions(folder)
-    if not predictions:
-        raise InterDynError(f"no prediction videos ({', '.join(VIDEO_EXTS)}) in '{pred_dir}'")
-    if out and Path(out).exists() and not Path(out).is_dir():  # found before the scoring, not after it
-        raise InterDynError(f"--out '{out}' exists and is not a folder")
+    folder, predictions = _open_predictions(pred_dir, out)
     metrics = list(metrics or [m for m in ALL_METRICS if m != "lpips"])
-    decoder = ClipDecoder(
-        num_frames=num_frames,
-        fps=fps,
-        frame_stride=frame_stride,
-        frame_sampling=frame_sampling,
-        height=height,
-        width=width,
-        crop=crop,
-        window=eval_window,
-    )
+    spec = ClipSpec(num_frames, fps, frame_stride, frame_sampling, height, width, crop, eval_window)
     try:
-        stream = ShardClipStream(data, decoder, train=False)
+        stream = ShardClipStream(data, ClipDecoder.from_spec(spec), train=False)
     except FileNotFoundError as err:
         raise InterDynError(str(err)) from None
     evaluator = VideoMetrics(
@@ -158,74 +261,16 @@ def evaluate(
         tracker=tracker,
         device=str(resolve_device(device)),
     )
-    missing, samples, rates = [], set(), set()
-    skipped: dict[str, list[str]] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", SkippedSampleWarning)
-        for clip in tqdm(stream, desc="evaluate", unit="clip"):
-            key = clip["key"]
-            if key not in predictions:
-                missing.append(key)
-                continue
-            try:
-                fakes = torch.stack(
-                    [load_prediction(p, num_frames, height, width, resize) for p in predictions[key]]
-                )
-            except BadPrediction as bad:
-                skipped.setdefault(bad.reason, []).append(f"{key}: {bad}")
-                print(f"warning: left out {key} ({bad.reason}): {bad}", file=sys.stderr)
-                continue
-            samples.add(len(fakes))
-            rates.add(float(clip["fps"]))
-            evaluator.update(
-                clip["pixel_values"].float() / 255.0,
-                fakes,
-                key,
-                masks=clip["control"],
-                meta=clip["meta"],
-                source_indices=clip["source_indices"].tolist(),
-                geometry=clip["geometry"].tolist(),
-            )
+    tally = _score(stream, predictions, evaluator, spec, resize)
     if not evaluator.rows:
         raise InterDynError(
-            f"none of the {len(missing)} test clips has a prediction in '{pred_dir}' (e.g. {missing[:3]})"
+            f"none of the {len(tally.missing)} test clips has a prediction in '{pred_dir}' "
+            f"(e.g. {tally.missing[:3]})"
         )
     results = summarize([evaluator.state()], metrics)
-    protocol = {
-        "method": method or folder.name,
-        "videos": results["num_videos"],
-        "samples_per_input": "/".join(str(s) for s in sorted(samples)),
-        "frames": num_frames,
-        "resolution": f"{height}x{width}",
-        "fps": fps if frame_stride is None else f"stride {frame_stride}",
-        "frame_sampling": frame_sampling,
-        "clip_fps": sorted(rates),  # the rates actually taken (e.g. 6 for every 2nd frame of 12 fps)
-        "crop": crop,
-        "window": eval_window,
-        "i3d_weights_sha256": evaluator.i3d_sha256,
-        "tracker": tracker if "motion_fidelity" in metrics else None,
-        "missing_predictions": len(missing),
-        "skipped_predictions": {reason: len(items) for reason, items in sorted(skipped.items())},
-        "resized_predictions": resize,
-    }
-    out_dir = Path(out) if out else folder / "evaluation"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "metrics": results,
-        "protocol": protocol,
-        "per_video": evaluator.rows,
-        "missing": missing,
-        "skipped_predictions": skipped,
-    }
-    write_atomic(out_dir / "metrics.json", json.dumps(payload, indent=2, default=float))
-    write_atomic(out_dir / "metrics.md", markdown_table(results, protocol))
-    print(markdown_table(results, protocol))
-    print(f"written to {out_dir}")
-    if missing:
-        print(f"warning: {len(missing)} test clips had no prediction (listed in metrics.json)")
-    if skipped:
-        counts = ", ".join(f"{reason} {len(items)}" for reason, items in sorted(skipped.items()))
-        print(f"warning: predictions left out: {counts} (listed in metrics.json)", file=sys.stderr)
+    tracked = tracker if "motion_fidelity" in metrics else None
+    protocol = _protocol(method or folder.name, results, spec, tally, evaluator, tracked, resize)
+    _write_results(Path(out) if out else folder / "evaluation", results, protocol, evaluator, tally)
     return results
 
 

@@ -23,6 +23,7 @@ settings and the counts per shard) next to the shards; ``--finalize`` names the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -40,6 +41,7 @@ from interdyn.branch_checkpoint import DTYPES
 from interdyn.config import read_config
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.sampling import key_seed
 from interdyn.data.shard_format import SkipSample
 from interdyn.data.shards import ClipDecoder, expand_urls
@@ -54,17 +56,12 @@ from interdyn.models.conditioning import (
 from interdyn.models.svd import cast_frozen, get_encoders
 
 PROGRESS_DIR = "_latents"
-_DATA_KEYS = {
-    "num_frames": 14,
-    "fps": 7.0,
-    "frame_stride": None,
-    "frame_sampling": "uniform",
-    "height": 256,
-    "width": 384,
-    "crop": "mask_aware",
-    "require_driver_in_first_frame": True,
-    "require_driver_in_clip": False,
-    "min_driver_pixels": 1,
+_DRIVER_KEYS = ("require_driver_in_first_frame", "require_driver_in_clip", "min_driver_pixels")
+# The data settings a cache depends on and their defaults (the window is a flag of its own: the
+# config's eval_window is for evaluation clips).
+_DATA_KEYS: dict[str, Any] = {
+    **{k: v for k, v in PAPER_CLIP.as_kwargs().items() if k != "window"},
+    **{f.name: f.default for f in dataclasses.fields(ClipDecoder) if f.name in _DRIVER_KEYS},
 }
 
 
@@ -307,31 +304,36 @@ def _write_reports(jobs: list[tuple[Path, Path, Path]], settings: dict[str, Any]
         write_atomic(folder / "latents.json", json.dumps(report, indent=1, sort_keys=True).encode())
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Cache every shard; returns a summary (settings, shard counts, samples cached and skipped)."""
-    part = resolve_part(args.part)
-    settings, svd, urls = resolve_settings(args)
-    fingerprint = json.dumps(settings, sort_keys=True)
-    jobs: list[tuple[Path, Path, Path]] = []
+def _jobs(urls: list[str], out: Path | None) -> list[tuple[Path, Path, Path]]:
+    """``(source shard, cached shard, progress record)`` per shard, in the order of ``urls``."""
+    jobs = []
     for url in urls:
         src = Path(url)
-        dst = (args.out / src.name) if args.out else src
-        record = dst.parent / PROGRESS_DIR / (src.name + ".json")
-        jobs.append((src, dst, record))
-    if args.finalize:
-        missing = [j for j, job in enumerate(jobs) if _state(*job, fingerprint) != "done"]
-        if missing:
-            shown = ", ".join(f"{j} ({jobs[j][1].name})" for j in missing[:10]) + (
-                ", ..." if len(missing) > 10 else ""
-            )
-            raise MissingCacheError(
-                f"latents: {len(missing)} of {len(jobs)} shards are not cached with these settings: {shown};"
-                " shard j belongs to part j mod n of --part i/n: rerun those parts, then finalize again"
-            )
-        _write_reports(jobs, settings)
-        print(f"latents: all {len(jobs)} shards are cached; wrote latents.json")
-        return {"settings": settings, "shards": len(urls), "cached_now": 0, "counts": {}}
-    mine = [jobs[j] for j in part.chunks(len(jobs))]
+        dst = (out / src.name) if out else src
+        jobs.append((src, dst, dst.parent / PROGRESS_DIR / (src.name + ".json")))
+    return jobs
+
+
+def _finalize(jobs: list[tuple[Path, Path, Path]], settings: dict[str, Any], fingerprint: str) -> None:
+    """``--finalize``: write ``latents.json`` when every shard is cached, else name the missing ones."""
+    missing = [j for j, job in enumerate(jobs) if _state(*job, fingerprint) != "done"]
+    if missing:
+        shown = ", ".join(f"{j} ({jobs[j][1].name})" for j in missing[:10]) + (
+            ", ..." if len(missing) > 10 else ""
+        )
+        raise MissingCacheError(
+            f"latents: {len(missing)} of {len(jobs)} shards are not cached with these settings: {shown};"
+            " shard j belongs to part j mod n of --part i/n: rerun those parts, then finalize again"
+        )
+    _write_reports(jobs, settings)
+    print(f"latents: all {len(jobs)} shards are cached; wrote latents.json")
+
+
+def _to_do(
+    mine: list[tuple[Path, Path, Path]], fingerprint: str, overwrite: bool
+) -> list[tuple[Path, Path, Path]]:
+    """The shards of this part not cached with these settings yet (an error for shards cached with other
+    settings unless ``overwrite``); removes temporary files a killed run left."""
     todo = []
     for src, dst, record in mine:
         for stale in dst.parent.glob(f"{dst.name}*{TMP_SUFFIX}"):  # left by a killed run of this part
@@ -339,11 +341,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         state = _state(src, dst, record, fingerprint)
         if state == "done":
             continue
-        if state == "other" and not args.overwrite:
+        if state == "other" and not overwrite:
             raise ValueError(
                 f"{dst} was cached with other settings ({record}); pass --overwrite to rebuild the cache"
             )
         todo.append((src, dst, record))
+    return todo
+
+
+def _cache_shards(
+    todo: list[tuple[Path, Path, Path]],
+    settings: dict[str, Any],
+    svd: Any,
+    device: str,
+    args: argparse.Namespace,
+) -> Counter:
+    """Cache every shard of ``todo`` on ``device``, recording each one done; returns the counts."""
+    fingerprint = json.dumps(settings, sort_keys=True)
+    dtype_name = args.encoder_dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    encoder = ConditioningEncoder(
+        svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+    )
+    decoder = ClipDecoder(**{k: settings[k] for k in (*_DATA_KEYS, "window")})
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(desc="caching", unit="video")
+    total: Counter = Counter()
+    for src, dst, record in todo:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        counts = cache_shard(src, dst, decoder, encoder, settings, args.batch_size, progress)
+        total.update(counts)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        stat = dst.stat()
+        entry = {
+            "settings": fingerprint,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "counts": counts,
+        }
+        write_atomic(record, json.dumps(entry, indent=1).encode())
+    if progress is not None:
+        progress.close()
+    return total
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Cache every shard; returns a summary (settings, shard counts, samples cached and skipped)."""
+    part = resolve_part(args.part)
+    settings, svd, urls = resolve_settings(args)
+    fingerprint = json.dumps(settings, sort_keys=True)
+    jobs = _jobs(urls, args.out)
+    if args.finalize:
+        _finalize(jobs, settings, fingerprint)
+        return {"settings": settings, "shards": len(urls), "cached_now": 0, "counts": {}}
+    mine = [jobs[j] for j in part.chunks(len(jobs))]
+    todo = _to_do(mine, fingerprint, args.overwrite)
     shown = {k: v for k, v in settings.items() if k not in ("svd", "version")}
     svd_name = svd if isinstance(svd, str) else "the config's random SVD"
     which = "" if part.whole else f" (part {part} from {part.source}: {len(mine)} of them)"
@@ -354,45 +408,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     if todo:
         device = part_device(part, args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype_name = args.encoder_dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-        encoder = ConditioningEncoder(
-            svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
-        )
-        decoder = ClipDecoder(
-            num_frames=settings["num_frames"],
-            fps=settings["fps"],
-            frame_stride=settings["frame_stride"],
-            frame_sampling=settings["frame_sampling"],
-            height=settings["height"],
-            width=settings["width"],
-            crop=settings["crop"],
-            window=settings["window"],
-            require_driver_in_first_frame=settings["require_driver_in_first_frame"],
-            require_driver_in_clip=settings["require_driver_in_clip"],
-            min_driver_pixels=settings["min_driver_pixels"],
-        )
-        progress = None
-        if not args.no_progress:
-            from tqdm import tqdm
-
-            progress = tqdm(desc="caching", unit="video")
-        for src, dst, record in todo:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            counts = cache_shard(src, dst, decoder, encoder, settings, args.batch_size, progress)
-            total.update(counts)
-            record.parent.mkdir(parents=True, exist_ok=True)
-            stat = dst.stat()
-            entry = {
-                "settings": fingerprint,
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "counts": counts,
-            }
-            write_atomic(record, json.dumps(entry, indent=1).encode())
-        if progress is not None:
-            progress.close()
+        total = _cache_shards(todo, settings, svd, device, args)
     seconds = time.monotonic() - started
-    summary = {"settings": settings, "shards": len(urls), "cached_now": len(todo), "counts": dict(total)}
     skipped = {k: v for k, v in total.items() if k != "cached"}
     videos = sum(total.values())
     print(
@@ -410,7 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"latents: {len(waiting)} shard(s) of other parts are not cached yet; the last part to finish"
             " writes latents.json (or run the same command with --finalize)"
         )
-    return summary
+    return {"settings": settings, "shards": len(urls), "cached_now": len(todo), "counts": dict(total)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,10 +27,11 @@ from jsonargparse import ArgumentParser
 
 from interdyn.branch_checkpoint import DTYPES, load_branch
 from interdyn.commands import add_default_note, command_parser, resolve_device, run_command
+from interdyn.data.clip_spec import ClipSpec, FrameSampling
 from interdyn.data.video import encode_video
 from interdyn.errors import InputError, WeightsMismatchError
 from interdyn.files import write_atomic
-from interdyn.inputs import GenerationInputs, load_clip_inputs, load_image_inputs
+from interdyn.inputs import DEMO_CLIP, GenerationInputs, ReadOptions, load_clip_inputs, load_image_inputs
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
@@ -126,12 +127,12 @@ class GenerateOptions:
     control_fps: float | None = None
     start: int = 0
     threshold: int = 128
-    num_frames: int = 14
-    fps: float = 7.0
-    frame_sampling: Literal["uniform", "timestamp"] = "uniform"
-    frame_stride: int | None = None
-    height: int = 256
-    width: int = 384
+    num_frames: int = DEMO_CLIP.num_frames
+    fps: float = DEMO_CLIP.fps
+    frame_sampling: FrameSampling = DEMO_CLIP.frame_sampling
+    frame_stride: int | None = DEMO_CLIP.frame_stride
+    height: int = DEMO_CLIP.height
+    width: int = DEMO_CLIP.width
     crop: Literal["mask_aware", "center"] | None = None
     svd: str | None = None
     controlnet: str = RELEASED_REPO
@@ -176,21 +177,28 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def read_inputs(args: GenerateOptions) -> GenerationInputs:
-    """The image/clip and controls named on the command line, at the model's resolution."""
-    common = dict(
+def clip_spec(args: GenerateOptions) -> ClipSpec:
+    """The clip the options ask for (the demo's centre crop unless ``--crop`` is given)."""
+    return ClipSpec(
         num_frames=args.num_frames,
         fps=args.fps,
+        frame_stride=args.frame_stride,
+        frame_sampling=args.frame_sampling,
         height=args.height,
         width=args.width,
-        crop=args.crop or "center",
-        crop_given=args.crop is not None,
-        frame_sampling=args.frame_sampling,
-        frame_stride=args.frame_stride,
+        crop=args.crop or DEMO_CLIP.crop,
+    )
+
+
+def read_inputs(args: GenerateOptions) -> GenerationInputs:
+    """The image/clip and controls named on the command line, at the model's resolution."""
+    clip = clip_spec(args)
+    options = ReadOptions(
         start=args.start,
         control_fps=args.control_fps,
         threshold=args.threshold,
         name=args.name,
+        crop_given=args.crop is not None,
     )
     check_name(args.name)
     if args.clip and (args.image or args.control):
@@ -198,12 +206,12 @@ def read_inputs(args: GenerateOptions) -> GenerationInputs:
             "--clip takes its image and masks from the folder; use either --clip or --image with --control."
         )
     if args.clip:
-        return load_clip_inputs(args.clip, control_name=args.control_name, **common)
+        return load_clip_inputs(args.clip, args.control_name, clip, options)
     if not args.image:
         raise InputError("give an --image with one or more --control files, or a --clip folder.")
     if not args.control:
         raise InputError("--image needs --control: a mask video, a folder of mask images or a .npz.")
-    return load_image_inputs(args.image, args.control, **common)
+    return load_image_inputs(args.image, args.control, clip, options)
 
 
 def check_name(name: str | None) -> None:
@@ -378,7 +386,7 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         "frame_stride": args.frame_stride,
         "timing": inputs.timing,
         "source_frames": inputs.source_frames,
-        "crop": args.crop or "center",
+        "crop": args.crop or DEMO_CLIP.crop,
         "height": args.height,
         "width": args.width,
         "sampling": settings,

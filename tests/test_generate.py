@@ -9,7 +9,10 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -25,13 +28,15 @@ from interdyn.data.video import decode_frames, encode_video, probe_video
 from interdyn.errors import InputError
 from interdyn.export import export_checkpoint, export_main
 from interdyn.generate import generate, generate_main
-from interdyn.inputs import load_clip_inputs, load_image_inputs
+from interdyn.inputs import DEMO_CLIP, load_clip_inputs, load_image_inputs
 from interdyn.models import ControlNetSDVModel, InterDynPipeline, load_controlnet, load_svd
 from interdyn.module import InterDynModule
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS, randomize_
 
 H, W = 80, 120  # source size: resized and cropped to SIZE x SIZE
 SIZE, FRAMES = 64, 14
+SMALL = replace(DEMO_CLIP, height=SIZE, width=SIZE)  # the demo's clip, small
+MASK_AWARE = replace(SMALL, crop="mask_aware")
 SOURCE_FRAMES, SOURCE_FPS = 30, 14.0  # 14 frames at 7 FPS need 27 source frames at 14 fps
 
 
@@ -130,16 +135,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_svd_folder: Path) 
         scheduler="dpmpp_2m",
     )
     data = MovingShapesDataModule(num_train=2, num_val=1, num_test=1, num_frames=4, batch_size=1)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, default_root_dir=root, **quiet)
     with warnings.catch_warnings():  # the frozen parts are in eval mode on purpose
         warnings.simplefilter("ignore")
         trainer.fit(module, data)
@@ -260,7 +259,7 @@ def test_counterfactual_grid(tmp_path, files, tiny_svd_folder, branch_folder):
 def test_counterfactual_controls_share_one_crop(files):
     """mask_aware centres one window on the union of all controls, so every row sees the same image."""
     paths = [files[k] for k in ("a", "b", "c")]
-    inputs = load_image_inputs(files["image"], paths, height=SIZE, width=SIZE, crop="mask_aware")
+    inputs = load_image_inputs(files["image"], paths, MASK_AWARE)
     image = np.asarray(Image.open(files["image"]).convert("RGB"))
     union = np.logical_or.reduce([c.any(0) for c in inputs.controls])
     assert union[:, 0].any() and union[:, -1].any()  # a (left) and c (right) both kept in the window
@@ -275,7 +274,7 @@ def test_counterfactual_controls_share_one_crop(files):
 
 
 def test_image_inputs_are_transformed_like_training_clips(files):
-    inputs = load_image_inputs(files["image"], [files["hand"]], height=SIZE, width=SIZE, crop="mask_aware")
+    inputs = load_image_inputs(files["image"], [files["hand"]], MASK_AWARE)
     image = np.asarray(Image.open(files["image"]).convert("RGB"))
     masks = square_masks(SOURCE_FRAMES)[np.arange(FRAMES) * 2]
     frames, control = joint_transform(np.repeat(image[None], FRAMES, 0), masks, SIZE, SIZE, "mask_aware")
@@ -326,57 +325,39 @@ def test_export_then_generate_matches_the_checkpoint(tmp_path, files, tiny_svd_f
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def image_argv(control: Any, image: Any = "image", controlnet: Any = None) -> Callable[[dict], list[str]]:
+    """The argv ``--image ... --control ... [--controlnet ...]`` of a case: each is a key of the ``files``
+    fixture or a function of it."""
+
+    def pick(files: dict, what: Any) -> str:
+        return str(what(files) if callable(what) else files[what])
+
+    def argv(files: dict) -> list[str]:
+        out = ["--image", pick(files, image), "--control", pick(files, control)]
+        return out + (["--controlnet", pick(files, controlnet)] if controlnet else [])
+
+    return argv
+
+
 BAD_INPUTS = {
-    "missing image": (
-        lambda f: ["--image", str(f["image"].with_name("nope.png")), "--control", str(f["hand"])],
-        "does not exist",
-    ),
-    "unreadable image": (
-        lambda f: ["--image", str(f["broken_image"]), "--control", str(f["hand"])],
-        "cannot read the image",
-    ),
-    "unreadable control": (
-        lambda f: ["--image", str(f["image"]), "--control", str(f["broken_control"])],
-        "cannot read the control",
-    ),
-    "missing control": (
-        lambda f: ["--image", str(f["image"]), "--control", str(f["image"].with_name("x.webm"))],
-        "does not exist",
-    ),
-    "empty masks": (
-        lambda f: ["--image", str(f["image"]), "--control", str(f["empty"])],
-        "is empty: none of its 30 frames",
-    ),
+    "missing image": (image_argv("hand", image=lambda f: f["image"].with_name("nope.png")), "does not exist"),
+    "unreadable image": (image_argv("hand", image="broken_image"), "cannot read the image"),
+    "unreadable control": (image_argv("broken_control"), "cannot read the control"),
+    "missing control": (image_argv(lambda f: f["image"].with_name("x.webm")), "does not exist"),
+    "empty masks": (image_argv("empty"), "is empty: none of its 30 frames"),
     "too few frames": (
-        lambda f: ["--image", str(f["image"]), "--control", str(f["short"])],
+        image_argv("short"),
         "has 10 frames at 14 fps, but 14 frames at 7 FPS need 27 source frames",
     ),
-    "mask size": (
-        lambda f: ["--image", str(f["image"]), "--control", str(f["small"])],
-        "is 96x64 pixels but the image 'scene.png' is 120x80",
-    ),
+    "mask size": (image_argv("small"), "is 96x64 pixels but the image 'scene.png' is 120x80"),
     "clip without masks": (lambda f: ["--clip", str(f["bare_clip"])], "has no mask_<name>"),
     "no control": (lambda f: ["--image", str(f["image"])], "--image needs --control"),
     "missing weights": (
-        lambda f: [
-            "--image",
-            str(f["image"]),
-            "--control",
-            str(f["hand"]),
-            "--controlnet",
-            str(f["image"].with_name("no_branch")),
-        ],
+        image_argv("hand", controlnet=lambda f: f["image"].with_name("no_branch")),
         "Could not load the InterDyn control branch",
     ),
     "foreign checkpoint": (
-        lambda f: [
-            "--image",
-            str(f["image"]),
-            "--control",
-            str(f["hand"]),
-            "--controlnet",
-            str(f["foreign_ckpt"]),
-        ],
+        image_argv("hand", controlnet="foreign_ckpt"),
         "is not a checkpoint of an interdyn training run",
     ),
 }
@@ -458,18 +439,16 @@ def test_clip_masks_of_other_lengths(tmp_path):
     cannot give 14 frames is refused in one sentence."""
     from tests.example_folders import write_example
 
-    longer = load_clip_inputs(write_example(tmp_path / "longer", hand_frames=40), height=SIZE, width=SIZE)
+    longer = load_clip_inputs(write_example(tmp_path / "longer", hand_frames=40), clip=SMALL)
     assert longer.source_frames == list(range(0, 28, 2))
     assert any("cut at the video's end" in n for n in longer.notes)
     shorter = load_clip_inputs(
-        write_example(tmp_path / "shorter", video_frames=34, hand_frames=28), height=SIZE, width=SIZE
+        write_example(tmp_path / "shorter", video_frames=34, hand_frames=28), clip=SMALL
     )
     assert shorter.source_frames == list(range(0, 28, 2)) and len(shorter.truth) == FRAMES
     assert any("the clip ends with the mask" in n for n in shorter.notes)
     with pytest.raises(InputError, match=r"\(cut to its mask's length\) has 20 frames at 12 fps"):
-        load_clip_inputs(
-            write_example(tmp_path / "short", video_frames=34, hand_frames=20), height=SIZE, width=SIZE
-        )
+        load_clip_inputs(write_example(tmp_path / "short", video_frames=34, hand_frames=20), clip=SMALL)
 
 
 @pytest.mark.parametrize(

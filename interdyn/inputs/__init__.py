@@ -2,7 +2,14 @@
 brought to the model's clip (:mod:`interdyn.inputs.files` reads the files, :mod:`interdyn.inputs.clips`
 resamples, resizes and crops them)."""
 
-from interdyn.inputs.clips import GenerationInputs, frame_indices, load_clip_inputs, load_image_inputs
+from interdyn.inputs.clips import (
+    DEMO_CLIP,
+    GenerationInputs,
+    ReadOptions,
+    frame_indices,
+    load_clip_inputs,
+    load_image_inputs,
+)
 from interdyn.inputs.files import (
     FOLDER_FPS,
     MaskSource,
@@ -15,11 +22,13 @@ from interdyn.inputs.files import (
 from interdyn.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, binarize
 
 __all__ = [
+    "DEMO_CLIP",
     "FOLDER_FPS",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "GenerationInputs",
     "MaskSource",
+    "ReadOptions",
     "binarize",
     "find_clip_parts",
     "frame_indices",

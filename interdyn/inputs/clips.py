@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
 from interdyn.data.sampling import (
     FRAME_SAMPLINGS,
     clip_offsets,
@@ -34,6 +35,32 @@ from interdyn.data.sampling import (
 from interdyn.data.transforms import CROPS, joint_transform, resize_to_cover
 from interdyn.errors import InputError
 from interdyn.inputs.files import FOLDER_FPS, MaskSource, find_clip_parts, read_frames, read_image, read_masks
+
+# The authors' demo cuts the paper's clips but centres its crop on the image, not on the masks.
+DEMO_CLIP = replace(PAPER_CLIP, crop="center")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How the user's files are read, besides the clip they are brought to.
+
+    Args:
+        start: first source frame of the clip window.
+        control_fps: frame rate of the masks (and of a clip folder's video); ``None``: the file's own,
+            else :data:`~interdyn.inputs.files.FOLDER_FPS`.
+        threshold: mask threshold (0-255, brightest channel).
+        name: name of the outputs (default: the image's stem or the clip folder's name).
+        crop_given: whether the user chose the crop (the notes say when the demo's default was taken).
+    """
+
+    start: int = 0
+    control_fps: float | None = None
+    threshold: int = 128
+    name: str | None = None
+    crop_given: bool = True
+
+
+DEFAULT_READ = ReadOptions()
 
 
 @dataclass
@@ -91,15 +118,7 @@ def _check_mask_size(masks: np.ndarray, height: int, width: int, what: str, agai
 
 
 def _resample_control(
-    label: str,
-    source: MaskSource,
-    num_frames: int,
-    fps: float,
-    frame_stride: int | None,
-    start: int,
-    control_fps: float | None,
-    notes: list[str],
-    frame_sampling: str = "uniform",
+    label: str, source: MaskSource, clip: ClipSpec, options: ReadOptions, notes: list[str]
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """A control's masks at the clip's timestamps and the source frame rate used, with a note saying
     which frames were taken."""
@@ -109,6 +128,7 @@ def _resample_control(
             f"{what} is empty: none of its {len(source.masks)} frames has a mask pixel (a driver pixel "
             "is one whose brightest channel reaches --threshold)."
         )
+    num_frames, control_fps = clip.num_frames, options.control_fps
     if source.still:
         notes.append(f"control '{label}': one mask image, repeated over {num_frames} frames")
         return np.repeat(source.masks, num_frames, axis=0), float(control_fps or FOLDER_FPS), np.zeros(0, int)
@@ -118,20 +138,34 @@ def _resample_control(
         if control_fps
         else ("its own rate" if source.fps else "assumed for image folders / .npz")
     )
-    indices = frame_indices(
-        len(source.masks), source_fps, num_frames, fps, frame_stride, start, what, frame_sampling
-    )
+    indices = _clip_indices(len(source.masks), source_fps, clip, options.start, what)
     notes.append(
         f"control '{label}': {len(source.masks)} frames at {source_fps:g} fps ({origin}) -> {num_frames} "
-        f"frames, {describe_timing(source_fps, fps, frame_stride, frame_sampling)} "
+        f"frames, {_timing(source_fps, clip)} "
         f"(source frames {_describe_indices(indices)})"
     )
     return source.masks[indices], source_fps, indices
 
 
-def _geometry_note(
-    source_hw: tuple[int, int], geometry: tuple, height: int, width: int, crop: str, crop_given: bool
-) -> str:
+def _clip_indices(num_source: int, source_fps: float, clip: ClipSpec, start: int, what: str) -> np.ndarray:
+    """:func:`frame_indices` for ``clip``."""
+    return frame_indices(
+        num_source, source_fps, clip.num_frames, clip.fps, clip.frame_stride, start, what, clip.frame_sampling
+    )
+
+
+def _timing(source_fps: float, clip: ClipSpec) -> str:
+    """:func:`describe_timing` for ``clip``."""
+    return describe_timing(source_fps, clip.fps, clip.frame_stride, clip.frame_sampling)
+
+
+def _clip_fps(source_fps: float, clip: ClipSpec) -> float:
+    """The playback rate of ``clip`` cut from ``source_fps`` (:func:`effective_fps`)."""
+    return effective_fps(source_fps, clip.fps, clip.frame_stride, clip.frame_sampling)
+
+
+def _geometry_note(source_hw: tuple[int, int], geometry: tuple, clip: ClipSpec, crop_given: bool) -> str:
+    height, width, crop = clip.height, clip.width, clip.crop
     sy, sx, top, left, _ = geometry
     rh, rw = round(source_hw[0] * sy), round(source_hw[1] * sx)
     how = (
@@ -153,34 +187,33 @@ def _check_crop(control: np.ndarray, label: str, crop: str) -> None:
         )
 
 
-def _check_options(
-    height: int,
-    width: int,
-    crop: str,
-    num_frames: int,
-    fps: float,
-    frame_stride: int | None,
-    start: int,
-    control_fps: float | None = None,
-    frame_sampling: str = "uniform",
-) -> None:
-    if crop not in ("center", "mask_aware"):
-        raise InputError(f"--crop must be 'center' or 'mask_aware', got '{crop}' (known crops: {CROPS}).")
-    if height <= 0 or width <= 0 or height % 8 or width % 8:
-        raise InputError(f"--height and --width must be positive multiples of 8, got {height}x{width}.")
-    if num_frames < 1 or not (math.isfinite(fps) and fps > 0):
-        raise InputError(f"--num_frames and --fps must be positive, got {num_frames} and {fps:g}.")
+def _check_options(clip: ClipSpec, options: ReadOptions) -> None:
+    """One InputError sentence for the first setting that cannot cut a clip."""
+    if clip.crop not in ("center", "mask_aware"):
+        raise InputError(
+            f"--crop must be 'center' or 'mask_aware', got '{clip.crop}' (known crops: {CROPS})."
+        )
+    if clip.height <= 0 or clip.width <= 0 or clip.height % 8 or clip.width % 8:
+        raise InputError(
+            f"--height and --width must be positive multiples of 8, got {clip.height}x{clip.width}."
+        )
+    fps = clip.fps
+    if clip.num_frames < 1 or fps is None or not (math.isfinite(fps) and fps > 0):
+        shown = "none" if fps is None else f"{fps:g}"
+        raise InputError(f"--num_frames and --fps must be positive, got {clip.num_frames} and {shown}.")
+    control_fps = options.control_fps
     if control_fps is not None and not (math.isfinite(control_fps) and control_fps > 0):
         raise InputError(
             f"--control_fps must be a positive number of frames per second, got {control_fps:g}."
         )
-    if frame_sampling not in FRAME_SAMPLINGS:
+    if clip.frame_sampling not in FRAME_SAMPLINGS:
         raise InputError(
-            f"--frame_sampling must be one of {', '.join(FRAME_SAMPLINGS)}, got '{frame_sampling}'."
+            f"--frame_sampling must be one of {', '.join(FRAME_SAMPLINGS)}, got '{clip.frame_sampling}'."
         )
-    if (frame_stride is not None and frame_stride < 1) or start < 0:
+    if (clip.frame_stride is not None and clip.frame_stride < 1) or options.start < 0:
         raise InputError(
-            f"--frame_stride must be at least 1 and --start at least 0, got {frame_stride} and {start}."
+            f"--frame_stride must be at least 1 and --start at least 0, got {clip.frame_stride} and "
+            f"{options.start}."
         )
 
 
@@ -199,25 +232,16 @@ def _unique_labels(paths: list[Path]) -> list[str]:
 def load_image_inputs(
     image: str | Path,
     controls: list[str | Path],
-    num_frames: int = 14,
-    fps: float = 7.0,
-    height: int = 256,
-    width: int = 384,
-    crop: str = "center",
-    frame_stride: int | None = None,
-    start: int = 0,
-    control_fps: float | None = None,
-    threshold: int = 128,
-    name: str | None = None,
-    crop_given: bool = True,
-    frame_sampling: str = "uniform",
+    clip: ClipSpec = DEMO_CLIP,
+    options: ReadOptions = DEFAULT_READ,
 ) -> GenerationInputs:
-    """An image and one or more control sequences (several: counterfactuals of the same image).
+    """An image and one or more control sequences (several: counterfactuals of the same image), brought
+    to ``clip``.
 
     With several controls the mask-aware crop is centred on the union of all of them, so that every
     sequence sees the same crop of the image.
     """
-    _check_options(height, width, crop, num_frames, fps, frame_stride, start, control_fps, frame_sampling)
+    _check_options(clip, options)
     if not controls:
         raise InputError(
             "--image needs at least one --control (a mask video, a folder of mask images or a .npz)."
@@ -227,45 +251,44 @@ def load_image_inputs(
     paths = [Path(c).expanduser() for c in controls]
     labels = _unique_labels(paths)
     notes: list[str] = []
-    clips, rates, taken = [], [], []
+    sequences, rates, taken = [], [], []
     for label, path in zip(labels, paths, strict=True):
-        source = read_masks(path, threshold)
+        source = read_masks(path, options.threshold)
         _check_mask_size(
             source.masks, *picture.shape[:2], f"the control '{label}'", f"the image '{image_path.name}'"
         )
-        clip, rate, indices = _resample_control(
-            label, source, num_frames, fps, frame_stride, start, control_fps, notes, frame_sampling
-        )
-        clips.append(clip)
+        sequence, rate, indices = _resample_control(label, source, clip, options, notes)
+        sequences.append(sequence)
         rates.append(rate)
         taken.append(indices)
 
     # One crop window for the image and every control: joint_transform on the image with the union of
     # all masks (what mask_aware centres on), then the same resize and window for each sequence.
-    union = np.logical_or.reduce([c.any(axis=0) for c in clips])
+    height, width = clip.height, clip.width
+    union = np.logical_or.reduce([c.any(axis=0) for c in sequences])
     frame_t, _, geometry = joint_transform(
-        picture[None], union[None], height, width, crop, with_geometry=True
+        picture[None], union[None], height, width, clip.crop, with_geometry=True
     )
     top, left = geometry[2], geometry[3]
     image_t = torch.from_numpy(picture).permute(2, 0, 1)[None]
     fitted = []
-    for label, clip in zip(labels, clips, strict=True):
-        _, resized = resize_to_cover(image_t, torch.from_numpy(clip), height, width)
+    for label, sequence in zip(labels, sequences, strict=True):
+        _, resized = resize_to_cover(image_t, torch.from_numpy(sequence), height, width)
         window = resized[:, top : top + height, left : left + width].numpy()
-        _check_crop(window, label, crop)
+        _check_crop(window, label, clip.crop)
         fitted.append(window)
-    notes.append(_geometry_note(picture.shape[:2], geometry, height, width, crop, crop_given))
+    notes.append(_geometry_note(picture.shape[:2], geometry, clip, options.crop_given))
     _note_first_frame(fitted, labels, notes)
     return GenerationInputs(
-        name=name or image_path.stem,
+        name=options.name or image_path.stem,
         image=frame_t[0].permute(1, 2, 0).numpy(),
         controls=fitted,
         labels=labels,
         truth=None,
-        fps=effective_fps(rates[0], fps, frame_stride, frame_sampling),
+        fps=_clip_fps(rates[0], clip),
         notes=notes,
         source_frames=[int(i) for i in taken[0]],
-        timing=describe_timing(rates[0], fps, frame_stride, frame_sampling),
+        timing=_timing(rates[0], clip),
     )
 
 
@@ -298,18 +321,8 @@ def _align_lengths(
 def load_clip_inputs(
     folder: str | Path,
     control_name: str | None = None,
-    num_frames: int = 14,
-    fps: float = 7.0,
-    height: int = 256,
-    width: int = 384,
-    crop: str = "center",
-    frame_stride: int | None = None,
-    start: int = 0,
-    control_fps: float | None = None,
-    threshold: int = 128,
-    name: str | None = None,
-    crop_given: bool = True,
-    frame_sampling: str = "uniform",
+    clip: ClipSpec = DEMO_CLIP,
+    options: ReadOptions = DEFAULT_READ,
 ) -> GenerationInputs:
     """A clip folder: its first selected frame is the image, its mask the control, its frames the
     ground truth (the same frames, resized and cropped together with the masks).
@@ -317,14 +330,15 @@ def load_clip_inputs(
     The defaults are the authors' demo preprocessing of their ``examples/<id>/`` folders: every 2nd frame
     of 12 fps from frame 0, resize (short side) then torchvision's centre crop to 256x384, masks resized
     with torchvision's NEAREST."""
-    _check_options(height, width, crop, num_frames, fps, frame_stride, start, control_fps, frame_sampling)
+    _check_options(clip, options)
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(f"the clip folder '{folder}' does not exist.")
     video_path, mask_path, mask_name = find_clip_parts(folder, control_name)
     frames, video_fps = read_frames(video_path)
+    control_fps = options.control_fps
     source_fps = control_fps or video_fps or FOLDER_FPS
-    source = read_masks(mask_path, threshold)
+    source = read_masks(mask_path, options.threshold)
     label = mask_path.name
     what = f"the control '{label}'"
     _check_mask_size(source.masks, *frames.shape[1:3], what, f"the video '{video_path.name}'")
@@ -333,40 +347,34 @@ def load_clip_inputs(
     notes: list[str] = []
     masks = np.repeat(source.masks, len(frames), axis=0) if source.still else source.masks
     frames, masks = _align_lengths(frames, masks, what, video_path.name, notes)
-    indices = frame_indices(
-        len(frames),
-        source_fps,
-        num_frames,
-        fps,
-        frame_stride,
-        start,
-        f"the video '{video_path.name}'" + (" (cut to its mask's length)" if notes else ""),
-        frame_sampling,
+    cut = " (cut to its mask's length)" if notes else ""
+    indices = _clip_indices(
+        len(frames), source_fps, clip, options.start, f"the video '{video_path.name}'{cut}"
     )
     origin = (
         "--control_fps" if control_fps else ("its own rate" if video_fps else "assumed for frame folders")
     )
-    timing = describe_timing(source_fps, fps, frame_stride, frame_sampling)
+    timing = _timing(source_fps, clip)
     notes.insert(
         0,
         f"clip '{folder.name}': video and mask_{mask_name}, {len(frames)} frames at {source_fps:g} fps ({origin}) "
-        f"-> {num_frames} frames, {timing} (source frames {_describe_indices(indices)})",
+        f"-> {clip.num_frames} frames, {timing} (source frames {_describe_indices(indices)})",
     )
     frames_t, masks_t, geometry = joint_transform(
-        frames[indices], masks[indices], height, width, crop, with_geometry=True
+        frames[indices], masks[indices], clip.height, clip.width, clip.crop, with_geometry=True
     )
     control = masks_t.numpy()
-    _check_crop(control, label, crop)
-    notes.append(_geometry_note(frames.shape[1:3], geometry, height, width, crop, crop_given))
+    _check_crop(control, label, clip.crop)
+    notes.append(_geometry_note(frames.shape[1:3], geometry, clip, options.crop_given))
     _note_first_frame([control], [mask_name], notes)
     truth = frames_t.permute(0, 2, 3, 1).numpy()
     return GenerationInputs(
-        name=name or folder.name,
+        name=options.name or folder.name,
         image=truth[0].copy(),
         controls=[control],
         labels=[mask_name],
         truth=truth,
-        fps=effective_fps(source_fps, fps, frame_stride, frame_sampling),
+        fps=_clip_fps(source_fps, clip),
         notes=notes,
         source_frames=[int(i) for i in indices],
         timing=timing,

@@ -45,18 +45,17 @@ import numpy as np
 
 from data_prep.build import Item
 from data_prep.common import add_common_arguments, check_length, count_video, read_video, run_split
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
 from interdyn.data.video import encode_video
 from interdyn.files import write_atomic
+from interdyn.inputs.files import FolderError, iter_media_frames, read_image_folder
 from interdyn.media import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     MediaError,
     binarize,
-    image_files,
-    iter_video_frames,
     natural_key,
-    open_image,
 )
 
 KEEP_AS_IS = {".mp4": "video.mp4", ".webm": "video.webm"}
@@ -73,39 +72,26 @@ def find_media(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_image(path: Path) -> np.ndarray:
-    try:
-        return open_image(path)
-    except MediaError as err:
-        raise SkipSample("corrupt_video", f"{path}: {err}") from None
-
-
 def read_images(folder: Path) -> np.ndarray:
     """A folder of images (natural order) -> ``(T, H, W, 3)`` uint8; raises :class:`SkipSample` when unusable."""
-    files = image_files(folder)
-    if not files:
-        raise SkipSample("missing_video", f"{folder} holds no images")
-    frames = [_load_image(p) for p in files]
-    if len({f.shape for f in frames}) != 1:
-        raise SkipSample("corrupt_video", f"{folder}: images of different sizes")
-    return np.stack(frames)
+    try:
+        return read_image_folder(folder)
+    except FolderError as err:
+        if err.kind == "empty":
+            raise SkipSample("missing_video", f"{folder} holds no images") from None
+        detail = f"{err.path}: {err}" if err.kind == "unreadable" else f"{folder}: images of different sizes"
+        raise SkipSample("corrupt_video", detail) from None
 
 
 def read_mask(path: Path, threshold: int, min_blob: int) -> np.ndarray:
     """Mask video / image folder / single image -> bool ``(T, H, W)``, binarised frame by frame (a mask
     video never sits in memory as RGB)."""
-    if path.is_dir():
-        frames = (_load_image(p) for p in image_files(path))
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        frames = iter([_load_image(path)])
-    else:
-        if not path.stat().st_size:
-            raise SkipSample("corrupt_video", f"{path} is empty")
-        frames = iter_video_frames(path)
+    if not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES and not path.stat().st_size:
+        raise SkipSample("corrupt_video", f"{path} is empty")
     try:
-        masks = [binarize(f[None], threshold, min_blob)[0] for f in frames]
-    except MediaError as err:  # a mask video that cannot be decoded
-        raise SkipSample("corrupt_video", f"{path}: {err}") from None
+        masks = [binarize(f[None], threshold, min_blob)[0] for f in iter_media_frames(path)]
+    except MediaError as err:  # an image that cannot be read, a mask video that cannot be decoded
+        raise SkipSample("corrupt_video", f"{getattr(err, 'path', path)}: {err}") from None
     if not masks:
         raise SkipSample("missing_masks", f"{path} holds no frames")
     if len({m.shape for m in masks}) != 1:
@@ -182,8 +168,8 @@ class FolderMaker:
     fps: float | None = None
     threshold: int = 128
     min_blob: int = 4
-    num_frames: int = 14
-    target_fps: float | None = 7.0
+    num_frames: int = PAPER_CLIP.num_frames
+    target_fps: float | None = PAPER_CLIP.fps
     frame_stride: int | None = None
     short_objects: str = "pad"
 

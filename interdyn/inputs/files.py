@@ -3,12 +3,16 @@
 Control masks come from a mask video, a folder of mask images, a single mask image (the same mask on
 every frame) or a ``.npz`` array. Every problem with a user's file is an
 :class:`~interdyn.errors.InputError` with one sentence saying what is wrong.
+
+:func:`read_image_folder` and :func:`iter_media_frames` read frame folders and mask files for the folder
+preparer (:mod:`data_prep.folder`) too; they raise :class:`~interdyn.media.MediaError` for each caller to word.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,55 @@ class MaskSource:
     still: bool = False  # a single mask image, to be repeated over the clip
 
 
+class FolderError(MediaError):
+    """A folder of images that gives no stack of frames: ``kind`` is ``empty`` (no images), ``unreadable``
+    (``path`` names the image) or ``sizes`` (images of different sizes)."""
+
+    def __init__(self, kind: str, path: Path, reason: str = "") -> None:
+        super().__init__(reason or kind)
+        self.kind, self.path = kind, path
+
+
+def _open_images(files: list[Path]) -> Iterator[np.ndarray]:
+    for path in files:
+        try:
+            yield open_image(path)
+        except MediaError as err:
+            raise FolderError("unreadable", path, str(err)) from None
+
+
+def iter_media_frames(path: Path) -> Iterator[np.ndarray]:
+    """The ``(H, W, 3)`` uint8 RGB frames of a folder of images, an image or a video file, one at a time
+    (a long mask video never sits in memory whole); :class:`MediaError` (:class:`FolderError` for an
+    image of a folder) when one cannot be read."""
+    if path.is_dir():
+        return _open_images(image_files(path))
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return iter([open_image(path)])
+    return iter_video_frames(path)
+
+
+def read_image_folder(folder: Path) -> np.ndarray:
+    """The images of a folder in natural order -> ``(T, H, W, 3)`` uint8 RGB; :class:`FolderError` when
+    it gives no stack (``interdyn generate`` and the folder preparer word it each their own way)."""
+    files = image_files(folder)
+    if not files:
+        raise FolderError("empty", folder)
+    frames = list(_open_images(files))
+    if len({f.shape for f in frames}) != 1:
+        raise FolderError("sizes", folder)
+    return np.stack(frames)
+
+
+def _read_folder(folder: Path, messages: dict[str, str]) -> np.ndarray:
+    """:func:`read_image_folder`, its problems as InputErrors worded by ``messages[kind]`` (a format string
+    of ``folder``, ``path`` and ``reason``)."""
+    try:
+        return read_image_folder(folder)
+    except FolderError as err:
+        raise InputError(messages[err.kind].format(folder=folder, path=err.path, reason=err)) from None
+
+
 def _open_image(path: Path, what: str) -> np.ndarray:
     try:
         return open_image(path)
@@ -70,13 +123,12 @@ def read_frames(path: Path) -> tuple[np.ndarray, float | None]:
         except MediaError as err:
             raise InputError(f"cannot read the video '{path}' ({err}).") from None
         return frames, fps
-    files = image_files(path)
-    if not files:
-        raise InputError(f"the frame folder '{path}' holds no images.")
-    frames = [_open_image(p, "the frame") for p in files]
-    if len({f.shape for f in frames}) != 1:
-        raise InputError(f"the frames in '{path}' do not all have the same size.")
-    return np.stack(frames), None
+    messages = {
+        "empty": "the frame folder '{folder}' holds no images.",
+        "unreadable": "cannot read the frame '{path}' ({reason}).",
+        "sizes": "the frames in '{folder}' do not all have the same size.",
+    }
+    return _read_folder(path, messages), None
 
 
 def _read_mask_video(path: Path, threshold: int) -> MaskSource:
@@ -145,15 +197,12 @@ def read_masks(path: str | Path, threshold: int = 128) -> MaskSource:
     if not path.exists():
         raise InputError(f"the control '{path}' does not exist.")
     if path.is_dir():
-        files = image_files(path)
-        if not files:
-            raise InputError(
-                f"the control folder '{path}' holds no mask images ({', '.join(sorted(IMAGE_SUFFIXES))})."
-            )
-        images = [_open_image(p, "the mask image") for p in files]
-        if len({m.shape for m in images}) != 1:
-            raise InputError(f"the mask images in '{path}' do not all have the same size.")
-        return MaskSource(binarize(np.stack(images), threshold, zero_one=True), None)
+        messages = {
+            "empty": f"the control folder '{{folder}}' holds no mask images ({', '.join(sorted(IMAGE_SUFFIXES))}).",
+            "unreadable": "cannot read the mask image '{path}' ({reason}).",
+            "sizes": "the mask images in '{folder}' do not all have the same size.",
+        }
+        return MaskSource(binarize(_read_folder(path, messages), threshold, zero_one=True), None)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path, threshold)

@@ -102,26 +102,16 @@ def run(args: list[str]) -> int:
     return ssv2.main([*args, "--no_progress"])
 
 
+def source_args(root: Path, boxes: Path, *rest: str | Path | int) -> list[str]:
+    """``--root ROOT --boxes BOXES`` and the rest of the arguments."""
+    return ["--root", str(root), "--boxes", str(boxes), *map(str, rest)]
+
+
 def test_boxes_mode_end_to_end(ssv2_root, tmp_path):
     root, boxes = ssv2_root
     out = tmp_path / "shards"
     assert (
-        run(
-            [
-                "--root",
-                str(root),
-                "--boxes",
-                str(boxes),
-                "--out",
-                str(out),
-                "--masks",
-                "boxes",
-                "--workers",
-                "2",
-                "--shard_size",
-                "3",
-            ]
-        )
+        run(source_args(root, boxes, "--out", out, "--masks", "boxes", "--workers", 2, "--shard_size", 3))
         == 0
     )
     report = json.loads((out / "train" / "report.json").read_text())
@@ -187,22 +177,9 @@ def test_boxes_mode_end_to_end(ssv2_root, tmp_path):
 def test_rerun_resumes_and_rewrites_nothing(ssv2_root, tmp_path):
     root, boxes = ssv2_root
     out = tmp_path / "shards"
-    args = [
-        "--root",
-        str(root),
-        "--boxes",
-        str(boxes),
-        "--out",
-        str(out),
-        "--masks",
-        "boxes",
-        "--workers",
-        "1",
-        "--shard_size",
-        "2",
-        "--splits",
-        "train",
-    ]
+    args = source_args(
+        root, boxes, "--out", out, "--masks", "boxes", "--workers", 1, "--shard_size", 2, "--splits", "train"
+    )
     assert run(args) == 0
     shards = sorted((out / "train").glob("*.tar"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}
@@ -226,22 +203,12 @@ def test_id_lists_choose_splits_and_leave_train(ssv2_root, tmp_path):
     out = tmp_path / "shards"
     assert (
         run(
-            [
-                "--root",
-                str(root),
-                "--boxes",
-                str(boxes),
-                "--out",
-                str(out),
-                "--masks",
-                "boxes",
-                "--splits",
-                "train",
-                "--ids",
-                f"test={eval_list}",
-                "--workers",
-                "1",
-            ]
+            source_args(
+                root,
+                boxes,
+                *("--out", out, "--masks", "boxes", "--splits", "train"),
+                *("--ids", f"test={eval_list}", "--workers", 1),
+            )
         )
         == 0
     )
@@ -259,10 +226,7 @@ def test_clear_errors(ssv2_root, tmp_path, capsys):
             ["--root", str(root), "--boxes", str(boxes), "--sam2_checkpoint", str(tmp_path / "nope.pt")]
         )
     assert "does not exist" in capsys.readouterr().err
-    assert (
-        run(["--root", str(root), "--boxes", str(tmp_path), "--masks", "boxes", "--out", str(tmp_path / "o")])
-        == 2
-    )
+    assert run(source_args(root, tmp_path, "--masks", "boxes", "--out", tmp_path / "o")) == 2
     assert "bounding_box_smthsmth_part" in capsys.readouterr().err
     assert run(["--root", str(tmp_path / "missing"), "--boxes", str(boxes), "--masks", "boxes"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -278,7 +242,9 @@ def test_track_hands_links_boxes_by_overlap():
     assert len(tracks) == 2
     assert tracks[0] == {0: (0, 0, 10, 10), 1: (1, 0, 11, 10), 2: (2, 0, 12, 10)}
     assert tracks[1] == {0: (50, 50, 60, 60), 1: (52, 50, 62, 60)}
-    filled = ssv2_annotations.interpolate_track({0: (0, 0, 10, 10), 4: (4, 0, 14, 10), 20: (0, 0, 1, 1)}, max_gap=12)
+    filled = ssv2_annotations.interpolate_track(
+        {0: (0, 0, 10, 10), 4: (4, 0, 14, 10), 20: (0, 0, 1, 1)}, max_gap=12
+    )
     assert filled[2] == (2, 0, 12, 10) and 10 not in filled
 
 
@@ -295,30 +261,13 @@ def test_sam2_path_with_a_random_tiny_model(ssv2_root, tmp_path):
     torch.save({"model": model.state_dict()}, checkpoint)
     root, boxes = ssv2_root
     out = tmp_path / "shards"
-    args = [
-        "--root",
-        str(root),
-        "--boxes",
-        str(boxes),
-        "--out",
-        str(out),
-        "--splits",
-        "validation",
-        "--limit",
-        "1",
-        "--masks",
-        "sam2",
-        "--sam2_checkpoint",
-        str(checkpoint),
-        "--sam2_config",
-        config,
-        "--sam2_override",
-        overrides[0],
-        "--sam2_prompt_every",
-        "8",
-        "--device",
-        "cpu",
-    ]
+    sam2 = ("--sam2_checkpoint", checkpoint, "--sam2_config", config, "--sam2_override", overrides[0])
+    args = source_args(
+        root,
+        boxes,
+        *("--out", out, "--splits", "validation", "--limit", 1, "--masks", "sam2"),
+        *(*sam2, "--sam2_prompt_every", 8, "--device", "cpu"),
+    )
     assert run(args) == 0
     sample = read_shards(out / "validation")["ssv2-201"]
     meta = json.loads(sample["json"])
@@ -361,11 +310,11 @@ def test_same_named_objects_stay_apart():
 
 def test_bad_id_list_arguments(ssv2_root, tmp_path, capsys):
     root, boxes = ssv2_root
-    assert run(["--root", str(root), "--boxes", str(boxes), "--masks", "boxes", "--ids", "test"]) == 2
+    assert run(source_args(root, boxes, "--masks", "boxes", "--ids", "test")) == 2
     assert "SPLIT=FILE" in capsys.readouterr().err
     bad = tmp_path / "ids.json"
     bad.write_text("{not json")
-    assert run(["--root", str(root), "--boxes", str(boxes), "--masks", "boxes", "--ids", f"test={bad}"]) == 2
+    assert run(source_args(root, boxes, "--masks", "boxes", "--ids", f"test={bad}")) == 2
     assert "JSON list" in capsys.readouterr().err
 
 
@@ -375,18 +324,7 @@ def test_parts_from_launcher_variables_give_the_bytes_of_one_process(ssv2_root, 
     root, boxes = ssv2_root
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
-    args = [
-        "--root",
-        str(root),
-        "--boxes",
-        str(boxes),
-        "--masks",
-        "boxes",
-        "--workers",
-        "1",
-        "--shard_size",
-        "2",
-    ]
+    args = source_args(root, boxes, "--masks", "boxes", "--workers", 1, "--shard_size", 2)
     assert run([*args, "--out", str(tmp_path / "one")]) == 0
     out = tmp_path / "parts"
     monkeypatch.setenv("RANK", "1")

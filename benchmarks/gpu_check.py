@@ -38,12 +38,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from train_step import DOCS, RECIPES, machine, write_section  # noqa: E402
+from report import DOCS, machine, write_section  # noqa: E402
+from train_recipes import RECIPES  # noqa: E402
 
 GIB_PER_GB = 1e9 / 2**30
 # The memory each recipe must fit in: plain the paper's 80 GB H100, recommended 40 GB (its target),
 # 24gb a 24 GB card less ~2 GiB for the CUDA context and other processes.
-BUDGET_GIB = {"plain": 80 * GIB_PER_GB, "recommended": 40 * GIB_PER_GB, "recommended+cache": 40 * GIB_PER_GB, "24gb": 22.0}
+BUDGET_GIB = {
+    "plain": 80 * GIB_PER_GB,
+    "recommended": 40 * GIB_PER_GB,
+    "recommended+cache": 40 * GIB_PER_GB,
+    "24gb": 22.0,
+}
 TRAIN_ORDER = ["24gb", "recommended+cache", "recommended", "plain"]
 
 
@@ -84,14 +90,20 @@ def run_item(item: Item, timeout: float, env: dict[str, str]) -> None:
             except json.JSONDecodeError:
                 pass
     if item.status == "failed":
-        tail = [line for line in err.strip().splitlines() if line.strip()][-1:] or [f"exit code {proc.returncode}"]
+        tail = [line for line in err.strip().splitlines() if line.strip()][-1:] or [
+            f"exit code {proc.returncode}"
+        ]
         item.error = tail[0][:160].replace("|", "/")
 
 
 def build_items(args: argparse.Namespace, python: str) -> list[Item]:
     """The measurements, most important first (the overall budget may stop the list early)."""
     dry = args.dry_run
-    size = ["--frames", "2", "--height", "64", "--width", "64"] if dry else ["--frames", "14", "--height", "256", "--width", "384"]
+    size = (
+        ["--frames", "2", "--height", "64", "--width", "64"]
+        if dry
+        else ["--frames", "14", "--height", "256", "--width", "384"]
+    )
     device = "cpu" if dry else "cuda"
     items = []
     for recipe in TRAIN_ORDER:
@@ -110,7 +122,14 @@ def build_items(args: argparse.Namespace, python: str) -> list[Item]:
     items.append(Item("sample", "sample", sample, 90 if dry else 60))
     backend = ["--compile_backend", "aot_eager"] if dry else []
     items.append(Item("sample:compile", "sample", [*sample, "--compile", *backend], 300 if dry else 200))
-    smoke = [python, str(HERE / "gpu_smoke.py"), "--device", device, "--scratch", str(Path(args.scratch) / "smoke")]
+    smoke = [
+        python,
+        str(HERE / "gpu_smoke.py"),
+        "--device",
+        device,
+        "--scratch",
+        str(Path(args.scratch) / "smoke"),
+    ]
     items.append(Item("smoke", "ddp", smoke, 400 if dry else 120))
     gpus = 0 if dry else cuda_devices(python)
     if dry or gpus >= 2:
@@ -130,7 +149,10 @@ def has_bitsandbytes(python: str) -> bool:
 
 def cuda_devices(python: str) -> int:
     probe = subprocess.run(
-        [python, "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True, text=True, timeout=120
+        [python, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
 
@@ -163,7 +185,11 @@ def train_section(items: list[Item], header: list[str]) -> str:
             continue
         fits = [r["fits"] for r in item.records if "fits" in r]
         final = next((r for r in reversed(item.records) if "largest_batch" in r), None)
-        largest = str(final["largest_batch"]) if final else (f">= {fits[-1]} ({status_cell(item)})" if fits else status_cell(item))
+        largest = (
+            str(final["largest_batch"])
+            if final
+            else (f">= {fits[-1]} ({status_cell(item)})" if fits else status_cell(item))
+        )
         reserved = f"{timed['reserved_gib']:.1f}" if "reserved_gib" in timed else "-"
         wanted = RECIPES[recipe].get("optimizer", "adam")
         label = recipe
@@ -203,7 +229,11 @@ def ddp_section(items: list[Item], header: list[str], gpus: int) -> str:
     lines = [*header, ""]
     for item in [i for i in items if i.name == "smoke"]:
         done = next((r for r in item.records if "smoke" in r), None)
-        times = f"fit {done['fit_seconds']:.0f} s, test {done['test_seconds']:.0f} s" if done else f"{item.seconds:.0f} s wall"
+        times = (
+            f"fit {done['fit_seconds']:.0f} s, test {done['test_seconds']:.0f} s"
+            if done
+            else f"{item.seconds:.0f} s wall"
+        )
         lines.append(
             "One-GPU `interdyn fit` (4 steps, validation, checkpoints) + `interdyn test` with configs/ssv2.yaml's"
             f" recipe on the tiny model (benchmarks/gpu_smoke.py): {status_cell(item)} ({times}).\n"
@@ -262,13 +292,22 @@ def install(python: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry_run", action="store_true", help="CPU, tiny model, scratch page: test every code path")
     parser.add_argument(
-        "--budget_s", type=float, default=None, help="overall time limit, items past it are not run (480; dry run 1800)"
+        "--dry_run", action="store_true", help="CPU, tiny model, scratch page: test every code path"
+    )
+    parser.add_argument(
+        "--budget_s",
+        type=float,
+        default=None,
+        help="overall time limit, items past it are not run (480; dry run 1800)",
     )
     parser.add_argument("--only", nargs="+", default=None, help="item names, e.g. train:24gb sample ddp")
-    parser.add_argument("--timeout", type=float, default=None, help="one hard timeout for every item (seconds)")
-    parser.add_argument("--docs", type=Path, default=None, help="page to write (default: docs/benchmarks.md; dry run: scratch)")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="one hard timeout for every item (seconds)"
+    )
+    parser.add_argument(
+        "--docs", type=Path, help="page to write (default: docs/benchmarks.md; dry run: scratch)"
+    )
     parser.add_argument("--no_install", action="store_true", help="skip the bitsandbytes install")
     args = parser.parse_args(argv)
     python = sys.executable
@@ -292,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         items = [i for i in items if i.name in args.only]
     gpus = 0 if args.dry_run else cuda_devices(python)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     if args.dry_run:
         env.setdefault("OMP_NUM_THREADS", "1")
     # CPU dry runs get generous limits: a loaded 2-core machine runs them several times slower

@@ -71,18 +71,11 @@ def smoke_config(config_path: Path, shards: Path, runs: Path, device: str) -> di
         conditioning_embedding_out_channels=demo["model"]["conditioning_embedding_out_channels"],
         num_inference_steps=2,
     )
-    config["data"]["init_args"].update(
-        train_shards=str(shards / "train" / "*.tar"),
-        val_shards=str(shards / "validation" / "*.tar"),
-        test_shards=str(shards / "test" / "*.tar"),
-        height=64,
-        width=64,
-        batch_size=2,
-        eval_batch_size=1,
-        num_workers=1,
-        persistent_workers=False,
-        epoch_samples=8,
-    )
+    data = config["data"]["init_args"]
+    for key, split in (("train", "train"), ("val", "validation"), ("test", "test")):
+        data[f"{key}_shards"] = str(shards / split / "*.tar")
+    data.update(height=64, width=64, epoch_samples=8)
+    data.update(batch_size=2, eval_batch_size=1, num_workers=1, persistent_workers=False)
     return config
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import TINY_CONTROL, machine, write_section  # noqa: E402
+from report import machine, write_section  # noqa: E402
+from train_recipes import TINY_CONTROL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer's state."""
     return sum(
-        v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+        v.numel() * v.element_size()
+        for s in optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v)
     )
 
 
@@ -48,7 +52,9 @@ def curve(name: str, steps: int, lr: float, batch: dict, marks: set[int]) -> dic
         with torch.no_grad():
             generator = torch.Generator().manual_seed(1234)
             sigma = torch.tensor([0.5, 2.0])
-            return float(module.compute_loss(batch["pixel_values"], batch["control"], sigma=sigma, generator=generator))
+            return float(
+                module.compute_loss(batch["pixel_values"], batch["control"], sigma=sigma, generator=generator)
+            )
 
     start = time.perf_counter()
     for i in range(steps):

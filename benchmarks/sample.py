@@ -16,16 +16,17 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import machine, write_section  # noqa: E402
+from report import machine, publish  # noqa: E402
+from train_recipes import TINY_CONTROL  # noqa: E402
 
-TINY_CONTROL = (8, 16, 16, 32)
 
-
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
@@ -40,22 +41,22 @@ def main() -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 25])
     parser.add_argument("--schedulers", nargs="+", default=["euler", "dpmpp_2m"], help="samplers to time")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and the branch")
-    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
+    parser.add_argument(
+        "--compile_backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)"
+    )
     parser.add_argument("--decode_chunk", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no_write", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def make_pipeline(args: argparse.Namespace, preset: str, dtype: torch.dtype) -> Any:
+    """The random ``preset`` model with a branch, as an InterDynPipeline on the device (compiled with
+    ``--compile``)."""
     from interdyn.models import InterDynPipeline
     from interdyn.models.controlnet import ControlNetSDVModel
     from interdyn.models.svd import get_svd
 
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("error: --device cuda but no GPU is visible", file=sys.stderr)
-        return 2
-    preset = args.preset or ("svd" if cuda else "tiny")
-    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
-    h, w = args.height or (256 if cuda else 64), args.width or (384 if cuda else 64)
     torch.manual_seed(0)
     extra = {"conditioning_embedding_out_channels": TINY_CONTROL} if preset == "tiny" else {}
     with torch.device(args.device):  # random initialisation of the full model on the CPU takes minutes
@@ -66,6 +67,12 @@ def main() -> int:
     if args.compile:
         pipe.unet.compile(backend=args.compile_backend)
         pipe.controlnet.compile(backend=args.compile_backend)
+    return pipe
+
+
+def time_videos(pipe: Any, args: argparse.Namespace, h: int, w: int) -> list[tuple[str, int, float, float]]:
+    """(sampler, steps, median seconds per video, peak GiB) for each sampler and number of steps."""
+    cuda = args.device == "cuda"
     image = torch.rand(1, 3, h, w) * 2 - 1
     masks = torch.zeros(args.frames, h, w, dtype=torch.bool)
     masks[:, h // 4 : h // 2, w // 4 : w // 2] = True
@@ -102,6 +109,20 @@ def main() -> int:
                 f"{scheduler} {steps} steps: {rows[-1][2]:.2f} s (median of {args.repeats}), peak {peak:.1f} GiB",
                 flush=True,
             )
+    return rows
+
+
+def main() -> int:
+    """Time the sampling of one video and write the section."""
+    args = build_parser().parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("error: --device cuda but no GPU is visible", file=sys.stderr)
+        return 2
+    preset = args.preset or ("svd" if cuda else "tiny")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
+    h, w = args.height or (256 if cuda else 64), args.width or (384 if cuda else 64)
+    rows = time_videos(make_pipeline(args, preset, dtype), args, h, w)
     lines = [
         f"## Sampling on {args.device.upper()} (`benchmarks/sample.py --device {args.device}`), {time.strftime('%Y-%m-%d')}",
         "",
@@ -117,10 +138,7 @@ def main() -> int:
             for k, s, t, p in rows
         ),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(f"sample-{args.device}", text)
+    publish("\n".join(lines), f"sample-{args.device}", not args.no_write)
     return 0
 
 

@@ -40,24 +40,15 @@ class RankProbe(pl.Callback):
     ) -> None:
         self.train_keys.extend(batch["key"])
 
+    # ``indices``: the batch's index, and the dataloader's when there are several.
     def on_validation_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *indices: int
     ) -> None:
         if not trainer.sanity_checking:
             self.val_keys.extend(batch.get("key", []))
 
     def on_test_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *indices: int
     ) -> None:
         self.test_keys.extend(batch.get("key", []))
 

@@ -42,12 +42,20 @@ def run_cli(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
+def fit_tiny(*extra: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``interdyn fit`` of configs/tiny.yaml, shortened, with ``extra`` arguments."""
+    return run_cli("fit", "--config", TINY, *FAST, *extra, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_checkpoint_periodically(name):
     config = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
     if "model" not in config:  # an overlay of ssv2.yaml (given after it): its trainer settings apply on top
         base = yaml.safe_load((REPO_ROOT / "configs" / "ssv2.yaml").read_text())
-        base["trainer"] = {**base["trainer"], **{k: v for k, v in (config.get("trainer") or {}).items() if k != "logger"}}
+        base["trainer"] = {
+            **base["trainer"],
+            **{k: v for k, v in (config.get("trainer") or {}).items() if k != "logger"},
+        }
         config = base
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
     checkpoints = [c.get("init_args", {}) for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
@@ -62,16 +70,8 @@ def test_shipped_configs_checkpoint_periodically(name):
 
 
 def test_ctrl_c_during_fit_leaves_a_resumable_last_checkpoint(tmp_path, monkeypatch, capsys):
-    code, err = run_cli(
-        "fit",
-        "--config",
-        TINY,
-        *FAST,
-        "--trainer.callbacks+=tests.test_checkpoint_policy.SigintAtStep3",
-        cwd=tmp_path,
-        monkeypatch=monkeypatch,
-        capsys=capsys,
-    )
+    sigint = "--trainer.callbacks+=tests.test_checkpoint_policy.SigintAtStep3"
+    code, err = fit_tiny(sigint, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert code != 0, "an interrupted run must not exit 0"
     last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_file(), err[-2000:]
@@ -80,17 +80,7 @@ def test_ctrl_c_during_fit_leaves_a_resumable_last_checkpoint(tmp_path, monkeypa
 
 
 def test_resuming_last_without_a_checkpoint_is_an_error(tmp_path, monkeypatch, capsys):
-    code, err = run_cli(
-        "fit",
-        "--config",
-        TINY,
-        *FAST,
-        "--ckpt_path",
-        "last",
-        cwd=tmp_path,
-        monkeypatch=monkeypatch,
-        capsys=capsys,
-    )
+    code, err = fit_tiny("--ckpt_path", "last", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2, err[-2000:]
     assert "no last checkpoint" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists(), "it must not train"

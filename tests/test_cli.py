@@ -74,18 +74,14 @@ def test_fast_dev_run(tmp_path, run):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def fit_for(max_steps: int) -> list[str]:
+    """``interdyn fit`` of the tiny config for ``max_steps`` steps, validating every 2."""
+    steps = ["--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "2"]
+    return ["fit", "--config", TINY, *steps, *FAST]
+
+
 def test_fit_then_resume_from_checkpoint(tmp_path, run):
-    first = run(
-        "fit",
-        "--config",
-        TINY,
-        "--trainer.max_steps",
-        "2",
-        "--trainer.val_check_interval",
-        "2",
-        *FAST,
-        cwd=tmp_path,
-    )
+    first = run(*fit_for(2), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt_path = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
@@ -94,19 +90,7 @@ def test_fit_then_resume_from_checkpoint(tmp_path, run):
     assert checkpoint["optimizer_states"]
     assert (tmp_path / "runs" / "tiny" / "version_0" / "config.yaml").is_file()
 
-    second = run(
-        "fit",
-        "--config",
-        TINY,
-        "--trainer.max_steps",
-        "4",
-        "--trainer.val_check_interval",
-        "2",
-        *FAST,
-        "--ckpt_path",
-        str(ckpt_path),
-        cwd=tmp_path,
-    )
+    second = run(*fit_for(4), "--ckpt_path", str(ckpt_path), cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = torch.load(
         tmp_path / "runs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True
@@ -128,7 +112,11 @@ def test_missing_weights_exit_with_one_paragraph(tmp_path, run):
     assert "does not exist" in result.stderr and "hf download" in result.stderr
 
 
-REAL_CONFIGS = {"ssv2": ["ssv2.yaml"], "ssv2_256": ["ssv2.yaml", "ssv2_256.yaml"], "clevrer": ["clevrer.yaml"]}
+REAL_CONFIGS = {
+    "ssv2": ["ssv2.yaml"],
+    "ssv2_256": ["ssv2.yaml", "ssv2_256.yaml"],
+    "clevrer": ["clevrer.yaml"],
+}
 
 
 @pytest.mark.parametrize("name", sorted(REAL_CONFIGS))

@@ -74,16 +74,8 @@ def one_clip_shard(folder: Path) -> Path:
     """A validation split of a single clip: with two ranks, one of them gets no validation batch."""
     from data_prep.synthetic import World, write_split
 
-    write_split(
-        folder,
-        "validation",
-        1,
-        seed=5,
-        world=World(height=64, width=96),
-        num_frames=30,
-        fps=14.0,
-        progress=False,
-    )
+    world = World(height=64, width=96)
+    write_split(folder, "validation", 1, seed=5, world=world, num_frames=30, fps=14.0, progress=False)
     return folder / "validation"
 
 
@@ -93,7 +85,11 @@ CONFIGS = [
     pytest.param("clevrer", marks=pytest.mark.slow),
 ]
 # the config files of each run, overlays after their base
-CONFIG_FILES = {"ssv2": ["ssv2.yaml"], "ssv2_256": ["ssv2.yaml", "ssv2_256.yaml"], "clevrer": ["clevrer.yaml"]}
+CONFIG_FILES = {
+    "ssv2": ["ssv2.yaml"],
+    "ssv2_256": ["ssv2.yaml", "ssv2_256.yaml"],
+    "clevrer": ["clevrer.yaml"],
+}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -111,15 +111,9 @@ def run_test(
 ) -> L.Trainer:
     module.calls.clear()
     module.fake = fake
+    quiet = {f"enable_{part}": False for part in ("progress_bar", "model_summary", "checkpointing")}
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=root,
-        callbacks=[callback],
+        accelerator="cpu", devices=1, logger=False, default_root_dir=root, callbacks=[callback], **quiet
     )
     trainer.test(module, dataloaders=DataLoader(items, batch_size=2, collate_fn=collate))
     return trainer

@@ -37,7 +37,9 @@ def test_an_item_past_its_timeout_is_killed_and_reported(tmp_path):
     code = gpu_check.main(["--dry_run", "--only", "train:24gb", "--timeout", "2", "--docs", str(docs)])
     assert code == 1
     page = docs.read_text()
-    assert table_rows(section(page, "train-cuda")) == [["24gb", "timed out after 2 s", "", "", "", "", "22.0", ""]]
+    assert table_rows(section(page, "train-cuda")) == [
+        ["24gb", "timed out after 2 s", "", "", "", "", "22.0", ""]
+    ]
     # the sections it did not measure are left as they were
     for other in ("sample-cuda", "train-analysis", "loader"):
         assert section(page, other) == section(before, other)
@@ -63,6 +65,7 @@ def test_dry_run_fills_every_row(tmp_path):
     sample = table_rows(section(page, "sample-cuda"))
     assert [r[2] for r in sample] == ["no", "yes"] and all(float(r[3]) > 0 for r in sample)
     assert "DDP fit of the tiny model (configs/tiny.yaml): ok" in section(page, "ddp-cuda")
-    assert "`interdyn test` with configs/ssv2.yaml's recipe on the tiny model (benchmarks/gpu_smoke.py): ok" in (
-        section(page, "ddp-cuda")
+    assert (
+        "`interdyn test` with configs/ssv2.yaml's recipe on the tiny model (benchmarks/gpu_smoke.py): ok"
+        in (section(page, "ddp-cuda"))
     )

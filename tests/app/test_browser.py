@@ -140,7 +140,9 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
 
     browser.find_element(By.ID, "generate").click()
-    video = WebDriverWait(browser, 300).until(lambda d: d.find_element(By.CSS_SELECTOR, "#result_video video[src]"))
+    video = WebDriverWait(browser, 300).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#result_video video[src]")
+    )
     hrefs = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")]
     assert browser.execute_script("return document.querySelectorAll('.toast-body').length") == 0
 

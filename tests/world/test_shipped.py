@@ -35,15 +35,9 @@ def test_shipped_svd_is_an_svd_img2vid_folder() -> None:
     pipe = StableVideoDiffusionPipeline.from_pretrained(WORLD / "svd", torch_dtype=torch.float32)
     frames, _, _ = _clips(1)
     image = Image.fromarray(((frames[0, 0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
-    out = pipe(
-        image,
-        height=64,
-        width=64,
-        num_frames=14,
-        num_inference_steps=3,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-    ).frames
+    size = {"height": 64, "width": 64, "num_frames": 14}
+    generator = torch.Generator().manual_seed(0)
+    out = pipe(image, **size, num_inference_steps=3, output_type="pt", generator=generator).frames
     assert out.shape == (1, 14, 3, 64, 64)
     # the first frame is the conditioning image: a trained image-to-video model keeps it
     first = (out[0, 0] * 2 - 1).clamp(-1, 1)

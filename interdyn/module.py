@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from interdyn.branch_checkpoint import BRANCH_PREFIX, DTYPES, branch_mismatch, keep_branch_only
+from interdyn.branch_checkpoint import BRANCH_PREFIX, branch_mismatch, keep_branch_only
 from interdyn.contract import (
     has_clips,
     is_cached_batch,
@@ -25,32 +25,19 @@ from interdyn.contract import (
     validate_cached_batch,
 )
 from interdyn.errors import ConfigError, WeightsMismatchError
-from interdyn.models.conditioning import (
-    clip_image_embeds,
-    encode_image_latents,
-    encode_video_latents,
-    make_added_time_ids,
-    sample_video_latents,
-)
-from interdyn.models.controlnet import ControlNetSDVModel
-from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
-from interdyn.models.released import load_controlnet
-from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
-from interdyn.models.svd import SVDSource, cast_frozen, checkpoint_transformer_layers, get_svd
+from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
+from interdyn.models.svd import SVDSource
+from interdyn.module_setup import build_networks, check_arguments, enable_checkpointing
+from interdyn.objective import P_MEAN, P_STD, EDMObjective
+from interdyn.optim import clip_unscaling_step, make_optimizer, unscales_in_step
 from interdyn.render import to_uint8
 
-OPTIMIZERS = ("adam", "adamw", "adamw8bit")
 
-
-def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
-
-
-class InterDynModule(L.LightningModule):
-    """Trains the InterDyn control branch on a frozen Stable Video Diffusion.
+class InterDynModule(EDMObjective, L.LightningModule):
+    """Trains the InterDyn control branch on a frozen Stable Video Diffusion (the objective:
+    :class:`~interdyn.objective.EDMObjective`).
 
     Args:
         svd: the frozen SVD: a local folder or hub id with ``unet/ vae/ image_encoder/ scheduler/``, a
@@ -105,8 +92,8 @@ class InterDynModule(L.LightningModule):
         fps_id: float = DEFAULT_SAMPLING.fps_id,
         motion_bucket_id: float = DEFAULT_SAMPLING.motion_bucket_id,
         noise_aug_strength: float = DEFAULT_SAMPLING.noise_aug_strength,
-        p_mean: float = 0.7,
-        p_std: float = 1.6,
+        p_mean: float = P_MEAN,
+        p_std: float = P_STD,
         conditioning_scale: float = DEFAULT_SAMPLING.conditioning_scale,
         val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
         val_seed: int = 0,
@@ -126,65 +113,22 @@ class InterDynModule(L.LightningModule):
         offload_encoders: bool = False,
     ) -> None:
         super().__init__()
-        if frozen_dtype not in DTYPES:
-            raise ConfigError(f"frozen_dtype must be one of {sorted(DTYPES)}, got {frozen_dtype!r}")
-        if not 0.0 <= image_drop_prob <= 1.0:
-            raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
-        if not (learning_rate > 0 and weight_decay >= 0 and all(0 <= b < 1 for b in adam_betas)):
-            raise ConfigError(
-                "learning_rate must be > 0, weight_decay >= 0 and adam_betas in [0, 1), got "
-                f"{learning_rate}, {weight_decay} and {tuple(adam_betas)}"
-            )
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-        if not val_sigmas or min(val_sigmas) <= 0:
-            raise ConfigError(
-                f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}"
-            )
         self.save_hyperparameters()
-
-        dtype = DTYPES[frozen_dtype]
-        # A new branch starts as a copy of the UNet encoder: copy it before the frozen parts are cast,
-        # so that a bf16 frozen SVD does not round the branch's starting weights.
-        # The VAE is read in float32: SVD's encodes in float32 (force_upcast) and must not be rounded first.
-        parts = get_svd(svd, torch_dtype=None if controlnet is None else dtype, vae_float32=True)
-        self.unet = parts.unet
-        self.vae = parts.vae
-        self.image_encoder = parts.image_encoder
-        self.scheduler = parts.scheduler
-        for frozen in (self.unet, self.vae, self.image_encoder):
-            frozen.requires_grad_(False)
-            frozen.eval()
-
-        if controlnet is None:
-            self.controlnet = ControlNetSDVModel.from_unet(
-                self.unet,
-                conditioning_channels=conditioning_channels,
-                conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
-            )
-        else:
-            self.controlnet = load_controlnet(controlnet, torch_dtype=torch.float32)
-            if self.controlnet.config.conditioning_channels != conditioning_channels:
-                raise ConfigError(
-                    f"the branch at {controlnet!r} takes {self.controlnet.config.conditioning_channels} control "
-                    f"channels, but conditioning_channels={conditioning_channels}"
-                )
-        self.controlnet.train()
-        # SVD's VAE sets force_upcast: it encodes in float32 whatever its stored dtype, as SVD's pipeline does.
-        # Such a VAE stays in float32 (never rounded to the frozen dtype), so no step casts it back and forth.
-        upcast_vae = bool(self.vae.config.get("force_upcast", False))
-        for frozen in (self.unet, self.image_encoder) if upcast_vae else (self.unet, self.vae, self.image_encoder):
-            cast_frozen(frozen, dtype)
-        if gradient_checkpointing:
-            self.controlnet.enable_gradient_checkpointing()
-        if unet_gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-        if fine_checkpointing:
-            for part, on in ((self.controlnet, gradient_checkpointing), (self.unet, unet_gradient_checkpointing)):
-                if on:
-                    checkpoint_transformer_layers(part)
+        check_arguments(self.hparams)
+        nets = build_networks(
+            svd, controlnet, conditioning_channels, conditioning_embedding_out_channels, frozen_dtype
+        )
+        # Registered in this order (the state dict's), frozen parts first.
+        self.unet, self.vae, self.image_encoder = nets.unet, nets.vae, nets.image_encoder
+        self.scheduler = nets.scheduler
+        self.controlnet = nets.controlnet
+        enable_checkpointing(
+            self.controlnet,
+            self.unet,
+            gradient_checkpointing,
+            unet_gradient_checkpointing,
+            fine_checkpointing,
+        )
         if offload_encoders:
             # Held outside the module tree: `.to(device)` (Lightning's move to the accelerator), DDP and the
             # state dict leave them alone; `_encoders_on(device)` moves them when a step needs them.
@@ -266,178 +210,22 @@ class InterDynModule(L.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip also with fused Adam. Lightning's mixed-precision plugin refuses to clip for an optimizer
-        that unscales inside its step (fused kernels), even under bf16, which has no grad scaler. Without a
-        scaler the gradients are true gradients and are clipped as they are; with one (fp16) they are
-        unscaled first, and the scaler then tells the fused step that they already are."""
-        if not gradient_clip_val or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        that unscales inside its step (fused kernels), even under bf16, which has no grad scaler."""
+        if not gradient_clip_val or not unscales_in_step(optimizer):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        clip_unscaling_step(optimizer, scaler, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (lr 1e-5 in the paper), AdamW or 8-bit AdamW on the branch parameters only: the frozen
         parts get no optimizer state."""
         hp = self.hparams
-        params = [p for p in self.controlnet.parameters() if p.requires_grad]
-        kwargs = {"lr": hp.learning_rate, "betas": tuple(hp.adam_betas), "weight_decay": hp.weight_decay}
-        if hp.optimizer == "adamw8bit":
-            try:
-                import bitsandbytes as bnb
-            except ImportError:
-                raise ConfigError(
-                    "optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes), or use adam / adamw"
-                ) from None
-            return bnb.optim.AdamW8bit(params, **kwargs)
         fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type == "cuda"
-        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return optimizer_class(params, **kwargs, **({"fused": True} if fused else {}))
+        params = [p for p in self.controlnet.parameters() if p.requires_grad]
+        return make_optimizer(params, hp.optimizer, hp.learning_rate, hp.adam_betas, hp.weight_decay, fused)
 
-    # ------------------------------------------------------------------ training objective
-    def added_time_ids(self, batch_size: int) -> torch.Tensor:
-        """``(batch_size, 3)`` added time ids from the configured values."""
-        hp = self.hparams
-        return make_added_time_ids(
-            hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, batch_size, self.device, torch.float32
-        )
-
-    def image_keep_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(batch_size,)`` float mask: 0 where the image conditioning is dropped (prob ``image_drop_prob``)."""
-        device = generator.device if generator is not None else self.device
-        draws = torch.rand(batch_size, generator=generator, device=device)
-        return (draws >= self.hparams.image_drop_prob).float().to(self.device)
-
-    def _drop_image(
-        self, embeds: torch.Tensor, image_latents: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.hparams.image_drop_prob <= 0:
-            return embeds, image_latents
-        keep = self.image_keep_mask(embeds.shape[0], generator)
-        return embeds * keep.view(-1, 1, 1), image_latents * keep.view(-1, 1, 1, 1)
-
-    @torch.no_grad()
-    def encode_conditions(
-        self, pixel_values: torch.Tensor, generator: torch.Generator | None = None, drop_image: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Frozen encoders: ``(video latents (B,T,4,h,w), CLIP embeds (B,1,D), image latents (B,4,h,w))``.
-
-        With ``drop_image`` the CLIP embedding and image latent of each sample are zeroed with
-        probability ``image_drop_prob``.
-        """
-        self._encoders_on(pixel_values.device)
-        first = pixel_values[:, 0]
-        latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size)
-        embeds = clip_image_embeds(self.image_encoder, first).float()
-        image_latents = encode_image_latents(
-            self.vae, first, self.hparams.noise_aug_strength, generator
-        ).float()
-        if drop_image:
-            embeds, image_latents = self._drop_image(embeds, image_latents, generator)
-        return latents.float(), embeds, image_latents
-
-    @torch.no_grad()
-    def cached_conditions(
-        self,
-        cache: dict[str, torch.Tensor],
-        generator: torch.Generator | None = None,
-        drop_image: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The same three tensors as :meth:`encode_conditions`, from cached conditioning (``make latents``):
-        a fresh posterior sample of the stored VAE distribution, drawn from ``generator`` exactly as the
-        encoder path draws it, and the stored CLIP embedding and image latent."""
-        latents = sample_video_latents(
-            cache["latent_mean"], cache["latent_std"], self.vae.config.scaling_factor, generator
-        )
-        embeds = cache["image_embeds"].float()
-        image_latents = cache["image_latents"].float()
-        if drop_image:
-            embeds, image_latents = self._drop_image(embeds, image_latents, generator)
-        return latents, embeds, image_latents
-
-    def _draw_inputs(
-        self,
-        pixel_values: torch.Tensor | None,
-        cache: dict[str, torch.Tensor] | None,
-        sigma: torch.Tensor | None,
-        generator: torch.Generator | None,
-        drop_image: bool,
-    ) -> tuple[torch.Tensor, ...]:
-        """Clean latents, CLIP embeds, image latents, noise levels and noisy latents of one batch."""
-        if cache is not None:
-            latents, embeds, image_latents = self.cached_conditions(cache, generator, drop_image)
-        elif pixel_values is not None:
-            latents, embeds, image_latents = self.encode_conditions(pixel_values, generator, drop_image)
-        else:
-            raise ValueError("compute_loss needs pixel_values or cache")
-        b = latents.shape[0]
-        if sigma is None:
-            sigma = sample_sigmas(b, self.hparams.p_mean, self.hparams.p_std, generator, self.device)
-        sigma = sigma.to(self.device, torch.float32)
-        noisy = latents + sigma.view(b, 1, 1, 1, 1) * _randn(latents.shape, generator, latents)
-        return latents, embeds, image_latents, sigma, noisy
-
-    def compute_loss(
-        self,
-        pixel_values: torch.Tensor | None,
-        control: torch.Tensor,
-        sigma: torch.Tensor | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        drop_image: bool = False,
-        cache: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """EDM loss of the branch + frozen UNet on one batch (EDM, as the paper trains SVD); with ``cache`` the
-        conditioning comes from cached latents and embeddings and ``pixel_values`` is not used.
-
-        ``generator`` may be a list with one generator per sample: each sample's posterior sample, noise
-        level, noise and image drop then come from its own generator and do not depend on the batch it
-        is in (two micro-batches of gradient accumulation draw exactly what the whole batch draws).
-        """
-        if isinstance(generator, (list, tuple)):
-            per_sample = [
-                self._draw_inputs(
-                    None if pixel_values is None else pixel_values[i : i + 1],
-                    None if cache is None else {k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in cache.items()},
-                    None if sigma is None else sigma[i : i + 1],
-                    g,
-                    drop_image,
-                )
-                for i, g in enumerate(generator)
-            ]
-            latents, embeds, image_latents, sigma, noisy = (torch.cat(p) for p in zip(*per_sample, strict=True))
-        else:
-            latents, embeds, image_latents, sigma, noisy = self._draw_inputs(
-                pixel_values, cache, sigma, generator, drop_image
-            )
-        pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
-        time_ids = self.added_time_ids(latents.shape[0])
-
-        residuals = self.controlnet(
-            model_in.to(self.controlnet.dtype),
-            c_noise,
-            embeds.to(self.controlnet.dtype),
-            time_ids,
-            control.to(self.controlnet.dtype),
-            conditioning_scale=self.hparams.conditioning_scale,
-            return_dict=False,
-        )
-        unet_dtype = self.unet.dtype
-        model_out = self.unet(
-            model_in.to(unet_dtype),
-            c_noise,
-            embeds.to(unet_dtype),
-            time_ids,
-            down_block_additional_residuals=residuals[0],
-            mid_block_additional_residual=residuals[1],
-            return_dict=False,
-        )[0].float()
-        return edm_loss(denoised(pc, noisy, model_out), latents, sigma)
-
+    # ------------------------------------------------------------------ steps
     def _checked(self, batch: dict[str, Any], check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return validate_batch(

@@ -1,0 +1,199 @@
+"""The training objective of the control branch on a frozen SVD, as the paper trains it: EDM loss on VAE
+latents, first-frame conditioning with noise augmentation and image drop for classifier-free guidance.
+
+:class:`EDMObjective` holds it as methods of the module that owns the networks
+(:class:`~interdyn.module.InterDynModule`), so that they read its hyper-parameters and device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from interdyn.models.conditioning import (
+    clip_image_embeds,
+    encode_image_latents,
+    encode_video_latents,
+    make_added_time_ids,
+    sample_video_latents,
+)
+from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
+from interdyn.models.unet import UNetSpatioTemporalControlModel
+
+# The training noise levels: log sigma ~ N(P_MEAN, P_STD^2) (SVD's and the paper's).
+P_MEAN = 0.7
+P_STD = 1.6
+
+
+def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+
+
+class EDMObjective:
+    """Conditioning, noise draws and the EDM loss of the branch + frozen UNet.
+
+    A mixin for a ``torch.nn.Module`` with the attributes below, ``hparams`` holding ``fps_id``,
+    ``motion_bucket_id``, ``noise_aug_strength``, ``image_drop_prob``, ``vae_chunk_size``, ``p_mean``,
+    ``p_std`` and ``conditioning_scale``, and ``_encoders_on(device)`` (moves offloaded encoders).
+    """
+
+    unet: UNetSpatioTemporalControlModel
+    controlnet: ControlNetSDVModel
+    vae: Any
+    image_encoder: Any
+    hparams: Any
+    device: torch.device
+
+    def _encoders_on(self, device: torch.device | str) -> None:
+        """Move offloaded encoders to ``device``; the module defines it."""
+        raise NotImplementedError
+
+    def added_time_ids(self, batch_size: int) -> torch.Tensor:
+        """``(batch_size, 3)`` added time ids from the configured values."""
+        hp = self.hparams
+        return make_added_time_ids(
+            hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, batch_size, self.device, torch.float32
+        )
+
+    def image_keep_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch_size,)`` float mask: 0 where the image conditioning is dropped (prob ``image_drop_prob``)."""
+        device = generator.device if generator is not None else self.device
+        draws = torch.rand(batch_size, generator=generator, device=device)
+        return (draws >= self.hparams.image_drop_prob).float().to(self.device)
+
+    def _drop_image(
+        self, embeds: torch.Tensor, image_latents: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hparams.image_drop_prob <= 0:
+            return embeds, image_latents
+        keep = self.image_keep_mask(embeds.shape[0], generator)
+        return embeds * keep.view(-1, 1, 1), image_latents * keep.view(-1, 1, 1, 1)
+
+    @torch.no_grad()
+    def encode_conditions(
+        self, pixel_values: torch.Tensor, generator: torch.Generator | None = None, drop_image: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frozen encoders: ``(video latents (B,T,4,h,w), CLIP embeds (B,1,D), image latents (B,4,h,w))``.
+
+        With ``drop_image`` the CLIP embedding and image latent of each sample are zeroed with
+        probability ``image_drop_prob``.
+        """
+        self._encoders_on(pixel_values.device)
+        first = pixel_values[:, 0]
+        latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size)
+        embeds = clip_image_embeds(self.image_encoder, first).float()
+        image_latents = encode_image_latents(
+            self.vae, first, self.hparams.noise_aug_strength, generator
+        ).float()
+        if drop_image:
+            embeds, image_latents = self._drop_image(embeds, image_latents, generator)
+        return latents.float(), embeds, image_latents
+
+    @torch.no_grad()
+    def cached_conditions(
+        self,
+        cache: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        drop_image: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same three tensors as :meth:`encode_conditions`, from cached conditioning (``make latents``):
+        a fresh posterior sample of the stored VAE distribution, drawn from ``generator`` exactly as the
+        encoder path draws it, and the stored CLIP embedding and image latent."""
+        latents = sample_video_latents(
+            cache["latent_mean"], cache["latent_std"], self.vae.config.scaling_factor, generator
+        )
+        embeds = cache["image_embeds"].float()
+        image_latents = cache["image_latents"].float()
+        if drop_image:
+            embeds, image_latents = self._drop_image(embeds, image_latents, generator)
+        return latents, embeds, image_latents
+
+    def _draw_inputs(
+        self,
+        pixel_values: torch.Tensor | None,
+        cache: dict[str, torch.Tensor] | None,
+        sigma: torch.Tensor | None,
+        generator: torch.Generator | None,
+        drop_image: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        """Clean latents, CLIP embeds, image latents, noise levels and noisy latents of one batch."""
+        if cache is not None:
+            latents, embeds, image_latents = self.cached_conditions(cache, generator, drop_image)
+        elif pixel_values is not None:
+            latents, embeds, image_latents = self.encode_conditions(pixel_values, generator, drop_image)
+        else:
+            raise ValueError("compute_loss needs pixel_values or cache")
+        b = latents.shape[0]
+        if sigma is None:
+            sigma = sample_sigmas(b, self.hparams.p_mean, self.hparams.p_std, generator, self.device)
+        sigma = sigma.to(self.device, torch.float32)
+        noisy = latents + sigma.view(b, 1, 1, 1, 1) * _randn(latents.shape, generator, latents)
+        return latents, embeds, image_latents, sigma, noisy
+
+    def _draw_per_sample(
+        self,
+        pixel_values: torch.Tensor | None,
+        cache: dict[str, torch.Tensor] | None,
+        sigma: torch.Tensor | None,
+        generators: list[torch.Generator] | tuple[torch.Generator, ...],
+        drop_image: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`_draw_inputs` of each sample from its own generator, concatenated."""
+        per_sample = [
+            self._draw_inputs(
+                None if pixel_values is None else pixel_values[i : i + 1],
+                None
+                if cache is None
+                else {k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in cache.items()},
+                None if sigma is None else sigma[i : i + 1],
+                g,
+                drop_image,
+            )
+            for i, g in enumerate(generators)
+        ]
+        return tuple(torch.cat(p) for p in zip(*per_sample, strict=True))
+
+    def compute_loss(
+        self,
+        pixel_values: torch.Tensor | None,
+        control: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        drop_image: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """EDM loss of the branch + frozen UNet on one batch (EDM, as the paper trains SVD); with ``cache`` the
+        conditioning comes from cached latents and embeddings and ``pixel_values`` is not used.
+
+        ``generator`` may be a list with one generator per sample: each sample's posterior sample, noise
+        level, noise and image drop then come from its own generator and do not depend on the batch it
+        is in (two micro-batches of gradient accumulation draw exactly what the whole batch draws).
+        """
+        draw = self._draw_per_sample if isinstance(generator, (list, tuple)) else self._draw_inputs
+        latents, embeds, image_latents, sigma, noisy = draw(pixel_values, cache, sigma, generator, drop_image)
+        pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
+        time_ids = self.added_time_ids(latents.shape[0])
+
+        residuals = self.controlnet(
+            model_in.to(self.controlnet.dtype),
+            c_noise,
+            embeds.to(self.controlnet.dtype),
+            time_ids,
+            control.to(self.controlnet.dtype),
+            conditioning_scale=self.hparams.conditioning_scale,
+            return_dict=False,
+        )
+        unet_dtype = self.unet.dtype
+        model_out = self.unet(
+            model_in.to(unet_dtype),
+            c_noise,
+            embeds.to(unet_dtype),
+            time_ids,
+            down_block_additional_residuals=residuals[0],
+            mid_block_additional_residual=residuals[1],
+            return_dict=False,
+        )[0].float()
+        return edm_loss(denoised(pc, noisy, model_out), latents, sigma)

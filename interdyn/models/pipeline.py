@@ -35,7 +35,7 @@ from interdyn.models.conditioning import (
     make_added_time_ids,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
-from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS
+from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
 from interdyn.render import to_uint8
@@ -97,6 +97,18 @@ def make_scheduler(name: str, svd_scheduler: EulerDiscreteScheduler) -> Any:
     if name == "edm_euler":
         return EDMEulerScheduler(**common)
     return EDMDPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++")
+
+
+@dataclass
+class _Conditioning:
+    """What every denoising step feeds the branch and the UNet (stacked ``[unconditional, conditional]``
+    when guided), and the per-frame guidance scale ``(1, T, 1, 1, 1)`` (None: no guidance)."""
+
+    embeds: torch.Tensor
+    image_latents: torch.Tensor
+    control: torch.Tensor
+    time_ids: torch.Tensor
+    guidance: torch.Tensor | None
 
 
 def frames_to_output(frames: torch.Tensor, output_type: str) -> Any:
@@ -198,15 +210,50 @@ class InterDynPipeline(DiffusionPipeline):
             decode_chunk_size: frames decoded at once (default: all frames of a clip).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
         """
+        settings = SamplingSettings(
+            num_inference_steps,
+            min_guidance_scale,
+            max_guidance_scale,
+            fps_id,
+            motion_bucket_id,
+            noise_aug_strength,
+            conditioning_scale,
+            scheduler,
+        )
         device = self._execution_device
-        dtype = self.unet.dtype
+        pixels, control = self._check_inputs(image, control, device)
+        first_gen = generator[0] if isinstance(generator, list) else generator
+        conditioning = self._conditioning(pixels, control, num_videos_per_prompt, settings, first_gen, device)
+        sampler = make_scheduler(settings.scheduler, self.scheduler)
+        sampler.set_timesteps(settings.num_inference_steps, device=device)
+        videos = (control.shape[0] * num_videos_per_prompt, *control.shape[1:])
+        latents = self._initial_latents(videos, sampler, generator, latents, device)
+        for t in self.progress_bar(sampler.timesteps):
+            pred = self._prediction(sampler, latents, t, conditioning, settings.conditioning_scale)
+            latents = sampler.step(pred, t, latents).prev_sample
+
+        if output_type == "latent":
+            frames_out: Any = latents
+        else:
+            video = decode_latents(self.vae, latents, decode_chunk_size or control.shape[1])
+            frames_out = frames_to_output(video, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames_out,)
+        return InterDynPipelineOutput(frames=frames_out)
+
+    def _check_inputs(
+        self, image: ImageInput, control: torch.Tensor | np.ndarray, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first frames ``(B, 3, H, W)`` and control ``(B, T, C, H, W)`` on ``device``, a batch of one
+        broadcast to the other's batch; raises ``ValueError`` for sizes that do not match or do not fit the VAE."""
         pixels = image_to_tensor(image).to(device)
         cond = masks_to_control(torch.as_tensor(control)).to(device)
         if pixels.shape[0] == 1 and cond.shape[0] > 1:
             pixels = pixels.expand(cond.shape[0], -1, -1, -1)
         if cond.shape[0] == 1 and pixels.shape[0] > 1:
             cond = cond.expand(pixels.shape[0], -1, -1, -1, -1)
-        batch, frames, _, height, width = cond.shape
+        batch, _, _, height, width = cond.shape
         if pixels.shape[0] != batch or pixels.shape[-2:] != (height, width):
             raise ValueError(
                 f"image batch/size {tuple(pixels.shape)} does not match control {tuple(cond.shape)}; "
@@ -216,30 +263,62 @@ class InterDynPipeline(DiffusionPipeline):
             raise ValueError(
                 f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}"
             )
-        n = num_videos_per_prompt
-        first_gen = generator[0] if isinstance(generator, list) else generator
+        return pixels, cond
 
-        # Conditioning for the B inputs, then repeated for the samples of each.
+    def _conditioning(
+        self,
+        pixels: torch.Tensor,
+        control: torch.Tensor,
+        n: int,
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> _Conditioning:
+        """Conditioning for the B inputs, repeated for the ``n`` samples of each, and with guidance stacked
+        ``[unconditional, conditional]`` (the masks are kept for both) for one batched forward."""
+        dtype = self.unet.dtype
+        frames = control.shape[1]
         embeds = clip_image_embeds(self.image_encoder, pixels).to(dtype)
-        image_latents = encode_image_latents(self.vae, pixels, noise_aug_strength, first_gen).to(dtype)
+        image_latents = encode_image_latents(self.vae, pixels, settings.noise_aug_strength, generator).to(
+            dtype
+        )
         embeds = embeds.repeat_interleave(n, dim=0)
         image_latents = image_latents.repeat_interleave(n, dim=0).unsqueeze(1).expand(-1, frames, -1, -1, -1)
-        cond = cond.repeat_interleave(n, dim=0).to(dtype)
-        time_ids = make_added_time_ids(fps_id, motion_bucket_id, noise_aug_strength, batch * n, device, dtype)
+        control = control.repeat_interleave(n, dim=0).to(dtype)
+        time_ids = make_added_time_ids(
+            settings.fps_id,
+            settings.motion_bucket_id,
+            settings.noise_aug_strength,
+            control.shape[0],
+            device,
+            dtype,
+        )
+        if settings.max_guidance_scale <= 1.0:
+            return _Conditioning(embeds, image_latents, control, time_ids, None)
+        scale = torch.linspace(
+            settings.min_guidance_scale, settings.max_guidance_scale, frames, device=device
+        )
+        return _Conditioning(
+            torch.cat([torch.zeros_like(embeds), embeds]),
+            torch.cat([torch.zeros_like(image_latents), image_latents]),
+            torch.cat([control, control]),
+            torch.cat([time_ids, time_ids]),
+            scale.view(1, frames, 1, 1, 1).to(dtype),
+        )
 
-        guided = max_guidance_scale > 1.0
-        if guided:  # [unconditional, conditional] in one batch; the masks are kept for both
-            embeds = torch.cat([torch.zeros_like(embeds), embeds])
-            image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
-            cond = torch.cat([cond, cond])
-            time_ids = torch.cat([time_ids, time_ids])
-            scale = torch.linspace(min_guidance_scale, max_guidance_scale, frames, device=device)
-            scale = scale.view(1, frames, 1, 1, 1).to(dtype)
-
-        sampler = make_scheduler(scheduler, self.scheduler)
-        sampler.set_timesteps(num_inference_steps, device=device)
+    def _initial_latents(
+        self,
+        control_shape: tuple[int, ...],
+        sampler: Any,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """The starting noise for a control of ``control_shape`` ``(B * n, T, C, H, W)`` (drawn, or ``latents`` checked),
+        scaled to the sampler's first noise level."""
+        samples, frames, _, height, width = control_shape
         shape = (
-            batch * n,
+            samples,
             frames,
             self.unet.config.out_channels,
             height // self.vae_scale_factor,
@@ -249,42 +328,41 @@ class InterDynPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, torch.float32) * sampler.init_noise_sigma
+        return latents.to(device, torch.float32) * sampler.init_noise_sigma
 
-        for t in self.progress_bar(sampler.timesteps):
-            model_in = torch.cat([latents, latents]) if guided else latents
-            model_in = sampler.scale_model_input(model_in, t).to(dtype)
-            model_in = torch.cat([model_in, image_latents], dim=2)
-            branch_dtype = self.controlnet.dtype  # the branch may be fp32 next to bf16 frozen parts
-            residuals = self.controlnet(
-                model_in.to(branch_dtype),
-                t,
-                embeds.to(branch_dtype),
-                time_ids.to(branch_dtype),
-                cond.to(branch_dtype),
-                conditioning_scale=conditioning_scale,
-                return_dict=False,
-            )
-            pred = self.unet(
-                model_in,
-                t,
-                embeds,
-                time_ids,
-                down_block_additional_residuals=residuals[0],
-                mid_block_additional_residual=residuals[1],
-                return_dict=False,
-            )[0].float()
-            if guided:
-                uncond, cond_pred = pred.chunk(2)
-                pred = uncond + scale.float() * (cond_pred - uncond)
-            latents = sampler.step(pred, t, latents).prev_sample
-
-        if output_type == "latent":
-            frames_out: Any = latents
-        else:
-            video = decode_latents(self.vae, latents, decode_chunk_size or frames)
-            frames_out = frames_to_output(video, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (frames_out,)
-        return InterDynPipelineOutput(frames=frames_out)
+    def _prediction(
+        self,
+        sampler: Any,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: _Conditioning,
+        conditioning_scale: float,
+    ) -> torch.Tensor:
+        """One model evaluation (branch, then UNet) at step ``t``, guided when ``conditioning`` is."""
+        guided = conditioning.guidance is not None
+        model_in = torch.cat([latents, latents]) if guided else latents
+        model_in = sampler.scale_model_input(model_in, t).to(self.unet.dtype)
+        model_in = torch.cat([model_in, conditioning.image_latents], dim=2)
+        branch_dtype = self.controlnet.dtype  # the branch may be fp32 next to bf16 frozen parts
+        residuals = self.controlnet(
+            model_in.to(branch_dtype),
+            t,
+            conditioning.embeds.to(branch_dtype),
+            conditioning.time_ids.to(branch_dtype),
+            conditioning.control.to(branch_dtype),
+            conditioning_scale=conditioning_scale,
+            return_dict=False,
+        )
+        pred = self.unet(
+            model_in,
+            t,
+            conditioning.embeds,
+            conditioning.time_ids,
+            down_block_additional_residuals=residuals[0],
+            mid_block_additional_residual=residuals[1],
+            return_dict=False,
+        )[0].float()
+        if guided:
+            uncond, cond_pred = pred.chunk(2)
+            pred = uncond + conditioning.guidance.float() * (cond_pred - uncond)
+        return pred

@@ -1,5 +1,5 @@
-"""What the test callbacks share: sampling a clip with a seed fixed by its key, the clip keys and
-per-clip fields of a batch, gathering results from every rank and writing a report.
+"""What the test callbacks share: a base class that hands them each batch unpacked clip by clip, sampling a
+clip with a seed fixed by its key, gathering results from every rank and writing a report.
 
 Every clip's samples are seeded with ``key_seed(seed, key)``, so that the videos are the same whatever
 the batch size, rank or order; the results of all ranks are gathered with ``all_gather_object`` and
@@ -9,15 +9,18 @@ rank 0 writes the files atomically.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from interdyn.contract import has_clips
 from interdyn.data.sampling import key_seed
 from interdyn.files import write_atomic
 from interdyn.metrics.report import json_safe
+from interdyn.models.sampling import SamplingSettings
 
 
 class ClipSampler:
@@ -46,38 +49,112 @@ class ClipSampler:
 
     def protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
         """The sampling part of a report's protocol, ``shape`` being a sample's ``(T, 3, H, W)``."""
-        hp = pl_module.hparams
+        settings = SamplingSettings.from_mapping(pl_module.hparams)
         return {
             "samples_per_input": self.num_samples,
             "frames": shape[0] if shape else None,
             "resolution": f"{shape[-2]}x{shape[-1]}" if shape else None,
             "seed": self.seed,
-            "sampling_steps": self.num_inference_steps or hp.get("num_inference_steps"),
-            "sampler": hp.get("scheduler", "euler"),
+            "sampling_steps": self.num_inference_steps or settings.num_inference_steps,
+            "sampler": settings.scheduler,
         }
 
 
-def clip_keys(trainer: L.Trainer, batch: dict[str, Any], batch_idx: int) -> list[str]:
-    """The batch's clip keys, or keys made from the rank and batch index when it has none."""
-    n = len(batch["pixel_values"])
-    return list(batch.get("key") or [f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(n)])
+@dataclass(frozen=True)
+class BatchClips:
+    """A batch as the callbacks read it, clip by clip.
+
+    Args:
+        batch: the collated batch (``pixel_values``, ``control``, optional per-clip fields).
+        keys: its clip keys, made from the rank and batch index when it has none; empty for a batch holding
+            only records of skipped samples, which has no frames or control.
+        dataloader_idx: the loader the batch came from.
+    """
+
+    batch: dict[str, Any]
+    keys: list[str]
+    dataloader_idx: int = 0
+
+    @classmethod
+    def unpack(
+        cls, trainer: L.Trainer, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> BatchClips:
+        """The clips of ``batch`` (none when it holds only records of skipped samples)."""
+        if not has_clips(batch):
+            return cls(batch, [], dataloader_idx)
+        n = len(batch["control"])
+        keys = batch.get("key") or [f"rank{trainer.global_rank}-batch{batch_idx}-{i}" for i in range(n)]
+        return cls(batch, list(keys), dataloader_idx)
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """``(B, T, 3, H, W)`` frames in ``[-1, 1]``."""
+        return self.batch["pixel_values"]
+
+    @property
+    def control(self) -> torch.Tensor:
+        """``(B, T, C, H, W)`` control in ``[-1, 1]``."""
+        return self.batch["control"]
+
+    @property
+    def skipped(self) -> list[str]:
+        """The reasons of the batch's records of skipped samples."""
+        return [record["reason"] for record in self.batch.get("skipped", [])]
+
+    def clip(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip ``i``'s frames and control, each with a batch dim of 1."""
+        return self.pixels[i : i + 1], self.control[i : i + 1]
+
+    def field(self, name: str) -> Any:
+        """``batch[name]`` (a list or a tensor with one entry per clip), or a None per clip when absent."""
+        value = self.batch.get(name)
+        return [None] * len(self.keys) if value is None else value
+
+    def timing(self, i: int) -> tuple[list[int] | None, list[float] | None]:
+        """Clip ``i``'s ``source_indices`` and ``geometry`` as lists (None where the batch has no such key):
+        what the physics error needs to map the simulation into the clip's frames."""
+        indices = self.batch["source_indices"][i].tolist() if "source_indices" in self.batch else None
+        geometry = self.batch["geometry"][i].tolist() if "geometry" in self.batch else None
+        return indices, geometry
 
 
-def per_clip(batch: dict[str, Any], name: str, n: int) -> Any:
-    """``batch[name]`` (a list or a tensor with one entry per clip), or ``n`` Nones when absent."""
-    value = batch.get(name)
-    return [None] * n if value is None else value
+class ClipCallback(L.Callback):
+    """A callback that reads test and validation batches clip by clip: Lightning's batch-end hooks reach
+    :meth:`on_test_clips` and :meth:`on_validation_clips` with each batch that holds clips, unpacked as
+    :class:`BatchClips`, and :meth:`on_test_skipped` with the records of skipped samples of every test batch."""
+
+    def on_test_skipped(self, trainer: L.Trainer, reasons: list[str]) -> None:
+        """Called after every test batch with the reasons of its records of skipped samples (often none)."""
+
+    def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
+        """Called after every test batch with clips."""
+
+    def on_validation_clips(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips
+    ) -> None:
+        """Called after every validation batch with clips, those of the sanity check included."""
+
+    def _on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        clips = BatchClips.unpack(trainer, batch, batch_idx, dataloader_idx)
+        if trainer.testing:
+            self.on_test_skipped(trainer, clips.skipped)
+        if clips.keys:
+            handler = self.on_test_clips if trainer.testing else self.on_validation_clips
+            handler(trainer, pl_module, clips)
+
+    on_test_batch_end = _on_batch_end
+    on_validation_batch_end = _on_batch_end
 
 
-def clip_timing(batch: dict[str, Any], i: int) -> tuple[list[int] | None, list[float] | None]:
-    """Clip ``i``'s ``source_indices`` and ``geometry`` as lists (None where the batch has no such key):
-    what the physics error needs to map the simulation into the clip's frames."""
-    indices = batch["source_indices"][i].tolist() if "source_indices" in batch else None
-    geometry = batch["geometry"][i].tolist() if "geometry" in batch else None
-    return indices, geometry
-
-
-def gather_objects(obj: Any) -> list[Any]:
+def gather_ranks(obj: Any) -> list[Any]:
     """``obj`` of every rank (just ``[obj]`` outside distributed runs)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         out: list[Any] = [None] * torch.distributed.get_world_size()
@@ -91,9 +168,19 @@ def run_folder(trainer: L.Trainer, out_dir: str | None) -> Path:
     return Path(out_dir or trainer.log_dir or trainer.default_root_dir)
 
 
-def write_report(folder: Path, stem: str, payload: dict[str, Any], markdown: str, title: str) -> None:
-    """``<stem>.json`` (strict JSON) and ``<stem>.md`` written atomically into ``folder``, and the table
-    printed."""
+def write_report(
+    trainer: L.Trainer,
+    out_dir: str | None,
+    stem: str,
+    payload: dict[str, Any],
+    markdown: str,
+    title: str,
+) -> None:
+    """``<stem>.json`` (strict JSON) and ``<stem>.md`` written atomically into the run folder
+    (:func:`run_folder`) by global rank 0, and the table printed. Call it on every rank."""
+    folder = run_folder(trainer, out_dir)
+    if not trainer.is_global_zero:
+        return
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / f"{stem}.json", json.dumps(json_safe(payload), indent=2))
     write_atomic(folder / f"{stem}.md", markdown)

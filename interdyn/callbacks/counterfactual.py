@@ -10,21 +10,13 @@ from typing import Any, Literal
 
 import lightning as L
 
-from interdyn.callbacks.clip_sampler import (
-    ClipSampler,
-    clip_keys,
-    gather_objects,
-    per_clip,
-    run_folder,
-    write_report,
-)
-from interdyn.contract import has_clips
+from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback, ClipSampler, gather_ranks, write_report
 from interdyn.metrics.counterfactual import counterfactual_report, group_members, report_to_markdown
 from interdyn.metrics.regions import shrink_masks, shrink_video
 from interdyn.metrics.report import protocol_line
 
 
-class CounterfactualEvaluation(L.Callback):
+class CounterfactualEvaluation(ClipCallback):
     """Counterfactual report over the test clips that belong to a group (``meta["group"]``).
 
     For every grouped clip the samples and the ground truth are kept, shrunk so that the longer side is
@@ -69,26 +61,15 @@ class CounterfactualEvaluation(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.members, self.ungrouped, self.shape = [], 0, None
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not has_clips(batch):  # only records of skipped samples
-            return
-        pixels, control = batch["pixel_values"], batch["control"]
-        keys = clip_keys(trainer, batch, batch_idx)
-        metas = per_clip(batch, "meta", len(keys))
-        for i, key in enumerate(keys):
+    def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
+        pixels, control = clips.pixels, clips.control
+        metas = clips.field("meta")
+        for i, key in enumerate(clips.keys):
             meta = metas[i] or {}
             if meta.get("group") is None:
                 self.ungrouped += 1
                 continue
-            samples = self.sampler.sample(pl_module, pixels[i : i + 1], control[i : i + 1], key)
+            samples = self.sampler.sample(pl_module, *clips.clip(i), key)
             self.shape = tuple(samples.shape[1:])
             self.members.append(
                 {
@@ -102,7 +83,7 @@ class CounterfactualEvaluation(L.Callback):
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        everyone = gather_objects({"members": self.members, "ungrouped": self.ungrouped, "shape": self.shape})
+        everyone = gather_ranks({"members": self.members, "ungrouped": self.ungrouped, "shape": self.shape})
         members = {m["key"]: m for rank in everyone for m in rank["members"]}  # a key counts once
         ungrouped = sum(rank["ungrouped"] for rank in everyone)
         shape = next((rank["shape"] for rank in everyone if rank["shape"]), None)
@@ -125,12 +106,10 @@ class CounterfactualEvaluation(L.Callback):
             "protocol": protocol,
             "members": {k: m["group"] for k, m in members.items()},
         }
-        folder = run_folder(trainer, self.out_dir)
-        if trainer.is_global_zero:
-            text = (
-                report_to_markdown(report)
-                + f"\nClips: {len(members)} in {len(groups)} group(s), {ungrouped} without a group (ignored).\n"
-                + protocol_line(protocol)
-                + "\n"
-            )
-            write_report(folder, "counterfactual", self.results, text, "Counterfactual report")
+        text = (
+            report_to_markdown(report)
+            + f"\nClips: {len(members)} in {len(groups)} group(s), {ungrouped} without a group (ignored).\n"
+            + protocol_line(protocol)
+            + "\n"
+        )
+        write_report(trainer, self.out_dir, "counterfactual", self.results, text, "Counterfactual report")

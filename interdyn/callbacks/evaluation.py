@@ -21,16 +21,15 @@ from typing import Any
 import lightning as L
 import torch
 
-from interdyn.callbacks.clip_sampler import ClipSampler, clip_keys, clip_timing, gather_objects, run_folder
+from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback, ClipSampler, gather_ranks, run_folder
 from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
-from interdyn.contract import has_clips
 from interdyn.data.video import encode_video
 from interdyn.errors import EvaluationError
 from interdyn.files import write_atomic
 from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, merge_states, summarize
 
 
-class VideoEvaluation(L.Callback):
+class VideoEvaluation(ClipCallback):
     """Evaluate generated videos during ``interdyn test``.
 
     Args:
@@ -88,34 +87,26 @@ class VideoEvaluation(L.Callback):
         self.skipped = Counter()
         self._saved = 0
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.skipped.update(record["reason"] for record in batch.get("skipped", []))
-        if not has_clips(batch):  # only records of skipped samples
-            return
-        pixels, control = batch["pixel_values"], batch["control"]
-        keys = clip_keys(trainer, batch, batch_idx)
-        for i, key in enumerate(keys):
-            samples = self.sampler.sample(pl_module, pixels[i : i + 1], control[i : i + 1], key)
-            source_indices, geometry = clip_timing(batch, i)
+    def on_test_skipped(self, trainer: L.Trainer, reasons: list[str]) -> None:
+        self.skipped.update(reasons)
+
+    def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
+        pixels, control = clips.pixels, clips.control
+        metas = clips.field("meta")
+        for i, key in enumerate(clips.keys):
+            samples = self.sampler.sample(pl_module, *clips.clip(i), key)
+            source_indices, geometry = clips.timing(i)
             self.evaluator.update(
                 (pixels[i] + 1) / 2,
                 samples,
                 key,
                 masks=control[i, :, 0] > 0,
-                meta=(batch.get("meta") or [None] * len(keys))[i],
+                meta=metas[i],
                 source_indices=source_indices,
                 geometry=geometry,
             )
             if self._saved < self.save_videos:
-                self._save_video(trainer, key, pixels[i : i + 1], control[i : i + 1], samples[None])
+                self._save_video(trainer, key, *clips.clip(i), samples[None])
                 self._saved += 1
 
     def _save_video(
@@ -134,7 +125,7 @@ class VideoEvaluation(L.Callback):
         buffer = io.BytesIO()
         torch.save(own, buffer)
         write_atomic(parts / f"rank{trainer.global_rank}.pt", buffer.getvalue())
-        everyone = gather_objects(own)
+        everyone = gather_ranks(own)
         skipped = sum((Counter(s["skipped"]) for s in everyone), Counter())
         state = merge_states(everyone)
         scored = len({row["key"] for row in state["rows"]})

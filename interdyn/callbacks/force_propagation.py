@@ -12,16 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from interdyn.callbacks.clip_sampler import (
-    ClipSampler,
-    clip_keys,
-    clip_timing,
-    gather_objects,
-    per_clip,
-    run_folder,
-    write_report,
-)
-from interdyn.contract import has_clips
+from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback, ClipSampler, gather_ranks, write_report
 from interdyn.metrics.force_propagation import (
     REGION_METRICS,
     force_propagation_markdown,
@@ -31,7 +22,7 @@ from interdyn.metrics.force_propagation import (
 from interdyn.metrics.regions import hit_roles
 
 
-class ForcePropagation(L.Callback):
+class ForcePropagation(ClipCallback):
     """Does the model move objects hit indirectly (through other objects) as well as those hit directly?
 
     For every test clip whose metadata names hit objects (:func:`~interdyn.metrics.regions.hit_roles`:
@@ -91,25 +82,12 @@ class ForcePropagation(L.Callback):
             ("clips", "with_hits", "with_indirect", "no_roles", "no_object_masks", "unscored"), 0
         )
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not has_clips(batch):  # only records of skipped samples
-            return
-        pixels = batch["pixel_values"]
-        keys = clip_keys(trainer, batch, batch_idx)
-        metas, objects, names = (
-            per_clip(batch, name, len(keys)) for name in ("meta", "objects", "object_names")
-        )
-        for i, key in enumerate(keys):
+    def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
+        pixels = clips.pixels
+        metas, objects, names = (clips.field(name) for name in ("meta", "objects", "object_names"))
+        for i, key in enumerate(clips.keys):
             self.counts["clips"] += 1
-            indices, geometry = clip_timing(batch, i)
+            indices, geometry = clips.timing(i)
             roles = hit_roles(metas[i], max(indices) if indices else None)
             if roles is None or not (roles[0] or roles[1]):
                 self.counts["no_roles"] += 1
@@ -130,11 +108,11 @@ class ForcePropagation(L.Callback):
                     f"{key}: batch['objects'] is {tuple(objects[i].shape)}; it must be (K, T, H, W) with the "
                     f"frames' T, H, W {(pixels.shape[1], *pixels.shape[-2:])}"
                 )
-            self._score(batch, i, key, roles, metas[i], objects[i], names[i], physics, pl_module)
+            self._score(clips, i, key, roles, metas[i], objects[i], names[i], physics, pl_module)
 
     def _score(
         self,
-        batch: dict[str, Any],
+        clips: BatchClips,
         i: int,
         key: str,
         roles: tuple[list[str], list[str]],
@@ -145,10 +123,10 @@ class ForcePropagation(L.Callback):
         pl_module: L.LightningModule,
     ) -> None:
         """Sample clip ``i`` of the batch and keep its rows (the physics error only when ``physics``)."""
-        pixels, control = batch["pixel_values"][i : i + 1], batch["control"][i : i + 1]
+        pixels, control = clips.clip(i)
         samples = self.sampler.sample(pl_module, pixels, control, key)
         self.shape = tuple(samples.shape[1:])
-        indices, geometry = clip_timing(batch, i) if physics else (None, None)
+        indices, geometry = clips.timing(i) if physics else (None, None)
         self.rows += role_rows(
             key,
             samples,
@@ -165,7 +143,7 @@ class ForcePropagation(L.Callback):
         )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        everyone = gather_objects({"rows": self.rows, "counts": self.counts, "shape": self.shape})
+        everyone = gather_ranks({"rows": self.rows, "counts": self.counts, "shape": self.shape})
         rows = [r for rank in everyone for r in rank["rows"]]
         counts = {k: sum(rank["counts"][k] for rank in everyone) for k in self.counts}
         shape = next((rank["shape"] for rank in everyone if rank["shape"]), None)
@@ -180,7 +158,5 @@ class ForcePropagation(L.Callback):
             "frames_scored": "1..T-1",
         }
         self.results = {"roles": table, "counts": counts, "protocol": protocol, "per_clip": rows}
-        folder = run_folder(trainer, self.out_dir)
-        if trainer.is_global_zero:
-            markdown = force_propagation_markdown(table, counts, protocol, self.metrics_region)
-            write_report(folder, "force_propagation", self.results, markdown, "Force propagation")
+        markdown = force_propagation_markdown(table, counts, protocol, self.metrics_region)
+        write_report(trainer, self.out_dir, "force_propagation", self.results, markdown, "Force propagation")

@@ -13,16 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from interdyn.callbacks.clip_sampler import (
-    ClipSampler,
-    clip_keys,
-    clip_timing,
-    gather_objects,
-    per_clip,
-    run_folder,
-    write_report,
-)
-from interdyn.contract import has_clips
+from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback, ClipSampler, gather_ranks, write_report
 from interdyn.data.perturb import KINDS, MaskPerturbation, check_severity, severity_levels
 from interdyn.metrics.mask_noise import CLEAN, changed_pixels, level_label, level_row, mask_noise_markdown
 from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, summarize
@@ -41,7 +32,7 @@ def replace_driver(control: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class MaskNoiseSweep(L.Callback):
+class MaskNoiseSweep(ClipCallback):
     """How much worse do the videos get when the driver masks are noisy?
 
     For every test clip and every perturbation level, the clip's driver masks (``control[:, :, 0] > 0``,
@@ -111,23 +102,12 @@ class MaskNoiseSweep(L.Callback):
             self.evaluators[level_label(kind, severity)] = base.spawn()
             self.changed[level_label(kind, severity)] = []
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not has_clips(batch):  # only records of skipped samples
-            return
-        pixels, control = batch["pixel_values"], batch["control"]
-        keys = clip_keys(trainer, batch, batch_idx)
-        metas = per_clip(batch, "meta", len(keys))
-        for i, key in enumerate(keys):
+    def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
+        pixels, control = clips.pixels, clips.control
+        metas = clips.field("meta")
+        for i, key in enumerate(clips.keys):
             masks = control[i, :, 0] > 0
-            source_indices, geometry = clip_timing(batch, i)
+            source_indices, geometry = clips.timing(i)
             extra = {"masks": masks, "meta": metas[i], "source_indices": source_indices, "geometry": geometry}
             for kind, severity in self.levels:
                 label = level_label(kind, severity)
@@ -143,7 +123,7 @@ class MaskNoiseSweep(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         local = {label: (ev.state(), self.changed[label]) for label, ev in self.evaluators.items()}
-        everyone = gather_objects(local)
+        everyone = gather_ranks(local)
         rows, shape = [], None
         for kind, severity in self.levels:
             label = level_label(kind, severity)
@@ -162,8 +142,5 @@ class MaskNoiseSweep(L.Callback):
             "metrics": self.metrics,
         }
         self.results = {"levels": rows, "protocol": protocol}
-        folder = run_folder(trainer, self.out_dir)
-        if trainer.is_global_zero:
-            write_report(
-                folder, "mask_noise", self.results, mask_noise_markdown(rows, protocol), "Mask-noise sweep"
-            )
+        markdown = mask_noise_markdown(rows, protocol)
+        write_report(trainer, self.out_dir, "mask_noise", self.results, markdown, "Mask-noise sweep")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 
-from interdyn.contract import has_clips
+from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback
 from interdyn.files import write_atomic
 from interdyn.render import to_uint8
 
@@ -48,7 +47,7 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     return buffer.getvalue()
 
 
-class SampleVideoLogger(L.Callback):
+class SampleVideoLogger(ClipCallback):
     """Log sampled videos of a few validation clips.
 
     Args:
@@ -72,19 +71,13 @@ class SampleVideoLogger(L.Callback):
         self._clips: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_path: Path | None = None
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def on_validation_clips(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips
     ) -> None:
-        first = self._clips is None and dataloader_idx == 0 and has_clips(batch)  # the first batch with clips
+        first = self._clips is None and clips.dataloader_idx == 0  # the first batch with clips
         if first and trainer.is_global_zero and not trainer.sanity_checking:
             n = self.num_videos
-            self._clips = (batch["pixel_values"][:n].detach(), batch["control"][:n].detach())
+            self._clips = (clips.pixels[:n].detach(), clips.control[:n].detach())
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

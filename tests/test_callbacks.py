@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from interdyn.callbacks import SampleVideoLogger
 from interdyn.data import MovingShapesDataModule
-from tests.test_module import tiny_module
+from tests.test_module import short_fit_trainer, tiny_module
 
 
 def test_sampled_videos_reach_disk_and_tensorboard(tmp_path):
     logger = TensorBoardLogger(save_dir=tmp_path, name="run")
     callback = SampleVideoLogger(num_videos=2, num_inference_steps=2)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        val_check_interval=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=logger,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = short_fit_trainer(logger=logger, callbacks=[callback])
     data = MovingShapesDataModule(num_train=4, num_val=2, num_frames=4, batch_size=2)
     trainer.fit(tiny_module(), datamodule=data)
     gif = Image.open(callback.last_path)

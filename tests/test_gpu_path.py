@@ -13,7 +13,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from interdyn.data import MovingShapesDataModule, ShardDataModule
-from tests.test_module import tiny_module, toy_batch
+from tests.test_module import short_fit_trainer, tiny_module, toy_batch
 
 CLIP = 1e-3  # far below the gradient norm, so every step is clipped
 
@@ -59,20 +59,8 @@ def test_clipping_with_fused_adam_under_mixed_precision(tmp_path, precision):
         if precision == "16-mixed"
         else {"precision": precision}
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        val_check_interval=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        gradient_clip_val=CLIP,
-        callbacks=[probe],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **mixed,
+    trainer = short_fit_trainer(
+        gradient_clip_val=CLIP, callbacks=[probe], logger=False, default_root_dir=tmp_path, **mixed
     )
     module = tiny_module(fused_optimizer=True, learning_rate=1e-3)
     before = {k: v.clone() for k, v in module.controlnet.state_dict().items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
 
@@ -12,6 +13,13 @@ from interdyn.errors import BatchContractError, ConfigError, WeightsNotFoundErro
 from interdyn.models.svd import TINY_ARCHITECTURE
 from interdyn.module import InterDynModule
 from tests.conftest import TINY_CONTROL_CHANNELS
+
+
+def short_fit_trainer(**kw) -> L.Trainer:
+    """A quiet CPU trainer for two training steps, validating one batch after the second."""
+    steps = {"max_steps": 2, "val_check_interval": 2, "limit_val_batches": 1, "num_sanity_val_steps": 0}
+    quiet = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return L.Trainer(accelerator="cpu", **{**steps, **quiet, **kw})
 
 
 def tiny_module(**kw) -> InterDynModule:

@@ -18,12 +18,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from interdyn.contract import masks_to_control
 
+# The default clip: 14 frames (SVD's) of 64 x 64 pixels (the tiny UNet's size).
+NUM_FRAMES = 14
+SIZE = 64
+
 
 class MovingShapesDataset(Dataset):
     """Deterministic clips ``{pixel_values (T,3,H,W) in [-1,1], control (T,3,H,W) in {-1,1}, key}``."""
 
     def __init__(
-        self, num_videos: int, num_frames: int = 14, height: int = 64, width: int = 64, seed: int = 0
+        self,
+        num_videos: int,
+        num_frames: int = NUM_FRAMES,
+        height: int = SIZE,
+        width: int = SIZE,
+        seed: int = 0,
     ) -> None:
         if num_videos < 1 or num_frames < 1:
             raise ValueError("num_videos and num_frames must be positive")
@@ -86,9 +95,9 @@ class MovingShapesDataModule(L.LightningDataModule):
         num_train: int = 32,
         num_val: int = 4,
         num_test: int = 4,
-        num_frames: int = 14,
-        height: int = 64,
-        width: int = 64,
+        num_frames: int = NUM_FRAMES,
+        height: int = SIZE,
+        width: int = SIZE,
         batch_size: int = 2,
         num_workers: int = 0,
         seed: int = 0,

@@ -23,8 +23,9 @@ from torch import nn
 
 from interdyn.models.encoder import conditioning_embeddings, run_down_blocks
 
-# Config entries copied from a UNet by `from_unet` (the encoder-relevant part of its architecture).
-_SHARED_CONFIG = (
+# Config entries copied from a UNet by `from_unet` (the encoder-relevant part of its architecture); with the
+# two conditioning entries, the fields of the released checkpoint's config.
+SHARED_CONFIG = (
     "sample_size",
     "in_channels",
     "out_channels",
@@ -263,7 +264,7 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
         control encoder's output conv and all 1x1 residual convs start at zero, so the branch leaves
         the UNet's output unchanged until it is trained.
         """
-        kwargs = {key: unet.config[key] for key in _SHARED_CONFIG if key in unet.config}
+        kwargs = {key: unet.config[key] for key in SHARED_CONFIG if key in unet.config}
         controlnet = cls(
             **kwargs,
             conditioning_channels=conditioning_channels,

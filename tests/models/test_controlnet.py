@@ -10,26 +10,11 @@ from safetensors.torch import save_file
 
 from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
 from interdyn.models import ControlNetSDVModel, load_controlnet
+from interdyn.models.controlnet import SHARED_CONFIG
 from tests.conftest import TINY_CONTROL_CHANNELS, randomize_, unet_inputs
 
 # Config fields of the released checkpoint's config.json (hub repo rickakkerman/InterDyn, controlnet/).
-RELEASED_CONFIG_FIELDS = {
-    "sample_size",
-    "in_channels",
-    "out_channels",
-    "down_block_types",
-    "up_block_types",
-    "block_out_channels",
-    "addition_time_embed_dim",
-    "projection_class_embeddings_input_dim",
-    "layers_per_block",
-    "cross_attention_dim",
-    "transformer_layers_per_block",
-    "num_attention_heads",
-    "num_frames",
-    "conditioning_channels",
-    "conditioning_embedding_out_channels",
-}
+RELEASED_CONFIG_FIELDS = {*SHARED_CONFIG, "conditioning_channels", "conditioning_embedding_out_channels"}
 
 
 def released_top_level_names() -> set[str]:

@@ -20,7 +20,8 @@ from interdyn.data.shard_format import (
 
 def _sample(control: np.ndarray, objects: np.ndarray | None = None, names: list[str] | None = None) -> dict:
     fields = encode_fields(
-        "ds-0001", {"video.webm": b"video", MASKS_FIELD: encode_masks(control, objects, names), META_FIELD: {"fps": 12}}
+        "ds-0001",
+        {"video.webm": b"video", MASKS_FIELD: encode_masks(control, objects, names), META_FIELD: {"fps": 12}},
     )
     return {"__key__": "ds-0001", **fields}
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import machine, write_section  # noqa: E402
+
+from interdyn.render import chart_canvas  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (metrics.json key, column title, lower is better)
@@ -115,11 +116,8 @@ def _fmt(value: float | None) -> str:
 def panel(rows: list[dict[str, Any]], key: str, title: str, size: tuple[int, int] = (300, 220)) -> np.ndarray:
     """One line chart of ``key`` against steps (log-2 x axis), a line per sampler -> ``(H, W, 3)`` uint8."""
     w, h = size
-    image = Image.new("RGB", size, (250, 250, 250))
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    image, draw, font = chart_canvas(size, title, background=(250, 250, 250), ink=(20, 20, 20))
     left, right, top, bottom = 44, 10, 22, 30
-    draw.text((left, 5), title, fill=(20, 20, 20), font=font)
     points = [(r["scheduler"], r["steps"], r.get(key)) for r in rows]
     points = [(s, n, v) for s, n, v in points if v is not None and math.isfinite(v)]
     if not points:

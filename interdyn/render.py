@@ -111,3 +111,15 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def chart_canvas(
+    size: tuple[int, int], title: str, background: tuple[int, int, int], ink: tuple[int, int, int]
+) -> tuple[Image.Image, ImageDraw.ImageDraw, ImageFont.ImageFont]:
+    """A blank chart panel of ``size`` (width, height) with ``title`` at its top left: the image, a drawer
+    on it and the font to label it with."""
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((44, 4), title, fill=ink, font=font)
+    return image, draw, font

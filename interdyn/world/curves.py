@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from interdyn.files import write_atomic
-from interdyn.render import png_bytes
+from interdyn.render import chart_canvas, png_bytes
 
 
 def read_scalars(run: str | Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +43,8 @@ def smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
 def plot(steps: np.ndarray, values: np.ndarray, title: str, size: tuple[int, int] = (360, 240)) -> np.ndarray:
     """One panel: raw values (grey) and their running mean (white) on a log y axis -> ``(H, W, 3)`` uint8."""
     w, h = size
-    image = Image.new("RGB", size, (24, 24, 24))
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    image, draw, font = chart_canvas(size, title, background=(24, 24, 24), ink=(235, 235, 235))
     left, right, top, bottom = 46, 8, 22, 20
-    draw.text((left, 4), title, fill=(235, 235, 235), font=font)
     ok = np.isfinite(values) & (values > 0)
     if ok.sum() < 2:
         draw.text((left, h // 2), "no data", fill=(235, 235, 235), font=font)

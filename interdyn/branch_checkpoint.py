@@ -45,7 +45,9 @@ def branch_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Te
     ``(missing [...], unexpected [...], other shapes [...])`` naming the first few of each."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    reshaped = sorted(k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape))
+    reshaped = sorted(
+        k for k in set(expected) & set(found) if tuple(expected[k].shape) != tuple(found[k].shape)
+    )
     if not (missing or unexpected or reshaped):
         return None
     return f"(missing {missing[:4]}, unexpected {unexpected[:4]}, other shapes {reshaped[:4]})"
@@ -96,7 +98,9 @@ def branch_from_checkpoint(
         raise WeightsMismatchError(f"the branch config in {where} is invalid ({err}).") from None
     mismatch = branch_mismatch(model.state_dict(), state)
     if mismatch:
-        raise WeightsMismatchError(f"the control branch in {where} does not match its recorded config {mismatch}.")
+        raise WeightsMismatchError(
+            f"the control branch in {where} does not match its recorded config {mismatch}."
+        )
     # Copies in the wanted dtype (off the memory map); assign=True makes them the parameters.
     tensors = {k: v.to(torch_dtype, copy=True) for k, v in state.items()}
     model.load_state_dict(tensors, strict=True, assign=True)

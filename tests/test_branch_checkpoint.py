@@ -26,7 +26,9 @@ def _checkpoint(branch: torch.nn.Module) -> dict:
 
 def test_written_branch_reads_back_exactly(tmp_path, trained_like_branch) -> None:
     checkpoint = _checkpoint(trained_like_branch)
-    assert not [k for k in checkpoint["state_dict"] if not k.startswith(BRANCH_PREFIX)], "frozen weights dropped"
+    assert not [k for k in checkpoint["state_dict"] if not k.startswith(BRANCH_PREFIX)], (
+        "frozen weights dropped"
+    )
     assert checkpoint[CONFIG_KEY]["conditioning_channels"] == trained_like_branch.config.conditioning_channels
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)
@@ -41,7 +43,7 @@ def test_a_branch_unlike_its_config_is_refused(tmp_path, trained_like_branch) ->
     checkpoint = _checkpoint(trained_like_branch)
     name = next(iter(checkpoint["state_dict"]))
     checkpoint["state_dict"][name] = checkpoint["state_dict"][name][:1]
-    with pytest.raises(WeightsMismatchError, match=rf"other shapes \['{name[len(BRANCH_PREFIX):]}'\]"):
+    with pytest.raises(WeightsMismatchError, match=rf"other shapes \['{name[len(BRANCH_PREFIX) :]}'\]"):
         branch_from_checkpoint(checkpoint)
     del checkpoint["state_dict"][name]
     with pytest.raises(WeightsMismatchError, match=r"missing \["):

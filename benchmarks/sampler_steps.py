@@ -99,11 +99,11 @@ def run_point(args: argparse.Namespace, scheduler: str, steps: int) -> dict[str,
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per (sampler, steps)."""
-    head = "| sampler | steps | " + " | ".join(title for _, title, _ in COLUMNS) + " | test run (s) |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    head = "| sampler | steps | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for row in rows:
         values = " | ".join(_fmt(row.get(key)) for key, _, _ in COLUMNS)
-        lines.append(f"| {row['scheduler']} | {row['steps']} | {values} | {row['seconds']:.0f} |")
+        lines.append(f"| {row['scheduler']} | {row['steps']} | {values} |")
     return "\n".join(lines)
 
 
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- {machine('cpu')}",
             f"- `interdyn test --config {' --config '.join(args.config)}` with the branch `{args.controlnet}`, {clips} held-out "
             f"test clips (4 per counterfactual group), one sample each, seed {args.seed}, guidance 1 -> 3; "
-            "the same clips and seeds at every point. Test run: wall seconds of the whole run (loading, "
-            "sampling, metrics).",
+            "the same clips and seeds at every point. Compute is the steps: each is one batched guided "
+            "forward of the UNet and the branch, whatever the sampler (seconds per step: the sampling table).",
             "",
             table(rows),
             "",

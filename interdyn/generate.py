@@ -105,8 +105,8 @@ class GenerateOptions:
         device: auto, cpu, cuda or cuda:<index>
         num_samples: videos per control sequence (3 in the authors' demo)
         seed: the same seed gives the same videos
-        scheduler: sampler: euler (SVD's, the paper's), dpmpp_2m (similar quality in about half the steps)
-            or edm_euler
+        scheduler: sampler: euler (SVD's, the paper's), dpmpp_2m (DPM-Solver++(2M):
+            below Euler at equal steps on the trained world, see docs/benchmarks.md) or edm_euler
         steps: sampler steps
         min_guidance: guidance of the first frame
         max_guidance: guidance of the last frame

@@ -60,8 +60,8 @@ class InterDynModule(EDMObjective, L.LightningModule):
         vae_chunk_size: frames per VAE call when encoding.
         num_inference_steps, min_guidance_scale, max_guidance_scale, num_samples, sample_seed: sampling in
             ``predict_step``, the test metrics and the logged videos.
-        scheduler: the sampler: ``euler`` (SVD's, the paper's), ``dpmpp_2m`` (DPM-Solver++(2M): similar
-            quality in about half the steps) or ``edm_euler``.
+        scheduler: the sampler: ``euler`` (SVD's, the paper's), ``dpmpp_2m`` (DPM-Solver++(2M),
+            below Euler at equal steps on the trained world) or ``edm_euler``.
         gradient_checkpointing: recompute the branch's block activations in the backward pass.
         unet_gradient_checkpointing: the same for the frozen UNet (the loss back-propagates through its
             decoder into the residuals, so its activations are kept unless this is on).

@@ -1,7 +1,7 @@
 """Sampling: image + driver masks -> video (the paper's sampling), as a diffusers pipeline.
 
 Euler sampling with SVD's scheduler (v-prediction, Karras sigmas), or DPM-Solver++(2M) on the same
-EDM noise range (``scheduler="dpmpp_2m"``, about as good in half the steps), classifier-free guidance with a
+EDM noise range (``scheduler="dpmpp_2m"``), classifier-free guidance with a
 per-frame scale rising linearly from ``min_guidance_scale`` (first frame) to ``max_guidance_scale``
 (last frame). The unconditional branch zeroes the image conditioning (CLIP embedding and image
 latent) and keeps the control masks. Both branches run in one batched forward.

@@ -29,8 +29,8 @@ class SamplingSettings:
         motion_bucket_id: SVD's motion bucket.
         noise_aug_strength: noise added to the conditioning image latent (also SVD's third time id).
         conditioning_scale: multiplies the branch residuals (0 gives plain SVD).
-        scheduler: ``euler`` (SVD's, the paper's), ``dpmpp_2m`` (DPM-Solver++(2M): similar quality in
-            about half the steps) or ``edm_euler``.
+        scheduler: ``euler`` (SVD's, the paper's), ``dpmpp_2m`` (DPM-Solver++(2M); on the trained
+            world it needs more steps than Euler, not fewer: see docs/benchmarks.md) or ``edm_euler``.
     """
 
     num_inference_steps: int = 50

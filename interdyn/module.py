@@ -146,15 +146,6 @@ class InterDynModule(EDMObjective, L.LightningModule):
             self._compiled = True
 
     # ------------------------------------------------------------------ state
-    def _encoders_on(self, device: torch.device | str) -> None:
-        """With ``offload_encoders``, move the VAE and CLIP image encoder to ``device`` (no-op where they are)."""
-        if not self.hparams.get("offload_encoders"):
-            return
-        device = torch.device(device)
-        for part in (self.vae, self.image_encoder):
-            if next(part.parameters()).device != device:
-                part.to(device)
-
     def train(self, mode: bool = True) -> InterDynModule:
         """Switch the branch's mode; the frozen parts always stay in eval mode."""
         super().train(mode)

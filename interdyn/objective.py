@@ -37,7 +37,7 @@ class EDMObjective:
 
     A mixin for a ``torch.nn.Module`` with the attributes below, ``hparams`` holding ``fps_id``,
     ``motion_bucket_id``, ``noise_aug_strength``, ``image_drop_prob``, ``vae_chunk_size``, ``p_mean``,
-    ``p_std`` and ``conditioning_scale``, and ``_encoders_on(device)`` (moves offloaded encoders).
+    ``p_std``, ``conditioning_scale`` and ``offload_encoders``.
     """
 
     unet: UNetSpatioTemporalControlModel
@@ -48,8 +48,13 @@ class EDMObjective:
     device: torch.device
 
     def _encoders_on(self, device: torch.device | str) -> None:
-        """Move offloaded encoders to ``device``; the module defines it."""
-        raise NotImplementedError
+        """With ``offload_encoders``, move the VAE and CLIP image encoder to ``device`` (no-op where they are)."""
+        if not self.hparams.get("offload_encoders"):
+            return
+        device = torch.device(device)
+        for part in (self.vae, self.image_encoder):
+            if next(part.parameters()).device != device:
+                part.to(device)
 
     def added_time_ids(self, batch_size: int) -> torch.Tensor:
         """``(batch_size, 3)`` added time ids from the configured values."""

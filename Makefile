@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# the runtime alone (no test tools, app or SAM2): what `make demo` needs; the full install implies it
+CORE_STAMP := $(VENV)/.installed-core-stamp
 PYTEST_ARGS ?=
 
 # Shard preparation (see docs/data.md for the input layouts).
@@ -58,7 +60,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(CORE_STAMP)
+
+$(CORE_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
+		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+		$(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e . && touch $@; fi
 
 install: $(STAMP)
 
@@ -103,14 +111,14 @@ APP_ARGS ?=
 app: $(STAMP)
 	$(VENV)/bin/interdyn app $(APP_ARGS)
 
-weights: $(STAMP)
+weights: $(CORE_STAMP)
 	$(VENV)/bin/interdyn weights fetch i3d
 
 # The built-in world (docs/world.md): its clips, its own small SVD, its InterDyn branch, and the demo.
 WORLD ?= data/shards/world
 WORLD_TRAIN ?= 4096
 DEMO_EVAL ?= runs/demo_eval
-world-data: $(STAMP)
+world-data: $(CORE_STAMP)
 	@test -f $(WORLD)/test/index.json || $(PY) -m data_prep.synthetic --out $(WORLD) --size 64 64 --frames 14 \
 		--fps 7 --train $(WORLD_TRAIN) --val 64 --test_groups 16
 
@@ -127,7 +135,7 @@ world-branch: world-data
 
 # Trains a branch for a few minutes on the shipped SVD, then tests it, the shipped converged branch and the
 # SVD without control on the same held-out clips and seeds: one table and pictures in $(DEMO_EVAL).
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	@$(MAKE) --no-print-directory world-data WORLD_TRAIN=1024
 	@$(PY) -c "from interdyn.metrics.weights import load_i3d; load_i3d()" 2>/dev/null || $(MAKE) --no-print-directory weights
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml \

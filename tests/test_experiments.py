@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from interdyn.callbacks import CounterfactualEvaluation, ForcePropagation, MaskNoiseSweep
+from interdyn.callbacks import CounterfactualEvaluation, ForcePropagation, MaskNoiseSweep, VideoEvaluation
 from interdyn.contract import to_contract
 from interdyn.data import ClipDecoder, ShardClipStream
 from interdyn.data.perturb import dilate
@@ -107,13 +107,18 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
 
 
 def run_test(
-    module: SpyModule, callback: L.Callback, items: list[dict], root: Path, fake: str | None = None
+    module: SpyModule,
+    callback: L.Callback | list[L.Callback],
+    items: list[dict],
+    root: Path,
+    fake: str | None = None,
 ) -> L.Trainer:
+    callbacks = callback if isinstance(callback, list) else [callback]
     module.calls.clear()
     module.fake = fake
     quiet = {f"enable_{part}": False for part in ("progress_bar", "model_summary", "checkpointing")}
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, default_root_dir=root, callbacks=[callback], **quiet
+        accelerator="cpu", devices=1, logger=False, default_root_dir=root, callbacks=callbacks, **quiet
     )
     trainer.test(module, dataloaders=DataLoader(items, batch_size=2, collate_fn=collate))
     return trainer
@@ -226,3 +231,36 @@ def test_force_propagation_regions_and_physics_follow_the_objects(module, clips,
         assert truth[role]["region_mse"] == 0 and truth[role]["physics_found"] == 1
         assert truth[role]["physics_position_error"] < 1.5
         assert frozen[role]["region_mse"] > 1e-3 and frozen[role]["physics_position_error"] > 3
+
+
+def test_callbacks_of_one_test_share_the_samples_of_a_clip(module, clips, tmp_path):
+    """The metrics and the counterfactual report sample each clip with the same key seed and steps: the
+    second reuses the first one's videos (one sampling per clip), with the same report as when alone;
+    other settings (another seed) are sampled anew."""
+    items = [clips["synthetic-train-000000"], clips[f"synthetic-{GROUP}_v0"], clips[f"synthetic-{GROUP}_v1"]]
+    alone = CounterfactualEvaluation(num_inference_steps=STEPS, out_dir=str(tmp_path / "alone"), max_side=32)
+    run_test(module, alone, items, tmp_path)
+    assert len(module.calls) == 2
+
+    metrics = VideoEvaluation(
+        metrics=["ssim"], num_inference_steps=STEPS, save_videos=0, out_dir=str(tmp_path / "m")
+    )
+    shared = CounterfactualEvaluation(
+        num_inference_steps=STEPS, out_dir=str(tmp_path / "shared"), max_side=32
+    )
+    reseeded = CounterfactualEvaluation(
+        seed=7, num_inference_steps=STEPS, out_dir=str(tmp_path / "reseeded"), max_side=32
+    )
+    run_test(module, [metrics, shared, reseeded], items, tmp_path)
+    assert len(module.calls) == 3 + 2  # every clip once for both callbacks, the grouped ones again for seed 7
+    grouped = [f"synthetic-{GROUP}_v{v}" for v in range(2)]
+    expected = [key_seed(42, key) for key in ["synthetic-train-000000", *grouped]]
+    assert sorted(call["seed"] for call in module.calls) == sorted(
+        expected + [key_seed(7, k) for k in grouped]
+    )
+
+    def report(name: str) -> dict[str, Any]:
+        return json.loads((tmp_path / name / "counterfactual.json").read_text())["groups"][GROUP]
+
+    assert report("shared") == report("alone")
+    assert report("reseeded")["self_error"] != report("alone")["self_error"]

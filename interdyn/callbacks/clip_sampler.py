@@ -3,7 +3,9 @@ clip with a seed fixed by its key, gathering results from every rank and writing
 
 Every clip's samples are seeded with ``key_seed(seed, key)``, so that the videos are the same whatever
 the batch size, rank or order; the results of all ranks are gathered with ``all_gather_object`` and
-rank 0 writes the files atomically.
+rank 0 writes the files atomically. Because of that seeding, two callbacks that sample the same clip
+with the same settings (the metrics and the counterfactual report of one ``interdyn test``) would draw
+the same videos: the second one reuses the first one's, kept for the current batch only (:class:`SampleMemo`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,60 @@ from interdyn.data.sampling import key_seed
 from interdyn.files import write_atomic
 from interdyn.metrics.report import json_safe
 from interdyn.models.sampling import SamplingSettings
+
+
+@dataclass
+class _MemoEntry:
+    pixels: torch.Tensor
+    control: torch.Tensor
+    settings: tuple[Any, ...]
+    samples: torch.Tensor
+
+
+class SampleMemo:
+    """The samples drawn for the current batch, shared by the callbacks that read it.
+
+    An entry is reused only for the same first frame, the same control (compared exactly, so a perturbed
+    control is sampled anew) and the same seed, sample count and steps; the memo empties when a new
+    batch (or a new step of the module) begins, so it holds one batch's samples at most.
+    """
+
+    def __init__(self) -> None:
+        self.tag: tuple[Any, ...] | None = None
+        self.entries: list[_MemoEntry] = []
+
+    @staticmethod
+    def of(pl_module: L.LightningModule) -> SampleMemo:
+        """The memo attached to ``pl_module`` (made on first use)."""
+        memo = getattr(pl_module, "_clip_sample_memo", None)
+        if memo is None:
+            memo = SampleMemo()
+            pl_module._clip_sample_memo = memo
+        return memo
+
+    def begin(self, tag: tuple[Any, ...]) -> None:
+        """Forget everything unless ``tag`` (stage, step, loader, batch) is the batch already held."""
+        if tag != self.tag:
+            self.tag, self.entries = tag, []
+
+    def get(
+        self, pixels: torch.Tensor, control: torch.Tensor, settings: tuple[Any, ...]
+    ) -> torch.Tensor | None:
+        for entry in self.entries:
+            if (
+                entry.settings == settings
+                and entry.pixels.shape == pixels.shape
+                and entry.control.shape == control.shape
+                and torch.equal(entry.pixels, pixels)
+                and torch.equal(entry.control, control)
+            ):
+                return entry.samples
+        return None
+
+    def put(
+        self, pixels: torch.Tensor, control: torch.Tensor, settings: tuple[Any, ...], samples: torch.Tensor
+    ) -> None:
+        self.entries.append(_MemoEntry(pixels.detach().clone(), control.detach().clone(), settings, samples))
 
 
 class ClipSampler:
@@ -41,11 +97,22 @@ class ClipSampler:
     def sample(
         self, pl_module: L.LightningModule, pixels: torch.Tensor, control: torch.Tensor, key: str
     ) -> torch.Tensor:
-        """``(N, T, 3, H, W)`` in [0, 1] for one clip (``pixels``/``control`` with a batch dim of 1)."""
+        """``(N, T, 3, H, W)`` in [0, 1] for one clip (``pixels``/``control`` with a batch dim of 1).
+
+        The same clip sampled with the same settings earlier in this batch (by another callback) is not
+        sampled again: its videos are returned (treat them as read-only)."""
         overrides: dict[str, Any] = {"num_videos_per_prompt": self.num_samples}
         if self.num_inference_steps is not None:
             overrides["num_inference_steps"] = self.num_inference_steps
-        return pl_module.sample(pixels, control, seed=key_seed(self.seed, key), **overrides)[0]
+        seed = key_seed(self.seed, key)
+        settings = (seed, self.num_samples, self.num_inference_steps)
+        first = pixels[:, 0] if pixels.ndim == 5 else pixels
+        memo = SampleMemo.of(pl_module)
+        samples = memo.get(first, control, settings)
+        if samples is None:
+            samples = pl_module.sample(pixels, control, seed=seed, **overrides)[0]
+            memo.put(first, control, settings, samples)
+        return samples
 
     def protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
         """The sampling part of a report's protocol, ``shape`` being a sample's ``(T, 3, H, W)``."""
@@ -144,6 +211,8 @@ class ClipCallback(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         clips = BatchClips.unpack(trainer, batch, batch_idx, dataloader_idx)
+        stage = "test" if trainer.testing else "validation"
+        SampleMemo.of(pl_module).begin((stage, trainer.global_step, dataloader_idx, batch_idx, id(batch)))
         if trainer.testing:
             self.on_test_skipped(trainer, clips.skipped)
         if clips.keys:

@@ -20,8 +20,8 @@ Recipes (module switches; plain is the paper-like baseline):
 - ``cached`` / ``recommended+cache``: plain / recommended, with the conditioning read from a cache
   (``make latents``): no VAE encoder or CLIP in the step.
 - ``24gb``: what ``configs/ssv2_24gb.yaml`` uses (``RECIPE_24GB``): recommended + cache, the
-  encoders kept off the device, whole-layer checkpointing, 8-bit AdamW, micro-batches of 2 with
-  gradient accumulation over 4 (the paper's 8 samples per optimizer step on one GPU).
+  encoders kept off the device, whole-layer checkpointing, 8-bit AdamW, micro-batches of 4 with
+  gradient accumulation over 2 (the paper's 8 samples per optimizer step on one GPU).
 """
 
 from __future__ import annotations

@@ -51,9 +51,27 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_modes(folder: Path) -> None:
+    """Give the files and folders under ``folder`` the modes a plain ``open``/``mkdir`` would: safetensors
+    writes its files readable by the owner alone (0600), which hides shared weights from a lab's group."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def write_folder_atomic(path: str | Path, fill) -> Path:  # noqa: ANN001 (a callable taking the folder)
     """Make the folder ``path`` by calling ``fill(tmp_folder)`` on a temporary sibling and renaming it into
-    place at the end (an existing folder of that name is replaced only then); returns the path."""
+    place at the end (an existing folder of that name is replaced only then); returns the path. Its files
+    get the modes the umask gives new files, whatever the library that wrote them chose."""
     import shutil
 
     path = Path(path)
@@ -64,6 +82,7 @@ def write_folder_atomic(path: str | Path, fill) -> Path:  # noqa: ANN001 (a call
     try:
         tmp.mkdir()
         fill(tmp)
+        _default_modes(tmp)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)

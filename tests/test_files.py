@@ -29,3 +29,25 @@ def test_an_error_while_writing_keeps_the_old_file_and_no_temporary(tmp_path) ->
     assert temporary_path(path).name.startswith("index.json.") and temporary_path(path).name.endswith(
         TMP_SUFFIX
     )
+
+
+def test_a_written_folder_is_readable_like_any_new_file(tmp_path) -> None:
+    """safetensors creates its files 0600; the folder's files end up with the umask's default modes."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from interdyn.files import write_folder_atomic
+
+    def fill(folder):
+        (folder / "unet").mkdir()
+        save_file({"w": torch.zeros(2)}, str(folder / "unet" / "weights.safetensors"))
+
+    old = os.umask(0o022)
+    try:
+        out = write_folder_atomic(tmp_path / "model", fill)
+    finally:
+        os.umask(old)
+    assert os.stat(out / "unet" / "weights.safetensors").st_mode & 0o777 == 0o644
+    assert os.stat(out / "unet").st_mode & 0o777 == 0o755

@@ -45,7 +45,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
 	@echo "make demo      train an InterDyn branch on the world's shipped SVD on CPU, test it against no control (docs/world.md)"
-	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (about 3 h on 2 cores: VAE 45 min, UNet 1 h, branch 1-1.5 h)"
+	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (about 4 h on 2 cores: VAE 45 min, UNet 1 h 40 min, branch 1 h 30 min)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
@@ -151,7 +151,7 @@ demo: $(CORE_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.controlnet weights/world/branch \
 		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name shipped_branch \
 		--trainer.logger.init_args.version test
-	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.report --out $(DEMO_EVAL) \
+	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.report --out $(DEMO_EVAL) --steps 8 \
 		--run "SVD, no control=$(DEMO_EVAL)/no_control/test" \
 		--run "demo branch (make demo)=$(DEMO_EVAL)/demo_branch/test" \
 		--run "shipped branch=$(DEMO_EVAL)/shipped_branch/test" \

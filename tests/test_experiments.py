@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from interdyn.callbacks import CounterfactualEvaluation, ForcePropagation, MaskNoiseSweep, VideoEvaluation
+from interdyn.callbacks.clip_sampler import SampleMemo
 from interdyn.contract import to_contract
 from interdyn.data import ClipDecoder, ShardClipStream
 from interdyn.data.perturb import dilate
@@ -263,4 +264,5 @@ def test_callbacks_of_one_test_share_the_samples_of_a_clip(module, clips, tmp_pa
         return json.loads((tmp_path / name / "counterfactual.json").read_text())["groups"][GROUP]
 
     assert report("shared") == report("alone")
+    assert not SampleMemo.of(module).entries  # nothing is kept for a later run once the test ends
     assert report("reseeded")["self_error"] != report("alone")["self_error"]

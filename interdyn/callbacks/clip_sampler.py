@@ -222,6 +222,13 @@ class ClipCallback(L.Callback):
     on_test_batch_end = _on_batch_end
     on_validation_batch_end = _on_batch_end
 
+    def _forget_samples(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a later run (other weights or settings, a recycled batch id) must never see this run's samples
+        SampleMemo.of(pl_module).begin(("ended",))
+
+    on_test_end = _forget_samples
+    on_validation_end = _forget_samples
+
 
 def gather_ranks(obj: Any) -> list[Any]:
     """``obj`` of every rank (just ``[obj]`` outside distributed runs)."""

@@ -155,7 +155,8 @@ demo: $(CORE_STAMP)
 		--run "SVD, no control=$(DEMO_EVAL)/no_control/test" \
 		--run "demo branch (make demo)=$(DEMO_EVAL)/demo_branch/test" \
 		--run "shipped branch=$(DEMO_EVAL)/shipped_branch/test" \
-		--branch "demo branch=$(DEMO_EVAL)/demo_branch_weights" --branch "shipped branch=weights/world/branch"
+		--branch "demo branch=$(DEMO_EVAL)/demo_branch_weights" --branch "shipped branch=weights/world/branch" \
+		--ceiling_clips 12
 	@echo ""
 	@echo "Demo finished: $(DEMO_EVAL)/table.md, contact_sheet.png/.mp4, counterfactual_grid.png/.mp4"
 	@echo "  per model: $(DEMO_EVAL)/<model>/test/ (metrics.md, counterfactual.md, videos/); tensorboard --logdir runs/"

@@ -35,6 +35,7 @@ COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("counterf. acc.", ("counterfactual", "accuracy"), "{:.2f}"),
     ("chance", ("counterfactual", "chance"), "{:.2f}"),
 ]
+CEILING_ROW = "ground truth through the VAE (ceiling)"
 
 
 def _lookup(tables: dict[str, Any], path: tuple[str, ...]) -> float:
@@ -183,10 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditioning_channels", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--steps", type=int, default=10, help="sampling steps of the pictures")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--ceiling_clips",
+        type=int,
+        default=None,
+        help="add a row: the counterfactual score of the first N test clips' ground truths through the "
+        "SVD's VAE (the ceiling of every model on it); 0 for all clips",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         runs = {name: read_run(Path(folder)) for name, folder in _pairs(args.run, "--run").items()}
+        if args.ceiling_clips is not None:
+            from interdyn.world.ceiling import vae_ceiling
+
+            limit = args.ceiling_clips or None
+            ceiling = vae_ceiling(args.svd, args.test_shards, args.size, limit)
+            runs[CEILING_ROW] = {"counterfactual": ceiling["overall"]}
         text = table(runs)
         write_atomic(args.out / "table.md", text)
         print(text)

@@ -1,0 +1,97 @@
+"""What the counterfactual test can reach through the world's VAE: the test groups' ground truths,
+encoded and decoded by the SVD's VAE, scored as if they were samples.
+
+A model's samples can be no better than what its VAE reconstructs, so this is the ceiling of every
+model on that VAE. Near 1.0 means that the VAE keeps what tells the outcomes of a group apart, and
+that a model below it is limited by its UNet or branch, not by the VAE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from interdyn.contract import to_contract
+from interdyn.errors import InterDynError
+from interdyn.metrics.counterfactual import counterfactual_report, group_members
+
+
+def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The test split's clips in ``interdyn test``'s order (its first ``limit`` when given), each with
+    ``key``, ``group``, ``variant``, ``pixel_values`` ``(T, 3, H, W)`` in [-1, 1] and ``driver`` bool
+    ``(T, H, W)``. Clips without a group are skipped (they still count towards ``limit``)."""
+    from interdyn.data import ShardDataModule
+
+    data = ShardDataModule(
+        test_shards=test_shards,
+        height=size,
+        width=size,
+        crop="center",
+        eval_window="start",
+        batch_size=1,
+        num_workers=0,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+    data.setup("test")
+    seen = 0
+    for batch in data.test_dataloader():
+        if limit is not None and seen >= limit:
+            return
+        batch = to_contract(batch)  # the loader ships uint8 frames and bool masks
+        if "pixel_values" not in batch:
+            continue
+        seen += 1
+        meta = batch["meta"][0] if isinstance(batch.get("meta"), list) else {}
+        if not meta or meta.get("group") is None:
+            continue
+        yield {
+            "key": batch["key"][0],
+            "group": str(meta["group"]),
+            "variant": meta.get("variant"),
+            "pixel_values": batch["pixel_values"][0],
+            "driver": batch["control"][0, :, 0] > 0,
+        }
+
+
+@torch.no_grad()
+def reconstruct(vae: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """``(T, 3, H, W)`` in [-1, 1] -> its reconstruction by a temporal VAE, in [0, 1]: each frame encoded
+    (posterior mode), the clip decoded together."""
+    latents = vae.encode(video.to(vae.dtype)).latent_dist.mode()
+    decoded = vae.decode(latents, num_frames=video.shape[0]).sample
+    return ((decoded.float() + 1) / 2).clamp(0, 1)
+
+
+def vae_ceiling(svd: str, test_shards: str, size: int, limit: int | None = None) -> dict[str, Any]:
+    """The counterfactual report (outside every driver, as :class:`~interdyn.callbacks.CounterfactualEvaluation`
+    measures it) of the VAE's reconstructions of the first ``limit`` test clips.
+
+    Args:
+        svd: an SVD img2vid folder (its ``vae/`` is used).
+        test_shards: the test split's shards (counterfactual groups).
+        size: frame size (square, center crop), as the test runs use.
+        limit: how many clips, in ``interdyn test``'s order (``None``: all).
+    """
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from interdyn.models.hub import load_component
+
+    vae = load_component(AutoencoderKLTemporalDecoder, svd, subfolder="vae", what="the SVD's VAE", kind="svd")
+    vae = vae.float().eval()
+    kept = [
+        {
+            "key": clip["key"],
+            "group": clip["group"],
+            "variant": clip["variant"],
+            "generated": reconstruct(vae, clip["pixel_values"]),
+            "ground_truth": (clip["pixel_values"] + 1) / 2,
+            "driver": clip["driver"],
+        }
+        for clip in grouped_clips(test_shards, size, limit)
+    ]
+    if not kept:
+        raise InterDynError(f"no counterfactual group in {test_shards}")
+    return counterfactual_report(group_members(kept, outside_driver=True))

@@ -45,7 +45,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
 	@echo "make demo      train an InterDyn branch on the world's shipped SVD on CPU, test it against no control (docs/world.md)"
-	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (about 4 h on 2 cores: VAE 45 min, UNet 1 h 40 min, branch 1 h 30 min)"
+	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (about 4 h 15 min on 2 cores: VAE 45 min, UNet 1 h 40 min, branch 1 h 50 min)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
@@ -128,9 +128,14 @@ world-base: world-data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn world fit --config configs/world/base.yaml
 
 # The converged branch on weights/world/svd: writes weights/world/branch.
+# Two phases: 1250 steps at learning rate 5e-4, then 1600 more at 2e-4 from its exported weights.
 world-branch: world-data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml --config configs/world/branch.yaml
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/world_branch/checkpoints/last.ckpt \
+		--out runs/world_branch/weights --dtype float16 --overwrite
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml --config configs/world/branch_anneal.yaml \
+		--model.controlnet runs/world_branch/weights
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/world_branch_anneal/checkpoints/last.ckpt \
 		--out weights/world/branch --dtype float16 --overwrite
 
 # Trains a branch for a few minutes on the shipped SVD, then tests it, the shipped converged branch and the

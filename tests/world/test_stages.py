@@ -125,3 +125,41 @@ def test_vae_stage_learns_to_reconstruct(synthetic_shards: Path) -> None:
         optimizer.step()
         optimizer.zero_grad()
     assert error() < 0.5 * before
+
+
+def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) -> None:
+    """`make world-branch`'s two phases parse on configs/demo.yaml: the second starts from the first's
+    exported weights at a lower learning rate and keeps its own run and checkpoint folders, so it neither
+    resumes from nor overwrites the first phase's checkpoints."""
+    import lightning as L
+
+    from interdyn.cli import InterDynCLI
+    from interdyn.module import InterDynModule
+
+    def parse(config: str, *extra: str) -> InterDynCLI:
+        args = [
+            "--config", str(ROOT / "configs/demo.yaml"), "--config", str(ROOT / "configs/world" / config),
+            "--model.svd", str(ROOT / "weights/world/svd"),
+            "--data.init_args.train_shards", str(synthetic_shards / "train/*.tar"),
+            "--data.init_args.num_workers", "0",
+            *extra,
+        ]  # fmt: skip
+        return InterDynCLI(
+            InterDynModule, L.LightningDataModule, subclass_mode_data=True, run=False, args=args
+        )
+
+    first = parse("branch.yaml")
+    second = parse("branch_anneal.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
+    assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
+    shipped = second.model.controlnet.state_dict()
+    assert any(
+        v.abs().sum() > 0 for k, v in shipped.items() if "controlnet_down_blocks" in k
+    )  # not zero-init
+    dirs = [
+        c.dirpath
+        for cli in (first, second)
+        for c in cli.trainer.callbacks
+        if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
+    ]
+    assert len(dirs) == 2 and dirs[0] != dirs[1]
+    assert first.trainer.logger.name != second.trainer.logger.name

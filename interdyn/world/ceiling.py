@@ -20,8 +20,9 @@ from interdyn.metrics.counterfactual import counterfactual_report, group_members
 
 def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """The test split's clips in ``interdyn test``'s order (its first ``limit`` when given), each with
-    ``key``, ``group``, ``variant``, ``pixel_values`` ``(T, 3, H, W)`` in [-1, 1] and ``driver`` bool
-    ``(T, H, W)``. Clips without a group are skipped (they still count towards ``limit``)."""
+    ``key``, ``group``, ``variant``, ``pixel_values`` ``(T, 3, H, W)`` in [-1, 1], ``control``
+    ``(T, C, H, W)`` in [-1, 1] and ``driver`` bool ``(T, H, W)``. Clips without a group are skipped
+    (they still count towards ``limit``)."""
     from interdyn.data import ShardDataModule
 
     data = ShardDataModule(
@@ -52,6 +53,7 @@ def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iter
             "group": str(meta["group"]),
             "variant": meta.get("variant"),
             "pixel_values": batch["pixel_values"][0],
+            "control": batch["control"][0],
             "driver": batch["control"][0, :, 0] > 0,
         }
 

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from interdyn.contract import to_contract
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
 
@@ -74,33 +73,17 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
 
 def first_group(test_shards: str, size: int, members: int) -> dict[str, Any]:
     """The first counterfactual group of the test shards: ``pixel_values (M, T, 3, H, W)``, ``control``."""
-    from interdyn.data import ShardDataModule
+    from interdyn.world.ceiling import grouped_clips
 
-    data = ShardDataModule(
-        test_shards=test_shards,
-        height=size,
-        width=size,
-        crop="center",
-        eval_window="start",
-        batch_size=1,
-        num_workers=0,
-        persistent_workers=False,
-        pin_memory=False,
-    )
-    data.setup("test")
     groups: dict[str, list[dict[str, Any]]] = {}
-    for batch in data.test_dataloader():
-        batch = to_contract(batch)  # the loader ships uint8 frames and bool masks
-        if "pixel_values" not in batch:
-            continue
-        meta = batch["meta"][0] if isinstance(batch.get("meta"), list) else {}
-        group = groups.setdefault(str(meta.get("group")), [])
-        group.append(batch)
+    for clip in grouped_clips(test_shards, size):
+        group = groups.setdefault(clip["group"], [])
+        group.append(clip)
         if len(group) == members:
             return {
-                "pixel_values": torch.cat([b["pixel_values"] for b in group]),
-                "control": torch.cat([b["control"] for b in group]),
-                "keys": [b["key"][0] for b in group],
+                "pixel_values": torch.stack([c["pixel_values"] for c in group]),
+                "control": torch.stack([c["control"] for c in group]),
+                "keys": [c["key"] for c in group],
             }
     raise InterDynError(f"no counterfactual group of {members} clips in {test_shards}")
 

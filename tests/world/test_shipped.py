@@ -123,3 +123,16 @@ def test_the_demo_report_adds_the_ceiling_row(world_test_shards: str, tmp_path: 
     accuracy, chance = float(cells[-2]), float(cells[-1])
     assert chance == pytest.approx(0.33) and accuracy >= 0.66
     assert cells[1] == "-"  # the sample metrics have no meaning for reconstructions
+
+
+def test_the_report_pictures_one_whole_group(world_test_shards: str) -> None:
+    """The pictures' group: three clips with one first frame and three different driver paths."""
+    from interdyn.world.report import first_group
+
+    group = first_group(world_test_shards, 64, members=3)
+    assert group["pixel_values"].shape == (3, 14, 3, 64, 64) and group["control"].shape[:2] == (3, 14)
+    assert all(key.startswith("synthetic-test-000000_v") for key in group["keys"])
+    first = group["pixel_values"][:, 0]
+    # one scene: the first frames differ only by each clip's own lossy encoding
+    assert all(float((first[0] - first[m]).abs().mean()) < 0.01 for m in (1, 2))
+    assert not torch.equal(group["control"][0], group["control"][1])

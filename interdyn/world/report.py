@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.ceiling_clips is not None and args.ceiling_clips < 0:
+        parser.error("--ceiling_clips must be 0 (all clips) or a positive number of clips")
     try:
         runs = {name: read_run(Path(folder)) for name, folder in _pairs(args.run, "--run").items()}
         if args.ceiling_clips is not None:

@@ -54,6 +54,10 @@ class InterDynModule(EDMObjective, L.LightningModule):
         fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids ([6, 40, 0.02] in the paper);
             ``interdyn fit`` sets ``fps_id`` to the data's ``fps - 1``. Defaults: :class:`SamplingSettings`.
         p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)`` during training.
+        motion_loss_weight: weight the training loss towards the latent positions that change over the
+            clip (moved objects and the driver): ``1 + motion_loss_weight`` at the largest change
+            (:func:`~interdyn.models.edm.motion_weights`). 0 (the default) is the paper's plain EDM loss;
+            the validation and test losses are always the plain loss, so runs stay comparable.
         conditioning_scale: multiplies the branch residuals.
         val_sigmas: fixed noise levels of the validation loss, cycled over the samples of each batch.
         val_seed: seed of the validation noise (the validation loss is deterministic).
@@ -94,6 +98,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
         noise_aug_strength: float = DEFAULT_SAMPLING.noise_aug_strength,
         p_mean: float = P_MEAN,
         p_std: float = P_STD,
+        motion_loss_weight: float = 0.0,
         conditioning_scale: float = DEFAULT_SAMPLING.conditioning_scale,
         val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
         val_seed: int = 0,
@@ -261,12 +266,13 @@ class InterDynModule(EDMObjective, L.LightningModule):
                     "(after `make latents`) or turn offload_encoders off"
                 )
             self._encoders_on("cpu")  # back to host memory after validation or sampling
+        motion = self.hparams.get("motion_loss_weight", 0.0)  # absent from checkpoints made before it
         if is_cached_batch(batch):
             control, cache = self._checked_cache(batch, check_values)
-            loss = self.compute_loss(None, control, drop_image=True, cache=cache)
+            loss = self.compute_loss(None, control, drop_image=True, cache=cache, motion_loss_weight=motion)
         else:
             pixel_values, control = self._checked(batch, check_values)
-            loss = self.compute_loss(pixel_values, control, drop_image=True)
+            loss = self.compute_loss(pixel_values, control, drop_image=True, motion_loss_weight=motion)
         self.log("train/loss", loss, prog_bar=True, batch_size=control.shape[0])
         return loss
 

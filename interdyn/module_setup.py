@@ -37,6 +37,8 @@ def check_arguments(hp: Mapping[str, Any]) -> None:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if hp.get("motion_loss_weight", 0.0) < 0:
+        raise ConfigError(f"motion_loss_weight must be >= 0, got {hp['motion_loss_weight']}")
     if not val_sigmas or min(val_sigmas) <= 0:
         raise ConfigError(f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}")
 

@@ -19,7 +19,7 @@ from interdyn.models.conditioning import (
     sample_video_latents,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
-from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
+from interdyn.models.edm import denoised, edm_loss, motion_weights, sample_sigmas, unet_input
 from interdyn.models.unet import UNetSpatioTemporalControlModel
 
 # The training noise levels: log sigma ~ N(P_MEAN, P_STD^2) (SVD's and the paper's).
@@ -169,9 +169,13 @@ class EDMObjective:
         generator: torch.Generator | list[torch.Generator] | None = None,
         drop_image: bool = False,
         cache: dict[str, torch.Tensor] | None = None,
+        motion_loss_weight: float = 0.0,
     ) -> torch.Tensor:
         """EDM loss of the branch + frozen UNet on one batch (EDM, as the paper trains SVD); with ``cache`` the
         conditioning comes from cached latents and embeddings and ``pixel_values`` is not used.
+
+        ``motion_loss_weight > 0`` weights the loss towards the latent positions that change over the clip
+        (:func:`~interdyn.models.edm.motion_weights`); 0 is the paper's plain EDM loss.
 
         ``generator`` may be a list with one generator per sample: each sample's posterior sample, noise
         level, noise and image drop then come from its own generator and do not depend on the batch it
@@ -201,4 +205,5 @@ class EDMObjective:
             mid_block_additional_residual=residuals[1],
             return_dict=False,
         )[0].float()
-        return edm_loss(denoised(pc, noisy, model_out), latents, sigma)
+        weights = motion_weights(latents, motion_loss_weight) if motion_loss_weight > 0 else None
+        return edm_loss(denoised(pc, noisy, model_out), latents, sigma, weights)

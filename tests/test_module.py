@@ -179,6 +179,28 @@ def test_invalid_settings_are_rejected():
         tiny_module(frozen_dtype="int8")
     with pytest.raises(ConfigError):
         tiny_module(image_drop_prob=1.5)
+    with pytest.raises(ConfigError, match="motion_loss_weight"):
+        tiny_module(motion_loss_weight=-1.0)
+
+
+def test_motion_loss_weight_changes_the_training_loss_only():
+    # The same draws (seeded generator) with and without the motion weighting: the training loss moves,
+    # the validation loss (always the plain EDM loss) does not.
+    torch.manual_seed(0)
+    plain, weighted = tiny_module(), tiny_module(motion_loss_weight=9.0)
+    weighted.load_state_dict(plain.state_dict())
+    batch = toy_batch(frames=3)
+    losses = [
+        m.compute_loss(
+            batch["pixel_values"],
+            batch["control"],
+            generator=torch.Generator().manual_seed(5),
+            motion_loss_weight=m.hparams.motion_loss_weight,
+        ).item()
+        for m in (plain, weighted)
+    ]
+    assert abs(losses[0] - losses[1]) > 1e-3 * losses[0]
+    assert fixed_loss(plain, batch) == pytest.approx(fixed_loss(weighted, batch), rel=1e-6)
 
 
 def test_sample_shapes_and_seed():

@@ -54,10 +54,40 @@ def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
     return (sigma**2 + 1.0) / sigma**2
 
 
-def edm_loss(denoised: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``mean(w(sigma) * (denoised - target)^2)``; ``sigma`` is ``(B,)`` and broadcast per sample."""
+def edm_loss(
+    denoised: torch.Tensor,
+    target: torch.Tensor,
+    sigma: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``mean(w(sigma) * (denoised - target)^2)``; ``sigma`` is ``(B,)`` and broadcast per sample.
+
+    With ``weights`` (broadcastable against ``target``, e.g. :func:`motion_weights`), the mean becomes the
+    weighted mean ``sum(weights * w(sigma) * err^2) / sum(weights)``: the same value as without them when
+    the weights are constant, so the loss keeps its scale and learning rates carry over.
+    """
     w = loss_weight(sigma.float()).view(-1, *([1] * (target.ndim - 1)))
-    return (w * (denoised.float() - target.float()) ** 2).mean()
+    err = w * (denoised.float() - target.float()) ** 2
+    if weights is None:
+        return err.mean()
+    weights = weights.float().expand_as(err)
+    return (weights * err).sum() / weights.sum()
+
+
+def motion_weights(latents: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-position loss weights ``(B, T, 1, h, w)`` that favour what moves: ``1 + strength * a / max(a)``,
+    where ``a`` is the distance (over channels) of each frame's clean latent ``(B, T, C, h, w)`` from the
+    first frame's, and ``max`` is taken per sample (a still clip gets weight 1 everywhere).
+
+    A moved object changes both where it was and where it is, and in a scene that is mostly still
+    background these few positions are what a driver's control decides; the plain mean spends almost all
+    of its gradient on the background instead. ``strength = 0`` gives the plain loss.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    moved = (latents.float() - latents[:, :1].float()).norm(dim=2, keepdim=True)
+    peak = moved.amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
+    return 1.0 + strength * moved / peak
 
 
 def unet_input(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from interdyn.models.edm import edm_loss, loss_weight, precondition, sample_sigmas
+from interdyn.models.edm import edm_loss, loss_weight, motion_weights, precondition, sample_sigmas
 
 
 def test_preconditioning_at_sigma_one_and_two():
@@ -55,3 +56,33 @@ def test_sigma_sampling_is_seeded():
     b = sample_sigmas(8, generator=torch.Generator().manual_seed(3))
     c = sample_sigmas(8, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_constant_weights_leave_the_loss_unchanged_and_weights_move_it():
+    gen = torch.Generator().manual_seed(1)
+    target = torch.randn(2, 3, 4, 5, 5, generator=gen)
+    pred = target + torch.randn(target.shape, generator=gen)
+    sigma = torch.tensor([0.5, 3.0])
+    plain = edm_loss(pred, target, sigma)
+    torch.testing.assert_close(edm_loss(pred, target, sigma, torch.full((2, 3, 1, 5, 5), 7.0)), plain)
+    # All the weight on one position: the loss is that position's EDM-weighted error, mean over channels.
+    weights = torch.zeros(2, 3, 1, 5, 5)
+    weights[1, 2, 0, 3, 4] = 1.0
+    one = loss_weight(sigma[1]) * ((pred - target)[1, 2, :, 3, 4] ** 2).mean()
+    torch.testing.assert_close(edm_loss(pred, target, sigma, weights), one)
+
+
+def test_motion_weights_mark_where_the_clip_changes():
+    still = torch.randn(1, 1, 3, 6, 6).expand(2, 4, 3, 6, 6).clone()  # every frame the same
+    assert motion_weights(still[:1], 9.0).eq(1.0).all()
+    moving = still.clone()
+    moving[1, 2:, :, 1, 4] += 2.0  # one position changes from frame 2 on, in the second clip
+    moving[1, 3, :, 5, 0] += 1.0  # another, half as much, in the last frame
+    w = motion_weights(moving, 9.0)
+    assert w.shape == (2, 4, 1, 6, 6)
+    assert w[0].eq(1.0).all()  # a still clip in the batch is not weighted by the other's motion
+    torch.testing.assert_close(w[1, 2:, 0, 1, 4], torch.full((2,), 10.0))
+    torch.testing.assert_close(w[1, 3, 0, 5, 0], torch.tensor(5.5))
+    assert (w[1] > 1).sum() == 3
+    with pytest.raises(ValueError):
+        motion_weights(moving, -1.0)

@@ -39,6 +39,7 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("ssim", "SSIM", False),
     ("psnr", "PSNR (dB)", False),
     ("motion_fidelity", "motion fidelity", False),
+    ("counterfactual_accuracy", "counterf. acc.", False),
 )
 PLOTTED = ("physics_position_error", "fvd", "ssim")
 COLOURS = {"euler": (90, 170, 255), "dpmpp_2m": (255, 150, 60), "edm_euler": (120, 220, 120)}
@@ -67,7 +68,18 @@ def overlay(args: argparse.Namespace, scheduler: str, steps: int) -> dict[str, A
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(args.out), "name": f"{scheduler}_{steps}", "version": "test"},
             },
-            "callbacks": [{"class_path": "interdyn.callbacks.VideoEvaluation", "init_args": evaluation}],
+            "callbacks": [
+                {"class_path": "interdyn.callbacks.VideoEvaluation", "init_args": evaluation},
+                {
+                    "class_path": "interdyn.callbacks.CounterfactualEvaluation",
+                    "init_args": {
+                        "num_samples": 1,
+                        "seed": args.seed,
+                        "region": "outside_driver",
+                        "max_side": 64,
+                    },
+                },
+            ],
         },
     }
 
@@ -93,6 +105,9 @@ def run_point(args: argparse.Namespace, scheduler: str, steps: int) -> dict[str,
             raise SystemExit(f"the test run for {scheduler} at {steps} steps failed (exit {done.returncode})")
         timing.write_text(json.dumps({"seconds": seconds}))
     metrics = json.loads(result.read_text())["metrics"]
+    counterfactual = folder / "counterfactual.json"
+    if counterfactual.is_file():  # absent from runs made before the column existed
+        metrics["counterfactual_accuracy"] = json.loads(counterfactual.read_text())["overall"]["accuracy"]
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
     return {"scheduler": scheduler, "steps": steps, "seconds": seconds, **metrics}
 
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"- {machine('cpu')}",
             f"- `interdyn test --config {' --config '.join(args.config)}` with the branch `{args.controlnet}`, {clips} held-out "
-            f"test clips (4 per counterfactual group), one sample each, seed {args.seed}, guidance 1 -> 3; "
+            f"test clips (the first {clips // 3} counterfactual groups of 3), one sample each, seed {args.seed}, guidance 1 -> 3; "
             "the same clips and seeds at every point. Compute is the steps: each is one batched guided "
             "forward of the UNet and the branch, whatever the sampler (seconds per step: the sampling table).",
             "",

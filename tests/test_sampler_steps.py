@@ -62,11 +62,23 @@ def test_points_are_test_runs_with_their_settings_and_resume(
     for scheduler in ("euler", "dpmpp_2m"):
         protocol = json.loads((out / f"{scheduler}_2/test/metrics.json").read_text())["protocol"]
         assert (protocol["sampler"], protocol["sampling_steps"], protocol["videos"]) == (scheduler, 2, 4)
+        # the counterfactual test ran on the same clips (its accuracy is the table's last column)
+        assert (
+            json.loads((out / f"{scheduler}_2/test/counterfactual.json").read_text())["overall"]["members"]
+            >= 2
+        )
     section = re.search(r"<!-- sampler-steps:begin -->(.*)<!-- sampler-steps:end -->", doc.read_text(), re.S)
     rows = [
         line.split("|")[1:3] for line in section.group(1).splitlines() if re.match(r"\| (euler|dpm)", line)
     ]
     assert [[cell.strip() for cell in row] for row in rows] == [["euler", "2"], ["dpmpp_2m", "2"]]
+    header = next(line for line in section.group(1).splitlines() if line.startswith("| sampler"))
+    assert header.rstrip(" |").endswith("counterf. acc.")
+    assert all(
+        re.search(r"\| (0|1|0\.\d+) \|$", line)
+        for line in section.group(1).splitlines()
+        if re.match(r"\| (euler|dpm)", line)
+    )
     assert Image.open(plot).size == (900, 220)
 
     # a rerun reads the finished points instead of sampling again

@@ -174,7 +174,8 @@ bench-loader: $(STAMP)
 
 # Sample quality against sampler steps on the trained world (needs `make world-data weights`)
 bench-steps: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/sampler_steps.py --steps 4 8 16 32 --limit_test_batches 3
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/sampler_steps.py --schedulers euler --steps 4 8 16 32 --limit_test_batches 12 \
+		--out runs/sampler_steps48
 
 # Training-step and sampling benchmarks (BENCH_DEVICE=cuda on a GPU; see docs/benchmarks.md)
 BENCH_DEVICE ?= cpu

@@ -70,6 +70,16 @@ def test_shipped_configs_checkpoint_periodically(name):
 
 
 def test_ctrl_c_during_fit_leaves_a_resumable_last_checkpoint(tmp_path, monkeypatch, capsys):
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: give this test the one a terminal's Ctrl-C meets (restored afterwards).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_during_fit(tmp_path, monkeypatch, capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_during_fit(tmp_path, monkeypatch, capsys) -> None:
     sigint = "--trainer.callbacks+=tests.test_checkpoint_policy.SigintAtStep3"
     code, err = fit_tiny(sigint, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert code != 0, "an interrupted run must not exit 0"

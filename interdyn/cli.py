@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from interdyn.callbacks.progress import resume_aware
 from interdyn.checkpoints import LastCheckpointOnInterrupt, load_checkpoint, secure_strategy
 from interdyn.commands import user_message
 from interdyn.data.shards import CONTROL_CHANNELS
@@ -71,6 +72,8 @@ class InterDynCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         secure_strategy(trainer.strategy)
         trainer.callbacks.append(LastCheckpointOnInterrupt())
+        if trainer.progress_bar_callback is not None:
+            resume_aware(trainer.progress_bar_callback)
         return trainer
 
     def _check_checkpoint_arguments(self) -> None:

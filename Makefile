@@ -118,7 +118,7 @@ weights: $(CORE_STAMP)
 WORLD ?= data/shards/world
 WORLD_TRAIN ?= 4096
 DEMO_EVAL ?= runs/demo_eval
-# Kept when it is complete and has at least WORLD_TRAIN training clips (the demo's 256 are not enough
+# Kept when it is complete and has at least WORLD_TRAIN training clips (the demo's 1024 are not enough
 # for world-base or world-branch, which then remake it with 4096).
 world-data: $(CORE_STAMP)
 	@$(PY) -c "import json, sys; n = json.load(open('$(WORLD)/train/index.json'))['num_samples']; sys.exit(n < $(WORLD_TRAIN))" \

@@ -62,16 +62,19 @@ def edm_loss(
 ) -> torch.Tensor:
     """``mean(w(sigma) * (denoised - target)^2)``; ``sigma`` is ``(B,)`` and broadcast per sample.
 
-    With ``weights`` (broadcastable against ``target``, e.g. :func:`motion_weights`), the mean becomes the
-    weighted mean ``sum(weights * w(sigma) * err^2) / sum(weights)``: the same value as without them when
-    the weights are constant, so the loss keeps its scale and learning rates carry over.
+    With ``weights`` (positive, broadcastable against ``target``, e.g. :func:`motion_weights`), each
+    sample's mean becomes its weighted mean ``sum(weights * w(sigma) * err^2) / sum(weights)``, and the loss
+    is the mean over samples: the same value as without weights when they are constant (the loss keeps
+    its scale, learning rates carry over), and per sample, so equal micro-batches of gradient
+    accumulation still average to the whole batch's loss.
     """
     w = loss_weight(sigma.float()).view(-1, *([1] * (target.ndim - 1)))
     err = w * (denoised.float() - target.float()) ** 2
     if weights is None:
         return err.mean()
     weights = weights.float().expand_as(err)
-    return (weights * err).sum() / weights.sum()
+    dims = tuple(range(1, err.ndim))
+    return ((weights * err).sum(dims) / weights.sum(dims)).mean()
 
 
 def motion_weights(latents: torch.Tensor, strength: float) -> torch.Tensor:

@@ -65,11 +65,18 @@ def test_constant_weights_leave_the_loss_unchanged_and_weights_move_it():
     sigma = torch.tensor([0.5, 3.0])
     plain = edm_loss(pred, target, sigma)
     torch.testing.assert_close(edm_loss(pred, target, sigma, torch.full((2, 3, 1, 5, 5), 7.0)), plain)
-    # All the weight on one position: the loss is that position's EDM-weighted error, mean over channels.
+    # Sample 0 weighted evenly, sample 1 all on one position: the mean of sample 0's plain loss and that
+    # position's EDM-weighted error (mean over channels); each sample counts once, whatever its weights.
     weights = torch.zeros(2, 3, 1, 5, 5)
+    weights[0] = 3.0
     weights[1, 2, 0, 3, 4] = 1.0
+    first = edm_loss(pred[:1], target[:1], sigma[:1])
     one = loss_weight(sigma[1]) * ((pred - target)[1, 2, :, 3, 4] ** 2).mean()
-    torch.testing.assert_close(edm_loss(pred, target, sigma, weights), one)
+    torch.testing.assert_close(edm_loss(pred, target, sigma, weights), (first + one) / 2)
+    # per sample: two halves of the batch average to the whole batch's loss
+    w = torch.rand(2, 3, 1, 5, 5, generator=gen) + 0.5
+    halves = [edm_loss(pred[i : i + 1], target[i : i + 1], sigma[i : i + 1], w[i : i + 1]) for i in (0, 1)]
+    torch.testing.assert_close(edm_loss(pred, target, sigma, w), (halves[0] + halves[1]) / 2)
 
 
 def test_motion_weights_mark_where_the_clip_changes():

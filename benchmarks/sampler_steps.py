@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.plot, png_bytes(plot(rows)))
     clips = args.limit_test_batches * 4
+    # the test split is whole counterfactual groups of 3 clips, in order
+    groups = f" (the first {clips // 3} counterfactual groups of 3)" if clips % 3 == 0 else ""
     try:
         plot_link = os.path.relpath(args.plot, args.doc.parent)
     except ValueError:
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"- {machine('cpu')}",
             f"- `interdyn test --config {' --config '.join(args.config)}` with the branch `{args.controlnet}`, {clips} held-out "
-            f"test clips (the first {clips // 3} counterfactual groups of 3), one sample each, seed {args.seed}, guidance 1 -> 3; "
+            f"test clips{groups}, one sample each, seed {args.seed}, guidance 1 -> 3; "
             "the same clips and seeds at every point. Compute is the steps: each is one batched guided "
             "forward of the UNet and the branch, whatever the sampler (seconds per step: the sampling table).",
             "",

@@ -88,6 +88,8 @@ def motion_weights(latents: torch.Tensor, strength: float) -> torch.Tensor:
     """
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
+    if latents.ndim != 5:
+        raise ValueError(f"latents must be (B, T, C, h, w), got shape {tuple(latents.shape)}")
     moved = (latents.float() - latents[:, :1].float()).norm(dim=2, keepdim=True)
     peak = moved.amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
     return 1.0 + strength * moved / peak

@@ -93,3 +93,5 @@ def test_motion_weights_mark_where_the_clip_changes():
     assert (w[1] > 1).sum() == 3
     with pytest.raises(ValueError):
         motion_weights(moving, -1.0)
+    with pytest.raises(ValueError, match="B, T, C, h, w"):
+        motion_weights(moving[0], 9.0)  # one clip without its batch axis

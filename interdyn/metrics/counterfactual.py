@@ -14,7 +14,12 @@ For each member ``i`` there are the generated video(s) ``G_i`` and the ground tr
 - ``spread`` (mean ``d(G_i, G_j)``, ``i != j``), ``gt_spread`` (mean ``d(R_i, R_j)``) and
   ``spread_ratio = spread / gt_spread``: how different the outcomes are, relative to how different
   they should be; ``sample_spread``: mean ``d`` between two samples of the same member (the noise
-  floor of ``spread``; NaN with one sample).
+  floor of ``spread``; NaN with one sample);
+- ``pairwise_accuracy``: over ordered pairs ``i != j``, the fraction with ``d(G_i, R_i) < d(G_i, R_j)``
+  (ties count half), against a chance of 1/2. Every pair is one two-way question ("is this sample path
+  i's outcome or path j's?"), so the report can also say which questions a model gets right: the pairs
+  of all groups are binned by their *separation* ``d(R_i, R_j)``, how far apart the two true outcomes
+  are (``by_separation``: equal-count bins from the closest outcomes to the farthest).
 
 ``d`` is :func:`masked_mse` by default: per-pixel mean squared error over frames ``1..T-1`` (frame 0
 is shared), optionally inside a region. With several samples per member, ``d`` is averaged over
@@ -51,6 +56,7 @@ METRICS = (
     "gt_spread",
     "spread_ratio",
     "sample_spread",
+    "pairwise_accuracy",
 )
 REGION_MODES = ("intersection", "union")
 
@@ -136,12 +142,10 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def group_metrics(
-    members: Sequence[CounterfactualMember],
-    distance: Distance = masked_mse,
-    region_mode: str = "intersection",
-) -> dict[str, float]:
-    """The metrics of one group of at least two members (see the module docstring)."""
+def _score_group(
+    members: Sequence[CounterfactualMember], distance: Distance, region_mode: str
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """A group's metrics and its ordered pairs ``(member, other, self, cross, separation, correct)``."""
     if len(members) < 2:
         raise ValueError("a counterfactual group needs at least two members")
     if region_mode not in REGION_MODES:
@@ -157,6 +161,8 @@ def group_metrics(
 
     # d[i][j] = mean over the samples of G_i of d(sample, R_j)
     d = [[_mean([distance(s, gts[j], region) for s in gens[i]]) for j in range(m)] for i in range(m)]
+    # separation[i][j] = d(R_i, R_j): how far apart the two true outcomes are
+    separation = [[distance(gts[i], gts[j], region) if i != j else 0.0 for j in range(m)] for i in range(m)]
     self_error = _mean([d[i][i] for i in range(m)])
     cross_error = _mean([d[i][j] for i, j in permutations(range(m), 2)])
     accuracy = 0.0
@@ -166,15 +172,29 @@ def group_metrics(
             break
         nearest = [j for j in range(m) if d[i][j] == min(d[i])]
         accuracy += (i in nearest) / len(nearest)  # ties share the credit
+    pairs = []
+    for i, j in permutations(range(m), 2):
+        own, other = d[i][i], d[i][j]
+        correct = math.nan if math.isnan(own) or math.isnan(other) else float(own < other) + 0.5 * (own == other)
+        pairs.append(
+            {
+                "member": members[i].key,
+                "other": members[j].key,
+                "self": own,
+                "cross": other,
+                "separation": separation[i][j],
+                "correct": correct,
+            }
+        )
     spread = _mean(
         [
             _mean([distance(a, b, region) for a in gens[i] for b in gens[j]])
             for i, j in permutations(range(m), 2)
         ]
     )
-    gt_spread = _mean([distance(gts[i], gts[j], region) for i, j in permutations(range(m), 2)])
+    gt_spread = _mean([separation[i][j] for i, j in permutations(range(m), 2)])
     within = [distance(g[p], g[q], region) for g in gens for p, q in permutations(range(len(g)), 2)]
-    return {
+    row = {
         "members": float(m),
         "self_error": self_error,
         "cross_error": cross_error,
@@ -185,7 +205,45 @@ def group_metrics(
         "gt_spread": gt_spread,
         "spread_ratio": spread / gt_spread if gt_spread > 0 else math.nan,
         "sample_spread": _mean(within),
+        "pairwise_accuracy": _mean([p["correct"] for p in pairs]),
     }
+    return row, pairs
+
+
+def group_metrics(
+    members: Sequence[CounterfactualMember],
+    distance: Distance = masked_mse,
+    region_mode: str = "intersection",
+) -> dict[str, float]:
+    """The metrics of one group of at least two members (see the module docstring)."""
+    return _score_group(members, distance, region_mode)[0]
+
+
+def separation_bins(pairs: Sequence[Mapping[str, Any]], bins: int = 3) -> list[dict[str, float]]:
+    """Pairwise accuracy by how far apart the two true outcomes are.
+
+    ``pairs`` (as in :func:`counterfactual_report`'s ``"pairs"``) are sorted by ``separation`` and cut
+    into ``bins`` bins of (nearly) equal count, closest outcomes first; pairs without a score are left
+    out. Each bin: ``separation_from``, ``separation_to`` (its smallest and largest separation),
+    ``pairs`` and ``accuracy``. Fewer pairs than bins give one bin per pair."""
+    scored = sorted(
+        (p for p in pairs if not math.isnan(p["correct"]) and not math.isnan(p["separation"])),
+        key=lambda p: p["separation"],
+    )
+    out: list[dict[str, float]] = []
+    if not scored:
+        return out
+    for part in np.array_split(np.arange(len(scored)), min(bins, len(scored))):
+        chosen = [scored[k] for k in part]
+        out.append(
+            {
+                "separation_from": chosen[0]["separation"],
+                "separation_to": chosen[-1]["separation"],
+                "pairs": float(len(chosen)),
+                "accuracy": _mean([p["correct"] for p in chosen]),
+            }
+        )
+    return out
 
 
 def counterfactual_report(
@@ -203,20 +261,25 @@ def counterfactual_report(
 
     Returns:
         ``{"groups": {name: metrics}, "overall": {"groups", "members", *metrics}, "skipped": {name: reason},
-        "num_skipped": int}``; metric names are :data:`METRICS`. Overall metrics are means over the
-        compared groups, except ``spread_ratio`` (overall spread / overall ground-truth spread).
+        "num_skipped": int, "pairs": [...], "by_separation": [...]}``; metric names are :data:`METRICS`.
+        Overall metrics are means over the compared groups, except ``spread_ratio`` (overall spread /
+        overall ground-truth spread). ``pairs`` holds every ordered pair of every compared group
+        (``group``, ``member``, ``other``, ``self``, ``cross``, ``separation``, ``correct``);
+        ``by_separation`` is :func:`separation_bins` of them.
     """
     rows: dict[str, dict[str, float]] = {}
+    pairs: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for name, members in groups.items():
         if len(members) < 2:
             skipped[name] = f"{len(members)} member{'s' if len(members) != 1 else ''}: nothing to compare"
             continue
-        row = group_metrics(members, distance, region_mode)
+        row, group_pairs = _score_group(members, distance, region_mode)
         if math.isnan(row["self_error"]):
             skipped[name] = "empty region"
             continue
         rows[name] = row
+        pairs += [{"group": name, **p} for p in group_pairs]
     overall: dict[str, float] = {
         "groups": float(len(rows)),
         "members": float(sum(r["members"] for r in rows.values())),
@@ -227,7 +290,14 @@ def counterfactual_report(
     overall["spread_ratio"] = (
         overall["spread"] / overall["gt_spread"] if overall["gt_spread"] > 0 else math.nan
     )
-    return {"groups": rows, "overall": overall, "skipped": skipped, "num_skipped": len(skipped)}
+    return {
+        "groups": rows,
+        "overall": overall,
+        "skipped": skipped,
+        "num_skipped": len(skipped),
+        "pairs": pairs,
+        "by_separation": separation_bins(pairs),
+    }
 
 
 def group_members(
@@ -259,7 +329,7 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 def report_to_markdown(report: Mapping[str, Any]) -> str:
     """A markdown table of :func:`counterfactual_report`'s result: one row per group and an overall row,
-    then the number of skipped groups."""
+    then the number of skipped groups and the pairwise accuracy by separation."""
     header = "| group | members | self | cross | discrimination | accuracy | spread ratio |"
     lines = [header, "|---" * 7 + "|"]
 
@@ -274,4 +344,20 @@ def report_to_markdown(report: Mapping[str, Any]) -> str:
     if report["num_skipped"]:
         reasons = ", ".join(f"{name} ({why})" for name, why in report["skipped"].items())
         lines.append(f"\nSkipped {report['num_skipped']} group(s): {reasons}.")
+    bins = report.get("by_separation") or []
+    if bins:
+        overall = report["overall"].get("pairwise_accuracy", math.nan)
+        lines += [
+            "",
+            f"Pairwise accuracy {_fmt(overall, 3)} (chance 0.5): is a sample nearer its own path's truth than "
+            "another path's? By how far apart the two truths are (separation, the same distance):",
+            "",
+            "| separation | pairs | pairwise accuracy |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {_fmt(b['separation_from'])} - {_fmt(b['separation_to'])} | {int(b['pairs'])} | "
+            f"{_fmt(b['accuracy'], 3)} |"
+            for b in bins
+        ]
     return "\n".join(lines) + "\n"

@@ -231,3 +231,53 @@ def test_bad_inputs_raise():
         group_metrics(members, region_mode="xor")
     with pytest.raises(ValueError, match="two members"):
         group_metrics(members[:1])
+
+
+def constant_member(key: str, sample: float, truth: float) -> CounterfactualMember:
+    return CounterfactualMember(key, torch.full((3, 3, 2, 2), sample), torch.full((3, 3, 2, 2), truth))
+
+
+def mean_abs(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor | None) -> float:
+    return float((a[1:] - b[1:]).abs().mean())
+
+
+def test_pairwise_accuracy_and_separation_bins_by_hand():
+    # truths 0, 1, 3 apart by 1 (paths 0-1), 2 (1-2) and 3 (0-2); sample 0 sits nearer truth 1 than its own
+    members = [constant_member("p0", 0.6, 0.0), constant_member("p1", 1.0, 1.0), constant_member("p2", 2.4, 3.0)]
+    report = counterfactual_report({"g": members}, distance=mean_abs)
+    assert report["overall"]["accuracy"] == pytest.approx(2 / 3)
+    assert report["overall"]["pairwise_accuracy"] == pytest.approx(5 / 6)
+    pairs = {(p["member"], p["other"]): p for p in report["pairs"]}
+    assert len(pairs) == 6 and pairs[("p0", "p1")]["correct"] == 0.0 and pairs[("p0", "p2")]["correct"] == 1.0
+    assert pairs[("p2", "p0")]["separation"] == pytest.approx(3.0)
+    assert pairs[("p0", "p1")]["self"] == pytest.approx(0.6) and pairs[("p0", "p1")]["cross"] == pytest.approx(0.4)
+    bins = report["by_separation"]
+    assert [b["pairs"] for b in bins] == [2, 2, 2]
+    assert [(b["separation_from"], b["separation_to"]) for b in bins] == [
+        pytest.approx((1.0, 1.0)), pytest.approx((2.0, 2.0)), pytest.approx((3.0, 3.0))
+    ]
+    assert [b["accuracy"] for b in bins] == [0.5, 1.0, 1.0]  # only the closest outcomes are confused
+    md = report_to_markdown(report)
+    assert "Pairwise accuracy 0.833 (chance 0.5)" in md
+    assert "| 1 - 1 | 2 | 0.5 |" in md and "| 3 - 3 | 2 | 1 |" in md
+
+
+def test_pairwise_accuracy_of_a_model_that_ignores_the_control_is_one_half():
+    follow = counterfactual_report({"s": make_group(follows_control)})
+    ignore = counterfactual_report({"s": make_group(ignores_control)})
+    assert follow["overall"]["pairwise_accuracy"] == 1.0
+    # one video for every path: of the pairs (i, j) and (j, i) exactly one is right
+    assert ignore["overall"]["pairwise_accuracy"] == pytest.approx(0.5)
+    assert len(ignore["pairs"]) == 4 * 3
+
+
+def test_separation_bins_ties_and_small_counts():
+    tie = [constant_member("a", 0.5, 0.0), constant_member("b", 0.5, 1.0)]
+    report = counterfactual_report({"g": tie}, distance=mean_abs)
+    assert report["overall"]["pairwise_accuracy"] == 0.5  # both pairs tie: half credit each
+    assert [b["pairs"] for b in report["by_separation"]] == [1, 1]  # fewer pairs than bins: one bin each
+    from interdyn.metrics.counterfactual import separation_bins
+
+    assert separation_bins([]) == []
+    nan_pair = {"separation": 1.0, "correct": math.nan}
+    assert separation_bins([nan_pair]) == []

@@ -19,7 +19,14 @@ For each member ``i`` there are the generated video(s) ``G_i`` and the ground tr
   (ties count half), against a chance of 1/2. Every pair is one two-way question ("is this sample path
   i's outcome or path j's?"), so the report can also say which questions a model gets right: the pairs
   of all groups are binned by their *separation* ``d(R_i, R_j)``, how far apart the two true outcomes
-  are (``by_separation``: equal-count bins from the closest outcomes to the farthest).
+  are (``by_separation``: equal-count bins from the closest outcomes to the farthest);
+- ``motion`` (mean over the members' samples) and ``gt_motion`` (over their truths): ``d(V, V_0)``, a
+  video against its own first frame held still, i.e. how much the outcome moves (on the region's pixels
+  that are also in the region on frame 0, so that a driver leaving its start is not motion); ``motion_ratio`` is
+  their ratio (overall: of the overall means, as for ``spread_ratio``);
+  each pair records both truths' motion, so the report can say how many wrong answers chose the
+  *stiller* truth (``errors_toward_stiller``): a model whose samples move too little, or lose the objects
+  that move, ends nearest the outcome that moves least.
 
 ``d`` is :func:`masked_mse` by default: per-pixel mean squared error over frames ``1..T-1`` (frame 0
 is shared), optionally inside a region. With several samples per member, ``d`` is averaged over
@@ -31,7 +38,7 @@ the whole frame.
 
 Groups with fewer than two members (or an empty combined region) are skipped and listed. Overall
 values are means over the compared groups (each counterfactual question counts once);
-the overall ``spread_ratio`` is the ratio of the overall spread and ground-truth spread.
+the overall ``spread_ratio`` and ``motion_ratio`` are ratios of the overall means.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ METRICS = (
     "spread_ratio",
     "sample_spread",
     "pairwise_accuracy",
+    "motion",
+    "gt_motion",
+    "motion_ratio",
 )
 REGION_MODES = ("intersection", "union")
 
@@ -163,6 +173,10 @@ def _score_group(
     d = [[_mean([distance(s, gts[j], region) for s in gens[i]]) for j in range(m)] for i in range(m)]
     # separation[i][j] = d(R_i, R_j): how far apart the two true outcomes are
     separation = [[distance(gts[i], gts[j], region) if i != j else 0.0 for j in range(m)] for i in range(m)]
+    # motion is measured where the region holds on frame 0 too: a driver leaving its start is not motion
+    still_region = None if region is None else region & region[:1]
+    truth_motion = [distance(gt, _still(gt), still_region) for gt in gts]
+    sample_motion = [_mean([distance(s, _still(s), still_region) for s in g]) for g in gens]
     self_error = _mean([d[i][i] for i in range(m)])
     cross_error = _mean([d[i][j] for i, j in permutations(range(m), 2)])
     accuracy = 0.0
@@ -184,6 +198,8 @@ def _score_group(
                 "cross": other,
                 "separation": separation[i][j],
                 "correct": correct,
+                "motion": truth_motion[i],
+                "other_motion": truth_motion[j],
             }
         )
     spread = _mean(
@@ -206,8 +222,28 @@ def _score_group(
         "spread_ratio": spread / gt_spread if gt_spread > 0 else math.nan,
         "sample_spread": _mean(within),
         "pairwise_accuracy": _mean([p["correct"] for p in pairs]),
+        "motion": _mean(sample_motion),
+        "gt_motion": _mean(truth_motion),
+        "motion_ratio": _mean(sample_motion) / _mean(truth_motion) if _mean(truth_motion) > 0 else math.nan,
     }
     return row, pairs
+
+
+def _still(video: torch.Tensor) -> torch.Tensor:
+    """The video's first frame held for its whole length."""
+    return video[:1].expand_as(video)
+
+
+def errors_toward_stiller(pairs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Of the wrongly answered pairs (``correct == 0``), how many chose the truth that moves less:
+    ``{"wrong": n, "toward_stiller": k, "share": k / n}`` (share NaN without wrong pairs)."""
+    wrong = [p for p in pairs if p["correct"] == 0]
+    stiller = sum(p["other_motion"] < p["motion"] for p in wrong)
+    return {
+        "wrong": float(len(wrong)),
+        "toward_stiller": float(stiller),
+        "share": stiller / len(wrong) if wrong else math.nan,
+    }
 
 
 def group_metrics(
@@ -263,9 +299,10 @@ def counterfactual_report(
         ``{"groups": {name: metrics}, "overall": {"groups", "members", *metrics}, "skipped": {name: reason},
         "num_skipped": int, "pairs": [...], "by_separation": [...]}``; metric names are :data:`METRICS`.
         Overall metrics are means over the compared groups, except ``spread_ratio`` (overall spread /
-        overall ground-truth spread). ``pairs`` holds every ordered pair of every compared group
+        overall ground-truth spread) and ``motion_ratio`` (likewise). ``pairs`` holds every ordered pair of every compared group
         (``group``, ``member``, ``other``, ``self``, ``cross``, ``separation``, ``correct``);
-        ``by_separation`` is :func:`separation_bins` of them.
+        ``by_separation`` is :func:`separation_bins` of them, ``errors_toward_stiller`` is
+        :func:`errors_toward_stiller` of them.
     """
     rows: dict[str, dict[str, float]] = {}
     pairs: list[dict[str, Any]] = []
@@ -290,6 +327,9 @@ def counterfactual_report(
     overall["spread_ratio"] = (
         overall["spread"] / overall["gt_spread"] if overall["gt_spread"] > 0 else math.nan
     )
+    overall["motion_ratio"] = (
+        overall["motion"] / overall["gt_motion"] if overall["gt_motion"] > 0 else math.nan
+    )
     return {
         "groups": rows,
         "overall": overall,
@@ -297,6 +337,7 @@ def counterfactual_report(
         "num_skipped": len(skipped),
         "pairs": pairs,
         "by_separation": separation_bins(pairs),
+        "errors_toward_stiller": errors_toward_stiller(pairs),
     }
 
 
@@ -359,5 +400,14 @@ def report_to_markdown(report: Mapping[str, Any]) -> str:
             f"| {_fmt(b['separation_from'])} - {_fmt(b['separation_to'])} | {int(b['pairs'])} | "
             f"{_fmt(b['accuracy'], 3)} |"
             for b in bins
+        ]
+    toward = report.get("errors_toward_stiller")
+    if toward and toward["wrong"]:
+        lines += [
+            "",
+            f"Of the {int(toward['wrong'])} wrong answers, {int(toward['toward_stiller'])} chose the truth that moves "
+            "less (a model whose samples move too little, or lose what moves, ends nearest the stillest "
+            f"outcome). The samples move {_fmt(report['overall'].get('motion_ratio', math.nan), 3)}x as much as "
+            "their truths (motion ratio).",
         ]
     return "\n".join(lines) + "\n"

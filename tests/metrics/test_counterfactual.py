@@ -154,7 +154,13 @@ def test_union_of_regions_and_shared_first_frame():
         )
         for m in members
     ]
-    assert group_metrics(shifted, region_mode="union") == union
+    # (but it is the reference of each video's own motion)
+    motion_keys = {"motion", "motion_ratio"}
+    moved = group_metrics(shifted, region_mode="union")
+    assert {k: v for k, v in moved.items() if k not in motion_keys} == {
+        k: v for k, v in union.items() if k not in motion_keys
+    }
+    assert moved["motion"] != union["motion"]
 
 
 def test_report_skips_single_member_groups_and_summarises():
@@ -281,3 +287,40 @@ def test_separation_bins_ties_and_small_counts():
     assert separation_bins([]) == []
     nan_pair = {"separation": 1.0, "correct": math.nan}
     assert separation_bins([nan_pair]) == []
+
+
+def ramp_member(key: str, sample_end: float, truth_end: float) -> CounterfactualMember:
+    """A 3-frame video that starts at 0 and holds ``end`` from frame 1 on: it moves by ``end``."""
+
+    def video(end: float) -> torch.Tensor:
+        return torch.tensor([0.0, end, end])[:, None, None, None].expand(3, 3, 2, 2).clone()
+
+    return CounterfactualMember(key, video(sample_end), video(truth_end))
+
+
+@pytest.mark.parametrize(("sample_end", "stiller"), [(0.1, 3), (2.0, 0)])
+def test_motion_and_errors_toward_the_stiller_truth(sample_end, stiller):
+    # truths move by 1, 0.2 and 0.5; every path's sample moves by sample_end (a model that ignores the control)
+    members = [ramp_member(k, sample_end, end) for k, end in (("a", 1.0), ("b", 0.2), ("c", 0.5))]
+    report = counterfactual_report({"g": members}, distance=mean_abs)
+    overall = report["overall"]
+    assert overall["gt_motion"] == pytest.approx((1.0 + 0.2 + 0.5) / 3)
+    assert overall["motion"] == pytest.approx(sample_end)
+    assert overall["motion_ratio"] == pytest.approx(sample_end / ((1.0 + 0.2 + 0.5) / 3))
+    toward = report["errors_toward_stiller"]
+    # too little motion: every wrong answer is the stillest truth (b) or the stiller of a and c;
+    # too much: every wrong answer is the truth that moves most (a)
+    assert toward["wrong"] == 3 and toward["toward_stiller"] == stiller
+    assert toward["share"] == pytest.approx(stiller / 3)
+    md = report_to_markdown(report)
+    assert f"Of the 3 wrong answers, {stiller} chose the truth that moves less" in md
+
+
+def test_motion_ignores_where_a_driver_started():
+    # the truth is still except where a driver sat on frame 0 and left: outside the drivers it does not move
+    truth = torch.zeros(3, 3, 4, 4)
+    truth[0, :, 0, 0] = 1.0
+    region = torch.ones(3, 4, 4, dtype=torch.bool)
+    region[0, 0, 0] = False
+    members = [CounterfactualMember(k, truth, truth, region) for k in ("a", "b")]
+    assert group_metrics(members)["gt_motion"] == 0.0

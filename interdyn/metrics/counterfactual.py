@@ -21,12 +21,11 @@ For each member ``i`` there are the generated video(s) ``G_i`` and the ground tr
   of all groups are binned by their *separation* ``d(R_i, R_j)``, how far apart the two true outcomes
   are (``by_separation``: equal-count bins from the closest outcomes to the farthest);
 - ``motion`` (mean over the members' samples) and ``gt_motion`` (over their truths): ``d(V, V_0)``, a
-  video against its own first frame held still, i.e. how much the outcome moves (on the region's pixels
-  that are also in the region on frame 0, so that a driver leaving its start is not motion); ``motion_ratio`` is
-  their ratio (overall: of the overall means, as for ``spread_ratio``);
-  each pair records both truths' motion, so the report can say how many wrong answers chose the
-  *stiller* truth (``errors_toward_stiller``): a model whose samples move too little, or lose the objects
-  that move, ends nearest the outcome that moves least.
+  video against its own first frame held still, i.e. how much the outcome moves (on the region's
+  pixels that are in the region on frame 0 too, so that a driver leaving its start is not motion);
+  ``motion_ratio`` is their ratio. Each pair records both truths' motion, so the report can say how
+  many wrong answers chose the *stiller* truth (``errors_toward_stiller``): a model whose samples move
+  too little, or lose the objects that move, ends nearest the outcome that moves least.
 
 ``d`` is :func:`masked_mse` by default: per-pixel mean squared error over frames ``1..T-1`` (frame 0
 is shared), optionally inside a region. With several samples per member, ``d`` is averaged over
@@ -155,7 +154,8 @@ def _mean(values: Sequence[float]) -> float:
 def _score_group(
     members: Sequence[CounterfactualMember], distance: Distance, region_mode: str
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """A group's metrics and its ordered pairs ``(member, other, self, cross, separation, correct)``."""
+    """A group's metrics and its ordered pairs (``member``, ``other``, ``self``, ``cross``,
+    ``separation``, ``correct``, and both truths' motion: ``motion``, ``other_motion``)."""
     if len(members) < 2:
         raise ValueError("a counterfactual group needs at least two members")
     if region_mode not in REGION_MODES:
@@ -189,7 +189,9 @@ def _score_group(
     pairs = []
     for i, j in permutations(range(m), 2):
         own, other = d[i][i], d[i][j]
-        correct = math.nan if math.isnan(own) or math.isnan(other) else float(own < other) + 0.5 * (own == other)
+        correct = (
+            math.nan if math.isnan(own) or math.isnan(other) else float(own < other) + 0.5 * (own == other)
+        )
         pairs.append(
             {
                 "member": members[i].key,
@@ -297,10 +299,12 @@ def counterfactual_report(
 
     Returns:
         ``{"groups": {name: metrics}, "overall": {"groups", "members", *metrics}, "skipped": {name: reason},
-        "num_skipped": int, "pairs": [...], "by_separation": [...]}``; metric names are :data:`METRICS`.
+        "num_skipped": int, "pairs": [...], "by_separation": [...], "errors_toward_stiller": {...}}``;
+        metric names are :data:`METRICS`.
         Overall metrics are means over the compared groups, except ``spread_ratio`` (overall spread /
-        overall ground-truth spread) and ``motion_ratio`` (likewise). ``pairs`` holds every ordered pair of every compared group
-        (``group``, ``member``, ``other``, ``self``, ``cross``, ``separation``, ``correct``);
+        overall ground-truth spread) and ``motion_ratio`` (likewise). ``pairs`` holds every ordered
+        pair of every compared group (``group``, ``member``, ``other``, ``self``, ``cross``,
+        ``separation``, ``correct``, ``motion``, ``other_motion``);
         ``by_separation`` is :func:`separation_bins` of them, ``errors_toward_stiller`` is
         :func:`errors_toward_stiller` of them.
     """
@@ -370,7 +374,8 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 def report_to_markdown(report: Mapping[str, Any]) -> str:
     """A markdown table of :func:`counterfactual_report`'s result: one row per group and an overall row,
-    then the number of skipped groups and the pairwise accuracy by separation."""
+    then the number of skipped groups, the pairwise accuracy by separation and the direction of the
+    mistakes."""
     header = "| group | members | self | cross | discrimination | accuracy | spread ratio |"
     lines = [header, "|---" * 7 + "|"]
 

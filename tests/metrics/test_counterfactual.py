@@ -249,18 +249,25 @@ def mean_abs(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor | None) -> f
 
 def test_pairwise_accuracy_and_separation_bins_by_hand():
     # truths 0, 1, 3 apart by 1 (paths 0-1), 2 (1-2) and 3 (0-2); sample 0 sits nearer truth 1 than its own
-    members = [constant_member("p0", 0.6, 0.0), constant_member("p1", 1.0, 1.0), constant_member("p2", 2.4, 3.0)]
+    members = [
+        constant_member("p0", 0.6, 0.0),
+        constant_member("p1", 1.0, 1.0),
+        constant_member("p2", 2.4, 3.0),
+    ]
     report = counterfactual_report({"g": members}, distance=mean_abs)
     assert report["overall"]["accuracy"] == pytest.approx(2 / 3)
     assert report["overall"]["pairwise_accuracy"] == pytest.approx(5 / 6)
     pairs = {(p["member"], p["other"]): p for p in report["pairs"]}
     assert len(pairs) == 6 and pairs[("p0", "p1")]["correct"] == 0.0 and pairs[("p0", "p2")]["correct"] == 1.0
     assert pairs[("p2", "p0")]["separation"] == pytest.approx(3.0)
-    assert pairs[("p0", "p1")]["self"] == pytest.approx(0.6) and pairs[("p0", "p1")]["cross"] == pytest.approx(0.4)
+    confused = pairs[("p0", "p1")]
+    assert confused["self"] == pytest.approx(0.6) and confused["cross"] == pytest.approx(0.4)
     bins = report["by_separation"]
     assert [b["pairs"] for b in bins] == [2, 2, 2]
     assert [(b["separation_from"], b["separation_to"]) for b in bins] == [
-        pytest.approx((1.0, 1.0)), pytest.approx((2.0, 2.0)), pytest.approx((3.0, 3.0))
+        pytest.approx((1.0, 1.0)),
+        pytest.approx((2.0, 2.0)),
+        pytest.approx((3.0, 3.0)),
     ]
     assert [b["accuracy"] for b in bins] == [0.5, 1.0, 1.0]  # only the closest outcomes are confused
     md = report_to_markdown(report)

@@ -36,7 +36,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo world-data world-base world-branch latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check weights
+.PHONY: install test test-all lint clean help app demo world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -50,6 +50,7 @@ help:
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
+	@echo "make world-gpu   a larger world on one GPU: more clips, wider VAE and UNet, longer runs (docs/world.md; not yet measured)"
 	@echo "make bench-steps   sample quality against sampler steps on the trained world (docs/benchmarks.md)"
 	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
 	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (~8 min on an H100)"
@@ -140,6 +141,32 @@ world-branch: world-data
 		--model.controlnet runs/world_branch/weights
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/world_branch_anneal/checkpoints/last.ckpt \
 		--out weights/world/branch --dtype float16 --overwrite
+
+# A larger world on one GPU (docs/world.md): 16384 training clips in $(WORLD_GPU) (the same test groups),
+# the overlays of configs/world/gpu on each stage, everything written under weights/world-gpu (the shipped
+# CPU world is left alone). A finished stage is skipped, an interrupted one resumes from its last.ckpt.
+WORLD_GPU ?= data/shards/world_large
+WORLD_GPU_TRAIN ?= 16384
+resume = $$(test -f runs/$(1)/checkpoints/last.ckpt && echo "--ckpt_path last")
+world-gpu: $(CORE_STAMP)
+	@$(MAKE) --no-print-directory world-data WORLD=$(WORLD_GPU) WORLD_TRAIN=$(WORLD_GPU_TRAIN)
+	test -f weights/world-gpu/vae/config.json || HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn world fit \
+		--config configs/world/vae.yaml --config configs/world/gpu/vae.yaml $(call resume,world_gpu_vae)
+	test -f weights/world-gpu/svd/model_index.json || HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn world fit \
+		--config configs/world/base.yaml --config configs/world/gpu/base.yaml $(call resume,world_gpu_base)
+	test -f weights/world-gpu/branch/config.json || { HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit \
+		--config configs/demo.yaml --config configs/world/gpu/branch.yaml $(call resume,world_gpu_branch) && \
+		HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/world_gpu_branch/checkpoints/last.ckpt \
+		--out weights/world-gpu/branch --dtype float16 --overwrite; }
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --config configs/world/gpu/branch.yaml \
+		--model.controlnet weights/world-gpu/branch --trainer.limit_test_batches null \
+		--trainer.logger.init_args.save_dir runs/world_gpu_eval --trainer.logger.init_args.name branch \
+		--trainer.logger.init_args.version test
+	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --config configs/world/gpu/branch.yaml \
+		--model.controlnet weights/world-gpu/branch --model.conditioning_scale 0 --trainer.limit_test_batches null \
+		--trainer.logger.init_args.save_dir runs/world_gpu_eval --trainer.logger.init_args.name no_control \
+		--trainer.logger.init_args.version test
+	@echo "A larger world: weights/world-gpu; its tests on all 48 test clips: runs/world_gpu_eval/{branch,no_control}/test"
 
 # Trains a branch for a few minutes on the shipped SVD, then tests it, the shipped converged branch and the
 # SVD without control on the same held-out clips and seeds: one table and pictures in $(DEMO_EVAL).

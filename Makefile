@@ -158,6 +158,7 @@ world-gpu: $(CORE_STAMP)
 		--config configs/demo.yaml --config configs/world/gpu/branch.yaml $(call resume,world_gpu_branch) && \
 		HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/world_gpu_branch/checkpoints/last.ckpt \
 		--out weights/world-gpu/branch --dtype float16 --overwrite; }
+	@$(PY) -c "from interdyn.metrics.weights import load_i3d; load_i3d()" 2>/dev/null || $(MAKE) --no-print-directory weights
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --config configs/world/gpu/branch.yaml \
 		--model.controlnet weights/world-gpu/branch --trainer.limit_test_batches null \
 		--trainer.logger.init_args.save_dir runs/world_gpu_eval --trainer.logger.init_args.name branch \

@@ -1,0 +1,109 @@
+"""The one-step probe (interdyn.world.onestep) on the shipped world weights and real world test shards:
+at low noise the predictions are the truths themselves, at very high noise the SVD without control
+predicts one video per group (exactly chance), and the CLI writes its table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+WORLD = ROOT / "weights" / "world"
+
+
+@pytest.fixture(scope="module")
+def world_test_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """3 counterfactual groups of 3 driver paths, written as `make world-data` writes the test split."""
+    from data_prep.synthetic import World, write_split
+
+    out = tmp_path_factory.mktemp("onestep_shards")
+    world = World(64, 64, friction=40.0)
+    write_split(out, "test", 3, seed=11, world=world, num_frames=14, fps=7.0, variants=3, progress=False)
+    return str(out / "test" / "*.tar")
+
+
+@pytest.fixture(scope="module")
+def world_svd():
+    from interdyn.models.svd import get_svd
+
+    svd = get_svd(str(WORLD / "svd"))
+    for part in (svd.unet, svd.vae, svd.image_encoder):
+        part.float().eval()
+    return svd
+
+
+@pytest.fixture(scope="module")
+def clips(world_test_shards: str) -> list[dict]:
+    from interdyn.world.ceiling import grouped_clips
+
+    return list(grouped_clips(world_test_shards, 64))
+
+
+def test_at_low_noise_the_prediction_is_the_truth_through_the_vae(world_svd, clips) -> None:
+    """sigma -> 0: the denoised output is the noisy input (c_skip -> 1), i.e. the VAE's reconstruction of the
+    clip; a swapped or missing preconditioning term would give something else."""
+    from interdyn.models.conditioning import decode_latents, encode_video_posterior
+    from interdyn.world.onestep import onestep_videos
+
+    clip = clips[0]
+    pixels, control = clip["pixel_values"][None], clip["control"][None]
+    noise = torch.randn(1, 14, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    video = onestep_videos(world_svd, None, pixels, control, 1e-3, noise)
+    with torch.no_grad():
+        mean, _ = encode_video_posterior(world_svd.vae, pixels)
+        reconstruction = (decode_latents(world_svd.vae, mean * world_svd.vae.config.scaling_factor) + 1) / 2
+    assert video.shape == (1, 14, 3, 64, 64)
+    assert torch.mean((video - reconstruction) ** 2) < 1e-4
+    # and far from it at high noise, where the prediction is the model's own
+    far = onestep_videos(world_svd, None, pixels, control, 50.0, noise)
+    assert torch.mean((far - reconstruction) ** 2) > 10 * torch.mean((video - reconstruction) ** 2)
+
+
+def test_without_control_high_noise_predicts_one_video_per_group(world_svd, clips) -> None:
+    """Every member of a group shares its noise: at very high noise the SVD alone sees the same input for
+    all of them and lands exactly at chance, while at low noise the noisy truths tell them apart. The shipped
+    branch, given each member's control, makes their predictions differ at that level."""
+    from interdyn.branch_checkpoint import load_branch
+    from interdyn.world.onestep import onestep_counterfactual
+
+    plain = onestep_counterfactual(world_svd, None, clips, sigmas=[0.05, 1e4])
+    assert plain["protocol"] == {
+        "clips": 9,
+        "groups": 3,
+        "seed": 0,
+        "region": "outside_driver",
+        "latents": "VAE posterior mean",
+        "conditioning_scale": 0.0,
+    }
+    assert plain["reports"]["0.05"]["overall"]["accuracy"] >= 8 / 9
+    assert plain["reports"]["10000"]["overall"]["accuracy"] == pytest.approx(1 / 3)
+    high = plain["reports"]["10000"]["overall"]
+    assert high["spread"] < 0.01 * high["gt_spread"]  # the same video for every member, to rounding
+
+    branch = load_branch(str(WORLD / "branch"))[0].float().eval()
+    driven = onestep_counterfactual(world_svd, branch, clips, sigmas=[1e4])
+    # the control alone now makes the members' predictions differ
+    assert driven["reports"]["10000"]["overall"]["spread"] > 100 * high["spread"]
+
+
+def test_the_cli_writes_a_table_per_noise_level(world_test_shards: str, tmp_path: Path) -> None:
+    from interdyn.world.onestep import main
+
+    args = ["--svd", str(WORLD / "svd"), "--test_shards", world_test_shards, "--out", str(tmp_path)]
+    assert main([*args, "--sigmas", "0.5,20", "--limit", "3"]) == 0
+    table = (tmp_path / "onestep.md").read_text().splitlines()
+    assert [
+        line.split("|")[1].strip() for line in table if line.startswith("| ") and "sigma" not in line
+    ] == [
+        "0.5",
+        "20",
+    ]
+    result = json.loads((tmp_path / "onestep.json").read_text())
+    assert result["sigmas"] == [0.5, 20.0] and result["protocol"]["clips"] == 3
+
+    assert main([*args, "--sigmas", "0,5"]) == 2  # a clear error, not a traceback
+    with pytest.raises(SystemExit):
+        main([*args, "--sigmas", "five"])

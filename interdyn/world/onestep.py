@@ -113,6 +113,8 @@ def onestep_videos(
 
 def _latent_shape(vae: AutoencoderKLTemporalDecoder, frames: int, height: int, width: int) -> tuple[int, ...]:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if height % factor or width % factor:
+        raise InterDynError(f"frames of {height}x{width} do not divide by the VAE's downsampling ({factor})")
     return (frames, vae.config.latent_channels, height // factor, width // factor)
 
 
@@ -141,7 +143,7 @@ def onestep_counterfactual(
     """
     if not clips:
         raise InterDynError("no test clips to probe")
-    if any(not s > 0 for s in sigmas):
+    if not sigmas or any(not s > 0 for s in sigmas):
         raise InterDynError(f"noise levels must be positive, got {list(sigmas)}")
     t, _, h, w = clips[0]["pixel_values"].shape
     shape = _latent_shape(svd.vae, t, h, w)

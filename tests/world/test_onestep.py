@@ -106,5 +106,6 @@ def test_the_cli_writes_a_table_per_noise_level(world_test_shards: str, tmp_path
     assert result["sigmas"] == [0.5, 20.0] and result["protocol"]["clips"] == 3
 
     assert main([*args, "--sigmas", "0,5"]) == 2  # a clear error, not a traceback
+    assert main([*args, "--size", "62", "--limit", "3"]) == 2  # 62 does not divide by the VAE's 4
     with pytest.raises(SystemExit):
         main([*args, "--sigmas", "five"])

@@ -10,6 +10,7 @@ b.webm``, a list in a ``--config`` file). A command returns its exit code; user 
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import sys
 import types
@@ -95,9 +96,12 @@ def add_default_note(parser: ArgumentParser, notes: dict[str, str]) -> None:
             action.help = f"{action.help or ''} (default: {notes[action.dest]})".strip()
 
 
-def run_command(prog: str, parser: ArgumentParser, run: Callable[[Namespace], Any], argv: list[str]) -> int:
+def run_command(
+    prog: str, parser: argparse.ArgumentParser, run: Callable[[Any], Any], argv: list[str] | None
+) -> int:
     """Parse ``argv`` (usage errors exit 2 with the usage, as argparse does), run, and return the exit
-    code: 0, or 2 with one sentence on stderr for a user error."""
+    code: 0, or 2 with one sentence on stderr for a user error. ``parser`` may be jsonargparse's or the
+    standard library's (jsonargparse's derives from it)."""
     args = parser.parse_args(argv)
     try:
         run(args)

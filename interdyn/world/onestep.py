@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
 
+from interdyn.commands import run_command
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
 from interdyn.metrics.counterfactual import counterfactual_report, group_members
@@ -237,35 +238,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=6)
     parser.add_argument("--conditioning_scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, required=True, help="writes onestep.md and onestep.json here")
-    args = parser.parse_args(argv)
-    try:
-        from interdyn.branch_checkpoint import load_branch
-        from interdyn.models.svd import get_svd
-        from interdyn.world.ceiling import grouped_clips
+    return run_command("python -m interdyn.world.onestep", parser, _run, argv)
 
-        svd = get_svd(args.svd)
-        for part in (svd.unet, svd.vae, svd.image_encoder):
-            part.float().eval()
-        controlnet = load_branch(args.controlnet)[0].float().eval() if args.controlnet else None
-        clips = list(grouped_clips(args.test_shards, args.size, args.limit))
-        result = onestep_counterfactual(
-            svd,
-            controlnet,
-            clips,
-            args.sigmas,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            conditioning_scale=args.conditioning_scale,
-        )
-        name = args.controlnet or f"{args.svd} without control"
-        text = to_markdown(result, name)
-        write_atomic(args.out / "onestep.md", text)
-        write_atomic(args.out / "onestep.json", json.dumps(result, indent=1))
-        print(text)
-    except InterDynError as err:
-        print(f"interdyn: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+def _run(args: argparse.Namespace) -> None:
+    from interdyn.branch_checkpoint import load_branch
+    from interdyn.models.svd import get_svd
+    from interdyn.world.ceiling import grouped_clips
+
+    svd = get_svd(args.svd)
+    for part in (svd.unet, svd.vae, svd.image_encoder):
+        part.float().eval()
+    controlnet = load_branch(args.controlnet)[0].float().eval() if args.controlnet else None
+    clips = list(grouped_clips(args.test_shards, args.size, args.limit))
+    result = onestep_counterfactual(
+        svd,
+        controlnet,
+        clips,
+        args.sigmas,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        conditioning_scale=args.conditioning_scale,
+    )
+    name = args.controlnet or f"{args.svd} without control"
+    text = to_markdown(result, name)
+    write_atomic(args.out / "onestep.md", text)
+    write_atomic(args.out / "onestep.json", json.dumps(result, indent=1))
+    print(text)
 
 
 if __name__ == "__main__":

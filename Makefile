@@ -121,10 +121,13 @@ WORLD_TRAIN ?= 4096
 DEMO_EVAL ?= runs/demo_eval
 # Kept when it is complete and has at least WORLD_TRAIN training clips (the demo's 1024 are not enough
 # for world-base or world-branch, which then remake it with 4096).
+# Clips made with other physics (another --friction or --driver_restitution) are remade.
 world-data: $(CORE_STAMP)
-	@$(PY) -c "import json, sys; n = json.load(open('$(WORLD)/train/index.json'))['num_samples']; sys.exit(n < $(WORLD_TRAIN))" \
+	@$(PY) -c "import dataclasses, json, sys; from data_prep.synthetic_world import builtin_world; \
+		i = json.load(open('$(WORLD)/train/index.json')); \
+		sys.exit(i['num_samples'] < $(WORLD_TRAIN) or i['provenance']['settings']['world'] != dataclasses.asdict(builtin_world()))" \
 		2>/dev/null && test -f $(WORLD)/test/index.json || $(PY) -m data_prep.synthetic --out $(WORLD) --size 64 64 \
-		--frames 14 --fps 7 --train $(WORLD_TRAIN) --val 64 --test_groups 16
+		--builtin_world --frames 14 --fps 7 --train $(WORLD_TRAIN) --val 64 --test_groups 16
 
 # Stage 1 (the temporal VAE) and stage 2 (the UNet, image-to-video): writes weights/world/svd.
 world-base: world-data

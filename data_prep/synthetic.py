@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from data_prep.build import Item, PlanMismatchError, build_split
-from data_prep.synthetic_world import World, make_video
+from data_prep.synthetic_world import World, builtin_world, make_video
 from interdyn.data.shard_format import encode_masks
 from interdyn.data.video import encode_video
 
-__all__ = ["SyntheticMaker", "World", "make_video", "sample_fields", "write_split"]
+__all__ = ["SyntheticMaker", "World", "builtin_world", "make_video", "sample_fields", "write_split"]
 
 
 def sample_fields(
@@ -178,14 +178,39 @@ def main(argv: list[str] | None = None) -> int:
         help="deceleration of rolling discs in px/s^2 (default: 80 at 128 px, scaled with the frame size)",
     )
     parser.add_argument(
+        "--driver_restitution",
+        type=float,
+        default=None,
+        help="restitution of the driver's pushes (default 1): 1 flings a struck disc off at up to twice the driver's "
+        'speed, 0 pushes it along (docs/world.md, "A slower world")',
+    )
+    parser.add_argument(
+        "--builtin_world",
+        action="store_true",
+        help="the built-in world's physics (`make world-data`, docs/world.md) at a square --size; "
+        "--friction and --driver_restitution must then be left out",
+    )
+    parser.add_argument(
         "--shard_size", type=int, default=100, help="samples per shard (test: groups per shard)"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.size[0] % 2 or args.size[1] % 2:
         parser.error("--size must be even (libx264)")
-    friction = args.friction if args.friction is not None else 80.0 * min(args.size) / 128
-    world = World(height=args.size[0], width=args.size[1], friction=friction)
+    if args.builtin_world:
+        if args.size[0] != args.size[1]:
+            parser.error("--builtin_world needs a square --size")
+        if args.friction is not None or args.driver_restitution is not None:
+            parser.error("--builtin_world sets the friction and the driver's restitution itself")
+        world = builtin_world(args.size[0])
+    else:
+        friction = args.friction if args.friction is not None else 80.0 * min(args.size) / 128
+        restitution = 1.0 if args.driver_restitution is None else args.driver_restitution
+        if not 0.0 <= restitution <= 1.0:
+            parser.error("--driver_restitution must be between 0 and 1")
+        world = World(
+            height=args.size[0], width=args.size[1], friction=friction, driver_restitution=restitution
+        )
     for split, count, variants in (
         ("train", args.train, 1),
         ("validation", args.val, 1),

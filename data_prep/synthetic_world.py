@@ -104,7 +104,26 @@ class World:
     friction: float = 80.0  # deceleration in px/s^2 (mu * g)
     restitution: float = 1.0  # between discs (elastic)
     wall_restitution: float = 0.8
+    # between the driver and a disc: 1 flings a struck disc off at up to twice the driver's speed,
+    # 0 pushes it along at the driver's speed (it rolls on when the driver stops or turns)
+    driver_restitution: float = 1.0
     substeps: int = 8
+
+
+# The built-in world's physics (`make world-data`, docs/world.md; the shipped weights were trained on it):
+# the dataset's friction scale (80 px/s^2 at 128 px) and elastic strikes.
+WORLD_FRICTION_PER_PX = 0.625  # px/s^2 per pixel of frame size: 40 at 64 px
+WORLD_DRIVER_RESTITUTION = 1.0
+
+
+def builtin_world(size: int = 64) -> World:
+    """The built-in world's simulation settings at a ``size`` x ``size`` frame (the CPU world is 64)."""
+    return World(
+        height=size,
+        width=size,
+        friction=WORLD_FRICTION_PER_PX * size,
+        driver_restitution=WORLD_DRIVER_RESTITUTION,
+    )
 
 
 def simulate(
@@ -135,7 +154,7 @@ def simulate(
             for i, d in enumerate(discs):  # driver pushes
                 gap = float(np.hypot(*(d.pos - dp))) - (d.radius + driver.radius)
                 if gap < 0:
-                    _, new_v = collide(dp, dv, math.inf, d.pos, d.vel, d.mass)
+                    _, new_v = collide(dp, dv, math.inf, d.pos, d.vel, d.mass, world.driver_restitution)
                     if not np.allclose(new_v, d.vel):
                         events.append((frame, "driver", i))
                     d.vel = new_v

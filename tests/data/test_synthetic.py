@@ -10,7 +10,7 @@ import tarfile
 import numpy as np
 
 from data_prep.synthetic import write_split
-from data_prep.synthetic_world import Disc, DriverPath, World, collide, make_video, simulate
+from data_prep.synthetic_world import Disc, DriverPath, World, builtin_world, collide, make_video, simulate
 
 
 def test_equal_discs_head_on_swap_velocities():
@@ -54,6 +54,41 @@ def test_push_propagates_and_friction_stops_the_discs():
     assert ("driver" in [e[1] for e in sim["events"]]) and any(e[1] == 0 and e[2] == 1 for e in sim["events"])
     assert sim["positions"][-1, 1, 0] > 210  # b moved although the driver never touched it
     np.testing.assert_allclose(sim["velocities"][-1], 0.0, atol=1e-9)  # friction stopped everything
+
+
+def test_driver_restitution_sets_how_fast_a_pushed_disc_leaves():
+    """A disc in front of a kinematic driver leaves at twice the driver's speed with restitution 1, at
+    its speed with 0 (pushed along, staying in contact), and in between with the built-in world's 0.3."""
+    speeds = {}
+    for e in (0.0, 0.3, 1.0):
+        world = World(height=100, width=400, friction=0.0, driver_restitution=e)
+        discs = [Disc("a", [140.0, 50], [0, 0], 10, np.zeros(3))]
+        driver = DriverPath(
+            np.array([100.0, 50]), np.array([1.0, 0]), 60.0, math.inf, 10, "object", np.array([90.0, 50])
+        )
+        sim = simulate(world, discs, driver, num_frames=20, fps=20.0)
+        speeds[e] = sim["velocities"][-1, 0, 0]
+        gap = sim["positions"][-1, 0, 0] - sim["driver"][-1, 0] - 20  # surface to surface
+        if e == 0.0:
+            assert abs(gap) < 1.0  # still touching the driver
+        else:
+            assert gap > 5.0
+    np.testing.assert_allclose([speeds[0.0], speeds[0.3], speeds[1.0]], [60.0, 78.0, 120.0], rtol=1e-6)
+
+
+def test_pushes_move_discs_about_a_latent_cell_per_frame():
+    """The world of pushes (driver restitution 0.3, friction 80 px/s^2 at 64 px: docs/world.md's "slower
+    world") moves the pushed discs at most about 4 px (one cell of the x4 VAE's latents) per frame in most
+    clips, against over 6 px in the built-in world's elastic strikes."""
+
+    def fastest(world: World) -> float:
+        rng = np.random.default_rng(5)
+        videos = [make_video(rng, world, 14, 7.0) for _ in range(40)]
+        steps = [np.linalg.norm(np.diff(v["sim"]["positions"], axis=0), axis=-1).max() for v in videos]
+        return float(np.median(steps))
+
+    assert fastest(World(64, 64, friction=80.0, driver_restitution=0.3)) < 4.5
+    assert fastest(builtin_world(64)) > 6.0
 
 
 def read_shard(folder):
@@ -141,3 +176,19 @@ def test_a_rerun_keeps_finished_shards_and_other_settings_replace_the_split(tmp_
     second = read_shard(tmp_path / "train")
     assert second.keys() == first.keys() and second != first
     assert json.loads((tmp_path / "train" / "index.json").read_text())["num_samples"] == 3
+
+
+def test_builtin_world_flag_writes_the_worlds_physics(tmp_path, capsys):
+    import dataclasses
+
+    import pytest
+
+    from data_prep.synthetic import main
+
+    args = ["--out", str(tmp_path), "--size", "32", "32", "--frames", "4", "--train", "2", "--val", "0"]
+    assert main([*args, "--test_groups", "0", "--builtin_world"]) == 0
+    index = json.loads((tmp_path / "train" / "index.json").read_text())
+    assert index["provenance"]["settings"]["world"] == dataclasses.asdict(builtin_world(32))
+    with pytest.raises(SystemExit):
+        main([*args, "--builtin_world", "--friction", "10"])
+    assert "sets the friction" in capsys.readouterr().err

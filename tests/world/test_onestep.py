@@ -17,10 +17,11 @@ WORLD = ROOT / "weights" / "world"
 @pytest.fixture(scope="module")
 def world_test_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
     """3 counterfactual groups of 3 driver paths, written as `make world-data` writes the test split."""
-    from data_prep.synthetic import World, write_split
+    from data_prep.synthetic import write_split
+    from data_prep.synthetic_world import builtin_world
 
     out = tmp_path_factory.mktemp("onestep_shards")
-    world = World(64, 64, friction=40.0)
+    world = builtin_world(64)
     write_split(out, "test", 3, seed=11, world=world, num_frames=14, fps=7.0, variants=3, progress=False)
     return str(out / "test" / "*.tar")
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interdyn.commands import run_command
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
 
@@ -175,31 +176,29 @@ def main(argv: list[str] | None = None) -> int:
         "SVD's VAE (the ceiling of every model on it); 0 for all clips",
     )
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if args.ceiling_clips is not None and args.ceiling_clips < 0:
-        parser.error("--ceiling_clips must be 0 (all clips) or a positive number of clips")
-    try:
-        runs = {name: read_run(Path(folder)) for name, folder in _pairs(args.run, "--run").items()}
-        if args.ceiling_clips is not None:
-            from interdyn.world.ceiling import vae_ceiling
+    return run_command("python -m interdyn.world.report", parser, _run, argv)
 
-            limit = args.ceiling_clips or None
-            ceiling = vae_ceiling(args.svd, args.test_shards, args.size, limit)
-            runs[CEILING_ROW] = {"counterfactual": ceiling["overall"]}
-        text = table(runs)
-        write_atomic(args.out / "table.md", text)
-        print(text)
-        branches = _pairs(args.branch, "--branch")
-        if branches:
-            group = first_group(args.test_shards, args.size, members=3)
-            for path in pictures(
-                args.svd, branches, group, args.out, args.steps, args.seed, tuple(args.conditioning_channels)
-            ):
-                print(f"wrote {path}")
-    except InterDynError as err:
-        print(f"interdyn: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+def _run(args: argparse.Namespace) -> None:
+    if args.ceiling_clips is not None and args.ceiling_clips < 0:
+        raise InterDynError("--ceiling_clips must be 0 (all clips) or a positive number of clips")
+    runs = {name: read_run(Path(folder)) for name, folder in _pairs(args.run, "--run").items()}
+    if args.ceiling_clips is not None:
+        from interdyn.world.ceiling import vae_ceiling
+
+        limit = args.ceiling_clips or None
+        ceiling = vae_ceiling(args.svd, args.test_shards, args.size, limit)
+        runs[CEILING_ROW] = {"counterfactual": ceiling["overall"]}
+    text = table(runs)
+    write_atomic(args.out / "table.md", text)
+    print(text)
+    branches = _pairs(args.branch, "--branch")
+    if branches:
+        group = first_group(args.test_shards, args.size, members=3)
+        for path in pictures(
+            args.svd, branches, group, args.out, args.steps, args.seed, tuple(args.conditioning_channels)
+        ):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

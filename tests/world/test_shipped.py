@@ -16,11 +16,11 @@ WORLD = ROOT / "weights" / "world"
 def _clips(count: int, seed: int = 777) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Held-out world clips (a seed the dataset's splits do not use): frames ``(B, T, 3, 64, 64)`` in
     [-1, 1], control ``(B, T, 3, 64, 64)`` and driver masks ``(B, T, 64, 64)``."""
-    from data_prep.synthetic import World, make_video
+    from data_prep.synthetic_world import builtin_world, make_video
     from interdyn.contract import masks_to_control
 
     rng = np.random.default_rng(seed)
-    videos = [make_video(rng, World(64, 64, friction=40.0), 14, 7.0) for _ in range(count)]
+    videos = [make_video(rng, builtin_world(64), 14, 7.0) for _ in range(count)]
     frames = (
         torch.from_numpy(np.stack([v["frames"] for v in videos])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     )
@@ -69,12 +69,13 @@ def test_shipped_branch_draws_the_driver_where_its_control_says(steps: int) -> N
 
 @pytest.fixture(scope="module")
 def world_test_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The world's test split as `make world-data` writes it (64x64, 14 frames at 7 fps, friction 40),
+    """The world's test split as `make world-data` writes it (64x64, 14 frames at 7 fps, the world's physics),
     with other seeds: 3 counterfactual groups of 3 driver paths, in real shards."""
-    from data_prep.synthetic import World, write_split
+    from data_prep.synthetic import write_split
+    from data_prep.synthetic_world import builtin_world
 
     out = tmp_path_factory.mktemp("world_shards")
-    world = World(64, 64, friction=40.0)
+    world = builtin_world(64)
     write_split(out, "test", 3, seed=11, world=world, num_frames=14, fps=7.0, variants=3, progress=False)
     return str(out / "test" / "*.tar")
 
@@ -123,6 +124,21 @@ def test_the_demo_report_adds_the_ceiling_row(world_test_shards: str, tmp_path: 
     accuracy, chance = float(cells[-2]), float(cells[-1])
     assert chance == pytest.approx(0.33) and accuracy >= 0.66
     assert cells[1] == "-"  # the sample metrics have no meaning for reconstructions
+
+
+def test_the_report_says_what_is_wrong_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """User errors end the report with exit code 2 and one sentence, before any model is loaded."""
+    from interdyn.world.report import main
+
+    assert main(["--out", str(tmp_path), "--ceiling_clips", "-1"]) == 2
+    assert "--ceiling_clips must be 0" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--run", "no-equals-sign"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--run", f"a={tmp_path / 'missing'}"]) == 2
+    assert "run `interdyn test` for this model first" in capsys.readouterr().err
+    assert not (tmp_path / "table.md").exists()
 
 
 def test_the_report_pictures_one_whole_group(world_test_shards: str) -> None:

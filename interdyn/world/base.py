@@ -45,6 +45,9 @@ class BaseVideoModule(L.LightningModule):
         p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)``.
         val_sigmas, val_seed: fixed noise levels and noise of the validation loss.
         out: the SVD img2vid folder written at the end of training (``None``: none).
+        init_from: an SVD img2vid folder whose UNet and CLIP image encoder replace the random ones before
+            training (fine-tuning; its UNet must have the architecture of ``unet``), ``None`` to start
+            from random weights.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class BaseVideoModule(L.LightningModule):
         val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
         val_seed: int = 0,
         out: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,10 +94,31 @@ class BaseVideoModule(L.LightningModule):
                 self.image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**image_encoder))
         except TypeError as err:
             raise ConfigError(f"invalid UNet or image encoder config: {err}") from None
+        if init_from is not None:
+            self._load_initial(init_from)
         for frozen in (self.vae, self.image_encoder):
             frozen.requires_grad_(False)
             frozen.eval()
         self.ema = copy.deepcopy(self.unet).requires_grad_(False) if ema_decay > 0 else None
+
+    def _load_initial(self, folder: str) -> None:
+        """Copy the UNet and CLIP image encoder of an SVD folder into the freshly built ones."""
+        what = "SVD folder to fine-tune from (model.init_from)"
+        for name, cls in (
+            ("unet", UNetSpatioTemporalControlModel),
+            ("image_encoder", CLIPVisionModelWithProjection),
+        ):
+            loaded = load_component(cls, folder, subfolder=name, what=what)
+            mine = getattr(self, name)
+            theirs = loaded.state_dict()
+            if {k: tuple(v.shape) for k, v in theirs.items()} != {
+                k: tuple(v.shape) for k, v in mine.state_dict().items()
+            }:
+                raise ConfigError(
+                    f"{folder}/{name} does not have the architecture of model.{name}: "
+                    "set the same constructor arguments as the run that wrote it"
+                )
+            mine.load_state_dict({k: v.float() for k, v in theirs.items()})
 
     def train(self, mode: bool = True) -> BaseVideoModule:
         """Only the UNet changes mode; the VAE, CLIP and the average stay in eval mode."""

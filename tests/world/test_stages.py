@@ -150,6 +150,10 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
 
     first = parse("branch.yaml")
     second = parse("branch_anneal.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
+    # the push-world experiment's branch: its own data, run and checkpoint folders
+    push = parse("push_branch.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
+    assert "world_push" in str(push.config.data.init_args.test_shards)
+    assert push.model.hparams.learning_rate == second.model.hparams.learning_rate
     assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
     shipped = second.model.controlnet.state_dict()
     assert any(
@@ -157,9 +161,41 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     )  # not zero-init
     dirs = [
         c.dirpath
-        for cli in (first, second)
+        for cli in (first, second, push)
         for c in cli.trainer.callbacks
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
     ]
-    assert len(dirs) == 2 and dirs[0] != dirs[1]
-    assert first.trainer.logger.name != second.trainer.logger.name
+    assert len(set(dirs)) == 3
+    assert len({cli.trainer.logger.name for cli in (first, second, push)}) == 3
+
+
+def test_base_stage_fine_tunes_from_an_svd_folder() -> None:
+    """``init_from`` starts the UNet (and its average) and the CLIP encoder from a written SVD folder (the
+    shipped one), and refuses a folder whose UNet has another architecture."""
+    import pytest
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from interdyn.errors import ConfigError
+    from interdyn.world import BaseVideoModule
+
+    svd = ROOT / "weights/world/svd"
+    args = yaml.safe_load((ROOT / "configs/world/base.yaml").read_text())["model"]["init_args"]
+    # the overlay of the push-world experiment (docs/world.md) fine-tunes the shipped SVD
+    overlay = yaml.safe_load((ROOT / "configs/world/push_base.yaml").read_text())["model"]["init_args"]
+    assert overlay["init_from"] == "weights/world/svd" and overlay["vae"] == "weights/world/svd/vae"
+    args.update(overlay, vae=str(svd / "vae"), out=None)
+    del args["init_from"]
+    fresh = BaseVideoModule(**args)
+    tuned = BaseVideoModule(**args, init_from=str(svd))
+    shipped = UNetSpatioTemporalConditionModel.from_pretrained(svd, subfolder="unet").state_dict()
+    for name, value in tuned.unet.state_dict().items():
+        assert torch.equal(value, shipped[name].float()), name
+        assert value.dtype == torch.float32
+    assert any(not torch.equal(v, shipped[k].float()) for k, v in fresh.unet.state_dict().items())
+    assert all(
+        torch.equal(a, b) for a, b in zip(tuned.ema.parameters(), tuned.unet.parameters(), strict=True)
+    )
+
+    args["unet"] = {**args["unet"], "block_out_channels": [32, 64, 64, 64]}
+    with pytest.raises(ConfigError, match="architecture"):
+        BaseVideoModule(**args, init_from=str(svd))

@@ -11,7 +11,9 @@ The world (discs, driver paths, simulation, rendering) is :mod:`data_prep.synthe
 makes the dataset's samples and writes them with the resumable build of every preparer.
 
 The test split is made of counterfactual groups: the same first frame (same scene, driver at the same
-entry point) with different driver paths. Everything is deterministic per seed.
+entry point) with different driver paths. Everything is deterministic per seed. An optional ``seen``
+split holds groups of the same kind whose first member is a training clip (``--seen_groups``): a model
+scored on them shows whether it fails to generalise or fails to fit (docs/world.md).
 
     python -m data_prep.synthetic --out data/shards/synthetic --train 512 --val 32 --test_groups 16
 """
@@ -83,7 +85,9 @@ def sample_fields(
 class SyntheticMaker:
     """Makes item ``i`` of a split: one clip, or a counterfactual group of ``variants`` clips sharing the
     first frame (keys ``..._v<k>``). Each item draws from its own generator, seeded by ``(seed, split,
-    i)``, so items can be made in any order or process and still give the same samples."""
+    i)``, so items can be made in any order or process and still give the same samples. With
+    ``seed_split`` the items are seeded as that split's: ``SyntheticMaker("seen", ..., variants=3,
+    seed_split="train")`` makes groups whose member ``v0`` is training clip ``i``."""
 
     split: str
     seed: int
@@ -91,10 +95,11 @@ class SyntheticMaker:
     num_frames: int
     fps: float
     variants: int = 1
+    seed_split: str | None = None
 
     def __call__(self, item: Item) -> list[tuple[str, dict[str, Any]]]:
         i = int(item.data)
-        split_number = {"train": 0, "validation": 1, "test": 2}.get(self.split, 3)
+        split_number = {"train": 0, "validation": 1, "test": 2}.get(self.seed_split or self.split, 3)
         rng = np.random.default_rng([self.seed, split_number, i])
         first = make_video(rng, self.world, self.num_frames, self.fps)
         samples = []
@@ -122,12 +127,14 @@ def write_split(
     shard_size: int = 100,
     progress: bool = True,
     workers: int = 1,
+    seed_split: str | None = None,
 ) -> dict[str, Any]:
     """Write ``count`` clips (train/val) or ``count`` counterfactual groups of ``variants`` clips (test)
     with the resumable build of every preparer (:func:`data_prep.build.build_split`): ``shard_size``
     clips (or groups) per shard, an interrupted run continues where it stopped, and a split made with
-    other settings is replaced (the data is generated, nothing is lost)."""
-    maker = SyntheticMaker(split, seed, world, num_frames, fps, variants)
+    other settings is replaced (the data is generated, nothing is lost). ``seed_split`` seeds the items
+    as another split's (:class:`SyntheticMaker`)."""
+    maker = SyntheticMaker(split, seed, world, num_frames, fps, variants, seed_split)
     items = [Item(f"{i:06d}", i) for i in range(count)]
     settings = {
         "seed": seed,
@@ -136,6 +143,8 @@ def write_split(
         "num_frames": num_frames,
         "variants": variants,
     }
+    if seed_split is not None:
+        settings["seed_split"] = seed_split
     options = {
         "settings": settings,
         "provenance": {"generator": "data_prep.synthetic"},
@@ -163,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=512, help="training clips")
     parser.add_argument("--val", type=int, default=32, help="validation clips")
     parser.add_argument("--test_groups", type=int, default=16, help="counterfactual test groups")
+    parser.add_argument(
+        "--seen_groups",
+        type=int,
+        default=0,
+        help="counterfactual groups whose first member is training clip i (split `seen`, for telling "
+        "underfitting from overfitting; needs the same --seed and physics as the training clips)",
+    )
     parser.add_argument(
         "--variants", type=int, default=3, help="driver paths per test group (same first frame)"
     )
@@ -211,14 +227,26 @@ def main(argv: list[str] | None = None) -> int:
         world = World(
             height=args.size[0], width=args.size[1], friction=friction, driver_restitution=restitution
         )
-    for split, count, variants in (
-        ("train", args.train, 1),
-        ("validation", args.val, 1),
-        ("test", args.test_groups, args.variants),
+    if args.train and args.seen_groups > args.train:
+        parser.error(f"--seen_groups {args.seen_groups} is more than the {args.train} training clips")
+    for split, count, variants, seed_split in (
+        ("train", args.train, 1, None),
+        ("validation", args.val, 1, None),
+        ("test", args.test_groups, args.variants, None),
+        ("seen", args.seen_groups, args.variants, "train"),
     ):
         if count > 0:
             info = write_split(
-                args.out, split, count, args.seed, world, args.frames, args.fps, variants, args.shard_size
+                args.out,
+                split,
+                count,
+                args.seed,
+                world,
+                args.frames,
+                args.fps,
+                variants,
+                args.shard_size,
+                seed_split=seed_split,
             )
             print(
                 f"{info['split']}: {info['samples']} samples in {info['shards']} shard(s) -> {args.out / split}"

@@ -181,7 +181,9 @@ def onestep_counterfactual(
             {**clip, "generated": video, "ground_truth": (clip["pixel_values"] + 1) / 2}
             for clip, video in zip(clips, videos, strict=True)
         ]
-        reports[_key(sigma)] = counterfactual_report(group_members(members, outside_driver=True))
+        report = counterfactual_report(group_members(members, outside_driver=True))
+        report["accuracy_by_variant"] = accuracy_by_variant(report["pairs"], clips)
+        reports[_key(sigma)] = report
     protocol = {
         "clips": len(clips),
         "groups": len(per_group),
@@ -191,6 +193,21 @@ def onestep_counterfactual(
         "conditioning_scale": conditioning_scale if controlnet is not None else 0.0,
     }
     return {"sigmas": [float(s) for s in sigmas], "reports": reports, "protocol": protocol}
+
+
+def accuracy_by_variant(pairs: Sequence[dict[str, Any]], clips: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The fraction of a group's ``v<k>`` members that are nearer their own truth than every other
+    member's (all their pairs right), per variant ``k``: on the ``seen`` split of
+    ``data_prep.synthetic --seen_groups`` member ``v0`` is a training clip and the others are not."""
+    variant = {c["key"]: c.get("variant") for c in clips}
+    right: dict[str, dict[str, bool]] = {}
+    for pair in pairs:
+        k = variant.get(pair["member"])
+        if k is None or math.isnan(pair["correct"]):
+            continue
+        member = right.setdefault(f"v{k}", {})
+        member[pair["member"]] = member.get(pair["member"], True) and pair["correct"] == 1.0
+    return {k: sum(v.values()) / len(v) for k, v in sorted(right.items())}
 
 
 def _key(sigma: float) -> str:
@@ -214,6 +231,16 @@ def to_markdown(result: dict[str, Any], name: str = "model") -> str:
         wrong = int(toward.get("wrong", 0))
         stiller = f"{int(toward.get('toward_stiller', 0))} of {wrong}" if wrong else "-"
         lines.append(f"| {sigma:g} | " + " | ".join(cells) + f" | {stiller} |")
+    variants = sorted(
+        {k for s in result["sigmas"] for k in result["reports"][_key(s)].get("accuracy_by_variant", {})}
+    )
+    if len(variants) > 1:
+        lines += ["", "Accuracy by group member (on the `seen` split, v0 is a training clip):", ""]
+        lines += ["| sigma | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+        for sigma in result["sigmas"]:
+            by = result["reports"][_key(sigma)].get("accuracy_by_variant", {})
+            cells = [f"{by[k]:.3f}" if k in by else "-" for k in variants]
+            lines.append(f"| {sigma:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

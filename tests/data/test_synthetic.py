@@ -192,3 +192,47 @@ def test_builtin_world_flag_writes_the_worlds_physics(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--builtin_world", "--friction", "10"])
     assert "sets the friction" in capsys.readouterr().err
+
+
+def test_seen_groups_start_from_training_clips(tmp_path, capsys):
+    import pytest
+
+    from data_prep.synthetic import main
+
+    common = [
+        "--out",
+        str(tmp_path),
+        "--size",
+        "32",
+        "32",
+        "--frames",
+        "6",
+        "--val",
+        "0",
+        "--test_groups",
+        "1",
+    ]
+    assert main([*common, "--train", "3", "--seen_groups", "2"]) == 0
+    train, seen, test = (read_shard(tmp_path / s) for s in ("train", "seen", "test"))
+    assert sorted(n for n in seen if n.endswith(".json")) == [
+        f"synthetic-seen-00000{i}_v{v}.json" for i in range(2) for v in range(3)
+    ]
+
+    def physics(files, name):
+        meta = json.loads(files[name])
+        return meta["driver"], meta["physics"]
+
+    for i in range(2):
+        # member 0 of seen group i is training clip i: the same driver path and the same outcome
+        assert physics(seen, f"synthetic-seen-00000{i}_v0.json") == physics(
+            train, f"synthetic-train-00000{i}.json"
+        )
+        assert json.loads(seen[f"synthetic-seen-00000{i}_v1.json"])["group"] == f"seen-00000{i}"
+        assert physics(seen, f"synthetic-seen-00000{i}_v1.json") != physics(
+            train, f"synthetic-train-00000{i}.json"
+        )
+    # the test groups are seeded on their own
+    assert physics(test, "synthetic-test-000000_v0.json") != physics(train, "synthetic-train-000000.json")
+    with pytest.raises(SystemExit):
+        main([*common, "--train", "1", "--seen_groups", "2"])
+    assert "more than the 1 training clips" in capsys.readouterr().err

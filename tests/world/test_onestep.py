@@ -96,17 +96,36 @@ def test_the_cli_writes_a_table_per_noise_level(world_test_shards: str, tmp_path
 
     args = ["--svd", str(WORLD / "svd"), "--test_shards", world_test_shards, "--out", str(tmp_path)]
     assert main([*args, "--sigmas", "0.5,20", "--limit", "3"]) == 0
-    table = (tmp_path / "onestep.md").read_text().splitlines()
-    assert [
-        line.split("|")[1].strip() for line in table if line.startswith("| ") and "sigma" not in line
-    ] == [
-        "0.5",
-        "20",
-    ]
+    text = (tmp_path / "onestep.md").read_text()
+    main_table, by_member = text.split("Accuracy by group member")
+    rows = [line.split("|")[1].strip() for line in main_table.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["0.5", "20"]
     result = json.loads((tmp_path / "onestep.json").read_text())
     assert result["sigmas"] == [0.5, 20.0] and result["protocol"]["clips"] == 3
+    # one group of three: each member is right or wrong, and at sigma 0.5 all three are right
+    assert result["reports"]["0.5"]["accuracy_by_variant"] == {"v0": 1.0, "v1": 1.0, "v2": 1.0}
+    assert "| sigma | v0 | v1 | v2 |" in by_member
 
     assert main([*args, "--sigmas", "0,5"]) == 2  # a clear error, not a traceback
     assert main([*args, "--size", "62", "--limit", "3"]) == 2  # 62 does not divide by the VAE's 4
     with pytest.raises(SystemExit):
         main([*args, "--sigmas", "five"])
+
+
+def test_accuracy_by_variant_needs_every_pair_of_a_member_right() -> None:
+    from interdyn.world.onestep import accuracy_by_variant
+
+    clips = [{"key": f"g{g}_v{v}", "variant": v} for g in range(2) for v in range(2)] + [
+        {"key": "x", "variant": None}
+    ]
+    pairs = [
+        {"member": "g0_v0", "correct": 1.0},
+        {"member": "g0_v0", "correct": 1.0},
+        {"member": "g1_v0", "correct": 1.0},
+        {"member": "g1_v0", "correct": 0.0},  # one wrong pair: that member is wrong
+        {"member": "g0_v1", "correct": 0.5},  # a tie is not right
+        {"member": "g1_v1", "correct": 1.0},
+        {"member": "g1_v1", "correct": float("nan")},  # skipped
+        {"member": "x", "correct": 1.0},  # no variant: left out
+    ]
+    assert accuracy_by_variant(pairs, clips) == {"v0": 0.5, "v1": 0.5}

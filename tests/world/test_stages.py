@@ -153,6 +153,9 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     # the push-world experiment's branch: its own data, run and checkpoint folders
     push = parse("push_branch.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
     assert "world_push" in str(push.config.data.init_args.test_shards)
+    # the fitting experiment: mostly high noise, its own run and checkpoint folders
+    fit16 = parse("branch_fit16.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
+    assert fit16.model.hparams.p_mean > first.model.hparams.p_mean
     assert push.model.hparams.learning_rate == second.model.hparams.learning_rate
     assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
     shipped = second.model.controlnet.state_dict()
@@ -161,12 +164,12 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     )  # not zero-init
     dirs = [
         c.dirpath
-        for cli in (first, second, push)
+        for cli in (first, second, push, fit16)
         for c in cli.trainer.callbacks
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
     ]
-    assert len(set(dirs)) == 3
-    assert len({cli.trainer.logger.name for cli in (first, second, push)}) == 3
+    assert len(set(dirs)) == 4
+    assert len({cli.trainer.logger.name for cli in (first, second, push, fit16)}) == 4
 
 
 def test_base_stage_fine_tunes_from_an_svd_folder() -> None:

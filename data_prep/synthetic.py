@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shard_size", type=int, default=100, help="samples per shard (test: groups per shard)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes that make the clips")
     args = parser.parse_args(argv)
     if args.size[0] % 2 or args.size[1] % 2:
         parser.error("--size must be even (libx264)")
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.fps,
                 variants,
                 args.shard_size,
+                workers=args.workers,
                 seed_split=seed_split,
             )
             print(

@@ -156,6 +156,11 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     # the fitting experiment: mostly high noise, its own run and checkpoint folders
     fit16 = parse("branch_fit16.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
     assert fit16.model.hparams.p_mean > first.model.hparams.p_mean
+    # a lent GPU's quick check (benchmarks/device_world.sh): bounded by time, not steps
+    quick = parse("gpu/branch_quick.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"),
+                  "--trainer.accelerator", "cpu", "--trainer.precision", "32-true")  # fmt: skip
+    assert quick.trainer.max_steps == -1 and quick.config.trainer.max_time == "00:00:04:00"
+    assert quick.config.data.init_args.batch_size == 32
     assert push.model.hparams.learning_rate == second.model.hparams.learning_rate
     assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
     shipped = second.model.controlnet.state_dict()
@@ -164,12 +169,12 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     )  # not zero-init
     dirs = [
         c.dirpath
-        for cli in (first, second, push, fit16)
+        for cli in (first, second, push, fit16, quick)
         for c in cli.trainer.callbacks
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
     ]
-    assert len(set(dirs)) == 4
-    assert len({cli.trainer.logger.name for cli in (first, second, push, fit16)}) == 4
+    assert len(set(dirs)) == 5
+    assert len({cli.trainer.logger.name for cli in (first, second, push, fit16, quick)}) == 5
 
 
 def test_base_stage_fine_tunes_from_an_svd_folder() -> None:

@@ -1,0 +1,17 @@
+# Sourced by the scripts that run on a lent GPU machine (docs/benchmarks.md, "On a lent GPU machine"):
+# unpacks the packages of `make device-kit` (.devkit/site.tar.xz, carried with the call) into a temporary
+# folder, puts it and the checkout on PYTHONPATH, prints the versions in use, and sets $out (the call's
+# $OUT, whose files come back).
+out="${OUT:-/tmp/interdyn-device-out}"
+mkdir -p "$out"
+kit=.devkit/site.tar.xz
+if [ ! -f "$kit" ]; then
+    echo "error: $kit is missing: run 'make device-kit' here and carry .devkit with the call" >&2
+    exit 2
+fi
+site="$(mktemp -d /tmp/interdyn-site.XXXXXX)"
+tar -xJf "$kit" -C "$site" || exit 2
+export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+python3 -c "import torch, lightning, diffusers, av, webdataset, jsonargparse; \
+print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__, \
+'cuda', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')" || exit 2

@@ -5,8 +5,10 @@ A checkpoint holds the branch's weights under ``state_dict`` (keys prefixed ``co
 SVD is left out and reloaded from its path), the branch's constructor arguments under
 ``interdyn_controlnet_config`` and the module's hyper-parameters (the SVD source and the sampling
 settings). Reading it needs no Lightning: ``torch.load(weights_only=True)``, then
-``ControlNetSDVModel(**config)`` loaded strictly. ``DTYPES`` is the one table of dtype names that
-settings and command-line options accept.
+``ControlNetSDVModel(**config)`` loaded strictly. A run trained with ``ema_decay`` also stores the moving
+average of the branch's weights under ``interdyn_branch_ema`` (keys without the prefix); readers take it
+unless asked for the last step's weights. ``DTYPES`` is the one table of dtype names that settings and
+command-line options accept.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from interdyn.models.sampling import SamplingSettings
 
 BRANCH_PREFIX = "controlnet."
 CONFIG_KEY = "interdyn_controlnet_config"
+EMA_KEY = "interdyn_branch_ema"
+WEIGHTS = ("ema", "live")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -32,12 +36,36 @@ def branch_config(branch: ControlNetSDVModel) -> dict[str, Any]:
     return {k: v for k, v in branch.config.items() if not k.startswith("_")}
 
 
-def keep_branch_only(checkpoint: dict[str, Any], branch: ControlNetSDVModel) -> None:
-    """Drop every weight but the branch's from ``checkpoint["state_dict"]`` and record the branch config."""
+def keep_branch_only(
+    checkpoint: dict[str, Any],
+    branch: ControlNetSDVModel,
+    ema_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Drop every weight but the branch's from ``checkpoint["state_dict"]``, record the branch config and,
+    when given, the moving average of the branch's weights (``ema_state``, keyed as the branch's own)."""
     state = checkpoint["state_dict"]
     for key in [k for k in state if not k.startswith(BRANCH_PREFIX)]:
         del state[key]
     checkpoint[CONFIG_KEY] = branch_config(branch)
+    if ema_state is not None:
+        checkpoint[EMA_KEY] = ema_state
+
+
+def has_ema(checkpoint: dict[str, Any]) -> bool:
+    """True when the checkpoint holds a moving average of the branch's weights."""
+    return isinstance(checkpoint.get(EMA_KEY), dict)
+
+
+def branch_state(checkpoint: dict[str, Any], weights: str = "ema") -> dict[str, torch.Tensor]:
+    """The branch's weights (keys without the prefix): the moving average when ``weights`` is ``"ema"`` and
+    the checkpoint has one, else the last step's (``"live"``)."""
+    if weights not in WEIGHTS:
+        raise InputError(f"weights must be one of {', '.join(WEIGHTS)}, got '{weights}'.")
+    if weights == "ema" and has_ema(checkpoint):
+        return dict(checkpoint[EMA_KEY])
+    return {
+        k[len(BRANCH_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(BRANCH_PREFIX)
+    }
 
 
 def branch_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
@@ -83,14 +111,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def branch_from_checkpoint(
-    checkpoint: dict[str, Any], torch_dtype: torch.dtype = torch.float32, where: str = "the checkpoint"
+    checkpoint: dict[str, Any],
+    torch_dtype: torch.dtype = torch.float32,
+    where: str = "the checkpoint",
+    weights: str = "ema",
 ) -> ControlNetSDVModel:
     """Build the branch recorded in a checkpoint read by :func:`read_checkpoint` and load its weights
-    strictly (every tensor present, none left over, every shape equal)."""
+    strictly (every tensor present, none left over, every shape equal): the moving average of its
+    weights when the run kept one and ``weights`` is ``"ema"``, else the last step's."""
     config = {k: v for k, v in checkpoint[CONFIG_KEY].items() if not str(k).startswith("_")}
-    state = {
-        k[len(BRANCH_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(BRANCH_PREFIX)
-    }
+    state = branch_state(checkpoint, weights)
     try:
         with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
             model = ControlNetSDVModel(**config)
@@ -118,12 +148,13 @@ def checkpoint_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_branch(
-    source: str, torch_dtype: torch.dtype = torch.float32
+    source: str, torch_dtype: torch.dtype = torch.float32, weights: str = "ema"
 ) -> tuple[ControlNetSDVModel, dict[str, Any]]:
-    """A branch from a ``.ckpt`` (with the checkpoint's settings), or from a folder / hub id through
-    :func:`load_controlnet` (released folders are converted; settings empty)."""
+    """A branch from a ``.ckpt`` (with the checkpoint's settings; its moving average of the weights when
+    it has one and ``weights`` is ``"ema"``), or from a folder / hub id through :func:`load_controlnet`
+    (released folders are converted; settings empty)."""
     if is_checkpoint_path(source):
         checkpoint = read_checkpoint(source)
-        branch = branch_from_checkpoint(checkpoint, torch_dtype, where=f"'{source}'")
+        branch = branch_from_checkpoint(checkpoint, torch_dtype, where=f"'{source}'", weights=weights)
         return branch, checkpoint_settings(checkpoint)
     return load_controlnet(source, torch_dtype=torch_dtype).eval(), {}

@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interdyn.branch_checkpoint import DTYPES, branch_from_checkpoint, checkpoint_settings, read_checkpoint
+from interdyn.branch_checkpoint import (
+    DTYPES,
+    WEIGHTS,
+    branch_from_checkpoint,
+    checkpoint_settings,
+    has_ema,
+    read_checkpoint,
+)
 from interdyn.commands import call_with, command_parser, run_command
 from interdyn.errors import InputError
 from interdyn.files import write_folder_atomic
@@ -23,33 +30,47 @@ from interdyn.models.hub import SVD_REPO
 
 
 def export_checkpoint(
-    ckpt_path: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False
+    ckpt_path: str | Path,
+    out: str | Path,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    weights: str = "ema",
 ) -> Path:
-    """Write the branch of ``ckpt_path`` as a diffusers folder at ``out`` and return its path.
+    """Write the branch of ``ckpt_path`` as a diffusers folder at ``out`` and return its path: the moving
+    average of its weights when the run kept one (``ema_decay``) and ``weights`` is ``"ema"``, else the
+    last step's.
 
     The folder appears complete or not at all: it is written next to ``out`` under a temporary name
     and renamed. An existing non-empty ``out`` is refused unless ``overwrite``.
     """
-    _check_export_target(Path(out).expanduser(), dtype, overwrite)
-    return _export(read_checkpoint(ckpt_path), str(ckpt_path), Path(out).expanduser(), dtype, overwrite)
+    _check_export_target(Path(out).expanduser(), dtype, overwrite, weights)
+    return _export(
+        read_checkpoint(ckpt_path), str(ckpt_path), Path(out).expanduser(), dtype, overwrite, weights
+    )
 
 
-def _check_export_target(out: Path, dtype: str, overwrite: bool) -> None:
+def _check_export_target(out: Path, dtype: str, overwrite: bool, weights: str = "ema") -> None:
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{dtype}'.")
+    if weights not in WEIGHTS:
+        raise InputError(f"--weights must be one of {', '.join(WEIGHTS)}, got '{weights}'.")
     if out.exists() and not out.is_dir():
         raise InputError(f"the output '{out}' exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"the output folder '{out}' is not empty; pass --overwrite to replace it.")
 
 
-def _export(checkpoint: dict[str, Any], where: str, out: Path, dtype: str, overwrite: bool) -> Path:
-    _check_export_target(out, dtype, overwrite)
-    branch = branch_from_checkpoint(checkpoint, DTYPES[dtype], where=f"'{where}'")
+def _export(
+    checkpoint: dict[str, Any], where: str, out: Path, dtype: str, overwrite: bool, weights: str = "ema"
+) -> Path:
+    _check_export_target(out, dtype, overwrite, weights)
+    branch = branch_from_checkpoint(checkpoint, DTYPES[dtype], where=f"'{where}'", weights=weights)
     return write_folder_atomic(out, lambda folder: branch.save_pretrained(folder, safe_serialization=True))
 
 
-def export_command(ckpt_path: str, out: str, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export_command(
+    ckpt_path: str, out: str, dtype: str = "float32", overwrite: bool = False, weights: str = "ema"
+) -> Path:
     """Export the control branch of an interdyn Lightning checkpoint as a diffusers folder (config.json +
     diffusion_pytorch_model.safetensors), for `interdyn generate --controlnet` and
     interdyn.models.load_controlnet.
@@ -59,11 +80,19 @@ def export_command(ckpt_path: str, out: str, dtype: str = "float32", overwrite: 
         out: the folder to write (created)
         dtype: dtype of the saved weights: float32, float16 or bfloat16
         overwrite: replace a non-empty --out folder
+        weights: for a run trained with model.ema_decay: ema (the moving average of the weights) or live
+            (the last step's); a run without an average has only the last step's
     """
     target = Path(out).expanduser()
-    _check_export_target(target, dtype, overwrite)  # before reading a large checkpoint
+    _check_export_target(target, dtype, overwrite, weights)  # before reading a large checkpoint
     checkpoint = read_checkpoint(ckpt_path)
-    _export(checkpoint, ckpt_path, target, dtype, overwrite)
+    _export(checkpoint, ckpt_path, target, dtype, overwrite, weights)
+    which = (
+        "the moving average of the weights"
+        if weights == "ema" and has_ema(checkpoint)
+        else "the last step's weights"
+    )
+    print(f"exported {which} of the branch")
     settings = checkpoint_settings(checkpoint)
     for path in sorted(target.iterdir()):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -11,13 +11,15 @@ Checkpoints hold only the branch (and the optimizer state): the frozen parts are
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
-from interdyn.branch_checkpoint import BRANCH_PREFIX, branch_mismatch, keep_branch_only
+from interdyn.branch_checkpoint import BRANCH_PREFIX, EMA_KEY, branch_mismatch, has_ema, keep_branch_only
 from interdyn.contract import (
     has_clips,
     is_cached_batch,
@@ -80,6 +82,11 @@ class InterDynModule(EDMObjective, L.LightningModule):
         offload_encoders: keep the VAE and CLIP image encoder in host memory, off the accelerator, while
             training on cached conditioning (``cached_conditioning: true``, which feeds every step without
             them); they move to the device for validation, testing and sampling, and back afterwards.
+        ema_decay: keep an exponential moving average of the branch's weights (decay per optimizer step,
+            warmed up as ``min(ema_decay, (1 + step) / (10 + step))``); 0 (the default, the paper's) keeps
+            none. Validation, testing, prediction and the sampling callbacks then use the average, which
+            checkpoints store next to the last step's weights and ``interdyn export`` writes by default.
+            Single-device and DDP training only (the average is a full copy of the branch on each rank).
     """
 
     def __init__(
@@ -116,6 +123,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
         compile: bool | dict[str, Any] = False,
         fine_checkpointing: bool = False,
         offload_encoders: bool = False,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -127,6 +135,12 @@ class InterDynModule(EDMObjective, L.LightningModule):
         self.unet, self.vae, self.image_encoder = nets.unet, nets.vae, nets.image_encoder
         self.scheduler = nets.scheduler
         self.controlnet = nets.controlnet
+        # The average is a frozen copy of the branch, registered under its own prefix: DDP ignores it
+        # (it is not "controlnet.") and checkpoints store it under EMA_KEY, not in the state dict.
+        self.branch_ema = (
+            copy.deepcopy(self.controlnet).requires_grad_(False).eval() if ema_decay > 0 else None
+        )
+        self._live_backup: list[torch.Tensor] | None = None  # the live weights while the average is in use
         enable_checkpointing(
             self.controlnet,
             self.unet,
@@ -154,16 +168,26 @@ class InterDynModule(EDMObjective, L.LightningModule):
     def train(self, mode: bool = True) -> InterDynModule:
         """Switch the branch's mode; the frozen parts always stay in eval mode."""
         super().train(mode)
-        for frozen in (self.unet, self.vae, self.image_encoder):
-            frozen.eval()
+        for frozen in (self.unet, self.vae, self.image_encoder, self.branch_ema):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the branch's weights: the frozen SVD is reloaded from ``svd`` on resume."""
-        keep_branch_only(checkpoint, self.controlnet)
+        """Keep only the branch's weights (the last step's, also while the average is in use) and their
+        moving average: the frozen SVD is reloaded from ``svd`` on resume."""
+        if self._live_backup is not None:  # e.g. a checkpoint written at the end of validation
+            state = checkpoint["state_dict"]
+            for (name, _), live in zip(self.controlnet.named_parameters(), self._live_backup, strict=True):
+                state[BRANCH_PREFIX + name] = live.detach().clone()
+        ema = None
+        if self.branch_ema is not None:
+            ema = {k: v.detach().clone() for k, v in self.branch_ema.state_dict().items()}
+        keep_branch_only(checkpoint, self.controlnet, ema)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD."""
+        """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD (and the
+        average from the checkpoint's, or from its branch when it kept none)."""
         state = checkpoint["state_dict"]
         own = {BRANCH_PREFIX + k: v for k, v in self.controlnet.state_dict().items()}
         mismatch = branch_mismatch(own, {k: v for k, v in state.items() if k.startswith(BRANCH_PREFIX)})
@@ -171,6 +195,19 @@ class InterDynModule(EDMObjective, L.LightningModule):
             raise WeightsMismatchError(
                 f"the checkpoint's control branch does not match this model {mismatch}; was it trained with "
                 "another architecture, conditioning_channels or conditioning_embedding_out_channels?"
+            )
+        if self.branch_ema is not None:
+            found = checkpoint[EMA_KEY] if has_ema(checkpoint) else None
+            if found is not None and branch_mismatch(self.branch_ema.state_dict(), found):
+                raise WeightsMismatchError(
+                    "the checkpoint's moving average does not match its control branch"
+                )
+            for key in self.branch_ema.state_dict():
+                state[f"branch_ema.{key}"] = found[key] if found is not None else state[BRANCH_PREFIX + key]
+        elif has_ema(checkpoint):
+            rank_zero_warn(
+                "the checkpoint holds a moving average of the branch's weights, but this model has ema_decay 0: "
+                "it uses the last step's weights (set model.ema_decay to use the average)"
             )
         for key, value in self.state_dict().items():
             if not key.startswith(BRANCH_PREFIX):
@@ -198,6 +235,67 @@ class InterDynModule(EDMObjective, L.LightningModule):
         if self.trainer.world_size > 1 or step > 0:
             seed = (torch.initial_seed() + 7919 * self.global_rank + 1_000_003 * step) % (2**63)
             torch.manual_seed(seed)
+
+    def setup(self, stage: str) -> None:
+        """Refuse a moving average under sharded strategies, whose parameters are not the branch's own."""
+        if self.branch_ema is None or self._trainer is None:
+            return
+        strategy = type(self.trainer.strategy).__name__
+        if "FSDP" in strategy or "DeepSpeed" in strategy:
+            raise ConfigError(
+                f"ema_decay needs whole parameters on every rank; it does not work with {strategy} "
+                "(use DDP or a single device, or set ema_decay 0)"
+            )
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the moving average's update."""
+        super().optimizer_step(*args, **kwargs)
+        if self.branch_ema is not None:
+            step = self.global_step  # steps before this one: Lightning counts this one after the hook
+            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                averages = list(self.branch_ema.parameters())
+                live = [
+                    p.detach().to(a.dtype)
+                    for p, a in zip(self.controlnet.parameters(), averages, strict=True)
+                ]
+                torch._foreach_lerp_(averages, live, 1.0 - decay)
+
+    def _use_average(self, on: bool) -> None:
+        """Put the moving average into the branch (``on``), or the saved live weights back. In-place
+        copies, so that the optimizer, DDP and ``torch.compile`` keep seeing the same tensors."""
+        if self.branch_ema is None or (self._live_backup is not None) == on:
+            return
+        params = list(self.controlnet.parameters())
+        with torch.no_grad():
+            if on:
+                self._live_backup = [p.detach().clone() for p in params]
+                for p, a in zip(params, self.branch_ema.parameters(), strict=True):
+                    p.copy_(a)
+            else:
+                for p, live in zip(params, self._live_backup, strict=True):
+                    p.copy_(live)
+                self._live_backup = None
+
+    # Lightning runs the callbacks' hooks before the module's at the start and the end of a stage: the
+    # average is in the branch for the callbacks' sampling at epoch end and out before training resumes.
+    def on_validation_start(self) -> None:
+        self._use_average(True)
+
+    def on_validation_end(self) -> None:
+        self._use_average(False)
+
+    def on_test_start(self) -> None:
+        self._use_average(True)
+
+    def on_test_end(self) -> None:
+        self._use_average(False)
+
+    def on_predict_start(self) -> None:
+        self._use_average(True)
+
+    def on_predict_end(self) -> None:
+        self._use_average(False)
 
     def configure_gradient_clipping(
         self,

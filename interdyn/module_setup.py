@@ -39,6 +39,8 @@ def check_arguments(hp: Mapping[str, Any]) -> None:
         raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     if hp.get("motion_loss_weight", 0.0) < 0:
         raise ConfigError(f"motion_loss_weight must be >= 0, got {hp['motion_loss_weight']}")
+    if not 0.0 <= hp.get("ema_decay", 0.0) < 1.0:
+        raise ConfigError(f"ema_decay must lie in [0, 1) (0: no moving average), got {hp['ema_decay']}")
     if not val_sigmas or min(val_sigmas) <= 0:
         raise ConfigError(f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}")
 

@@ -14,26 +14,27 @@ import lightning.pytorch as pl
 
 class RankProbe(pl.Callback):
     """Writes ``<out>/rank<r>.json``: the training, validation and test keys this rank received, and a hash
-    of the branch weights at the start and at the end of training (rewritten after fit and after test)."""
+    of the branch weights at the start and at the end of training, and of their moving average when the
+    model keeps one (rewritten after fit and after test)."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.train_keys: list[str] = []
         self.val_keys: list[str] = []
         self.test_keys: list[str] = []
-        self.start_hash = self.end_hash = ""
+        self.start_hash = self.end_hash = self.ema_hash = ""
         self.global_step = 0
 
     @staticmethod
-    def _hash(module: pl.LightningModule) -> str:
+    def _hash(module: Any) -> str:
         digest = hashlib.sha256()
-        for name, value in sorted(module.controlnet.state_dict().items()):
+        for name, value in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start_hash = self._hash(pl_module)
+        self.start_hash = self._hash(pl_module.controlnet)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -62,12 +63,15 @@ class RankProbe(pl.Callback):
             "test_keys": self.test_keys,
             "start_hash": self.start_hash,
             "end_hash": self.end_hash,
+            "ema_hash": self.ema_hash,
             "global_step": self.global_step,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.end_hash, self.global_step = self._hash(pl_module), trainer.global_step
+        self.end_hash, self.global_step = self._hash(pl_module.controlnet), trainer.global_step
+        if getattr(pl_module, "branch_ema", None) is not None:
+            self.ema_hash = self._hash(pl_module.branch_ema)
         self._write(trainer)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from interdyn.branch_checkpoint import EMA_KEY
 from interdyn.cli import main
 from interdyn.config import read_config
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
@@ -133,7 +134,9 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
             "init_args": {"num_inference_steps": 1, "max_side": 32},
         }
     )
-    config["model"] = tiny_model(config["model"])
+    # with a moving average of the branch: each rank keeps its own, the test below samples it on two ranks
+    # and on one from the checkpoint, and the tables must agree
+    config["model"] = {**tiny_model(config["model"]), "ema_decay": 0.9}
     config["data"]["init_args"].update(
         train_shards=str(synthetic_shards / "train" / "*.tar"),
         val_shards=str(one_clip_shard(tmp_path / "one") / "*.tar"),
@@ -169,6 +172,7 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
     assert ranks[0]["train_keys"] != ranks[1]["train_keys"]
     assert ranks[0]["start_hash"] == ranks[1]["start_hash"]
     assert ranks[0]["end_hash"] == ranks[1]["end_hash"] != ranks[0]["start_hash"]
+    assert ranks[0]["ema_hash"] == ranks[1]["ema_hash"] not in ("", ranks[0]["end_hash"])
     # the single validation clip went to one rank; the other validated with no batch and did not stall
     assert sorted(len(r["val_keys"]) for r in ranks) == [0, 1]
     # every test clip exactly once over the two ranks, each group split across them
@@ -185,6 +189,7 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
     assert len(steps) == 2 and last.is_symlink() and last.resolve().name == steps[-1]
     state = torch.load(last, weights_only=True, map_location="cpu")
     assert state["global_step"] == 2 and all(k.startswith("controlnet.") for k in state["state_dict"])
+    assert set(state[EMA_KEY]) == {k.removeprefix("controlnet.") for k in state["state_dict"]}
 
     # the same checkpoint tested on one process, in this one (one thread, like each rank)
     threads = torch.get_num_threads()

@@ -257,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--controlnet", default=None, help="the branch (a folder or .ckpt); leave out for the SVD alone"
     )
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "live"),
+        default="ema",
+        help="for a .ckpt of a run with model.ema_decay: the moving average (default) or the last step's weights",
+    )
     parser.add_argument("--test_shards", default="data/shards/world/test/*.tar")
     parser.add_argument("--size", type=int, default=64, help="frame size (square, center crop)")
     parser.add_argument("--sigmas", type=_sigmas, default=list(DEFAULT_SIGMAS), help="e.g. 0.5,2,5,10,20,50")
@@ -269,14 +275,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from interdyn.branch_checkpoint import load_branch
+    from interdyn.branch_checkpoint import is_checkpoint_path, load_branch
     from interdyn.models.svd import get_svd
     from interdyn.world.ceiling import grouped_clips
 
     svd = get_svd(args.svd)
     for part in (svd.unet, svd.vae, svd.image_encoder):
         part.float().eval()
-    controlnet = load_branch(args.controlnet)[0].float().eval() if args.controlnet else None
+    controlnet = None
+    if args.controlnet:
+        controlnet = load_branch(args.controlnet, weights=args.weights)[0].float().eval()
     clips = list(grouped_clips(args.test_shards, args.size, args.limit))
     result = onestep_counterfactual(
         svd,
@@ -288,6 +296,8 @@ def _run(args: argparse.Namespace) -> None:
         conditioning_scale=args.conditioning_scale,
     )
     name = args.controlnet or f"{args.svd} without control"
+    if args.controlnet and args.weights == "live" and is_checkpoint_path(args.controlnet):
+        name += " (last step's weights)"
     text = to_markdown(result, name)
     write_atomic(args.out / "onestep.md", text)
     write_atomic(args.out / "onestep.json", json.dumps(result, indent=1))

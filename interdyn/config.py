@@ -9,6 +9,7 @@ filled in. No model, DataModule or trainer is created and no seed is set.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,15 @@ class _ParseOnly(InterDynCLI):
 
     def instantiate_classes(self) -> None:
         pass
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse ``args`` only. LightningCLI warns when it gets ``args`` while the process has command-line
+        arguments, which are always there when a tool (``make latents``) reads a config."""
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            super().parse_arguments(parser, args)
+        finally:
+            sys.argv = argv
 
 
 def read_config(configs: Sequence[str | os.PathLike[str]], args: Sequence[str] = ()) -> dict[str, Any]:

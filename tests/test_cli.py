@@ -194,3 +194,14 @@ def test_model_settings_follow_the_data(tmp_path, run):
     assert cli.model.controlnet.controlnet_cond_embedding.conv_in.in_channels == 2
     refused = run("fit", "--config", str(demo), "--model.fps_id", "3", "--print_config", cwd=tmp_path)
     assert refused.returncode == 2 and 'Linked "model.fps_id" must be given via "data"' in refused.stderr
+
+
+def test_reading_a_config_from_a_tool_with_its_own_arguments_is_quiet(monkeypatch, recwarn):
+    """Tools that read a config (``make latents``) have command-line arguments of their own, which the
+    config's parser neither reads nor warns about; the process keeps them."""
+    argv = ["latents", "--config", TINY, "--out", "elsewhere"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    config = read_config([TINY], ["--model.learning_rate", "0.5"])
+    assert config["model"]["learning_rate"] == 0.5
+    assert sys.argv == argv
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]

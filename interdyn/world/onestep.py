@@ -235,7 +235,11 @@ def to_markdown(result: dict[str, Any], name: str = "model") -> str:
         {k for s in result["sigmas"] for k in result["reports"][_key(s)].get("accuracy_by_variant", {})}
     )
     if len(variants) > 1:
-        lines += ["", "Accuracy by group member (on the `seen` split, v0 is a training clip):", ""]
+        lines += [
+            "",
+            "Accuracy by group member (on a `seen` split, v0 is a training clip; on the test split, none is):",
+            "",
+        ]
         lines += ["| sigma | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
         for sigma in result["sigmas"]:
             by = result["reports"][_key(sigma)].get("accuracy_by_variant", {})

@@ -160,6 +160,10 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     quick = parse("gpu/branch_quick.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"),
                   "--trainer.accelerator", "cpu", "--trainer.precision", "32-true")  # fmt: skip
     assert quick.trainer.max_steps == -1 and quick.config.trainer.max_time == "00:00:04:00"
+    # the moving-average experiment: on cached conditioning, with an average of the weights
+    ema = parse("branch_ema.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
+    assert ema.model.hparams.ema_decay > 0 and ema.model.branch_ema is not None
+    assert ema.config.data.init_args.cached_conditioning
     assert quick.config.data.init_args.batch_size == 32
     assert push.model.hparams.learning_rate == second.model.hparams.learning_rate
     assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
@@ -169,12 +173,12 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     )  # not zero-init
     dirs = [
         c.dirpath
-        for cli in (first, second, push, fit16, quick)
+        for cli in (first, second, push, fit16, quick, ema)
         for c in cli.trainer.callbacks
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
     ]
-    assert len(set(dirs)) == 5
-    assert len({cli.trainer.logger.name for cli in (first, second, push, fit16, quick)}) == 5
+    assert len(set(dirs)) == 6
+    assert len({cli.trainer.logger.name for cli in (first, second, push, fit16, quick, ema)}) == 6
 
 
 def test_base_stage_fine_tunes_from_an_svd_folder() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
 
+from interdyn.branch_checkpoint import WEIGHTS
 from interdyn.commands import run_command
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--weights",
-        choices=("ema", "live"),
+        choices=WEIGHTS,
         default="ema",
         help="for a .ckpt of a run with model.ema_decay: the moving average (default) or the last step's weights",
     )

@@ -15,7 +15,8 @@ import warnings
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from interdyn.callbacks.progress import resume_aware
 from interdyn.checkpoints import LastCheckpointOnInterrupt, load_checkpoint, secure_strategy
@@ -37,6 +38,32 @@ def fps_id(data: L.LightningDataModule) -> float:
     "7 FPS" is fps id 6); the default for a DataModule without a target rate (e.g. a fixed stride)."""
     fps = (getattr(data, "hparams", None) or {}).get("fps")
     return DEFAULT_SAMPLING.fps_id if fps is None else fps - 1
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the run's ``config.yaml`` in the logger's run folder, as Lightning does. Without a logger
+    (``--trainer.logger false``) Lightning would write it into ``default_root_dir``, the working directory
+    unless set; here it goes beside the checkpoints when the checkpoint callback has a folder of its own."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._folder = None
+        checkpoint = trainer.checkpoint_callback
+        if (
+            self.save_to_log_dir
+            and trainer.logger is None
+            and isinstance(checkpoint, ModelCheckpoint)
+            and checkpoint.dirpath
+        ):
+            self._folder = str(checkpoint.dirpath)
+            self.save_to_log_dir = False  # written by save_config below, on rank 0
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._folder is None:
+            return
+        os.makedirs(self._folder, exist_ok=True)
+        path = os.path.join(self._folder, self.config_filename)
+        self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
 
 
 class InterDynCLI(LightningCLI):
@@ -178,6 +205,7 @@ def main(args: list[str] | None = None) -> None:
             L.LightningDataModule,
             subclass_mode_model=world,
             subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
             args=argv[1:] if world else cli_args,
         )

@@ -105,6 +105,35 @@ def test_fit_then_resume_from_checkpoint(tmp_path, run):
         assert torch.equal(module.state_dict()[key], value)
 
 
+def test_without_a_logger_the_config_goes_beside_the_checkpoints(tmp_path, run):
+    """``--trainer.logger false`` with a checkpoint folder: config.yaml lands there, not in the working
+    directory (Lightning's fallback without a log dir)."""
+    folder = tmp_path / "ckpts"
+    overlay = tmp_path / "checkpoints.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"dirpath": str(folder), "save_last": True},
+                        }
+                    ]
+                }
+            }
+        )
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ("--config", str(overlay), "--trainer.logger", "false", *fit_for(1)[3:])
+    result = run("fit", "--config", TINY, *args, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (folder / "last.ckpt").is_file() and list(work.iterdir()) == []
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["trainer"]["logger"] is False and saved["trainer"]["max_steps"] == 1
+
+
 def test_missing_weights_exit_with_one_paragraph(tmp_path, run):
     result = run("fit", "--config", TINY, "--model.svd", str(tmp_path / "no_svd"), cwd=tmp_path)
     assert result.returncode == 2

@@ -220,6 +220,23 @@ def test_counterfactual_evaluation_scores_each_group(module, clips, tmp_path):
     assert "test/counterfactual/discrimination" in trainer.callback_metrics
 
 
+def test_counterfactual_evaluation_scores_the_discs_of_world_clips(module, clips, tmp_path):
+    """World clips carry their simulation, so the report also scores where the samples' discs are: the
+    truths as samples are right on the discs too, the first frame held still is right only for the member
+    whose discs move least (here one of two)."""
+    items = [clips[f"synthetic-{GROUP}_v0"], clips[f"synthetic-{GROUP}_v1"]]
+    results = {}
+    for fake in ("truth", "frozen"):
+        out = tmp_path / str(fake)
+        callback = CounterfactualEvaluation(num_inference_steps=STEPS, out_dir=str(out), max_side=32)
+        trainer = run_test(module, callback, items, tmp_path, fake=fake)
+        results[fake] = json.loads((out / "counterfactual.json").read_text())["objects"]["overall"]
+        assert "discs" in (out / "counterfactual.md").read_text()
+        assert "test/counterfactual/objects_accuracy" in trainer.callback_metrics
+    assert results["truth"]["accuracy"] == 1 and results["truth"]["pairwise_accuracy"] == 1
+    assert results["frozen"]["accuracy"] == 0.5 and results["frozen"]["members_without_objects"] == 0
+
+
 def test_force_propagation_regions_and_physics_follow_the_objects(module, clips, tmp_path):
     """With the ground truth as the 'generated' video, errors vanish in every region and the discs are
     where the simulation puts them; with a frozen first frame, the pushed discs are missed."""

@@ -11,9 +11,18 @@ from typing import Any, Literal
 import lightning as L
 
 from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback, ClipSampler, gather_ranks, write_report
-from interdyn.metrics.counterfactual import counterfactual_report, group_members, report_to_markdown
+from interdyn.metrics.counterfactual import (
+    counterfactual_report,
+    group_members,
+    group_object_members,
+    object_report,
+    object_report_to_markdown,
+    report_to_markdown,
+)
+from interdyn.metrics.physics import disc_positions
 from interdyn.metrics.regions import shrink_masks, shrink_video
 from interdyn.metrics.report import protocol_line
+from interdyn.render import to_uint8
 
 
 class CounterfactualEvaluation(ClipCallback):
@@ -27,8 +36,14 @@ class CounterfactualEvaluation(ClipCallback):
     the drivers of all members (the outcome, not the control being reproduced); with ``"all"`` over
     whole frames. Clips without a group are not sampled (counted).
 
+    When every grouped clip carries its simulation (``meta["physics"]``, the built-in world), the same
+    test is also scored on the discs: :func:`~interdyn.metrics.counterfactual.object_report` of where
+    each sample's discs are found (by colour, at full size) against where each member's path puts them.
+    It sees only the discs, so it measures the reaction whatever the samples' blur or colour cast.
+
     Writes ``counterfactual.md`` / ``.json`` (per-group rows and the overall row: self error, cross
-    error, discrimination, accuracy vs chance, spread ratio) and logs ``test/counterfactual/<metric>``.
+    error, discrimination, accuracy vs chance, spread ratio; the discs' version under ``"objects"``) and
+    logs ``test/counterfactual/<metric>`` (and ``test/counterfactual/objects_<metric>``).
 
     Args:
         num_samples, seed, num_inference_steps: sampling (see :class:`ClipSampler`).
@@ -71,16 +86,19 @@ class CounterfactualEvaluation(ClipCallback):
                 continue
             samples = self.sampler.sample(pl_module, *clips.clip(i), key)
             self.shape = tuple(samples.shape[1:])
-            self.members.append(
-                {
-                    "key": key,
-                    "group": str(meta["group"]),
-                    "variant": meta.get("variant"),
-                    "generated": shrink_video(samples, self.max_side),
-                    "ground_truth": shrink_video((pixels[i] + 1) / 2, self.max_side),
-                    "driver": shrink_masks(control[i, :, 0] > 0, self.max_side),
-                }
-            )
+            member = {
+                "key": key,
+                "group": str(meta["group"]),
+                "variant": meta.get("variant"),
+                "generated": shrink_video(samples, self.max_side),
+                "ground_truth": shrink_video((pixels[i] + 1) / 2, self.max_side),
+                "driver": shrink_masks(control[i, :, 0] > 0, self.max_side),
+            }
+            source_indices, geometry = clips.timing(i)
+            if "physics" in meta and source_indices is not None and geometry is not None:
+                videos = to_uint8(samples.permute(0, 1, 3, 4, 2)).cpu().numpy()
+                member |= disc_positions(videos, meta, source_indices, geometry)
+            self.members.append(member)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         everyone = gather_ranks({"members": self.members, "ungrouped": self.ungrouped, "shape": self.shape})
@@ -106,8 +124,20 @@ class CounterfactualEvaluation(ClipCallback):
             "protocol": protocol,
             "members": {k: m["group"] for k, m in members.items()},
         }
+        with_discs = [m for m in members.values() if "found" in m]
+        if with_discs and len(with_discs) == len(members):
+            discs = object_report(group_object_members(with_discs))
+            self.results["objects"] = discs
+            for name, value in discs["overall"].items():
+                if math.isfinite(value):
+                    pl_module.log(f"test/counterfactual/objects_{name}", value, rank_zero_only=True)
         text = (
             report_to_markdown(report)
+            + (
+                "\n" + object_report_to_markdown(self.results["objects"], "discs")
+                if "objects" in self.results
+                else ""
+            )
             + f"\nClips: {len(members)} in {len(groups)} group(s), {ungrouped} without a group (ignored).\n"
             + protocol_line(protocol)
             + "\n"

@@ -35,6 +35,12 @@ default, e.g. for "outside every driver"; ``union`` e.g. for "wherever some push
 that the distances compared with each other cover the same pixels. A member without a region covers
 the whole frame.
 
+The same questions can be asked of the objects rather than the pixels, where a clip knows where its
+objects should be (the built-in world's simulation): :func:`object_report` ranks the members' simulated
+object trajectories by their distance to where each sample's objects are found
+(:func:`~interdyn.metrics.physics.trajectory_distance`). It measures the reaction alone, whatever the
+samples' blur or colour cast.
+
 Groups with fewer than two members (or an empty combined region) are skipped and listed. Overall
 values are means over the compared groups (each counterfactual question counts once);
 the overall ``spread_ratio`` and ``motion_ratio`` are ratios of the overall means.
@@ -50,6 +56,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from interdyn.metrics.physics import trajectory_distance
 
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], float]
 METRICS = (
@@ -184,8 +192,7 @@ def _score_group(
         if any(math.isnan(v) for v in d[i]):  # e.g. an empty region
             accuracy = math.nan
             break
-        nearest = [j for j in range(m) if d[i][j] == min(d[i])]
-        accuracy += (i in nearest) / len(nearest)  # ties share the credit
+        accuracy += _nearest_credit(d[i], i)
     pairs = []
     for i, j in permutations(range(m), 2):
         own, other = d[i][i], d[i][j]
@@ -229,6 +236,12 @@ def _score_group(
         "motion_ratio": _mean(sample_motion) / _mean(truth_motion) if _mean(truth_motion) > 0 else math.nan,
     }
     return row, pairs
+
+
+def _nearest_credit(row: Sequence[float], own: int) -> float:
+    """1 when ``row[own]`` is the smallest of ``row``, ``1 / k`` when it ties with ``k - 1`` others, else 0."""
+    nearest = [j for j, v in enumerate(row) if v == min(row)]
+    return (own in nearest) / len(nearest)
 
 
 def _still(video: torch.Tensor) -> torch.Tensor:
@@ -345,6 +358,12 @@ def counterfactual_report(
     }
 
 
+def _member_order(m: Mapping[str, Any]) -> tuple[str, int, str]:
+    """Group, integer variant first, then key: a fixed order whatever the order clips were scored in."""
+    variant = m["variant"] if isinstance(m["variant"], int) else 1 << 30
+    return m["group"], variant, m["key"]
+
+
 def group_members(
     kept: Iterable[Mapping[str, Any]], outside_driver: bool = True
 ) -> dict[str, list[CounterfactualMember]]:
@@ -355,12 +374,8 @@ def group_members(
     ``ground_truth`` and ``driver`` (bool ``(T, H, W)``); with ``outside_driver`` a member's region is the
     complement of its driver (so that a group is compared outside every member's driver)."""
 
-    def order(m: Mapping[str, Any]) -> tuple[str, int, str]:
-        variant = m["variant"] if isinstance(m["variant"], int) else 1 << 30
-        return m["group"], variant, m["key"]
-
     groups: dict[str, list[CounterfactualMember]] = {}
-    for m in sorted(kept, key=order):
+    for m in sorted(kept, key=_member_order):
         region = ~m["driver"] if outside_driver else None
         groups.setdefault(m["group"], []).append(
             CounterfactualMember(m["key"], m["generated"], m["ground_truth"], region)
@@ -416,3 +431,103 @@ def report_to_markdown(report: Mapping[str, Any]) -> str:
             "their truths (motion ratio).",
         ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ObjectMember:
+    """One member of a counterfactual group, scored on where its objects are rather than on its pixels.
+
+    Args:
+        key: the clip key.
+        found: ``(N, T, K, 2)`` samples or ``(T, K, 2)`` for one: where each of the scene's ``K`` objects
+            is found in the sample, NaN where it is not.
+        expected: ``(T, K, 2)``: where the objects truly are for this member's driver motion.
+    """
+
+    key: str
+    found: np.ndarray
+    expected: np.ndarray
+
+
+def _object_group(members: Sequence[ObjectMember]) -> tuple[dict[str, float], int]:
+    """A group's ``accuracy``, ``pairwise_accuracy``, ``chance`` and ``members``, and how many members
+    had no object found in any sample (each scores 0, as a wrong answer)."""
+    found = [np.asarray(m.found, dtype=np.float64) for m in members]
+    found = [f[None] if f.ndim == 3 else f for f in found]
+    expected = [np.asarray(m.expected, dtype=np.float64) for m in members]
+    shapes = {e.shape for e in expected} | {f.shape[1:] for f in found}
+    if len(shapes) > 1:
+        raise ValueError(f"the members' object positions differ in shape: {sorted(shapes)}")
+    m = len(members)
+    d = []  # d[i][j]: mean over i's samples (those showing an object) of the distance to j's outcome
+    for i in range(m):
+        row = []
+        for j in range(m):
+            per_sample = [trajectory_distance(s, expected[j]) for s in found[i]]
+            shown = [v for v in per_sample if not math.isnan(v)]
+            row.append(float(np.mean(shown)) if shown else math.nan)
+        d.append(row)
+    blind = [i for i in range(m) if all(math.isnan(v) for v in d[i])]
+    accuracy = sum(0.0 if i in blind else _nearest_credit(d[i], i) for i in range(m)) / m
+    pairs = [
+        0.0 if i in blind else float(d[i][i] < d[i][j]) + 0.5 * (d[i][i] == d[i][j])
+        for i, j in permutations(range(m), 2)
+    ]
+    row = {"members": float(m), "accuracy": accuracy, "pairwise_accuracy": _mean(pairs), "chance": 1.0 / m}
+    return row, len(blind)
+
+
+def object_report(groups: Mapping[str, Sequence[ObjectMember]]) -> dict[str, Any]:
+    """The counterfactual test on objects: is each sample's objects' motion nearest its own member's?
+
+    For every member ``i`` and every member ``j`` of its group, the distance is
+    :func:`~interdyn.metrics.physics.trajectory_distance` between where the objects are found in ``i``'s
+    samples and where they are in ``j``'s outcome (frames ``1..T-1``, averaged over samples). ``accuracy``
+    is the fraction of members whose own outcome is the nearest (ties share the credit) against
+    ``chance = 1 / members``; ``pairwise_accuracy`` asks it of every ordered pair (chance 1/2). A member
+    whose samples show none of the objects is a wrong answer.
+
+    Returns:
+        ``{"groups": {name: row}, "overall": {"groups", "members", "accuracy", "pairwise_accuracy",
+        "chance", "members_without_objects"}, "skipped": {name: reason}}``; overall values are means over
+        the groups, like :func:`counterfactual_report`'s.
+    """
+    rows: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    blind = 0
+    for name, members in groups.items():
+        if len(members) < 2:
+            skipped[name] = f"{len(members)} member{'s' if len(members) != 1 else ''}: nothing to compare"
+            continue
+        rows[name], group_blind = _object_group(members)
+        blind += group_blind
+    overall = {
+        "groups": float(len(rows)),
+        "members": float(sum(r["members"] for r in rows.values())),
+        **{k: _mean([r[k] for r in rows.values()]) for k in ("accuracy", "pairwise_accuracy", "chance")},
+        "members_without_objects": float(blind),
+    }
+    return {"groups": rows, "overall": overall, "skipped": skipped}
+
+
+def group_object_members(kept: Iterable[Mapping[str, Any]]) -> dict[str, list[ObjectMember]]:
+    """Kept clips (``key``, ``group``, ``variant``, ``found``, ``expected``) -> groups for
+    :func:`object_report`, in :func:`group_members`' order."""
+    groups: dict[str, list[ObjectMember]] = {}
+    for m in sorted(kept, key=_member_order):
+        groups.setdefault(m["group"], []).append(ObjectMember(m["key"], m["found"], m["expected"]))
+    return groups
+
+
+def object_report_to_markdown(report: Mapping[str, Any], what: str = "objects") -> str:
+    """:func:`object_report`'s overall result as a short paragraph."""
+    o = report["overall"]
+    text = (
+        f"On the {what} (where they are found in each sample against where each path puts them): accuracy "
+        f"{_fmt(o['accuracy'], 3)} (chance {_fmt(o['chance'], 3)}), pairwise accuracy "
+        f"{_fmt(o['pairwise_accuracy'], 3)} (chance 0.5), over {int(o['members'])} clips in "
+        f"{int(o['groups'])} group(s)"
+    )
+    if o["members_without_objects"]:
+        text += f"; {int(o['members_without_objects'])} clip(s) show none of their {what} (counted wrong)"
+    return text + ".\n"

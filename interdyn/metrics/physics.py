@@ -4,7 +4,9 @@ Each disc is found in a frame by its colour (the simulator draws discs in flat p
 its centroid is compared with the simulated position, mapped through the clip's frame selection and
 resize/crop. Reported over the discs that the simulation moves (the ones the driver pushes, directly
 or through other discs), or over a chosen list of discs: the mean distance in output pixels, and the
-fraction of frames where the disc was found at all.
+fraction of frames where the disc was found at all. :func:`locate_discs` and
+:func:`trajectory_distance` give the same comparison as a distance between a video's discs and any
+simulated outcome (the counterfactual test on the discs uses it).
 """
 
 from __future__ import annotations
@@ -41,6 +43,40 @@ def locate_by_colour(
             ys, xs = np.nonzero(hit)
             out[t] = xs.mean() + 0.5, ys.mean() + 0.5
     return out
+
+
+def locate_discs(frames: np.ndarray, colours: Sequence[Sequence[int]]) -> np.ndarray:
+    """Centres ``(T, K, 2)`` (x, y) of the ``K`` discs of ``colours`` in ``frames`` (T, H, W, 3) uint8, NaN
+    where a disc is not found (see :func:`locate_by_colour`)."""
+    if len(colours) == 0:
+        return np.full((frames.shape[0], 0, 2), np.nan)
+    return np.stack([locate_by_colour(frames, colour) for colour in colours], axis=1)
+
+
+def trajectory_distance(found: np.ndarray, expected: np.ndarray, first_frame: int = 1) -> float:
+    """Mean distance in pixels between found disc centres ``(T, K, 2)`` (NaN where not found) and
+    expected ones ``(T, K, 2)``, over frames ``first_frame..T-1`` and the discs found there; NaN when
+    none is found. For one video against several outcomes the pixels compared are the same (those where
+    the video shows a disc), so the distances can be ranked."""
+    if found.shape != expected.shape:
+        raise ValueError(f"found {found.shape} and expected {expected.shape} positions differ in shape")
+    found, expected = found[first_frame:], expected[first_frame:]
+    ok = ~np.isnan(found[..., 0])
+    if not ok.any():
+        return math.nan
+    return float(np.linalg.norm(found[ok] - expected[ok], axis=-1).mean())
+
+
+def disc_positions(
+    videos: np.ndarray, meta: dict, source_indices: Sequence[int], geometry: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """For videos ``(N, T, H, W, 3)`` uint8 of one clip of the built-in dataset: ``found``, where each of
+    its discs is in each video ``(N, T, K, 2)`` (NaN where not found), and ``expected``, where its
+    simulation puts them ``(T, K, 2)``, both float32 in the videos' pixel coordinates."""
+    colours = meta["physics"]["colours"]
+    found = np.stack([locate_discs(video, colours) for video in videos])
+    expected = expected_positions(meta, source_indices, geometry, videos.shape[3])
+    return {"found": found.astype(np.float32), "expected": expected.astype(np.float32)}
 
 
 def physics_error(

@@ -3,7 +3,8 @@ encoded and decoded by the SVD's VAE, scored as if they were samples.
 
 A model's samples can be no better than what its VAE reconstructs, so this is the ceiling of every
 model on that VAE. Near 1.0 means that the VAE keeps what tells the outcomes of a group apart, and
-that a model below it is limited by its UNet or branch, not by the VAE.
+that a model below it is limited by its UNet or branch, not by the VAE. Clips of the built-in world are
+also scored on their discs (where they are found in the reconstructions), as ``interdyn test`` does.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import torch
 
 from interdyn.contract import to_contract
 from interdyn.errors import InterDynError
-from interdyn.metrics.counterfactual import counterfactual_report, group_members
+from interdyn.metrics.counterfactual import (
+    counterfactual_report,
+    group_members,
+    group_object_members,
+    object_report,
+)
+from interdyn.metrics.physics import disc_positions
+from interdyn.render import to_uint8
 
 
 def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """The test split's clips in ``interdyn test``'s order (its first ``limit`` when given), each with
     ``key``, ``group``, ``variant``, ``pixel_values`` ``(T, 3, H, W)`` in [-1, 1], ``control``
-    ``(T, C, H, W)`` in [-1, 1] and ``driver`` bool ``(T, H, W)``. Clips without a group are skipped
-    (they still count towards ``limit``)."""
+    ``(T, C, H, W)`` in [-1, 1], ``driver`` bool ``(T, H, W)``, and its ``meta``, ``source_indices`` and
+    ``geometry`` (None where the batch has none). Clips without a group are skipped (they still count
+    towards ``limit``)."""
     from interdyn.data import ShardDataModule
 
     data = ShardDataModule(
@@ -55,6 +64,9 @@ def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iter
             "pixel_values": batch["pixel_values"][0],
             "control": batch["control"][0],
             "driver": batch["control"][0, :, 0] > 0,
+            "meta": meta,
+            "source_indices": batch["source_indices"][0].tolist() if "source_indices" in batch else None,
+            "geometry": batch["geometry"][0].tolist() if "geometry" in batch else None,
         }
 
 
@@ -69,7 +81,8 @@ def reconstruct(vae: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
 
 def vae_ceiling(svd: str, test_shards: str, size: int, limit: int | None = None) -> dict[str, Any]:
     """The counterfactual report (outside every driver, as :class:`~interdyn.callbacks.CounterfactualEvaluation`
-    measures it) of the VAE's reconstructions of the first ``limit`` test clips.
+    measures it) of the VAE's reconstructions of the first ``limit`` test clips; with the built-in
+    world's clips also its version on the discs, under ``"objects"``.
 
     Args:
         svd: an SVD img2vid folder (its ``vae/`` is used).
@@ -83,8 +96,9 @@ def vae_ceiling(svd: str, test_shards: str, size: int, limit: int | None = None)
 
     vae = load_component(AutoencoderKLTemporalDecoder, svd, subfolder="vae", what="the SVD's VAE", kind="svd")
     vae = vae.float().eval()
-    kept = [
-        {
+    kept = []
+    for clip in grouped_clips(test_shards, size, limit):
+        member = {
             "key": clip["key"],
             "group": clip["group"],
             "variant": clip["variant"],
@@ -92,8 +106,14 @@ def vae_ceiling(svd: str, test_shards: str, size: int, limit: int | None = None)
             "ground_truth": (clip["pixel_values"] + 1) / 2,
             "driver": clip["driver"],
         }
-        for clip in grouped_clips(test_shards, size, limit)
-    ]
+        timing = clip["source_indices"], clip["geometry"]
+        if "physics" in clip["meta"] and None not in timing:
+            video = to_uint8(member["generated"].permute(0, 2, 3, 1)).numpy()
+            member |= disc_positions(video[None], clip["meta"], *timing)
+        kept.append(member)
     if not kept:
         raise InterDynError(f"no counterfactual group in {test_shards}")
-    return counterfactual_report(group_members(kept, outside_driver=True))
+    report = counterfactual_report(group_members(kept, outside_driver=True))
+    if all("found" in m for m in kept):
+        report["objects"] = object_report(group_object_members(kept))
+    return report

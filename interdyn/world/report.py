@@ -33,6 +33,7 @@ COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("physics err. (px)", ("metrics", "physics_position_error"), "{:.2f}"),
     ("discs found", ("metrics", "physics_found"), "{:.2f}"),
     ("counterf. acc.", ("counterfactual", "accuracy"), "{:.2f}"),
+    ("counterf. acc. (discs)", ("objects", "accuracy"), "{:.2f}"),
     ("chance", ("counterfactual", "chance"), "{:.2f}"),
 ]
 CEILING_ROW = "ground truth through the VAE (ceiling)"
@@ -48,14 +49,17 @@ def _lookup(tables: dict[str, Any], path: tuple[str, ...]) -> float:
 
 
 def read_run(folder: Path) -> dict[str, Any]:
-    """The metrics (``metrics.json``'s ``metrics``) and counterfactual overall row of one test run."""
+    """The metrics (``metrics.json``'s ``metrics``) and the counterfactual overall rows (on pixels and, for
+    the built-in world, on the discs) of one test run."""
     metrics_file = folder / "metrics.json"
     if not metrics_file.exists():
         raise InterDynError(f"{metrics_file} does not exist: run `interdyn test` for this model first")
     tables: dict[str, Any] = {"metrics": json.loads(metrics_file.read_text())["metrics"]}
     counterfactual = folder / "counterfactual.json"
     if counterfactual.exists():
-        tables["counterfactual"] = json.loads(counterfactual.read_text()).get("overall", {})
+        report = json.loads(counterfactual.read_text())
+        tables["counterfactual"] = report.get("overall", {})
+        tables["objects"] = report.get("objects", {}).get("overall", {})
     return tables
 
 
@@ -188,7 +192,10 @@ def _run(args: argparse.Namespace) -> None:
 
         limit = args.ceiling_clips or None
         ceiling = vae_ceiling(args.svd, args.test_shards, args.size, limit)
-        runs[CEILING_ROW] = {"counterfactual": ceiling["overall"]}
+        runs[CEILING_ROW] = {
+            "counterfactual": ceiling["overall"],
+            "objects": ceiling.get("objects", {}).get("overall", {}),
+        }
     text = table(runs)
     write_atomic(args.out / "table.md", text)
     print(text)

@@ -331,3 +331,87 @@ def test_motion_ignores_where_a_driver_started():
     region[0, 0, 0] = False
     members = [CounterfactualMember(k, truth, truth, region) for k in ("a", "b")]
     assert group_metrics(members)["gt_motion"] == 0.0
+
+
+def world_group(seed: int = 3, paths: int = 3) -> list[dict]:
+    """A counterfactual group of the built-in world (one scene, one driver entry, ``paths`` driver paths)
+    whose outcomes differ: its frames, colours and simulated disc positions."""
+    import numpy as np
+
+    from data_prep.synthetic_world import builtin_world, make_video
+
+    world = builtin_world(64)
+    for s in range(seed, seed + 50):
+        rng = np.random.default_rng([5, s])
+        first = make_video(rng, world, 14, 7.0)
+        group = [first] + [
+            make_video(rng, world, 14, 7.0, first["scene"], first["entry"]) for _ in range(paths - 1)
+        ]
+        ends = [v["sim"]["positions"][-1] for v in group]
+        travel = [
+            np.linalg.norm(v["sim"]["positions"][-1] - v["sim"]["positions"][0], axis=-1).sum() for v in group
+        ]
+        apart = min(np.abs(a - b).max() for i, a in enumerate(ends) for b in ends[i + 1 :])
+        if apart > 4 and len(set(np.round(travel, 3))) == paths:
+            return group
+    raise AssertionError("no group with distinct outcomes")
+
+
+def object_members(group: list[dict], samples: list) -> list:
+    import numpy as np
+
+    from interdyn.metrics.counterfactual import ObjectMember
+    from interdyn.metrics.physics import locate_discs
+
+    colours = [d.colour for d in group[0]["discs"]]
+    return [
+        ObjectMember(f"v{i}", np.stack([locate_discs(s, colours) for s in sample]), video["sim"]["positions"])
+        for i, (video, sample) in enumerate(zip(group, samples, strict=True))
+    ]
+
+
+def test_object_report_ranks_outcomes_by_where_the_discs_are():
+    """On a real world group: the truths as samples are all right; the first frame held still is right only
+    for the path whose discs move least; each path given another's outcome is always wrong; a sample
+    showing no disc is a wrong answer, counted apart."""
+    from interdyn.metrics.counterfactual import object_report, object_report_to_markdown
+
+    group = world_group()
+    frames = [v["frames"] for v in group]
+    truth = object_report({"g": object_members(group, [[f] for f in frames])})["overall"]
+    assert (
+        truth["accuracy"] == 1 and truth["pairwise_accuracy"] == 1 and truth["chance"] == pytest.approx(1 / 3)
+    )
+
+    still = [[f[:1].repeat(14, axis=0)] for f in frames]
+    assert object_report({"g": object_members(group, still)})["overall"]["accuracy"] == pytest.approx(1 / 3)
+
+    shifted = [[frames[(i + 1) % 3]] for i in range(3)]
+    assert object_report({"g": object_members(group, shifted)})["overall"]["accuracy"] == 0
+
+    blank = [[frames[0]], [frames[1]], [frames[2][:, :1, :1].repeat(64, 1).repeat(64, 2)]]
+    report = object_report({"g": object_members(group, blank), "alone": object_members(group, blank)[:1]})
+    assert report["overall"]["accuracy"] == pytest.approx(2 / 3)
+    assert report["overall"]["members_without_objects"] == 1 and "alone" in report["skipped"]
+    assert "1 clip(s) show none of their discs" in object_report_to_markdown(report, "discs")
+
+
+def test_object_report_averages_over_samples():
+    """Two samples of a member, its truth and another path's: the distances averaged over them decide."""
+    import numpy as np
+
+    from interdyn.metrics.counterfactual import object_report
+    from interdyn.metrics.physics import trajectory_distance
+
+    group = world_group(paths=2)
+    frames = [v["frames"] for v in group]
+    samples = [[frames[0], frames[0]], [frames[1], frames[0]]]
+    members = object_members(group, samples)
+    rows = object_report({"g": members})["groups"]["g"]
+    mixed = members[1].found
+    to = [np.mean([trajectory_distance(s, m.expected) for s in mixed]) for m in members]
+    assert rows["members"] == 2 and rows["accuracy"] == (1 + float(to[1] < to[0])) / 2
+    with pytest.raises(ValueError, match="differ in shape"):
+        object_report(
+            {"g": [members[0], type(members[1])("x", members[1].found[:, :5], members[1].expected)]}
+        )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep.synthetic import World, make_video, sample_fields
-from interdyn.metrics.physics import expected_positions, physics_error
+from interdyn.metrics.physics import expected_positions, locate_discs, physics_error, trajectory_distance
 
 
 def clip_with_pushed_disc(seed: int = 0):
@@ -71,3 +71,21 @@ def test_physics_error_over_chosen_discs_measures_only_those():
     assert math.isnan(physics_error(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0], discs=[])["found"])
     # without a list, only discs the simulation moves count: neither disc moves here
     assert physics_error(frames, meta, [0, 1, 2], [1.0, 1.0, 0, 0, 0.0])["moved_objects"] == 0.0
+
+
+def test_trajectory_distance_compares_the_found_discs_from_frame_one():
+    """The truth's discs lie on the simulation; a copy shifted 5 px is 5 px away; frame 0 (shared by every
+    path) and discs that are not found do not count; nothing found is NaN."""
+    video, meta = clip_with_pushed_disc()
+    colours = meta["physics"]["colours"]
+    expected = np.asarray(meta["physics"]["positions"])
+    found = locate_discs(video["frames"], colours)
+    assert found.shape == expected.shape and trajectory_distance(found, expected) < 1.0
+    shifted = found + [5.0, 0.0]
+    shifted[0] += 100.0  # frame 0 is not compared
+    shifted[1:, 0] = np.nan  # disc 0 not found after frame 0
+    assert trajectory_distance(shifted, found) == pytest.approx(5.0)
+    assert math.isnan(trajectory_distance(np.full_like(found, np.nan), expected))
+    assert locate_discs(video["frames"], []).shape == (len(found), 0, 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        trajectory_distance(found[:, :1], expected)

@@ -63,7 +63,9 @@ class RunConfigSaver(SaveConfigCallback):
             return
         os.makedirs(self._folder, exist_ok=True)
         path = os.path.join(self._folder, self.config_filename)
-        self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+        self.parser.save(
+            self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+        )
 
 
 class InterDynCLI(LightningCLI):

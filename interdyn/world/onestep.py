@@ -32,7 +32,13 @@ from interdyn.branch_checkpoint import WEIGHTS
 from interdyn.commands import run_command
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
-from interdyn.metrics.counterfactual import counterfactual_report, group_members
+from interdyn.metrics.counterfactual import (
+    counterfactual_report,
+    group_members,
+    group_object_members,
+    object_report,
+)
+from interdyn.metrics.physics import disc_positions
 from interdyn.models.conditioning import (
     clip_image_embeds,
     decode_latents,
@@ -44,6 +50,7 @@ from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.edm import denoised, unet_input
 from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.models.svd import SVDComponents
+from interdyn.render import to_uint8
 
 DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 2.0, 5.0, 10.0, 20.0, 50.0)
 # the overall fields of the counterfactual report that the table shows
@@ -184,6 +191,11 @@ def onestep_counterfactual(
         ]
         report = counterfactual_report(group_members(members, outside_driver=True))
         report["accuracy_by_variant"] = accuracy_by_variant(report["pairs"], clips)
+        if all(_has_simulation(clip) for clip in clips):  # the built-in world: also on the discs
+            for member in members:
+                frames = to_uint8(member["generated"].permute(0, 2, 3, 1)).numpy()[None]
+                member |= disc_positions(frames, member["meta"], member["source_indices"], member["geometry"])
+            report["objects"] = object_report(group_object_members(members))
         reports[_key(sigma)] = report
     protocol = {
         "clips": len(clips),
@@ -194,6 +206,14 @@ def onestep_counterfactual(
         "conditioning_scale": conditioning_scale if controlnet is not None else 0.0,
     }
     return {"sigmas": [float(s) for s in sigmas], "reports": reports, "protocol": protocol}
+
+
+def _has_simulation(clip: dict[str, Any]) -> bool:
+    return (
+        "physics" in (clip.get("meta") or {})
+        and clip.get("source_indices") is not None
+        and (clip.get("geometry") is not None)
+    )
 
 
 def accuracy_by_variant(pairs: Sequence[dict[str, Any]], clips: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -216,11 +236,15 @@ def _key(sigma: float) -> str:
 
 
 def to_markdown(result: dict[str, Any], name: str = "model") -> str:
-    """One row per noise level: accuracy, pairwise accuracy, motion and spread ratios, and how many of
-    the wrong answers chose the truth that moves less."""
-    head = "| sigma | " + " | ".join(f.replace("_", " ") for f in FIELDS) + " | wrong toward stiller |"
+    """One row per noise level: accuracy, pairwise accuracy, motion and spread ratios, how many of the
+    wrong answers chose the truth that moves less, and (on the built-in world) the accuracy on the discs."""
+    head = (
+        "| sigma | "
+        + " | ".join(f.replace("_", " ") for f in FIELDS)
+        + " | wrong toward stiller | accuracy on the discs |"
+    )
     lines = [f"One-step predictions of {name} ({result['protocol']['clips']} clips)", "", head]
-    lines.append("|---" * (len(FIELDS) + 2) + "|")
+    lines.append("|---" * (len(FIELDS) + 3) + "|")
     for sigma in result["sigmas"]:
         report = result["reports"][_key(sigma)]
         overall = report["overall"]
@@ -231,7 +255,9 @@ def to_markdown(result: dict[str, Any], name: str = "model") -> str:
         toward = report.get("errors_toward_stiller", {})
         wrong = int(toward.get("wrong", 0))
         stiller = f"{int(toward.get('toward_stiller', 0))} of {wrong}" if wrong else "-"
-        lines.append(f"| {sigma:g} | " + " | ".join(cells) + f" | {stiller} |")
+        discs = report.get("objects", {}).get("overall", {}).get("accuracy", math.nan)
+        discs_cell = f"{discs:.3f}" if math.isfinite(discs) else "-"
+        lines.append(f"| {sigma:g} | " + " | ".join(cells) + f" | {stiller} | {discs_cell} |")
     variants = sorted(
         {k for s in result["sigmas"] for k in result["reports"][_key(s)].get("accuracy_by_variant", {})}
     )

@@ -81,6 +81,10 @@ def test_without_control_high_noise_predicts_one_video_per_group(world_svd, clip
     }
     assert plain["reports"]["0.05"]["overall"]["accuracy"] >= 8 / 9
     assert plain["reports"]["10000"]["overall"]["accuracy"] == pytest.approx(1 / 3)
+    # on the discs too: the noisy truths' discs follow their paths; one video per group is right only
+    # for the member whose discs it is nearest, or shows no disc at all (a wrong answer)
+    assert plain["reports"]["0.05"]["objects"]["overall"]["accuracy"] >= 8 / 9
+    assert plain["reports"]["10000"]["objects"]["overall"]["accuracy"] <= 1 / 3 + 1e-9
     high = plain["reports"]["10000"]["overall"]
     assert high["spread"] < 0.01 * high["gt_spread"]  # the same video for every member, to rounding
 
@@ -105,6 +109,8 @@ def test_the_cli_writes_a_table_per_noise_level(world_test_shards: str, tmp_path
     # one group of three: each member is right or wrong, and at sigma 0.5 all three are right
     assert result["reports"]["0.5"]["accuracy_by_variant"] == {"v0": 1.0, "v1": 1.0, "v2": 1.0}
     assert "| sigma | v0 | v1 | v2 |" in by_member
+    assert "accuracy on the discs |" in main_table
+    assert main_table.splitlines()[4].split("|")[-2].strip() == "1.000"  # sigma 0.5, on the discs
 
     assert main([*args, "--sigmas", "0,5"]) == 2  # a clear error, not a traceback
     assert main([*args, "--size", "62", "--limit", "3"]) == 2  # 62 does not divide by the VAE's 4

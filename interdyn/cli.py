@@ -15,7 +15,8 @@ import warnings
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from interdyn.callbacks.progress import resume_aware
@@ -43,25 +44,29 @@ def fps_id(data: L.LightningDataModule) -> float:
 class RunConfigSaver(SaveConfigCallback):
     """Saves the run's ``config.yaml`` in the logger's run folder, as Lightning does. Without a logger
     (``--trainer.logger false``) Lightning would write it into ``default_root_dir``, the working directory
-    unless set; here it goes beside the checkpoints when the checkpoint callback has a folder of its own."""
+    unless set. Here ``fit`` writes it beside the checkpoints instead: the checkpoint callback's
+    ``dirpath``, or ``<default_root_dir>/checkpoints`` where that callback puts them without one. The
+    other stages keep Lightning's behaviour, so that a test never overwrites its training run's config.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._folder: str | None = None  # where fit writes the config without a logger
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._folder = None
+        """Chooses the folder (the same on every rank: it comes from the config), then saves."""
         checkpoint = trainer.checkpoint_callback
-        if (
-            self.save_to_log_dir
-            and trainer.logger is None
-            and isinstance(checkpoint, ModelCheckpoint)
-            and checkpoint.dirpath
-        ):
-            self._folder = str(checkpoint.dirpath)
+        if stage == "fit" and self.save_to_log_dir and trainer.logger is None and checkpoint is not None:
+            dirpath = getattr(checkpoint, "dirpath", None)
+            self._folder = str(dirpath) if dirpath else os.path.join(trainer.default_root_dir, "checkpoints")
             self.save_to_log_dir = False  # written by save_config below, on rank 0
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Writes ``config.yaml`` into the chosen folder (rank 0 only; Lightning calls it there)."""
         if self._folder is None:
             return
-        os.makedirs(self._folder, exist_ok=True)
+        get_filesystem(self._folder).makedirs(self._folder, exist_ok=True)
         path = os.path.join(self._folder, self.config_filename)
         self.parser.save(
             self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
@@ -131,9 +136,6 @@ class InterDynCLI(LightningCLI):
 def _last_checkpoints(trainer: L.Trainer) -> list[str]:
     """The files Lightning would consider for ``ckpt_path="last"`` (``last*.ckpt`` of every
     ModelCheckpoint's folder, and on-exception checkpoints), those that exist."""
-    from lightning.fabric.utilities.cloud_io import get_filesystem
-    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
-
     candidates = {cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)}
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):
@@ -142,8 +144,6 @@ def _last_checkpoints(trainer: L.Trainer) -> list[str]:
 
 
 def _checkpoint_dirs(trainer: L.Trainer) -> str:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     dirs = [
         cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath
     ]

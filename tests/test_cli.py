@@ -106,8 +106,9 @@ def test_fit_then_resume_from_checkpoint(tmp_path, run):
 
 
 def test_without_a_logger_the_config_goes_beside_the_checkpoints(tmp_path, run):
-    """``--trainer.logger false`` with a checkpoint folder: config.yaml lands there, not in the working
-    directory (Lightning's fallback without a log dir)."""
+    """``interdyn fit --trainer.logger false``: config.yaml lands beside the checkpoints, in the checkpoint
+    callback's folder or, without one, in ``checkpoints/`` where Lightning puts them; never loose in the
+    working directory (Lightning's fallback without a log dir)."""
     folder = tmp_path / "ckpts"
     overlay = tmp_path / "checkpoints.yaml"
     overlay.write_text(
@@ -132,6 +133,13 @@ def test_without_a_logger_the_config_goes_beside_the_checkpoints(tmp_path, run):
     assert (folder / "last.ckpt").is_file() and list(work.iterdir()) == []
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     assert saved["trainer"]["logger"] is False and saved["trainer"]["max_steps"] == 1
+
+    plain = tmp_path / "plain"  # the tiny config's checkpoint callback has no folder of its own
+    plain.mkdir()
+    result = run("fit", "--config", TINY, *args[2:], cwd=plain)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in plain.iterdir()) == ["checkpoints"]
+    assert {p.name for p in (plain / "checkpoints").iterdir()} == {"config.yaml", "last.ckpt"}
 
 
 def test_missing_weights_exit_with_one_paragraph(tmp_path, run):

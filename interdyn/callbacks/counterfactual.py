@@ -51,7 +51,8 @@ class CounterfactualEvaluation(ClipCallback):
         out_dir: where the files go (default: the logger's run directory).
         max_side: the longer side of the kept videos.
 
-    Batch keys: ``pixel_values``, ``control``, ``key``, ``meta`` (``group``, optionally ``variant``).
+    Batch keys: ``pixel_values``, ``control``, ``key``, ``meta`` (``group``, optionally ``variant``); for
+    the discs' version also ``meta["physics"]``, ``source_indices`` and ``geometry``.
     """
 
     def __init__(

@@ -209,6 +209,7 @@ def onestep_counterfactual(
 
 
 def _has_simulation(clip: dict[str, Any]) -> bool:
+    """Whether a clip carries what the discs' version of the test needs (the built-in world's)."""
     return (
         "physics" in (clip.get("meta") or {})
         and clip.get("source_indices") is not None

@@ -374,6 +374,8 @@ def test_object_report_ranks_outcomes_by_where_the_discs_are():
     """On a real world group: the truths as samples are all right; the first frame held still is right only
     for the path whose discs move least; each path given another's outcome is always wrong; a sample
     showing no disc is a wrong answer, counted apart."""
+    import numpy as np
+
     from interdyn.metrics.counterfactual import object_report, object_report_to_markdown
 
     group = world_group()
@@ -383,8 +385,15 @@ def test_object_report_ranks_outcomes_by_where_the_discs_are():
         truth["accuracy"] == 1 and truth["pairwise_accuracy"] == 1 and truth["chance"] == pytest.approx(1 / 3)
     )
 
-    still = [[f[:1].repeat(14, axis=0)] for f in frames]
-    assert object_report({"g": object_members(group, still)})["overall"]["accuracy"] == pytest.approx(1 / 3)
+    # the first frame held still is nearest the outcome whose discs move least: right for that path only
+    travel = [
+        np.linalg.norm(v["sim"]["positions"] - v["sim"]["positions"][:1], axis=-1).mean() for v in group
+    ]
+    stillest, busiest = int(np.argmin(travel)), int(np.argmax(travel))
+    for k, right in ((stillest, 1.0), (busiest, 2 / 3)):
+        samples = [[f[:1].repeat(14, axis=0)] if i == k else [f] for i, f in enumerate(frames)]
+        report = object_report({"g": object_members(group, samples)})
+        assert report["overall"]["accuracy"] == pytest.approx(right)
 
     shifted = [[frames[(i + 1) % 3]] for i in range(3)]
     assert object_report({"g": object_members(group, shifted)})["overall"]["accuracy"] == 0
@@ -397,21 +406,22 @@ def test_object_report_ranks_outcomes_by_where_the_discs_are():
 
 
 def test_object_report_averages_over_samples():
-    """Two samples of a member, its truth and another path's: the distances averaged over them decide."""
+    """Member a's first sample is nearer b's outcome, its second exactly on its own: averaged over both, a
+    is right (the first sample alone would make it wrong); a sample without discs is left out of the mean."""
     import numpy as np
 
-    from interdyn.metrics.counterfactual import object_report
-    from interdyn.metrics.physics import trajectory_distance
+    from interdyn.metrics.counterfactual import ObjectMember, object_report
 
-    group = world_group(paths=2)
-    frames = [v["frames"] for v in group]
-    samples = [[frames[0], frames[0]], [frames[1], frames[0]]]
-    members = object_members(group, samples)
-    rows = object_report({"g": members})["groups"]["g"]
-    mixed = members[1].found
-    to = [np.mean([trajectory_distance(s, m.expected) for s in mixed]) for m in members]
-    assert rows["members"] == 2 and rows["accuracy"] == (1 + float(to[1] < to[0])) / 2
+    expected_a, expected_b = np.zeros((3, 1, 2)), np.full((3, 1, 2), 10.0)
+    near_b, on_a, blank = np.full((3, 1, 2), 6.0), np.zeros((3, 1, 2)), np.full((3, 1, 2), np.nan)
+    b = ObjectMember("b", expected_b[None], expected_b)
+    mean_rule = object_report({"g": [ObjectMember("a", np.stack([near_b, on_a]), expected_a), b]})
+    assert mean_rule["groups"]["g"]["accuracy"] == 1.0
+    first_only = object_report({"g": [ObjectMember("a", near_b[None], expected_a), b]})
+    assert first_only["groups"]["g"]["accuracy"] == 0.5
+    with_blank = object_report({"g": [ObjectMember("a", np.stack([blank, on_a]), expected_a), b]})
+    assert (
+        with_blank["groups"]["g"]["accuracy"] == 1.0 and with_blank["overall"]["members_without_objects"] == 0
+    )
     with pytest.raises(ValueError, match="differ in shape"):
-        object_report(
-            {"g": [members[0], type(members[1])("x", members[1].found[:, :5], members[1].expected)]}
-        )
+        object_report({"g": [ObjectMember("a", on_a[None, :2], expected_a), b]})

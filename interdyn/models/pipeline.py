@@ -202,7 +202,7 @@ class InterDynPipeline(DiffusionPipeline):
             min_guidance_scale / max_guidance_scale: per-frame guidance, linear from first to last frame;
                 guidance is skipped when ``max_guidance_scale <= 1``.
             fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids (InterDyn: 6, 40, 0.02).
-            conditioning_scale: multiplies the branch residuals (0 gives plain SVD).
+            conditioning_scale: multiplies the branch residuals (0 gives plain SVD, without running the branch).
             scheduler: ``euler`` (SVD's), ``dpmpp_2m`` or ``edm_euler`` (see :func:`make_scheduler`).
             num_videos_per_prompt: samples per input (outputs are grouped by input).
             generator: seeds the initial noise and the image noise augmentation.
@@ -343,16 +343,18 @@ class InterDynPipeline(DiffusionPipeline):
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = sampler.scale_model_input(model_in, t).to(self.unet.dtype)
         model_in = torch.cat([model_in, conditioning.image_latents], dim=2)
-        branch_dtype = self.controlnet.dtype  # the branch may be fp32 next to bf16 frozen parts
-        residuals = self.controlnet(
-            model_in.to(branch_dtype),
-            t,
-            conditioning.embeds.to(branch_dtype),
-            conditioning.time_ids.to(branch_dtype),
-            conditioning.control.to(branch_dtype),
-            conditioning_scale=conditioning_scale,
-            return_dict=False,
-        )
+        residuals: tuple[Any, Any] = (None, None)
+        if conditioning_scale != 0:  # at 0 the residuals are zeros: skip the branch's cost
+            branch_dtype = self.controlnet.dtype  # the branch may be fp32 next to bf16 frozen parts
+            residuals = self.controlnet(
+                model_in.to(branch_dtype),
+                t,
+                conditioning.embeds.to(branch_dtype),
+                conditioning.time_ids.to(branch_dtype),
+                conditioning.control.to(branch_dtype),
+                conditioning_scale=conditioning_scale,
+                return_dict=False,
+            )
         pred = self.unet(
             model_in,
             t,

@@ -89,8 +89,15 @@ def test_conditioning_scale_zero_equals_fresh_branch(tiny_svd, pipe):
     )
     plain = InterDynPipeline.from_components(tiny_svd, fresh.eval())
     plain.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(run(pipe, conditioning_scale=0.0), run(plain), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(run(pipe), run(plain), atol=1e-3)
+    calls = []
+    hook = pipe.controlnet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        without = run(pipe, conditioning_scale=0.0)
+        assert calls == []  # the branch is not run at all: its residuals would be zeros
+        torch.testing.assert_close(without, run(plain), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(run(pipe), run(plain), atol=1e-3) and calls
+    finally:
+        hook.remove()
 
 
 def test_mismatched_image_and_masks_are_refused(pipe):

@@ -73,7 +73,7 @@ $(CORE_STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -19,7 +19,7 @@ from interdyn.metrics.counterfactual import (
     object_report_to_markdown,
     report_to_markdown,
 )
-from interdyn.metrics.physics import disc_positions
+from interdyn.metrics.physics import disc_positions, has_simulation
 from interdyn.metrics.regions import shrink_masks, shrink_video
 from interdyn.metrics.report import protocol_line
 from interdyn.render import to_uint8
@@ -96,7 +96,7 @@ class CounterfactualEvaluation(ClipCallback):
                 "driver": shrink_masks(control[i, :, 0] > 0, self.max_side),
             }
             source_indices, geometry = clips.timing(i)
-            if "physics" in meta and source_indices is not None and geometry is not None:
+            if has_simulation(meta, source_indices, geometry):
                 videos = to_uint8(samples.permute(0, 1, 3, 4, 2)).cpu().numpy()
                 member |= disc_positions(videos, meta, source_indices, geometry)
             self.members.append(member)

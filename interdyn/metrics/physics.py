@@ -67,6 +67,12 @@ def trajectory_distance(found: np.ndarray, expected: np.ndarray, first_frame: in
     return float(np.linalg.norm(found[ok] - expected[ok], axis=-1).mean())
 
 
+def has_simulation(meta: dict | None, source_indices: object, geometry: object) -> bool:
+    """Whether a clip carries what :func:`disc_positions` needs: its simulation (``meta["physics"]``, the
+    built-in dataset's) and the frame selection and geometry that map it onto the clip."""
+    return "physics" in (meta or {}) and source_indices is not None and geometry is not None
+
+
 def disc_positions(
     videos: np.ndarray, meta: dict, source_indices: Sequence[int], geometry: Sequence[float]
 ) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from interdyn.metrics.counterfactual import (
     group_object_members,
     object_report,
 )
-from interdyn.metrics.physics import disc_positions
+from interdyn.metrics.physics import disc_positions, has_simulation
 from interdyn.render import to_uint8
 
 
@@ -107,7 +107,7 @@ def vae_ceiling(svd: str, test_shards: str, size: int, limit: int | None = None)
             "driver": clip["driver"],
         }
         timing = clip["source_indices"], clip["geometry"]
-        if "physics" in clip["meta"] and None not in timing:
+        if has_simulation(clip["meta"], *timing):
             video = to_uint8(member["generated"].permute(0, 2, 3, 1)).numpy()
             member |= disc_positions(video[None], clip["meta"], *timing)
         kept.append(member)

@@ -38,7 +38,7 @@ from interdyn.metrics.counterfactual import (
     group_object_members,
     object_report,
 )
-from interdyn.metrics.physics import disc_positions
+from interdyn.metrics.physics import disc_positions, has_simulation
 from interdyn.models.conditioning import (
     clip_image_embeds,
     decode_latents,
@@ -191,7 +191,9 @@ def onestep_counterfactual(
         ]
         report = counterfactual_report(group_members(members, outside_driver=True))
         report["accuracy_by_variant"] = accuracy_by_variant(report["pairs"], clips)
-        if all(_has_simulation(clip) for clip in clips):  # the built-in world: also on the discs
+        if all(
+            has_simulation(c["meta"], c["source_indices"], c["geometry"]) for c in clips
+        ):  # the built-in world: also on the discs
             for member in members:
                 frames = to_uint8(member["generated"].permute(0, 2, 3, 1)).numpy()[None]
                 member |= disc_positions(frames, member["meta"], member["source_indices"], member["geometry"])
@@ -206,15 +208,6 @@ def onestep_counterfactual(
         "conditioning_scale": conditioning_scale if controlnet is not None else 0.0,
     }
     return {"sigmas": [float(s) for s in sigmas], "reports": reports, "protocol": protocol}
-
-
-def _has_simulation(clip: dict[str, Any]) -> bool:
-    """Whether a clip carries what the discs' version of the test needs (the built-in world's)."""
-    return (
-        "physics" in (clip.get("meta") or {})
-        and clip.get("source_indices") is not None
-        and (clip.get("geometry") is not None)
-    )
 
 
 def accuracy_by_variant(pairs: Sequence[dict[str, Any]], clips: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -192,7 +192,7 @@ def test_base_stage_fine_tunes_from_an_svd_folder() -> None:
 
     svd = ROOT / "weights/world/svd"
     args = yaml.safe_load((ROOT / "configs/world/base.yaml").read_text())["model"]["init_args"]
-    # the overlay of the push-world experiment (docs/world.md) fine-tunes the shipped SVD
+    # the overlay of the push-world experiment (docs/world_experiments.md) fine-tunes the shipped SVD
     overlay = yaml.safe_load((ROOT / "configs/world/push_base.yaml").read_text())["model"]["init_args"]
     assert overlay["init_from"] == "weights/world/svd" and overlay["vae"] == "weights/world/svd/vae"
     args.update(overlay, vae=str(svd / "vae"), out=None)

@@ -110,7 +110,8 @@ def pictures(
     """Sample ``group`` with the SVD alone (``conditioning_scale 0``) and with each branch; write the
     contact sheet (one row per picture: control, each model's sample, ground truth; every frame) of the
     group's first clip and the counterfactual grid (a row per member: control | samples | truth), each as
-    PNG and MP4."""
+    PNG and MP4. Every member is sampled from the same noise (``seed``), so a model's rows differ only by
+    what their controls make of it."""
     from interdyn.data.video import encode_video
     from interdyn.module import InterDynModule
     from interdyn.render import contact_sheet, labelled_row, png_bytes
@@ -123,7 +124,15 @@ def pictures(
             svd=svd, controlnet=branch, conditioning_embedding_out_channels=conditioning_channels
         ).eval()
         scale = {"conditioning_scale": 0.0} if branch is None else {}
-        samples[name] = module.sample(pixels, control, seed=seed, num_inference_steps=steps, **scale)[:, 0]
+        # each path from the same noise (one call per member, one seed), so that only the driver differs
+        samples[name] = torch.cat(
+            [
+                module.sample(
+                    pixels[m : m + 1], control[m : m + 1], seed=seed, num_inference_steps=steps, **scale
+                )[:, 0]
+                for m in range(len(pixels))
+            ]
+        )
     truth = [(_uint8((v + 1) / 2)) for v in pixels]
     masks = [_uint8((c + 1) / 2) for c in control]
     written = []
@@ -132,18 +141,24 @@ def pictures(
     written.append(write_atomic(out / "contact_sheet.png", png_bytes(contact_sheet(rows, labels))))
     row_video = labelled_row(rows, labels)
     written.append(write_atomic(out / "contact_sheet.mp4", encode_video(_even(row_video), fps=7.0)))
+    # the world's 64 px frames, twice as large in the grid, so that its labels fit and its discs show
     grid_rows = [
         labelled_row(
-            [masks[m]] + [_uint8(s[m]) for s in samples.values()] + [truth[m]],
+            [_zoom(v) for v in [masks[m]] + [_uint8(s[m]) for s in samples.values()] + [truth[m]]],
             [f"control {m + 1}"] + list(samples) + [f"truth {m + 1}"],
         )
         for m in range(len(truth))
     ]
     grid = np.concatenate(grid_rows, axis=1)
-    middle = grid.shape[0] - 1
-    written.append(write_atomic(out / "counterfactual_grid.png", png_bytes(grid[middle])))
+    # the picture shows the last frame: where each path's outcome has gone
+    written.append(write_atomic(out / "counterfactual_grid.png", png_bytes(grid[-1])))
     written.append(write_atomic(out / "counterfactual_grid.mp4", encode_video(_even(grid), fps=7.0)))
     return written
+
+
+def _zoom(video: np.ndarray, factor: int = 2) -> np.ndarray:
+    """``(T, H, W, 3)`` -> ``(T, factor * H, factor * W, 3)``, each pixel repeated (no smoothing)."""
+    return video.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
 def _even(video: np.ndarray) -> np.ndarray:

@@ -153,3 +153,48 @@ def test_the_report_pictures_one_whole_group(world_test_shards: str) -> None:
     # one scene: the first frames differ only by each clip's own lossy encoding
     assert all(float((first[0] - first[m]).abs().mean()) < 0.01 for m in (1, 2))
     assert not torch.equal(group["control"][0], group["control"][1])
+
+
+def test_the_counterfactual_grid_shows_each_path_twice_as_large(
+    world_test_shards: str, tmp_path: Path
+) -> None:
+    """The demo's pictures on one group: the grid has a row per driver path (control | each model's last
+    frame | truth) at twice the world's 64 px. Every row starts from the same noise, so without control
+    the three rows' samples are all but the same picture, while the shipped branch's differ with their
+    control, as the truths do."""
+    from PIL import Image
+
+    from interdyn.world.report import first_group, pictures
+
+    group = first_group(world_test_shards, 64, members=3)
+    written = pictures(
+        str(WORLD / "svd"), {"shipped": str(WORLD / "branch")}, group, tmp_path, 2, 42, (16, 32, 64)
+    )
+    assert sorted(p.name for p in written) == [
+        "contact_sheet.mp4",
+        "contact_sheet.png",
+        "counterfactual_grid.mp4",
+        "counterfactual_grid.png",
+    ]
+    with Image.open(tmp_path / "counterfactual_grid.png") as image:
+        grid = np.asarray(image.convert("RGB")).astype(np.float32) / 255
+    tile = 128
+    assert grid.shape[1] == 4 * tile  # control | no control | shipped | truth
+    row_height = grid.shape[0] // 3
+    strip = row_height - tile  # each row's labels above its tiles
+    assert grid.shape[0] == 3 * row_height and strip > 0
+
+    def panel(row: int, column: int) -> np.ndarray:
+        top = row * row_height + strip
+        return grid[top : top + tile, column * tile : (column + 1) * tile]
+
+    # each tile is a 64 px frame with every pixel doubled
+    assert np.array_equal(panel(0, 3)[::2, ::2], panel(0, 3)[1::2, 1::2])
+
+    def spread(column: int) -> float:
+        return max(
+            float(np.abs(panel(a, column) - panel(b, column)).mean()) for a, b in ((0, 1), (0, 2), (1, 2))
+        )
+
+    assert spread(0) > 0.01 and spread(3) > 0.01  # three controls, three outcomes
+    assert spread(2) > 5 * spread(1)  # the branch follows its control; the SVD alone does not see it

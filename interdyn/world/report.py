@@ -110,8 +110,9 @@ def pictures(
     """Sample ``group`` with the SVD alone (``conditioning_scale 0``) and with each branch; write the
     contact sheet (one row per picture: control, each model's sample, ground truth; every frame) of the
     group's first clip and the counterfactual grid (a row per member: control | samples | truth), each as
-    PNG and MP4. Every member is sampled from the same noise (``seed``), so a model's rows differ only by
-    what their controls make of it."""
+    PNG and MP4. Every member is sampled from the same noise (``seed``), so a model's rows differ by what
+    their controls make of it (and by their first frames' encodings, nearly the same). The grid's tiles are
+    drawn at twice their size; its PNG is the last frame."""
     from interdyn.data.video import encode_video
     from interdyn.module import InterDynModule
     from interdyn.render import contact_sheet, labelled_row, png_bytes

@@ -197,4 +197,5 @@ def test_the_counterfactual_grid_shows_each_path_twice_as_large(
         )
 
     assert spread(0) > 0.01 and spread(3) > 0.01  # three controls, three outcomes
+    assert spread(1) < 0.006  # without control: one video, up to the first frames' encodings
     assert spread(2) > 5 * spread(1)  # the branch follows its control; the SVD alone does not see it

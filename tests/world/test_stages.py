@@ -164,6 +164,10 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     ema = parse("branch_ema.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
     assert ema.model.hparams.ema_decay > 0 and ema.model.branch_ema is not None
     assert ema.config.data.init_args.cached_conditioning
+    # the lower-learning-rate experiment: a third phase below the second's rate, on cached conditioning
+    lowlr = parse("branch_lowlr.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
+    assert lowlr.model.hparams.learning_rate < second.model.hparams.learning_rate
+    assert lowlr.config.data.init_args.cached_conditioning and lowlr.model.branch_ema is None
     assert quick.config.data.init_args.batch_size == 32
     assert push.model.hparams.learning_rate == second.model.hparams.learning_rate
     assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
@@ -173,11 +177,11 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     )  # not zero-init
     dirs = [
         c.dirpath
-        for cli in (first, second, push, fit16, quick, ema)
+        for cli in (first, second, push, fit16, quick, ema, lowlr)
         for c in cli.trainer.callbacks
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
     ]
-    assert len(set(dirs)) == 6
+    assert len(set(dirs)) == 7
     assert len({cli.trainer.logger.name for cli in (first, second, push, fit16, quick, ema)}) == 6
 
 

@@ -291,7 +291,9 @@ def install(python: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dry_run", action="store_true", help="CPU, tiny model, scratch page: test every code path"
     )

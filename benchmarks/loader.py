@@ -155,7 +155,9 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--clips", type=int, default=96)
     parser.add_argument("--batch_size", type=int, default=4)

@@ -10,7 +10,6 @@ dependency of interdyn (``pip install bitsandbytes``); without it only the Adam 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -78,7 +77,9 @@ def curve(name: str, steps: int, lr: float, batch: dict, marks: set[int]) -> dic
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3, help="large enough for the tiny model to move")
     parser.add_argument("--frames", type=int, default=4)

@@ -27,7 +27,9 @@ from train_recipes import TINY_CONTROL  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--preset", default=None, choices=["tiny", "svd"], help="default: tiny on CPU, svd on CUDA"

@@ -42,6 +42,7 @@ from data_prep.build import Item
 from data_prep.common import add_common_arguments, check_length, read_video, run_split
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
+from interdyn.spelling import ScriptParser
 
 SPLITS = ("train", "validation")
 _ID_RE = re.compile(r"(\d+)")
@@ -249,7 +250,7 @@ def counterfactual_groups(annotations: dict[str, Path], ids: list[str]) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ScriptParser(
         prog="python -m data_prep.clevrer",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -57,6 +57,7 @@ from interdyn.media import (
     binarize,
     natural_key,
 )
+from interdyn.spelling import ScriptParser
 
 KEEP_AS_IS = {".mp4": "video.mp4", ".webm": "video.webm"}
 _NAME_RE = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -255,7 +256,7 @@ class FolderMaker:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ScriptParser(
         prog="python -m data_prep.folder",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -61,6 +61,7 @@ from data_prep.ssv2_annotations import (
 )
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
+from interdyn.spelling import ScriptParser
 
 VIDEO_DIRS = ("20bn-something-something-v2", "videos", "")
 LABEL_DIRS = ("labels", "annotations", "")
@@ -176,7 +177,7 @@ def _file_stamps(paths: Iterable[Path]) -> dict[str, int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ScriptParser(
         prog="python -m data_prep.ssv2",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -34,6 +34,7 @@ from data_prep.build import Item, PlanMismatchError, build_split
 from data_prep.synthetic_world import World, builtin_world, make_video
 from interdyn.data.shard_format import encode_masks
 from interdyn.data.video import encode_video
+from interdyn.spelling import ScriptParser
 
 __all__ = ["SyntheticMaker", "World", "builtin_world", "make_video", "sample_fields", "write_split"]
 
@@ -160,7 +161,7 @@ def write_split(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ScriptParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

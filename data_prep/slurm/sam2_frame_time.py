@@ -10,7 +10,6 @@ to its ``image_size`` (1024 for the released models) whatever the video's size.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from data_prep.sam2_masks import DEFAULT_SAM2_CONFIG, Sam2Settings, sam2_masks, sam2_predictor  # noqa: E402
+from interdyn.spelling import ScriptParser
 
 
 def moving_box_video(frames: int, height: int, width: int) -> tuple[np.ndarray, list[dict]]:
@@ -35,7 +35,7 @@ def moving_box_video(frames: int, height: int, width: int) -> tuple[np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=DEFAULT_SAM2_CONFIG, help="SAM2 model config")
     parser.add_argument("--checkpoint", default=None, help="SAM2 checkpoint (default: random weights)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")

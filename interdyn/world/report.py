@@ -21,6 +21,7 @@ import torch
 from interdyn.commands import run_command
 from interdyn.errors import InterDynError
 from interdyn.files import write_atomic
+from interdyn.spelling import ScriptParser
 
 # (column title, where in metrics.json / counterfactual.json, format)
 COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
@@ -179,7 +180,7 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", default=[], help="NAME=FOLDER of an interdyn test run")
     parser.add_argument("--branch", action="append", default=[], help="NAME=FOLDER of a branch to picture")
     parser.add_argument("--svd", default="weights/world/svd", help="the SVD img2vid folder")

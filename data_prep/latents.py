@@ -51,7 +51,6 @@ from interdyn.models.conditioning import (
     clip_image_embeds,
     encode_image_latents,
     encode_video_posterior,
-    needs_upcast,
 )
 from interdyn.models.svd import cast_frozen, get_encoders
 from interdyn.spelling import ScriptParser
@@ -119,12 +118,14 @@ class ConditioningEncoder:
     """The frozen VAE and CLIP on one device, encoding batches of decoded clips."""
 
     def __init__(self, svd: Any, device: str, dtype: torch.dtype, noise_aug: float, chunk: int) -> None:
-        self.vae, self.clip = get_encoders(svd, torch_dtype=dtype)
-        for model in (self.vae, self.clip):
+        # The VAE is read in float32, as the training module reads it: SVD's (force_upcast) encodes in
+        # float32 and must not be rounded to `dtype` on the way; any other VAE is cast to `dtype`.
+        self.vae, self.clip = get_encoders(svd, torch_dtype=dtype, vae_float32=True)
+        upcast = bool(self.vae.config.get("force_upcast", False))
+        for model in (self.clip,) if upcast else (self.vae, self.clip):
             cast_frozen(model, dtype)
+        for model in (self.vae, self.clip):
             model.to(device).eval().requires_grad_(False)
-        if needs_upcast(self.vae):  # SVD's VAE (force_upcast) encodes in float32, as in training and sampling
-            cast_frozen(self.vae, torch.float32)
         self.device, self.noise_aug, self.chunk = torch.device(device), noise_aug, chunk
 
     @torch.no_grad()

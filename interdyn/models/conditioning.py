@@ -10,6 +10,10 @@ by ``tests/models/test_svd_oracle.py``):
 - Video latents: VAE posterior sample times the scaling factor.
 - VAE precision: a VAE whose config sets ``force_upcast`` (SVD's does) encodes in float32 even when it is
   stored in float16 / bfloat16, as SVD's pipeline does; decoding runs in the stored dtype, as there.
+- Autocast: the encoders (VAE encoding, CLIP) run with autocast off, in their stored dtype (float32 for
+  an upcast VAE). Lightning's ``bf16-mixed`` wraps each training step in autocast, which would otherwise
+  run the VAE's convolutions in bfloat16 and make the step's latents differ from the cached ones
+  (``make latents`` encodes outside autocast).
 - ``added_time_ids``: ``[fps_id, motion_bucket_id, noise_aug_strength]``.
 """
 
@@ -40,9 +44,19 @@ def clip_pixel_values(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def clip_image_embeds(image_encoder: CLIPVisionModelWithProjection, image: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` in ``[-1, 1]`` -> ``(B, 1, projection_dim)`` CLIP image embeddings."""
-    x = clip_pixel_values(image, image_encoder.config.image_size).to(image_encoder.dtype)
-    return image_encoder(pixel_values=x).image_embeds.unsqueeze(1)
+    """``(B, 3, H, W)`` in ``[-1, 1]`` -> ``(B, 1, projection_dim)`` CLIP image embeddings, computed in the
+    encoder's stored dtype whatever autocast is active (as the latent cache computes them)."""
+    with autocast_off(image.device):  # also the resize: its blur is a convolution
+        x = clip_pixel_values(image, image_encoder.config.image_size).to(image_encoder.dtype)
+        return image_encoder(pixel_values=x).image_embeds.unsqueeze(1)
+
+
+@contextmanager
+def autocast_off(device: torch.device) -> Iterator[None]:
+    """Disable autocast on ``device``'s type for the block, so that a module runs in its own dtype even
+    inside Lightning's mixed-precision step."""
+    with torch.autocast(device_type=torch.device(device).type, enabled=False):
+        yield
 
 
 def needs_upcast(vae: AutoencoderKLTemporalDecoder) -> bool:
@@ -54,13 +68,15 @@ def needs_upcast(vae: AutoencoderKLTemporalDecoder) -> bool:
 def encoding_precision(vae: AutoencoderKLTemporalDecoder) -> Iterator[torch.dtype]:
     """Cast a ``force_upcast`` VAE stored in half precision to float32 for the duration of the block (as
     SVD's pipeline does around its first-frame encoding) and back afterwards; yields the dtype to feed it.
-    Keeping such a VAE in float32 (as the training module and the cache builder do) makes this free."""
+    Keeping such a VAE in float32 (as the training module and the cache builder do) makes this free.
+    Autocast is off inside the block: under ``bf16-mixed`` it would run the float32 VAE in bfloat16."""
     stored = vae.dtype
     upcast = needs_upcast(vae)
     if upcast:
         vae.to(torch.float32)
     try:
-        yield vae.dtype
+        with autocast_off(vae.device):
+            yield vae.dtype
     finally:
         if upcast:
             vae.to(stored)

@@ -188,13 +188,15 @@ def get_svd(
 
 
 def get_encoders(
-    source: SVDSource, torch_dtype: torch.dtype | None = None
+    source: SVDSource, torch_dtype: torch.dtype | None = None, vae_float32: bool = False
 ) -> tuple[AutoencoderKLTemporalDecoder, CLIPVisionModelWithProjection]:
-    """Only the VAE and the CLIP image encoder of an SVD source (a saved SVD's UNet is not loaded)."""
+    """Only the VAE and the CLIP image encoder of an SVD source (a saved SVD's UNet is not loaded);
+    ``torch_dtype`` and ``vae_float32`` as in :func:`load_svd`."""
     if isinstance(source, str) and not source.startswith("random:"):
         kw: dict[str, Any] = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        vae_kw = {**kw, "torch_dtype": torch.float32} if vae_float32 else kw
         vae = load_component(
-            AutoencoderKLTemporalDecoder, source, subfolder="vae", what="SVD vae", kind="svd", **kw
+            AutoencoderKLTemporalDecoder, source, subfolder="vae", what="SVD vae", kind="svd", **vae_kw
         )
         image_encoder = load_component(
             CLIPVisionModelWithProjection,
@@ -205,7 +207,7 @@ def get_encoders(
             **kw,
         )
         return vae, image_encoder
-    parts = get_svd(source, torch_dtype)
+    parts = get_svd(source, torch_dtype, vae_float32=vae_float32)
     return parts.vae, parts.image_encoder
 
 

@@ -25,7 +25,7 @@ from interdyn.branch_checkpoint import (
 )
 from interdyn.commands import call_with, command_parser, run_command
 from interdyn.errors import InputError
-from interdyn.files import write_folder_atomic
+from interdyn.files import unwritable_reason, write_folder_atomic
 from interdyn.models.hub import SVD_REPO
 
 
@@ -43,27 +43,55 @@ def export_checkpoint(
     The folder appears complete or not at all: it is written next to ``out`` under a temporary name
     and renamed. An existing non-empty ``out`` is refused unless ``overwrite``.
     """
-    _check_export_target(Path(out).expanduser(), dtype, overwrite, weights)
-    return _export(
-        read_checkpoint(ckpt_path), str(ckpt_path), Path(out).expanduser(), dtype, overwrite, weights
-    )
+    target = _check_export_target(out, dtype, overwrite, weights, ckpt_path)
+    return _export(read_checkpoint(ckpt_path), str(ckpt_path), target, dtype, overwrite, weights)
 
 
-def _check_export_target(out: Path, dtype: str, overwrite: bool, weights: str = "ema") -> None:
+def _is_export_file(path: Path) -> bool:
+    """A file that ``save_pretrained`` writes into a branch folder (weights, their index, the config)."""
+    return path.is_file() and (path.name == "config.json" or path.name.startswith("diffusion_pytorch_model"))
+
+
+def _check_export_target(
+    out: str | Path, dtype: str, overwrite: bool, weights: str = "ema", ckpt_path: str | Path | None = None
+) -> Path:
+    """The folder to write, as an absolute path, once it is safe to (re)place: a new or empty folder, or
+    with ``overwrite`` an earlier export; never a folder that holds the checkpoint or other files, nor
+    one that cannot be written."""
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{dtype}'.")
     if weights not in WEIGHTS:
         raise InputError(f"--weights must be one of {', '.join(WEIGHTS)}, got '{weights}'.")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"the output '{out}' exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"the output folder '{out}' is not empty; pass --overwrite to replace it.")
+    given, target = out, Path(out).expanduser().resolve()  # '.' and '..' get a name to write beside
+    if target == target.parent:
+        raise InputError(f"--out '{given}' is the root of the file system; name a folder to write.")
+    local = ckpt_path is not None and "://" not in str(ckpt_path)  # not a URL or fsspec path
+    ckpt = Path(str(ckpt_path)).expanduser().resolve() if local else None
+    if ckpt is not None and ckpt.is_relative_to(target):
+        raise InputError(
+            f"--out '{given}' holds the checkpoint '{ckpt_path}' being exported; write the branch to "
+            "another folder."
+        )
+    reason = unwritable_reason(target) or unwritable_reason(target.parent)
+    if reason is not None:
+        raise InputError(f"--out '{given}' cannot be written: {reason}.")
+    held = sorted(target.iterdir()) if target.is_dir() else []
+    if held and not overwrite:
+        raise InputError(f"the output folder '{given}' is not empty; pass --overwrite to replace it.")
+    others = [p.name for p in held if not _is_export_file(p)]
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise InputError(
+            f"the output folder '{given}' holds files that are not an exported branch ({shown}); "
+            "--overwrite only replaces an earlier export, so write to a new or empty folder."
+        )
+    return target
 
 
 def _export(
     checkpoint: dict[str, Any], where: str, out: Path, dtype: str, overwrite: bool, weights: str = "ema"
 ) -> Path:
-    _check_export_target(out, dtype, overwrite, weights)
+    out = _check_export_target(out, dtype, overwrite, weights)
     branch = branch_from_checkpoint(checkpoint, DTYPES[dtype], where=f"'{where}'", weights=weights)
     return write_folder_atomic(out, lambda folder: branch.save_pretrained(folder, safe_serialization=True))
 
@@ -83,8 +111,9 @@ def export_command(
         weights: for a run trained with model.ema_decay: ema (the moving average of the weights) or live
             (the last step's); a run without an average has only the last step's
     """
-    target = Path(out).expanduser()
-    _check_export_target(target, dtype, overwrite, weights)  # before reading a large checkpoint
+    target = _check_export_target(
+        out, dtype, overwrite, weights, ckpt_path
+    )  # before reading a large checkpoint
     checkpoint = read_checkpoint(ckpt_path)
     _export(checkpoint, ckpt_path, target, dtype, overwrite, weights)
     which = (

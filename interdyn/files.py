@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,27 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     with atomic_file(path) as handle:
         handle.write(data.encode() if isinstance(data, str) else data)
     return path
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """Why files cannot be written into ``folder`` (made with its parents where missing), or None when
+    they can. Nothing is created: the nearest existing folder on the way is probed with a temporary file,
+    which tells what a later write would meet (a read-only file system, permissions, a file in the way)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"'{folder}' exists and is not a folder"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"'{existing}' is a file, not a folder"
+    try:
+        handle, name = tempfile.mkstemp(prefix=".write-test-", suffix=TMP_SUFFIX, dir=existing)
+    except OSError as err:
+        return f"cannot write in '{existing}' ({err.strerror or type(err).__name__})"
+    os.close(handle)
+    os.unlink(name)
+    return None
 
 
 def _umask() -> int:

@@ -28,17 +28,26 @@ from jsonargparse import ArgumentParser
 from interdyn.branch_checkpoint import DTYPES, load_branch
 from interdyn.commands import add_default_note, command_parser, resolve_device, run_command
 from interdyn.data.clip_spec import ClipSpec, FrameSampling
-from interdyn.data.video import encode_video
 from interdyn.errors import InputError, WeightsMismatchError
 from interdyn.files import write_atomic
-from interdyn.inputs import DEMO_CLIP, GenerationInputs, ReadOptions, load_clip_inputs, load_image_inputs
+from interdyn.generate_outputs import check_out_folder, check_outputs, output_names, write_outputs
+from interdyn.inputs import (
+    DEMO_CLIP,
+    GenerationInputs,
+    ReadOptions,
+    control_tensor,
+    load_clip_inputs,
+    load_image_inputs,
+)
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings, Scheduler
 from interdyn.models.svd import SVDComponents, get_svd
-from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes, to_uint8
+from interdyn.render import to_uint8
+
+MAX_SAMPLES = 32  # videos per control sequence in one run: all are sampled as one batch and kept in memory
 
 # command-line option -> sampling setting (the pipeline's keyword argument)
 SAMPLING_OPTIONS = {
@@ -88,7 +97,9 @@ class GenerateOptions:
         control_fps: frame rate of the masks (and of a --clip's video); default: the video's own, 7 for
             image folders and .npz without an fps entry
         start: first source frame of the clip window
-        threshold: mask threshold (0-255, brightest channel)
+        threshold: mask threshold, 1-255 on the brightest channel (a pixel at or above it drives), or
+            none: the masks as given, their brightest channel scaled to 0..1 without a cut (as the
+            authors' demo feeds its mask videos)
         num_frames: frames per video
         fps: target rate ("7 FPS": SVD's fps=7 convention); the clip takes every n-th source frame, with
             the stride whose rate is nearest (12 fps -> every 2nd frame, as the authors' demo)
@@ -103,7 +114,7 @@ class GenerateOptions:
             .ckpt
         dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
         device: auto, cpu, cuda or cuda:<index>
-        num_samples: videos per control sequence (3 in the authors' demo)
+        num_samples: videos per control sequence (3 in the authors' demo; at most 32)
         seed: the same seed gives the same videos
         scheduler: sampler: euler (SVD's, the paper's), dpmpp_2m (DPM-Solver++(2M):
             below Euler at equal steps on the trained world, see docs/benchmarks.md) or edm_euler
@@ -117,6 +128,8 @@ class GenerateOptions:
         decode_chunk_size: frames decoded at once (default: all)
         out: output folder (created)
         name: file name prefix, not a path (default: the image's stem or the clip folder's name)
+        overwrite: replace outputs of an earlier run with the same --out and --name (inputs are never
+            replaced)
         no_progress: no progress bar
     """
 
@@ -126,7 +139,7 @@ class GenerateOptions:
     control_name: str | None = None
     control_fps: float | None = None
     start: int = 0
-    threshold: int = 128
+    threshold: int | Literal["none"] | None = None
     num_frames: int = DEMO_CLIP.num_frames
     fps: float = DEMO_CLIP.fps
     frame_sampling: FrameSampling = DEMO_CLIP.frame_sampling
@@ -151,19 +164,19 @@ class GenerateOptions:
     decode_chunk_size: int | None = None
     out: str = "generated"
     name: str | None = None
+    overwrite: bool = False
     no_progress: bool = False
 
 
 def build_parser() -> ArgumentParser:
     """The parser of ``interdyn generate`` (its ``parse_args`` gives the options of :class:`GenerateOptions`)."""
     parser = command_parser(GenerateOptions, "interdyn generate", multiple=["control"])
-    add_default_note(
-        parser,
-        {
-            option: f"the .ckpt's, else {getattr(DEFAULT_SAMPLING, setting)}"
-            for option, setting in SAMPLING_OPTIONS.items()
-        },
-    )
+    notes = {
+        option: f"the .ckpt's, else {getattr(DEFAULT_SAMPLING, setting)}"
+        for option, setting in SAMPLING_OPTIONS.items()
+    }
+    notes["threshold"] = "none with --clip, as the authors' demo; 128 with --image"
+    add_default_note(parser, notes)
     return parser
 
 
@@ -175,6 +188,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise InputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got '{name}'.")
     return DTYPES[name]
+
+
+def mask_threshold(args: GenerateOptions) -> int | None:
+    """The threshold the masks are read with: None (as given) for ``--threshold none`` and, by default,
+    for ``--clip`` (the authors' example folders, fed as they decode); else 128 or the one given."""
+    if args.threshold == "none" or (args.threshold is None and args.clip):
+        return None
+    return 128 if args.threshold is None else args.threshold
 
 
 def clip_spec(args: GenerateOptions) -> ClipSpec:
@@ -196,7 +217,7 @@ def read_inputs(args: GenerateOptions) -> GenerationInputs:
     options = ReadOptions(
         start=args.start,
         control_fps=args.control_fps,
-        threshold=args.threshold,
+        threshold=mask_threshold(args),
         name=args.name,
         crop_given=args.crop is not None,
     )
@@ -250,44 +271,6 @@ def sampling_settings(args: GenerateOptions, recorded: dict[str, Any]) -> Sampli
     return settings.with_overrides(num_inference_steps=int(settings.num_inference_steps))
 
 
-# ---------------------------------------------------------------------------- outputs
-def write_outputs(inputs: GenerationInputs, videos: dict[str, np.ndarray], out: Path) -> list[Path]:
-    """Per-sample mp4s, a labelled comparison video and a contact sheet (a grid in counterfactual mode)."""
-    name, fps, t = inputs.name, inputs.fps, len(inputs.controls[0])
-    image = np.broadcast_to(inputs.image, (t, *inputs.image.shape))
-    counterfactual = len(inputs.controls) > 1
-    paths: list[Path] = []
-
-    def mp4(path: Path, frames: np.ndarray) -> None:
-        paths.append(write_atomic(path, encode_video(np.ascontiguousarray(frames), fps)))
-
-    rows, sheet_rows, sheet_labels = [], [image], ["input"]
-    for label, control in zip(inputs.labels, inputs.controls, strict=True):
-        samples = videos[label]
-        prefix = f"{name}_{label}" if counterfactual else name
-        for k, sample in enumerate(samples):
-            mp4(out / f"{prefix}_s{k}.mp4", sample)
-        panels = [image, masks_to_rgb(control), *samples]
-        names = ["input", f"control {label}" if counterfactual else "control"]
-        names += [f"sample {k}" for k in range(len(samples))]
-        if inputs.truth is not None:
-            panels.append(inputs.truth)
-            names.append("ground truth")
-        rows.append(labelled_row(panels, names))
-        tag = f"{label}: " if counterfactual else ""
-        sheet_rows += [masks_to_rgb(control), *samples]
-        sheet_labels += [f"{tag}control", *(f"{tag}sample {k}" for k in range(len(samples)))]
-    if inputs.truth is not None:
-        sheet_rows.append(inputs.truth)
-        sheet_labels.append("ground truth")
-
-    stem = f"{name}_cf" if counterfactual else name
-    mp4(out / (f"{stem}_grid.mp4" if counterfactual else f"{stem}_compare.mp4"), np.concatenate(rows, axis=1))
-    sheet = contact_sheet(sheet_rows, sheet_labels)
-    paths.append(write_atomic(out / f"{stem}_sheet.png", png_bytes(sheet)))
-    return paths
-
-
 # ---------------------------------------------------------------------------- the command
 @dataclass
 class LoadedWeights:
@@ -324,17 +307,14 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
     ``--svd``/``--controlnet``/``--device``/``--dtype``), sample every control sequence, write the outputs."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if args.num_samples < 1:
-        raise InputError("--num_samples must be at least 1.")
-    inputs = read_inputs(args)  # bad inputs fail before any weights are loaded
-    taken = ", ".join(map(str, inputs.source_frames)) or "one still mask"
-    print(f"timing: {inputs.timing}; source frames {taken}")
-    for note in inputs.notes:
-        print(note)
-
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise InputError(
+            f"--num_samples must be from 1 to {MAX_SAMPLES} (all samples are drawn as one batch), got "
+            f"{args.num_samples}; run again with another --seed for more."
+        )
     out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}' exists and is not a folder.")
+    inputs = prepare_run(args, out)
+
     if weights is not None and weights.key != weights_key(args):
         raise ValueError(f"the loaded weights serve {weights.key}, not {weights_key(args)}")
     if weights is None:
@@ -358,7 +338,7 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         generator = torch.Generator().manual_seed(args.seed)
         frames = pipe(
             inputs.image,
-            torch.from_numpy(control),
+            control_tensor(control),
             num_videos_per_prompt=args.num_samples,
             generator=generator,
             decode_chunk_size=args.decode_chunk_size,
@@ -368,7 +348,47 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         videos[label] = to_uint8(frames)
 
     paths = write_outputs(inputs, videos, out)
-    record = {
+    record = run_record(args, inputs, svd_source, device, dtype, settings) | {
+        "files": [p.name for p in paths]
+    }
+    paths.append(write_atomic(out / f"{inputs.name}_settings.json", json.dumps(record, indent=2).encode()))
+    print(f"wrote {len(paths)} files to {out}/:")
+    for path in paths:
+        print(f"  {path}")
+    return GenerateResult(inputs, videos, paths, settings)
+
+
+def prepare_run(args: GenerateOptions, out: Path) -> GenerationInputs:
+    """The run's inputs, once ``out`` is known to be writable and to hold none of the outputs (or
+    ``--overwrite``): every check that needs no weights, before any are loaded."""
+    check_out_folder(out)  # a folder that cannot be written fails now, not after sampling
+    inputs = read_inputs(args)
+    given = [p for p in (args.image, args.clip, *(args.control or [])) if p]
+    check_outputs(out, output_names(inputs, args.num_samples), given, args.overwrite)
+    taken = ", ".join(map(str, inputs.source_frames)) or "one still mask"
+    print(f"timing: {inputs.timing}; source frames {taken}")
+    for note in inputs.notes:
+        print(note)
+    threshold = mask_threshold(args)
+    print(
+        "masks: as given (brightest channel scaled to 0..1, no threshold; --threshold 128 binarises)"
+        if threshold is None
+        else f"masks: binary, a pixel drives where its brightest channel reaches {threshold}"
+    )
+    return inputs
+
+
+def run_record(
+    args: GenerateOptions,
+    inputs: GenerationInputs,
+    svd_source: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's ``<name>_settings.json`` (without its list of files)."""
+    threshold = mask_threshold(args)
+    return {
         "name": inputs.name,
         "image": args.image,
         "clip": args.clip,
@@ -379,6 +399,7 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "seed": args.seed,
+        "threshold": "none" if threshold is None else threshold,
         "num_samples": args.num_samples,
         "num_frames": args.num_frames,
         "fps": inputs.fps,
@@ -391,13 +412,7 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         "width": args.width,
         "sampling": settings,
         "inputs": inputs.notes,
-        "files": [p.name for p in paths],
     }
-    paths.append(write_atomic(out / f"{inputs.name}_settings.json", json.dumps(record, indent=2).encode()))
-    print(f"wrote {len(paths)} files to {out}/:")
-    for path in paths:
-        print(f"  {path}")
-    return GenerateResult(inputs, videos, paths, settings)
 
 
 def generate(argv: list[str]) -> GenerateResult:

@@ -42,14 +42,33 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def open_image(path: Path) -> np.ndarray:
-    """An image file -> ``(H, W, 3)`` uint8 RGB (a writable copy); :class:`MediaError` when unreadable."""
+    """An image file -> ``(H, W, 3)`` uint8 RGB (a writable copy); :class:`MediaError` when unreadable.
+
+    Images of more than 8 bits per channel are brought to 8 bits by their range (a 16-bit grey PNG is
+    divided by 257, a float image of values up to 1 multiplied by 255) rather than cut at 255, which would
+    turn every pixel above 255 white."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith(("I", "F")):
+                return _grey_to_rgb8(np.array(image), image.mode)
             return np.array(image.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise MediaError(short_reason(err)) from None
+
+
+def _grey_to_rgb8(values: np.ndarray, mode: str) -> np.ndarray:
+    """A grey image of Pillow's wide modes (``I;16*``: 16 bits, ``I``: 32-bit integers, ``F``: floats)
+    -> ``(H, W, 3)`` uint8 by its range: 16 bits / 257; ``I`` as 16 bits when it holds values above 255;
+    ``F`` x 255 when its values lie within 0..1."""
+    values = values.astype(np.float64)
+    if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0
+    elif mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    grey = np.clip(np.round(values), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def read_video_file(path: Path) -> tuple[bytes, np.ndarray, float | None]:
@@ -112,6 +131,25 @@ def binarize(
     if min_blob > 1:
         _drop_specks(out, min_blob)
     return out
+
+
+def mask_values(masks: np.ndarray, zero_one: bool = False) -> np.ndarray:
+    """Mask frames ``(T, H, W)`` or ``(T, H, W, C)`` -> float32 ``(T, H, W)`` in 0..1, as given: the
+    brightest colour channel (alpha ignored), scaled by the range of its type and not cut (booleans are
+    0 or 1, integers / 255, floats above 1 / 255). A lossy mask video keeps its grey levels and codec
+    noise, as the authors' demo feeds it. ``zero_one`` as for :func:`binarize` (a whole sequence only)."""
+    masks = np.asarray(masks)
+    if masks.ndim == 4:
+        masks = masks[..., :3].max(axis=-1)
+    if masks.dtype == bool:
+        return masks.astype(np.float32)
+    integer = np.issubdtype(masks.dtype, np.integer)
+    if zero_one and integer and masks.size and 0 <= masks.min() <= masks.max() <= 1:
+        return masks.astype(np.float32)
+    values = masks.astype(np.float32)
+    if integer or values.max(initial=0) > 1.0:
+        values = values / np.float32(255)
+    return np.clip(values, 0.0, 1.0)
 
 
 def _drop_specks(masks: np.ndarray, min_blob: int) -> None:

@@ -390,18 +390,46 @@ def test_exit_code_as_a_process(files, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the authors' example folders
-def test_authors_example_folder_gets_the_demo_preprocessing(tmp_path, tiny_svd_folder, branch_folder, capsys):
+def authors_control(mask_video: Path, indices: list[int], height: int, width: int) -> torch.Tensor:
+    """The control tensor the authors' demo gives its pipeline for a mask video: the decoded RGB frames at
+    ``indices``, resized (short side, torchvision v2 NEAREST) and centre-cropped as uint8, divided by 255
+    and normalised to ``2 x - 1`` as diffusers' image processor does: ``(1, T, 3, H, W)`` float32."""
+    import torchvision.transforms.v2 as T
+    import torchvision.transforms.v2.functional as F2
+
+    frames = torch.from_numpy(decoded(mask_video)[indices]).permute(0, 3, 1, 2)  # uint8 (T, 3, H, W)
+    h, w = frames.shape[-2:]
+    scale = max(height / h, width / w)
+    frames = F2.resize(frames, [int(round(h * scale)), int(round(w * scale))], T.InterpolationMode.NEAREST)
+    frames = T.CenterCrop((height, width))(frames)
+    return (2.0 * (frames / 255.0) - 1.0)[None]
+
+
+def test_authors_example_folder_gets_the_demo_preprocessing(
+    tmp_path, tiny_svd_folder, branch_folder, capsys, monkeypatch
+):
     """A folder like the released examples (12 fps VP9 of odd width, grey noisy masks, object masks longer
     than the video) goes through with the demo's preprocessing: every 2nd frame from frame 0, resize then
-    torchvision's centre crop, masks resized with torchvision's NEAREST, 3 samples, seed 42."""
+    torchvision's centre crop, the mask video's values as they decode (not binarised), masks resized with
+    torchvision's NEAREST, 3 samples, seed 42. The control tensor the pipeline is given is the one the
+    authors' preprocessing makes, to the last bit."""
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
 
     from interdyn.data.transforms import resize_to_cover
+    from interdyn.inputs import ReadOptions
     from tests.example_folders import HEIGHT as EH
     from tests.example_folders import WIDTH as EW
     from tests.example_folders import hand_masks, write_example
 
+    given: list[torch.Tensor] = []
+    real_call = InterDynPipeline.__call__
+
+    def recording_call(self, image, control, *args, **kwargs):  # noqa: ANN001, ANN202
+        given.append(torch.as_tensor(control).clone())
+        return real_call(self, image, control, *args, **kwargs)
+
+    monkeypatch.setattr(InterDynPipeline, "__call__", recording_call)
     folder = write_example(tmp_path / "examples" / "1234")
     out = tmp_path / "out"
     argv = ["--clip", str(folder), "--controlnet", str(branch_folder), "--svd", str(tiny_svd_folder)]
@@ -413,21 +441,34 @@ def test_authors_example_folder_gets_the_demo_preprocessing(tmp_path, tiny_svd_f
         f"timing: every 2nd frame of 12 fps = 6 fps (uniform stride nearest 7 FPS); source frames {', '.join(map(str, taken))}"
         in printed
     )
+    assert "masks: as given" in printed
     assert result.inputs.source_frames == taken and result.inputs.fps == 6.0
     assert result.videos["hand"].shape == (3, FRAMES, SIZE, SIZE, 3)  # the demo's 3 samples
     settings = json.loads((out / "1234_settings.json").read_text())
     assert settings["source_frames"] == taken and settings["seed"] == 42 and settings["crop"] == "center"
     assert settings["num_samples"] == 3 and settings["timing"].startswith("every 2nd frame of 12 fps")
+    assert settings["threshold"] == "none"
 
-    # The same frames through torchvision: NEAREST masks, centre crop with its rounding (x = 19.5 -> 20).
-    video = decoded(folder / "video.webm")[taken]
+    # The control the pipeline got: the authors' tensor exactly, grey levels and codec noise included.
+    expected = authors_control(folder / "mask_hand.webm", taken, SIZE, SIZE)
+    assert (
+        len(given) == 1 and given[0].dtype == torch.float32 and given[0].shape == (1, FRAMES, 3, SIZE, SIZE)
+    )
+    assert torch.equal(given[0], expected)
+    soft = np.unique(expected.numpy())
+    assert len(soft) > 3 and soft.min() == -1.0 and soft.max() < 1.0  # not binary: 170-grey masks, noise
+
+    # --threshold 128 still binarises: torchvision's NEAREST masks, centre crop rounding (x = 19.5 -> 20).
+    binary = load_clip_inputs(folder, clip=SMALL, options=ReadOptions(threshold=128))
     masks = torch.from_numpy(hand_masks(28)[taken])
     new_w = round(EW * SIZE / EH)
     assert (new_w - SIZE) % 2 == 1  # the half-pixel case where the rounding matters
     expected_masks = TF.center_crop(
         TF.resize(masks[:, None].to(torch.uint8), [SIZE, new_w], InterpolationMode.NEAREST), [SIZE, SIZE]
     )[:, 0].bool()
-    np.testing.assert_array_equal(result.inputs.controls[0], expected_masks.numpy())
+    np.testing.assert_array_equal(binary.controls[0], expected_masks.numpy())
+    np.testing.assert_array_equal(np.round(result.inputs.controls[0] * 255) >= 128, expected_masks.numpy())
+    video = decoded(folder / "video.webm")[taken]
     frames, _ = resize_to_cover(torch.from_numpy(video).permute(0, 3, 1, 2), masks, SIZE, SIZE)
     expected_frames = TF.center_crop(frames, [SIZE, SIZE]).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(result.inputs.truth, expected_frames)

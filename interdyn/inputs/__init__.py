@@ -6,6 +6,8 @@ from interdyn.inputs.clips import (
     DEMO_CLIP,
     GenerationInputs,
     ReadOptions,
+    control_tensor,
+    fit_masks,
     frame_indices,
     load_clip_inputs,
     load_image_inputs,
@@ -19,7 +21,7 @@ from interdyn.inputs.files import (
     read_image,
     read_masks,
 )
-from interdyn.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, binarize
+from interdyn.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, binarize, mask_values
 
 __all__ = [
     "DEMO_CLIP",
@@ -30,10 +32,13 @@ __all__ = [
     "MaskSource",
     "ReadOptions",
     "binarize",
+    "mask_values",
     "find_clip_parts",
     "frame_indices",
     "load_clip_inputs",
     "load_image_inputs",
+    "control_tensor",
+    "fit_masks",
     "masks_npz_bytes",
     "read_frames",
     "read_image",

@@ -32,9 +32,17 @@ from interdyn.data.sampling import (
     effective_fps,
     valid_starts,
 )
-from interdyn.data.transforms import CROPS, joint_transform, resize_to_cover
+from interdyn.data.transforms import CROPS, apply_geometry, joint_transform
 from interdyn.errors import InputError
-from interdyn.inputs.files import FOLDER_FPS, MaskSource, find_clip_parts, read_frames, read_image, read_masks
+from interdyn.inputs.files import (
+    FOLDER_FPS,
+    MaskSource,
+    check_threshold,
+    find_clip_parts,
+    read_frames,
+    read_image,
+    read_masks,
+)
 
 # The authors' demo cuts the paper's clips but centres its crop on the image, not on the masks.
 DEMO_CLIP = replace(PAPER_CLIP, crop="center")
@@ -48,14 +56,15 @@ class ReadOptions:
         start: first source frame of the clip window.
         control_fps: frame rate of the masks (and of a clip folder's video); ``None``: the file's own,
             else :data:`~interdyn.inputs.files.FOLDER_FPS`.
-        threshold: mask threshold (0-255, brightest channel).
+        threshold: mask threshold (1-255, brightest channel); None: the masks as given, the brightest
+            channel scaled to 0..1 without a cut (the authors' demo feeds its mask videos so).
         name: name of the outputs (default: the image's stem or the clip folder's name).
         crop_given: whether the user chose the crop (the notes say when the demo's default was taken).
     """
 
     start: int = 0
     control_fps: float | None = None
-    threshold: int = 128
+    threshold: int | None = 128
     name: str | None = None
     crop_given: bool = True
 
@@ -69,7 +78,7 @@ class GenerationInputs:
 
     name: str
     image: np.ndarray  # (H, W, 3) uint8: the first frame
-    controls: list[np.ndarray]  # one (T, H, W) bool array per control sequence
+    controls: list[np.ndarray]  # one (T, H, W) per control: bool, or float32 in 0..1 (masks as given)
     labels: list[str]  # one short name per control sequence
     truth: np.ndarray | None  # (T, H, W, 3) uint8 ground truth (clip folders only)
     fps: float  # playback rate of the clips (the rate actually taken, e.g. 6 for every 2nd frame of 12 fps)
@@ -126,7 +135,7 @@ def _resample_control(
     if not source.masks.any():
         raise InputError(
             f"{what} is empty: none of its {len(source.masks)} frames has a mask pixel (a driver pixel "
-            "is one whose brightest channel reaches --threshold)."
+            "is one whose brightest channel reaches --threshold, or is above 0 with --threshold none)."
         )
     num_frames, control_fps = clip.num_frames, options.control_fps
     if source.still:
@@ -179,6 +188,36 @@ def _geometry_note(source_hw: tuple[int, int], geometry: tuple, clip: ClipSpec, 
     )
 
 
+def fit_masks(masks: np.ndarray, geometry: tuple, height: int, width: int) -> np.ndarray:
+    """Masks ``(T, H, W)`` of a source clip (bool, or float values as given) through the resize (NEAREST,
+    as the authors') and crop window that :func:`joint_transform` returned as ``geometry``."""
+    if masks.dtype == bool:
+        return apply_geometry(masks, height, width, geometry).numpy()
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    values = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
+    h, w = masks.shape[-2:]
+    size = [round(h * geometry[0]), round(w * geometry[1])]
+    if size != [h, w]:
+        values = TF.resize(values, size, interpolation=InterpolationMode.NEAREST, antialias=False)
+    top, left = int(geometry[2]), int(geometry[3])
+    return values[:, 0, top : top + height, left : left + width].numpy().copy()
+
+
+def control_tensor(control: np.ndarray) -> torch.Tensor:
+    """A control sequence ``(T, H, W)`` -> the ``(1, T, 3, H, W)`` float tensor in ``[-1, 1]`` the pipeline
+    takes: binary masks as -1 / +1, masks as given as ``2 v - 1`` (the authors' demo: values in 0..1 on
+    three equal channels, normalised as diffusers normalises images)."""
+    from interdyn.contract import masks_to_control
+
+    values = torch.from_numpy(np.ascontiguousarray(control))
+    if values.dtype == torch.bool:
+        return masks_to_control(values)
+    values = 2.0 * values.float() - 1.0
+    return values[None, :, None].expand(-1, -1, 3, -1, -1).contiguous()
+
+
 def _check_crop(control: np.ndarray, label: str, crop: str) -> None:
     if not control.any():
         hint = " (try --crop mask_aware)" if crop != "mask_aware" else ""
@@ -189,6 +228,7 @@ def _check_crop(control: np.ndarray, label: str, crop: str) -> None:
 
 def _check_options(clip: ClipSpec, options: ReadOptions) -> None:
     """One InputError sentence for the first setting that cannot cut a clip."""
+    check_threshold(options.threshold)
     if clip.crop not in ("center", "mask_aware"):
         raise InputError(
             f"--crop must be 'center' or 'mask_aware', got '{clip.crop}' (known crops: {CROPS})."
@@ -269,12 +309,9 @@ def load_image_inputs(
     frame_t, _, geometry = joint_transform(
         picture[None], union[None], height, width, clip.crop, with_geometry=True
     )
-    top, left = geometry[2], geometry[3]
-    image_t = torch.from_numpy(picture).permute(2, 0, 1)[None]
     fitted = []
     for label, sequence in zip(labels, sequences, strict=True):
-        _, resized = resize_to_cover(image_t, torch.from_numpy(sequence), height, width)
-        window = resized[:, top : top + height, left : left + width].numpy()
+        window = fit_masks(sequence, geometry, height, width)
         _check_crop(window, label, clip.crop)
         fitted.append(window)
     notes.append(_geometry_note(picture.shape[:2], geometry, clip, options.crop_given))
@@ -332,6 +369,11 @@ def load_clip_inputs(
     with torchvision's NEAREST."""
     _check_options(clip, options)
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise InputError(
+            f"--clip takes a folder (video.* and mask_<name>.*), but '{folder}' is a file; give an image "
+            "with --image and its masks with --control."
+        )
     if not folder.is_dir():
         raise InputError(f"the clip folder '{folder}' does not exist.")
     video_path, mask_path, mask_name = find_clip_parts(folder, control_name)
@@ -361,9 +403,11 @@ def load_clip_inputs(
         f"-> {clip.num_frames} frames, {timing} (source frames {_describe_indices(indices)})",
     )
     frames_t, masks_t, geometry = joint_transform(
-        frames[indices], masks[indices], clip.height, clip.width, clip.crop, with_geometry=True
+        frames[indices], masks[indices] > 0, clip.height, clip.width, clip.crop, with_geometry=True
     )
     control = masks_t.numpy()
+    if masks.dtype != bool:  # masks as given: their values through the same resize and crop
+        control = fit_masks(masks[indices], geometry, clip.height, clip.width)
     _check_crop(control, label, clip.crop)
     notes.append(_geometry_note(frames.shape[1:3], geometry, clip, options.crop_given))
     _note_first_frame([control], [mask_name], notes)

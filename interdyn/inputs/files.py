@@ -27,6 +27,7 @@ from interdyn.media import (
     binarize,
     image_files,
     iter_video_frames,
+    mask_values,
     open_image,
     read_video_file,
     short_reason,
@@ -38,11 +39,34 @@ NPZ_KEYS = ("control", "masks", "mask")
 
 @dataclass
 class MaskSource:
-    """Binary driver masks as read from a file, at the file's own frame rate."""
+    """Driver masks as read from a file, at the file's own frame rate: binary, or as given (values)."""
 
-    masks: np.ndarray  # (T, H, W) bool
+    masks: np.ndarray  # (T, H, W) bool, or float32 in 0..1 as given (threshold None)
     fps: float | None  # None: the file carries no frame rate
     still: bool = False  # a single mask image, to be repeated over the clip
+
+
+def check_threshold(threshold: int | None) -> None:
+    """A mask threshold is None (masks as given) or a whole number from 1 to 255 (0 or less would make
+    every pixel a driver)."""
+    if threshold is None:
+        return
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | np.integer)
+        or not 1 <= threshold <= 255
+    ):
+        raise InputError(
+            f"--threshold must be none (masks as given) or a whole number from 1 to 255, got {threshold!r}."
+        )
+
+
+def to_masks(frames: np.ndarray, threshold: int | None, zero_one: bool = True) -> np.ndarray:
+    """Mask frames -> bool masks cut at ``threshold`` (:func:`~interdyn.media.binarize`), or float32
+    values in 0..1 as given when ``threshold`` is None (:func:`~interdyn.media.mask_values`)."""
+    if threshold is None:
+        return mask_values(frames, zero_one=zero_one)
+    return binarize(frames, threshold, zero_one=zero_one)
 
 
 class FolderError(MediaError):
@@ -104,6 +128,10 @@ def _open_image(path: Path, what: str) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """An image file (or the first frame of a video file) -> ``(H, W, 3)`` uint8 RGB."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(
+            f"the image '{path}' is a folder; give an image file (a clip folder goes to --clip)."
+        )
     if not path.is_file():
         raise InputError(f"the image '{path}' does not exist.")
     if path.suffix.lower() in VIDEO_SUFFIXES:
@@ -131,14 +159,15 @@ def read_frames(path: Path) -> tuple[np.ndarray, float | None]:
     return _read_folder(path, messages), None
 
 
-def _read_mask_video(path: Path, threshold: int) -> MaskSource:
-    """A mask video, binarised frame by frame (it never sits in memory as RGB), at its own rate."""
+def _read_mask_video(path: Path, threshold: int | None) -> MaskSource:
+    """A mask video, binarised (or brought to 0..1) frame by frame (it never sits in memory as RGB), at its
+    own rate."""
     import av
 
     if not path.stat().st_size:
         raise InputError(f"cannot read the control '{path}' (the file is empty).")
     try:
-        masks = [binarize(frame[None], threshold)[0] for frame in iter_video_frames(path)]
+        masks = [to_masks(frame[None], threshold, zero_one=False)[0] for frame in iter_video_frames(path)]
     except MediaError as err:
         raise InputError(f"cannot read the control '{path}' ({err}).") from None
     if not masks:
@@ -162,7 +191,25 @@ def _npz_fps(path: Path, value: np.ndarray) -> float:
     return fps
 
 
-def _read_npz(path: Path, threshold: int) -> MaskSource:
+def _npz_masks(path: Path, masks: np.ndarray) -> np.ndarray:
+    """The mask array of a ``.npz`` as ``(T, H, W)`` or ``(T, H, W, C)``: a single mask ``(H, W)``, masks
+    with a channel axis ``(T, 1, H, W)`` / ``(T, H, W, 1|3|4)`` or a batch of one ``(1, T, H, W)``."""
+    if masks.ndim == 2:
+        return masks[None]
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        return masks[:, 0]
+    if masks.ndim == 4 and masks.shape[-1] in (1, 3, 4):
+        return masks[..., 0] if masks.shape[-1] == 1 else masks
+    if masks.ndim == 4 and masks.shape[0] == 1:
+        return masks[0]
+    if masks.ndim != 3:
+        raise InputError(
+            f"the control '{path}' has masks of shape {masks.shape}; expected (frames, height, width)."
+        )
+    return masks
+
+
+def _read_npz(path: Path, threshold: int | None) -> MaskSource:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -176,23 +223,14 @@ def _read_npz(path: Path, threshold: int) -> MaskSource:
         raise InputError(
             f"the control '{path}' holds arrays {sorted(arrays)}; name the masks 'control' (shape T x H x W)."
         )
-    masks = arrays[key]
-    if masks.ndim == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.ndim == 2:
-        masks = masks[None]
-    if masks.ndim == 4 and masks.shape[-1] in (1, 3, 4):
-        masks = masks[..., 0] if masks.shape[-1] == 1 else masks
-    if masks.ndim not in (3, 4):
-        raise InputError(
-            f"the control '{path}' has masks of shape {masks.shape}; expected (frames, height, width)."
-        )
-    return MaskSource(binarize(masks, threshold, zero_one=True), fps)
+    return MaskSource(to_masks(_npz_masks(path, arrays[key]), threshold), fps)
 
 
-def read_masks(path: str | Path, threshold: int = 128) -> MaskSource:
+def read_masks(path: str | Path, threshold: int | None = 128) -> MaskSource:
     """Driver masks from a mask video, a folder of mask images, a single mask image or a ``.npz``
-    (array ``control``, ``masks`` or the only one; optional scalar ``fps``)."""
+    (array ``control``, ``masks`` or the only one; optional scalar ``fps``): bool, cut at ``threshold``
+    (brightest channel, 0-255), or float32 values in 0..1 as given when ``threshold`` is None."""
+    check_threshold(threshold)
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"the control '{path}' does not exist.")
@@ -202,13 +240,13 @@ def read_masks(path: str | Path, threshold: int = 128) -> MaskSource:
             "unreadable": "cannot read the mask image '{path}' ({reason}).",
             "sizes": "the mask images in '{folder}' do not all have the same size.",
         }
-        return MaskSource(binarize(_read_folder(path, messages), threshold, zero_one=True), None)
+        return MaskSource(to_masks(_read_folder(path, messages), threshold), None)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path, threshold)
     if suffix in IMAGE_SUFFIXES:
         image = _open_image(path, "the control")
-        return MaskSource(binarize(image[None], threshold, zero_one=True), None, still=True)
+        return MaskSource(to_masks(image[None], threshold), None, still=True)
     if suffix not in VIDEO_SUFFIXES:
         raise InputError(
             f"the control '{path}' is neither a mask video, a folder of mask images, a mask image nor a .npz."

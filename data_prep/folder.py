@@ -149,9 +149,25 @@ def align_mask_lengths(
     return out, t, cases
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a file name read from the disk was valid UTF-8 (Python keeps other bytes as surrogates,
+    which the shards' json and tar names cannot hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """A file name as text that UTF-8 can hold: bytes that were not UTF-8 shown as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def split_of(clip_id: str, val_fraction: float, test_fraction: float, default: str) -> str:
     """A stable split from the clip id's hash (the same clip always lands in the same split)."""
-    u = int(hashlib.sha1(clip_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    # surrogateescape: a folder name that is not UTF-8 still hashes (its clip is skipped by the maker)
+    u = int(hashlib.sha1(clip_id.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) / 0xFFFFFFFF
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
@@ -176,6 +192,9 @@ class FolderMaker:
 
     def __call__(self, item: Item) -> tuple[str, dict[str, Any]]:
         folder = Path(item.data)
+        if not is_utf8(folder.name):
+            shown = printable_name(folder.name)
+            raise SkipSample("name_not_utf8", f"the clip folder name '{shown}' is not UTF-8; rename it")
         video_path = find_media(folder, "video")
         if video_path is None:
             raise SkipSample("missing_video", f"no video.* in {folder}")
@@ -276,7 +295,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fps", type=float, default=None, help="override the frame rate (required for frame folders)"
     )
-    parser.add_argument("--threshold", type=int, default=128, help="mask threshold on a 0-255 scale")
+    parser.add_argument(
+        "--threshold", type=int, default=128, help="mask threshold, 1-255 on the brightest channel"
+    )
     parser.add_argument("--min_blob", type=int, default=4, help="drop mask specks smaller than this (pixels)")
     parser.add_argument(
         "--short_objects",
@@ -295,6 +316,10 @@ def _clip_folders(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"input folder {args.input} does not exist")
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.name):
         raise ValueError("--name may hold only letters, digits and '_'")
+    if not 1 <= args.threshold <= 255:
+        raise ValueError(
+            f"--threshold must be from 1 to 255 (0 or less makes every pixel a driver), got {args.threshold}"
+        )
     clips = sorted((p for p in args.input.iterdir() if p.is_dir()), key=natural_key)
     if not clips:
         raise ValueError(f"{args.input} has no clip folders (one folder per clip: video.* + mask_*.*)")
@@ -313,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     splits: dict[str, list[Item]] = {}
     for clip in clips:
         split = split_of(clip.name, args.val_fraction, args.test_fraction, args.split)
-        splits.setdefault(split, []).append(Item(clip.name, str(clip)))
+        # the item's id goes into the split's records: a name that is not UTF-8 is shown escaped there
+        splits.setdefault(split, []).append(Item(printable_name(clip.name), str(clip)))
     for split, items in splits.items():
         items = items[: args.limit]
         maker = FolderMaker(

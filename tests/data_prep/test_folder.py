@@ -185,3 +185,33 @@ def test_a_split_without_samples_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no clip of split 'train' became a sample (2 clips; skipped: too_short 2)" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_clip_folder_name_that_is_not_utf8_is_skipped_and_counted(tmp_path, capsys):
+    """One folder named with Latin-1 bytes aborted the whole run (UnicodeEncodeError); it is now one skipped
+    clip, counted in report.json, and the other clips become samples."""
+    import os
+
+    from tests.example_folders import write_example
+
+    root = tmp_path / "clips"
+    write_example(root / "101")
+    write_example(root / os.fsdecode(b"caf\xe9"))  # a name written on a Latin-1 system
+    assert prepare(root, tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "train" / "report.json").read_text())
+    assert report["samples"] == 1 and report["skipped"] == {"name_not_utf8": 1}
+    (skipped,) = report["skipped_items"]["name_not_utf8"]
+    assert skipped["id"] == "caf\\xe9" and "is not UTF-8; rename it" in skipped["detail"]
+    assert sorted(read_shards(tmp_path / "out" / "train")) == ["folder-101"]
+    assert "skipped 1: name_not_utf8 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("threshold", ["-1", "0", "256"])
+def test_a_threshold_outside_1_to_255_is_refused(threshold, tmp_path, capsys):
+    from tests.example_folders import write_example
+
+    write_example(tmp_path / "clips" / "1")
+    assert prepare(tmp_path / "clips", tmp_path / "out", "--threshold", threshold) == 2
+    err = capsys.readouterr().err
+    assert f"--threshold must be from 1 to 255 (0 or less makes every pixel a driver), got {threshold}" in err
+    assert not (tmp_path / "out").exists()

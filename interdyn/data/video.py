@@ -14,7 +14,6 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from torch.utils.data import get_worker_info
 
 
 class VideoDecodeError(RuntimeError):
@@ -35,14 +34,43 @@ def decoder_threads() -> int:
     """Threads for one video decoder: this process's cores shared by the loader workers of its DataLoader
     and by the ranks on the node (at least 1). FFmpeg's automatic count is one thread per core in *every*
     decoder, which with 8 workers on each of 2 ranks oversubscribes the CPU sixteen times over."""
+    from torch.utils.data import get_worker_info  # here: encoding alone does not need torch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     info = get_worker_info()
     workers = info.num_workers if info is not None else 1
     return max(1, cores // (workers * _local_ranks()))
 
 
+# Encoder settings that depend on nothing but the frames: one encoder thread, no slice, row or lookahead
+# threads (PyAV's default is as many threads as cores, with slice threading), a fixed speed preset
+# (libvpx's realtime deadline adapts its effort to the time it has, so the "good" deadline is pinned).
+DETERMINISTIC_OPTIONS = {
+    "libx264": {
+        "preset": "fast",
+        "threads": "1",
+        "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0",
+    },
+    "libvpx-vp9": {"deadline": "good", "threads": "1", "row-mt": "0"},
+}
+
+
+def encoder_options(codec: str, crf: int) -> dict[str, str]:
+    """The encoder options of :func:`encode_video` for ``codec``: the quality (``crf``) and the settings
+    that make the same frames give the same bytes in any process, under any load, on any core count."""
+    options = dict(DETERMINISTIC_OPTIONS.get(codec, {"threads": "1"}))
+    if codec == "libx264":
+        options["crf"] = str(crf)  # libvpx keeps its default rate control, as it always has here
+    return options
+
+
 def encode_video(frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 18) -> bytes:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames to mp4 (libx264, yuv420p; even sizes) or webm (libvpx-vp9)."""
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames to mp4 (libx264, yuv420p; even sizes) or webm (libvpx-vp9).
+
+    The same frames always give the same bytes (:data:`DETERMINISTIC_OPTIONS`): one encoder thread,
+    no slice or lookahead threads, whatever else runs on the machine (the parallelism of the preparers
+    is across videos), the RGB to YUV conversion in one thread, and a WebM container without its random
+    segment id or date."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -51,15 +79,20 @@ def encode_video(frames: np.ndarray, fps: float, codec: str = "libx264", crf: in
         raise ValueError(f"libx264 needs even frame sizes, got {h}x{w}")
     buffer = io.BytesIO()
     fmt = "webm" if codec.startswith("libvpx") else "mp4"
-    with av.open(buffer, mode="w", format=fmt) as container:
+    # The WebM muxer writes a random segment id and the muxing date unless told to be bit-exact.
+    muxer = {"fflags": "+bitexact"} if fmt == "webm" else {}
+    with av.open(buffer, mode="w", format=fmt, container_options=muxer) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if codec == "libx264":
-            # One encoder thread: the same frames always give the same bytes (resumed and split preparation
-            # runs are compared byte for byte), and the project's parallelism is across videos anyway.
-            stream.options = {"crf": str(crf), "preset": "fast", "threads": "1"}
+        # PyAV opens encoders with an automatic thread count and slice threading: both off
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "NONE"
+        stream.options = encoder_options(codec, crf)
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # RGB -> YUV here, in one thread: PyAV's own conversion slices the frame over as many threads
+            # as there are cores
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=1)
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -25,6 +25,7 @@ class PhaseTimer(L.Callback):
         self.times: PhaseTimes | None = None
         self._marks: dict[str, float] = {}
         self._steps_at_start = 0
+        self._test_batches = 0
 
     def _start(self, name: str) -> None:
         self._marks[name] = time.perf_counter()
@@ -89,11 +90,15 @@ class PhaseTimer(L.Callback):
     # test / validate / predict as their own commands
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end_setup()
+        self._test_batches = 0
         self._start("testing (sampling, metrics)")
 
+    def on_test_batch_end(self, *args: object, **kwargs: object) -> None:
+        # counted: a streaming test loader has no length (num_test_batches is infinite)
+        self._test_batches += 1
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        batches = sum(int(n) for n in trainer.num_test_batches) if trainer.num_test_batches else 0
-        self._stop("testing (sampling, metrics)", f"{batches} batches")
+        self._stop("testing (sampling, metrics)", f"{self._test_batches} batches")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end_setup()

@@ -11,6 +11,7 @@ import importlib
 import os
 import pickle
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -18,14 +19,18 @@ import lightning as L
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from interdyn.callbacks.progress import resume_aware
+from interdyn.callbacks.timing import COMMAND_STARTED, PhaseTimer
 from interdyn.checkpoints import LastCheckpointOnInterrupt, load_checkpoint, secure_strategy
 from interdyn.commands import user_message
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.module import InterDynModule
+from interdyn.resume import find_last_checkpoint, searched_folders
+from interdyn.timing import process_age
 
 
 def control_channels(data: L.LightningDataModule) -> int:
@@ -77,7 +82,8 @@ class InterDynCLI(LightningCLI):
     """LightningCLI with InterDyn's module and any DataModule subclass.
 
     Checkpoints are always loaded weights-only (:mod:`interdyn.checkpoints`); ``--weights_only false`` is
-    refused, and ``--ckpt_path last`` with no last checkpoint is an error rather than a fresh start.
+    refused. ``--ckpt_path last`` resumes the newest last checkpoint of any earlier run of the config
+    (:mod:`interdyn.resume`); finding none is an error rather than a fresh start.
     The model's settings that must agree with the data follow it: ``conditioning_channels`` from the
     control type and ``fps_id`` from the clip rate (set them through ``data``).
     """
@@ -106,19 +112,30 @@ class InterDynCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         secure_strategy(trainer.strategy)
         trainer.callbacks.append(LastCheckpointOnInterrupt())
+        trainer.callbacks.append(PhaseTimer())
         if trainer.progress_bar_callback is not None:
             resume_aware(trainer.progress_bar_callback)
         return trainer
 
     def _check_checkpoint_arguments(self) -> None:
-        if self.config_init[self.subcommand].get("ckpt_path") == "last":
-            found = _last_checkpoints(self.trainer)
-            if not found:
-                raise ConfigError(
-                    "--ckpt_path last: there is no last checkpoint to resume from (none in "
-                    f"{_checkpoint_dirs(self.trainer) or 'any checkpoint folder'}); drop --ckpt_path to start "
-                    "a new run, or pass the path of a .ckpt file"
-                )
+        """Resolve ``--ckpt_path last`` to a file (:mod:`interdyn.resume`): the newest last checkpoint of any
+        earlier run of this config's logger name, or of the checkpoint folder the config fixes."""
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("ckpt_path") != "last":
+            return
+        if not any(isinstance(cb, (ModelCheckpoint, OnExceptionCheckpoint)) for cb in self.trainer.callbacks):
+            raise ConfigError(
+                "--ckpt_path last: this config has no ModelCheckpoint callback, so there is no last checkpoint "
+                "of it to find; pass the path of a .ckpt file (e.g. runs/<name>/version_<n>/checkpoints/last.ckpt)"
+            )
+        found = find_last_checkpoint(self.trainer)
+        if found is None:
+            raise ConfigError(
+                f"--ckpt_path last: there is no last checkpoint to resume from (none in {searched_folders(self.trainer)}); "
+                "drop --ckpt_path to start a new run, or pass the path of a .ckpt file"
+            )
+        rank_zero_info(f"--ckpt_path last: {found}")
+        arguments["ckpt_path"] = found
 
     def before_fit(self) -> None:
         self._check_checkpoint_arguments()
@@ -131,23 +148,6 @@ class InterDynCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint_arguments()
-
-
-def _last_checkpoints(trainer: L.Trainer) -> list[str]:
-    """The files Lightning would consider for ``ckpt_path="last"`` (``last*.ckpt`` of every
-    ModelCheckpoint's folder, and on-exception checkpoints), those that exist."""
-    candidates = {cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)}
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            candidates |= callback._find_last_checkpoints(trainer)
-    return sorted(p for p in candidates if p and get_filesystem(p).exists(p))
-
-
-def _checkpoint_dirs(trainer: L.Trainer) -> str:
-    dirs = [
-        cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath
-    ]
-    return ", ".join(str(d) for d in dirs)
 
 
 # The commands outside LightningCLI: (module, function, summary). Each function parses its arguments with
@@ -186,6 +186,8 @@ def more_commands() -> str:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``interdyn`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
+    # the run's time table counts from the command's start (its imports too, when run as a command)
+    COMMAND_STARTED[:] = [time.perf_counter() - (process_age() if args is None else 0.0)]
     cli_args = None if args is None else argv  # LightningCLI reads sys.argv itself when args is None
     # Quieter startup logs from the hub stack; the user's settings win.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

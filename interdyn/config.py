@@ -41,16 +41,20 @@ class _ParseOnly(InterDynCLI):
             sys.argv = argv
 
 
-def read_config(configs: Sequence[str | os.PathLike[str]], args: Sequence[str] = ()) -> dict[str, Any]:
+def read_config(
+    configs: Sequence[str | os.PathLike[str]], args: Sequence[str] = (), world: bool = False
+) -> dict[str, Any]:
     """The settings ``interdyn fit --config configs[0] --config configs[1] ... *args`` would run with, as the
     plain dict of a config file that holds them all: ``model`` (the module's arguments), ``data`` (``class_path`` and ``init_args``),
-    ``trainer``, ``optimizer``... Raises :class:`ConfigError` with the parser's reason when the
+    ``trainer``, ``optimizer``... With ``world`` those of ``interdyn world fit`` (any LightningModule named
+    by ``model.class_path``). Raises :class:`ConfigError` with the parser's reason when the
     configs do not parse (a missing file, an unknown key, a wrong type)."""
     argv = [arg for path in configs for arg in ("--config", os.fspath(path))] + list(args)
     try:
         cli = _ParseOnly(
-            InterDynModule,
+            L.LightningModule if world else InterDynModule,
             L.LightningDataModule,
+            subclass_mode_model=world,
             subclass_mode_data=True,
             run=False,
             args=argv,

@@ -166,7 +166,9 @@ def test_real_configs_build_the_model(name, tiny_svd_folder):
     size = (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"])
     assert size == {"ssv2": (256, 384), "ssv2_256": (256, 256), "clevrer": (256, 384)}[name]
     assert config["model"]["svd"] == "stabilityai/stable-video-diffusion-img2vid"
-    assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "ddp"
+    strategy = config["trainer"]["strategy"]  # DDP with gradients as bucket views (no second copy)
+    assert config["trainer"]["precision"] == "bf16-mixed" and strategy["class_path"].endswith(".DDPStrategy")
+    assert strategy["init_args"]["gradient_as_bucket_view"] is True
     assert config["data"]["init_args"]["num_frames"] == 14 and config["data"]["init_args"]["fps"] == 7.0
     args = {
         **config["model"],

@@ -112,7 +112,8 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
             "init_args": {"save_dir": str(tmp_path / "runs"), "name": name},
         },
     )
-    assert trainer["strategy"] == "ddp" and trainer["devices"] == 2 and trainer["precision"] == "bf16-mixed"
+    assert trainer["strategy"]["class_path"].endswith(".DDPStrategy") and trainer["devices"] == 2
+    assert trainer["strategy"]["init_args"]["gradient_as_bucket_view"] and trainer["precision"] == "bf16-mixed"
     assert trainer["gradient_clip_val"] > 0
     for callback in trainer["callbacks"]:
         args = callback.setdefault("init_args", {})
@@ -161,6 +162,11 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
         "init_args": {**trainer["logger"]["init_args"], "name": "one"},
     }
     trainer["callbacks"].append({"class_path": "tests.ddp_probe.RankProbe", "init_args": {"out": str(probe)}})
+    # a user's checkpoint on the validation loss: the monitored value must exist on every rank
+    best = {"dirpath": str(tmp_path / "best"), "filename": "best", "monitor": "val/loss", "save_top_k": 1}
+    trainer["callbacks"].append(
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": best}
+    )
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(single))
     result = launch("-m", "tests.ddp_probe", "--config", str(tmp_path / "two.yaml"), cwd=tmp_path)
@@ -175,6 +181,9 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
     assert ranks[0]["ema_hash"] == ranks[1]["ema_hash"] not in ("", ranks[0]["end_hash"])
     # the single validation clip went to one rank; the other validated with no batch and did not stall
     assert sorted(len(r["val_keys"]) for r in ranks) == [0, 1]
+    # both ranks see the same val/loss (a ModelCheckpoint monitoring it runs on every rank)
+    assert ranks[0]["val_loss"] is not None and ranks[0]["val_loss"] == ranks[1]["val_loss"]
+    assert (tmp_path / "best" / "best.ckpt").is_file()
     # every test clip exactly once over the two ranks, each group split across them
     test0, test1 = ranks[0]["test_keys"], ranks[1]["test_keys"]
     assert len(test0) == len(test1) == 2 and len(set(test0 + test1)) == 4

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from train_recipes import ALLOCATOR_SLACK, ANALYZED, RECIPES, STATE_BYTES, module_kwargs, switches
+from train_recipes import (
+    ALLOCATOR_SLACK,
+    ANALYZED,
+    OFFLOAD_CHUNK_BYTES,
+    RECIPES,
+    STATE_BYTES,
+    module_kwargs,
+    switches,
+)
 
 
 class SavedBytes:
@@ -233,7 +241,10 @@ def _analyze(args: argparse.Namespace) -> list[dict[str, Any]]:
         checkpointed = recipe.get("gradient_checkpointing") or recipe.get("unet_gradient_checkpointing")
         backward = (segment_at[b] if checkpointed else 0) + 3 * live.largest
         static = frozen_bytes + branch * (4 + 4 + STATE_BYTES[optimizer])  # weights, gradients, state
-        transient = max(encoder_peak, activations + backward, largest_param)
+        # the optimizer step's temporaries: one parameter (fused and 8-bit kernels update in place), and
+        # for the offloaded Adam the moments of the chunk it updates on the device
+        step_bytes = largest_param + (OFFLOAD_CHUNK_BYTES if optimizer == "adam_offload" else 0)
+        transient = max(encoder_peak, activations + backward, step_bytes)
         estimate = static + transient
         rows.append(
             {
@@ -249,7 +260,7 @@ def _analyze(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "activations_gib": activations / 2**30,
                 "encoders_peak_gib": encoder_peak / 2**30,
                 "backward_bound_gib": backward / 2**30,
-                "optimizer_bound_gib": largest_param / 2**30,
+                "optimizer_bound_gib": step_bytes / 2**30,
                 "estimate_gib": estimate / 2**30,
                 "with_slack_gib": estimate * (1 + ALLOCATOR_SLACK) / 2**30,
                 "switches": switches(recipe),
@@ -273,7 +284,7 @@ def analysis_text(rows: list[dict[str, Any]], args: argparse.Namespace, today: s
         " activations (buffers saved for the backward pass, each once, at the end of the forward), the VAE/CLIP"
         " forward's live peak, the step's largest tensor, the largest checkpointed segment.",
         "- Static: frozen weights on the device in their dtype (the VAE in float32: it encodes upcast), branch"
-        " weights and gradients in fp32, optimizer state (Adam 8 bytes per parameter, 8-bit AdamW ~2).",
+        " weights and gradients in fp32, optimizer state on the device (Adam 8 bytes per parameter, 8-bit AdamW ~2, Adam offloaded to host memory 0).",
         "- Transient, bounded: the largest of the encoders' forward (measured), activations + the backward"
         " working set (the recomputed segment + 3x the largest tensor) and the optimizer step (fused Adam and"
         " 8-bit AdamW update in place: one parameter). Estimate = static + transient; + slack: with"

@@ -34,7 +34,7 @@ RECIPE_24GB: dict[str, Any] = {
     "cached": True,
     "offload_encoders": True,
     "fine_checkpointing": True,
-    "optimizer": "adamw8bit",
+    "optimizer": "adam_offload",
     "batch": 4,
     "accumulate": 2,
 }
@@ -44,7 +44,9 @@ NOT_MODULE_ARGS = ("autocast", "cached", "batch", "accumulate")
 # Bytes of optimizer state per trainable parameter: Adam's two fp32 moments; bitsandbytes' blockwise
 # 8-bit AdamW keeps two uint8 moments plus one fp32 scale per 256 values and moment (small tensors
 # under 4096 values stay 32-bit: under 0.1 % of the branch).
-STATE_BYTES = {"adam": 8.0, "adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256}
+# adam_offload keeps none on the GPU between steps (a chunk's moments during the step: OFFLOAD_CHUNK_BYTES).
+STATE_BYTES = {"adam": 8.0, "adam_offload": 0.0, "adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256}
+OFFLOAD_CHUNK_BYTES = 2 * 256 * 2**20  # the two moments of OffloadedAdam's default 256 MiB chunk
 ALLOCATOR_SLACK = 0.10  # assumed: caching-allocator fragmentation on top of the allocated peak
 # compile is left out on CPU: inductor needs over ten minutes to compile the UNet on 2 cores
 CPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "fused", "cached"]

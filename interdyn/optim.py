@@ -1,5 +1,6 @@
-"""The branch's optimizer and gradient clipping: Adam (the paper's), AdamW or 8-bit AdamW, and clipping that
-also works with fused kernels under mixed precision."""
+"""The branch's optimizer and gradient clipping: Adam (the paper's), Adam with its moments in host memory
+(:mod:`interdyn.optim_offload`), AdamW or 8-bit AdamW, and clipping that also works with fused kernels under
+mixed precision."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from interdyn.errors import ConfigError
 
-OPTIMIZERS = ("adam", "adamw", "adamw8bit")
+OPTIMIZERS = ("adam", "adam_offload", "adamw", "adamw8bit")
 
 
 def make_optimizer(
@@ -21,8 +22,13 @@ def make_optimizer(
     weight_decay: float,
     fused: bool,
 ) -> torch.optim.Optimizer:
-    """``name`` (one of :data:`OPTIMIZERS`) over ``params``; ``fused`` picks the fused kernels of Adam / AdamW."""
+    """``name`` (one of :data:`OPTIMIZERS`) over ``params``; ``fused`` picks the fused kernels of Adam / AdamW
+    (``adam_offload`` updates chunk by chunk with PyTorch's Adam and has no fused form)."""
     kwargs: dict[str, Any] = {"lr": learning_rate, "betas": tuple(adam_betas), "weight_decay": weight_decay}
+    if name == "adam_offload":
+        from interdyn.optim_offload import OffloadedAdam
+
+        return OffloadedAdam(params, **kwargs)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb

@@ -18,6 +18,7 @@ from interdyn.cli import main as cli_main
 from interdyn.data.toy import MovingShapesDataset
 from interdyn.errors import ConfigError
 from interdyn.module import InterDynModule
+from interdyn.optim_offload import HostMoments, OffloadedAdam
 from tests.conftest import REPO_ROOT, TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
 
 
@@ -223,16 +224,10 @@ def cached_shards(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
 def test_24gb_config_trains_two_steps_on_the_tiny_model(
     cached_shards, synthetic_shards, tiny_svd_folder, tmp_path, monkeypatch
 ):
-    """The config as written, with the tiny SVD, CPU, fp32 and the test shards (and Adam where
-    bitsandbytes is not installed): two optimizer steps of two accumulated micro-batches each, from the
-    cache, with the encoders never run."""
+    """The config as written (its optimizer too: Adam with the moments in host memory, no package needed),
+    with the tiny SVD, CPU, fp32 and the test shards: two optimizer steps of two accumulated micro-batches
+    each, from the cache, with the encoders never run."""
     monkeypatch.chdir(tmp_path)
-    try:
-        import bitsandbytes  # noqa: F401
-
-        optimizer = []
-    except ImportError:
-        optimizer = ["--model.optimizer", "adam"]
     args = [
         "--config", str(CONFIG_24GB),
         "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_steps", "2",
@@ -244,7 +239,6 @@ def test_24gb_config_trains_two_steps_on_the_tiny_model(
         "--data.init_args.num_frames", "4", "--data.init_args.height", "64", "--data.init_args.width", "64",
         "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0",
         "--data.init_args.persistent_workers", "false", "--data.init_args.shuffle_buffer", "1",
-        *optimizer,
     ]  # fmt: skip
     cli = InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, run=False, args=args)
     model = cli.model
@@ -259,3 +253,8 @@ def test_24gb_config_trains_two_steps_on_the_tiny_model(
     assert cli.trainer.global_step == 2 and micro_batches == [1, 1, 1, 1]
     assert not calls, "the cache feeds every step: VAE and CLIP never run"
     assert any(not torch.equal(v, model.controlnet.state_dict()[k]) for k, v in before.items())
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, OffloadedAdam)
+    assert all(
+        float(s["step"]) == 2 and isinstance(s["moments"], HostMoments) for s in optimizer.state.values()
+    )

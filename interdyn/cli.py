@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -94,23 +93,35 @@ class InterDynCLI(LightningCLI):
                 parser.link_arguments("data", f"model.{target}", compute_fn=function, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads a local --ckpt_path's hyper-parameters here (weights-only); what it cannot
-        # read becomes the loader's one sentence instead of an unpickler traceback.
+        """LightningCLI's reading of a local ``--ckpt_path``'s hyper-parameters into the model's config, with
+        the checkpoint read by :func:`load_checkpoint` (weights-only and memory-mapped: the optimizer state is
+        never read) and anything unreadable reported in one sentence."""
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("weights_only") is False:
+        if not subcommand:
+            return
+        if self.config[subcommand].get("weights_only") is False:
             raise ConfigError(
                 "--weights_only false is not supported: interdyn loads checkpoints weights-only (tensors and "
                 "plain values), so that a checkpoint can never run code"
             )
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in str(ckpt_path):
+            return  # resolved by the trainer; URLs and remote files are read there
+        hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
-            super()._parse_ckpt_path()
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
-            load_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        secure_strategy(trainer.strategy)
+        secure_strategy(trainer.strategy, trainer)
         trainer.callbacks.append(LastCheckpointOnInterrupt())
         trainer.callbacks.append(PhaseTimer())
         if trainer.progress_bar_callback is not None:

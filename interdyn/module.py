@@ -405,8 +405,8 @@ class InterDynModule(EDMObjective, L.LightningModule):
         total = sums.pop(stage, torch.zeros(2, dtype=torch.float64, device=self.device))
         if self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
-        if total[1] > 0:
-            self.log(f"{stage}/loss", (total[0] / total[1]).float(), prog_bar=prog_bar, rank_zero_only=True)
+        if total[1] > 0:  # the same value on every rank: a callback monitoring it works on each
+            self.log(f"{stage}/loss", (total[0] / total[1]).float(), prog_bar=prog_bar)
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

@@ -13,9 +13,10 @@ import lightning.pytorch as pl
 
 
 class RankProbe(pl.Callback):
-    """Writes ``<out>/rank<r>.json``: the training, validation and test keys this rank received, and a hash
-    of the branch weights at the start and at the end of training, and of their moving average when the
-    model keeps one (rewritten after fit and after test)."""
+    """Writes ``<out>/rank<r>.json``: the training, validation and test keys this rank received, a hash of
+    the branch weights at the start and at the end of training, and of their moving average when the model
+    keeps one, and the ``val/loss`` this rank's callbacks saw after its last validation (rewritten after fit
+    and after test)."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
@@ -24,6 +25,7 @@ class RankProbe(pl.Callback):
         self.test_keys: list[str] = []
         self.start_hash = self.end_hash = self.ema_hash = ""
         self.global_step = 0
+        self.val_loss: float | None = None
 
     @staticmethod
     def _hash(module: Any) -> str:
@@ -48,6 +50,11 @@ class RankProbe(pl.Callback):
         if not trainer.sanity_checking:
             self.val_keys.extend(batch.get("key", []))
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            value = trainer.callback_metrics.get("val/loss")
+            self.val_loss = None if value is None else float(value)
+
     def on_test_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *indices: int
     ) -> None:
@@ -65,6 +72,7 @@ class RankProbe(pl.Callback):
             "end_hash": self.end_hash,
             "ema_hash": self.ema_hash,
             "global_step": self.global_step,
+            "val_loss": self.val_loss,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

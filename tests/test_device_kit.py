@@ -1,4 +1,4 @@
-"""The kit of packages a lent GPU machine lacks (benchmarks/device_kit.py) and the script that runs
+"""The kit of packages an offline GPU node lacks (benchmarks/device_kit.py) and the script that runs
 `make gpu-check` there with it (benchmarks/device_gpu_check.sh, through benchmarks/device_env.sh): a
 wheel made here is packed, the script unpacks the kit and imports from it, and a missing kit is a clear
 error."""

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -194,6 +195,34 @@ def more_commands() -> str:
     return "\nother commands:\n" + "\n".join(lines) + "\n"
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Raise :class:`ConfigError` for a ``--config`` file that holds no settings (empty or only comments),
+    is not a mapping or is not YAML: the parser would say only "Unexpected config" or quote YAML's error."""
+    values = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
+    values += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for value in values:
+        path = os.path.expanduser(value)
+        if not os.path.isfile(path):
+            continue  # a YAML string, or a missing file the parser names
+        try:
+            with open(path, encoding="utf-8") as f:
+                content = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"the config {value} is not valid YAML ({' '.join(str(err).split())[:300]})"
+            ) from None
+        if content is None:
+            raise ConfigError(
+                f"the config {value} holds no settings (it is empty or only comments); give a config with "
+                "trainer:, model: and data: sections, such as configs/tiny.yaml"
+            )
+        if not isinstance(content, dict):
+            raise ConfigError(
+                f"the config {value} is not a mapping of settings (it holds a {type(content).__name__}); its top "
+                "level must be keys such as trainer:, model: and data:"
+            )
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``interdyn`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -215,6 +244,7 @@ def main(args: list[str] | None = None) -> None:
         finally:
             print(more_commands())
     try:
+        check_config_files(argv)
         InterDynCLI(
             L.LightningModule if world else InterDynModule,
             L.LightningDataModule,

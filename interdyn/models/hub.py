@@ -34,6 +34,23 @@ _HOW_TO_GET = {
 }
 
 
+# The project's checkout (the folder holding configs/ and weights/), where the shipped weights live.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_local_path(path: str) -> str:
+    """A local path as it will be read: a relative path that exists from the current directory as it is;
+    one that does not, but exists in the project's checkout (the shipped ``weights/world/...`` that
+    configs/demo.yaml names), from there; anything else as given (``~`` expanded)."""
+    p = Path(str(path)).expanduser()
+    if p.is_absolute() or p.exists():
+        return str(p)
+    shipped = PROJECT_ROOT / p
+    if (PROJECT_ROOT / "configs").is_dir() and shipped.exists():
+        return str(shipped)
+    return str(p)
+
+
 def looks_like_local_path(path: str) -> bool:
     """True for strings that can only be filesystem paths (not ``org/name`` hub ids)."""
     p = str(path)
@@ -43,7 +60,7 @@ def looks_like_local_path(path: str) -> bool:
         or p.count("/") > 1
         or os.sep != "/"
         and os.sep in p
-        or Path(p).expanduser().exists()
+        or Path(resolve_local_path(p)).exists()
     )
 
 
@@ -73,8 +90,15 @@ def describe_missing(
 def check_local_folder(
     path: str, subfolder: str | None, what: str, kind: str, marker: str = "config.json"
 ) -> Path:
-    """Return the folder holding ``marker``, or raise a WeightsNotFoundError saying what is missing."""
-    root = Path(path).expanduser()
+    """Return the folder holding ``marker`` (a relative ``path`` resolved by :func:`resolve_local_path`), or
+    raise a WeightsNotFoundError saying what is missing."""
+    root = Path(resolve_local_path(path))
+    if not root.exists() and not root.is_absolute():  # not a download problem: no hint on getting weights
+        reason = (
+            f"that path does not exist; a relative path is resolved against the current directory "
+            f"({os.getcwd()}): run the command from the folder it is relative to, or give an absolute path."
+        )
+        raise describe_missing(path, subfolder, what, "", reason)
     if not root.exists():
         raise describe_missing(path, subfolder, what, kind, "that path does not exist.")
     folder = root / subfolder if subfolder else root
@@ -115,7 +139,7 @@ def load_component(
     local = looks_like_local_path(path)
     if local:
         check_local_folder(path, subfolder, what, kind, marker)
-        path = str(Path(path).expanduser())
+        path = resolve_local_path(path)
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
     if strict:

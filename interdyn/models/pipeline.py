@@ -205,7 +205,9 @@ class InterDynPipeline(DiffusionPipeline):
             conditioning_scale: multiplies the branch residuals (0 gives plain SVD, without running the branch).
             scheduler: ``euler`` (SVD's), ``dpmpp_2m`` or ``edm_euler`` (see :func:`make_scheduler`).
             num_videos_per_prompt: samples per input (outputs are grouped by input).
-            generator: seeds the initial noise and the image noise augmentation.
+            generator: seeds the initial noise and the image noise augmentation; a list holds one generator
+                per input, and each input's videos are then those a call with that input alone and its
+                generator gives (batched sampling of clips seeded one by one).
             latents: optional initial noise ``(B * num_videos_per_prompt, T, 4, H/8, W/8)`` (unit variance).
             decode_chunk_size: frames decoded at once (default: all frames of a clip).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
@@ -222,8 +224,11 @@ class InterDynPipeline(DiffusionPipeline):
         )
         device = self._execution_device
         pixels, control = self._check_inputs(image, control, device)
-        first_gen = generator[0] if isinstance(generator, list) else generator
-        conditioning = self._conditioning(pixels, control, num_videos_per_prompt, settings, first_gen, device)
+        if isinstance(generator, list) and len(generator) != control.shape[0]:
+            raise ValueError(
+                f"a list of generators needs one per input ({control.shape[0]}), got {len(generator)}"
+            )
+        conditioning = self._conditioning(pixels, control, num_videos_per_prompt, settings, generator, device)
         sampler = make_scheduler(settings.scheduler, self.scheduler)
         sampler.set_timesteps(settings.num_inference_steps, device=device)
         videos = (control.shape[0] * num_videos_per_prompt, *control.shape[1:])
@@ -271,17 +276,25 @@ class InterDynPipeline(DiffusionPipeline):
         control: torch.Tensor,
         n: int,
         settings: SamplingSettings,
-        generator: torch.Generator | None,
+        generator: torch.Generator | list[torch.Generator] | None,
         device: torch.device,
     ) -> _Conditioning:
         """Conditioning for the B inputs, repeated for the ``n`` samples of each, and with guidance stacked
-        ``[unconditional, conditional]`` (the masks are kept for both) for one batched forward."""
+        ``[unconditional, conditional]`` (the masks are kept for both) for one batched forward. With one
+        generator per input, each image is noised and encoded on its own (as a call with it alone)."""
         dtype = self.unet.dtype
         frames = control.shape[1]
         embeds = clip_image_embeds(self.image_encoder, pixels).to(dtype)
-        image_latents = encode_image_latents(self.vae, pixels, settings.noise_aug_strength, generator).to(
-            dtype
-        )
+        strength = settings.noise_aug_strength
+        if isinstance(generator, list):
+            image_latents = torch.cat(
+                [
+                    encode_image_latents(self.vae, pixels[i : i + 1], strength, g)
+                    for i, g in enumerate(generator)
+                ]
+            ).to(dtype)
+        else:
+            image_latents = encode_image_latents(self.vae, pixels, strength, generator).to(dtype)
         embeds = embeds.repeat_interleave(n, dim=0)
         image_latents = image_latents.repeat_interleave(n, dim=0).unsqueeze(1).expand(-1, frames, -1, -1, -1)
         control = control.repeat_interleave(n, dim=0).to(dtype)
@@ -324,7 +337,13 @@ class InterDynPipeline(DiffusionPipeline):
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
-        if latents is None:
+        if latents is None and isinstance(generator, list):
+            # each input's n videos from its own generator, drawn as a call with that input alone draws them
+            per_input = (samples // len(generator), *shape[1:])
+            latents = torch.cat(
+                [randn_tensor(per_input, generator=g, device=device, dtype=torch.float32) for g in generator]
+            )
+        elif latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")

@@ -2,6 +2,7 @@
 
 interdyn app                                   # the default model on CPU, http://127.0.0.1:7860
 interdyn app --svd checkpoints/svd --controlnet rickakkerman/InterDyn --device cuda
+interdyn app --host 0.0.0.0 --auth alice:secret --root /data/clips   # for a lab: a login, one readable folder
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ class AppOptions:
         dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
         height: clip height (default: 256 with named weights)
         width: clip width (default: 384 with named weights)
-        host: address to bind (0.0.0.0: every interface)
+        host: address to bind (0.0.0.0: every interface; then the page reads no server paths unless
+            --root is given, and a warning is printed)
         port: port to serve on
-        share: also make a public Gradio share link
+        share: also make a public Gradio share link (as exposed as --host 0.0.0.0)
         out: folder of the runs (run001/, run002/, ...)
+        root: the only folder whose images, videos and clip folders the page may read by path (default:
+            any path when served on 127.0.0.1, none otherwise)
+        auth: a login for the page, user:password (visible to other users of this machine in the process
+            list; --auth_file is not)
+        auth_file: a file of logins, one user:password a line
     """
 
     svd: str | None = None
@@ -46,6 +53,9 @@ class AppOptions:
     port: int = 7860
     share: bool = False
     out: str = "runs/app"
+    root: str | None = None
+    auth: str | None = None
+    auth_file: str | None = None
 
 
 def build_parser() -> ArgumentParser:
@@ -78,12 +88,15 @@ def app_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    from interdyn.app.access import ServerFiles, exposure_warning, read_auth
     from interdyn.app.ui import build_ui
 
     try:
         for flag, value in (("--height", args.height), ("--width", args.width)):
             if value is not None and (value <= 0 or value % 8):
                 raise InputError(f"{flag} must be a positive multiple of 8, got {value}.")
+        files = ServerFiles.for_host(args.host, args.share, args.root)
+        auth = read_auth(args.auth, args.auth_file)
         engine = make_engine(args)
         if engine.device != "auto":
             resolve_device(engine.device)
@@ -91,13 +104,17 @@ def app_main(argv: list[str]) -> int:
         print(f"interdyn app: error: {err}", file=sys.stderr)
         return 2
     engine.out.mkdir(parents=True, exist_ok=True)
-    demo = build_ui(engine)
+    demo = build_ui(engine, files)
     demo.queue(default_concurrency_limit=1, max_size=32)
     print(f"interdyn app: {engine.model.label} on {engine.device}; runs go to {engine.out}/", flush=True)
+    warning = exposure_warning(args.host, args.port, args.share, files, auth is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
+        auth=auth,
         allowed_paths=[str(engine.out)],
         footer_links=[],
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,8 +15,9 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageDraw
 
+from interdyn.app.access import ServerFiles
+from interdyn.app.drawing import enlarge, overlay, path_canvas, zoom_of
 from interdyn.app.engine import (
     NUM_FRAMES,
     Driver,
@@ -33,7 +33,6 @@ from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS
 
 log = logging.getLogger(__name__)
 HISTORY = 6  # runs kept side by side
-MASK_RGB = np.array([255, 40, 40], dtype=np.float32)
 
 
 def guarded(fn: Callable) -> Callable:
@@ -52,41 +51,6 @@ def guarded(fn: Callable) -> Callable:
             raise gr.Error(f"unexpected error ({type(err).__name__}): {err}", print_exception=False) from None
 
     return wrapper
-
-
-# ---------------------------------------------------------------------------- drawing helpers
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """``image`` with ``mask`` tinted red."""
-    out = image[..., :3].astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * MASK_RGB
-    return out.round().astype(np.uint8)
-
-
-def zoom_of(shape: tuple[int, ...], target: int = 384) -> int:
-    """Whole-pixel enlargement that shows a small image at about ``target`` pixels."""
-    return max(1, math.floor(target / max(shape[:2])))
-
-
-def enlarge(image: np.ndarray, zoom: int) -> np.ndarray:
-    """``image`` with each pixel repeated ``zoom`` times along both axes."""
-    return image.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else image
-
-
-def path_canvas(image: np.ndarray | None, mask: np.ndarray | None, points: list) -> np.ndarray | None:
-    """The first frame (enlarged when small) with the painted mask and the path drawn on it."""
-    if image is None:
-        return None
-    zoom = zoom_of(image.shape)
-    shown = overlay(image, mask) if mask is not None else image[..., :3]
-    canvas = Image.fromarray(enlarge(shown, zoom))
-    draw = ImageDraw.Draw(canvas)
-    xy = [((x + 0.5) * zoom, (y + 0.5) * zoom) for x, y in points]
-    if len(xy) > 1:
-        draw.line(xy, fill=(255, 230, 0), width=max(2, zoom))
-    for k, (x, y) in enumerate(xy):
-        r = max(3, 2 * zoom)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=(0, 200, 255) if k == 0 else (255, 230, 0))
-    return np.asarray(canvas)
 
 
 def editor_parts(value: dict | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -109,11 +73,23 @@ def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------- callbacks
-def driver_of(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> Driver:
-    """The driver the page describes: the uploaded masks, or the painted mask dragged along the path."""
+def scene_mask(image: np.ndarray | None, mask: np.ndarray | None, frame: tuple | None) -> np.ndarray | None:
+    """The painted mask, or the mask of the scene the editor was set to while nothing is painted on its
+    image: the editor does not show (nor always send back) a mask layer it was given, only strokes."""
+    if image is None or (mask is not None and mask.any()) or not frame or frame[2] is None:
+        return mask
+    return frame[2] if np.array_equal(image, frame[0]) else mask
+
+
+def driver_of(
+    editor: dict | None, frame: tuple | None, mode: str, points: list, speed: float, upload: Any
+) -> Driver:
+    """The driver the page describes: the uploaded masks, or the painted mask (or the scene's) dragged
+    along the path."""
     if mode == "upload":
         return Driver.uploaded(upload)
     image, mask = editor_parts(editor)
+    mask = scene_mask(image, mask, frame)
     if image is None:
         raise InterDynError(
             "pick a first frame: upload an image, take a video's first frame or pick a scene."
@@ -122,17 +98,23 @@ def driver_of(editor: dict | None, mode: str, points: list, speed: float, upload
 
 
 @guarded
-def on_editor_change(editor: dict | None, points: list) -> tuple:
-    """The new first frame and mask, and the path drawn on them."""
+def on_editor_change(editor: dict | None, points: list, frame: tuple | None) -> tuple:
+    """The new first frame and mask, the path (cleared when the first frame is another image) and the
+    path drawn on them."""
     image, mask = editor_parts(editor)
+    before = frame[0] if frame else None
+    if image is None or before is None or not np.array_equal(image, before):
+        points, frame = [], None  # a path belongs to its image (a scene sets its frame first)
+    mask = scene_mask(image, mask, frame)
+    kept = frame[2] if frame and mask is frame[2] else None  # the scene's mask until something is painted
     # Kept on the server, so that path clicks do not send the editor's images again.
-    return (image, mask), path_canvas(image, mask, points)
+    return (image, mask, kept), points, path_canvas(image, mask, points)
 
 
 @guarded
 def on_path_click(frame: tuple | None, points: list, evt: gr.SelectData) -> tuple:
     """The path with the clicked point added (clamped to the first frame)."""
-    image, mask = frame or (None, None)
+    image, mask = (frame or (None, None))[:2]
     if image is None:
         raise InterDynError("pick a first frame before drawing a path.")
     zoom = zoom_of(image.shape)
@@ -145,7 +127,7 @@ def on_path_click(frame: tuple | None, points: list, evt: gr.SelectData) -> tupl
 def on_path_edit(frame: tuple | None, points: list, action: str) -> tuple:
     """The path without its last point (``undo``) or without any (``clear``)."""
     points = points[:-1] if action == "undo" else []
-    image, mask = frame or (None, None)
+    image, mask = (frame or (None, None))[:2]
     return points, path_canvas(image, mask, points)
 
 
@@ -156,11 +138,22 @@ def on_scrub(frames: list, index: float) -> np.ndarray | None:
 
 @guarded
 def on_video_file(path: str | None, points: list) -> tuple:
-    """The first frame of a video, image or clip folder in the editor, with an empty path."""
+    """The first frame of an uploaded video in the editor, with an empty path."""
     if not path:
         return gr.skip(), gr.skip()
     image = first_frame_of(path)
     return editor_value(image), []
+
+
+def server_path_callback(files: ServerFiles) -> Callable:
+    """The callback that loads the first frame of a path on the server, as ``files`` allows."""
+
+    @guarded
+    def on_server_path(text: str | None, points: list) -> tuple:
+        image = first_frame_of(files.resolve(text or ""))
+        return editor_value(image), []
+
+    return on_server_path
 
 
 def scene_callback(scenes: dict[str, Scene]) -> Callable:
@@ -171,7 +164,8 @@ def scene_callback(scenes: dict[str, Scene]) -> Callable:
         if name not in scenes:
             raise InterDynError("pick one of the built-in scenes.")
         scene = scenes[name]
-        return editor_value(scene.image, scene.mask), [list(p) for p in scene.points]
+        frame = (scene.image, scene.mask, scene.mask)  # set first: the editor's change keeps its path
+        return frame, editor_value(scene.image, scene.mask), [list(p) for p in scene.points]
 
     return on_scene
 
@@ -180,11 +174,13 @@ def preview_callback(engine: Engine) -> Callable:
     """The callback that shows the driver as ``engine``'s model will see it."""
 
     @guarded
-    def on_preview(editor: dict | None, mode: str, points: list, speed: float, upload: Any) -> tuple:
+    def on_preview(
+        editor: dict | None, frame: tuple | None, mode: str, points: list, speed: float, upload: Any
+    ) -> tuple:
         image, _ = editor_parts(editor)
         if image is None:
             raise InterDynError("pick a first frame first.")
-        inputs = engine.preview(image, driver_of(editor, mode, points, speed, upload))
+        inputs = engine.preview(image, driver_of(editor, frame, mode, points, speed, upload))
         zoom = zoom_of(inputs.image.shape, 256)
         frames = [enlarge(overlay(inputs.image, m), zoom) for m in inputs.controls[0]]
         notes = "\n".join(f"- {n}" for n in [f"timing: {inputs.timing}", *inputs.notes])
@@ -210,6 +206,7 @@ def generate_callback(engine: Engine) -> Callable:
     @guarded
     def on_generate(
         editor: dict | None,
+        frame: tuple | None,
         mode: str,
         points: list,
         speed: float,
@@ -226,7 +223,7 @@ def generate_callback(engine: Engine) -> Callable:
         image, _ = editor_parts(editor)
         if image is None:
             raise InterDynError("pick a first frame first.")
-        driver = driver_of(editor, mode, points, speed, upload)
+        driver = driver_of(editor, frame, mode, points, speed, upload)
         progress(0, desc="loading the weights and preparing the inputs")
         result = engine.generate(
             image, driver, int(samples), int(steps), scheduler, min_guidance, max_guidance, int(seed)
@@ -249,14 +246,18 @@ def generate_callback(engine: Engine) -> Callable:
 
 
 # ---------------------------------------------------------------------------- the page
-def first_frame_panel(scenes: dict[str, Scene]) -> dict[str, Any]:
-    """Step 1: the editor of the first frame and its mask, and the other ways to get a first frame."""
+def first_frame_panel(scenes: dict[str, Scene], files: ServerFiles) -> dict[str, Any]:
+    """Step 1: the editor of the first frame and its mask (showing the first scene, its mask painted),
+    and the other ways to get a first frame."""
+    first = next(iter(scenes.values()))
     gr.Markdown(
-        "### 1. First frame and mask\nUpload an image into the editor (or take one below), then "
-        "paint the mask of what moves with the brush."
+        "### 1. First frame and mask\nThe first built-in scene is loaded, its mask painted and its path "
+        "drawn: press *generate*, or upload an image into the editor (or take one below) and paint the "
+        "mask of what moves with the brush."
     )
     parts: dict[str, Any] = {}
     parts["editor"] = gr.ImageEditor(
+        value=editor_value(first.image, first.mask),
         label="first frame: paint the driver's mask",
         type="numpy",
         image_mode="RGBA",
@@ -271,7 +272,10 @@ def first_frame_panel(scenes: dict[str, Scene]) -> dict[str, Any]:
     with gr.Accordion("or take a built-in scene, a video's first frame or a clip folder's", open=True):
         with gr.Row():
             parts["scene"] = gr.Dropdown(
-                choices=list(scenes), label="built-in world scenes (mask and path included)", elem_id="scene"
+                choices=list(scenes),
+                value=first.name,
+                label="built-in world scenes (mask and path included)",
+                elem_id="scene",
             )
             parts["scene_button"] = gr.Button("use scene", size="sm", elem_id="use_scene")
         parts["video_file"] = gr.File(
@@ -279,15 +283,15 @@ def first_frame_panel(scenes: dict[str, Scene]) -> dict[str, Any]:
         )
         with gr.Row():
             parts["clip_path"] = gr.Textbox(
-                label="path on this machine: image, video or clip folder (video.* + mask_*.*)",
-                elem_id="clip_path",
+                label=files.describe(), elem_id="clip_path", interactive=files.enabled
             )
-            parts["clip_button"] = gr.Button("load", size="sm")
+            parts["clip_button"] = gr.Button("load", size="sm", interactive=files.enabled)
     return parts
 
 
-def driver_panel() -> dict[str, Any]:
-    """Step 2: the path drawn on the first frame (or uploaded masks) and the driver's preview."""
+def driver_panel(scene: Scene) -> dict[str, Any]:
+    """Step 2: the path drawn on the first frame (``scene``'s at first; or uploaded masks) and the
+    driver's preview."""
     gr.Markdown(
         "### 2. Driver\nClick points on the image to draw the path the mask is dragged along, "
         "or upload a mask video."
@@ -300,6 +304,7 @@ def driver_panel() -> dict[str, Any]:
         elem_id="mode",
     )
     parts["canvas"] = gr.Image(
+        value=path_canvas(scene.image, scene.mask, scene.points),
         label="path: click to add points (blue: start)",
         interactive=False,
         elem_id="path_canvas",
@@ -353,17 +358,19 @@ def generate_panel(model: ModelChoice) -> dict[str, Any]:
     return parts
 
 
-def wire(c: SimpleNamespace, engine: Engine, scenes: dict[str, Scene]) -> None:
+def wire(c: SimpleNamespace, engine: Engine, scenes: dict[str, Scene], files: ServerFiles) -> None:
     """Connect the page's events to the callbacks (``c``: the page's components and states)."""
-    driver_inputs = [c.editor, c.mode, c.points, c.speed, c.upload]
+    driver_inputs = [c.editor, c.frame, c.mode, c.points, c.speed, c.upload]
     path = [c.points, c.canvas]
-    c.editor.change(on_editor_change, [c.editor, c.points], [c.frame, c.canvas], show_progress="hidden")
+    c.editor.change(
+        on_editor_change, [c.editor, c.points, c.frame], [c.frame, c.points, c.canvas], show_progress="hidden"
+    )
     c.canvas.select(on_path_click, [c.frame, c.points], path, show_progress="hidden")
     c.undo.click(functools.partial(on_path_edit, action="undo"), [c.frame, c.points], path)
     c.clear.click(functools.partial(on_path_edit, action="clear"), [c.frame, c.points], path)
     c.video_file.change(on_video_file, [c.video_file, c.points], [c.editor, c.points])
-    c.clip_button.click(on_video_file, [c.clip_path, c.points], [c.editor, c.points])
-    c.scene_button.click(scene_callback(scenes), c.scene, [c.editor, c.points])
+    c.clip_button.click(server_path_callback(files), [c.clip_path, c.points], [c.editor, c.points])
+    c.scene_button.click(scene_callback(scenes), c.scene, [c.frame, c.editor, c.points])
     c.preview_button.click(
         preview_callback(engine), driver_inputs, [c.preview_frames, c.preview, c.scrub, c.notes]
     )
@@ -377,9 +384,13 @@ def wire(c: SimpleNamespace, engine: Engine, scenes: dict[str, Scene]) -> None:
     )
 
 
-def build_ui(engine: Engine) -> gr.Blocks:
-    """The Blocks of the app for ``engine``."""
+def build_ui(engine: Engine, files: ServerFiles | None = None) -> gr.Blocks:
+    """The Blocks of the app for ``engine``, opened on the first built-in scene (its mask painted, its path
+    drawn: *generate* works at once); ``files``: which server paths the page may read (default: any, for
+    a page on this machine only)."""
+    files = files or ServerFiles()
     scenes = {scene.name: scene for scene in builtin_scenes()}
+    first = next(iter(scenes.values()))
     model = engine.model
     with gr.Blocks(title="InterDyn") as demo:
         gr.Markdown(
@@ -388,16 +399,17 @@ def build_ui(engine: Engine) -> gr.Blocks:
             + (f"\n\n> {model.notice}" if model.notice else "")
         )
         states = {
-            "points": gr.State([]),
-            "frame": gr.State(None),  # (first frame, painted mask) as numpy arrays
+            "points": gr.State([list(p) for p in first.points]),
+            # (first frame, mask shown, the scene's mask while nothing is painted) as numpy arrays
+            "frame": gr.State((first.image, first.mask, first.mask)),
             "history": gr.State([]),
             "preview_frames": gr.State([]),
         }
         with gr.Row():
             with gr.Column():
-                first_frame = first_frame_panel(scenes)
+                first_frame = first_frame_panel(scenes, files)
             with gr.Column():
-                driver = driver_panel()
+                driver = driver_panel(first)
         page = SimpleNamespace(**states, **first_frame, **driver, **generate_panel(model))
-        wire(page, engine, scenes)
+        wire(page, engine, scenes, files)
     return demo

@@ -102,6 +102,33 @@ def browser():
         driver.quit()
 
 
+def newest_run(runs: Path) -> Path:
+    """The last run folder the app wrote (run001, run002, ...)."""
+    return max(p for p in runs.iterdir() if p.name.startswith("run"))
+
+
+def test_the_first_click_generates_the_first_scene(app_url, browser) -> None:
+    """The page opens on the first built-in world scene, its mask painted and its path drawn: clicking
+    only *generate* makes a video of that scene's driver."""
+    from interdyn.app.scenes import builtin_scenes
+
+    url, runs = app_url
+    browser.get(url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 600).until(lambda d: d.find_element(By.CSS_SELECTOR, "#result_video video[src]"))
+    assert browser.execute_script("return document.querySelectorAll('.toast-body').length") == 0
+    run = newest_run(runs)
+    scene = builtin_scenes()[0]
+    first = np.asarray(Image.open(run / "first_frame.png"))
+    np.testing.assert_array_equal(first, scene.image)
+    masks = np.load(run / "driver.npz")["control"]
+    np.testing.assert_array_equal(masks[0], scene.mask)  # the scene's mask, at the path's first point
+    path = json.loads((run / "driver_path.json").read_text())
+    np.testing.assert_allclose(path["points"], scene.points)
+    assert {f"{run.name}_compare.mp4", f"{run.name}_sheet.png"} <= {p.name for p in run.iterdir()}
+
+
 def redrawn(before: str | None):
     """A wait condition: the path canvas shows another image than ``before``."""
     return lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img").get_attribute("src") != before
@@ -158,11 +185,11 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     sheet = urllib.request.urlopen(next(h for h in hrefs if h.endswith("_sheet.png"))).read()
     assert sheet.startswith(b"\x89PNG")
     # The drawn driver was dragged to the left: its last frame lies left of its first.
-    run = runs / "run001"
+    run = newest_run(runs)
     masks = np.load(run / "driver.npz")["control"]
     assert masks.shape[0] == 14 and masks[0].any() and masks[-1].any()
     assert np.nonzero(masks[-1])[1].mean() < np.nonzero(masks[0])[1].mean() - 10
-    assert "run001_sheet" in browser.find_element(By.ID, "history").get_attribute("innerHTML")
+    assert f"{run.name}_sheet" in browser.find_element(By.ID, "history").get_attribute("innerHTML")
     if SCREENSHOT:  # docs/app.png: a counterfactual on a built-in world scene, next to the first run
         scene = browser.find_element(By.CSS_SELECTOR, "#scene input")
         scene.click()
@@ -172,7 +199,8 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
         browser.find_element(By.ID, "preview").click()
         time.sleep(3)
         browser.find_element(By.ID, "generate").click()
-        wait.until(lambda d: "run002_sheet" in d.find_element(By.ID, "history").get_attribute("innerHTML"))
+        after = f"run{int(run.name[3:]) + 1:03d}_sheet"
+        wait.until(lambda d: after in d.find_element(By.ID, "history").get_attribute("innerHTML"))
         browser.set_window_size(1400, 3400)  # the whole page
         browser.execute_script("window.scrollTo(0, 0)")
         wait.until(
@@ -189,9 +217,10 @@ def test_bad_input_is_a_message_in_the_page(app_url, browser) -> None:
     url, _ = app_url
     wait = WebDriverWait(browser, 60)
     browser.get(url)
-    wait.until(lambda d: d.find_element(By.ID, "generate")).click()  # no first frame, no mask, no path
+    wait.until(lambda d: d.find_element(By.ID, "clear_path")).click()  # the scene's mask without a path
+    wait.until(lambda d: d.find_element(By.ID, "generate")).click()
     # a toast's text can be filled in (or be hidden while it animates) after the element appears
     toasts = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".toast-body"))
-    wait.until(lambda d: any("pick a first frame" in (t.get_attribute("textContent") or "") for t in toasts))
+    wait.until(lambda d: any("draw a path" in (t.get_attribute("textContent") or "") for t in toasts))
     assert "Traceback" not in browser.page_source
     urllib.request.urlopen(url, timeout=5).close()  # the server still answers

@@ -51,3 +51,16 @@ def test_a_written_folder_is_readable_like_any_new_file(tmp_path) -> None:
         os.umask(old)
     assert os.stat(out / "unet" / "weights.safetensors").st_mode & 0o777 == 0o644
     assert os.stat(out / "unet").st_mode & 0o777 == 0o755
+
+
+def test_unwritable_reason_probes_without_creating(tmp_path) -> None:
+    from interdyn.files import unwritable_reason
+
+    target = tmp_path / "new" / "deeper"
+    assert unwritable_reason(target) is None and not (tmp_path / "new").exists()
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert unwritable_reason(blocker) == f"'{blocker}' exists and is not a folder"
+    assert unwritable_reason(blocker / "sub") == f"'{blocker}' is a file, not a folder"
+    assert unwritable_reason("/proc/self/interdyn-out").startswith("cannot write in '/proc/self'")

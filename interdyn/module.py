@@ -26,6 +26,7 @@ from interdyn.contract import (
     validate_batch,
     validate_cached_batch,
 )
+from interdyn.data.sampling import key_seed
 from interdyn.errors import ConfigError, WeightsMismatchError
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
@@ -447,10 +448,16 @@ class InterDynModule(EDMObjective, L.LightningModule):
 
     @torch.no_grad()
     def sample(
-        self, pixel_values: torch.Tensor, control: torch.Tensor, seed: int | None = None, **overrides: Any
+        self,
+        pixel_values: torch.Tensor,
+        control: torch.Tensor,
+        seed: int | list[int] | None = None,
+        **overrides: Any,
     ) -> torch.Tensor:
         """Generate ``num_samples`` videos per input: ``(B, N, T, 3, H, W)`` in ``[0, 1]``.
 
+        ``seed``: one seed for the batch, or one per input (each input's videos are then those it gets
+        sampled alone with its seed: clips seeded by key can be sampled in batches).
         ``pixel_values`` supplies the first frame (``(B, T, 3, H, W)`` or ``(B, 3, H, W)``); keyword
         overrides go to the pipeline (``num_inference_steps``, guidance scales, ...). Attached to a trainer,
         sampling runs in the trainer's precision (e.g. bf16 autocast), also when called from callbacks,
@@ -460,7 +467,10 @@ class InterDynModule(EDMObjective, L.LightningModule):
         image = pixel_values[:, 0] if pixel_values.ndim == 5 else pixel_values
         n = overrides.pop("num_videos_per_prompt", hp.num_samples)
         kwargs = {**self.sampling.as_kwargs(), **overrides}
-        generator = torch.Generator().manual_seed(hp.sample_seed if seed is None else seed)
+        if isinstance(seed, (list, tuple)):
+            generator: Any = [torch.Generator().manual_seed(int(s)) for s in seed]
+        else:
+            generator = torch.Generator().manual_seed(hp.sample_seed if seed is None else seed)
         was_training = self.controlnet.training
         self.controlnet.eval()
         trainer = self._trainer
@@ -477,12 +487,28 @@ class InterDynModule(EDMObjective, L.LightningModule):
     def predict_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Any] | None:
-        """Sample videos for a batch; returns ``{"key", "videos": (B, N, T, 3, H, W) uint8}`` on the host
-        (uint8, a quarter of float32, since ``predict`` keeps every batch's output until the run ends; a
-        ``BasePredictionWriter`` callback can write them instead). Batches holding only records of skipped
-        samples give None."""
+        """Sample videos for a batch, its clips together; returns ``{"key", "videos": (B, N, T, 3, H, W)
+        uint8}`` on the host. Clips with keys are seeded by key (the same videos whatever the batch, rank
+        or order), and those a prediction writer already holds (a callback with ``has_prediction(key, n)``,
+        e.g. :class:`~interdyn.callbacks.VideoPredictionWriter`) are not sampled again, so a killed run
+        resumes. Batches holding only records of skipped samples, or only written clips, give None."""
         if not has_clips(batch):
             return None
         pixel_values, control = self._checked(batch)
-        videos = self.sample(pixel_values, control, seed=self.hparams.sample_seed + batch_idx)
-        return {"key": batch.get("key"), "videos": to_uint8(videos).cpu()}
+        keys = batch.get("key")
+        if not keys:
+            videos = self.sample(pixel_values, control, seed=self.hparams.sample_seed + batch_idx)
+            return {"key": keys, "videos": to_uint8(videos).cpu()}
+        n = self.hparams.num_samples
+        writers = [c for c in self.trainer.callbacks if hasattr(c, "has_prediction")] if self._trainer else []
+        todo = [
+            i
+            for i, key in enumerate(keys)
+            if not writers or not all(w.has_prediction(key, n) for w in writers)
+        ]
+        if not todo:
+            return None
+        index = torch.tensor(todo, device=pixel_values.device)
+        seeds = [key_seed(self.hparams.sample_seed, keys[i]) for i in todo]
+        videos = self.sample(pixel_values.index_select(0, index), control.index_select(0, index), seed=seeds)
+        return {"key": [keys[i] for i in todo], "videos": to_uint8(videos).cpu()}

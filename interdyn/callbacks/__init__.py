@@ -4,6 +4,7 @@ from interdyn.callbacks.counterfactual import CounterfactualEvaluation
 from interdyn.callbacks.evaluation import VideoEvaluation
 from interdyn.callbacks.force_propagation import ForcePropagation
 from interdyn.callbacks.mask_noise import MaskNoiseSweep
+from interdyn.callbacks.prediction_writer import VideoPredictionWriter
 from interdyn.callbacks.video_logger import SampleVideoLogger
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "MaskNoiseSweep",
     "SampleVideoLogger",
     "VideoEvaluation",
+    "VideoPredictionWriter",
 ]

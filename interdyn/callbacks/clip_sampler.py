@@ -114,6 +114,33 @@ class ClipSampler:
             memo.put(first, control, settings, samples)
         return samples
 
+    def sample_batch(
+        self, pl_module: L.LightningModule, pixels: torch.Tensor, control: torch.Tensor, keys: list[str]
+    ) -> list[torch.Tensor]:
+        """Each clip's ``(N, T, 3, H, W)`` in [0, 1], the clips sampled together in one batch (one guided
+        forward per step for all of them) with each clip's own seed: the videos :meth:`sample` gives clip
+        by clip (up to the kernels' rounding at another batch size). Clips already sampled in this batch by
+        another callback are reused, the others are sampled together and remembered."""
+        overrides: dict[str, Any] = {"num_videos_per_prompt": self.num_samples}
+        if self.num_inference_steps is not None:
+            overrides["num_inference_steps"] = self.num_inference_steps
+        seeds = [key_seed(self.seed, key) for key in keys]
+        first = pixels[:, 0] if pixels.ndim == 5 else pixels
+        memo = SampleMemo.of(pl_module)
+        settings = [(seed, self.num_samples, self.num_inference_steps) for seed in seeds]
+        found = [memo.get(first[i : i + 1], control[i : i + 1], settings[i]) for i in range(len(keys))]
+        todo = [i for i, samples in enumerate(found) if samples is None]
+        if todo:
+            index = torch.tensor(todo, device=pixels.device)
+            drawn = pl_module.sample(
+                pixels.index_select(0, index), control.index_select(0, index), seed=[seeds[i] for i in todo],
+                **overrides,
+            )  # fmt: skip
+            for row, i in enumerate(todo):
+                found[i] = drawn[row]
+                memo.put(first[i : i + 1], control[i : i + 1], settings[i], drawn[row])
+        return found
+
     def protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
         """The sampling part of a report's protocol, ``shape`` being a sample's ``(T, 3, H, W)``."""
         settings = SamplingSettings.from_mapping(pl_module.hparams)

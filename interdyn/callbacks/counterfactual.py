@@ -80,12 +80,16 @@ class CounterfactualEvaluation(ClipCallback):
     def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
         pixels, control = clips.pixels, clips.control
         metas = clips.field("meta")
-        for i, key in enumerate(clips.keys):
-            meta = metas[i] or {}
-            if meta.get("group") is None:
-                self.ungrouped += 1
-                continue
-            samples = self.sampler.sample(pl_module, *clips.clip(i), key)
+        grouped = [i for i in range(len(clips.keys)) if (metas[i] or {}).get("group") is not None]
+        self.ungrouped += len(clips.keys) - len(grouped)
+        if not grouped:
+            return
+        # the batch's grouped clips sampled together, each with its key's seed
+        drawn = self.sampler.sample_batch(
+            pl_module, pixels[grouped], control[grouped], [clips.keys[i] for i in grouped]
+        )
+        for i, samples in zip(grouped, drawn, strict=True):
+            key, meta = clips.keys[i], metas[i]
             self.shape = tuple(samples.shape[1:])
             member = {
                 "key": key,

@@ -1,7 +1,7 @@
 """Test-time evaluation: sample every test clip, score it, write the paper's table.
 
-For each test clip the callback samples ``num_samples`` videos with seeds fixed per clip key (the
-same videos whatever the batch size, rank or order), scores them with
+For each test batch the callback samples ``num_samples`` videos per clip, all clips of the batch together,
+with seeds fixed per clip key (the same videos whatever the batch size, rank or order), scores them with
 :class:`~interdyn.metrics.suite.VideoMetrics`, writes each rank's results to
 ``eval_parts/rank<r>.pt`` (so that a failed gather loses nothing), gathers the results of all ranks,
 merges them in clip-key order (the same table whatever the number of ranks), and writes into the run
@@ -93,8 +93,10 @@ class VideoEvaluation(ClipCallback):
     def on_test_clips(self, trainer: L.Trainer, pl_module: L.LightningModule, clips: BatchClips) -> None:
         pixels, control = clips.pixels, clips.control
         metas = clips.field("meta")
+        # the batch's clips sampled together, each with its key's seed (the same videos as one by one)
+        batch_samples = self.sampler.sample_batch(pl_module, pixels, control, clips.keys)
         for i, key in enumerate(clips.keys):
-            samples = self.sampler.sample(pl_module, *clips.clip(i), key)
+            samples = batch_samples[i]
             source_indices, geometry = clips.timing(i)
             self.evaluator.update(
                 (pixels[i] + 1) / 2,

@@ -79,6 +79,21 @@ def unet_inputs(
     }
 
 
+def assert_same_model(
+    loaded: torch.nn.Module, original: torch.nn.Module, outputs: tuple = (), atol: float = 1e-6
+) -> None:
+    """A model read back from disk holds exactly the original's weights, and gives its outputs.
+
+    Outputs are compared to ``atol`` and not bit for bit: tensors read from a file sit at other memory
+    alignments, for which the CPU's kernels may sum in another order (seen with one thread per process).
+    """
+    a, b = loaded.state_dict(), original.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in outputs:
+        torch.testing.assert_close(x, y, rtol=0.0, atol=atol)
+
+
 def unet_args(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k != "controlnet_cond"}
 

@@ -64,7 +64,8 @@ def test_clipping_with_fused_adam_under_mixed_precision(tmp_path, precision):
     )
     module = tiny_module(fused_optimizer=True, learning_rate=1e-3)
     before = {k: v.clone() for k, v in module.controlnet.state_dict().items()}
-    data = MovingShapesDataModule(num_train=4, num_val=1, num_frames=2, batch_size=2)
+    # three frames: native bf16 gives NaN temporal-conv weight gradients for two (see test_recipes.py)
+    data = MovingShapesDataModule(num_train=4, num_val=1, num_frames=3, batch_size=2)
     trainer.fit(module, datamodule=data)
 
     assert trainer.global_step == 2 and len(probe.norms) == 2

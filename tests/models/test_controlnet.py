@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
 from interdyn.models import ControlNetSDVModel, load_controlnet
 from interdyn.models.controlnet import SHARED_CONFIG
-from tests.conftest import TINY_CONTROL_CHANNELS, randomize_, unet_inputs
+from tests.conftest import TINY_CONTROL_CHANNELS, assert_same_model, randomize_, unet_inputs
 
 # Config fields of the released checkpoint's config.json (hub repo rickakkerman/InterDyn, controlnet/).
 RELEASED_CONFIG_FIELDS = {*SHARED_CONFIG, "conditioning_channels", "conditioning_embedding_out_channels"}
@@ -105,8 +105,7 @@ def test_save_and_load_round_trip(tmp_path, trained_like_branch):
     with torch.no_grad():
         a = trained_like_branch(**inputs, return_dict=False)
         b = loaded(**inputs, return_dict=False)
-    for x, y in zip((*a[0], a[1]), (*b[0], b[1]), strict=True):
-        assert torch.equal(x, y)
+    assert_same_model(loaded, trained_like_branch, list(zip((*b[0], b[1]), (*a[0], a[1]), strict=True)))
 
 
 def test_released_folder_loads_strictly(tmp_path, trained_like_branch):

@@ -251,14 +251,21 @@ def test_force_propagation_regions_and_physics_follow_the_objects(module, clips,
         assert frozen[role]["region_mse"] > 1e-3 and frozen[role]["physics_position_error"] > 3
 
 
+def _seeds(call: dict[str, Any]) -> list[int]:
+    """The per-clip seeds of one ``sample`` call (a list for a batch, an int for one clip)."""
+    return list(call["seed"]) if isinstance(call["seed"], (list, tuple)) else [call["seed"]]
+
+
 def test_callbacks_of_one_test_share_the_samples_of_a_clip(module, clips, tmp_path):
     """The metrics and the counterfactual report sample each clip with the same key seed and steps: the
     second reuses the first one's videos (one sampling per clip), with the same report as when alone;
     other settings (another seed) are sampled anew."""
-    items = [clips["synthetic-train-000000"], clips[f"synthetic-{GROUP}_v0"], clips[f"synthetic-{GROUP}_v1"]]
+    # the group's two clips make the first batch (sampled together, as one call, by whichever callback
+    # samples first), the clip without a group the second
+    items = [clips[f"synthetic-{GROUP}_v0"], clips[f"synthetic-{GROUP}_v1"], clips["synthetic-train-000000"]]
     alone = CounterfactualEvaluation(num_inference_steps=STEPS, out_dir=str(tmp_path / "alone"), max_side=32)
     run_test(module, alone, items, tmp_path)
-    assert len(module.calls) == 2
+    assert [len(_seeds(call)) for call in module.calls] == [2]
 
     metrics = VideoEvaluation(
         metrics=["ssim"], num_inference_steps=STEPS, save_videos=0, out_dir=str(tmp_path / "m")
@@ -270,12 +277,13 @@ def test_callbacks_of_one_test_share_the_samples_of_a_clip(module, clips, tmp_pa
         seed=7, num_inference_steps=STEPS, out_dir=str(tmp_path / "reseeded"), max_side=32
     )
     run_test(module, [metrics, shared, reseeded], items, tmp_path)
-    assert len(module.calls) == 3 + 2  # every clip once for both callbacks, the grouped ones again for seed 7
+    # a batch's clips are sampled in one call, each with its own seed
+    seeds = [seed for call in module.calls for seed in _seeds(call)]
+    assert len(seeds) == 3 + 2  # every clip once for both callbacks, the grouped ones again for seed 7
+    assert [len(_seeds(call)) for call in module.calls] == [2, 2, 1]  # batch 1 for seeds 42 and 7, batch 2
     grouped = [f"synthetic-{GROUP}_v{v}" for v in range(2)]
     expected = [key_seed(42, key) for key in ["synthetic-train-000000", *grouped]]
-    assert sorted(call["seed"] for call in module.calls) == sorted(
-        expected + [key_seed(7, k) for k in grouped]
-    )
+    assert sorted(seeds) == sorted(expected + [key_seed(7, k) for k in grouped])
 
     def report(name: str) -> dict[str, Any]:
         return json.loads((tmp_path / name / "counterfactual.json").read_text())["groups"][GROUP]

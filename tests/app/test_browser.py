@@ -28,6 +28,7 @@ from tests.conftest import REPO_ROOT
 
 pytest.importorskip("gradio", reason="the app's extra is not installed (pip install -e '.[app]')")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in [dev])")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -129,6 +130,13 @@ def test_the_first_click_generates_the_first_scene(app_url, browser) -> None:
     assert {f"{run.name}_compare.mp4", f"{run.name}_sheet.png"} <= {p.name for p in run.iterdir()}
 
 
+def act(action, *args) -> bool:
+    """Run a browser action inside a wait (``WebDriverWait.until`` retries it while the page redraws the
+    element under it); True once it went through."""
+    action(*args)
+    return True
+
+
 def redrawn(before: str | None):
     """A wait condition: the path canvas shows another image than ``before``."""
     return lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img").get_attribute("src") != before
@@ -139,17 +147,33 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     picture = np.full((96, 128, 3), (90, 110, 140), dtype=np.uint8)
     picture[30:60, 60:90] = (220, 60, 50)
     Image.fromarray(picture).save(tmp_path / "scene.png")
-    wait = WebDriverWait(browser, 60)
+    wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
 
     browser.get(url)
-    editor = wait.until(lambda d: d.find_element(By.ID, "editor"))
-    editor.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(tmp_path / "scene.png"))
-    wait.until(lambda d: editor.find_element(By.CSS_SELECTOR, "button[aria-label=Brush]")).click()
-    canvas = editor.find_elements(By.CSS_SELECTOR, "canvas")[-1]
-    strokes = ActionChains(browser).move_to_element_with_offset(canvas, 20, -20).click_and_hold()
-    for dx, dy in [(45, -20), (45, 0), (20, 0), (20, 15), (45, 15)]:
-        strokes.move_to_element_with_offset(canvas, dx, dy)
-    strokes.release().perform()
+    # the page opens on the first built-in scene: wait until it is drawn (the editor is redrawn with it)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))
+    upload = str(tmp_path / "scene.png")
+    wait.until(
+        lambda d: act(
+            d.find_element(By.ID, "editor").find_element(By.CSS_SELECTOR, "input[type=file]").send_keys,
+            upload,
+        )
+    )
+    wait.until(
+        lambda d: act(
+            d.find_element(By.ID, "editor").find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click
+        )
+    )
+
+    def paint(d) -> bool:
+        canvas = d.find_element(By.ID, "editor").find_elements(By.CSS_SELECTOR, "canvas")[-1]
+        strokes = ActionChains(d).move_to_element_with_offset(canvas, 20, -20).click_and_hold()
+        for dx, dy in [(45, -20), (45, 0), (20, 0), (20, 15), (45, 15)]:
+            strokes.move_to_element_with_offset(canvas, dx, dy)
+        strokes.release().perform()
+        return True
+
+    wait.until(paint)
 
     # The path canvas shows the frame once the editor has it; two clicks make a path to the left.
     path = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))

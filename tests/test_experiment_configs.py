@@ -70,6 +70,9 @@ def test_experiment_runs_one_test_batch_and_writes_its_table(name, tmp_path, syn
         extra += ["--trainer.callbacks.init_args.perturbations", '{"dilate": [2], "drop": [0.5]}',
                   "--trainer.callbacks.init_args.metrics", "[ssim, psnr]"]  # fmt: skip
     cli = make_cli(EXPERIMENTS[name], tmp_path, synthetic_shards, *extra)
+    # In a process that has imported gradio (the app's tests, on the same xdist worker), LightningCLI parses
+    # `--trainer.limit_test_batches 1` as 1.0, i.e. every batch; one batch is what this test means.
+    cli.trainer.limit_test_batches = 1
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
     run = Path(cli.trainer.log_dir)
     assert run.parent.name == name

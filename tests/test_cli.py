@@ -89,9 +89,13 @@ def test_fit_then_resume_from_checkpoint(tmp_path, run):
     assert checkpoint["state_dict"] and all(k.startswith("controlnet.") for k in checkpoint["state_dict"])
     assert checkpoint["optimizer_states"]
     assert (tmp_path / "runs" / "tiny" / "version_0" / "config.yaml").is_file()
+    # the run ends with its time by phase (interdyn.callbacks.timing)
+    table = (first.stdout + first.stderr).split("interdyn fit: time by phase", 1)[-1]
+    assert "(2 steps," in table and "setup (weights, data)" in table and "total" in table
 
     second = run(*fit_for(4), "--ckpt_path", str(ckpt_path), cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "(2 steps," in (second.stdout + second.stderr).split("time by phase", 1)[-1]  # 2 -> 4
     resumed = torch.load(
         tmp_path / "runs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
 
 from interdyn.timing import PhaseTimes
 
@@ -111,8 +110,8 @@ class PhaseTimer(L.Callback):
         if stage == "validate" and "validation" in self._marks:
             self._stop("validation")
         self._end_setup()
-        if self.times is not None:
-            rank_zero_info("\n" + self.times.table())
+        if self.times is not None and trainer.is_global_zero:
+            print("\n" + self.times.table(), flush=True)
         self.times = None
 
     def on_exception(

@@ -66,11 +66,14 @@ def test_the_side_steps_run_beside_the_main_one_and_each_is_timed(tmp_path: Path
 
 
 def test_a_failing_step_stops_the_demo_with_its_log(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    main = _step("main", "pass")
+    marks = tmp_path / "marks"
+    main = _step("main", f"import time; time.sleep(1.5); open({str(marks)!r}, 'a').write('main\\n')")
     side = [_step("broken test", "import sys; print('the reason'); sys.exit(3)")]
     with pytest.raises(SystemExit, match=r"`broken test` failed \(exit code 3\)"):
         demo.run_beside(main, side, PhaseTimes("demo"), tmp_path / "logs", cores=2)
     assert "the reason" in capsys.readouterr().err
+    time.sleep(2.0)
+    assert not marks.exists()  # the main step was stopped with the demo, not left running
 
 
 def test_the_demo_accounts_for_the_install_and_clips_made_by_make(tmp_path: Path, monkeypatch) -> None:

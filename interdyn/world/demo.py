@@ -139,11 +139,18 @@ def run_beside(main: Step, side: list[Step], times: PhaseTimes, logs: Path, core
     side_threads = max(1, cores // 2)
     main_proc_start = time.perf_counter()
     main_proc = _start(main, max(1, cores - side_threads), None)
-    for step in side:
-        log = logs / f"{step.name.replace(': ', '_').replace(' ', '_')}.log"
-        started = time.perf_counter()
-        _finish(step, _start(step, side_threads, log), started, times, log)
-        print(f"demo: {step.name} finished in {format_seconds(time.perf_counter() - started)} (log: {log})")
+    try:
+        for step in side:
+            log = logs / f"{step.name.replace(': ', '_').replace(' ', '_')}.log"
+            started = time.perf_counter()
+            _finish(step, _start(step, side_threads, log), started, times, log)
+            print(
+                f"demo: {step.name} finished in {format_seconds(time.perf_counter() - started)} (log: {log})"
+            )
+    except BaseException:  # a failed side step or Ctrl-C: do not leave the main step running on its own
+        main_proc.terminate()
+        main_proc.wait()
+        raise
     _finish(main, main_proc, main_proc_start, times, None)
 
 

@@ -36,11 +36,15 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no Chromium browser and driver on this machine (Debian: apt-get install chromium chromium-driver; "
-    ".ci/run installs them)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="no Chromium browser and driver on this machine (Debian: apt-get install chromium chromium-driver; "
+        ".ci/run installs them)",
+    ),
+    # one app server for the module: its tests stay on one xdist worker (make test runs --dist loadgroup)
+    pytest.mark.xdist_group("browser"),
+]
 SCREENSHOT = os.environ.get("INTERDYN_APP_SCREENSHOT")  # where to save the page after the generation
 
 
@@ -188,7 +192,8 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     samples.clear()
     samples.send_keys("2", Keys.TAB)
     browser.find_element(By.ID, "preview").click()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
+    # the preview renders the driver's frames on the server: slow while the other worker is busy
+    WebDriverWait(browser, 240).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
 
     browser.find_element(By.ID, "generate").click()
     video = WebDriverWait(browser, 300).until(

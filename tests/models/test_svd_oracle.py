@@ -15,8 +15,8 @@ Others do not show in float32 with one generator and the default decoding, and a
 docs/fidelity.md: the stock pipeline resizes the CLIP input only for PIL images (a tensor image is fed to
 CLIP at its own size); it upcasts a ``force_upcast`` VAE for float16 only, where this project also upcasts
 a bfloat16 one; in float16 it draws the initial noise and keeps the latents and Euler steps in float16,
-where this project keeps them in float32; with a list of generators it draws the image noise per sample
-(here: from the first generator); a ``decode_chunk_size`` that does not divide the frame count makes its
+where this project keeps them in float32; with a list of generators it takes one per sample (video)
+(here: one per input image, as a call with that image alone); a ``decode_chunk_size`` that does not divide the frame count makes its
 chunks straddle two videos (here: never).
 """
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from interdyn.cli import main
 from interdyn.config import read_config
 from interdyn.module import InterDynModule
 from tests.conftest import REPO_ROOT
+from tests.helpers import run_interdyn
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
 FAST = [
@@ -40,15 +40,7 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """``run(*args, cwd=...)``: ``interdyn *args`` in this process; returns its exit code and output."""
 
     def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else int(done.code is not None)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
+        return run_interdyn(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
 
     return call
 

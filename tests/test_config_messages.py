@@ -8,22 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from interdyn.cli import main
 from interdyn.errors import WeightsNotFoundError
 from interdyn.models.hub import looks_like_local_path, resolve_local_path
 from interdyn.models.svd import get_encoders
 from tests.conftest import REPO_ROOT
+from tests.helpers import run_interdyn
 
 
 def run_cli(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else int(done.code is not None)
-    return code, capsys.readouterr().err
+    done = run_interdyn(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
+    return done.returncode, done.stderr
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])

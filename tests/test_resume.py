@@ -21,9 +21,9 @@ import lightning as L
 import pytest
 import yaml
 
-from interdyn.cli import main
 from interdyn.config import read_config
 from tests.conftest import REPO_ROOT
+from tests.helpers import run_interdyn
 
 CONFIGS = REPO_ROOT / "configs"
 TINY = str(CONFIGS / "tiny.yaml")
@@ -100,14 +100,8 @@ class StartProbe(L.Callback):
 
 
 def run_cli(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else int(done.code is not None)
-    return code, capsys.readouterr().err
+    done = run_interdyn(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
+    return done.returncode, done.stderr
 
 
 def test_every_config_is_classified():

@@ -55,6 +55,17 @@ def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch
     return module
 
 
+@pytest.fixture(scope="session")
+def tiny_branch_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: SVDComponents) -> Path:
+    """A tiny branch with non-zero weights everywhere (seed 3), saved with save_pretrained."""
+    branch = ControlNetSDVModel.from_unet(
+        tiny_svd_session.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
+    )
+    folder = tmp_path_factory.mktemp("branch")
+    randomize_(branch, seed=3).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def trained_like_branch(tiny_svd: SVDComponents) -> ControlNetSDVModel:
     """A branch with random non-zero weights everywhere (as if trained)."""

@@ -29,9 +29,9 @@ from interdyn.errors import InputError
 from interdyn.export import export_checkpoint, export_main
 from interdyn.generate import generate, generate_main
 from interdyn.inputs import DEMO_CLIP, load_clip_inputs, load_image_inputs
-from interdyn.models import ControlNetSDVModel, InterDynPipeline, load_controlnet, load_svd
+from interdyn.models import InterDynPipeline, load_controlnet, load_svd
 from interdyn.module import InterDynModule
-from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS, randomize_
+from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 H, W = 80, 120  # source size: resized and cropped to SIZE x SIZE
 SIZE, FRAMES = 64, 14
@@ -111,14 +111,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def branch_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session) -> Path:
-    """A tiny branch with non-zero weights everywhere, saved with save_pretrained."""
-    branch = ControlNetSDVModel.from_unet(
-        tiny_svd_session.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
-    )
-    folder = tmp_path_factory.mktemp("branch")
-    randomize_(branch, seed=3).save_pretrained(folder)
-    return folder
+def branch_folder(tiny_branch_folder: Path) -> Path:
+    return tiny_branch_folder
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,13 @@ from interdyn.errors import InputError
 from interdyn.export import export_main
 from interdyn.generate import generate_main
 from interdyn.inputs import read_image, read_masks
-from interdyn.models import ControlNetSDVModel
-from tests.conftest import TINY_CONTROL_CHANNELS, randomize_
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def branch(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session) -> Path:
-    """A tiny branch with non-zero weights, saved as a folder."""
-    model = ControlNetSDVModel.from_unet(
-        tiny_svd_session.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
-    )
-    folder = tmp_path_factory.mktemp("branch")
-    randomize_(model, seed=1).save_pretrained(folder)
-    return folder
+def branch(tiny_branch_folder: Path) -> Path:
+    return tiny_branch_folder
 
 
 def scene(folder: Path) -> tuple[Path, Path]:

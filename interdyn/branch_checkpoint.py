@@ -14,6 +14,7 @@ command-line options accept.
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,43 @@ def branch_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Te
     if not (missing or unexpected or reshaped):
         return None
     return f"(missing {missing[:4]}, unexpected {unexpected[:4]}, other shapes {reshaped[:4]})"
+
+
+def complete_checkpoint(
+    checkpoint: dict[str, Any],
+    branch: ControlNetSDVModel,
+    ema: torch.nn.Module | None,
+    model_state: dict[str, torch.Tensor],
+) -> None:
+    """Make a project checkpoint (the branch, maybe its average) whole again for loading, in place.
+
+    Checks that its branch weights fit ``branch``; gives the average ``ema`` (None: the model keeps none)
+    the checkpoint's, or the branch's own weights when it kept none; fills every frozen weight from
+    ``model_state`` (the model's state dict, its SVD loaded from ``svd``).
+    """
+    state = checkpoint["state_dict"]
+    own = {BRANCH_PREFIX + k: v for k, v in branch.state_dict().items()}
+    mismatch = branch_mismatch(own, {k: v for k, v in state.items() if k.startswith(BRANCH_PREFIX)})
+    if mismatch:
+        raise WeightsMismatchError(
+            f"the checkpoint's control branch does not match this model {mismatch}; was it trained with "
+            "another architecture, conditioning_channels or conditioning_embedding_out_channels?"
+        )
+    if ema is not None:
+        found = checkpoint[EMA_KEY] if has_ema(checkpoint) else None
+        if found is not None and branch_mismatch(ema.state_dict(), found):
+            raise WeightsMismatchError("the checkpoint's moving average does not match its control branch")
+        for key in ema.state_dict():
+            state[f"branch_ema.{key}"] = found[key] if found is not None else state[BRANCH_PREFIX + key]
+    elif has_ema(checkpoint):
+        warnings.warn(
+            "the checkpoint holds a moving average of the branch's weights, but this model has ema_decay 0: "
+            "it uses the last step's weights (set model.ema_decay to use the average)",
+            stacklevel=2,
+        )
+    for key, value in model_state.items():
+        if not key.startswith(BRANCH_PREFIX):
+            state.setdefault(key, value)
 
 
 def is_checkpoint_path(source: str) -> bool:

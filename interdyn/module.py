@@ -17,9 +17,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
-from interdyn.branch_checkpoint import BRANCH_PREFIX, EMA_KEY, branch_mismatch, has_ema, keep_branch_only
+from interdyn.branch_checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.contract import (
     has_clips,
     is_cached_batch,
@@ -27,7 +26,7 @@ from interdyn.contract import (
     validate_cached_batch,
 )
 from interdyn.data.sampling import key_seed
-from interdyn.errors import ConfigError, WeightsMismatchError
+from interdyn.errors import ConfigError
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
@@ -189,30 +188,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD (and the
         average from the checkpoint's, or from its branch when it kept none)."""
-        state = checkpoint["state_dict"]
-        own = {BRANCH_PREFIX + k: v for k, v in self.controlnet.state_dict().items()}
-        mismatch = branch_mismatch(own, {k: v for k, v in state.items() if k.startswith(BRANCH_PREFIX)})
-        if mismatch:
-            raise WeightsMismatchError(
-                f"the checkpoint's control branch does not match this model {mismatch}; was it trained with "
-                "another architecture, conditioning_channels or conditioning_embedding_out_channels?"
-            )
-        if self.branch_ema is not None:
-            found = checkpoint[EMA_KEY] if has_ema(checkpoint) else None
-            if found is not None and branch_mismatch(self.branch_ema.state_dict(), found):
-                raise WeightsMismatchError(
-                    "the checkpoint's moving average does not match its control branch"
-                )
-            for key in self.branch_ema.state_dict():
-                state[f"branch_ema.{key}"] = found[key] if found is not None else state[BRANCH_PREFIX + key]
-        elif has_ema(checkpoint):
-            rank_zero_warn(
-                "the checkpoint holds a moving average of the branch's weights, but this model has ema_decay 0: "
-                "it uses the last step's weights (set model.ema_decay to use the average)"
-            )
-        for key, value in self.state_dict().items():
-            if not key.startswith(BRANCH_PREFIX):
-                state.setdefault(key, value)
+        complete_checkpoint(checkpoint, self.controlnet, self.branch_ema, self.state_dict())
         self._resumed_step = int(checkpoint.get("global_step", 0))  # seeds the resumed run (on_fit_start)
 
     @property

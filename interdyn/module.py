@@ -26,6 +26,7 @@ from interdyn.contract import (
     validate_cached_batch,
 )
 from interdyn.data.sampling import key_seed
+from interdyn.ema import swap_in, swap_out, update_average
 from interdyn.errors import ConfigError
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
@@ -227,52 +228,29 @@ class InterDynModule(EDMObjective, L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the moving average's update."""
         super().optimizer_step(*args, **kwargs)
-        if self.branch_ema is not None:
-            step = self.global_step  # steps before this one: Lightning counts this one after the hook
-            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                averages = list(self.branch_ema.parameters())
-                live = [
-                    p.detach().to(a.dtype)
-                    for p, a in zip(self.controlnet.parameters(), averages, strict=True)
-                ]
-                torch._foreach_lerp_(averages, live, 1.0 - decay)
+        if self.branch_ema is not None:  # global_step: the steps before this one (Lightning counts it after)
+            update_average(self.branch_ema, self.controlnet, self.global_step, self.hparams.ema_decay)
 
     def _use_average(self, on: bool) -> None:
-        """Put the moving average into the branch (``on``), or the saved live weights back. In-place
-        copies, so that the optimizer, DDP and ``torch.compile`` keep seeing the same tensors."""
+        """Put the moving average into the branch (``on``), or the saved live weights back."""
         if self.branch_ema is None or (self._live_backup is not None) == on:
             return
-        params = list(self.controlnet.parameters())
-        with torch.no_grad():
-            if on:
-                self._live_backup = [p.detach().clone() for p in params]
-                for p, a in zip(params, self.branch_ema.parameters(), strict=True):
-                    p.copy_(a)
-            else:
-                for p, live in zip(params, self._live_backup, strict=True):
-                    p.copy_(live)
-                self._live_backup = None
+        if on:
+            self._live_backup = swap_in(self.controlnet, self.branch_ema)
+        else:
+            swap_out(self.controlnet, self._live_backup)
+            self._live_backup = None
 
     # Lightning runs the callbacks' hooks before the module's at the start and the end of a stage: the
     # average is in the branch for the callbacks' sampling at epoch end and out before training resumes.
-    def on_validation_start(self) -> None:
+    def _average_in(self) -> None:
         self._use_average(True)
 
-    def on_validation_end(self) -> None:
+    def _average_out(self) -> None:
         self._use_average(False)
 
-    def on_test_start(self) -> None:
-        self._use_average(True)
-
-    def on_test_end(self) -> None:
-        self._use_average(False)
-
-    def on_predict_start(self) -> None:
-        self._use_average(True)
-
-    def on_predict_end(self) -> None:
-        self._use_average(False)
+    on_validation_start = on_test_start = on_predict_start = _average_in
+    on_validation_end = on_test_end = on_predict_end = _average_out
 
     def configure_gradient_clipping(
         self,

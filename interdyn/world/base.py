@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from interdyn.ema import update_average
 from interdyn.errors import ConfigError
 from interdyn.models.conditioning import (
     clip_image_embeds,
@@ -172,12 +173,8 @@ class BaseVideoModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is None:
-            return
-        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-        with torch.no_grad():
-            for avg, live in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
-                avg.lerp_(live, 1.0 - decay)
+        if self.ema is not None:  # global_step: the steps so far, this one included
+            update_average(self.ema, self.unet, self.global_step, self.hparams.ema_decay)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video = batch["pixel_values"]

@@ -11,14 +11,14 @@ world=data/shards/world_large
 run=runs/world_gpu_quick
 python3 -m data_prep.synthetic --out "$world" --size 64 64 --builtin_world --frames 14 --fps 7 \
     --train "${TRAIN_CLIPS:-16384}" --val 64 --test_groups 16 --seen_groups 16 --workers "$(nproc)" || exit 1
-python3 -m interdyn.cli fit --config configs/demo.yaml --config configs/world/gpu/branch_quick.yaml \
+python3 -m interdyn.commands.cli fit --config configs/demo.yaml --config configs/world/gpu/branch_quick.yaml \
     --model.controlnet weights/world/branch --trainer.max_time "${FIT_TIME:-00:00:04:00}" "$@" \
     2>&1 | tee "$out/fit.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 # how many steps the time allowed (the GPU's step time, for sizing longer runs)
 python3 -c "import torch; c = torch.load('$run/checkpoints/last.ckpt', map_location='cpu', weights_only=False); \
 print('steps trained:', c['global_step'])" | tee -a "$out/fit.log"
-python3 -m interdyn.cli export --ckpt_path "$run/checkpoints/last.ckpt" --out "$run/weights" \
+python3 -m interdyn.commands.cli export --ckpt_path "$run/checkpoints/last.ckpt" --out "$run/weights" \
     --dtype float16 --overwrite || exit 1
 mkdir -p "$out/branch" && cp "$run/weights/"* "$out/branch/"
 status=0

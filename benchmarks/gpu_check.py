@@ -288,7 +288,7 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
 
 # --------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
-    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+    from interdyn.commands.spelling import ScriptParser  # old hyphenated options still work
 
     parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(

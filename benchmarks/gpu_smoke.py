@@ -94,7 +94,7 @@ def strategy_label(strategy: str | dict) -> str:
 def run(args: list[str]) -> float:
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "interdyn.cli", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "interdyn.commands.cli", *args], cwd=ROOT, capture_output=True, text=True
     )
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])

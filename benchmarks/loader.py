@@ -36,7 +36,7 @@ from interdyn.data.shard_format import shard_name  # noqa: E402
 from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips  # noqa: E402
 from interdyn.data.transforms import joint_transform  # noqa: E402
 from interdyn.data.video import decode_frames, encode_video  # noqa: E402
-from interdyn.files import write_atomic  # noqa: E402
+from interdyn.utils.files import write_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- loader:begin -->", "<!-- loader:end -->"
@@ -155,7 +155,7 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+    from interdyn.commands.spelling import ScriptParser  # old hyphenated options still work
 
     parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=48)

@@ -37,7 +37,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 def curve(name: str, steps: int, lr: float, batch: dict, marks: set[int]) -> dict:
     """Train the tiny branch ``steps`` steps with ``name``: the training loss of every step (the same draws
     for every optimizer) and, before the steps in ``marks`` and at the end, the loss at fixed draws."""
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     torch.manual_seed(0)
     module = InterDynModule(
@@ -77,7 +77,7 @@ def curve(name: str, steps: int, lr: float, batch: dict, marks: set[int]) -> dic
 
 
 def main() -> int:
-    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+    from interdyn.commands.spelling import ScriptParser  # old hyphenated options still work
 
     parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40)

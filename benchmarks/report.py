@@ -24,7 +24,7 @@ def machine(device: str) -> str:
 def write_section(name: str, text: str, docs_path: Path | None = None) -> None:
     """Replace (or append) the section between ``<!-- name:begin/end -->`` markers of the benchmarks page,
     written atomically (a reader or an interrupted run never sees a half-written page)."""
-    from interdyn.files import write_atomic
+    from interdyn.utils.files import write_atomic
 
     path = docs_path or DOCS
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

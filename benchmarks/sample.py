@@ -27,7 +27,7 @@ from train_recipes import TINY_CONTROL  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
-    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+    from interdyn.commands.spelling import ScriptParser  # old hyphenated options still work
 
     parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import machine, write_section  # noqa: E402
 
-from interdyn.render import chart_canvas  # noqa: E402
+from interdyn.utils.render import chart_canvas  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (metrics.json key, column title, lower is better)
@@ -94,7 +94,7 @@ def run_point(args: argparse.Namespace, scheduler: str, steps: int) -> dict[str,
         config = folder.parent / "overlay.yaml"
         config.write_text(yaml.safe_dump(overlay(args, scheduler, steps), sort_keys=False))
         configs = [arg for path in [*args.config, str(config)] for arg in ("--config", str(path))]
-        command = [sys.executable, "-m", "interdyn.cli", "test", *configs]
+        command = [sys.executable, "-m", "interdyn.commands.cli", "test", *configs]
         print(f"[{scheduler}, {steps} steps] {' '.join(command)}", flush=True)
         start = time.perf_counter()
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"The {what} {path} does not exist.")
 
     rows = [run_point(args, s, n) for s in args.schedulers for n in sorted(args.steps)]
-    from interdyn.files import write_atomic
-    from interdyn.render import png_bytes
+    from interdyn.utils.files import write_atomic
+    from interdyn.utils.render import png_bytes
 
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.plot, png_bytes(plot(rows)))

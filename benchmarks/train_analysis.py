@@ -109,7 +109,7 @@ def gpu_attention() -> Iterator[None]:
 
 def meta_module(recipe: dict[str, Any], preset: str) -> Any:
     """The module of ``recipe`` on the meta device, in training mode (bf16 branch under autocast recipes)."""
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     with torch.device("meta"):
         module = InterDynModule(**module_kwargs(recipe, preset, "cuda"))

@@ -1,4 +1,4 @@
-"""The training recipes the benchmarks measure: module switches of :class:`~interdyn.module.InterDynModule`
+"""The training recipes the benchmarks measure: module switches of :class:`~interdyn.training.module.InterDynModule`
 plus the loop's settings (autocast, cached conditioning, micro-batch and accumulation), each as the
 shipped configs set them. See ``benchmarks/train_step.py`` for what each one is."""
 
@@ -55,7 +55,7 @@ TINY_CONTROL = [8, 16, 16, 32]
 
 
 def module_kwargs(recipe: dict[str, Any], preset: str, device: str) -> dict[str, Any]:
-    """The :class:`~interdyn.module.InterDynModule` arguments of ``recipe`` for the ``random:<preset>`` model."""
+    """The :class:`~interdyn.training.module.InterDynModule` arguments of ``recipe`` for the ``random:<preset>`` model."""
     kw = {k: v for k, v in recipe.items() if k not in NOT_MODULE_ARGS}
     if device == "cpu" and kw.get("frozen_dtype") == "float16":
         kw["frozen_dtype"] = "float32"  # CPU fp16 kernels are a poor baseline; fp32 is the CPU plain

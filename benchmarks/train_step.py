@@ -76,7 +76,7 @@ def make_inputs(
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Time one recipe: ``--steps`` optimizer steps (each ``accumulate`` micro-batches) after ``--warmup``;
     on CUDA the peak memory, and with ``--budget_gib`` the largest micro-batch that fits in that budget."""
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     recipe = RECIPES[args.one]
     if args.optimizer:
@@ -178,7 +178,7 @@ def largest_batch(module: Any, recipe: dict[str, Any], args: argparse.Namespace,
 # --------------------------------------------------------------------------- driver
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
-    from interdyn.spelling import ScriptParser  # old hyphenated options still work
+    from interdyn.commands.spelling import ScriptParser  # old hyphenated options still work
 
     parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

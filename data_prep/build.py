@@ -49,7 +49,7 @@ from data_prep.split_plan import (
     fingerprint,
     plan_difference,
 )
-from interdyn.files import TMP_SUFFIX, write_atomic
+from interdyn.utils.files import TMP_SUFFIX, write_atomic
 
 __all__ = [
     "Item",

@@ -28,7 +28,7 @@ from typing import Any
 
 from data_prep.shard_writer import write_shard
 from interdyn.data.shard_format import SkipSample, encode_fields
-from interdyn.files import write_atomic
+from interdyn.utils.files import write_atomic
 
 
 class TooManyErrors(RuntimeError):

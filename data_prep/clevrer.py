@@ -40,9 +40,9 @@ import numpy as np
 from data_prep import rle
 from data_prep.build import Item
 from data_prep.common import add_common_arguments, check_length, read_video, run_split
+from interdyn.commands.spelling import ScriptParser
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
-from interdyn.spelling import ScriptParser
 
 SPLITS = ("train", "validation")
 _ID_RE = re.compile(r"(\d+)")

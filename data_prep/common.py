@@ -1,5 +1,5 @@
 """Pieces every dataset preparer shares: reading source videos, length checks, boxes to masks, and the
-command-line options common to all preparers (mask binarisation: :func:`interdyn.media.binarize`)."""
+command-line options common to all preparers (mask binarisation: :func:`interdyn.data.media.binarize`)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 from data_prep.build import Item, build_split, default_workers
 from data_prep.parts import Part, resolve_part
 from interdyn.data.clip_spec import PAPER_CLIP
+from interdyn.data.media import MediaError, read_video_file
 from interdyn.data.sampling import clip_offsets
 from interdyn.data.shard_format import SkipSample
-from interdyn.media import MediaError, read_video_file
 
 
 def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:

@@ -45,19 +45,19 @@ import numpy as np
 
 from data_prep.build import Item
 from data_prep.common import add_common_arguments, check_length, count_video, read_video, run_split
+from interdyn.commands.spelling import ScriptParser
 from interdyn.data.clip_spec import PAPER_CLIP
-from interdyn.data.shard_format import SkipSample, encode_masks
-from interdyn.data.video import encode_video
-from interdyn.files import write_atomic
-from interdyn.inputs.files import FolderError, iter_media_frames, read_image_folder
-from interdyn.media import (
+from interdyn.data.media import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     MediaError,
     binarize,
     natural_key,
 )
-from interdyn.spelling import ScriptParser
+from interdyn.data.shard_format import SkipSample, encode_masks
+from interdyn.data.video import encode_video
+from interdyn.inputs.files import FolderError, iter_media_frames, read_image_folder
+from interdyn.utils.files import write_atomic
 
 KEEP_AS_IS = {".mp4": "video.mp4", ".webm": "video.webm"}
 _NAME_RE = re.compile(r"[^A-Za-z0-9_\-]+")

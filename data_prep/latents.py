@@ -37,8 +37,8 @@ import torch
 
 from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import write_shard
-from interdyn.branch_checkpoint import DTYPES
-from interdyn.config import read_config
+from interdyn.commands.config import read_config
+from interdyn.commands.spelling import ScriptParser
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
 from interdyn.data.clip_spec import PAPER_CLIP
@@ -46,14 +46,14 @@ from interdyn.data.sampling import key_seed
 from interdyn.data.shard_format import SkipSample
 from interdyn.data.shards import ClipDecoder, expand_urls
 from interdyn.errors import InterDynError
-from interdyn.files import TMP_SUFFIX, write_atomic
 from interdyn.models.conditioning import (
     clip_image_embeds,
     encode_image_latents,
     encode_video_posterior,
 )
 from interdyn.models.svd import cast_frozen, get_encoders
-from interdyn.spelling import ScriptParser
+from interdyn.training.checkpoint import DTYPES
+from interdyn.utils.files import TMP_SUFFIX, write_atomic
 
 PROGRESS_DIR = "_latents"
 _DRIVER_KEYS = ("require_driver_in_first_frame", "require_driver_in_clip", "min_driver_pixels")
@@ -67,7 +67,7 @@ _DATA_KEYS: dict[str, Any] = {
 
 def read_configs(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings of LightningCLI configs as ``interdyn fit`` reads them (overlays in order, defaults
-    filled in; :func:`interdyn.config.read_config`) -> ``(model arguments, data init_args)``; empty
+    filled in; :func:`interdyn.commands.config.read_config`) -> ``(model arguments, data init_args)``; empty
     without configs."""
     if not paths:
         return {}, {}

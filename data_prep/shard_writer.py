@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from interdyn.data.shard_format import encode_fields
-from interdyn.files import atomic_file
+from interdyn.utils.files import atomic_file
 
 
 def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int:
@@ -30,7 +30,7 @@ def add_sample(tar: tarfile.TarFile, key: str, encoded: dict[str, bytes]) -> int
 
 
 def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write a whole shard (already encoded samples) through :func:`interdyn.files.atomic_file`.
+    """Write a whole shard (already encoded samples) through :func:`interdyn.utils.files.atomic_file`.
     An empty list gives a valid empty tar (keeps shard numbering contiguous)."""
     with atomic_file(path) as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:

@@ -18,7 +18,7 @@ import numpy as np
 
 from data_prep.chunk import Item
 from interdyn.data.shard_format import shard_name
-from interdyn.files import write_atomic
+from interdyn.utils.files import write_atomic
 
 PROGRESS_DIR = "_progress"
 

@@ -59,9 +59,9 @@ from data_prep.ssv2_annotations import (
     read_id_list,
     track_hands,
 )
+from interdyn.commands.spelling import ScriptParser
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
-from interdyn.spelling import ScriptParser
 
 VIDEO_DIRS = ("20bn-something-something-v2", "videos", "")
 LABEL_DIRS = ("labels", "annotations", "")

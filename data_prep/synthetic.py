@@ -32,9 +32,9 @@ import numpy as np
 
 from data_prep.build import Item, PlanMismatchError, build_split
 from data_prep.synthetic_world import World, builtin_world, make_video
+from interdyn.commands.spelling import ScriptParser
 from interdyn.data.shard_format import encode_masks
 from interdyn.data.video import encode_video
-from interdyn.spelling import ScriptParser
 
 __all__ = ["SyntheticMaker", "World", "builtin_world", "make_video", "sample_fields", "write_split"]
 

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     """Build the CLI from ``argv`` without running a subcommand, then fit and test the same trainer."""
     import lightning as L
 
-    from interdyn.cli import InterDynCLI
-    from interdyn.module import InterDynModule
+    from interdyn.commands.cli import InterDynCLI
+    from interdyn.training.module import InterDynModule
 
     cli = InterDynCLI(
         InterDynModule,

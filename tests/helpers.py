@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interdyn.cli import main
+from interdyn.commands.cli import main
 
 
 def run_interdyn(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interdyn.branch_checkpoint import (
+from interdyn.errors import InputError, WeightsMismatchError
+from interdyn.training.checkpoint import (
     BRANCH_PREFIX,
     CONFIG_KEY,
     branch_from_checkpoint,
     keep_branch_only,
     load_branch,
 )
-from interdyn.errors import InputError, WeightsMismatchError
 
 
 def _checkpoint(branch: torch.nn.Module) -> dict:

@@ -12,10 +12,10 @@ import pytest
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from interdyn.checkpoints import load_checkpoint
-from interdyn.cli import InterDynCLI, main
+from interdyn.commands.cli import InterDynCLI, main
 from interdyn.errors import UnsafeCheckpointError
-from interdyn.module import InterDynModule
+from interdyn.training.checkpoint import load_checkpoint
+from interdyn.training.module import InterDynModule
 from tests.conftest import REPO_ROOT
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from interdyn.cli import main
+from interdyn.commands.cli import main
 from tests.conftest import REPO_ROOT
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from interdyn.checkpoints import WeightsOnlyCheckpointIO, load_checkpoint
-from interdyn.cli import main
+from interdyn.commands.cli import main
 from interdyn.errors import UnsafeCheckpointError, WeightsNotFoundError
+from interdyn.training.checkpoint import load_checkpoint
+from interdyn.training.checkpoint_io import WeightsOnlyCheckpointIO
 from tests.conftest import REPO_ROOT
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from interdyn.config import read_config
-from interdyn.module import InterDynModule
+from interdyn.commands.config import read_config
+from interdyn.training.module import InterDynModule
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_interdyn
 
@@ -31,7 +31,7 @@ FAST = [
 
 def interdyn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, "-c", "from interdyn.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from interdyn.commands.cli import main; main()", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -217,7 +217,7 @@ def test_ssv2_config_validates_and_prints(tmp_path, run):
 def test_model_settings_follow_the_data(tmp_path, run):
     """The branch's control channels follow the data's control type, SVD's fps id its clip rate (fps - 1);
     setting either on the model is refused, so the two can never disagree."""
-    from interdyn.cli import InterDynCLI
+    from interdyn.commands.cli import InterDynCLI
 
     demo, oracle = (
         REPO_ROOT / "configs" / "tiny_shards.yaml",

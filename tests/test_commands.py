@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from interdyn.cli import COMMANDS, main
+from interdyn.commands.cli import COMMANDS, main
+from interdyn.commands.generate import build_parser, sampling_settings
 from interdyn.errors import InputError
-from interdyn.generate import build_parser, sampling_settings
 from interdyn.models.sampling import DEFAULT_SAMPLING
 
 

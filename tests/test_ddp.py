@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from interdyn.branch_checkpoint import EMA_KEY
-from interdyn.cli import main
-from interdyn.config import read_config
+from interdyn.commands.cli import main
+from interdyn.commands.config import read_config
+from interdyn.training.checkpoint import EMA_KEY
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 DEMO = yaml.safe_load((REPO_ROOT / "configs" / "tiny_shards.yaml").read_text())

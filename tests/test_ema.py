@@ -8,11 +8,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from interdyn.branch_checkpoint import BRANCH_PREFIX, EMA_KEY, branch_from_checkpoint, read_checkpoint
+from interdyn.commands.export import export_checkpoint
 from interdyn.data import MovingShapesDataModule
 from interdyn.errors import ConfigError
-from interdyn.export import export_checkpoint
 from interdyn.models.released import load_controlnet
+from interdyn.training.checkpoint import BRANCH_PREFIX, EMA_KEY, branch_from_checkpoint, read_checkpoint
 from tests.test_module import short_fit_trainer, tiny_module
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from data_prep.latents import ConditioningEncoder
 from interdyn.models.conditioning import sample_video_latents
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 from tests.conftest import TINY_CONTROL_CHANNELS
 
 

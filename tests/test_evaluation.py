@@ -160,7 +160,7 @@ def ground_truth_predictions(folder: Path, shards: str, size: tuple[int, int] = 
 
 
 def run_evaluate(pred_dir: Path, shards: str, **kw):
-    from interdyn.evaluate import evaluate
+    from interdyn.commands.evaluate import evaluate
 
     kw.setdefault("metrics", ["ssim", "psnr"])
     return evaluate(str(pred_dir), shards, height=64, width=64, **kw)

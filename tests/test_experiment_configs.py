@@ -10,9 +10,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from interdyn.cli import InterDynCLI
+from interdyn.commands.cli import InterDynCLI
 from interdyn.data.shards import CONTROL_CHANNELS
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 from tests.conftest import REPO_ROOT
 
 ABLATIONS = sorted((REPO_ROOT / "configs" / "ablations").glob("control_*.yaml"))

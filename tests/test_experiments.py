@@ -24,7 +24,7 @@ from interdyn.data.perturb import dilate
 from interdyn.data.sampling import key_seed
 from interdyn.metrics.regions import hit_roles
 from interdyn.models.svd import TINY_ARCHITECTURE
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 from tests.conftest import FPS, FRAMES, TINY_CONTROL_CHANNELS
 
 STEPS = 2

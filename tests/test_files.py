@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interdyn.files import TMP_SUFFIX, atomic_file, temporary_path, write_atomic
+from interdyn.utils.files import TMP_SUFFIX, atomic_file, temporary_path, write_atomic
 
 
 def test_write_atomic_replaces_whole_files(tmp_path) -> None:
@@ -38,7 +38,7 @@ def test_a_written_folder_is_readable_like_any_new_file(tmp_path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from interdyn.files import write_folder_atomic
+    from interdyn.utils.files import write_folder_atomic
 
     def fill(folder):
         (folder / "unet").mkdir()
@@ -54,7 +54,7 @@ def test_a_written_folder_is_readable_like_any_new_file(tmp_path) -> None:
 
 
 def test_unwritable_reason_probes_without_creating(tmp_path) -> None:
-    from interdyn.files import unwritable_reason
+    from interdyn.utils.files import unwritable_reason
 
     target = tmp_path / "new" / "deeper"
     assert unwritable_reason(target) is None and not (tmp_path / "new").exists()

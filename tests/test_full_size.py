@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 
 pytestmark = pytest.mark.slow
 

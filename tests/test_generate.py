@@ -21,16 +21,16 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from interdyn.branch_checkpoint import read_checkpoint
+from interdyn.commands.export import export_checkpoint, export_main
+from interdyn.commands.generate import generate, generate_main
 from interdyn.data.toy import MovingShapesDataModule
 from interdyn.data.transforms import joint_transform
 from interdyn.data.video import decode_frames, encode_video, probe_video
 from interdyn.errors import InputError
-from interdyn.export import export_checkpoint, export_main
-from interdyn.generate import generate, generate_main
 from interdyn.inputs import DEMO_CLIP, load_clip_inputs, load_image_inputs
 from interdyn.models import InterDynPipeline, load_controlnet, load_svd
-from interdyn.module import InterDynModule
+from interdyn.training.checkpoint import read_checkpoint
+from interdyn.training.module import InterDynModule
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 H, W = 80, 120  # source size: resized and cropped to SIZE x SIZE
@@ -370,7 +370,7 @@ def test_bad_inputs_give_one_sentence_and_exit_2(case, files, tmp_path, capsys):
 
 def test_exit_code_as_a_process(files, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    code = "import sys; from interdyn.generate import generate_main; sys.exit(generate_main(sys.argv[1:]))"
+    code = "import sys; from interdyn.commands.generate import generate_main; sys.exit(generate_main(sys.argv[1:]))"
     result = subprocess.run(
         [sys.executable, "-c", code, "--image", str(files["image"]), "--control", str(files["short"])],
         cwd=REPO_ROOT,

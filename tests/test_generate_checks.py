@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from interdyn.commands.export import export_main
+from interdyn.commands.generate import generate_main
 from interdyn.errors import InputError
-from interdyn.export import export_main
-from interdyn.generate import generate_main
 from interdyn.inputs import read_image, read_masks
 
 SIZE = 64

@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from data_prep.latents import main as latents_main
-from interdyn.cli import InterDynCLI
-from interdyn.cli import main as cli_main
+from interdyn.commands.cli import InterDynCLI
+from interdyn.commands.cli import main as cli_main
 from interdyn.data.toy import MovingShapesDataset
 from interdyn.errors import ConfigError
-from interdyn.module import InterDynModule
-from interdyn.optim_offload import HostMoments, OffloadedAdam
+from interdyn.training.module import InterDynModule
+from interdyn.training.optim_offload import HostMoments, OffloadedAdam
 from tests.conftest import REPO_ROOT, TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
 
 

@@ -11,7 +11,7 @@ import torch
 from interdyn.data import MovingShapesDataset
 from interdyn.errors import BatchContractError, ConfigError, WeightsNotFoundError
 from interdyn.models.svd import TINY_ARCHITECTURE
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 from tests.conftest import TINY_CONTROL_CHANNELS
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interdyn.morphology import dilate, erode
+from interdyn.utils.morphology import dilate, erode
 
 
 def rectangle(top: int, left: int, height: int, width: int, size: tuple[int, int] = (48, 64)) -> torch.Tensor:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from lightning.fabric.utilities.optimizer import _optimizer_to_device
 
-from interdyn.optim import make_optimizer
-from interdyn.optim_offload import HostMoments, OffloadedAdam
+from interdyn.training.optim import make_optimizer
+from interdyn.training.optim_offload import HostMoments, OffloadedAdam
 
 
 def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -68,7 +68,7 @@ def weights_only_copy(state: dict) -> dict:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=True)  # as checkpoints are loaded (interdyn.checkpoints)
+    return torch.load(buffer, weights_only=True)  # as checkpoints are loaded (interdyn.training.checkpoint)
 
 
 def test_checkpoints_resume_across_adam_and_offloaded_adam() -> None:

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from interdyn.spelling import ScriptParser, hyphenated
+from interdyn.commands.spelling import ScriptParser, hyphenated
 from tests.conftest import REPO_ROOT
 
 # Every option renamed so far (git log -S of the hyphenated names), by the script that parses it.

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from interdyn.callbacks import VideoPredictionWriter
 from interdyn.data.video import decode_frames
-from interdyn.files import TMP_SUFFIX
+from interdyn.utils.files import TMP_SUFFIX
 from tests.test_module import tiny_module, toy_batch
 
 

@@ -2,7 +2,7 @@
 
 A ``ModelCheckpoint`` without a ``dirpath`` (configs/ssv2.yaml, clevrer.yaml, ...) writes into the
 logger's numbered run folder, which is new for every run; ``last`` must find the newest last checkpoint
-of the earlier runs (interdyn.resume). Each distinct checkpoint setup of the shipped configs (logger and
+of the earlier runs (interdyn.training.resume). Each distinct checkpoint setup of the shipped configs (logger and
 ``ModelCheckpoint`` settings, read through the CLI's own parser with overlays applied) is run on the tiny
 model: a fit, then two resumes with ``--ckpt_path last``, each of which must start where the newest
 checkpoint left off.
@@ -21,7 +21,7 @@ import lightning as L
 import pytest
 import yaml
 
-from interdyn.config import read_config
+from interdyn.commands.config import read_config
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_interdyn
 

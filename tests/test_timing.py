@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from interdyn.timing import PhaseTimes, format_seconds, process_age
+from interdyn.utils.timing import PhaseTimes, format_seconds, process_age
 from interdyn.world import demo
 
 

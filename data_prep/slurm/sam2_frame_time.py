@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from data_prep.sam2_masks import DEFAULT_SAM2_CONFIG, Sam2Settings, sam2_masks, sam2_predictor  # noqa: E402
-from interdyn.spelling import ScriptParser
+from interdyn.commands.spelling import ScriptParser
 
 
 def moving_box_video(frames: int, height: int, width: int) -> tuple[np.ndarray, list[dict]]:

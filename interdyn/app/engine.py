@@ -1,7 +1,7 @@
 """What the app's buttons do, without the UI: a thin layer over ``interdyn generate``.
 
 Every generation writes its inputs into a run folder (``first_frame.png`` and the driver: ``driver.npz``
-for a drawn path, or the uploaded mask file as it is) and runs :func:`interdyn.generate.run_generate` on
+for a drawn path, or the uploaded mask file as it is) and runs :func:`interdyn.commands.generate.run_generate` on
 the command line that ``interdyn generate`` would parse for them. Preprocessing, seeds and output files
 are therefore exactly the command's; the run's ``command.txt`` repeats it from a shell. The weights are
 loaded once, on the first generation, and kept.
@@ -24,9 +24,7 @@ import numpy as np
 import torch
 
 from interdyn.app.paths import drag_mask
-from interdyn.errors import InputError
-from interdyn.files import write_atomic
-from interdyn.generate import (
+from interdyn.commands.generate import (
     GenerateResult,
     LoadedWeights,
     build_parser,
@@ -34,6 +32,7 @@ from interdyn.generate import (
     read_inputs,
     run_generate,
 )
+from interdyn.errors import InputError
 from interdyn.inputs import (
     FOLDER_FPS,
     IMAGE_SUFFIXES,
@@ -44,7 +43,8 @@ from interdyn.inputs import (
     read_image,
 )
 from interdyn.models.sampling import DEFAULT_SAMPLING
-from interdyn.render import png_bytes
+from interdyn.utils.files import write_atomic
+from interdyn.utils.render import png_bytes
 
 NUM_FRAMES = 14  # SVD img2vid's clip length
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 16, 4096, 8.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from jsonargparse import ArgumentParser
 
-from interdyn.commands import command_parser, resolve_device
+from interdyn.commands.parsers import command_parser, resolve_device
 from interdyn.errors import InputError, InterDynError
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING

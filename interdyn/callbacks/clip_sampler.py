@@ -20,9 +20,9 @@ import torch
 
 from interdyn.contract import has_clips
 from interdyn.data.sampling import key_seed
-from interdyn.files import write_atomic
 from interdyn.metrics.report import json_safe
 from interdyn.models.sampling import SamplingSettings
+from interdyn.utils.files import write_atomic
 
 
 @dataclass

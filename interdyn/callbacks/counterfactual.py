@@ -22,7 +22,7 @@ from interdyn.metrics.counterfactual import (
 from interdyn.metrics.physics import disc_positions, has_simulation
 from interdyn.metrics.regions import shrink_masks, shrink_video
 from interdyn.metrics.report import protocol_line
-from interdyn.render import to_uint8
+from interdyn.utils.render import to_uint8
 
 
 class CounterfactualEvaluation(ClipCallback):

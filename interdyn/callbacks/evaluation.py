@@ -25,8 +25,8 @@ from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback, ClipSample
 from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
 from interdyn.data.video import encode_video
 from interdyn.errors import EvaluationError
-from interdyn.files import write_atomic
 from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, merge_states, summarize
+from interdyn.utils.files import write_atomic
 
 
 class VideoEvaluation(ClipCallback):

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from interdyn.data.video import encode_video
-from interdyn.files import write_atomic
+from interdyn.utils.files import write_atomic
 
 
 class VideoPredictionWriter(BasePredictionWriter):

@@ -1,7 +1,7 @@
 """A callback that prints where a run's wall time went: start-up, setup, training, validation, testing.
 
 `interdyn fit` / `validate` / `test` / `predict` add it to every trainer. At the end of the run (on the
-first rank only) it prints one line per phase (``interdyn.timing.PhaseTimes``) with the steps or clips
+first rank only) it prints one line per phase (``interdyn.utils.timing.PhaseTimes``) with the steps or clips
 each phase covered, so that a slow run shows its slow part without a profiler.
 """
 
@@ -11,9 +11,9 @@ import time
 
 import lightning as L
 
-from interdyn.timing import PhaseTimes
+from interdyn.utils.timing import PhaseTimes
 
-# Set by `interdyn.cli.main` when the command starts, so that imports and building the model count.
+# Set by `interdyn.commands.cli.main` when the command starts, so that imports and building the model count.
 COMMAND_STARTED: list[float] = []
 
 

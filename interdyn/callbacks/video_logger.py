@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from interdyn.callbacks.clip_sampler import BatchClips, ClipCallback
-from interdyn.files import write_atomic
-from interdyn.render import to_uint8
+from interdyn.utils.files import write_atomic
+from interdyn.utils.render import to_uint8
 
 
 def side_by_side(

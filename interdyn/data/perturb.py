@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interdyn.morphology import MasksT, as_bool, check_pixels, dilate, erode, like_input
+from interdyn.utils.morphology import MasksT, as_bool, check_pixels, dilate, erode, like_input
 
 
 def _rng(rng: random.Random | int | None) -> random.Random:

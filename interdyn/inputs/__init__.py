@@ -2,6 +2,7 @@
 brought to the model's clip (:mod:`interdyn.inputs.files` reads the files, :mod:`interdyn.inputs.clips`
 resamples, resizes and crops them)."""
 
+from interdyn.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, binarize, mask_values
 from interdyn.inputs.clips import (
     DEMO_CLIP,
     GenerationInputs,
@@ -21,7 +22,6 @@ from interdyn.inputs.files import (
     read_image,
     read_masks,
 )
-from interdyn.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, binarize, mask_values
 
 __all__ = [
     "DEMO_CLIP",

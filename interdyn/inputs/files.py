@@ -5,7 +5,7 @@ every frame) or a ``.npz`` array. Every problem with a user's file is an
 :class:`~interdyn.errors.InputError` with one sentence saying what is wrong.
 
 :func:`read_image_folder` and :func:`iter_media_frames` read frame folders and mask files for the folder
-preparer (:mod:`data_prep.folder`) too; they raise :class:`~interdyn.media.MediaError` for each caller to word.
+preparer (:mod:`data_prep.folder`) too; they raise :class:`~interdyn.data.media.MediaError` for each caller to word.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interdyn.data.video import VideoDecodeError, decode_frames
-from interdyn.errors import InputError
-from interdyn.media import (
+from interdyn.data.media import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     MediaError,
@@ -32,6 +30,8 @@ from interdyn.media import (
     read_video_file,
     short_reason,
 )
+from interdyn.data.video import VideoDecodeError, decode_frames
+from interdyn.errors import InputError
 
 FOLDER_FPS = 7.0  # frame rate assumed for image folders and .npz files without an ``fps`` entry
 NPZ_KEYS = ("control", "masks", "mask")
@@ -62,8 +62,8 @@ def check_threshold(threshold: int | None) -> None:
 
 
 def to_masks(frames: np.ndarray, threshold: int | None, zero_one: bool = True) -> np.ndarray:
-    """Mask frames -> bool masks cut at ``threshold`` (:func:`~interdyn.media.binarize`), or float32
-    values in 0..1 as given when ``threshold`` is None (:func:`~interdyn.media.mask_values`)."""
+    """Mask frames -> bool masks cut at ``threshold`` (:func:`~interdyn.data.media.binarize`), or float32
+    values in 0..1 as given when ``threshold`` is None (:func:`~interdyn.data.media.mask_values`)."""
     if threshold is None:
         return mask_values(frames, zero_one=zero_one)
     return binarize(frames, threshold, zero_one=zero_one)

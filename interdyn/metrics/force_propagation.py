@@ -19,7 +19,7 @@ import torch
 from interdyn.metrics.physics import physics_error
 from interdyn.metrics.regions import region_errors, role_region
 from interdyn.metrics.report import format_value, nanmean, protocol_line
-from interdyn.render import to_uint8
+from interdyn.utils.render import to_uint8
 
 REGION_METRICS = ("psnr", "mse", "mae")
 ROLES = ("direct", "indirect", "all")

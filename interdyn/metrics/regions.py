@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interdyn.morphology import dilate
-from interdyn.render import to_uint8
+from interdyn.utils.morphology import dilate
+from interdyn.utils.render import to_uint8
 
 
 def region_errors(

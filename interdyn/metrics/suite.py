@@ -21,7 +21,7 @@ from interdyn.metrics.distances import fid_from_features, polynomial_mmd
 from interdyn.metrics.frame_metrics import build_lpips, lpips_per_video, psnr_per_video, ssim_per_video
 from interdyn.metrics.motion_fidelity import CoTracker, LKTracker, motion_fidelity
 from interdyn.metrics.physics import physics_error
-from interdyn.render import to_uint8
+from interdyn.utils.render import to_uint8
 
 Metric = Literal["ssim", "psnr", "lpips", "fvd", "kvd", "motion_fidelity", "physics"]
 ALL_METRICS: tuple[str, ...] = get_args(Metric)

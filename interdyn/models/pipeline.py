@@ -38,7 +38,7 @@ from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
-from interdyn.render import to_uint8
+from interdyn.utils.render import to_uint8
 
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | np.ndarray
 

@@ -13,7 +13,6 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from interdyn.ema import update_average
 from interdyn.errors import ConfigError
 from interdyn.models.conditioning import (
     clip_image_embeds,
@@ -25,6 +24,7 @@ from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
 from interdyn.models.hub import load_component
 from interdyn.models.svd import SVD_SCHEDULER_CONFIG
 from interdyn.models.unet import UNetSpatioTemporalControlModel
+from interdyn.training.ema import update_average
 from interdyn.world.folder import write_svd_folder
 
 

@@ -23,7 +23,7 @@ from interdyn.metrics.counterfactual import (
     object_report,
 )
 from interdyn.metrics.physics import disc_positions, has_simulation
-from interdyn.render import to_uint8
+from interdyn.utils.render import to_uint8
 
 
 def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:

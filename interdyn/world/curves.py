@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from interdyn.files import write_atomic
-from interdyn.render import chart_canvas, png_bytes
+from interdyn.utils.files import write_atomic
+from interdyn.utils.render import chart_canvas, png_bytes
 
 
 def read_scalars(run: str | Path, tag: str) -> tuple[np.ndarray, np.ndarray]:

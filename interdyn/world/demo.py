@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interdyn.metrics.weights import I3D_FILENAME, cache_dir
-from interdyn.timing import PhaseTimes, format_seconds
+from interdyn.utils.timing import PhaseTimes, format_seconds
 
 CONFIG = "configs/demo.yaml"
 SHIPPED_BRANCH = "weights/world/branch"
@@ -37,7 +37,7 @@ class Step:
 
 
 def _interdyn(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "interdyn.cli", *args)
+    return (sys.executable, "-m", "interdyn.commands.cli", *args)
 
 
 def _test(out: Path, name: str, *model_args: str) -> Step:

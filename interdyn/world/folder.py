@@ -15,7 +15,7 @@ from diffusers import (
 )
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from interdyn.files import write_folder_atomic
+from interdyn.utils.files import write_folder_atomic
 
 
 def write_svd_folder(

@@ -28,10 +28,8 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
 
-from interdyn.branch_checkpoint import WEIGHTS
-from interdyn.commands import run_command
+from interdyn.commands.parsers import run_command
 from interdyn.errors import InterDynError
-from interdyn.files import write_atomic
 from interdyn.metrics.counterfactual import (
     counterfactual_report,
     group_members,
@@ -50,7 +48,9 @@ from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.edm import denoised, unet_input
 from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.models.svd import SVDComponents
-from interdyn.render import to_uint8
+from interdyn.training.checkpoint import WEIGHTS
+from interdyn.utils.files import write_atomic
+from interdyn.utils.render import to_uint8
 
 DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 2.0, 5.0, 10.0, 20.0, 50.0)
 # the overall fields of the counterfactual report that the table shows
@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from interdyn.branch_checkpoint import is_checkpoint_path, load_branch
     from interdyn.models.svd import get_svd
+    from interdyn.training.checkpoint import is_checkpoint_path, load_branch
     from interdyn.world.ceiling import grouped_clips
 
     svd = get_svd(args.svd)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from interdyn.commands import run_command
+from interdyn.commands.parsers import run_command
+from interdyn.commands.spelling import ScriptParser
 from interdyn.errors import InterDynError
-from interdyn.files import write_atomic
-from interdyn.spelling import ScriptParser
+from interdyn.utils.files import write_atomic
 
 # (column title, where in metrics.json / counterfactual.json, format)
 COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
@@ -115,8 +115,8 @@ def pictures(
     their controls make of it (and by their first frames' encodings, nearly the same). The grid's tiles are
     drawn at twice their size; its PNG is the last frame."""
     from interdyn.data.video import encode_video
-    from interdyn.module import InterDynModule
-    from interdyn.render import contact_sheet, labelled_row, png_bytes
+    from interdyn.training.module import InterDynModule
+    from interdyn.utils.render import contact_sheet, labelled_row, png_bytes
 
     pixels, control = group["pixel_values"], group["control"]
     samples: dict[str, torch.Tensor] = {}

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKLTemporalDecoder
 
 from interdyn.contract import to_contract
 from interdyn.errors import ConfigError
-from interdyn.files import write_folder_atomic
+from interdyn.utils.files import write_folder_atomic
 
 
 def foreground_weights(video: torch.Tensor, foreground_weight: float, threshold: float = 0.1) -> torch.Tensor:

@@ -63,7 +63,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
     log = open(tmp_path / "app.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "interdyn.cli", "app", "--port", str(port), "--out", str(tmp_path / "runs")],
+        [sys.executable, "-m", "interdyn.commands.cli", "app", "--port", str(port), "--out", str(tmp_path / "runs")],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,

@@ -12,9 +12,9 @@ import torch
 
 from interdyn.app.engine import Driver, Engine, check_image, first_frame_of, painted_mask
 from interdyn.app.scenes import builtin_scenes
+from interdyn.commands.generate import generate
 from interdyn.data.video import decode_frames, encode_video
 from interdyn.errors import InputError, InterDynError
-from interdyn.generate import generate
 
 
 def picture(h: int = 48, w: int = 64) -> np.ndarray:

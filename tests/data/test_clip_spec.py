@@ -7,11 +7,11 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
+from interdyn.commands.evaluate import evaluate
+from interdyn.commands.generate import GenerateOptions, clip_spec
 from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
 from interdyn.data.datamodule import ShardDataModule
 from interdyn.data.shards import ClipDecoder
-from interdyn.evaluate import evaluate
-from interdyn.generate import GenerateOptions, clip_spec
 from interdyn.inputs import DEMO_CLIP
 
 

@@ -20,7 +20,7 @@ from interdyn.data.shards import CONTROL_CHANNELS, collate_clips
 from interdyn.data.transforms import apply_geometry
 from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.svd import TINY_ARCHITECTURE
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 GEOMETRY = {"num_frames": 6, "fps": 7.0, "height": 64, "width": 64, "window": "start"}

@@ -17,7 +17,7 @@ import webdataset as wds
 
 from data_prep.build import Item, PlanMismatchError, TooManyErrors, build_split, fingerprint
 from interdyn.data.shard_format import SkipSample
-from interdyn.files import TMP_SUFFIX
+from interdyn.utils.files import TMP_SUFFIX
 
 
 @dataclass

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from data_prep import folder
+from interdyn.data.media import binarize
 from interdyn.data.video import decode_frames
-from interdyn.media import binarize
 
 from .conftest import H, W, iou, load_masks, moving_square_video, read_shards, write_video
 

@@ -21,7 +21,7 @@ from interdyn.data.sampling import key_seed
 from interdyn.data.shards import ClipDecoder, collate_clips
 from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.conditioning import encode_image_latents
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 SIZE = 64

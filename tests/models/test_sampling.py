@@ -8,7 +8,7 @@ import pytest
 
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 
 
 @pytest.mark.parametrize("function", [InterDynPipeline.__call__, InterDynModule.__init__])

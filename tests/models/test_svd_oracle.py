@@ -176,7 +176,7 @@ def test_training_conditioning_of_the_module_equals_stock_svd(pipelines):
     """The training step's conditioning (``InterDynModule.encode_conditions``) is the stock pipeline's, and a
     bfloat16 frozen SVD keeps its ``force_upcast`` VAE in float32."""
     from interdyn.models.svd import TINY_ARCHITECTURE
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     _, stock = pipelines
     module = InterDynModule(
@@ -206,7 +206,7 @@ def test_training_conditioning_of_the_module_equals_stock_svd(pipelines):
 def test_a_given_branch_does_not_round_the_float32_vae(tiny_svd_session, tiny_svd_folder, tmp_path):
     """Starting from saved branch weights loads the frozen SVD in the frozen dtype; the ``force_upcast`` VAE
     must still be read in float32, bit for bit the saved weights (not rounded through bfloat16)."""
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     assert tiny_svd_session.vae.config.force_upcast
     branch = ControlNetSDVModel.from_unet(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from interdyn.cli import main
+from interdyn.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

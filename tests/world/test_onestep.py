@@ -67,7 +67,7 @@ def test_without_control_high_noise_predicts_one_video_per_group(world_svd, clip
     """Every member of a group shares its noise: at very high noise the SVD alone sees the same input for
     all of them and lands exactly at chance, while at low noise the noisy truths tell them apart. The shipped
     branch, given each member's control, makes their predictions differ at that level."""
-    from interdyn.branch_checkpoint import load_branch
+    from interdyn.training.checkpoint import load_branch
     from interdyn.world.onestep import onestep_counterfactual
 
     plain = onestep_counterfactual(world_svd, None, clips, sigmas=[0.05, 1e4])

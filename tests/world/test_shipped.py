@@ -48,7 +48,7 @@ def test_shipped_svd_is_an_svd_img2vid_folder() -> None:
 def test_shipped_branch_draws_the_driver_where_its_control_says(steps: int) -> None:
     """Inside the driver's masks (frames 1..13) the branch's samples are closer to the truth than the same
     SVD's without control (conditioning_scale 0), same clips, same seeds."""
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     frames, control, masks = _clips(3)
     module = InterDynModule(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import yaml
 
-from interdyn.cli import main
+from interdyn.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def test_stages_write_an_svd_folder_that_diffusers_and_interdyn_load(
     ).frames
     assert frames.shape == (1, 14, 3, 64, 64) and torch.isfinite(frames).all()
 
-    from interdyn.module import InterDynModule
+    from interdyn.training.module import InterDynModule
 
     module = InterDynModule(svd=str(svd_dir), conditioning_embedding_out_channels=(8, 16, 32))
     video = torch.rand(1, 14, 3, 64, 64) * 2 - 1
@@ -133,8 +133,8 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     resumes from nor overwrites the first phase's checkpoints."""
     import lightning as L
 
-    from interdyn.cli import InterDynCLI
-    from interdyn.module import InterDynModule
+    from interdyn.commands.cli import InterDynCLI
+    from interdyn.training.module import InterDynModule
 
     def parse(config: str, *extra: str) -> InterDynCLI:
         args = [

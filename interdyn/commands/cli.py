@@ -21,16 +21,18 @@ from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from interdyn.callbacks.interrupt import LastCheckpointOnInterrupt
 from interdyn.callbacks.progress import resume_aware
 from interdyn.callbacks.timing import COMMAND_STARTED, PhaseTimer
-from interdyn.checkpoints import LastCheckpointOnInterrupt, load_checkpoint, secure_strategy
-from interdyn.commands import user_message
+from interdyn.commands.parsers import user_message
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING
-from interdyn.module import InterDynModule
-from interdyn.resume import find_last_checkpoint, searched_folders
-from interdyn.timing import process_age
+from interdyn.training.checkpoint import load_checkpoint
+from interdyn.training.checkpoint_io import secure_strategy
+from interdyn.training.module import InterDynModule
+from interdyn.training.resume import find_last_checkpoint, searched_folders
+from interdyn.utils.timing import process_age
 
 
 def control_channels(data: L.LightningDataModule) -> int:
@@ -81,9 +83,9 @@ class RunConfigSaver(SaveConfigCallback):
 class InterDynCLI(LightningCLI):
     """LightningCLI with InterDyn's module and any DataModule subclass.
 
-    Checkpoints are always loaded weights-only (:mod:`interdyn.checkpoints`); ``--weights_only false`` is
+    Checkpoints are always loaded weights-only (:mod:`interdyn.training.checkpoint`); ``--weights_only false`` is
     refused. ``--ckpt_path last`` resumes the newest last checkpoint of any earlier run of the config
-    (:mod:`interdyn.resume`); finding none is an error rather than a fresh start.
+    (:mod:`interdyn.training.resume`); finding none is an error rather than a fresh start.
     The model's settings that must agree with the data follow it: ``conditioning_channels`` from the
     control type and ``fps_id`` from the clip rate (set them through ``data``).
     """
@@ -130,7 +132,7 @@ class InterDynCLI(LightningCLI):
         return trainer
 
     def _check_checkpoint_arguments(self) -> None:
-        """Resolve ``--ckpt_path last`` to a file (:mod:`interdyn.resume`): the newest last checkpoint of any
+        """Resolve ``--ckpt_path last`` to a file (:mod:`interdyn.training.resume`): the newest last checkpoint of any
         earlier run of this config's logger name, or of the checkpoint folder the config fixes."""
         arguments = self.config_init[self.subcommand]
         if arguments.get("ckpt_path") != "last":
@@ -163,22 +165,22 @@ class InterDynCLI(LightningCLI):
 
 
 # The commands outside LightningCLI: (module, function, summary). Each function parses its arguments with
-# jsonargparse (interdyn.commands), prints user errors as one sentence and returns the exit code.
+# jsonargparse (interdyn.commands.parsers), prints user errors as one sentence and returns the exit code.
 COMMANDS = {
     "generate": (
-        "interdyn.generate",
+        "interdyn.commands.generate",
         "generate_main",
         "videos from an image and driver masks, or a clip folder",
     ),
     "app": ("interdyn.app.main", "app_main", "a browser app: paint a mask, drag it along a path, generate"),
-    "export": ("interdyn.export", "export_main", "a training checkpoint's branch as a diffusers folder"),
+    "export": ("interdyn.commands.export", "export_main", "a training checkpoint's branch as a diffusers folder"),
     "evaluate": (
-        "interdyn.evaluate",
+        "interdyn.commands.evaluate",
         "evaluate_main",
         "score a folder of generated videos against a shard split",
     ),
     "weights": (
-        "interdyn.evaluate",
+        "interdyn.commands.evaluate",
         "weights_main",
         "fetch metric weights (weights fetch i3d: FVD/KVD's I3D)",
     ),

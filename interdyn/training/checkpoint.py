@@ -1,5 +1,12 @@
-"""The control branch inside a Lightning checkpoint: how :class:`~interdyn.module.InterDynModule` writes it
-and how ``interdyn export``, ``interdyn generate`` and the latent cache read it.
+"""Reading training checkpoints, and the control branch inside them: the one weights-only loader of the
+project (``interdyn fit``'s resume and ``test`` through :mod:`interdyn.training.checkpoint_io`,
+``interdyn export``, ``interdyn generate`` and the latent cache), and how
+:class:`~interdyn.training.module.InterDynModule` writes the branch.
+
+Every load, local file, remote file system or URL, unpickles weights-only (tensors and plain values), so
+that a checkpoint can never run code: a pickle can call any importable function while it is read;
+``torch.load(weights_only=True)`` only rebuilds tensors, containers, numbers and strings. Tensors are
+always mapped to the CPU, and a local file is memory-mapped.
 
 A checkpoint holds the branch's weights under ``state_dict`` (keys prefixed ``controlnet.``; the frozen
 SVD is left out and reloaded from its path), the branch's constructor arguments under
@@ -13,14 +20,16 @@ command-line options accept.
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from interdyn.errors import InputError, WeightsMismatchError, WeightsNotFoundError
+from interdyn.errors import InputError, UnsafeCheckpointError, WeightsMismatchError, WeightsNotFoundError
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.released import load_controlnet
 from interdyn.models.sampling import SamplingSettings
@@ -30,6 +39,129 @@ CONFIG_KEY = "interdyn_controlnet_config"
 EMA_KEY = "interdyn_branch_ema"
 WEIGHTS = ("ema", "live")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Types beyond tensors, containers, numbers and strings that a checkpoint may hold, each a plain value
+# type whose unpickling runs no code. Checkpoints of this project (module and DataModule
+# hyper-parameters, optimizer, loop and callback states) need none today: the ones torch's
+# weights-only unpickler allows by itself (``collections.OrderedDict``, ``torch.Size``, dtypes) suffice.
+SAFE_GLOBALS: list[Any] = []
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """True for ``http://`` and ``https://`` checkpoint addresses."""
+    return str(path).startswith(("http://", "https://"))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training checkpoint (what ``interdyn fit`` writes) weights-only, with tensors on the CPU.
+
+    A local file is memory-mapped: its tensors are read from disk only when used, so that a test run or the
+    hyper-parameter look-up never reads the optimizer state (gigabytes at full size) into memory.
+
+    Raises:
+        WeightsNotFoundError: the file or URL does not exist or cannot be fetched.
+        UnsafeCheckpointError: the file holds pickled objects other than tensors and plain values, is not a
+            torch file at all, or holds something other than a training checkpoint (a list, a plain state dict).
+    """
+    path = str(path)
+    if is_url(path):
+        with tempfile.TemporaryDirectory(prefix="interdyn-ckpt-") as folder:
+            local = os.path.join(folder, "checkpoint.ckpt")
+            try:
+                torch.hub.download_url_to_file(path, local, progress=False)
+            except OSError as err:  # URLError and HTTPError are OSErrors
+                raise WeightsNotFoundError(f"cannot download the checkpoint {path}: {err}") from None
+            # not mapped: the file is deleted on return
+            return _training_checkpoint(_load_file(local, shown=path, mmap=False), path)
+    from lightning.fabric.utilities.cloud_io import get_filesystem
+
+    fs = get_filesystem(path)
+    if not fs.exists(path):
+        raise WeightsNotFoundError(
+            f"the checkpoint '{path}' does not exist; pass the path of a .ckpt file written by `interdyn fit` "
+            "(runs/<name>/version_<n>/checkpoints/last.ckpt) to --ckpt_path"
+        )
+    if fs.isdir(path):
+        raise WeightsNotFoundError(f"--ckpt_path '{path}' is a folder; pass the .ckpt file inside it")
+    if fs.size(path) == 0:
+        raise UnsafeCheckpointError(
+            f"{path} is empty (0 bytes), not a checkpoint; was it written completely?"
+        )
+    if "file" in _protocols(fs):
+        return _training_checkpoint(_load_file(os.path.expanduser(path), shown=path, mmap=True), path)
+    with fs.open(path, "rb") as f:
+        return _training_checkpoint(_load_file(f, shown=path, mmap=False), path)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _first_sentence(text: str) -> str:
+    """The start of an error's message: its first line, up to its first sentence's end, 200 characters."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
+def _torch_load(source: Any, mmap: bool) -> Any:
+    # torch warns about pickle protocols and the like on stderr before any error: the error says what matters
+    with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mmap:
+            try:
+                return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap can only be used" not in str(err):
+                    raise
+        return torch.load(source, map_location="cpu", weights_only=True)  # also torch's legacy format
+
+
+def _load_file(source: Any, shown: str, mmap: bool) -> Any:
+    """``torch.load`` of a path or open file, weights-only; errors become one sentence."""
+    try:
+        return _torch_load(source, mmap)
+    except pickle.UnpicklingError as err:
+        # torch's message is a page of advice; the text after "WeightsUnpickler error:" is the reason
+        text = " ".join(str(err).split())
+        detail = text.partition("WeightsUnpickler error:")[2].split(" Check the documentation")[0]
+        detail = detail.split(". Please use")[0].strip().rstrip(".")
+        if not detail.startswith("Unsupported global"):  # an opcode no torch file has: not a torch file
+            raise UnsafeCheckpointError(
+                f"cannot read {shown} as a torch checkpoint: it is not a file written by torch.save "
+                f"({detail[:200] or _first_sentence(str(err))})"
+            ) from None
+        raise UnsafeCheckpointError(
+            f"the checkpoint {shown} is refused: it is not weights-only (it holds pickled objects that could "
+            f"run code when read; {detail[:200]}); interdyn loads only tensors and plain values from "
+            "checkpoints, and no option turns this off"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as err:
+        reason = _first_sentence(str(err)) or "the file ends early"
+        raise UnsafeCheckpointError(
+            f"cannot read {shown} as a torch checkpoint ({type(err).__name__}: {reason})"
+        ) from None
+
+
+def _training_checkpoint(checkpoint: Any, shown: str) -> dict[str, Any]:
+    """``checkpoint`` when it is a Lightning training checkpoint, else :class:`UnsafeCheckpointError`."""
+    if not isinstance(checkpoint, dict):
+        raise UnsafeCheckpointError(
+            f"{shown} is not a training checkpoint (it holds a {type(checkpoint).__name__}); pass a .ckpt file "
+            "written by `interdyn fit`"
+        )
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        kind = (
+            "a plain state dict"
+            if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values())
+            else "a dict"
+        )
+        raise UnsafeCheckpointError(
+            f"{shown} is not a training checkpoint ({kind} without a 'state_dict' entry); pass a .ckpt file "
+            "written by `interdyn fit`"
+        )
+    return checkpoint
+
 
 
 def branch_config(branch: ControlNetSDVModel) -> dict[str, Any]:
@@ -125,23 +257,9 @@ def is_checkpoint_path(source: str) -> bool:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load an interdyn Lightning checkpoint safely (tensors and plain values only)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsNotFoundError(f"the checkpoint '{path}' does not exist.")
-    try:
-        try:  # memory-mapped: the optimizer state of a large checkpoint is never read
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise InputError(
-            f"cannot read the checkpoint '{path}' as a safe (weights-only) torch file ({reason})."
-        ) from None
-    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
+    """A checkpoint of an interdyn training run (:func:`load_checkpoint`) that holds a control branch."""
+    checkpoint = load_checkpoint(Path(path).expanduser())
+    if CONFIG_KEY not in checkpoint:
         raise InputError(
             f"'{path}' is not a checkpoint of an interdyn training run (it has no '{CONFIG_KEY}' entry)."
         )

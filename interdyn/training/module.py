@@ -18,7 +18,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from interdyn.branch_checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.contract import (
     has_clips,
     is_cached_batch,
@@ -26,21 +25,22 @@ from interdyn.contract import (
     validate_cached_batch,
 )
 from interdyn.data.sampling import key_seed
-from interdyn.ema import swap_in, swap_out, update_average
 from interdyn.errors import ConfigError
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVDSource
-from interdyn.module_setup import build_networks, check_arguments, enable_checkpointing
-from interdyn.objective import P_MEAN, P_STD, EDMObjective
-from interdyn.optim import clip_unscaling_step, make_optimizer, unscales_in_step
-from interdyn.render import to_uint8
+from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
+from interdyn.training.ema import swap_in, swap_out, update_average
+from interdyn.training.objective import P_MEAN, P_STD, EDMObjective
+from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
+from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing
+from interdyn.utils.render import to_uint8
 
 
 class InterDynModule(EDMObjective, L.LightningModule):
     """Trains the InterDyn control branch on a frozen Stable Video Diffusion (the objective:
-    :class:`~interdyn.objective.EDMObjective`).
+    :class:`~interdyn.training.objective.EDMObjective`).
 
     Args:
         svd: the frozen SVD: a local folder or hub id with ``unet/ vae/ image_encoder/ scheduler/``, a

@@ -1,4 +1,4 @@
-"""What :class:`~interdyn.module.InterDynModule` builds from its arguments: the argument checks, and the
+"""What :class:`~interdyn.training.module.InterDynModule` builds from its arguments: the argument checks, and the
 networks (the frozen SVD and the trainable branch) with their dtypes and memory settings."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from interdyn.branch_checkpoint import DTYPES
 from interdyn.errors import ConfigError
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.released import load_controlnet
 from interdyn.models.sampling import SCHEDULERS
 from interdyn.models.svd import SVDSource, cast_frozen, checkpoint_transformer_layers, get_svd
 from interdyn.models.unet import UNetSpatioTemporalControlModel
-from interdyn.optim import OPTIMIZERS
+from interdyn.training.checkpoint import DTYPES
+from interdyn.training.optim import OPTIMIZERS
 
 
 def check_arguments(hp: Mapping[str, Any]) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 
 from interdyn.data.video import encode_video
 from interdyn.errors import InputError
-from interdyn.files import unwritable_reason, write_atomic
 from interdyn.inputs import GenerationInputs
-from interdyn.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes
+from interdyn.utils.files import unwritable_reason, write_atomic
+from interdyn.utils.render import contact_sheet, labelled_row, masks_to_rgb, png_bytes
 
 
 def control_rgb(control: np.ndarray) -> np.ndarray:

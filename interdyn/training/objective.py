@@ -2,7 +2,7 @@
 latents, first-frame conditioning with noise augmentation and image drop for classifier-free guidance.
 
 :class:`EDMObjective` holds it as methods of the module that owns the networks
-(:class:`~interdyn.module.InterDynModule`), so that they read its hyper-parameters and device.
+(:class:`~interdyn.training.module.InterDynModule`), so that they read its hyper-parameters and device.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Inputs are read and resampled by :mod:`interdyn.inputs` as the authors' demo pre
 (14 frames at "7 FPS", i.e. every 2nd frame of a 12 fps video from frame 0; resize, then centre crop to
 256x384; 3 samples per input with seed 42); weights come from a local folder, a hub id, an
 ``interdyn export`` folder or a Lightning
-``.ckpt`` (:mod:`interdyn.export`); sampling is :class:`~interdyn.models.pipeline.InterDynPipeline`.
-Every output file is written atomically. ``interdyn export`` lives in :mod:`interdyn.export`.
+``.ckpt`` (:mod:`interdyn.commands.export`); sampling is :class:`~interdyn.models.pipeline.InterDynPipeline`.
+Every output file is written atomically. ``interdyn export`` lives in :mod:`interdyn.commands.export`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
-from interdyn.branch_checkpoint import DTYPES, load_branch
-from interdyn.commands import add_default_note, command_parser, resolve_device, run_command
+from interdyn.commands.generate_outputs import check_out_folder, check_outputs, output_names, write_outputs
+from interdyn.commands.parsers import add_default_note, command_parser, resolve_device, run_command
 from interdyn.data.clip_spec import ClipSpec, FrameSampling
 from interdyn.errors import InputError, WeightsMismatchError
-from interdyn.files import write_atomic
-from interdyn.generate_outputs import check_out_folder, check_outputs, output_names, write_outputs
 from interdyn.inputs import (
     DEMO_CLIP,
     GenerationInputs,
@@ -45,7 +43,9 @@ from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings, Scheduler
 from interdyn.models.svd import SVDComponents, get_svd
-from interdyn.render import to_uint8
+from interdyn.training.checkpoint import DTYPES, load_branch
+from interdyn.utils.files import write_atomic
+from interdyn.utils.render import to_uint8
 
 MAX_SAMPLES = 32  # videos per control sequence in one run: all are sampled as one batch and kept in memory
 

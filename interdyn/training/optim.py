@@ -1,5 +1,5 @@
 """The branch's optimizer and gradient clipping: Adam (the paper's), Adam with its moments in host memory
-(:mod:`interdyn.optim_offload`), AdamW or 8-bit AdamW, and clipping that also works with fused kernels under
+(:mod:`interdyn.training.optim_offload`), AdamW or 8-bit AdamW, and clipping that also works with fused kernels under
 mixed precision."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def make_optimizer(
     (``adam_offload`` updates chunk by chunk with PyTorch's Adam and has no fused form)."""
     kwargs: dict[str, Any] = {"lr": learning_rate, "betas": tuple(adam_betas), "weight_decay": weight_decay}
     if name == "adam_offload":
-        from interdyn.optim_offload import OffloadedAdam
+        from interdyn.training.optim_offload import OffloadedAdam
 
         return OffloadedAdam(params, **kwargs)
     if name == "adamw8bit":

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
-from interdyn.commands import call_with, command_parser, resolve_device, run_command
+from interdyn.commands.parsers import call_with, command_parser, resolve_device, run_command
 from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec, Crop, FrameSampling, Window
 from interdyn.data.shards import ClipDecoder, ShardClipStream, SkippedSampleWarning
 from interdyn.data.video import VideoDecodeError, decode_frames
 from interdyn.errors import InterDynError
-from interdyn.files import write_atomic
 from interdyn.metrics.suite import ALL_METRICS, Metric, VideoMetrics, markdown_table, summarize
+from interdyn.utils.files import write_atomic
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv")
 

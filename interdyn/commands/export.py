@@ -1,5 +1,5 @@
 """``interdyn export``: the control branch of a Lightning checkpoint (read by
-:mod:`interdyn.branch_checkpoint`) as a diffusers folder.
+:mod:`interdyn.training.checkpoint`) as a diffusers folder.
 
 ``interdyn export`` writes the branch as a diffusers folder (``config.json`` with
 ``residual_addition: "single"`` + ``diffusion_pytorch_model.safetensors``) that
@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interdyn.branch_checkpoint import (
+from interdyn.commands.parsers import call_with, command_parser, run_command
+from interdyn.errors import InputError
+from interdyn.models.hub import SVD_REPO
+from interdyn.training.checkpoint import (
     DTYPES,
     WEIGHTS,
     branch_from_checkpoint,
@@ -23,10 +26,7 @@ from interdyn.branch_checkpoint import (
     has_ema,
     read_checkpoint,
 )
-from interdyn.commands import call_with, command_parser, run_command
-from interdyn.errors import InputError
-from interdyn.files import unwritable_reason, write_folder_atomic
-from interdyn.models.hub import SVD_REPO
+from interdyn.utils.files import unwritable_reason, write_folder_atomic
 
 
 def export_checkpoint(

@@ -1,7 +1,7 @@
 """Reading the configs of ``interdyn fit`` as ``interdyn fit`` reads them, without building anything.
 
 Tools that need a run's settings (the latent cache, tests of the shipped configs) get them from
-:class:`~interdyn.cli.InterDynCLI`'s own parser: ``--config`` files overlay each other in order (a
+:class:`~interdyn.commands.cli.InterDynCLI`'s own parser: ``--config`` files overlay each other in order (a
 ``class_path`` section is merged as LightningCLI merges it), values are type-checked and defaults are
 filled in. No model, DataModule or trainer is created and no seed is set.
 """
@@ -17,9 +17,9 @@ import lightning as L
 import yaml
 from jsonargparse import ArgumentError
 
-from interdyn.cli import InterDynCLI
+from interdyn.commands.cli import InterDynCLI
 from interdyn.errors import ConfigError
-from interdyn.module import InterDynModule
+from interdyn.training.module import InterDynModule
 
 
 class _ParseOnly(InterDynCLI):

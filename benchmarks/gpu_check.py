@@ -100,7 +100,7 @@ def run_item(item: Item, timeout: float, env: dict[str, str]) -> None:
 
 # Hard limits in seconds on CUDA (CPU dry run), in the order the items run: the real runs of the paper's
 # recipe first, then the figures the recipes' claims rest on, the optional compiled sample last. The
-# default items' CUDA limits add up to less than DEFAULT_BUDGET_S (tests/test_gpu_check.py checks it),
+# default items' CUDA limits add up to less than DEFAULT_BUDGET_S (tests/benchmarks/test_gpu_check.py checks it),
 # so that on a machine with 2 GPUs every item gets its whole limit.
 DEFAULT_BUDGET_S = 480.0
 PROBE_S = 15.0  # the CUDA probe (one interpreter start with torch) before the first item

@@ -21,10 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 from interdyn.models import ControlNetSDVModel, SVDComponents, build_svd, save_svd  # noqa: E402
 from interdyn.models.svd import TINY_ARCHITECTURE  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FRAMES, FPS = 30, 14.0
-TINY_CONTROL_CHANNELS = (8, 16, 16, 32)
+from tests.helpers import FPS, FRAMES, TINY_CONTROL_CHANNELS, randomize_  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +43,6 @@ def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: 
     return folder
 
 
-def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    """Overwrite every parameter with N(0, scale^2) noise (non-zero residual convs, etc.)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -75,38 +65,10 @@ def trained_like_branch(tiny_svd: SVDComponents) -> ControlNetSDVModel:
     return randomize_(branch, seed=1).eval()
 
 
-def unet_inputs(
-    batch: int = 2, frames: int = 3, size: int = 64, seed: int = 0, control_channels: int = 3
-) -> dict:
-    """Random inputs for the tiny UNet / branch (latents at size/8)."""
-    gen = torch.Generator().manual_seed(seed)
-    h = size // 8
-    return {
-        "sample": torch.randn(batch, frames, 8, h, h, generator=gen),
-        "timestep": torch.rand(batch, generator=gen),
-        "encoder_hidden_states": torch.randn(batch, 1, 32, generator=gen),
-        "added_time_ids": torch.tensor([[6.0, 40.0, 0.02]]).expand(batch, 3),
-        "controlnet_cond": torch.rand(batch, frames, control_channels, size, size, generator=gen) * 2 - 1,
-    }
 
 
-def assert_same_model(
-    loaded: torch.nn.Module, original: torch.nn.Module, outputs: tuple = (), atol: float = 1e-6
-) -> None:
-    """A model read back from disk holds exactly the original's weights, and gives its outputs.
-
-    Outputs are compared to ``atol`` and not bit for bit: tensors read from a file sit at other memory
-    alignments, for which the CPU's kernels may sum in another order (seen with one thread per process).
-    """
-    a, b = loaded.state_dict(), original.state_dict()
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    for x, y in outputs:
-        torch.testing.assert_close(x, y, rtol=0.0, atol=atol)
 
 
-def unet_args(inputs: dict) -> dict:
-    return {k: v for k, v in inputs.items() if k != "controlnet_cond"}
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from interdyn.data.toy import MovingShapesDataset
 from interdyn.errors import ConfigError
 from interdyn.training.module import InterDynModule
 from interdyn.training.optim_offload import HostMoments, OffloadedAdam
-from tests.conftest import REPO_ROOT, TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
+from tests.helpers import REPO_ROOT, TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
 
 
 class SeededPerSample(InterDynModule):

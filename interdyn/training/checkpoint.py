@@ -258,7 +258,10 @@ def is_checkpoint_path(source: str) -> bool:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint of an interdyn training run (:func:`load_checkpoint`) that holds a control branch."""
-    checkpoint = load_checkpoint(Path(path).expanduser())
+    local = Path(path).expanduser()
+    if not local.is_file():  # said without naming an option: generate, export and the cache all read here
+        raise WeightsNotFoundError(f"the checkpoint '{local}' does not exist.")
+    checkpoint = load_checkpoint(local)
     if CONFIG_KEY not in checkpoint:
         raise InputError(
             f"'{path}' is not a checkpoint of an interdyn training run (it has no '{CONFIG_KEY}' entry)."

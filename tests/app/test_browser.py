@@ -24,7 +24,7 @@ from PIL import Image
 
 from interdyn.app.engine import DEFAULT_MODEL
 from interdyn.data.video import decode_frames
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 pytest.importorskip("gradio", reason="the app's extra is not installed (pip install -e '.[app]')")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in [dev])")

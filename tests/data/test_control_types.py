@@ -21,7 +21,7 @@ from interdyn.data.transforms import apply_geometry
 from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.svd import TINY_ARCHITECTURE
 from interdyn.training.module import InterDynModule
-from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
+from tests.helpers import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 GEOMETRY = {"num_frames": 6, "fps": 7.0, "height": 64, "width": 64, "window": "start"}
 
@@ -109,7 +109,7 @@ def test_eval_perturbation_changes_only_evaluation_masks(synthetic_shards):
 @pytest.mark.parametrize("control_type", ["binary", "boxes", "semantic", "oracle"])
 def test_branch_channels_follow_the_control_type(control_type, synthetic_shards):
     """Each ablation config sets the control type only (`interdyn fit` gives the model the DataModule's
-    control_channels, tests/test_cli.py); a branch with that many channels takes a batch of that type."""
+    control_channels, tests/commands/test_cli.py); a branch with that many channels takes a batch of that type."""
     config = yaml.safe_load(
         (REPO_ROOT / "configs" / "ablations" / f"control_{control_type}.yaml").read_text()
     )

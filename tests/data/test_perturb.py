@@ -1,5 +1,5 @@
 """Test-time perturbations of the driver masks (robustness study); dilation and erosion themselves are
-tested in tests/test_morphology.py."""
+tested in tests/utils/test_morphology.py."""
 
 from __future__ import annotations
 

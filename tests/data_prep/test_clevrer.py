@@ -12,8 +12,7 @@ import yaml
 
 from data_prep import clevrer, rle
 from interdyn.data import ShardDataModule
-
-from .conftest import H, W, load_masks, read_shards, write_video
+from tests.helpers import H, W, load_masks, read_shards, write_video
 
 FPS, T, S = 25, 56, 12  # 56 frames at 25 fps: 14 frames at "7 FPS" (every 4th frame) need 53
 PROPS = [

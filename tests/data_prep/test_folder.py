@@ -12,8 +12,7 @@ from PIL import Image
 from data_prep import folder
 from interdyn.data.media import binarize
 from interdyn.data.video import decode_frames
-
-from .conftest import H, W, iou, load_masks, moving_square_video, read_shards, write_video
+from tests.helpers import H, W, iou, load_masks, moving_square_video, read_shards, write_video
 
 T = 30
 
@@ -145,9 +144,9 @@ def prepare(root: Path, out: Path, *extra: str) -> int:
 def test_authors_example_folders_with_masks_of_other_lengths(tmp_path, capsys):
     """Folders shaped like the released examples: 12 fps VP9 of odd width, grey noisy masks, object masks
     longer (and shorter) than the video."""
-    from tests.example_folders import HEIGHT as EH
-    from tests.example_folders import WIDTH as EW
-    from tests.example_folders import hand_masks, object_masks, write_example
+    from tests.helpers import EXAMPLE_HEIGHT as EH
+    from tests.helpers import EXAMPLE_WIDTH as EW
+    from tests.helpers import hand_masks, object_masks, write_example
 
     root = tmp_path / "examples"
     write_example(root / "101")  # video and hand 28 frames, cup 37, box 68: as released
@@ -177,7 +176,7 @@ def test_authors_example_folders_with_masks_of_other_lengths(tmp_path, capsys):
 
 
 def test_a_split_without_samples_is_an_error(tmp_path, capsys):
-    from tests.example_folders import write_example
+    from tests.helpers import write_example
 
     write_example(tmp_path / "clips" / "1", video_frames=20)
     write_example(tmp_path / "clips" / "2", video_frames=20)
@@ -192,7 +191,7 @@ def test_a_clip_folder_name_that_is_not_utf8_is_skipped_and_counted(tmp_path, ca
     clip, counted in report.json, and the other clips become samples."""
     import os
 
-    from tests.example_folders import write_example
+    from tests.helpers import write_example
 
     root = tmp_path / "clips"
     write_example(root / "101")
@@ -208,7 +207,7 @@ def test_a_clip_folder_name_that_is_not_utf8_is_skipped_and_counted(tmp_path, ca
 
 @pytest.mark.parametrize("threshold", ["-1", "0", "256"])
 def test_a_threshold_outside_1_to_255_is_refused(threshold, tmp_path, capsys):
-    from tests.example_folders import write_example
+    from tests.helpers import write_example
 
     write_example(tmp_path / "clips" / "1")
     assert prepare(tmp_path / "clips", tmp_path / "out", "--threshold", threshold) == 2

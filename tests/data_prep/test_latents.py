@@ -22,7 +22,7 @@ from interdyn.data.shards import ClipDecoder, collate_clips
 from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.conditioning import encode_image_latents
 from interdyn.training.module import InterDynModule
-from tests.conftest import REPO_ROOT, TINY_CONTROL_CHANNELS
+from tests.helpers import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 SIZE = 64
 GEOMETRY = {

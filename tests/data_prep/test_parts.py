@@ -19,7 +19,7 @@ from PIL import Image
 from data_prep import folder as folder_prep
 from data_prep.build import Item, MissingChunksError, build_split, count
 from data_prep.parts import Part, PartSpecError, part_device, resolve_part
-from tests.data_prep.conftest import moving_square_video, write_video
+from tests.helpers import moving_square_video, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_VARS = (

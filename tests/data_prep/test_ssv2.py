@@ -12,8 +12,7 @@ import yaml
 
 from data_prep import ssv2, ssv2_annotations
 from interdyn.data import ShardDataModule
-
-from .conftest import H, W, iou, load_masks, moving_square_video, read_shards, square_box, write_video
+from tests.helpers import H, W, iou, load_masks, moving_square_video, read_shards, square_box, write_video
 
 CUP = (60, 40, 80, 60)  # a static object box (x1, y1, x2, y2)
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from interdyn.errors import WeightsMismatchError, WeightsNotFoundError
 from interdyn.models import ControlNetSDVModel, load_controlnet
-from interdyn.models.controlnet import SHARED_CONFIG
-from tests.conftest import TINY_CONTROL_CHANNELS, assert_same_model, randomize_, unet_inputs
+from tests.helpers import (
+    RELEASED_CONFIG_FIELDS,
+    TINY_CONTROL_CHANNELS,
+    assert_same_model,
+    randomize_,
+    released_folder,
+    unet_inputs,
+)
 
 # Config fields of the released checkpoint's config.json (hub repo rickakkerman/InterDyn, controlnet/).
-RELEASED_CONFIG_FIELDS = {*SHARED_CONFIG, "conditioning_channels", "conditioning_embedding_out_channels"}
 
 
 def released_top_level_names() -> set[str]:
@@ -82,19 +85,6 @@ def test_full_size_branch_matches_spec_parameter_count():
     assert branch.skips_per_block == [4, 3, 3, 2]
 
 
-def released_folder(tmp_path, branch: ControlNetSDVModel):
-    """A folder laid out like the released `controlnet/` (config without our marker)."""
-    folder = tmp_path / "InterDyn" / "controlnet"
-    folder.mkdir(parents=True)
-    config = {k: v for k, v in branch.config.items() if k in RELEASED_CONFIG_FIELDS}
-    config["_class_name"] = "ControlNetSDVModel"
-    config["_diffusers_version"] = "0.29.2"
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file(
-        {k: v.contiguous() for k, v in branch.state_dict().items()},
-        folder / "diffusion_pytorch_model.safetensors",
-    )
-    return folder.parent
 
 
 def test_save_and_load_round_trip(tmp_path, trained_like_branch):

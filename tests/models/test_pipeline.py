@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interdyn.models import ControlNetSDVModel, InterDynPipeline, load_controlnet, load_svd
-from tests.conftest import TINY_CONTROL_CHANNELS, assert_same_model
+from tests.helpers import TINY_CONTROL_CHANNELS, assert_same_model
 
 FRAMES, SIZE = 4, 64
 

@@ -9,9 +9,7 @@ import torch
 
 from interdyn.models import load_controlnet, released_multiplicities
 from interdyn.models.released import fold_released_residuals, is_released
-from tests.conftest import assert_same_model, unet_args, unet_inputs
-from tests.models.test_controlnet import released_folder
-from tests.models.test_unet import ReleasedStyleUNet
+from tests.helpers import ReleasedStyleUNet, assert_same_model, released_folder, unet_args, unet_inputs
 
 
 def test_multiplicities_for_svd_block_structure(trained_like_branch):

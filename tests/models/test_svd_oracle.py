@@ -39,7 +39,7 @@ from interdyn.models.conditioning import (
     encode_image_latents,
     encode_video_posterior,
 )
-from tests.conftest import TINY_CONTROL_CHANNELS
+from tests.helpers import TINY_CONTROL_CHANNELS
 
 FRAMES, HEIGHT, WIDTH = 4, 64, 96
 SETTINGS = {"num_inference_steps": 3, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0}

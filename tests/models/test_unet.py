@@ -7,7 +7,7 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
 from interdyn.models import ControlNetSDVModel, UNetSpatioTemporalControlModel
-from tests.conftest import TINY_CONTROL_CHANNELS, unet_args, unet_inputs
+from tests.helpers import TINY_CONTROL_CHANNELS, ReleasedStyleUNet, unet_args, unet_inputs
 
 
 def stock_copy(unet: UNetSpatioTemporalControlModel) -> UNetSpatioTemporalConditionModel:
@@ -99,25 +99,6 @@ def skip_deltas(unet, inputs, residuals):
     return [m - s for m, s in zip(moved, base, strict=True)]
 
 
-class ReleasedStyleUNet(UNetSpatioTemporalControlModel):
-    """The released InterDyn UNet's behaviour: residuals added inside the down-block loop, so every
-    skip already collected gets its residual again after each later block."""
-
-    def _run_down_blocks(self, hidden, emb, context, image_only_indicator, residuals):
-        skips = (hidden,)
-        for block in self.down_blocks:
-            kwargs = (
-                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            )
-            hidden, block_skips = block(
-                hidden_states=hidden, temb=emb, image_only_indicator=image_only_indicator, **kwargs
-            )
-            skips += block_skips
-            if residuals is not None:
-                skips = tuple(
-                    s + r for s, r in zip(skips, residuals, strict=False)
-                )  # stops at the skips so far
-        return hidden, skips
 
 
 def lands_once_on_its_skip(unet, inputs) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RECOMMENDED = {  # configs/ssv2.yaml; the analysis puts it at ~44 GiB for batch 4, transients bounded
+RECOMMENDED = {  # configs/ssv2.yaml (memory: docs/benchmarks.md, "Memory per GPU of the shipped configs")
     "frozen_dtype": "bfloat16",
     "autocast": "bfloat16",
     "gradient_checkpointing": True,
@@ -48,6 +48,10 @@ NOT_MODULE_ARGS = ("autocast", "cached", "batch", "accumulate")
 STATE_BYTES = {"adam": 8.0, "adam_offload": 0.0, "adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256}
 OFFLOAD_CHUNK_BYTES = 2 * 256 * 2**20  # the two moments of OffloadedAdam's default 256 MiB chunk
 ALLOCATOR_SLACK = 0.10  # assumed: caching-allocator fragmentation on top of the allocated peak
+CUDA_CONTEXT_GIB = 0.5  # assumed: the CUDA context, outside PyTorch's allocator
+CARD_24GB_GIB = 23.6  # what torch reports as total memory on a 24 GB card (RTX 3090 / 4090)
+# The shipped GPU configs and the recipe that models each one (the analysis' per-config table).
+CONFIG_RECIPES = {"configs/ssv2.yaml": "recommended", "configs/ssv2_24gb.yaml": "24gb"}
 # compile is left out on CPU: inductor needs over ten minutes to compile the UNet on 2 cores
 CPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "fused", "cached"]
 GPU_RECIPES = ["plain", "bf16", "bf16+ckpt", "bf16+ckpt+unet_ckpt", "recommended", "recommended+cache"]

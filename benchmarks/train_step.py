@@ -3,7 +3,7 @@ analysis (parameter counts, FLOPs per step, activation memory) that needs no GPU
 
     python benchmarks/train_step.py --device cpu                  # tiny model, every switch (CPU)
     python benchmarks/train_step.py --device cuda --preset svd    # full size, 256x384, 14 frames, batch 4
-    python benchmarks/train_step.py --analyze                     # full size on the meta device
+    python benchmarks/train_step.py --analyze                     # full size on fake CUDA tensors
 
 Each recipe runs in its own process (clean peak memory). Results go to ``docs/benchmarks.md`` between
 markers (``--no_write`` to only print). The full-size model has SVD's architecture with random
@@ -20,8 +20,12 @@ Recipes (module switches; plain is the paper-like baseline):
 - ``cached`` / ``recommended+cache``: plain / recommended, with the conditioning read from a cache
   (``make latents``): no VAE encoder or CLIP in the step.
 - ``24gb``: what ``configs/ssv2_24gb.yaml`` uses (``RECIPE_24GB``): recommended + cache, the
-  encoders kept off the device, whole-layer checkpointing, 8-bit AdamW, micro-batches of 4 with
-  gradient accumulation over 2 (the paper's 8 samples per optimizer step on one GPU).
+  encoders kept off the device, whole-layer checkpointing, Adam with its moments in host memory,
+  micro-batches of 4 with gradient accumulation over 2 (the paper's 8 samples per optimizer step on one
+  GPU).
+
+``--analyze`` also writes the per-GPU memory of configs/ssv2.yaml and configs/ssv2_24gb.yaml (section
+``config-memory``), by CUDA's autocast rules on fake tensors (``benchmarks/train_analysis.py``).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import ROOT, machine, publish, write_section  # noqa: E402, F401 (write_section: re-exported)
-from train_analysis import analysis_text, analyze  # noqa: E402
-from train_recipes import CPU_RECIPES, GPU_RECIPES, RECIPES, module_kwargs  # noqa: E402
+from train_analysis import analysis_text, analyze, config_memory_text  # noqa: E402
+from train_recipes import CONFIG_RECIPES, CPU_RECIPES, GPU_RECIPES, RECIPES, module_kwargs  # noqa: E402
 
 
 # --------------------------------------------------------------------------- one recipe, timed
@@ -194,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps (default 3 / 2; compile needs more)"
     )
-    parser.add_argument("--analyze", action="store_true", help="FLOPs and memory of the full model on meta")
+    parser.add_argument(
+        "--analyze", action="store_true", help="FLOPs and memory of the full model on fake CUDA tensors"
+    )
     parser.add_argument("--no_write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument(
         "--accumulate", type=int, default=None, help="micro-batches per step (default: the recipe's)"
@@ -212,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """The device's defaults for the sizes and step counts left unset (full size on CUDA and on meta)."""
+    """The device's defaults for the sizes and step counts left unset (full size on CUDA and in the analysis)."""
     gpu = args.device == "cuda" or args.analyze
     args.preset = args.preset or ("svd" if gpu else "tiny")
     args.batch = args.batch or (4 if gpu else 2)
@@ -269,7 +275,7 @@ def timing_text(results: list[dict[str, Any]], args: argparse.Namespace, today: 
 
 
 def main() -> int:
-    """Time the recipes (or, with ``--analyze``, analyse them on meta) and write the section."""
+    """Time the recipes (or, with ``--analyze``, analyse them on fake tensors) and write the sections."""
     args = fill_defaults(build_parser().parse_args())
     if args.one:
         print(json.dumps(run_one(args)))
@@ -279,7 +285,10 @@ def main() -> int:
         return 2
     today = time.strftime("%Y-%m-%d")
     if args.analyze:
-        publish(analysis_text(analyze(args), args, today), "train-analysis", not args.no_write)
+        rows = analyze(args)
+        if any(r["recipe"] in CONFIG_RECIPES.values() for r in rows):
+            publish(config_memory_text(rows, today), "config-memory", not args.no_write)
+        publish(analysis_text(rows, args, today), "train-analysis", not args.no_write)
         return 0
     publish(timing_text(run_recipes(args), args, today), f"train-{args.device}", not args.no_write)
     return 0

@@ -229,6 +229,15 @@ def simulated() -> Iterator[None]:
         svd_module.EulerDiscreteScheduler = scheduler_class
 
 
+def to_fake(module: torch.nn.Module, rules: str) -> FakeTensorMode:
+    """Give a module built on the meta device fake storage on the device ``rules`` names (``"cuda"`` or
+    ``"cpu"``), in place, and return the fake mode to run it under (nothing is allocated)."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    device = torch.device(rules)
+    module._apply(lambda t: mode.fake_tensor_converter.from_meta_and_device(mode, t.detach(), device))
+    return mode
+
+
 def fake_module(recipe: dict[str, Any], preset: str, rules: str) -> tuple[Any, FakeTensorMode]:
     """The module of ``recipe`` on fake tensors of the device ``rules`` names, in training mode, and the
     fake mode to run it under. Built on the meta device first (no weights are initialised), then given
@@ -239,10 +248,8 @@ def fake_module(recipe: dict[str, Any], preset: str, rules: str) -> tuple[Any, F
     with torch.device("meta"):
         module = InterDynModule(**module_kwargs(recipe, preset, "cuda"))
     module.to("meta")  # legacy torch.Tensor(...) parameters were made on the CPU
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    device = torch.device(rules)
-    module._apply(lambda t: mode.fake_tensor_converter.from_meta_and_device(mode, t.detach(), device))
-    # Lightning's device property (to_empty does not set it; "cuda" alone would ask the driver)
+    mode = to_fake(module, rules)
+    # Lightning's device property (to_fake does not set it; "cuda" alone would ask the driver)
     module._device = torch.device(rules, 0) if rules == "cuda" else torch.device(rules)
     module.train()
     return module, mode
@@ -282,16 +289,28 @@ class StepMemory:
 
 
 def measure_step(
-    recipe: dict[str, Any], preset: str, rules: str, b: int, t: int, h: int, w: int, backward: bool = True
+    recipe: dict[str, Any],
+    preset: str,
+    rules: str,
+    b: int,
+    t: int,
+    h: int,
+    w: int,
+    backward: bool = True,
+    count_flops: bool = True,
 ) -> StepMemory:
     """Run one training step of ``recipe`` on fake tensors under ``rules`` (``"cuda"``: CUDA's autocast,
-    forward only; ``"cpu"``: CPU's, forward and backward) and measure what it holds and computes. Call it
-    inside :func:`simulated`."""
+    forward only; ``"cpu"``: CPU's, forward and backward) and measure what it holds and (``count_flops``,
+    which doubles the time) computes. Call it inside :func:`simulated`."""
     from torch.utils.flop_counter import FlopCounterMode
 
     if rules == "cuda" and backward:
         raise ValueError("the autograd engine cannot run a backward pass on fake CUDA tensors without a GPU")
     module, mode = fake_module(recipe, preset, rules)
+
+    def counter() -> Any:
+        return FlopCounterMode(display=False) if count_flops else NoFlops()
+
     dtype = getattr(torch, recipe["autocast"]) if recipe.get("autocast") else None
     trainable = {p.untyped_storage()._cdata for p in module.parameters() if p.requires_grad}
     result = StepMemory()
@@ -301,11 +320,11 @@ def measure_step(
         cache = fake_cache(module, b, t, h, w) if recipe.get("cached") else None
         pixels = None if cache is not None else torch.zeros(b, t, 3, h, w, device=rules)
         if cache is None:
-            with FlopCounterMode(display=False) as flops, LiveBytes(track_live=True) as live:
+            with counter() as flops, LiveBytes(track_live=True) as live:
                 module.encode_conditions(pixels)
             result.flops_encoders, result.encoder_peak = flops.get_total_flops(), live.peak
         copies = WeightCopies(trainable, dtype) if dtype is not None else contextlib.nullcontext()
-        with FlopCounterMode(display=False) as flops, LiveBytes() as live, copies:
+        with counter() as flops, LiveBytes() as live, copies:
             with torch.autograd.graph.saved_tensors_hooks(saved, lambda x: x):
                 loss = module.compute_loss(pixels, control, sigma=torch.ones(b, device=rules), cache=cache)
             result.flops_forward = flops.get_total_flops()
@@ -313,11 +332,24 @@ def measure_step(
             if dtype is not None:
                 result.weight_copies = copies.bytes_beyond(saved.seen)
     if backward:
-        with mode, FlopCounterMode(display=False) as flops, live:
+        with mode, counter() as flops, live:
             loss.backward()
         result.flops_step = result.flops_forward + flops.get_total_flops()
     result.largest = live.largest
     return result
+
+
+class NoFlops:
+    """Stands in for torch's FLOP counter where FLOPs are not needed."""
+
+    def __enter__(self) -> NoFlops:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def get_total_flops(self) -> int:
+        return 0
 
 
 def largest_segment(args: argparse.Namespace, batch: int) -> int:
@@ -385,7 +417,7 @@ def _analyze(args: argparse.Namespace) -> list[dict[str, Any]]:
         checkpointed = recipe.get("gradient_checkpointing") or recipe.get("unet_gradient_checkpointing")
         if checkpointed and b not in segment_at:
             segment_at[b] = largest_segment(args, b)
-        cuda = measure_step(recipe, args.preset, "cuda", b, t, h, w, backward=False)
+        cuda = measure_step(recipe, args.preset, "cuda", b, t, h, w, backward=False, count_flops=False)
         cpu = measure_step(recipe, args.preset, "cpu", b, t, h, w, backward=True)
         rows.append(memory_row(name, recipe, args.preset, b, accumulate, cuda, cpu, segment_at.get(b, 0)))
         print(json.dumps(rows[-1]), flush=True)

@@ -102,7 +102,7 @@ test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check interdyn data_prep tests benchmarks
+	$(VENV)/bin/ruff check interdyn data_prep tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

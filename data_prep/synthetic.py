@@ -13,7 +13,7 @@ makes the dataset's samples and writes them with the resumable build of every pr
 The test split is made of counterfactual groups: the same first frame (same scene, driver at the same
 entry point) with different driver paths. Everything is deterministic per seed. An optional ``seen``
 split holds groups of the same kind whose first member is a training clip (``--seen_groups``): a model
-scored on them shows whether it fails to generalise or fails to fit (docs/world_experiments.md).
+scored on them shows whether it fails to generalise or fails to fit (experiments/world/README.md).
 
     python -m data_prep.synthetic --out data/shards/synthetic --train 512 --val 32 --test_groups 16
 """
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="restitution of the driver's pushes (default 1): 1 flings a struck disc off at up to twice the driver's "
-        'speed, 0 pushes it along (docs/world_experiments.md, "A slower world")',
+        'speed, 0 pushes it along (experiments/world/README.md, "A slower world")',
     )
     parser.add_argument(
         "--builtin_world",

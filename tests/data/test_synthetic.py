@@ -78,7 +78,7 @@ def test_driver_restitution_sets_how_fast_a_pushed_disc_leaves():
 
 def test_pushes_move_discs_about_a_latent_cell_per_frame():
     """The world of pushes (driver restitution 0.3, friction 80 px/s^2 at 64 px: "A slower world" in
-    docs/world_experiments.md) moves the pushed discs at most about 4 px (one cell of the x4 VAE's
+    experiments/world/README.md) moves the pushed discs at most about 4 px (one cell of the x4 VAE's
     latents) per frame in most clips, against over 6 px in the built-in world's elastic strikes."""
 
     def fastest(world: World) -> float:

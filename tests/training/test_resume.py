@@ -31,8 +31,10 @@ TINY = str(CONFIGS / "tiny.yaml")
 FAST = ["--data.init_args.num_frames", "2", "--data.init_args.num_train", "12", "--data.init_args.num_val", "1"]  # fmt: skip
 
 # Every config file and the files it is given after (its base); None: read with `interdyn world fit`'s
-# parser. A config added under configs/ must be listed here (the first test says so).
+# parser. A config added under configs/ or experiments/world/configs/ must be listed here (the first test
+# says so).
 WORLD = "world"
+EXPERIMENTS = "../experiments/world/configs"
 BASES: dict[str, tuple[list[str], str | None]] = {
     "tiny.yaml": ([], None),
     "tiny_shards.yaml": ([], None),
@@ -45,14 +47,16 @@ BASES: dict[str, tuple[list[str], str | None]] = {
     **{f"experiments/{p.name}": (["clevrer.yaml"], None) for p in sorted((CONFIGS / "experiments").glob("*.yaml"))},
     "world/vae.yaml": ([], WORLD),
     "world/base.yaml": ([], WORLD),
-    "world/push_base.yaml": (["world/base.yaml"], WORLD),
     "world/gpu/base.yaml": (["world/base.yaml"], WORLD),
     "world/gpu/vae.yaml": (["world/vae.yaml"], WORLD),
+    **{f"world/{name}": (["demo.yaml"], None) for name in ("branch.yaml", "branch_anneal.yaml", "gpu/branch.yaml")},
+    # the world's experiments (experiments/world/configs, named relative to configs/)
+    f"{EXPERIMENTS}/push_base.yaml": (["world/base.yaml"], WORLD),
     **{
-        f"world/{name}": (["demo.yaml"], None)
+        f"{EXPERIMENTS}/{name}": (["demo.yaml"], None)
         for name in (
-            "branch.yaml", "branch_anneal.yaml", "branch_ema.yaml", "branch_fit16.yaml", "branch_lowlr.yaml",
-            "branch_motion.yaml", "push_branch.yaml", "gpu/branch.yaml", "gpu/branch_quick.yaml",
+            "branch_ema.yaml", "branch_fit16.yaml", "branch_lowlr.yaml", "branch_motion.yaml", "push_branch.yaml",
+            "gpu_branch_quick.yaml",
         )
     },
 }  # fmt: skip
@@ -105,6 +109,7 @@ def run_cli(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
 
 def test_every_config_is_classified():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")}
+    shipped |= {f"{EXPERIMENTS}/{p.name}" for p in (CONFIGS / EXPERIMENTS).glob("*.yaml")}
     assert shipped == set(BASES), "list the new config and the configs it overlays in BASES"
 
 
@@ -115,7 +120,7 @@ SETUPS = [
     "ssv2.yaml",
     pytest.param("tiny.yaml", marks=pytest.mark.slow),
     pytest.param("tiny_shards.yaml", marks=pytest.mark.slow),
-    pytest.param("world/branch_ema.yaml", marks=pytest.mark.slow),
+    pytest.param(f"{EXPERIMENTS}/branch_ema.yaml", marks=pytest.mark.slow),
 ]
 
 

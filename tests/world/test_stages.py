@@ -150,26 +150,6 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
 
     first = parse("branch.yaml")
     second = parse("branch_anneal.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
-    # the push-world experiment's branch: its own data, run and checkpoint folders
-    push = parse("push_branch.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
-    assert "world_push" in str(push.config.data.init_args.test_shards)
-    # the fitting experiment: mostly high noise, its own run and checkpoint folders
-    fit16 = parse("branch_fit16.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
-    assert fit16.model.hparams.p_mean > first.model.hparams.p_mean
-    # a lent GPU's quick check (benchmarks/device_world.sh): bounded by time, not steps
-    quick = parse("gpu/branch_quick.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"),
-                  "--trainer.accelerator", "cpu", "--trainer.precision", "32-true")  # fmt: skip
-    assert quick.trainer.max_steps == -1 and quick.config.trainer.max_time == "00:00:04:00"
-    # the moving-average experiment: on cached conditioning, with an average of the weights
-    ema = parse("branch_ema.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
-    assert ema.model.hparams.ema_decay > 0 and ema.model.branch_ema is not None
-    assert ema.config.data.init_args.cached_conditioning
-    # the lower-learning-rate experiment: a third phase below the second's rate, on cached conditioning
-    lowlr = parse("branch_lowlr.yaml", "--model.controlnet", str(ROOT / "weights/world/branch"))
-    assert lowlr.model.hparams.learning_rate < second.model.hparams.learning_rate
-    assert lowlr.config.data.init_args.cached_conditioning and lowlr.model.branch_ema is None
-    assert quick.config.data.init_args.batch_size == 32
-    assert push.model.hparams.learning_rate == second.model.hparams.learning_rate
     assert second.model.hparams.learning_rate < first.model.hparams.learning_rate
     shipped = second.model.controlnet.state_dict()
     assert any(
@@ -177,12 +157,12 @@ def test_the_branch_phases_compose_on_the_demo_config(synthetic_shards: Path) ->
     )  # not zero-init
     dirs = [
         c.dirpath
-        for cli in (first, second, push, fit16, quick, ema, lowlr)
+        for cli in (first, second)
         for c in cli.trainer.callbacks
         if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
     ]
-    assert len(set(dirs)) == 7
-    assert len({cli.trainer.logger.name for cli in (first, second, push, fit16, quick, ema)}) == 6
+    assert len(set(dirs)) == 2
+    assert first.trainer.logger.name != second.trainer.logger.name
 
 
 def test_base_stage_fine_tunes_from_an_svd_folder() -> None:
@@ -196,11 +176,7 @@ def test_base_stage_fine_tunes_from_an_svd_folder() -> None:
 
     svd = ROOT / "weights/world/svd"
     args = yaml.safe_load((ROOT / "configs/world/base.yaml").read_text())["model"]["init_args"]
-    # the overlay of the push-world experiment (docs/world_experiments.md) fine-tunes the shipped SVD
-    overlay = yaml.safe_load((ROOT / "configs/world/push_base.yaml").read_text())["model"]["init_args"]
-    assert overlay["init_from"] == "weights/world/svd" and overlay["vae"] == "weights/world/svd/vae"
-    args.update(overlay, vae=str(svd / "vae"), out=None)
-    del args["init_from"]
+    args.update(vae=str(svd / "vae"), out=None)
     fresh = BaseVideoModule(**args)
     tuned = BaseVideoModule(**args, init_from=str(svd))
     shipped = UNetSpatioTemporalConditionModel.from_pretrained(svd, subfolder="unet").state_dict()

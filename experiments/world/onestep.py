@@ -11,7 +11,10 @@ path fix the outcome), so a perfect model would score 1 at every level there: wh
 is where the model's dynamics are missing. The SVD without control is the reference that loses
 everything at high noise (its predictions for the members of a group are then the same video).
 
-    python -m interdyn.world.onestep --svd weights/world/svd --controlnet weights/world/branch \\
+A research tool of the world's experiments (experiments/world/README.md, "The one-step probe"), run
+from the repository root:
+
+    python -m experiments.world.onestep --svd weights/world/svd --controlnet weights/world/branch \\
         --out runs/onestep/branch
 """
 
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=6)
     parser.add_argument("--conditioning_scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, required=True, help="writes onestep.md and onestep.json here")
-    return run_command("python -m interdyn.world.onestep", parser, _run, argv)
+    return run_command("python -m experiments.world.onestep", parser, _run, argv)
 
 
 def _run(args: argparse.Namespace) -> None:

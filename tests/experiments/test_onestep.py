@@ -1,4 +1,4 @@
-"""The one-step probe (interdyn.world.onestep) on the shipped world weights and real world test shards:
+"""The one-step probe (experiments.world.onestep) on the shipped world weights and real world test shards:
 at low noise the predictions are the truths themselves, at very high noise the SVD without control
 predicts one video per group (exactly chance), and the CLI writes its table."""
 
@@ -46,8 +46,8 @@ def clips(world_test_shards: str) -> list[dict]:
 def test_at_low_noise_the_prediction_is_the_truth_through_the_vae(world_svd, clips) -> None:
     """sigma -> 0: the denoised output is the noisy input (c_skip -> 1), i.e. the VAE's reconstruction of the
     clip; a swapped or missing preconditioning term would give something else."""
+    from experiments.world.onestep import onestep_videos
     from interdyn.models.conditioning import decode_latents, encode_video_posterior
-    from interdyn.world.onestep import onestep_videos
 
     clip = clips[0]
     pixels, control = clip["pixel_values"][None], clip["control"][None]
@@ -67,8 +67,8 @@ def test_without_control_high_noise_predicts_one_video_per_group(world_svd, clip
     """Every member of a group shares its noise: at very high noise the SVD alone sees the same input for
     all of them and lands exactly at chance, while at low noise the noisy truths tell them apart. The shipped
     branch, given each member's control, makes their predictions differ at that level."""
+    from experiments.world.onestep import onestep_counterfactual
     from interdyn.training.checkpoint import load_branch
-    from interdyn.world.onestep import onestep_counterfactual
 
     plain = onestep_counterfactual(world_svd, None, clips, sigmas=[0.05, 1e4])
     assert plain["protocol"] == {
@@ -97,7 +97,7 @@ def test_without_control_high_noise_predicts_one_video_per_group(world_svd, clip
 
 
 def test_the_cli_writes_a_table_per_noise_level(world_test_shards: str, tmp_path: Path) -> None:
-    from interdyn.world.onestep import main
+    from experiments.world.onestep import main
 
     args = ["--svd", str(WORLD / "svd"), "--test_shards", world_test_shards, "--out", str(tmp_path)]
     assert main([*args, "--sigmas", "0.5,20", "--limit", "3"]) == 0
@@ -120,7 +120,7 @@ def test_the_cli_writes_a_table_per_noise_level(world_test_shards: str, tmp_path
 
 
 def test_accuracy_by_variant_needs_every_pair_of_a_member_right() -> None:
-    from interdyn.world.onestep import accuracy_by_variant
+    from experiments.world.onestep import accuracy_by_variant
 
     clips = [{"key": f"g{g}_v{v}", "variant": v} for g in range(2) for v in range(2)] + [
         {"key": "x", "variant": None}

@@ -562,9 +562,9 @@ def config_memory_text(rows: list[dict[str, Any]], today: str) -> str:
     """Per-GPU memory of the shipped GPU configs (the rows of :data:`CONFIG_RECIPES`) as a markdown section."""
     by_recipe = {r["recipe"]: r for r in rows}
     lines = [
-        f"## Memory per GPU of the shipped configs, {today}",
+        "## Memory per GPU of the shipped configs",
         "",
-        "Analysis on fake CUDA tensors, not a GPU measurement (`benchmarks/train_step.py --analyze`; how it"
+        f"{today}. Analysis on fake CUDA tensors, not a GPU measurement (`benchmarks/train_step.py --analyze`; how it"
         " counts: the training-step analysis below). Full-size model, 14 frames at 256x384, the config's"
         " micro-batch, CUDA's autocast rules. GiB (2^30 bytes); the allocated peak is the static parts +"
         " the largest transient (the end of the forward, the backward, the encoders or the optimizer"

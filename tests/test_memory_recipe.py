@@ -4,6 +4,7 @@ buffers, and offloaded encoders stay off the device while cached conditioning fe
 
 from __future__ import annotations
 
+import sys
 import zlib
 from pathlib import Path
 
@@ -258,3 +259,188 @@ def test_24gb_config_trains_two_steps_on_the_tiny_model(
     assert all(
         float(s["step"]) == 2 and isinstance(s["moments"], HostMoments) for s in optimizer.state.values()
     )
+
+
+# --------------------------------------------------------------------------- the memory analysis
+# benchmarks/train_analysis.py counts a training step's memory on fake CUDA tensors under CUDA's autocast
+# rules (docs/benchmarks.md, "Memory per GPU of the shipped configs").
+
+
+@pytest.fixture(scope="module")
+def analysis_module():
+    benchmarks = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import train_analysis
+    finally:
+        sys.path.remove(benchmarks)
+    return train_analysis
+
+
+@pytest.fixture
+def analysis(analysis_module):
+    """benchmarks/train_analysis.py, with what it changes while it runs (GPU attention kernels) in place."""
+    with analysis_module.simulated():
+        yield analysis_module
+
+
+def saved_by_block(analysis, rules: str, checkpointed: bool = False):
+    """A resnet-like block (conv, GroupNorm, SiLU, conv) on fake tensors of ``rules``' device under bf16
+    autocast: the buffers it saves for the backward pass and autocast's copies of its weights."""
+    with torch.device("meta"):
+        block = torch.nn.Sequential(
+            torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+        )  # fmt: skip
+    mode = analysis.to_fake(block, rules)
+    saved = analysis.SavedBytes(exclude=analysis.static_storages(block))
+    copies = analysis.WeightCopies({p.untyped_storage()._cdata for p in block.parameters()}, torch.bfloat16)
+    with mode, analysis.device_autocast(rules, torch.bfloat16), copies:
+        x = torch.zeros(2, 4, 16, 16, device=rules)
+        with torch.autograd.graph.saved_tensors_hooks(saved, lambda t: t):
+            out = (
+                torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+            )
+    assert out.device.type == rules and out.dtype == torch.bfloat16
+    return saved, copies.bytes_beyond(saved.seen)
+
+
+def test_cuda_rules_save_the_norm_and_what_follows_it_in_float32(analysis):
+    """Under CUDA's autocast GroupNorm runs in float32 (its input is upcast and saved in float32) and the
+    SiLU after it then runs in float32 too, so both save float32 buffers; under CPU autocast both stay
+    bf16. Everything else (the convolutions' bf16 inputs) is the same: the difference is exactly the
+    norm's share, 2 bytes more per element for each of the two buffers (+ its float32 statistics)."""
+    n = 2 * 8 * 16 * 16  # elements of the GroupNorm's input and output
+    cuda, _ = saved_by_block(analysis, "cuda")
+    cpu, _ = saved_by_block(analysis, "cpu")
+    assert cuda.by_dtype["float32"] >= 2 * n * 4, cuda.by_dtype
+    assert "float32" not in cpu.by_dtype, cpu.by_dtype
+    assert 2 * n * 2 <= cuda.bytes - cpu.bytes <= 2 * n * 2 + 64, (cuda.bytes, cpu.bytes)
+
+
+def test_autocast_weight_copies_are_counted_when_checkpointing_drops_them(analysis):
+    """Autocast keeps its bf16 copy of each fp32 weight for the whole forward: a checkpointed block saves
+    only its input, but the copies are still held, and the analysis counts them; without checkpointing the
+    convolutions save the weight copies (activations already), and only the biases' copies are extra."""
+    weights = 2 * (4 * 8 * 9 + 8 * 8 * 9)  # bf16 bytes of the two conv weights
+    biases = 2 * (8 + 8)
+    saved, extra = saved_by_block(analysis, "cuda", checkpointed=True)
+    assert saved.bytes == 2 * 4 * 16 * 16 * 4, "a checkpointed block keeps only its fp32 input"
+    assert extra == weights + biases
+    _, extra = saved_by_block(analysis, "cuda")
+    assert extra == biases
+
+
+def test_the_step_on_the_tiny_model_follows_cuda_s_rules(analysis):
+    """The real training step (tiny model, bf16 autocast, branch checkpointed) on fake CUDA tensors: a
+    sizeable share of its activations is float32 (the norms and what follows them; under CPU rules almost
+    none, as the block above shows), and the bf16 copies of the checkpointed branch's weights are
+    counted besides. (The same comparison at full size: the slow test below.)"""
+    from train_recipes import RECIPES, module_kwargs
+
+    recipe = {**RECIPES["bf16+ckpt"], "cached": True}  # cached conditioning: no encoders, a shorter run
+    step = analysis.measure_step(recipe, "tiny", "cuda", 2, 2, 64, 64, backward=False, count_flops=False)
+    assert step.by_dtype.get("float32", 0) > 0.2 * step.activations, step.by_dtype
+    with torch.device("meta"):
+        branch = sum(
+            p.numel() for p in InterDynModule(**module_kwargs(recipe, "tiny", "cuda")).controlnet.parameters()
+        )
+    assert 0.5 * 2 * branch < step.weight_copies <= 2 * branch, (step.weight_copies, branch)
+    assert step.largest > 0 and step.encoder_peak == 0
+
+
+CONFIG_MEMORY = "<!-- config-memory:begin -->"
+
+
+def config_memory_table() -> dict[str, dict[str, str]]:
+    """docs/benchmarks.md's per-config memory table: config -> column -> cell."""
+    docs = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+    section = docs.split(CONFIG_MEMORY, 1)[1].split("<!-- config-memory:end -->", 1)[0]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("|") and not line.startswith("|---")
+    ]
+    header, body = rows[0], rows[1:]
+    return {row[0].strip("`"): dict(zip(header, row, strict=True)) for row in body}
+
+
+def flat(config: dict) -> dict:
+    """A config section with nested groups (e.g. ``memory:``) flattened into one level."""
+    out = {}
+    for k, v in config.items():
+        out.update(flat(v) if isinstance(v, dict) and k != "init_args" else {k: v})
+    return out
+
+
+@pytest.mark.parametrize("config_name", ["configs/ssv2.yaml", "configs/ssv2_24gb.yaml"])
+def test_the_analysed_recipe_is_the_shipped_config(analysis_module, config_name):
+    """The recipe the analysis models for each GPU config has the config's switches, precision,
+    micro-batch and accumulation (a config change without the analysis' would leave its figures stale)."""
+    from train_recipes import CONFIG_RECIPES, RECIPES
+
+    recipe = RECIPES[CONFIG_RECIPES[config_name]]
+    config = yaml.safe_load((REPO_ROOT / config_name).read_text())
+    trainer, model, data = config["trainer"], flat(config["model"]), config["data"]["init_args"]
+    assert trainer["precision"] == ("bf16-mixed" if recipe.get("autocast") == "bfloat16" else "32-true")
+    assert data["batch_size"] == recipe.get("batch", 4)
+    assert trainer.get("accumulate_grad_batches", 1) == recipe.get("accumulate", 1)
+    assert data.get("cached_conditioning", False) == recipe.get("cached", False)
+    for key in (
+        "gradient_checkpointing",
+        "unet_gradient_checkpointing",
+        "fine_checkpointing",
+        "offload_encoders",
+    ):
+        assert model.get(key, False) == recipe.get(key, False), key
+    assert model["frozen_dtype"] == recipe["frozen_dtype"]
+    assert model.get("optimizer", "adam") == recipe.get("optimizer", "adam")
+    if trainer["devices"] > 1:  # the analysis counts one fp32 copy of the gradients: DDP's bucket views
+        assert trainer["strategy"]["init_args"]["gradient_as_bucket_view"] is True
+
+
+def test_the_documented_24gb_recipe_fits_and_the_table_adds_up(analysis_module):
+    table = config_memory_table()
+    assert set(table) == {"configs/ssv2.yaml", "configs/ssv2_24gb.yaml"}
+    for config, row in table.items():
+        static = sum(float(row[c]) for c in ("frozen weights", "branch weights (fp32)", "gradients (fp32)"))
+        static += float(row["Adam state on the GPU"])
+        peak = float(row["allocated peak"])
+        assert static + float(row["activations"]) - 0.2 <= peak, config
+        assert (
+            peak
+            <= static
+            + float(row["activations"])
+            + float(row["bf16 weight copies"])
+            + float(row["backward working set"])
+            + 0.2
+        ), config
+        assert abs(float(row["+ slack"]) - peak * (1 + analysis_module.ALLOCATOR_SLACK)) <= 0.1, config
+        fits = float(row["+ CUDA context"]) <= analysis_module.CARD_24GB_GIB
+        assert row["fits 24 GB"] == ("yes" if fits else "no"), config
+    assert table["configs/ssv2_24gb.yaml"]["fits 24 GB"] == "yes"
+    assert float(table["configs/ssv2_24gb.yaml"]["+ CUDA context"]) < 24
+
+
+@pytest.mark.slow
+def test_full_size_analysis_by_cuda_rules_matches_the_docs(analysis):
+    """The full-size analysis of configs/ssv2.yaml and configs/ssv2_24gb.yaml (about a minute on 2 cores):
+    CUDA's rules add the norms' float32 share to the bf16 count, the 24 GB recipe fits a 24 GB card, and
+    docs/benchmarks.md quotes what the script computes."""
+    from argparse import Namespace
+
+    from train_recipes import CONFIG_RECIPES
+
+    args = Namespace(
+        preset="svd", frames=14, height=256, width=384, batch=4, recipes=list(CONFIG_RECIPES.values())
+    )
+    rows = {r["recipe"]: r for r in analysis.analyze(args)}
+    for row in rows.values():
+        extra = row["activations_gib"] - row["activations_cpu_rules_gib"]
+        assert 0.25 * row["activations_fp32_gib"] < extra <= row["activations_fp32_gib"], row
+    assert analysis.fits_24gb(rows["24gb"]) and rows["24gb"]["with_context_gib"] < 24
+    assert not analysis.fits_24gb(rows["recommended"])
+    table = config_memory_table()
+    for config, recipe in CONFIG_RECIPES.items():
+        for heading, key in analysis.CONFIG_COLUMNS:
+            assert abs(float(table[config][heading]) - rows[recipe][key]) <= 0.051, (config, heading)

@@ -24,6 +24,7 @@ from interdyn.models.controlnet import SHARED_CONFIG, ControlNetSDVModel
 from interdyn.models.svd import TINY_ARCHITECTURE
 from interdyn.models.unet import UNetSpatioTemporalControlModel
 from interdyn.training.module import InterDynModule
+from interdyn.training.settings import nest_settings
 
 # The branch config fields of the released checkpoint's controlnet/config.json
 RELEASED_CONFIG_FIELDS = {*SHARED_CONFIG, "conditioning_channels", "conditioning_embedding_out_channels"}
@@ -104,10 +105,12 @@ def short_fit_trainer(**kw) -> L.Trainer:
 
 
 def tiny_module(**kw) -> InterDynModule:
+    """InterDynModule on the tiny random SVD; settings of its groups may be given by name
+    (``num_inference_steps=2`` for ``sampling={"num_inference_steps": 2}``)."""
     kw.setdefault("svd", {**TINY_ARCHITECTURE, "seed": 0})
     kw.setdefault("conditioning_embedding_out_channels", TINY_CONTROL_CHANNELS)
     kw.setdefault("num_inference_steps", 2)
-    return InterDynModule(**kw)
+    return InterDynModule(**nest_settings(kw))
 
 
 def toy_batch(n: int = 2, frames: int = 6) -> dict:

@@ -19,13 +19,13 @@ from interdyn.commands.parsers import call_with, command_parser, run_command
 from interdyn.errors import InputError
 from interdyn.models.hub import SVD_REPO
 from interdyn.training.checkpoint import (
-    DTYPES,
     WEIGHTS,
     branch_from_checkpoint,
     checkpoint_settings,
     has_ema,
     read_checkpoint,
 )
+from interdyn.training.settings import DTYPES
 from interdyn.utils.files import unwritable_reason, write_folder_atomic
 
 

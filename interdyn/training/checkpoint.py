@@ -14,8 +14,7 @@ SVD is left out and reloaded from its path), the branch's constructor arguments 
 settings). Reading it needs no Lightning: ``torch.load(weights_only=True)``, then
 ``ControlNetSDVModel(**config)`` loaded strictly. A run trained with ``ema_decay`` also stores the moving
 average of the branch's weights under ``interdyn_branch_ema`` (keys without the prefix); readers take it
-unless asked for the last step's weights. ``DTYPES`` is the one table of dtype names that settings and
-command-line options accept.
+unless asked for the last step's weights.
 """
 
 from __future__ import annotations
@@ -33,12 +32,12 @@ from interdyn.errors import InputError, UnsafeCheckpointError, WeightsMismatchEr
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.released import load_controlnet
 from interdyn.models.sampling import SamplingSettings
+from interdyn.training.settings import nest_settings
 
 BRANCH_PREFIX = "controlnet."
 CONFIG_KEY = "interdyn_controlnet_config"
 EMA_KEY = "interdyn_branch_ema"
 WEIGHTS = ("ema", "live")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Types beyond tensors, containers, numbers and strings that a checkpoint may hold, each a plain value
 # type whose unpickling runs no code. Checkpoints of this project (module and DataModule
@@ -160,8 +159,10 @@ def _training_checkpoint(checkpoint: Any, shown: str) -> dict[str, Any]:
             f"{shown} is not a training checkpoint ({kind} without a 'state_dict' entry); pass a .ckpt file "
             "written by `interdyn fit`"
         )
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict):  # written before the settings groups: flat names go into their groups
+        checkpoint["hyper_parameters"] = nest_settings(hparams)
     return checkpoint
-
 
 
 def branch_config(branch: ControlNetSDVModel) -> dict[str, Any]:
@@ -299,8 +300,8 @@ def branch_from_checkpoint(
 def checkpoint_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The SVD source (``svd``) and sampling settings recorded in a checkpoint's hyper-parameters."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    # The module keeps its sampling settings as hyper-parameters of the same names.
-    settings = {k: hparams[k] for k in SamplingSettings.names() if k in hparams}
+    sampling = hparams.get("sampling") or {}
+    settings = {k: sampling[k] for k in SamplingSettings.names() if k in sampling}
     if "svd" in hparams:
         settings["svd"] = hparams["svd"]
     return settings

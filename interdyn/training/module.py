@@ -32,9 +32,10 @@ from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVDSource
 from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.training.ema import swap_in, swap_out, update_average
-from interdyn.training.objective import P_MEAN, P_STD, EDMObjective
+from interdyn.training.objective import EDMObjective
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
-from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing
+from interdyn.training.settings import DEFAULT_MEMORY, DEFAULT_OBJECTIVE, MemorySettings, ObjectiveSettings
+from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing, store_settings
 from interdyn.utils.render import to_uint8
 
 
@@ -51,43 +52,22 @@ class InterDynModule(EDMObjective, L.LightningModule):
         conditioning_channels: channels of the control input (3: the mask repeated); ``interdyn fit``
             takes it from the DataModule's ``control_channels``.
         conditioning_embedding_out_channels: widths of the control encoder.
-        frozen_dtype: storage dtype of the frozen UNet, VAE and CLIP (``float32``, ``bfloat16``, ``float16``).
-        learning_rate, adam_betas, weight_decay: Adam on the branch parameters.
-        image_drop_prob: probability of dropping the image conditioning of a sample (CFG training).
-        fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids ([6, 40, 0.02] in the paper);
-            ``interdyn fit`` sets ``fps_id`` to the data's ``fps - 1``. Defaults: :class:`SamplingSettings`.
-        p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)`` during training.
-        motion_loss_weight: weight the training loss towards the latent positions that change over the
-            clip (moved objects and the driver): ``1 + motion_loss_weight`` at the largest change
-            (:func:`~interdyn.models.edm.motion_weights`). 0 (the default) is the paper's plain EDM loss;
-            the validation and test losses are always the plain loss, so runs stay comparable.
-        conditioning_scale: multiplies the branch residuals.
-        val_sigmas: fixed noise levels of the validation loss, cycled over the samples of each batch.
-        val_seed: seed of the validation noise (the validation loss is deterministic).
-        vae_chunk_size: frames per VAE call when encoding.
-        num_inference_steps, min_guidance_scale, max_guidance_scale, num_samples, sample_seed: sampling in
-            ``predict_step``, the test metrics and the logged videos.
-        scheduler: the sampler: ``euler`` (SVD's, the paper's), ``dpmpp_2m`` (DPM-Solver++(2M),
-            below Euler at equal steps on the trained world) or ``edm_euler``.
-        gradient_checkpointing: recompute the branch's block activations in the backward pass.
-        unet_gradient_checkpointing: the same for the frozen UNet (the loss back-propagates through its
-            decoder into the residuals, so its activations are kept unless this is on).
-        optimizer: ``adam`` (the paper), ``adamw`` (decoupled weight decay) or ``adamw8bit``
-            (bitsandbytes, when installed).
-        fused_optimizer: fused Adam/AdamW kernels; ``None`` uses them on CUDA.
-        compile: ``torch.compile`` the branch and the UNet (first steps are slow while it compiles); a dict
-            gives ``torch.compile`` arguments, e.g. ``{mode: max-autotune}``.
-        fine_checkpointing: with the two switches above, also recompute each whole spatio-temporal
-            transformer layer (diffusers recomputes only its spatial block): far less activation memory
-            for one more forward of those layers per step.
-        offload_encoders: keep the VAE and CLIP image encoder in host memory, off the accelerator, while
-            training on cached conditioning (``cached_conditioning: true``, which feeds every step without
-            them); they move to the device for validation, testing and sampling, and back afterwards.
+        learning_rate, adam_betas, weight_decay: the optimizer on the branch parameters.
+        optimizer: ``adam`` (the paper), ``adamw`` (decoupled weight decay), ``adam_offload`` (Adam with
+            its moments in host memory) or ``adamw8bit`` (bitsandbytes, when installed).
         ema_decay: keep an exponential moving average of the branch's weights (decay per optimizer step,
             warmed up as ``min(ema_decay, (1 + step) / (10 + step))``); 0 (the default, the paper's) keeps
             none. Validation, testing, prediction and the sampling callbacks then use the average, which
             checkpoints store next to the last step's weights and ``interdyn export`` writes by default.
             Single-device and DDP training only (the average is a full copy of the branch on each rank).
+        objective: how the training loss draws its inputs (:class:`ObjectiveSettings`: image drop, noise
+            levels, motion weighting, the validation loss's fixed noise).
+        sampling: how videos are sampled in ``predict``, the test metrics and the logged videos, and SVD's
+            added time ids and the branch's scale in training too (:class:`SamplingSettings`;
+            ``interdyn fit`` sets ``fps_id`` to the data's ``fps - 1``).
+        memory: the memory and speed switches (:class:`MemorySettings`: frozen dtype, gradient
+            checkpointing, encoder offloading, compilation, fused optimizer kernels).
+        num_samples, sample_seed: videos per clip, and the seed of sampling.
     """
 
     def __init__(
@@ -96,41 +76,24 @@ class InterDynModule(EDMObjective, L.LightningModule):
         controlnet: str | None = None,
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
-        frozen_dtype: str = "float32",
         learning_rate: float = 1e-5,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
-        image_drop_prob: float = 0.05,
-        fps_id: float = DEFAULT_SAMPLING.fps_id,
-        motion_bucket_id: float = DEFAULT_SAMPLING.motion_bucket_id,
-        noise_aug_strength: float = DEFAULT_SAMPLING.noise_aug_strength,
-        p_mean: float = P_MEAN,
-        p_std: float = P_STD,
-        motion_loss_weight: float = 0.0,
-        conditioning_scale: float = DEFAULT_SAMPLING.conditioning_scale,
-        val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
-        val_seed: int = 0,
-        vae_chunk_size: int = 16,
-        num_inference_steps: int = DEFAULT_SAMPLING.num_inference_steps,
-        min_guidance_scale: float = DEFAULT_SAMPLING.min_guidance_scale,
-        max_guidance_scale: float = DEFAULT_SAMPLING.max_guidance_scale,
+        optimizer: str = "adam",
+        ema_decay: float = 0.0,
+        objective: ObjectiveSettings = DEFAULT_OBJECTIVE,
+        sampling: SamplingSettings = DEFAULT_SAMPLING,
+        memory: MemorySettings = DEFAULT_MEMORY,
         num_samples: int = 1,
         sample_seed: int = 42,
-        scheduler: str = DEFAULT_SAMPLING.scheduler,
-        gradient_checkpointing: bool = False,
-        unet_gradient_checkpointing: bool = False,
-        optimizer: str = "adam",
-        fused_optimizer: bool | None = None,
-        compile: bool | dict[str, Any] = False,
-        fine_checkpointing: bool = False,
-        offload_encoders: bool = False,
-        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        store_settings(self)
         check_arguments(self.hparams)
+        memory = self.memory
         nets = build_networks(
-            svd, controlnet, conditioning_channels, conditioning_embedding_out_channels, frozen_dtype
+            svd, controlnet, conditioning_channels, conditioning_embedding_out_channels, memory.frozen_dtype
         )
         # Registered in this order (the state dict's), frozen parts first.
         self.unet, self.vae, self.image_encoder = nets.unet, nets.vae, nets.image_encoder
@@ -145,11 +108,11 @@ class InterDynModule(EDMObjective, L.LightningModule):
         enable_checkpointing(
             self.controlnet,
             self.unet,
-            gradient_checkpointing,
-            unet_gradient_checkpointing,
-            fine_checkpointing,
+            memory.gradient_checkpointing,
+            memory.unet_gradient_checkpointing,
+            memory.fine_checkpointing,
         )
-        if offload_encoders:
+        if memory.offload_encoders:
             # Held outside the module tree: `.to(device)` (Lightning's move to the accelerator), DDP and the
             # state dict leave them alone; `_encoders_on(device)` moves them when a step needs them.
             for name in ("vae", "image_encoder"):
@@ -158,7 +121,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
 
     def configure_model(self) -> None:
         """Compile once the module is on its device (``compile: true``); keys and hooks stay as they are."""
-        options = self.hparams.compile
+        options = self.memory.compile
         if options and not self._compiled:
             options = options if isinstance(options, dict) else {}
             self.controlnet.compile(**options)
@@ -269,8 +232,8 @@ class InterDynModule(EDMObjective, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (lr 1e-5 in the paper), AdamW or 8-bit AdamW on the branch parameters only: the frozen
         parts get no optimizer state."""
-        hp = self.hparams
-        fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type == "cuda"
+        hp, fused = self.hparams, self.memory.fused_optimizer
+        fused = fused if fused is not None else self.device.type == "cuda"
         params = [p for p in self.controlnet.parameters() if p.requires_grad]
         return make_optimizer(params, hp.optimizer, hp.learning_rate, hp.adam_betas, hp.weight_decay, fused)
 
@@ -298,11 +261,11 @@ class InterDynModule(EDMObjective, L.LightningModule):
         )
         built_with = batch.get("cache_noise_aug")
         if built_with is not None and any(
-            abs(v - self.hparams.noise_aug_strength) > 1e-9 for v in built_with
+            abs(v - self.sampling.noise_aug_strength) > 1e-9 for v in built_with
         ):
             raise ConfigError(
                 f"the cached image latents were made with noise_aug_strength {sorted(set(built_with))}, but the model "
-                f"uses {self.hparams.noise_aug_strength}; rebuild the cache (make latents) or change the setting"
+                f"uses {self.sampling.noise_aug_strength}; rebuild the cache (make latents) or change the setting"
             )
         return control, cache
 
@@ -312,14 +275,14 @@ class InterDynModule(EDMObjective, L.LightningModule):
         # check every batch. The compact batches of the shard DataModule are in range by construction.
         check_values = not self.__dict__.get("_train_values_checked", False)
         self._train_values_checked = True
-        if self.hparams.get("offload_encoders"):
+        if self.memory.offload_encoders:
             if not is_cached_batch(batch):
                 raise ConfigError(
                     "offload_encoders trains on cached conditioning only; set the data's cached_conditioning: true "
                     "(after `make latents`) or turn offload_encoders off"
                 )
             self._encoders_on("cpu")  # back to host memory after validation or sampling
-        motion = self.hparams.get("motion_loss_weight", 0.0)  # absent from checkpoints made before it
+        motion = self.objective.motion_loss_weight
         if is_cached_batch(batch):
             control, cache = self._checked_cache(batch, check_values)
             loss = self.compute_loss(None, control, drop_image=True, cache=cache, motion_loss_weight=motion)
@@ -331,7 +294,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
 
     def validation_sigmas(self, batch_size: int, batch_idx: int) -> torch.Tensor:
         """The fixed noise levels of a validation batch (``val_sigmas`` cycled over samples)."""
-        levels = self.hparams.val_sigmas
+        levels = self.objective.val_sigmas
         return torch.tensor([levels[(batch_idx * batch_size + i) % len(levels)] for i in range(batch_size)])
 
     def _fixed_loss(
@@ -340,7 +303,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
         pixel_values, control = self._checked(batch)
         b = pixel_values.shape[0]
         generator = torch.Generator().manual_seed(
-            self.hparams.val_seed + 1_000_003 * dataloader_idx + batch_idx
+            self.objective.val_seed + 1_000_003 * dataloader_idx + batch_idx
         )
         sigma = self.validation_sigmas(b, batch_idx)
         return self.compute_loss(pixel_values, control, sigma=sigma, generator=generator), b
@@ -390,8 +353,18 @@ class InterDynModule(EDMObjective, L.LightningModule):
     # ------------------------------------------------------------------ sampling
     @property
     def sampling(self) -> SamplingSettings:
-        """The sampling settings among the hyper-parameters (defaults for those an older checkpoint lacks)."""
-        return SamplingSettings.from_mapping(self.hparams)
+        """The sampling settings (``hparams.sampling``)."""
+        return SamplingSettings(**self.hparams.sampling)
+
+    @property
+    def objective(self) -> ObjectiveSettings:
+        """How the training loss draws its inputs (``hparams.objective``)."""
+        return ObjectiveSettings(**self.hparams.objective)
+
+    @property
+    def memory(self) -> MemorySettings:
+        """The memory and speed switches (``hparams.memory``)."""
+        return MemorySettings(**self.hparams.memory)
 
     def pipeline(self) -> InterDynPipeline:
         """A sampling pipeline sharing this module's weights (no copies)."""

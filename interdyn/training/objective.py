@@ -1,8 +1,10 @@
-"""The training objective of the control branch on a frozen SVD, as the paper trains it: EDM loss on VAE
-latents, first-frame conditioning with noise augmentation and image drop for classifier-free guidance.
+"""The training objective of SVD, as the paper trains it: EDM loss on VAE latents, first-frame conditioning
+with noise augmentation and image drop for classifier-free guidance; with a control branch, its residuals
+are added to the frozen UNet's.
 
-:class:`EDMObjective` holds it as methods of the module that owns the networks
-(:class:`~interdyn.training.module.InterDynModule`), so that they read its hyper-parameters and device.
+:class:`EDMObjective` holds it as methods of the module that owns the networks, so that they read its
+settings and device: :class:`~interdyn.training.module.InterDynModule` (the branch on a frozen SVD) and
+the world's :class:`~interdyn.world.base.BaseVideoModule` (SVD's own UNet, no branch) share it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ from interdyn.models.conditioning import (
 )
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.edm import denoised, edm_loss, motion_weights, sample_sigmas, unet_input
+from interdyn.models.sampling import SamplingSettings
 from interdyn.models.unet import UNetSpatioTemporalControlModel
-
-# The training noise levels: log sigma ~ N(P_MEAN, P_STD^2) (SVD's and the paper's).
-P_MEAN = 0.7
-P_STD = 1.6
+from interdyn.training.settings import MemorySettings, ObjectiveSettings
 
 
 def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
@@ -33,23 +33,25 @@ def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Ten
 
 
 class EDMObjective:
-    """Conditioning, noise draws and the EDM loss of the branch + frozen UNet.
+    """Conditioning, noise draws and the EDM loss of SVD's UNet, with the control branch when there is one.
 
-    A mixin for a ``torch.nn.Module`` with the attributes below, ``hparams`` holding ``fps_id``,
-    ``motion_bucket_id``, ``noise_aug_strength``, ``image_drop_prob``, ``vae_chunk_size``, ``p_mean``,
-    ``p_std``, ``conditioning_scale`` and ``offload_encoders``.
+    A mixin for a ``torch.nn.Module`` with the attributes below: the networks (``controlnet`` None for
+    SVD alone) and its settings: ``objective`` (the loss's draws), ``sampling`` (the added time ids, the
+    noise augmentation and the branch's scale) and ``memory`` (encoder offloading, VAE chunks).
     """
 
     unet: UNetSpatioTemporalControlModel
-    controlnet: ControlNetSDVModel
+    controlnet: ControlNetSDVModel | None
     vae: Any
     image_encoder: Any
-    hparams: Any
     device: torch.device
+    objective: ObjectiveSettings
+    sampling: SamplingSettings
+    memory: MemorySettings
 
     def _encoders_on(self, device: torch.device | str) -> None:
         """With ``offload_encoders``, move the VAE and CLIP image encoder to ``device`` (no-op where they are)."""
-        if not self.hparams.get("offload_encoders"):
+        if not self.memory.offload_encoders:
             return
         device = torch.device(device)
         for part in (self.vae, self.image_encoder):
@@ -58,21 +60,21 @@ class EDMObjective:
 
     def added_time_ids(self, batch_size: int) -> torch.Tensor:
         """``(batch_size, 3)`` added time ids from the configured values."""
-        hp = self.hparams
+        s = self.sampling
         return make_added_time_ids(
-            hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, batch_size, self.device, torch.float32
+            s.fps_id, s.motion_bucket_id, s.noise_aug_strength, batch_size, self.device, torch.float32
         )
 
     def image_keep_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(batch_size,)`` float mask: 0 where the image conditioning is dropped (prob ``image_drop_prob``)."""
         device = generator.device if generator is not None else self.device
         draws = torch.rand(batch_size, generator=generator, device=device)
-        return (draws >= self.hparams.image_drop_prob).float().to(self.device)
+        return (draws >= self.objective.image_drop_prob).float().to(self.device)
 
     def _drop_image(
         self, embeds: torch.Tensor, image_latents: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.hparams.image_drop_prob <= 0:
+        if self.objective.image_drop_prob <= 0:
             return embeds, image_latents
         keep = self.image_keep_mask(embeds.shape[0], generator)
         return embeds * keep.view(-1, 1, 1), image_latents * keep.view(-1, 1, 1, 1)
@@ -88,10 +90,10 @@ class EDMObjective:
         """
         self._encoders_on(pixel_values.device)
         first = pixel_values[:, 0]
-        latents = encode_video_latents(self.vae, pixel_values, generator, self.hparams.vae_chunk_size)
+        latents = encode_video_latents(self.vae, pixel_values, generator, self.memory.vae_chunk_size)
         embeds = clip_image_embeds(self.image_encoder, first).float()
         image_latents = encode_image_latents(
-            self.vae, first, self.hparams.noise_aug_strength, generator
+            self.vae, first, self.sampling.noise_aug_strength, generator
         ).float()
         if drop_image:
             embeds, image_latents = self._drop_image(embeds, image_latents, generator)
@@ -133,7 +135,7 @@ class EDMObjective:
             raise ValueError("compute_loss needs pixel_values or cache")
         b = latents.shape[0]
         if sigma is None:
-            sigma = sample_sigmas(b, self.hparams.p_mean, self.hparams.p_std, generator, self.device)
+            sigma = sample_sigmas(b, self.objective.p_mean, self.objective.p_std, generator, self.device)
         sigma = sigma.to(self.device, torch.float32)
         noisy = latents + sigma.view(b, 1, 1, 1, 1) * _randn(latents.shape, generator, latents)
         return latents, embeds, image_latents, sigma, noisy
@@ -164,18 +166,22 @@ class EDMObjective:
     def compute_loss(
         self,
         pixel_values: torch.Tensor | None,
-        control: torch.Tensor,
+        control: torch.Tensor | None,
         sigma: torch.Tensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         drop_image: bool = False,
         cache: dict[str, torch.Tensor] | None = None,
         motion_loss_weight: float = 0.0,
+        unet: torch.nn.Module | None = None,
     ) -> torch.Tensor:
-        """EDM loss of the branch + frozen UNet on one batch (EDM, as the paper trains SVD); with ``cache`` the
-        conditioning comes from cached latents and embeddings and ``pixel_values`` is not used.
+        """EDM loss on one batch (EDM, as the paper trains SVD); with ``cache`` the conditioning comes from
+        cached latents and embeddings and ``pixel_values`` is not used.
 
-        ``motion_loss_weight > 0`` weights the loss towards the latent positions that change over the clip
-        (:func:`~interdyn.models.edm.motion_weights`); 0 is the paper's plain EDM loss.
+        With a branch (``controlnet``) its residuals for ``control`` are added to the UNet's; without one
+        (``controlnet`` None, ``control`` unused) this is SVD's own objective. ``unet`` replaces the
+        module's UNet for this call (e.g. its moving average). ``motion_loss_weight > 0`` weights the loss
+        towards the latent positions that change over the clip (:func:`~interdyn.models.edm.motion_weights`);
+        0 is the paper's plain EDM loss.
 
         ``generator`` may be a list with one generator per sample: each sample's posterior sample, noise
         level, noise and image drop then come from its own generator and do not depend on the batch it
@@ -185,25 +191,42 @@ class EDMObjective:
         latents, embeds, image_latents, sigma, noisy = draw(pixel_values, cache, sigma, generator, drop_image)
         pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
         time_ids = self.added_time_ids(latents.shape[0])
-
-        residuals = self.controlnet(
-            model_in.to(self.controlnet.dtype),
-            c_noise,
-            embeds.to(self.controlnet.dtype),
-            time_ids,
-            control.to(self.controlnet.dtype),
-            conditioning_scale=self.hparams.conditioning_scale,
-            return_dict=False,
-        )
-        unet_dtype = self.unet.dtype
-        model_out = self.unet(
+        down, mid = self._residuals(model_in, c_noise, embeds, time_ids, control)
+        unet = unet if unet is not None else self.unet
+        unet_dtype = unet.dtype
+        model_out = unet(
             model_in.to(unet_dtype),
             c_noise,
             embeds.to(unet_dtype),
             time_ids,
-            down_block_additional_residuals=residuals[0],
-            mid_block_additional_residual=residuals[1],
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
             return_dict=False,
         )[0].float()
         weights = motion_weights(latents, motion_loss_weight) if motion_loss_weight > 0 else None
         return edm_loss(denoised(pc, noisy, model_out), latents, sigma, weights)
+
+    def _residuals(
+        self,
+        model_in: torch.Tensor,
+        c_noise: torch.Tensor,
+        embeds: torch.Tensor,
+        time_ids: torch.Tensor,
+        control: torch.Tensor | None,
+    ) -> tuple[Any, Any]:
+        """The branch's down and mid residuals for ``control`` (None and None without a branch)."""
+        if self.controlnet is None:
+            return None, None
+        if control is None:
+            raise ValueError("compute_loss needs the control input of the branch")
+        dtype = self.controlnet.dtype
+        residuals = self.controlnet(
+            model_in.to(dtype),
+            c_noise,
+            embeds.to(dtype),
+            time_ids,
+            control.to(dtype),
+            conditioning_scale=self.sampling.conditioning_scale,
+            return_dict=False,
+        )
+        return residuals[0], residuals[1]

@@ -12,37 +12,37 @@ import torch
 from interdyn.errors import ConfigError
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.released import load_controlnet
-from interdyn.models.sampling import SCHEDULERS
 from interdyn.models.svd import SVDSource, cast_frozen, checkpoint_transformer_layers, get_svd
 from interdyn.models.unet import UNetSpatioTemporalControlModel
-from interdyn.training.checkpoint import DTYPES
 from interdyn.training.optim import OPTIMIZERS
+from interdyn.training.settings import DTYPES, GROUPS, as_settings, settings_dict
+
+
+def store_settings(module: Any) -> None:
+    """Hold each settings group of ``module``'s hyper-parameters (:data:`GROUPS`) as plain values, checked:
+    an object, a config's mapping or None (the defaults) become the same dict, which checkpoints and
+    loggers store without pickling a class."""
+    for hparams in (module.hparams, getattr(module, "_hparams_initial", None)):
+        if hparams is None:
+            continue
+        for group, cls in GROUPS.items():
+            if group in hparams:
+                hparams[group] = settings_dict(as_settings(cls, hparams[group]))
 
 
 def check_arguments(hp: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigError` for a hyper-parameter of the module that it cannot train with."""
-    frozen_dtype, image_drop_prob, val_sigmas = hp["frozen_dtype"], hp["image_drop_prob"], hp["val_sigmas"]
+    """Raise :class:`ConfigError` for an optimizer setting the module cannot train with (the settings groups
+    check themselves)."""
     learning_rate, weight_decay, adam_betas = hp["learning_rate"], hp["weight_decay"], hp["adam_betas"]
-    optimizer, scheduler = hp["optimizer"], hp["scheduler"]
-    if frozen_dtype not in DTYPES:
-        raise ConfigError(f"frozen_dtype must be one of {sorted(DTYPES)}, got {frozen_dtype!r}")
-    if not 0.0 <= image_drop_prob <= 1.0:
-        raise ConfigError(f"image_drop_prob must lie in [0, 1], got {image_drop_prob}")
     if not (learning_rate > 0 and weight_decay >= 0 and all(0 <= b < 1 for b in adam_betas)):
         raise ConfigError(
             "learning_rate must be > 0, weight_decay >= 0 and adam_betas in [0, 1), got "
             f"{learning_rate}, {weight_decay} and {tuple(adam_betas)}"
         )
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    if hp.get("motion_loss_weight", 0.0) < 0:
-        raise ConfigError(f"motion_loss_weight must be >= 0, got {hp['motion_loss_weight']}")
+    if hp["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {hp['optimizer']!r}")
     if not 0.0 <= hp.get("ema_decay", 0.0) < 1.0:
         raise ConfigError(f"ema_decay must lie in [0, 1) (0: no moving average), got {hp['ema_decay']}")
-    if not val_sigmas or min(val_sigmas) <= 0:
-        raise ConfigError(f"val_sigmas must be a non-empty list of positive noise levels, got {val_sigmas}")
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Stage 2 of the world's SVD: the spatio-temporal UNet trained as an image-to-video model, with SVD's
 EDM objective and conditioning (image latent on every frame, CLIP embedding of the first frame, added
-time ids) and no control. The VAE is stage 1's, frozen; the CLIP image encoder is small, random and fixed.
+time ids) and no control: the objective of :class:`~interdyn.training.objective.EDMObjective`, which
+InterDyn's branch trains with, without the branch. The VAE is stage 1's, frozen; the CLIP image encoder
+is small, random and fixed.
 """
 
 from __future__ import annotations
@@ -14,21 +16,23 @@ from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from interdyn.errors import ConfigError
-from interdyn.models.conditioning import (
-    clip_image_embeds,
-    encode_image_latents,
-    encode_video_latents,
-    make_added_time_ids,
-)
-from interdyn.models.edm import denoised, edm_loss, sample_sigmas, unet_input
 from interdyn.models.hub import load_component
+from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVD_SCHEDULER_CONFIG
 from interdyn.models.unet import UNetSpatioTemporalControlModel
 from interdyn.training.ema import update_average
+from interdyn.training.objective import EDMObjective
+from interdyn.training.settings import (
+    DEFAULT_OBJECTIVE,
+    MemorySettings,
+    ObjectiveSettings,
+    as_settings,
+    settings_dict,
+)
 from interdyn.world.folder import write_svd_folder
 
 
-class BaseVideoModule(L.LightningModule):
+class BaseVideoModule(EDMObjective, L.LightningModule):
     """Trains SVD's UNet (no control branch) on clips, on a frozen VAE and a fixed CLIP image encoder.
 
     Args:
@@ -41,10 +45,10 @@ class BaseVideoModule(L.LightningModule):
         learning_rate, weight_decay, warmup_steps: AdamW with a linear warm-up.
         ema_decay: decay of the exponential moving average of the UNet's weights that is written out
             (``0``: the trained weights themselves).
-        image_drop_prob: probability of dropping a sample's image conditioning (classifier-free guidance).
-        fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids, fixed for this world.
-        p_mean, p_std: ``log sigma ~ N(p_mean, p_std^2)``.
-        val_sigmas, val_seed: fixed noise levels and noise of the validation loss.
+        objective: how the loss draws its inputs (:class:`ObjectiveSettings`: image drop, noise levels,
+            the validation loss's fixed noise); the same owner as InterDyn's.
+        sampling: SVD's added time ids (fps id, motion bucket) and the noise augmentation
+            (:class:`SamplingSettings`; its guidance and sampler settings are not used here).
         out: the SVD img2vid folder written at the end of training (``None``: none).
         init_from: an SVD img2vid folder whose UNet and CLIP image encoder replace the random ones before
             training (fine-tuning; its UNet must have the architecture of ``unet``), ``None`` to start
@@ -61,19 +65,17 @@ class BaseVideoModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         ema_decay: float = 0.999,
-        image_drop_prob: float = 0.05,
-        fps_id: float = 6,
-        motion_bucket_id: float = 40,
-        noise_aug_strength: float = 0.02,
-        p_mean: float = 0.7,
-        p_std: float = 1.6,
-        val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0),
-        val_seed: int = 0,
+        objective: ObjectiveSettings = DEFAULT_OBJECTIVE,
+        sampling: SamplingSettings = DEFAULT_SAMPLING,
         out: str | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for hparams in (self.hparams, self._hparams_initial):  # plain values, as checkpoints store them
+            hparams["objective"] = settings_dict(as_settings(ObjectiveSettings, objective))
+            hparams["sampling"] = settings_dict(as_settings(SamplingSettings, sampling))
+        self.controlnet = None  # SVD alone: the objective adds no residuals
         self.vae = load_component(
             AutoencoderKLTemporalDecoder,
             vae,
@@ -129,46 +131,23 @@ class BaseVideoModule(L.LightningModule):
                 frozen.eval()
         return self
 
-    def compute_loss(
-        self,
-        pixel_values: torch.Tensor,
-        sigma: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        drop_image: bool = False,
-        unet: torch.nn.Module | None = None,
-    ) -> torch.Tensor:
-        """EDM loss of ``unet`` (the trained one by default) on a batch of clips ``(B, T, 3, H, W)``."""
-        hp = self.hparams
-        b = pixel_values.shape[0]
-        with torch.no_grad():
-            latents = encode_video_latents(self.vae, pixel_values, generator)
-            first = pixel_values[:, 0]
-            embeds = clip_image_embeds(self.image_encoder, first).float()
-            image_latents = encode_image_latents(self.vae, first, hp.noise_aug_strength, generator).float()
-            if drop_image and hp.image_drop_prob > 0:
-                draws = torch.rand(
-                    b, generator=generator, device=self.device if generator is None else generator.device
-                )
-                keep = (draws >= hp.image_drop_prob).float().to(self.device)
-                embeds = embeds * keep.view(-1, 1, 1)
-                image_latents = image_latents * keep.view(-1, 1, 1, 1)
-        if sigma is None:
-            sigma = sample_sigmas(b, hp.p_mean, hp.p_std, generator, self.device)
-        noise = torch.randn(
-            latents.shape,
-            generator=generator,
-            device=latents.device if generator is None else generator.device,
-        )
-        noisy = latents + sigma.view(b, 1, 1, 1, 1) * noise.to(latents.device)
-        pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
-        time_ids = make_added_time_ids(
-            hp.fps_id, hp.motion_bucket_id, hp.noise_aug_strength, b, self.device, torch.float32
-        )
-        out = (unet or self.unet)(model_in, c_noise, embeds, time_ids, return_dict=False)[0]
-        return edm_loss(denoised(pc, noisy, out), latents, sigma)
+    @property
+    def objective(self) -> ObjectiveSettings:
+        """How the loss draws its inputs (``hparams.objective``)."""
+        return ObjectiveSettings(**self.hparams.objective)
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The added time ids and noise augmentation (``hparams.sampling``)."""
+        return SamplingSettings(**self.hparams.sampling)
+
+    @property
+    def memory(self) -> MemorySettings:
+        """The defaults: the world's encoders stay where the UNet is."""
+        return MemorySettings()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch["pixel_values"], drop_image=True)
+        loss = self.compute_loss(batch["pixel_values"], None, drop_image=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["pixel_values"].shape[0])
         return loss
 
@@ -179,10 +158,10 @@ class BaseVideoModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video = batch["pixel_values"]
         b = video.shape[0]
-        sigmas = torch.tensor(self.hparams.val_sigmas, device=self.device)
+        sigmas = torch.tensor(self.objective.val_sigmas, device=self.device)
         sigma = sigmas[(torch.arange(b, device=self.device) + batch_idx * b) % len(sigmas)]
-        generator = torch.Generator(self.device).manual_seed(self.hparams.val_seed + batch_idx)
-        loss = self.compute_loss(video, sigma, generator, unet=self.ema or self.unet)
+        generator = torch.Generator(self.device).manual_seed(self.objective.val_seed + batch_idx)
+        loss = self.compute_loss(video, None, sigma, generator, unet=self.ema or self.unet)
         self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
 
     def configure_optimizers(self) -> Any:

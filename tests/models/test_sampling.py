@@ -11,12 +11,13 @@ from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.training.module import InterDynModule
 
 
-@pytest.mark.parametrize("function", [InterDynPipeline.__call__, InterDynModule.__init__])
-def test_defaults_are_the_settings(function):
-    parameters = inspect.signature(function).parameters
+def test_defaults_are_the_settings():
+    parameters = inspect.signature(InterDynPipeline.__call__).parameters
     assert {
         name: parameters[name].default for name in SamplingSettings.names()
     } == DEFAULT_SAMPLING.as_kwargs()
+    # the module takes the settings whole, with these defaults
+    assert inspect.signature(InterDynModule.__init__).parameters["sampling"].default is DEFAULT_SAMPLING
 
 
 def test_the_papers_settings_and_their_sources():

@@ -182,8 +182,8 @@ def test_training_conditioning_of_the_module_equals_stock_svd(pipelines):
     module = InterDynModule(
         svd={**TINY_ARCHITECTURE, "seed": 0},
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
-        frozen_dtype="bfloat16",
-        noise_aug_strength=0.0,
+        memory={"frozen_dtype": "bfloat16"},
+        sampling={"noise_aug_strength": 0.0},
     )
     assert module.vae.dtype == torch.float32 and module.unet.dtype == torch.bfloat16
     module.image_encoder.float()  # the same (bfloat16-rounded) CLIP weights on both sides, in float32
@@ -217,7 +217,7 @@ def test_a_given_branch_does_not_round_the_float32_vae(tiny_svd_session, tiny_sv
         svd=str(tiny_svd_folder),
         controlnet=str(tmp_path / "branch"),
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
-        frozen_dtype="bfloat16",
+        memory={"frozen_dtype": "bfloat16"},
     )
     assert module.unet.dtype == torch.bfloat16 and module.vae.dtype == torch.float32
     saved = tiny_svd_session.vae.state_dict()

@@ -22,8 +22,8 @@ def bf16_module(tiny_svd_folder: Path) -> InterDynModule:
     return InterDynModule(
         svd=str(tiny_svd_folder),
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
-        frozen_dtype="bfloat16",
-        noise_aug_strength=0.0,
+        memory={"frozen_dtype": "bfloat16"},
+        sampling={"noise_aug_strength": 0.0},
     )
 
 

@@ -71,11 +71,11 @@ def test_image_drop_rate_and_effect():
     keep = module.image_keep_mask(200_000, torch.Generator().manual_seed(0))
     assert abs((1 - keep.mean().item()) - 0.05) < 0.003
     batch = toy_batch(n=3)
-    module.hparams.image_drop_prob = 1.0
+    module.hparams.objective["image_drop_prob"] = 1.0
     latents, embeds, image_latents = module.encode_conditions(batch["pixel_values"], drop_image=True)
     assert torch.count_nonzero(embeds) == 0 and torch.count_nonzero(image_latents) == 0
     assert torch.count_nonzero(latents) > 0  # the target is never dropped
-    module.hparams.image_drop_prob = 0.0
+    module.hparams.objective["image_drop_prob"] = 0.0
     _, embeds, image_latents = module.encode_conditions(batch["pixel_values"], drop_image=True)
     assert (embeds.flatten(1).abs().sum(1) > 0).all() and (image_latents.flatten(1).abs().sum(1) > 0).all()
 
@@ -168,7 +168,7 @@ def test_motion_loss_weight_changes_the_training_loss_only():
             batch["pixel_values"],
             batch["control"],
             generator=torch.Generator().manual_seed(5),
-            motion_loss_weight=m.hparams.motion_loss_weight,
+            motion_loss_weight=m.objective.motion_loss_weight,
         ).item()
         for m in (plain, weighted)
     ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from interdyn.training.settings import nest_settings
+
 RECOMMENDED = {  # configs/ssv2.yaml (memory: docs/benchmarks.md, "Memory per GPU of the shipped configs")
     "frozen_dtype": "bfloat16",
     "autocast": "bfloat16",
@@ -66,7 +68,7 @@ def module_kwargs(recipe: dict[str, Any], preset: str, device: str) -> dict[str,
     kw["svd"] = f"random:{preset}"
     if preset == "tiny":
         kw["conditioning_embedding_out_channels"] = TINY_CONTROL
-    return kw
+    return nest_settings(kw)  # the recipes name settings flat; the module takes their groups
 
 
 def switches(recipe: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from interdyn.data.toy import MovingShapesDataset
 from interdyn.errors import ConfigError
 from interdyn.training.module import InterDynModule
 from interdyn.training.optim_offload import HostMoments, OffloadedAdam
+from interdyn.training.settings import nest_settings
 from tests.helpers import REPO_ROOT, TINY_ARCHITECTURE, TINY_CONTROL_CHANNELS, randomize_
 
 
@@ -42,7 +43,7 @@ def fit_one_step(batches: list[dict], accumulate: int, precision: str = "32-true
     module = SeededPerSample(
         svd={**TINY_ARCHITECTURE, "seed": 0},
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
-        image_drop_prob=0.5,  # some samples dropped, some kept: the drop must follow the sample
+        objective={"image_drop_prob": 0.5},  # some samples dropped, some kept: the drop must follow the sample
     )
     randomize_(module.controlnet, seed=5)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
@@ -130,7 +131,13 @@ def step(module: InterDynModule, batch: dict) -> tuple[torch.Tensor, torch.Tenso
 
 def tiny(**kw) -> InterDynModule:
     module = InterDynModule(
-        svd={**TINY_ARCHITECTURE, "seed": 0}, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS, **kw
+        **nest_settings(
+            {
+                "svd": {**TINY_ARCHITECTURE, "seed": 0},
+                "conditioning_embedding_out_channels": TINY_CONTROL_CHANNELS,
+                **kw,
+            }
+        )
     )
     randomize_(module.controlnet, seed=5)
     return module
@@ -161,7 +168,7 @@ def cached_batch(module: InterDynModule, batch: dict) -> dict:
             "key": batch["key"],
             "latent_mean": mean,
             "latent_std": std,
-            "image_latents": encode_image_latents(module.vae, first, module.hparams.noise_aug_strength),
+            "image_latents": encode_image_latents(module.vae, first, module.sampling.noise_aug_strength),
             "image_embeds": clip_image_embeds(module.image_encoder, first),
         }
 
@@ -205,7 +212,8 @@ def test_24gb_config_prints(capsys, monkeypatch, tmp_path):
     trainer, model, data = config["trainer"], config["model"], config["data"]["init_args"]
     # the paper's 8 samples per optimizer step (2 GPUs x 4) on one GPU
     assert trainer["devices"] * trainer["accumulate_grad_batches"] * data["batch_size"] == 8
-    assert model["offload_encoders"] and data["cached_conditioning"] and model["fine_checkpointing"]
+    memory = model["memory"]
+    assert memory["offload_encoders"] and data["cached_conditioning"] and memory["fine_checkpointing"]
     assert model["weight_decay"] == 0.0 and model["learning_rate"] == 1e-5
 
 
@@ -243,7 +251,7 @@ def test_24gb_config_trains_two_steps_on_the_tiny_model(
     ]  # fmt: skip
     cli = InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, run=False, args=args)
     model = cli.model
-    assert model.hparams.offload_encoders and model.hparams.fine_checkpointing
+    assert model.memory.offload_encoders and model.memory.fine_checkpointing
     calls = []
     for part in (model.vae.encoder, model.image_encoder):
         part.register_forward_pre_hook(lambda *_: calls.append(1))

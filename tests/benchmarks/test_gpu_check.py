@@ -72,9 +72,10 @@ def test_the_ddp_item_runs_the_paper_recipe_of_ssv2_yaml(tmp_path):
     assert trainer["val_check_interval"] == 2 and trainer["limit_val_batches"] == 2
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in trainer["callbacks"]]
     assert {"ModelCheckpoint", "SampleVideoLogger", "VideoEvaluation"} <= set(callbacks)
-    model = config["model"]
-    for switch in ("frozen_dtype", "gradient_checkpointing", "unet_gradient_checkpointing", "optimizer"):
-        assert model[switch] == original["model"][switch]
+    model, memory = config["model"], config["model"]["memory"]
+    assert model["optimizer"] == original["model"]["optimizer"]
+    for switch in ("frozen_dtype", "gradient_checkpointing", "unet_gradient_checkpointing"):
+        assert memory[switch] == original["model"]["memory"][switch]
     data = config["data"]["init_args"]
     assert data["test_shards"].endswith("test/*.tar") and data["val_shards"].endswith("validation/*.tar")
     assert data["epoch_samples"] == 16  # 8 clips per process, as the one-GPU run
@@ -103,7 +104,7 @@ def test_unknown_item_is_an_error(tmp_path, capsys):
     assert "unknown items" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # about 15 minutes on 2 cores (bf16 is emulated on CPU; the DDP run alone ~6)
+@pytest.mark.slow  # every item on CPU: bf16 is emulated there, and the DDP run starts two processes
 def test_dry_run_fills_every_row(tmp_path):
     """Every default item on CPU with the tiny model: the one-device fit + test and the same as 2 gloo
     processes (configs/ssv2.yaml's recipe), the four training recipes with their batch search, the sample;
@@ -125,7 +126,7 @@ def test_dry_run_fills_every_row(tmp_path):
     assert "strategy DDPStrategy (gradient_as_bucket_view)" in real
 
 
-@pytest.mark.slow  # about 4 minutes on 2 cores: two gloo processes, bf16 emulated
+@pytest.mark.slow  # two gloo processes, bf16 emulated
 def test_two_process_smoke_fits_and_tests_with_the_ssv2_recipe(tmp_path, capsys):
     """The DDP item itself on CPU: `interdyn fit` and `interdyn test` as 2 gloo processes with
     configs/ssv2.yaml's strategy (bucket views), bf16-mixed, checkpoints, validation and the test table."""

@@ -47,7 +47,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
 	@echo "make demo      train an InterDyn branch on the world's shipped SVD on CPU, test it against no control (docs/world.md)"
-	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (about 2 h on 2 fast cores: VAE 11 min, UNet 31 min, branch 80 min; up to 4 h 15 min on slower ones)"
+	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (hours on a CPU; docs/benchmarks.md)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"

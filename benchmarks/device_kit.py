@@ -4,8 +4,9 @@ Such a node (docs/benchmarks.md, "On a GPU node without network access") may hav
 PyTorch, Lightning, transformers, torchmetrics, tensorboard and OpenCV, but fetch nothing. This script
 downloads the rest of interdyn's runtime (diffusers, webdataset, jsonargparse, PyAV and what they need
 that the node does not have), unpacks the wheels into one site-packages folder and writes it as
-``.devkit/site.tar.xz``: about 28 MB, against 43 MB of wheels, so that the checkout and the kit stay
-under a 64 MiB transfer limit. ``benchmarks/device_gpu_check.sh`` unpacks it there.
+``.devkit/site.tar.xz``, recompressed so that the checkout and the kit stay under a 64 MiB transfer
+limit (its size: docs/benchmarks.md, "On a GPU node without network access").
+``benchmarks/device_gpu_check.sh`` unpacks it there.
 
     python benchmarks/device_kit.py          # needs the package index; writes .devkit/site.tar.xz
 """

@@ -102,7 +102,7 @@ def test_repeated_encodes_in_one_process_are_identical(codec: str) -> None:
     assert encode_video(frames, 12.0, codec=codec) == encode_video(frames, 12.0, codec=codec)
 
 
-@pytest.mark.slow  # ~35 s on 2 loaded cores
+@pytest.mark.slow  # the whole preparer, twice, in four worker processes
 def test_two_concurrent_synthetic_preparations_write_identical_shards(tmp_path: Path) -> None:
     # the whole preparer, twice at the same time with the same arguments, 2 workers each
     runs = [tmp_path / "a", tmp_path / "b"]

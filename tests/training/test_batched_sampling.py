@@ -11,7 +11,7 @@ from interdyn.callbacks.clip_sampler import ClipSampler, SampleMemo
 from tests.helpers import randomize_, tiny_module, toy_batch
 
 
-@pytest.mark.slow  # ~15 s on 2 idle cores, a minute under load (float64 sampling, five calls)
+@pytest.mark.slow  # float64 sampling, five calls
 def test_a_batch_of_clips_gives_the_videos_of_each_clip_sampled_alone():
     # float64 shows the logic; in float32 the random tiny model amplifies the batch-size-dependent rounding
     # of the kernels (see tests/models/test_pipeline.py)

@@ -1,12 +1,11 @@
 """Adam with its moments in host memory: the paper's update rule, without 8 bytes of GPU memory per branch
-parameter (5.1 GiB for the full-size branch).
+parameter (the full-size figures are in docs/benchmarks.md).
 
 The two moments of every parameter stay in (pinned) host memory between steps. A step walks the parameters
 in chunks of ``chunk_mib``: a chunk's moments are copied to the GPU, updated there by PyTorch's own Adam
 (``torch.optim.adam.adam``, the same arithmetic as ``torch.optim.Adam``), and copied back. The GPU holds
 one chunk's moments at a time. The cost is the copies: 16 bytes per parameter per optimizer step over the
-host link (11 GB for the full-size branch, ~0.45 s at 25 GB/s), whatever the number of accumulated
-micro-batches.
+host link, whatever the number of accumulated micro-batches.
 
 Checkpoints hold the moments as ``torch.optim.Adam`` does (``exp_avg``, ``exp_avg_sq``, ``step``), so one
 optimizer's checkpoint resumes the other; loading puts the moments straight into host memory.

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.shard_writer import write_samples  # noqa: E402
 from data_prep.synthetic import World, make_video, sample_fields  # noqa: E402
+from interdyn.data.clip_spec import PAPER_CLIP  # noqa: E402
 from interdyn.data.sampling import choose_start, clip_offsets, valid_starts  # noqa: E402
 from interdyn.data.shard_format import shard_name  # noqa: E402
 from interdyn.data.shards import ClipDecoder, ShardClipStream, collate_clips  # noqa: E402
@@ -101,7 +102,7 @@ def measure(loader_iter, clips: int, batch_size: int, warmup_batches: int = 2) -
 def run(root: Path, clips: int, batch_size: int, workers: list[int]) -> list[dict]:
     rows = []
     for w in workers:
-        decoder = ClipDecoder(num_frames=14, fps=7.0, height=256, width=384, crop="center", window="random")
+        decoder = ClipDecoder(PAPER_CLIP.with_overrides(crop="center"), random_window=True)
         stream = ShardClipStream(
             str(root / "shards/train/*.tar"), decoder, train=True, samples_per_worker=None, shuffle_buffer=16
         )

@@ -38,10 +38,11 @@ import torch
 from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import write_shard
 from interdyn.commands.config import read_config
+from interdyn.commands.parsers import add_settings_options, given_settings
 from interdyn.commands.spelling import ScriptParser
 from interdyn.contract import to_contract
 from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
-from interdyn.data.clip_spec import PAPER_CLIP
+from interdyn.data.clip_spec import ClipSpec
 from interdyn.data.sampling import key_seed
 from interdyn.data.shard_format import SkipSample
 from interdyn.data.shards import ClipDecoder, expand_urls
@@ -51,17 +52,16 @@ from interdyn.models.conditioning import (
     encode_image_latents,
     encode_video_posterior,
 )
+from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.models.svd import cast_frozen, get_encoders
-from interdyn.training.checkpoint import DTYPES
+from interdyn.training.settings import DTYPES
 from interdyn.utils.files import TMP_SUFFIX, write_atomic
 
 PROGRESS_DIR = "_latents"
 _DRIVER_KEYS = ("require_driver_in_first_frame", "require_driver_in_clip", "min_driver_pixels")
-# The data settings a cache depends on and their defaults (the window is a flag of its own: the
-# config's eval_window is for evaluation clips).
-_DATA_KEYS: dict[str, Any] = {
-    **{k: v for k, v in PAPER_CLIP.as_kwargs().items() if k != "window"},
-    **{f.name: f.default for f in dataclasses.fields(ClipDecoder) if f.name in _DRIVER_KEYS},
+# The data settings a cache depends on besides the clip, and their defaults.
+_DRIVER_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(ClipDecoder) if f.name in _DRIVER_KEYS
 }
 
 
@@ -77,26 +77,25 @@ def read_configs(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any, list[str]]:
-    """The cache settings (from the configs, overridden by explicit flags), the SVD source and shards."""
+    """The cache settings (the configs' clip, overridden by the clip flags; the window is a flag of its
+    own, the config's is for evaluation clips), the SVD source and shards."""
     model, data = read_configs(args.config or [])
-    settings: dict[str, Any] = {k: data.get(k, default) for k, default in _DATA_KEYS.items()}
-    for k in _DATA_KEYS:
-        value = getattr(args, k, None)
-        if value is not None:
-            settings[k] = value
-    if settings["crop"] == "random":
-        settings["crop"] = "center"  # one fixed crop is cached
+    clip = ClipSpec.from_mapping(data.get("clip") or {}).with_overrides(**given_settings(args, ClipSpec))
+    # one fixed window and crop per video are cached
+    clip = dataclasses.replace(
+        clip, window=args.window, crop="center" if clip.crop == "random" else clip.crop
+    )
+    settings = {**clip.as_kwargs(), **{k: data.get(k, default) for k, default in _DRIVER_DEFAULTS.items()}}
     svd = args.svd if args.svd is not None else model.get("svd")
     if svd is None:
         raise ValueError("no SVD given: pass --svd or a --config whose model section names it")
     noise_aug = (
         args.noise_aug_strength
         if args.noise_aug_strength is not None
-        else model.get("noise_aug_strength", 0.02)
+        else (model.get("sampling") or {}).get("noise_aug_strength", DEFAULT_SAMPLING.noise_aug_strength)
     )
     settings.update(
         version=FORMAT_VERSION,
-        window=args.window,
         noise_aug_strength=float(noise_aug),
         seed=args.seed,
         store_dtype=args.store_dtype,
@@ -235,13 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", nargs="+", help="shard globs / brace patterns (instead of the config's)")
     parser.add_argument("--out", type=Path, help="write the cached shards here (default: in place)")
     parser.add_argument("--svd", help="SVD folder, hub id or preset (default: the config's model.svd)")
-    parser.add_argument("--num_frames", dest="num_frames", type=int)
-    parser.add_argument("--fps", type=float)
-    parser.add_argument("--frame_stride", dest="frame_stride", type=int)
-    parser.add_argument("--frame_sampling", dest="frame_sampling", choices=("uniform", "timestamp"))
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--crop", choices=("center", "mask_aware"))
+    add_settings_options(parser, ClipSpec, "the config's, else {}", skip=["window"])
     parser.add_argument(
         "--window", choices=("center", "start"), default="center", help="which clip of each video"
     )
@@ -364,7 +357,10 @@ def _cache_shards(
     encoder = ConditioningEncoder(
         svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
     )
-    decoder = ClipDecoder(**{k: settings[k] for k in (*_DATA_KEYS, "window")})
+    decoder = ClipDecoder(
+        ClipSpec.from_mapping({k: settings[k] for k in ClipSpec.names()}),
+        **{k: settings[k] for k in _DRIVER_KEYS},
+    )
     progress = None
     if not args.no_progress:
         from tqdm import tqdm

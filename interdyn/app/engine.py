@@ -32,8 +32,10 @@ from interdyn.commands.generate import (
     read_inputs,
     run_generate,
 )
+from interdyn.data.clip_spec import ClipSpec
 from interdyn.errors import InputError
 from interdyn.inputs import (
+    DEMO_CLIP,
     FOLDER_FPS,
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -42,25 +44,24 @@ from interdyn.inputs import (
     masks_npz_bytes,
     read_image,
 )
-from interdyn.models.sampling import DEFAULT_SAMPLING
+from interdyn.models.sampling import SamplingSettings
 from interdyn.utils.files import write_atomic
 from interdyn.utils.render import png_bytes
 
-NUM_FRAMES = 14  # SVD img2vid's clip length
+NUM_FRAMES = DEMO_CLIP.num_frames  # the app's clips are generate's (the paper's length); sizes vary by model
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 16, 4096, 8.0
 MASK_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES | {".npz"}
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Weights and sizes the app runs with; ``controlnet=None`` is a seeded random branch."""
+    """Weights and clips the app runs with; ``controlnet=None`` is a seeded random branch."""
 
     label: str  # shown at the top of the page
     svd: str | None
     controlnet: str | None
-    height: int
-    width: int
-    steps: int
+    clip: ClipSpec  # generate's demo clip at the model's size (its NUM_FRAMES frames)
+    steps: int  # sampler steps unless the page sets them
     notice: str = ""  # said plainly in the page
 
 
@@ -68,8 +69,7 @@ TINY_RANDOM = ModelChoice(
     label="tiny random model (CPU)",
     svd="random:tiny",
     controlnet=None,
-    height=64,
-    width=64,
+    clip=DEMO_CLIP.with_overrides(height=64, width=64),
     steps=3,
     notice="This runs the tiny **random** model: its videos are noise that shows how the app works, not "
     "what InterDyn does (this checkout has no weights/world/). Start the app with `--svd` and `--controlnet` "
@@ -81,8 +81,7 @@ WORLD = ModelChoice(
     label="the built-in world's trained SVD + InterDyn branch (CPU)",
     svd=str(WORLD_WEIGHTS / "svd"),
     controlnet=str(WORLD_WEIGHTS / "branch"),
-    height=64,
-    width=64,
+    clip=DEMO_CLIP.with_overrides(height=64, width=64),
     steps=10,
     notice="This runs the small SVD and branch trained on the built-in world (64x64 clips of discs pushed by "
     "a hand or a sliding object; docs/world.md): draw a driver into one of the world's scenes. Start the app "
@@ -225,7 +224,7 @@ class Engine:
         self.out = Path(out).expanduser().resolve()
         self.model = model
         self.device, self.dtype = device, dtype
-        self.height, self.width = height or model.height, width or model.width
+        self.clip = model.clip.with_overrides(height=height, width=width)  # what every run generates
         self._weights: LoadedWeights | None = None
         self._lock = threading.Lock()  # one generation at a time per process (the UI's queue also waits)
 
@@ -240,7 +239,9 @@ class Engine:
         folder.mkdir(parents=True, exist_ok=True)
         image_path = write_atomic(folder / "first_frame.png", png_bytes(check_image(image)))
         if driver.masks is not None:
-            control = write_atomic(folder / "driver.npz", masks_npz_bytes(driver.masks, FOLDER_FPS))
+            control = write_atomic(
+                folder / "driver.npz", masks_npz_bytes(driver.masks, self.clip.fps or FOLDER_FPS)
+            )
             path = {"points": driver.points, "speed_px_per_frame": driver.speed, "frames": NUM_FRAMES}
             write_atomic(folder / "driver_path.json", json.dumps(path, indent=2).encode())
         elif driver.file is not None:
@@ -255,15 +256,17 @@ class Engine:
                 shutil.copyfile(path, control / path.name)
         else:
             raise InputError("make a driver first: paint a mask and draw its path, or upload a mask file.")
-        # A drawn driver is written at 7 fps, the clip's rate: the clip takes every one of its frames.
+        # A drawn driver is written at the clip's rate: the clip takes every one of its frames.
         return ["--image", str(image_path), "--control", str(control)]
 
-    def arguments(self, folder: Path, image: np.ndarray, driver: Driver, **sampling: Any) -> list[str]:
-        """The ``interdyn generate`` command line of a run in ``folder`` (its inputs are written there)."""
+    def arguments(self, folder: Path, image: np.ndarray, driver: Driver, **options: Any) -> list[str]:
+        """The ``interdyn generate`` command line of a run in ``folder`` (its inputs are written there): the
+        engine's clip (its settings that differ from generate's defaults) and ``options`` by name."""
         argv = self._write_inputs(folder, image, driver)
-        argv += ["--height", str(self.height), "--width", str(self.width), "--out", str(folder)]
-        argv += ["--name", folder.name, "--crop", "center"]
-        for key, value in sampling.items():
+        clip = {k: v for k, v in self.clip.as_kwargs().items() if k != "window"}
+        options = {k: v for k, v in clip.items() if v != getattr(DEMO_CLIP, k)} | options
+        argv += ["--out", str(folder), "--name", folder.name]
+        for key, value in options.items():
             if value is not None:
                 argv += [f"--{key}", str(value)]
         return argv
@@ -289,27 +292,24 @@ class Engine:
         image: np.ndarray,
         driver: Driver,
         num_samples: int = 3,
-        steps: int | None = None,
-        scheduler: str = DEFAULT_SAMPLING.scheduler,
-        min_guidance: float = DEFAULT_SAMPLING.min_guidance_scale,
-        max_guidance: float = DEFAULT_SAMPLING.max_guidance_scale,
         seed: int = 42,
+        **sampling: Any,
     ) -> GenerateResult:
-        """Run ``interdyn generate`` on the inputs in a new run folder with the loaded weights."""
+        """Run ``interdyn generate`` on the inputs in a new run folder with the loaded weights; ``sampling``
+        holds settings of :class:`~interdyn.models.sampling.SamplingSettings` by name (the rest: the
+        checkpoint's, else the paper's; the steps: the model's)."""
+        unknown = sorted(set(sampling) - set(SamplingSettings.names()))
+        if unknown:
+            raise TypeError(f"unknown sampling settings {unknown}; known: {SamplingSettings.names()}")
+        sampling = {"num_inference_steps": self.model.steps} | {
+            k: v for k, v in sampling.items() if v is not None
+        }
         with self._lock:
             check_image(image)
             folder = self.next_run()
             try:
                 argv = self.arguments(
-                    folder,
-                    image,
-                    driver,
-                    num_samples=int(num_samples),
-                    steps=int(steps or self.model.steps),
-                    scheduler=scheduler,
-                    min_guidance=float(min_guidance),
-                    max_guidance=float(max_guidance),
-                    seed=int(seed),
+                    folder, image, driver, num_samples=int(num_samples), seed=int(seed), **sampling
                 )
                 argv += self.weight_args()
                 args = parse_or_error(argv)

@@ -29,8 +29,8 @@ class AppOptions:
             when --svd is given, else the default model's)
         device: auto, cpu, cuda or cuda:<index> (default: cpu for the default model, else auto)
         dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
-        height: clip height (default: 256 with named weights)
-        width: clip width (default: 384 with named weights)
+        height: clip height (default: the model's; the paper's 256 with named weights)
+        width: clip width (default: the model's; the paper's 384 with named weights)
         host: address to bind (0.0.0.0: every interface; then the page reads no server paths unless
             --root is given, and a warning is printed)
         port: port to serve on
@@ -66,13 +66,14 @@ def build_parser() -> ArgumentParser:
 def make_engine(args: AppOptions):  # -> Engine (imported lazily: torch and diffusers)
     """The engine for the command line: the default model, or the named weights."""
     from interdyn.app.engine import DEFAULT_MODEL, Engine, ModelChoice
+    from interdyn.inputs import DEMO_CLIP
 
     if args.svd is None and args.controlnet is None:
         model, device = DEFAULT_MODEL, args.device or "cpu"
     else:
         controlnet = args.controlnet or RELEASED_REPO
         label = f"svd {args.svd or '(the checkpoint’s)'}, controlnet {controlnet}"
-        model = ModelChoice(label, args.svd, controlnet, 256, 384, DEFAULT_SAMPLING.num_inference_steps)
+        model = ModelChoice(label, args.svd, controlnet, DEMO_CLIP, DEFAULT_SAMPLING.num_inference_steps)
         device = args.device or "auto"
     return Engine(args.out, model, device, args.dtype, args.height, args.width)
 

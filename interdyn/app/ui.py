@@ -226,7 +226,14 @@ def generate_callback(engine: Engine) -> Callable:
         driver = driver_of(editor, frame, mode, points, speed, upload)
         progress(0, desc="loading the weights and preparing the inputs")
         result = engine.generate(
-            image, driver, int(samples), int(steps), scheduler, min_guidance, max_guidance, int(seed)
+            image,
+            driver,
+            int(samples),
+            int(seed),
+            num_inference_steps=int(steps),
+            scheduler=scheduler,
+            min_guidance_scale=float(min_guidance),
+            max_guidance_scale=float(max_guidance),
         )
         compare = next(p for p in result.paths if p.name.endswith(("_compare.mp4", "_grid.mp4")))
         run = compare.parent.name
@@ -395,7 +402,7 @@ def build_ui(engine: Engine, files: ServerFiles | None = None) -> gr.Blocks:
     with gr.Blocks(title="InterDyn") as demo:
         gr.Markdown(
             "# InterDyn: draw the driver, watch the world react\n"
-            f"Model: **{model.label}**, {engine.width}x{engine.height} pixels, {NUM_FRAMES} frames."
+            f"Model: **{model.label}**, {engine.clip.width}x{engine.clip.height} pixels, {NUM_FRAMES} frames."
             + (f"\n\n> {model.notice}" if model.notice else "")
         )
         states = {

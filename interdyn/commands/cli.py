@@ -25,6 +25,7 @@ from interdyn.callbacks.interrupt import LastCheckpointOnInterrupt
 from interdyn.callbacks.progress import resume_aware
 from interdyn.callbacks.timing import COMMAND_STARTED, PhaseTimer
 from interdyn.commands.parsers import user_message
+from interdyn.commands.spelling import nested_clip_options
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING
@@ -43,8 +44,12 @@ def control_channels(data: L.LightningDataModule) -> int:
 
 def fps_id(data: L.LightningDataModule) -> float:
     """SVD's fps conditioning for the clip rate of ``data``: fps - 1, SVD's convention (the paper's
-    "7 FPS" is fps id 6); the default for a DataModule without a target rate (e.g. a fixed stride)."""
-    fps = (getattr(data, "hparams", None) or {}).get("fps")
+    "7 FPS" is fps id 6), with the rate read from the data's clip (``data.clip``, a
+    :class:`~interdyn.data.clip_spec.ClipSpec`; a DataModule without one may name an ``fps``
+    hyper-parameter); the default for a DataModule without a target rate (e.g. a fixed stride)."""
+    clip = getattr(data, "clip", None)
+    hparams = getattr(data, "hparams", None) or {}
+    fps = getattr(clip, "fps", None) if clip is not None else hparams.get("fps")
     return DEFAULT_SAMPLING.fps_id if fps is None else fps - 1
 
 
@@ -92,8 +97,21 @@ class InterDynCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         if self.model_class is InterDynModule and not self.subclass_mode_model:
-            for function, target in ((control_channels, "conditioning_channels"), (fps_id, "fps_id")):
+            for function, target in (
+                (control_channels, "conditioning_channels"),
+                (fps_id, "sampling.fps_id"),
+            ):
                 parser.link_arguments("data", f"model.{target}", compute_fn=function, apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """LightningCLI's parsing, with the clip settings that a DataModule once took flat moved into its
+        ``clip`` group (``--data.init_args.num_frames`` -> ``--data.init_args.clip.num_frames``; a config
+        file that spells them flat is one sentence: :func:`~interdyn.commands.spelling.nested_clip_options`)."""
+        if args is None:
+            sys.argv[1:] = nested_clip_options(sys.argv[1:])
+        elif isinstance(args, list):
+            args = nested_clip_options(args)
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's reading of a local ``--ckpt_path``'s hyper-parameters into the model's config, with
@@ -173,7 +191,11 @@ COMMANDS = {
         "videos from an image and driver masks, or a clip folder",
     ),
     "app": ("interdyn.app.main", "app_main", "a browser app: paint a mask, drag it along a path, generate"),
-    "export": ("interdyn.commands.export", "export_main", "a training checkpoint's branch as a diffusers folder"),
+    "export": (
+        "interdyn.commands.export",
+        "export_main",
+        "a training checkpoint's branch as a diffusers folder",
+    ),
     "evaluate": (
         "interdyn.commands.evaluate",
         "evaluate_main",

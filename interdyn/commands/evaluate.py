@@ -27,8 +27,16 @@ import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
-from interdyn.commands.parsers import call_with, command_parser, resolve_device, run_command
-from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec, Crop, FrameSampling, Window
+from interdyn.commands.parsers import (
+    add_settings_options,
+    call_with,
+    command_parser,
+    resolve_device,
+    run_command,
+    settings_from,
+)
+from interdyn.commands.spelling import OLD_SPELLINGS
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
 from interdyn.data.shards import ClipDecoder, ShardClipStream, SkippedSampleWarning
 from interdyn.data.video import VideoDecodeError, decode_frames
 from interdyn.errors import InterDynError
@@ -58,13 +66,12 @@ class BadPrediction(Exception):
         self.reason = reason
 
 
-def load_prediction(
-    path: Path, num_frames: int, height: int, width: int, resize: bool = False
-) -> torch.Tensor:
-    """A prediction video -> ``(T, 3, H, W)`` in [0, 1] (its first ``num_frames`` frames).
+def load_prediction(path: Path, clip: ClipSpec, resize: bool = False) -> torch.Tensor:
+    """A prediction video -> ``(T, 3, H, W)`` in [0, 1] (its first ``clip.num_frames`` frames).
 
     Raises :class:`BadPrediction` (``unreadable``, ``too_short``) for a file to leave out, and an
     InterDynError for a prediction of another size than the clips unless ``resize`` (bicubic) is set."""
+    num_frames, height, width = clip.num_frames, clip.height, clip.width
     try:
         frames = decode_frames(path.read_bytes())
     except (VideoDecodeError, OSError) as err:
@@ -126,12 +133,7 @@ def _score(
                 tally.missing.append(key)
                 continue
             try:
-                fakes = torch.stack(
-                    [
-                        load_prediction(p, spec.num_frames, spec.height, spec.width, resize)
-                        for p in predictions[key]
-                    ]
-                )
+                fakes = torch.stack([load_prediction(p, spec, resize) for p in predictions[key]])
             except BadPrediction as bad:
                 tally.skipped.setdefault(bad.reason, []).append(f"{key}: {bad}")
                 print(f"warning: left out {key} ({bad.reason}): {bad}", file=sys.stderr)
@@ -208,14 +210,7 @@ def evaluate(
     metrics: list[Metric] | None = None,
     out: str | None = None,
     method: str | None = None,
-    num_frames: int = PAPER_CLIP.num_frames,
-    fps: float = PAPER_CLIP.fps,
-    frame_stride: int | None = PAPER_CLIP.frame_stride,
-    frame_sampling: FrameSampling = PAPER_CLIP.frame_sampling,
-    height: int = PAPER_CLIP.height,
-    width: int = PAPER_CLIP.width,
-    crop: Crop = PAPER_CLIP.crop,
-    eval_window: Window = PAPER_CLIP.window,
+    clip: ClipSpec = PAPER_CLIP,
     i3d_weights: str | None = None,
     lpips_backbone: str | None = None,
     tracker: Literal["lk", "cotracker"] = "lk",
@@ -232,15 +227,9 @@ def evaluate(
         metrics: the metrics to compute (default: all but lpips)
         out: output folder (default: <pred_dir>/evaluation)
         method: name in the table (default: the folder name)
-        num_frames: frames per clip
-        fps: target rate of the clips ("7 FPS": SVD's fps=7 convention)
-        frame_stride: take every n-th source frame whatever the rates
-        frame_sampling: uniform: every n-th source frame with the stride nearest --fps (12 fps -> every
-            2nd); timestamp: the frame nearest each k/fps s
-        height: clip height
-        width: clip width
-        crop: crop window of the clips: mask_aware, center or random
-        eval_window: where the clip starts in a longer video: center or start
+        clip: the clips, cut as `interdyn test` cuts them (default: the paper's, 14 frames at "7 FPS" of
+            256x384, mask-aware crop, centre window); on the command line its flags --num_frames, --fps,
+            --frame_stride, --frame_sampling, --height, --width, --crop and --window (alias --eval_window)
         i3d_weights: the FVD/KVD I3D weights (default: the file fetched by `interdyn weights fetch i3d`)
         lpips_backbone: LPIPS backbone weights (default: torchvision's AlexNet in the torch hub cache)
         tracker: point tracker of motion fidelity: lk or cotracker
@@ -249,9 +238,8 @@ def evaluate(
     """
     folder, predictions = _open_predictions(pred_dir, out)
     metrics = list(metrics or [m for m in ALL_METRICS if m != "lpips"])
-    spec = ClipSpec(num_frames, fps, frame_stride, frame_sampling, height, width, crop, eval_window)
     try:
-        stream = ShardClipStream(data, ClipDecoder.from_spec(spec), train=False)
+        stream = ShardClipStream(data, ClipDecoder(clip), train=False)
     except FileNotFoundError as err:
         raise InterDynError(str(err)) from None
     evaluator = VideoMetrics(
@@ -261,7 +249,7 @@ def evaluate(
         tracker=tracker,
         device=str(resolve_device(device)),
     )
-    tally = _score(stream, predictions, evaluator, spec, resize)
+    tally = _score(stream, predictions, evaluator, clip, resize)
     if not evaluator.rows:
         raise InterDynError(
             f"none of the {len(tally.missing)} test clips has a prediction in '{pred_dir}' "
@@ -269,7 +257,7 @@ def evaluate(
         )
     results = summarize([evaluator.state()], metrics)
     tracked = tracker if "motion_fidelity" in metrics else None
-    protocol = _protocol(method or folder.name, results, spec, tally, evaluator, tracked, resize)
+    protocol = _protocol(method or folder.name, results, clip, tally, evaluator, tracked, resize)
     _write_results(Path(out) if out else folder / "evaluation", results, protocol, evaluator, tally)
     return results
 
@@ -293,8 +281,13 @@ def fetch_weights(name: Literal["i3d"], sdist: str | None = None, dest: str | No
 
 def evaluate_main(argv: list[str]) -> int:
     """``interdyn evaluate``: returns the exit code (2 with one sentence on stderr for user errors)."""
-    parser = command_parser(evaluate, "interdyn evaluate", multiple=["metrics"])
-    return run_command("interdyn evaluate", parser, lambda args: call_with(evaluate, args), argv)
+    parser = command_parser(evaluate, "interdyn evaluate", multiple=["metrics"], skip=["clip"])
+    add_settings_options(parser, ClipSpec, PAPER_CLIP, aliases=OLD_SPELLINGS)
+
+    def run(args: Any) -> Any:  # the clip flags -> one ClipSpec
+        return call_with(evaluate, args, clip=settings_from(args, PAPER_CLIP))
+
+    return run_command("interdyn evaluate", parser, run, argv)
 
 
 def weights_main(argv: list[str]) -> int:

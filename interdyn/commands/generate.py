@@ -26,8 +26,17 @@ import torch
 from jsonargparse import ArgumentParser
 
 from interdyn.commands.generate_outputs import check_out_folder, check_outputs, output_names, write_outputs
-from interdyn.commands.parsers import add_default_note, command_parser, resolve_device, run_command
-from interdyn.data.clip_spec import ClipSpec, FrameSampling
+from interdyn.commands.parsers import (
+    add_default_note,
+    add_settings_options,
+    command_parser,
+    given_settings,
+    resolve_device,
+    run_command,
+    settings_from,
+)
+from interdyn.commands.spelling import OLD_SPELLINGS
+from interdyn.data.clip_spec import ClipSpec
 from interdyn.errors import InputError, WeightsMismatchError
 from interdyn.inputs import (
     DEMO_CLIP,
@@ -41,25 +50,15 @@ from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
-from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings, Scheduler
+from interdyn.models.sampling import SamplingSettings
 from interdyn.models.svd import SVDComponents, get_svd
-from interdyn.training.checkpoint import DTYPES, load_branch
+from interdyn.training.checkpoint import load_branch
+from interdyn.training.settings import DTYPES
 from interdyn.utils.files import write_atomic
 from interdyn.utils.render import to_uint8
 
 MAX_SAMPLES = 32  # videos per control sequence in one run: all are sampled as one batch and kept in memory
 
-# command-line option -> sampling setting (the pipeline's keyword argument)
-SAMPLING_OPTIONS = {
-    "steps": "num_inference_steps",
-    "min_guidance": "min_guidance_scale",
-    "max_guidance": "max_guidance_scale",
-    "fps_id": "fps_id",
-    "motion_bucket_id": "motion_bucket_id",
-    "noise_aug_strength": "noise_aug_strength",
-    "conditioning_scale": "conditioning_scale",
-    "scheduler": "scheduler",
-}
 # Architecture fields the branch shares with the UNet it was made from.
 _MATCHING_CONFIG = (
     "in_channels",
@@ -88,6 +87,12 @@ class GenerateResult:
 class GenerateOptions:
     """Generate videos from one image (or a clip folder's first frame) and driver masks.
 
+    The clip's settings (--num_frames, --fps, --frame_sampling, --frame_stride, --height, --width,
+    --crop) are the fields of ClipSpec and the sampling settings (--num_inference_steps, alias --steps,
+    --min_guidance_scale, --max_guidance_scale, --fps_id, ..., --scheduler) those of SamplingSettings: the
+    parser spells each field as a flag (:func:`build_parser`), :func:`clip_spec` and
+    :func:`sampling_settings` read them back.
+
     Args:
         image: the first frame: png/jpg (or a video file: its first frame); give --control with it
         control: driver masks: a mask video, a folder of mask images or a .npz; several give a
@@ -100,15 +105,6 @@ class GenerateOptions:
         threshold: mask threshold, 1-255 on the brightest channel (a pixel at or above it drives), or
             none: the masks as given, their brightest channel scaled to 0..1 without a cut (as the
             authors' demo feeds its mask videos)
-        num_frames: frames per video
-        fps: target rate ("7 FPS": SVD's fps=7 convention); the clip takes every n-th source frame, with
-            the stride whose rate is nearest (12 fps -> every 2nd frame, as the authors' demo)
-        frame_sampling: uniform: every n-th frame; timestamp: the frame nearest each k/fps s (uneven steps)
-        frame_stride: take every n-th source frame whatever the rates
-        height: clip height, a multiple of 8
-        width: clip width, a multiple of 8
-        crop: crop window after the resize: centred on the image (default center, as the authors' demo)
-            or on the masks (mask_aware, the training default)
         svd: SVD img2vid folder or hub id, or random:tiny (default: the .ckpt's, else the SVD hub repo)
         controlnet: control branch: a folder (released or written by `interdyn export`), a hub id, or a
             .ckpt
@@ -116,15 +112,6 @@ class GenerateOptions:
         device: auto, cpu, cuda or cuda:<index>
         num_samples: videos per control sequence (3 in the authors' demo; at most 32)
         seed: the same seed gives the same videos
-        scheduler: sampler: euler (SVD's, the paper's), dpmpp_2m (DPM-Solver++(2M):
-            below Euler at equal steps on the trained world, see docs/benchmarks.md) or edm_euler
-        steps: sampler steps
-        min_guidance: guidance of the first frame
-        max_guidance: guidance of the last frame
-        fps_id: SVD's fps conditioning
-        motion_bucket_id: SVD's motion bucket
-        noise_aug_strength: noise on the image latent
-        conditioning_scale: strength of the branch
         decode_chunk_size: frames decoded at once (default: all)
         out: output folder (created)
         name: file name prefix, not a path (default: the image's stem or the clip folder's name)
@@ -140,27 +127,12 @@ class GenerateOptions:
     control_fps: float | None = None
     start: int = 0
     threshold: int | Literal["none"] | None = None
-    num_frames: int = DEMO_CLIP.num_frames
-    fps: float = DEMO_CLIP.fps
-    frame_sampling: FrameSampling = DEMO_CLIP.frame_sampling
-    frame_stride: int | None = DEMO_CLIP.frame_stride
-    height: int = DEMO_CLIP.height
-    width: int = DEMO_CLIP.width
-    crop: Literal["mask_aware", "center"] | None = None
     svd: str | None = None
     controlnet: str = RELEASED_REPO
     dtype: str = "auto"
     device: str = "auto"
     num_samples: int = 3
     seed: int = 42
-    scheduler: Scheduler | None = None
-    steps: int | None = None
-    min_guidance: float | None = None
-    max_guidance: float | None = None
-    fps_id: float | None = None
-    motion_bucket_id: float | None = None
-    noise_aug_strength: float | None = None
-    conditioning_scale: float | None = None
     decode_chunk_size: int | None = None
     out: str = "generated"
     name: str | None = None
@@ -169,14 +141,13 @@ class GenerateOptions:
 
 
 def build_parser() -> ArgumentParser:
-    """The parser of ``interdyn generate`` (its ``parse_args`` gives the options of :class:`GenerateOptions`)."""
+    """The parser of ``interdyn generate``: the options of :class:`GenerateOptions`, a flag for each field of
+    :class:`ClipSpec` (default: the authors' demo clip; the window is ``--start``) and of
+    :class:`SamplingSettings` (default: the checkpoint's, else the paper's), with their older spellings."""
     parser = command_parser(GenerateOptions, "interdyn generate", multiple=["control"])
-    notes = {
-        option: f"the .ckpt's, else {getattr(DEFAULT_SAMPLING, setting)}"
-        for option, setting in SAMPLING_OPTIONS.items()
-    }
-    notes["threshold"] = "none with --clip, as the authors' demo; 128 with --image"
-    add_default_note(parser, notes)
+    add_settings_options(parser, ClipSpec, DEMO_CLIP, skip=["window"])
+    add_settings_options(parser, SamplingSettings, "the .ckpt's, else {}", aliases=OLD_SPELLINGS)
+    add_default_note(parser, {"threshold": "none with --clip, as the authors' demo; 128 with --image"})
     return parser
 
 
@@ -199,16 +170,8 @@ def mask_threshold(args: GenerateOptions) -> int | None:
 
 
 def clip_spec(args: GenerateOptions) -> ClipSpec:
-    """The clip the options ask for (the demo's centre crop unless ``--crop`` is given)."""
-    return ClipSpec(
-        num_frames=args.num_frames,
-        fps=args.fps,
-        frame_stride=args.frame_stride,
-        frame_sampling=args.frame_sampling,
-        height=args.height,
-        width=args.width,
-        crop=args.crop or DEMO_CLIP.crop,
-    )
+    """The clip the options ask for: the authors' demo clip (centre crop) with the clip flags given."""
+    return settings_from(args, DEMO_CLIP)
 
 
 def read_inputs(args: GenerateOptions) -> GenerationInputs:
@@ -219,7 +182,7 @@ def read_inputs(args: GenerateOptions) -> GenerationInputs:
         control_fps=args.control_fps,
         threshold=mask_threshold(args),
         name=args.name,
-        crop_given=args.crop is not None,
+        crop_given=clip.crop != DEMO_CLIP.crop,
     )
     check_name(args.name)
     if args.clip and (args.image or args.control):
@@ -264,10 +227,14 @@ def check_compatible(branch: ControlNetSDVModel, svd: SVDComponents) -> None:
 
 def sampling_settings(args: GenerateOptions, recorded: dict[str, Any]) -> SamplingSettings:
     """The command line's settings, else the checkpoint's, else the defaults."""
-    given = {setting: getattr(args, option) for option, setting in SAMPLING_OPTIONS.items()}
-    settings = SamplingSettings.from_mapping(recorded).with_overrides(**given)
+    try:
+        settings = SamplingSettings.from_mapping(recorded).with_overrides(
+            **given_settings(args, SamplingSettings)
+        )
+    except ValueError as err:  # a value the settings refuse, e.g. an unknown --scheduler
+        raise InputError(f"{err}.") from None
     if int(settings.num_inference_steps) < 1:
-        raise InputError("--steps must be at least 1.")
+        raise InputError("--num_inference_steps (--steps) must be at least 1.")
     return settings.with_overrides(num_inference_steps=int(settings.num_inference_steps))
 
 
@@ -388,6 +355,7 @@ def run_record(
 ) -> dict[str, Any]:
     """The run's ``<name>_settings.json`` (without its list of files)."""
     threshold = mask_threshold(args)
+    clip = clip_spec(args)
     return {
         "name": inputs.name,
         "image": args.image,
@@ -401,15 +369,15 @@ def run_record(
         "seed": args.seed,
         "threshold": "none" if threshold is None else threshold,
         "num_samples": args.num_samples,
-        "num_frames": args.num_frames,
+        "num_frames": clip.num_frames,
         "fps": inputs.fps,
-        "frame_sampling": args.frame_sampling,
-        "frame_stride": args.frame_stride,
+        "frame_sampling": clip.frame_sampling,
+        "frame_stride": clip.frame_stride,
         "timing": inputs.timing,
         "source_frames": inputs.source_frames,
-        "crop": args.crop or DEMO_CLIP.crop,
-        "height": args.height,
-        "width": args.width,
+        "crop": clip.crop,
+        "height": clip.height,
+        "width": clip.width,
         "sampling": settings,
         "inputs": inputs.notes,
     }

@@ -11,11 +11,13 @@ b.webm``, a list in a ``--config`` file). A command returns its exit code; user 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
+import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -56,13 +58,15 @@ def command_parser(
     description: str | None = None,
     multiple: Iterable[str] = (),
     positional: bool = False,
+    skip: Iterable[str] = (),
 ) -> ArgumentParser:
     """A parser with an option for each parameter of ``component`` (a function or a dataclass).
 
     Types, defaults and help come from its signature and its docstring's ``Args:``; ``description``
     defaults to the docstring's first paragraph. Parameters in ``multiple`` must be ``list[X] | None``
     and take one or more values after the option. With ``positional``, parameters without a default are
-    positional arguments instead of required options.
+    positional arguments instead of required options. Parameters in ``skip`` get no option (settings
+    objects that :func:`add_settings_options` spells as flat options).
     """
     doc = parse_docstring(component.__doc__ or "")
     first_paragraph = " ".join(inspect.cleandoc(component.__doc__ or "").split("\n\n")[0].split())
@@ -70,7 +74,7 @@ def command_parser(
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     multiple = tuple(multiple)
     adder = parser.add_class_arguments if inspect.isclass(component) else parser.add_function_arguments
-    adder(component, as_group=False, as_positional=positional, skip=set(multiple), fail_untyped=True)
+    adder(component, as_group=False, as_positional=positional, skip={*multiple, *skip}, fail_untyped=True)
 
     hints = typing.get_type_hints(component)
     flags = {name for name, hint in hints.items() if _unwrap_optional(hint) is bool}
@@ -86,6 +90,66 @@ def command_parser(
             f"--{name}", type=element, nargs="+", default=defaults.get(name), help=helps.get(name)
         )
     return parser
+
+
+def add_settings_options(
+    parser: argparse.ArgumentParser,
+    settings: type,
+    defaults: Any,
+    skip: Iterable[str] = (),
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[str, ...]:
+    """A flat option ``--<field>`` for each field of the frozen dataclass ``settings`` (a
+    :class:`~interdyn.data.clip_spec.ClipSpec`, :class:`~interdyn.models.sampling.SamplingSettings`), so that a
+    setting added to the dataclass reaches the command without being declared again; help from the class
+    docstring's ``Args:``. ``defaults`` is an instance of ``settings``, whose values the options default to
+    (read back with :func:`settings_from`), or a phrase with ``{}`` for the field's default, e.g. "the
+    .ckpt's, else {}": the options then default to ``None``, "not given" (read back with
+    :func:`given_settings`). ``aliases`` lists older spellings of an option (``--steps``). Works for
+    jsonargparse's parsers and the standard library's; returns the field names that got an option."""
+    helps: dict[str, str] = {}
+    for param in parse_docstring(settings.__doc__ or "").params:
+        for name in param.arg_name.split(","):
+            text = re.sub(r":\w+:`~?([^`]*)`", r"\1", (param.description or "").replace("``", ""))
+            helps[name.strip()] = " ".join(text.split()).rstrip(".")
+    hints = typing.get_type_hints(settings)
+    names = []
+    for field in dataclasses.fields(settings):
+        if field.name in set(skip):
+            continue
+        given = isinstance(defaults, str)  # None means "not given"
+        default = None if given else getattr(defaults, field.name)
+        kind = _unwrap_optional(hints[field.name])
+        options: dict[str, Any] = {
+            "type": kind | None if given else hints[field.name]
+        }  # jsonargparse checks it
+        if not isinstance(parser, ArgumentParser):  # the standard library's parser wants a function
+            literal = typing.get_origin(kind) is typing.Literal
+            options = {"type": str, "choices": typing.get_args(kind)} if literal else {"type": kind}
+        note = defaults.format(field.default) if given else default
+        if given or not isinstance(parser, ArgumentParser):  # jsonargparse shows a real default itself
+            options["help"] = f"{helps.get(field.name, '')} (default: {note})".strip()
+        else:
+            options["help"] = helps.get(field.name, "")
+        spellings = [f"--{field.name}", *(f"--{a}" for a in (aliases or {}).get(field.name, ()))]
+        parser.add_argument(*spellings, dest=field.name, default=default, **options)
+        names.append(field.name)
+    return tuple(names)
+
+
+def settings_from(args: Any, base: Any) -> Any:
+    """``base`` (a settings object) with each field that has an option in ``args`` (a parsed namespace of
+    :func:`add_settings_options` with real defaults) set to the option's value: the one place where flat
+    options become the object."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(base) if hasattr(args, f.name)}
+    return dataclasses.replace(base, **values)
+
+
+def given_settings(args: Any, settings: type) -> dict[str, Any]:
+    """The fields of ``settings`` given as options in ``args`` (a parsed namespace of
+    :func:`add_settings_options` with ``None`` defaults): ``{name: value}`` without the options left out."""
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(settings)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def add_default_note(parser: ArgumentParser, notes: dict[str, str]) -> None:
@@ -111,10 +175,11 @@ def run_command(
     return 0
 
 
-def call_with(function: Callable[..., Any], args: Namespace) -> Any:
-    """Call ``function`` with the parsed options that are its parameters (``--config`` is not)."""
+def call_with(function: Callable[..., Any], args: Namespace, **values: Any) -> Any:
+    """Call ``function`` with the parsed options that are its parameters (``--config`` is not) and
+    ``values`` (e.g. a settings object built from flat options)."""
     names = inspect.signature(function).parameters
-    return function(**{name: args[name] for name in names if name in args})
+    return function(**{name: args[name] for name in names if name in args and name not in values}, **values)
 
 
 def user_message(err: BaseException) -> str:

@@ -5,12 +5,25 @@ The preparers (``data_prep``), the world's scripts and the benchmarks once took 
 and the ``interdyn`` commands do. :class:`ScriptParser` keeps a user's older command lines and job
 scripts working: each option written with underscores is also accepted with hyphens, without showing
 twice in ``--help``.
+
+The settings objects brought renames too: :data:`OLD_SPELLINGS` keeps the commands' older options
+(``--steps``, ``--eval_window``) and :func:`nested_clip_options` moves the clip settings that ``interdyn fit``
+once took flat (``--data.init_args.num_frames``) into the DataModule's ``clip`` group.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
+import os
+import re
 from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from interdyn.errors import ConfigError
 
 
 def hyphenated(option: str) -> str:
@@ -44,3 +57,89 @@ class ScriptParser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         add_hyphen_spellings(self)  # at parse time, so that options added after construction count too
         return super().parse_known_args(args, namespace)
+
+
+# ---------------------------------------------------------------------------- settings objects
+# Options renamed when the commands took their names from the settings objects (SamplingSettings,
+# ClipSpec): the field -> its older spellings, which keep working.
+OLD_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "num_inference_steps": ("steps",),
+    "min_guidance_scale": ("min_guidance",),
+    "max_guidance_scale": ("max_guidance",),
+    "window": ("eval_window",),
+}
+_DATA_FLAG = re.compile(r"--data\.(?:init_args\.)?(\w+)(=.*)?")
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None  # not a file (a YAML string), or one the parser reports itself
+
+
+def _data_section(path: str) -> dict[str, Any]:
+    """The ``data:`` section of a config file ({} when there is none or the file cannot be read)."""
+    content = _read_yaml(path)
+    section = content.get("data") if isinstance(content, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def _option_values(argv: Sequence[str], names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(option, value)`` of every ``--name value`` and ``--name=value`` in ``argv`` for ``names``."""
+    found = [(a, b) for a, b in zip(argv, argv[1:], strict=False) if a in names]
+    found += [tuple(a.split("=", 1)) for a in argv if a.split("=", 1)[0] in names and "=" in a]
+    return found  # type: ignore[return-value]
+
+
+def _data_class(argv: Sequence[str]) -> type | None:
+    """The DataModule class that ``--config`` files and ``--data`` options of ``argv`` name (the last one),
+    or None when none is named or it cannot be imported."""
+    class_path = None
+    for option, value in _option_values(argv, ("--config", "--data", "--data.class_path")):
+        if option == "--config":
+            class_path = _data_section(value).get("class_path", class_path)
+        elif re.fullmatch(r"[\w.]+", value):
+            class_path = value
+    if not class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module or "interdyn.data"), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def nested_clip_options(argv: Sequence[str]) -> list[str]:
+    """``interdyn fit``'s command line with the clip settings of a DataModule that takes a ``clip`` group
+    (:class:`~interdyn.data.datamodule.ShardDataModule`) moved into it when spelt flat, as they were before:
+    ``--data.init_args.num_frames 4`` -> ``--data.init_args.clip.num_frames 4`` (``eval_window`` ->
+    ``clip.window``). A ``--config`` file that spells them flat is refused with one sentence saying where
+    they go; other DataModules' options are left alone."""
+    from interdyn.data.clip_spec import PAPER_CLIP as paper
+    from interdyn.data.clip_spec import ClipSpec
+
+    data = _data_class(argv)
+    if data is None or "clip" not in inspect.signature(data).parameters:
+        return list(argv)
+    own = set(inspect.signature(data).parameters)
+    flat = {name: name for name in ClipSpec.names()} | {"eval_window": "window"}
+    flat = {old: new for old, new in flat.items() if old not in own}
+    for _, value in _option_values(argv, ("--config",)):
+        init = _data_section(value).get("init_args")
+        old = sorted(set(init) & set(flat)) if isinstance(init, dict) else []
+        if old:
+            raise ConfigError(
+                f"the config {value} sets data.init_args.{old[0]}, which is now data.init_args.clip."
+                f"{flat[old[0]]} (the clip settings are one group, e.g. `clip: {{height: 64, width: 64}}`, "
+                f"holding only what differs from the paper's {paper.num_frames} frames at {paper.fps:g} fps of "
+                f"{paper.height}x{paper.width})"
+            )
+    out = []
+    for arg in argv:
+        match = _DATA_FLAG.fullmatch(arg)
+        if match and match.group(1) in flat:
+            arg = f"--data.init_args.clip.{flat[match.group(1)]}{match.group(2) or ''}"
+        out.append(arg)
+    return out

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from interdyn.data.clip_spec import GEOMETRY_KEYS
+from interdyn.data.clip_spec import GEOMETRY_KEYS, ClipSpec
 from interdyn.data.shard_format import SkipSample
 from interdyn.errors import ConfigError
 
@@ -97,9 +97,9 @@ def read_cache_settings(shard: str, max_members: int = 10_000) -> dict[str, Any]
     return None
 
 
-def check_cache_settings(settings: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+def check_cache_settings(settings: dict[str, Any], clip: ClipSpec, where: str) -> None:
     """Raise ``ConfigError`` for a cache of another format version, or naming every geometry setting
-    where the cache and the DataModule differ."""
+    (:data:`~interdyn.data.clip_spec.GEOMETRY_KEYS`) where the cache and the DataModule's ``clip`` differ."""
     version = settings.get("version")
     if version != FORMAT_VERSION:
         raise ConfigError(
@@ -107,10 +107,11 @@ def check_cache_settings(settings: dict[str, Any], expected: dict[str, Any], whe
             f"{FORMAT_VERSION} (its CLIP embeddings and latents are computed differently); rebuild it with "
             "`python -m data_prep.latents ... --overwrite` (make latents LATENTS_ARGS=--overwrite)"
         )
+    expected = clip.geometry()
     diffs = [
-        f"{k}: cache {settings.get(k)!r} vs data {expected.get(k)!r}"
+        f"{k}: cache {settings.get(k)!r} vs data {expected[k]!r}"
         for k in GEOMETRY_KEYS
-        if k in expected and settings.get(k) != expected.get(k)
+        if settings.get(k) != expected[k]
     ]
     if diffs:
         raise ConfigError(
@@ -125,12 +126,12 @@ class CachedClipDecoder:
     key, fps, start_frame, cache_noise_aug}``. The video is not decoded.
 
     Args:
-        expected: the DataModule's geometry settings (see ``GEOMETRY_KEYS``); a sample built with others
-            raises ``ValueError`` (mixed caches are a setup error, not a bad sample).
+        clip: the DataModule's clip; a sample cached for other frames or another size (see ``GEOMETRY_KEYS``)
+            raises ``ConfigError`` (mixed caches are a setup error, not a bad sample).
     """
 
-    def __init__(self, expected: dict[str, Any]) -> None:
-        self.expected = expected
+    def __init__(self, clip: ClipSpec) -> None:
+        self.clip = clip
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key = sample.get("__key__", "?")
@@ -143,7 +144,7 @@ class CachedClipDecoder:
         except Exception as err:  # noqa: BLE001 - any parse failure means a bad sample
             raise SkipSample("bad_cache", str(err)) from None
         settings = cache["settings"]
-        check_cache_settings(settings, self.expected, f"sample {key!r}")
+        check_cache_settings(settings, self.clip, f"sample {key!r}")
         fps = settings.get("effective_fps", settings.get("fps"))
         return {
             "control": cache["control"],

@@ -1,19 +1,23 @@
 """The clip's geometry and timing: one contract for every place that cuts clips.
 
-The shard reader (:class:`interdyn.data.shards.ClipDecoder`), :class:`~interdyn.data.datamodule.ShardDataModule`,
-the latent cache (:mod:`data_prep.latents`), ``interdyn evaluate`` and ``interdyn generate`` (through
-:mod:`interdyn.inputs`) take their defaults from :data:`PAPER_CLIP`, so that a clip means the same thing
-everywhere.
+The shard reader (:class:`interdyn.data.shards.ClipDecoder`), :class:`~interdyn.data.datamodule.ShardDataModule`
+(``data: init_args: clip: {...}`` in a config), the latent cache (:mod:`data_prep.latents`), ``interdyn
+evaluate``, ``interdyn generate`` (through :mod:`interdyn.inputs`) and the app take one :class:`ClipSpec`
+whole, by default :data:`PAPER_CLIP`, so that a clip means the same thing everywhere and a new setting is
+added here only. Commands keep flat flags (``--num_frames``, ``--height``) mapped onto a spec by
+:func:`interdyn.commands.parsers.add_settings_options`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal, get_args
 
 Crop = Literal["center", "random", "mask_aware"]
 Window = Literal["center", "start"]
 FrameSampling = Literal["uniform", "timestamp"]
+WINDOWS: tuple[str, ...] = get_args(Window)
 
 # The settings that fix what a clip holds (which frames, what size): a cache built with other values
 # cannot serve a DataModule (see :mod:`interdyn.data.cache`).
@@ -50,8 +54,29 @@ class ClipSpec:
     crop: Crop = "mask_aware"
     window: Window = "center"
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names (also the flat options of the commands that cut clips)."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: ClipSpec | Mapping[str, Any] | None) -> ClipSpec:
+        """``values`` as a spec: a spec as it is, a mapping (a config's ``clip:`` section, a saved
+        hyper-parameter) over :data:`PAPER_CLIP` (missing keys keep the paper's values; unknown keys are an
+        error)."""
+        if isinstance(values, ClipSpec):
+            return values
+        unknown = sorted(set(values or {}) - set(cls.names()))
+        if unknown:
+            raise ValueError(f"unknown clip settings {unknown}; the clip settings are {list(cls.names())}")
+        return replace(PAPER_CLIP, **dict(values or {}))
+
+    def with_overrides(self, **overrides: Any) -> ClipSpec:
+        """A copy with the given fields replaced (``None`` values leave a field as it is)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
     def as_kwargs(self) -> dict[str, Any]:
-        """Every setting by name (the keyword arguments of :class:`~interdyn.data.shards.ClipDecoder`)."""
+        """Every setting by name, as plain values (a config's ``clip:`` section)."""
         return asdict(self)
 
     def geometry(self) -> dict[str, Any]:

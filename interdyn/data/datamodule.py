@@ -13,6 +13,7 @@ hold only those).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -20,31 +21,29 @@ from torch.utils.data import DataLoader
 
 from interdyn.contract import to_contract
 from interdyn.data.cache import CachedClipDecoder, check_cache_settings, read_cache_settings
-from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec, Crop, FrameSampling, Window
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec, Crop
 from interdyn.data.perturb import MaskPerturbation
 from interdyn.data.shards import CONTROL_CHANNELS, ClipDecoder, ShardClipStream, collate_clips, expand_urls
 from interdyn.errors import ConfigError
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Clips of ``num_frames`` frames at ``fps`` from shards written by ``data_prep``.
+    """Clips described by one :class:`~interdyn.data.clip_spec.ClipSpec` from shards written by ``data_prep``.
 
     Args:
         train_shards, val_shards, test_shards, predict_shards: shard specs: local globs
             (``data/shards/ssv2/train/*.tar``), brace patterns (``...-{000000..000099}.tar``), ``pipe:``
             commands (``pipe:aws s3 cp s3://bucket/ssv2-train-{000000..000999}.tar -``), or lists.
             ``predict_shards`` defaults to ``test_shards``.
-        num_frames, fps: clip length and frame rate: 14 frames at "7 FPS" in the paper, SVD's fps=7
-            convention (fps id 6), cut as the authors' loader cuts it (every 2nd frame of 12 fps videos).
-        frame_sampling: ``uniform`` (default): every n-th source frame, with the integer stride whose rate is
-            nearest ``fps`` (12 fps -> 2, 25 or 30 fps -> 4); ``timestamp``: the source frame nearest each
-            ``k / fps`` s (uneven steps). See :mod:`interdyn.data.sampling`.
-        frame_stride: take every ``frame_stride``-th source frame whatever the source frame rate.
-        height, width: output size (multiples of 64 for SVD).
-        crop: training crop (``mask_aware``, ``center`` or ``random``); ``eval_crop`` for evaluation
-            (default: ``crop``, or ``center`` when ``crop`` is random).
+        clip: the clips, by default the paper's (:data:`~interdyn.data.clip_spec.PAPER_CLIP`: 14 frames at
+            "7 FPS", SVD's fps=7 convention, cut as the authors' loader cuts them, 256x384, mask-aware crop);
+            a config names only what differs (``clip: {height: 64, width: 64}``). ``num_frames``, ``fps``,
+            ``frame_stride``, ``frame_sampling``: the frames (see :mod:`interdyn.data.sampling`); ``height``,
+            ``width``: output size (multiples of 64 for SVD); ``crop``: the training crop (``mask_aware``,
+            ``center`` or ``random``); ``window``: the fixed window of evaluation clips (``center`` or
+            ``start``; training draws its windows at random). The model's ``fps_id`` follows ``fps``.
+        eval_crop: the crop of evaluation clips (default: the clip's, or ``center`` when it is random).
         hflip: random horizontal flips in training (off: flips change text-labelled physics).
-        eval_window: fixed evaluation window: ``center`` (middle valid start) or ``start``.
         require_driver_in_first_frame, min_driver_pixels: skip windows whose first frame does not show
             the driver.
         require_driver_in_clip: skip windows in which no frame shows the driver (for drivers that
@@ -71,16 +70,9 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: str | list[str] | None = None,
         test_shards: str | list[str] | None = None,
         predict_shards: str | list[str] | None = None,
-        num_frames: int = PAPER_CLIP.num_frames,
-        fps: float | None = PAPER_CLIP.fps,
-        frame_stride: int | None = PAPER_CLIP.frame_stride,
-        frame_sampling: FrameSampling = PAPER_CLIP.frame_sampling,
-        height: int = PAPER_CLIP.height,
-        width: int = PAPER_CLIP.width,
-        crop: Crop = PAPER_CLIP.crop,
+        clip: ClipSpec = PAPER_CLIP,
         eval_crop: Crop | None = None,
         hflip: bool = False,
-        eval_window: Window = PAPER_CLIP.window,
         require_driver_in_first_frame: bool = True,
         require_driver_in_clip: bool = False,
         min_driver_pixels: int = 1,
@@ -98,15 +90,15 @@ class ShardDataModule(L.LightningDataModule):
         cached_conditioning: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.clip_spec = ClipSpec(
-            num_frames, fps, frame_stride, frame_sampling, height, width, crop, eval_window
-        )
         try:  # validate the settings early, with the config's names
-            ClipDecoder.from_spec(self.clip_spec, control_type=control_type)
+            self.clip = ClipSpec.from_mapping(clip)
+            ClipDecoder(self.clip, control_type=control_type)
             self._perturbation = MaskPerturbation(**eval_perturbation) if eval_perturbation else None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"data settings: {err}") from None
+        # the clip as plain values: checkpoints are read weights-only and logged hyper-parameters stay YAML
+        self.save_hyperparameters(ignore=["clip"])
+        self.save_hyperparameters({"clip": self.clip.as_kwargs()})
         if cached_conditioning and control_type != "binary":
             raise ConfigError(
                 "cached_conditioning stores binary driver masks; use control_type: binary with it"
@@ -140,19 +132,19 @@ class ShardDataModule(L.LightningDataModule):
                     "(python -m data_prep.latents) on the training shards first"
                 )
             try:
-                check_cache_settings(settings, self.clip_spec.geometry(), local[0])
+                check_cache_settings(settings, self.clip, local[0])
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        return CachedClipDecoder(self.clip_spec.geometry())
+        return CachedClipDecoder(self.clip)
 
     def _decoder(self, train: bool) -> ClipDecoder:
         hp = self.hparams
-        eval_crop = hp.eval_crop or ("center" if hp.crop == "random" else hp.crop)
-        return ClipDecoder.from_spec(
-            self.clip_spec,
-            crop=hp.crop if train else eval_crop,
+        crop = self.clip.crop
+        eval_crop = hp.eval_crop or ("center" if crop == "random" else crop)
+        return ClipDecoder(
+            replace(self.clip, crop=crop if train else eval_crop),
+            random_window=train,
             hflip=hp.hflip and train,
-            window="random" if train else hp.eval_window,
             require_driver_in_first_frame=hp.require_driver_in_first_frame,
             require_driver_in_clip=hp.require_driver_in_clip,
             min_driver_pixels=hp.min_driver_pixels,

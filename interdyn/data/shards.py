@@ -34,7 +34,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
+from interdyn.data.clip_spec import PAPER_CLIP, WINDOWS, ClipSpec
 from interdyn.data.perturb import MaskPerturbation, boxify
 from interdyn.data.sampling import (
     FRAME_SAMPLINGS,
@@ -107,10 +107,12 @@ class ClipDecoder:
     key, fps, start_frame}`` (expanded to the batch contract by :func:`interdyn.contract.to_contract`).
 
     Args:
-        num_frames, fps, frame_stride, frame_sampling: clip sampling (see :mod:`interdyn.data.sampling`;
-            ``uniform`` stride by default, ``timestamp`` picking as an option).
-        height, width, crop, hflip: geometry (see :mod:`interdyn.data.transforms`).
-        window: ``"random"`` (training), ``"start"`` or ``"center"`` (evaluation).
+        clip: which frames and what size (:class:`~interdyn.data.clip_spec.ClipSpec`: frame count and
+            timing, see :mod:`interdyn.data.sampling`; size and crop, see :mod:`interdyn.data.transforms`;
+            the fixed window of evaluation clips).
+        random_window: draw each clip's window at random among the valid ones (training) instead of the
+            clip's fixed ``window``.
+        hflip: random horizontal flips (training).
         require_driver_in_first_frame: only windows whose first frame shows at least
             ``min_driver_pixels`` driver pixels (in the source resolution) are used.
         require_driver_in_clip: only windows where some frame shows the driver (for drivers that
@@ -124,41 +126,33 @@ class ClipDecoder:
         perturbation: perturb the driver masks after the crop (evaluation robustness studies).
     """
 
-    num_frames: int = PAPER_CLIP.num_frames
-    fps: float | None = PAPER_CLIP.fps
-    frame_stride: int | None = PAPER_CLIP.frame_stride
-    height: int = PAPER_CLIP.height
-    width: int = PAPER_CLIP.width
-    crop: str = PAPER_CLIP.crop
+    clip: ClipSpec = PAPER_CLIP
+    random_window: bool = False
     hflip: bool = False
-    window: str = "random"
     require_driver_in_first_frame: bool = True
     require_driver_in_clip: bool = False
     min_driver_pixels: int = 1
     control_type: str = "binary"
     with_objects: bool = False
     perturbation: MaskPerturbation | None = None
-    frame_sampling: str = PAPER_CLIP.frame_sampling
-
-    @classmethod
-    def from_spec(cls, spec: ClipSpec, **options: Any) -> ClipDecoder:
-        """A decoder cutting the clips ``spec`` describes (its fixed ``window`` too); ``options`` set the
-        other fields or override the spec's (``window="random"`` for training)."""
-        return cls(**{**spec.as_kwargs(), **options})
 
     def __post_init__(self) -> None:
         if self.control_type not in CONTROL_CHANNELS:
             raise ValueError(
                 f"control_type must be one of {tuple(CONTROL_CHANNELS)}, got {self.control_type!r}"
             )
-        if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.fps is None and self.frame_stride is None:
+        clip = self.clip = ClipSpec.from_mapping(self.clip)
+        if clip.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {clip.crop!r}")
+        if clip.fps is None and clip.frame_stride is None:
             raise ValueError("set fps or frame_stride")
-        if self.frame_sampling not in FRAME_SAMPLINGS:
-            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {self.frame_sampling!r}")
+        if clip.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {clip.frame_sampling!r}")
+        if clip.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {clip.window!r}")
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        clip = self.clip
         needs_objects = self.with_objects or self.control_type in ("semantic", "oracle")
         fields = decode_sample(sample, with_objects=needs_objects)
         key, meta, video, masks = fields.key, fields.meta, fields.video, fields.control
@@ -176,7 +170,7 @@ class ClipDecoder:
             if not source_fps:
                 raise SkipSample("bad_metadata", "no frame rate in the json or the video container")
         num_source = min(num_source, masks.shape[0])
-        offsets = clip_offsets(self.num_frames, source_fps, self.fps, self.frame_stride, self.frame_sampling)
+        offsets = clip_offsets(clip.num_frames, source_fps, clip.fps, clip.frame_stride, clip.frame_sampling)
         starts = list(valid_starts(num_source, offsets))
         if not starts:
             raise SkipSample("too_short", f"{num_source} frames at {source_fps:g} fps")
@@ -188,7 +182,7 @@ class ClipDecoder:
                 starts = [s for s in starts if visible[s + offsets].any()]
             if not starts:
                 raise SkipSample("driver_not_visible", "no window shows the driver where it must")
-        start = choose_start(starts, self.window, rng)
+        start = choose_start(starts, "random" if self.random_window else clip.window, rng)
         indices = start + offsets
         try:
             frames = decode_frames(video, indices)
@@ -198,11 +192,11 @@ class ClipDecoder:
         if frames.shape[1:3] != clip_masks.shape[1:]:
             raise SkipSample("size_mismatch", f"video {frames.shape[1:3]} vs masks {clip_masks.shape[1:]}")
         pixels, clip_masks, geometry = joint_transform(
-            frames, clip_masks, self.height, self.width, self.crop, self.hflip, rng, with_geometry=True
+            frames, clip_masks, clip.height, clip.width, clip.crop, self.hflip, rng, with_geometry=True
         )
         clip_objects = None
         if objects is not None and objects.shape[1] >= indices.max() + 1:
-            clip_objects = apply_geometry(objects[:, indices], self.height, self.width, geometry)
+            clip_objects = apply_geometry(objects[:, indices], clip.height, clip.width, geometry)
         if self.perturbation is not None:
             clip_masks = self.perturbation(clip_masks, str(key))
         control = self._control(clip_masks, clip_objects)
@@ -211,7 +205,7 @@ class ClipDecoder:
             "control": control,  # bool (T, H, W), or (T, C, H, W) for multi-channel control types
             "key": key,
             # the rate actually played (e.g. 6 for every 2nd frame of 12 fps), not the target
-            "fps": effective_fps(source_fps, self.fps, self.frame_stride, self.frame_sampling),
+            "fps": effective_fps(source_fps, clip.fps, clip.frame_stride, clip.frame_sampling),
             "start_frame": int(start),
             # for evaluations that need the source (metadata positions, per-object masks)
             "source_indices": torch.as_tensor(indices),

@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from interdyn.contract import masks_to_control
+from interdyn.data.clip_spec import PAPER_CLIP
 
-# The default clip: 14 frames (SVD's) of 64 x 64 pixels (the tiny UNet's size).
-NUM_FRAMES = 14
+# The default clip: the paper's frame count (SVD's 14) of 64 x 64 pixels (the tiny UNet's size).
+NUM_FRAMES = PAPER_CLIP.num_frames
 SIZE = 64
 
 

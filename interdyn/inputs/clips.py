@@ -89,25 +89,18 @@ class GenerationInputs:
 
 # ---------------------------------------------------------------------------- clip frames
 def frame_indices(
-    num_source: int,
-    source_fps: float,
-    num_frames: int,
-    fps: float,
-    frame_stride: int | None = None,
-    start: int = 0,
-    what: str = "the control",
-    frame_sampling: str = "uniform",
+    num_source: int, source_fps: float, clip: ClipSpec, start: int = 0, what: str = "the control"
 ) -> np.ndarray:
-    """Source frames of the clip: ``num_frames`` at ``fps`` (the uniform stride nearest ``fps``, or the
-    nearest frame by timestamp with ``frame_sampling="timestamp"``) or every ``frame_stride``-th frame, from
-    ``start``. Raises an InputError when the source is too short."""
-    offsets = clip_offsets(num_frames, source_fps, fps, frame_stride, frame_sampling)
+    """Source frames of ``clip`` from ``start``: ``num_frames`` at ``fps`` (the uniform stride nearest ``fps``,
+    or the nearest frame by timestamp with ``frame_sampling="timestamp"``) or every ``frame_stride``-th
+    frame. Raises an InputError when the source is too short."""
+    offsets = clip_offsets(clip.num_frames, source_fps, clip.fps, clip.frame_stride, clip.frame_sampling)
     if start not in valid_starts(num_source, offsets):
         need = start + int(offsets[-1]) + 1
-        rate = f"a stride of {frame_stride}" if frame_stride else f"{fps:g} FPS"
+        rate = f"a stride of {clip.frame_stride}" if clip.frame_stride else f"{clip.fps:g} FPS"
         since = f" from frame {start}" if start else ""
         raise InputError(
-            f"{what} has {num_source} frames at {source_fps:g} fps, but {num_frames} frames at {rate}{since} "
+            f"{what} has {num_source} frames at {source_fps:g} fps, but {clip.num_frames} frames at {rate}{since} "
             f"need {need} source frames."
         )
     return start + offsets
@@ -147,20 +140,13 @@ def _resample_control(
         if control_fps
         else ("its own rate" if source.fps else "assumed for image folders / .npz")
     )
-    indices = _clip_indices(len(source.masks), source_fps, clip, options.start, what)
+    indices = frame_indices(len(source.masks), source_fps, clip, options.start, what)
     notes.append(
         f"control '{label}': {len(source.masks)} frames at {source_fps:g} fps ({origin}) -> {num_frames} "
         f"frames, {_timing(source_fps, clip)} "
         f"(source frames {_describe_indices(indices)})"
     )
     return source.masks[indices], source_fps, indices
-
-
-def _clip_indices(num_source: int, source_fps: float, clip: ClipSpec, start: int, what: str) -> np.ndarray:
-    """:func:`frame_indices` for ``clip``."""
-    return frame_indices(
-        num_source, source_fps, clip.num_frames, clip.fps, clip.frame_stride, start, what, clip.frame_sampling
-    )
 
 
 def _timing(source_fps: float, clip: ClipSpec) -> str:
@@ -390,7 +376,7 @@ def load_clip_inputs(
     masks = np.repeat(source.masks, len(frames), axis=0) if source.still else source.masks
     frames, masks = _align_lengths(frames, masks, what, video_path.name, notes)
     cut = " (cut to its mask's length)" if notes else ""
-    indices = _clip_indices(
+    indices = frame_indices(
         len(frames), source_fps, clip, options.start, f"the video '{video_path.name}'{cut}"
     )
     origin = (

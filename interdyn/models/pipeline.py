@@ -212,15 +212,17 @@ class InterDynPipeline(DiffusionPipeline):
             decode_chunk_size: frames decoded at once (default: all frames of a clip).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
         """
+        # The one mapping between diffusers-style keyword arguments and the settings object: the arguments
+        # are its fields by name, with its defaults (tests/models/test_sampling.py holds them to that).
         settings = SamplingSettings(
-            num_inference_steps,
-            min_guidance_scale,
-            max_guidance_scale,
-            fps_id,
-            motion_bucket_id,
-            noise_aug_strength,
-            conditioning_scale,
-            scheduler,
+            num_inference_steps=num_inference_steps,
+            min_guidance_scale=min_guidance_scale,
+            max_guidance_scale=max_guidance_scale,
+            fps_id=fps_id,
+            motion_bucket_id=motion_bucket_id,
+            noise_aug_strength=noise_aug_strength,
+            conditioning_scale=conditioning_scale,
+            scheduler=scheduler,
         )
         device = self._execution_device
         pixels, control = self._check_inputs(image, control, device)

@@ -33,13 +33,11 @@ def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iter
     ``geometry`` (None where the batch has none). Clips without a group are skipped (they still count
     towards ``limit``)."""
     from interdyn.data import ShardDataModule
+    from interdyn.data.clip_spec import PAPER_CLIP
 
     data = ShardDataModule(
         test_shards=test_shards,
-        height=size,
-        width=size,
-        crop="center",
-        eval_window="start",
+        clip=PAPER_CLIP.with_overrides(height=size, width=size, crop="center", window="start"),
         batch_size=1,
         num_workers=0,
         persistent_workers=False,

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from interdyn.app.engine import Driver, Engine, check_image, first_frame_of, painted_mask
+from interdyn.app.engine import NUM_FRAMES, Driver, Engine, check_image, first_frame_of, painted_mask
 from interdyn.app.scenes import builtin_scenes
-from interdyn.commands.generate import generate
+from interdyn.commands.generate import clip_spec, generate, sampling_settings
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.video import decode_frames, encode_video
 from interdyn.errors import InputError, InterDynError
+from interdyn.inputs import DEMO_CLIP
 
 
 def picture(h: int = 48, w: int = 64) -> np.ndarray:
@@ -37,7 +39,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 def test_generate_is_interdyn_generate(engine: Engine, tmp_path: Path) -> None:
     """A run's videos are those of its own command line: same preprocessing, seed and files."""
     driver = Driver.drawn(square_mask(), [(48, 24), (12, 24)])
-    result = engine.generate(picture(), driver, num_samples=1, steps=2, seed=7)
+    result = engine.generate(picture(), driver, num_samples=1, seed=7, num_inference_steps=2)
     run = engine.out / "run001"
     names = sorted(p.name for p in run.iterdir())
     assert names == sorted(
@@ -53,11 +55,33 @@ def test_generate_is_interdyn_generate(engine: Engine, tmp_path: Path) -> None:
     again = generate(argv + ["--no_progress"])
     np.testing.assert_array_equal(again.videos["driver"], result.videos["driver"])
     # Another path (a counterfactual) changes the video; the next run gets its own folder.
-    other = engine.generate(picture(), Driver.drawn(square_mask(), [(48, 24), (48, 4)]), 1, 2, seed=7)
+    other = engine.generate(
+        picture(), Driver.drawn(square_mask(), [(48, 24), (48, 4)]), 1, 7, num_inference_steps=2
+    )
     assert (engine.out / "run002" / "run002_compare.mp4").is_file()
     assert not np.array_equal(other.videos["driver"], result.videos["driver"])
     frames = decode_frames((run / "run001_compare.mp4").read_bytes())
     assert frames.shape[0] == 14
+
+
+def test_the_app_clip_and_sampling_reach_the_command_line(tmp_path: Path) -> None:
+    """The app's clip is generate's demo clip at the model's size (the app's --height/--width win), passed
+    whole; its sampling settings go by SamplingSettings' names."""
+    from interdyn.app.engine import DEFAULT_MODEL, parse_or_error
+
+    assert NUM_FRAMES == PAPER_CLIP.num_frames
+    engine = Engine(tmp_path / "runs", device="cpu", width=96)
+    assert engine.clip == DEFAULT_MODEL.clip.with_overrides(width=96)
+    driver = Driver.drawn(square_mask(), [(48, 24), (12, 24)])
+    argv = engine.arguments(
+        tmp_path / "run", picture(), driver, max_guidance_scale=2.5, num_inference_steps=3
+    )
+    args = parse_or_error(argv)
+    assert clip_spec(args) == engine.clip.with_overrides(window=DEMO_CLIP.window)
+    settings = sampling_settings(args, {})
+    assert (settings.max_guidance_scale, settings.num_inference_steps) == (2.5, 3)
+    with pytest.raises(TypeError, match="unknown sampling settings"):
+        engine.generate(picture(), driver, warp=2)
 
 
 def test_preview_is_what_the_model_sees(engine: Engine) -> None:
@@ -114,10 +138,11 @@ def test_bad_inputs_are_one_sentence(make, words: str) -> None:
 def test_missing_weights_are_one_sentence(tmp_path: Path) -> None:
     from interdyn.app.engine import ModelChoice
 
-    model = ModelChoice("missing", "random:tiny", str(tmp_path / "no_branch"), 64, 64, 2)
+    small = DEMO_CLIP.with_overrides(height=64, width=64)
+    model = ModelChoice("missing", "random:tiny", str(tmp_path / "no_branch"), small, 2)
     engine = Engine(tmp_path / "runs", model, device="cpu")
     with pytest.raises(InterDynError, match="no_branch"):
-        engine.generate(picture(), Driver.drawn(square_mask(), [(48, 24), (12, 24)]), 1, 2)
+        engine.generate(picture(), Driver.drawn(square_mask(), [(48, 24), (12, 24)]), 1)
     assert not any((tmp_path / "runs").glob("run*"))  # no half-written run
 
 

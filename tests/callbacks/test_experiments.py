@@ -20,6 +20,7 @@ from interdyn.callbacks import CounterfactualEvaluation, ForcePropagation, MaskN
 from interdyn.callbacks.clip_sampler import SampleMemo
 from interdyn.contract import to_contract
 from interdyn.data import ClipDecoder, ShardClipStream
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.perturb import dilate
 from interdyn.data.sampling import key_seed
 from interdyn.metrics.regions import hit_roles
@@ -68,7 +69,7 @@ class ObjectsDecoder:
     the same crop, as ``objects`` (K, T, H, W) bool and ``object_names``."""
 
     def __init__(self) -> None:
-        self.clips = ClipDecoder(num_frames=14, fps=7.0, height=64, width=64, crop="center", window="center")
+        self.clips = ClipDecoder(PAPER_CLIP.with_overrides(height=64, width=64, crop="center"))
 
     def __call__(self, sample: dict[str, Any], rng: Any) -> dict[str, Any]:
         clip = self.clips(sample, rng)

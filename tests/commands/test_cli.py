@@ -27,8 +27,6 @@ FAST = [
 ]
 
 
-
-
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """``run(*args, cwd=...)``: ``interdyn *args`` in this process; returns its exit code and output."""
@@ -153,20 +151,24 @@ def test_real_configs_build_the_model(name, tiny_svd_folder):
     downloaded here)."""
     config = read_config([REPO_ROOT / "configs" / f for f in REAL_CONFIGS[name]])
     assert config["trainer"]["logger"]["init_args"]["name"] == name  # each model has its own run folder
-    size = (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"])
-    assert size == {"ssv2": (256, 384), "ssv2_256": (256, 256), "clevrer": (256, 384)}[name]
+    clip = config["data"]["init_args"]["clip"]  # the configs name what differs from the paper's clip
+    assert (clip["height"], clip["width"]) == {
+        "ssv2": (256, 384),
+        "ssv2_256": (256, 256),
+        "clevrer": (256, 384),
+    }[name]
     assert config["model"]["svd"] == "stabilityai/stable-video-diffusion-img2vid"
     strategy = config["trainer"]["strategy"]  # DDP with gradients as bucket views (no second copy)
     assert config["trainer"]["precision"] == "bf16-mixed" and strategy["class_path"].endswith(".DDPStrategy")
     assert strategy["init_args"]["gradient_as_bucket_view"] is True
-    assert config["data"]["init_args"]["num_frames"] == 14 and config["data"]["init_args"]["fps"] == 7.0
+    assert (clip["num_frames"], clip["fps"], clip["window"]) == (14, 7.0, "center")
     args = {
         **config["model"],
         "svd": str(tiny_svd_folder),
         "conditioning_embedding_out_channels": [8, 16, 16, 32],
     }
     module = InterDynModule(**args)
-    assert module.hparams.learning_rate == 1e-5 and module.hparams.motion_bucket_id == 40
+    assert module.hparams.learning_rate == 1e-5 and module.sampling.motion_bucket_id == 40
 
 
 def test_demo_config_on_fresh_shards(tmp_path, run):
@@ -192,7 +194,9 @@ def test_demo_config_on_fresh_shards(tmp_path, run):
         "0",
         "--data.init_args.batch_size",
         "2",
-        "--data.init_args.num_frames",  # the config's 14 frames sample the logged videos for half a minute
+        # the config's 14 frames sample the logged videos for half a minute; the flat spelling of the clip
+        # settings (before they became the `clip` group) still works on the command line
+        "--data.init_args.num_frames",
         "4",
         cwd=tmp_path,
     )
@@ -204,7 +208,11 @@ def test_ssv2_config_validates_and_prints(tmp_path, run):
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)
     assert config["data"]["class_path"] == "interdyn.data.ShardDataModule"
-    assert (config["data"]["init_args"]["height"], config["data"]["init_args"]["width"]) == (256, 384)
+    clip = config["data"]["init_args"]["clip"]  # the nested group, all its fields shown
+    assert clip == {
+        "num_frames": 14, "fps": 7.0, "frame_stride": None, "frame_sampling": "uniform",
+        "height": 256, "width": 384, "crop": "mask_aware", "window": "center",
+    }  # fmt: skip
     assert config["trainer"]["devices"] == 2
 
 
@@ -217,12 +225,17 @@ def test_model_settings_follow_the_data(tmp_path, run):
         REPO_ROOT / "configs" / "tiny_shards.yaml",
         REPO_ROOT / "configs" / "ablations" / "control_oracle.yaml",
     )
-    args = ["--config", str(demo), "--config", str(oracle), "--data.init_args.fps", "12.5"]
+    args = ["--config", str(demo), "--config", str(oracle), "--data.init_args.clip.fps", "12.5"]
     cli = InterDynCLI(InterDynModule, L.LightningDataModule, subclass_mode_data=True, run=False, args=args)
-    assert (cli.model.hparams.conditioning_channels, cli.model.hparams.fps_id) == (2, 11.5)
+    assert (cli.model.hparams.conditioning_channels, cli.model.sampling.fps_id) == (2, 11.5)  # from data.clip
     assert cli.model.controlnet.controlnet_cond_embedding.conv_in.in_channels == 2
-    refused = run("fit", "--config", str(demo), "--model.fps_id", "3", "--print_config", cwd=tmp_path)
-    assert refused.returncode == 2 and 'Linked "model.fps_id" must be given via "data"' in refused.stderr
+    refused = run(
+        "fit", "--config", str(demo), "--model.sampling.fps_id", "3", "--print_config", cwd=tmp_path
+    )
+    assert (
+        refused.returncode == 2
+        and 'Linked "model.sampling.fps_id" must be given via "data"' in refused.stderr
+    )
 
 
 def test_reading_a_config_from_a_tool_with_its_own_arguments_is_quiet(monkeypatch, recwarn):

@@ -47,7 +47,8 @@ def test_generate_reads_a_config_file_and_prints_it(tmp_path, capsys):
         "image: scene.png\ncontrol: [a.webm, b.webm]\nsteps: 4\nscheduler: dpmpp_2m\nno_progress: true\n"
     )
     args = build_parser().parse_args(["--config", str(config), "--seed", "7"])
-    assert (args.image, args.control, args.steps, args.seed, args.no_progress) == (
+    # `steps` is the older spelling of num_inference_steps, SamplingSettings' name
+    assert (args.image, args.control, args.num_inference_steps, args.seed, args.no_progress) == (
         "scene.png",
         ["a.webm", "b.webm"],
         4,
@@ -65,8 +66,31 @@ def test_generate_reads_a_config_file_and_prints_it(tmp_path, capsys):
 
     code, out, _ = run_main(["generate", "--config", str(config), "--print_config"], capsys)
     printed = yaml.safe_load(out)
-    assert code == 0 and printed["control"] == ["a.webm", "b.webm"] and printed["steps"] == 4
-    assert printed["num_frames"] == 14 and printed["crop"] is None
+    assert code == 0 and printed["control"] == ["a.webm", "b.webm"] and printed["num_inference_steps"] == 4
+    assert (printed["num_frames"], printed["height"], printed["crop"]) == (14, 256, "center")  # the demo clip
+    assert printed["min_guidance_scale"] is None  # not given: the checkpoint's, else the paper's
+
+
+def test_a_new_sampling_setting_reaches_generate(monkeypatch):
+    """generate's sampling flags are SamplingSettings' fields: one added there is a flag here (with its help),
+    read into the settings the pipeline gets."""
+    from dataclasses import field, make_dataclass
+
+    from interdyn.commands import generate as command
+    from interdyn.models.sampling import SamplingSettings
+
+    extended = make_dataclass(
+        "Extended", [("eta", float, field(default=0.5))], bases=(SamplingSettings,), frozen=True
+    )
+    extended.__doc__ = SamplingSettings.__doc__.replace(
+        "Args:\n", "Args:\n        eta: a new sampler setting.\n"
+    )
+    monkeypatch.setattr(command, "SamplingSettings", extended)
+    parser = command.build_parser()
+    settings = command.sampling_settings(parser.parse_args(["--eta", "0.25", "--steps", "3"]), {})
+    assert (settings.eta, settings.num_inference_steps) == (0.25, 3)
+    assert command.sampling_settings(parser.parse_args([]), {"eta": 0.75}).eta == 0.75  # a checkpoint's
+    assert "a new sampler setting" in " ".join(parser.format_help().split())
 
 
 def test_flags_lists_and_usage_errors():
@@ -74,6 +98,11 @@ def test_flags_lists_and_usage_errors():
     assert parser.parse_args(["--no_progress"]).no_progress is True
     assert parser.parse_args(["--no_progress", "false"]).no_progress is False
     assert parser.parse_args(["--control", "a.webm", "b.npz", "--steps", "2"]).control == ["a.webm", "b.npz"]
+    old = parser.parse_args(
+        ["--steps", "2", "--min_guidance", "1.5", "--max_guidance", "2"]
+    )  # older spellings
+    assert (old.num_inference_steps, old.min_guidance_scale, old.max_guidance_scale) == (2, 1.5, 2.0)
+    assert parser.parse_args(["--num_frames", "4", "--height", "64"]).num_frames == 4  # flat clip flags
 
     def error(message: str) -> None:  # what code written for argparse assigns (the browser app does)
         raise InputError(f"invalid settings: {message}.")

@@ -45,6 +45,18 @@ def test_a_config_that_is_not_yaml_names_the_file_and_the_line(tmp_path, monkeyp
     assert code == 2 and "broken.yaml is not valid YAML" in last and "line" in last, last
 
 
+def test_a_config_with_the_flat_clip_settings_says_where_they_went(tmp_path, monkeypatch, capsys):
+    """Configs written before the clip settings became the DataModule's ``clip`` group get one sentence."""
+    config = tmp_path / "old.yaml"
+    config.write_text("data:\n  init_args:\n    eval_window: start\n    num_frames: 4\n")
+    base = str(REPO_ROOT / "configs" / "tiny_shards.yaml")
+    args = ("fit", "--config", base, "--config", str(config), "--print_config")
+    code, err = run_cli(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "old.yaml sets data.init_args.eval_window, which is now data.init_args.clip.window" in last
+
+
 SHIPPED = REPO_ROOT / "weights" / "world" / "svd"
 
 

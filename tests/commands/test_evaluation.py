@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 from interdyn.data import ClipDecoder, ShardClipStream
+from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
 from interdyn.data.video import decode_frames, encode_video
 from tests.helpers import REPO_ROOT, interdyn
 
 METRICS = ["ssim", "psnr", "fvd", "kvd", "motion_fidelity", "physics"]
+SMALL = PAPER_CLIP.with_overrides(height=64, width=64)  # the paper's clips at the test shards' size
 
 
 def test_interdyn_test_writes_the_table_and_videos(tmp_path, synthetic_shards, random_i3d_weights):
@@ -72,7 +74,7 @@ def write_predictions(folder: Path, shards: Path, skip: int = 1) -> list[str]:
     folder.mkdir()
     stream = ShardClipStream(
         str(shards / "test/*.tar"),
-        ClipDecoder(num_frames=14, fps=7.0, height=64, width=64, window="center"),
+        ClipDecoder(SMALL),
         train=False,
     )
     keys = []
@@ -97,6 +99,8 @@ def test_evaluate_scores_a_prediction_folder(tmp_path, synthetic_shards, random_
         "64",
         "--width",
         "64",
+        "--eval_window",  # the option's older spelling of --window
+        "center",
         "--metrics",
         *METRICS,
         "--i3d_weights",
@@ -111,6 +115,24 @@ def test_evaluate_scores_a_prediction_folder(tmp_path, synthetic_shards, random_
     assert m["motion_fidelity"] > 0.8
     assert m["physics_position_error"] < 2.0
     assert "| coshand |" in (tmp_path / "coshand" / "evaluation" / "metrics.md").read_text()
+    assert (report["protocol"]["resolution"], report["protocol"]["window"]) == ("64x64", "center")
+
+
+def test_evaluate_flags_make_one_clip_over_the_paper_clip(monkeypatch):
+    """The flat flags users type map onto one ClipSpec; a flag left out keeps the paper's value."""
+    from interdyn.commands import evaluate as command
+
+    seen = {}
+
+    def evaluate(
+        pred_dir: str, data: str, metrics: list[str] | None = None, clip: ClipSpec = PAPER_CLIP
+    ) -> None:
+        seen.update(clip=clip)
+
+    monkeypatch.setattr(command, "evaluate", evaluate)
+    argv = ["--pred_dir", "p", "--data", "d", "--height", "64", "--num_frames", "4", "--eval_window", "start"]
+    assert command.evaluate_main(argv) == 0
+    assert seen["clip"] == PAPER_CLIP.with_overrides(height=64, num_frames=4, window="start")
 
 
 def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards, monkeypatch):
@@ -145,7 +167,7 @@ def ground_truth_predictions(folder: Path, shards: str, size: tuple[int, int] = 
     import torch.nn.functional as F
 
     folder.mkdir(parents=True)
-    decoder = ClipDecoder(num_frames=14, fps=7.0, height=64, width=64, window="center")
+    decoder = ClipDecoder(SMALL)
     keys = []
     for clip in ShardClipStream(shards, decoder, train=False):
         frames = clip["pixel_values"]
@@ -162,7 +184,7 @@ def run_evaluate(pred_dir: Path, shards: str, **kw):
     from interdyn.commands.evaluate import evaluate
 
     kw.setdefault("metrics", ["ssim", "psnr"])
-    return evaluate(str(pred_dir), shards, height=64, width=64, **kw)
+    return evaluate(str(pred_dir), shards, clip=SMALL, **kw)
 
 
 def test_evaluate_leaves_out_bad_predictions_and_counts_them(tmp_path, synthetic_shards, capsys):

@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 
 from interdyn.commands.cli import InterDynCLI
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.training.module import InterDynModule
 from tests.helpers import REPO_ROOT
@@ -28,12 +29,11 @@ def make_cli(config: Path, tmp_path: Path, shards: Path, *extra: str) -> InterDy
         "--config", str(REPO_ROOT / "configs" / "tiny_shards.yaml"), "--config", str(config),
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.enable_progress_bar", "false",
-        "--model.num_inference_steps", "1",
+        "--model.sampling.num_inference_steps", "1",
         "--data.init_args.train_shards", str(shards / "train" / "*.tar"),
         "--data.init_args.val_shards", str(shards / "validation" / "*.tar"),
         "--data.init_args.test_shards", str(shards / "test" / "*.tar"),
-        "--data.init_args.num_frames", "6",
-        "--data.init_args.height", "64", "--data.init_args.width", "64",
+        "--data.init_args.clip.num_frames", "6",  # one field of the clip: the rest stays the configs'
         "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
         "--data.init_args.persistent_workers", "false",
         *extra,
@@ -73,6 +73,10 @@ def test_experiment_runs_one_test_batch_and_writes_its_table(name, tmp_path, syn
     # In a process that has imported gradio (the app's tests, on the same xdist worker), LightningCLI parses
     # `--trainer.limit_test_batches 1` as 1.0, i.e. every batch; one batch is what this test means.
     cli.trainer.limit_test_batches = 1
+    # the configs' clip settings overlay field by field: tiny_shards' size, the experiment's window, the
+    # command line's frame count, the paper's for the rest
+    window = "start" if name == "counterfactual" else None
+    assert cli.datamodule.clip == PAPER_CLIP.with_overrides(num_frames=6, height=64, width=64, window=window)
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
     run = Path(cli.trainer.log_dir)
     assert run.parent.name == name

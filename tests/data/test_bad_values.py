@@ -17,9 +17,10 @@ import pytest
 
 from data_prep.shard_writer import write_samples
 from interdyn.data import ClipDecoder, ShardClipStream, SkippedSampleWarning
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.errors import DataNotFoundError
 
-DECODER = dict(num_frames=14, fps=7.0, height=64, width=64, crop="center", window="center")
+CLIP = PAPER_CLIP.with_overrides(height=64, width=64, crop="center")  # the paper's frames, small
 
 
 def npz(**arrays: np.ndarray) -> bytes:
@@ -69,7 +70,7 @@ def test_nonsense_values_are_skipped_and_counted(synthetic_shards, tmp_path):
     }
     samples = [(name, {**good, **fields}) for name, fields in bad.items()] + [("good", good)]
     write_samples(tmp_path / "test" / "bad-test-000000.tar", samples)
-    stream = ShardClipStream(str(tmp_path / "test" / "*.tar"), ClipDecoder(**DECODER), train=False)
+    stream = ShardClipStream(str(tmp_path / "test" / "*.tar"), ClipDecoder(CLIP), train=False)
     with pytest.warns(SkippedSampleWarning):
         keys = [clip["key"] for clip in stream]
     assert keys == ["good"]
@@ -87,7 +88,7 @@ def test_training_stops_when_no_shard_gives_a_sample(tmp_path, kind):
         urls = str(tmp_path / "*.tar")
     else:
         urls = "pipe:false"
-    stream = ShardClipStream(urls, ClipDecoder(**DECODER), train=True, samples_per_worker=4)
+    stream = ShardClipStream(urls, ClipDecoder(CLIP), train=True, samples_per_worker=4)
     with time_limit(30), warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedSampleWarning)
         with pytest.raises(DataNotFoundError, match="in a row gave no sample"):
@@ -96,6 +97,6 @@ def test_training_stops_when_no_shard_gives_a_sample(tmp_path, kind):
 
 def test_missing_shards_are_an_interdyn_error_with_a_hint(tmp_path: Path):
     with pytest.raises(DataNotFoundError, match="make shards"):
-        ShardClipStream(str(tmp_path / "nothing-*.tar"), ClipDecoder(**DECODER), train=True)
+        ShardClipStream(str(tmp_path / "nothing-*.tar"), ClipDecoder(CLIP), train=True)
     with pytest.raises(DataNotFoundError, match="make shards"):
-        ShardClipStream(str(tmp_path / "gone-000000.tar"), ClipDecoder(**DECODER), train=False)
+        ShardClipStream(str(tmp_path / "gone-000000.tar"), ClipDecoder(CLIP), train=False)

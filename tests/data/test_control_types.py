@@ -15,6 +15,7 @@ import yaml
 
 from interdyn.contract import to_contract, validate_batch
 from interdyn.data import ClipDecoder, ShardDataModule
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.perturb import MaskPerturbation, dilate
 from interdyn.data.shards import CONTROL_CHANNELS, collate_clips
 from interdyn.data.transforms import apply_geometry
@@ -23,7 +24,7 @@ from interdyn.models.svd import TINY_ARCHITECTURE
 from interdyn.training.module import InterDynModule
 from tests.helpers import REPO_ROOT, TINY_CONTROL_CHANNELS
 
-GEOMETRY = {"num_frames": 6, "fps": 7.0, "height": 64, "width": 64, "window": "start"}
+CLIP = PAPER_CLIP.with_overrides(num_frames=6, height=64, width=64, window="start")
 
 
 def first_sample(shards: Path) -> dict:
@@ -40,7 +41,7 @@ def first_sample(shards: Path) -> dict:
 
 
 def decode(sample: dict, **kw) -> dict:
-    return ClipDecoder(**GEOMETRY, crop="mask_aware", **kw)(sample, random.Random(0))
+    return ClipDecoder(CLIP, **kw)(sample, random.Random(0))
 
 
 def test_control_types_shapes_and_content(synthetic_shards):
@@ -75,7 +76,8 @@ def test_control_types_shapes_and_content(synthetic_shards):
 def test_objects_follow_the_frames_crop(synthetic_shards):
     """Per-object masks get the same resize, crop and flip as the frames and the driver masks."""
     sample = first_sample(synthetic_shards)
-    clip = ClipDecoder(**GEOMETRY, crop="random", hflip=True, with_objects=True)(sample, random.Random(3))
+    random_crop = CLIP.with_overrides(crop="random")
+    clip = ClipDecoder(random_crop, hflip=True, with_objects=True)(sample, random.Random(3))
     with np.load(io.BytesIO(sample["masks.npz"])) as npz:
         source_driver = npz["control"][clip["source_indices"].numpy()]
     geometry = tuple(clip["geometry"].tolist())
@@ -89,11 +91,10 @@ def test_eval_perturbation_changes_only_evaluation_masks(synthetic_shards):
     data = ShardDataModule(
         train_shards=str(synthetic_shards / "train" / "*.tar"),
         test_shards=str(synthetic_shards / "test" / "*.tar"),
-        num_frames=6, height=64, width=64, batch_size=2, num_workers=0, eval_perturbation=perturbation,
+        clip=CLIP, batch_size=2, num_workers=0, eval_perturbation=perturbation,
     )  # fmt: skip
     clean = ShardDataModule(
-        test_shards=str(synthetic_shards / "test" / "*.tar"), num_frames=6, height=64, width=64,
-        batch_size=2, num_workers=0,
+        test_shards=str(synthetic_shards / "test" / "*.tar"), clip=CLIP, batch_size=2, num_workers=0,
     )  # fmt: skip
     noisy_batch = next(iter(data.test_dataloader()))
     clean_batch = next(iter(clean.test_dataloader()))

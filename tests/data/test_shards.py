@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader
 
 from data_prep.shard_writer import write_samples
 from interdyn.data import ClipDecoder, ShardClipStream, ShardDataModule, SkippedSampleWarning, expand_urls
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shards import collate_clips
 
-DECODER = dict(num_frames=14, fps=7.0, height=64, width=64, crop="center", window="center")
+CLIP = PAPER_CLIP.with_overrides(height=64, width=64, crop="center")  # the paper's frames, small
 
 
 def keys_of(stream: ShardClipStream, num_workers: int) -> list[str]:
@@ -35,7 +36,7 @@ def test_two_ranks_two_workers_see_every_sample_once(synthetic_shards, split):
     seen: list[str] = []
     for rank in range(2):
         stream = ShardClipStream(
-            str(folder / "*.tar"), ClipDecoder(**DECODER), train=False, rank=rank, world_size=2
+            str(folder / "*.tar"), ClipDecoder(CLIP), train=False, rank=rank, world_size=2
         )
         seen += keys_of(stream, num_workers=2)
     assert len(seen) == len(set(seen))  # disjoint: no duplicates anywhere
@@ -44,9 +45,7 @@ def test_two_ranks_two_workers_see_every_sample_once(synthetic_shards, split):
 
 def test_evaluation_clips_are_deterministic(synthetic_shards):
     def make() -> ShardClipStream:
-        return ShardClipStream(
-            str(synthetic_shards / "validation/*.tar"), ClipDecoder(**DECODER), train=False
-        )
+        return ShardClipStream(str(synthetic_shards / "validation/*.tar"), ClipDecoder(CLIP), train=False)
 
     a, b = next(iter(make())), next(iter(make()))
     assert a["key"] == b["key"] and torch.equal(a["pixel_values"], b["pixel_values"])
@@ -54,7 +53,7 @@ def test_evaluation_clips_are_deterministic(synthetic_shards):
 
 def test_training_streams_differ_by_rank_and_are_seeded(synthetic_shards):
     def first_keys(rank: int, seed: int) -> list[str]:
-        decoder = ClipDecoder(**{**DECODER, "window": "random", "crop": "random"})
+        decoder = ClipDecoder(CLIP.with_overrides(crop="random"), random_window=True)
         stream = ShardClipStream(
             str(synthetic_shards / "train/*.tar"),
             decoder,
@@ -91,7 +90,7 @@ def write_bad_shards(folder: Path, good_shard: Path) -> tuple[set[str], str]:
 def test_corrupt_video_and_truncated_tar_are_skipped_and_counted(synthetic_shards, tmp_path):
     good = sorted((synthetic_shards / "validation").glob("*.tar"))[0]
     expected, corrupt_key = write_bad_shards(tmp_path, good)
-    stream = ShardClipStream(str(tmp_path / "test" / "*.tar"), ClipDecoder(**DECODER), train=False)
+    stream = ShardClipStream(str(tmp_path / "test" / "*.tar"), ClipDecoder(CLIP), train=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         delivered = [clip["key"] for clip in stream]
@@ -121,13 +120,13 @@ def test_short_clips_and_invisible_drivers_are_filtered(tmp_path, synthetic_shar
         ("fine", {"video.mp4": video, "masks.npz": masks, "json": meta}),
     ]
     write_samples(tmp_path / "test" / "filt-test-000000.tar", samples)
-    stream = ShardClipStream(str(tmp_path / "test/*.tar"), ClipDecoder(**DECODER), train=False)
+    stream = ShardClipStream(str(tmp_path / "test/*.tar"), ClipDecoder(CLIP), train=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedSampleWarning)
         assert [c["key"] for c in stream] == ["fine"]
     assert stream.skipped == {"too_short": 1, "driver_not_visible": 1}
     lenient = ShardClipStream(
-        str(tmp_path / "test/*.tar"), ClipDecoder(**DECODER, require_driver_in_first_frame=False), train=False
+        str(tmp_path / "test/*.tar"), ClipDecoder(CLIP, require_driver_in_first_frame=False), train=False
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedSampleWarning)
@@ -142,7 +141,7 @@ def test_url_forms(synthetic_shards, tmp_path):
     assert expand_urls([shards[0], shards[1]]) == shards[:2]
     piped = f"pipe:cat {folder}/synthetic-validation-{{000000..000001}}.tar"
     assert expand_urls(piped) == [f"pipe:cat {s}" for s in shards[:2]]
-    stream = ShardClipStream(piped, ClipDecoder(**DECODER), train=False)
+    stream = ShardClipStream(piped, ClipDecoder(CLIP), train=False)
     assert len([c for c in stream]) == 6
 
 
@@ -150,8 +149,7 @@ def test_datamodule_batches_follow_the_contract(synthetic_shards):
     dm = ShardDataModule(
         train_shards=str(synthetic_shards / "train/*.tar"),
         val_shards=str(synthetic_shards / "validation/*.tar"),
-        height=64,
-        width=64,
+        clip={"height": 64, "width": 64},  # as a config's `clip:` group
         batch_size=2,
         num_workers=0,
         epoch_samples=6,
@@ -170,4 +168,4 @@ def test_datamodule_batches_follow_the_contract(synthetic_shards):
 
 def test_missing_shards_are_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no shards match"):
-        ShardClipStream(str(tmp_path / "*.tar"), ClipDecoder(**DECODER), train=False)
+        ShardClipStream(str(tmp_path / "*.tar"), ClipDecoder(CLIP), train=False)

@@ -164,8 +164,7 @@ def test_clevrer_end_to_end(clevrer_root, tmp_path):
         num_workers=0,
         pin_memory=False,
         persistent_workers=False,
-        height=64,
-        width=96,
+        clip={**config["clip"], "height": 64, "width": 96},  # the config's clip, smaller
     )
     dm = ShardDataModule(**config)
     dm.setup("validate")

@@ -17,17 +17,17 @@ from data_prep.latents import parse_args, resolve_settings
 from interdyn.contract import to_contract
 from interdyn.data import ShardDataModule
 from interdyn.data.cache import FIELD, FORMAT_VERSION, CachedClipDecoder, pack_cache, unpack_cache
+from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.sampling import key_seed
 from interdyn.data.shards import ClipDecoder, collate_clips
 from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.conditioning import encode_image_latents
 from interdyn.training.module import InterDynModule
+from interdyn.training.settings import nest_settings
 from tests.helpers import REPO_ROOT, TINY_CONTROL_CHANNELS
 
 SIZE = 64
-GEOMETRY = {
-    "num_frames": 14, "fps": 7.0, "frame_stride": None, "frame_sampling": "uniform", "height": SIZE, "width": SIZE,
-}  # fmt: skip
+CLIP = PAPER_CLIP.with_overrides(height=SIZE, width=SIZE)  # the cache's: centre window, mask-aware crop
 
 
 def run_latents(shards: Path, out: Path, svd: Path, *extra: str) -> int:
@@ -69,15 +69,17 @@ def cached(tmp_path_factory, synthetic_shards, tiny_svd_folder) -> Path:
 def module(tiny_svd_folder: Path, **kw) -> InterDynModule:
     kw.setdefault("noise_aug_strength", 0.0)
     return InterDynModule(
-        svd=str(tiny_svd_folder), conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS, **kw
+        **nest_settings(
+            {"svd": str(tiny_svd_folder), "conditioning_embedding_out_channels": TINY_CONTROL_CHANNELS, **kw}
+        )
     )
 
 
 def both_batches(shard: Path) -> tuple[dict, dict]:
     """The same samples decoded from frames (center window, mask-aware crop) and from the cache."""
     samples = read_samples(shard)
-    plain = ClipDecoder(**GEOMETRY, crop="mask_aware", window="center")
-    cache = CachedClipDecoder(GEOMETRY)
+    plain = ClipDecoder(CLIP)
+    cache = CachedClipDecoder(CLIP)
     rng = random.Random(0)
     frames = to_contract(collate_clips([plain(s, rng) for s in samples]))
     cached = to_contract(collate_clips([cache(s, rng) for s in samples]))
@@ -176,9 +178,10 @@ def test_rerun_skips_done_shards_and_refuses_other_settings(
 
 def test_datamodule_trains_from_the_cache(cached, tiny_svd_folder, tmp_path):
     data = ShardDataModule(
-        train_shards=str(cached / "*.tar"), **{k: v for k, v in GEOMETRY.items() if k != "frame_stride"},
+        train_shards=str(cached / "*.tar"), clip=CLIP,
         batch_size=2, num_workers=0, epoch_samples=4, cached_conditioning=True, shuffle_buffer=1,
     )  # fmt: skip
+    assert data._cached_decoder(str(cached / "*.tar")).clip is data.clip  # the clip given once
     batch = to_contract(next(iter(data.train_dataloader())))
     assert "pixel_values" not in batch and batch["latent_mean"].shape == (2, 14, 4, 8, 8)
     model = module(tiny_svd_folder)
@@ -194,10 +197,15 @@ def test_datamodule_trains_from_the_cache(cached, tiny_svd_folder, tmp_path):
 
 def test_datamodule_refuses_a_cache_for_other_clips(cached, synthetic_shards):
     wrong_size = ShardDataModule(
-        train_shards=str(cached / "*.tar"), height=128, width=128, cached_conditioning=True
+        train_shards=str(cached / "*.tar"), clip={"height": 128, "width": SIZE}, cached_conditioning=True
     )
     with pytest.raises(ConfigError, match="height: cache 64 vs data 128"):
         wrong_size.train_dataloader()
+    wrong_frames = ShardDataModule(  # a clip of the paper's but for one field: the check names that field
+        train_shards=str(cached / "*.tar"), clip=CLIP.with_overrides(num_frames=4), cached_conditioning=True
+    )
+    with pytest.raises(ConfigError, match=r"other clips \(num_frames: cache 14 vs data 4\)"):
+        wrong_frames.train_dataloader()
     no_cache = ShardDataModule(
         train_shards=str(synthetic_shards / "train" / "*.tar"), cached_conditioning=True
     )
@@ -226,7 +234,7 @@ def test_a_cache_of_an_older_format_is_refused(cached):
         data["indices"].tolist(), {**data["settings"], "version": 1},
     )  # fmt: skip
     with pytest.raises(ConfigError, match="format version 1.*rebuild it"):
-        CachedClipDecoder(GEOMETRY)({**sample, FIELD: old}, random.Random(0))
+        CachedClipDecoder(CLIP)({**sample, FIELD: old}, random.Random(0))
 
 
 def test_parts_cache_the_bytes_of_one_process(
@@ -255,7 +263,7 @@ def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_sh
     fill what neither names, and explicit flags win over both."""
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(
-        f"data:\n  init_args:\n    width: 256\n    train_shards: {synthetic_shards / 'train' / '*.tar'}\n"
+        f"data:\n  init_args:\n    clip:\n      width: 256\n    train_shards: {synthetic_shards / 'train' / '*.tar'}\n"
     )
     base = [REPO_ROOT / "configs" / "ssv2.yaml"]
     settings, svd, urls = resolve_settings(parse_args(["--config", str(base[0]), "--config", str(overlay)]))
@@ -274,3 +282,8 @@ def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_sh
     typo.write_text("data:\n  init_args:\n    widht: 256\n")
     with pytest.raises(ConfigError, match="widht"):
         resolve_settings(parse_args(["--config", str(base[0]), "--config", str(typo)]))
+    # a config written for the flat clip settings is refused with one sentence saying where they went
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("data:\n  init_args:\n    width: 256\n")
+    with pytest.raises(ConfigError, match=r"data.init_args.width, which is now data.init_args.clip.width"):
+        resolve_settings(parse_args(["--config", str(base[0]), "--config", str(flat)]))

@@ -151,10 +151,7 @@ def test_resumed_runs_continue_their_random_streams(tmp_path, synthetic_shards):
         )
         data = ShardDataModule(
             train_shards=str(synthetic_shards / "train/*.tar"),
-            num_frames=2,
-            height=64,
-            width=64,
-            crop="random",
+            clip={"num_frames": 2, "height": 64, "width": 64, "crop": "random"},
             batch_size=2,
             num_workers=0,
             shuffle_buffer=8,

@@ -191,7 +191,7 @@ world-gpu: $(CORE_STAMP)
 		--trainer.logger.init_args.save_dir runs/world_gpu_eval --trainer.logger.init_args.name branch \
 		--trainer.logger.init_args.version test
 	HF_HUB_OFFLINE=1 $(VENV)/bin/interdyn test --config configs/demo.yaml --config configs/world/gpu/branch.yaml \
-		--model.controlnet weights/world-gpu/branch --model.conditioning_scale 0 --trainer.limit_test_batches null \
+		--model.controlnet weights/world-gpu/branch --model.sampling.conditioning_scale 0 --trainer.limit_test_batches null \
 		--trainer.logger.init_args.save_dir runs/world_gpu_eval --trainer.logger.init_args.name no_control \
 		--trainer.logger.init_args.version test
 	@echo "A larger world: weights/world-gpu; its tests on all 48 test clips: runs/world_gpu_eval/{branch,no_control}/test"

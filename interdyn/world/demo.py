@@ -75,7 +75,7 @@ def steps(out: Path) -> dict[str, Step]:
                 "--overwrite",
             ),
         ),
-        "no_control": _test(out, "no_control", "--model.conditioning_scale", "0"),
+        "no_control": _test(out, "no_control", "--model.sampling.conditioning_scale", "0"),
         "shipped": _test(out, "shipped_branch", "--model.controlnet", SHIPPED_BRANCH),
         "demo": _test(out, "demo_branch", "--model.controlnet", str(weights)),
         "report": Step(

@@ -60,7 +60,7 @@ def module() -> SpyModule:
     return SpyModule(
         svd={**TINY_ARCHITECTURE, "seed": 0},
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
-        num_inference_steps=STEPS,
+        sampling={"num_inference_steps": STEPS},
     )
 
 

@@ -124,9 +124,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_svd_folder: Path) 
         svd=str(tiny_svd_folder),
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
         learning_rate=1e-3,
-        num_inference_steps=2,
-        motion_bucket_id=30,
-        scheduler="dpmpp_2m",
+        sampling={"num_inference_steps": 2, "motion_bucket_id": 30, "scheduler": "dpmpp_2m"},
     )
     data = MovingShapesDataModule(num_train=2, num_val=1, num_test=1, num_frames=4, batch_size=1)
     quiet = dict(

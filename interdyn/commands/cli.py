@@ -25,7 +25,7 @@ from interdyn.callbacks.interrupt import LastCheckpointOnInterrupt
 from interdyn.callbacks.progress import resume_aware
 from interdyn.callbacks.timing import COMMAND_STARTED, PhaseTimer
 from interdyn.commands.parsers import user_message
-from interdyn.commands.spelling import nested_clip_options
+from interdyn.commands.spelling import nested_clip_options, nested_model_options
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING
@@ -106,11 +106,13 @@ class InterDynCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """LightningCLI's parsing, with the clip settings that a DataModule once took flat moved into its
         ``clip`` group (``--data.init_args.num_frames`` -> ``--data.init_args.clip.num_frames``; a config
-        file that spells them flat is one sentence: :func:`~interdyn.commands.spelling.nested_clip_options`)."""
+        file that spells them flat is one sentence: :func:`~interdyn.commands.spelling.nested_clip_options`),
+        and the module's settings moved into theirs (``--model.num_inference_steps`` ->
+        ``--model.sampling.num_inference_steps``: :func:`~interdyn.commands.spelling.nested_model_options`)."""
         if args is None:
-            sys.argv[1:] = nested_clip_options(sys.argv[1:])
+            sys.argv[1:] = nested_model_options(nested_clip_options(sys.argv[1:]))
         elif isinstance(args, list):
-            args = nested_clip_options(args)
+            args = nested_model_options(nested_clip_options(args))
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:

@@ -14,6 +14,7 @@ once took flat (``--data.init_args.num_frames``) into the DataModule's ``clip`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import os
@@ -141,5 +142,36 @@ def nested_clip_options(argv: Sequence[str]) -> list[str]:
         match = _DATA_FLAG.fullmatch(arg)
         if match and match.group(1) in flat:
             arg = f"--data.init_args.clip.{flat[match.group(1)]}{match.group(2) or ''}"
+        out.append(arg)
+    return out
+
+
+_MODEL_FLAG = re.compile(r"--model\.(?:init_args\.)?(\w+)(=.*)?")
+
+
+def nested_model_options(argv: Sequence[str]) -> list[str]:
+    """``interdyn fit``'s command line with the module settings that were flat before they became groups
+    (:data:`~interdyn.training.settings.GROUPS`) moved into their group: ``--model.num_inference_steps 4``
+    -> ``--model.sampling.num_inference_steps 4``. A ``--config`` file whose ``model:`` section spells one
+    flat is refused with one sentence saying where it goes."""
+    from interdyn.training.settings import GROUPS
+
+    group_of = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+    for _, value in _option_values(argv, ("--config",)):
+        content = _read_yaml(value)
+        model = content.get("model") if isinstance(content, dict) else None
+        if isinstance(model, dict) and "class_path" not in model:
+            old = sorted(set(model) & set(group_of))
+            if old:
+                raise ConfigError(
+                    f"the config {value} sets model.{old[0]}, which is now model.{group_of[old[0]]}.{old[0]} "
+                    f"(the module's settings are groups: {', '.join(GROUPS)}; write e.g. "
+                    f"`{group_of[old[0]]}: {{{old[0]}: ...}}` under model)"
+                )
+    out = []
+    for arg in argv:
+        match = _MODEL_FLAG.fullmatch(arg)
+        if match and match.group(1) in group_of:
+            arg = f"--model.{group_of[match.group(1)]}.{match.group(1)}{match.group(2) or ''}"
         out.append(arg)
     return out

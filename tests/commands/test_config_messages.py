@@ -57,6 +57,32 @@ def test_a_config_with_the_flat_clip_settings_says_where_they_went(tmp_path, mon
     assert "old.yaml sets data.init_args.eval_window, which is now data.init_args.clip.window" in last
 
 
+def test_flat_module_settings_go_into_their_groups(tmp_path, monkeypatch, capsys):
+    """Options written before the module's settings became groups still work on the command line; a config
+    file that spells one flat gets one sentence saying where it goes."""
+    import yaml
+
+    base = str(REPO_ROOT / "configs" / "tiny.yaml")
+    flat = ("--model.num_inference_steps", "3", "--model.frozen_dtype=bfloat16", "--model.p_mean", "0.5")
+    done = run_interdyn(
+        "fit", "--config", base, *flat, "--print_config", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    model = yaml.safe_load(done.stdout)["model"]
+    assert model["sampling"]["num_inference_steps"] == 3 and model["memory"]["frozen_dtype"] == "bfloat16"
+    assert model["objective"]["p_mean"] == 0.5 and model["sampling"]["max_guidance_scale"] == 3.0
+    config = tmp_path / "old.yaml"
+    config.write_text("model:\n  num_inference_steps: 3\n")
+    code, err = run_cli(
+        "fit", "--config", base, "--config", str(config), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    last = err.strip().splitlines()[-1]
+    assert (
+        code == 2
+        and "old.yaml sets model.num_inference_steps, which is now model.sampling.num_inference_steps" in last
+    )
+
+
 SHIPPED = REPO_ROOT / "weights" / "world" / "svd"
 
 

@@ -43,9 +43,8 @@ def fit_one_step(batches: list[dict], accumulate: int, precision: str = "32-true
     module = SeededPerSample(
         svd={**TINY_ARCHITECTURE, "seed": 0},
         conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS,
-        objective={
-            "image_drop_prob": 0.5
-        },  # some samples dropped, some kept: the drop must follow the sample
+        # some samples dropped, some kept: the drop must follow the sample
+        objective={"image_drop_prob": 0.5},
     )
     randomize_(module.controlnet, seed=5)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)

@@ -29,7 +29,8 @@ WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinit
 SHARD_SIZE ?= 100
 # extra arguments for the preparer, e.g. PREP_ARGS="--limit 100 --overwrite"
 PREP_ARGS ?=
-# make latents: the config whose model (SVD) and data (clip size, train shards) settings the cache follows
+# make latents: the config whose model (SVD) and data (clip size, train shards) settings the cache follows;
+# several for an overlay, in order: CONFIG="configs/ssv2.yaml configs/ssv2_24gb.yaml"
 CONFIG ?= configs/ssv2.yaml
 # extra arguments, e.g. LATENTS_ARGS="--device cuda:1 --batch_size 16" or "--shards 'x/*.tar' --out y"
 LATENTS_ARGS ?=
@@ -108,7 +109,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
 
 latents: $(STAMP)
-	$(PY) -m data_prep.latents --config "$(CONFIG)" $(LATENTS_ARGS)
+	$(PY) -m data_prep.latents $(foreach c,$(CONFIG),--config "$(c)") $(LATENTS_ARGS)
 
 SHARD_TARGETS := $(strip $(if $(SSV2_ROOT),shards-ssv2) $(if $(CLEVRER_ROOT),shards-clevrer) $(if $(FOLDER),shards-folder))
 shards: $(if $(DATASET),shards-$(DATASET),$(if $(SHARD_TARGETS),$(SHARD_TARGETS),shards-synthetic))

@@ -171,6 +171,52 @@ def test_real_configs_build_the_model(name, tiny_svd_folder):
     assert module.hparams.learning_rate == 1e-5 and module.sampling.motion_bucket_id == 40
 
 
+def flat_keys(config: dict, prefix: str = "") -> dict[str, object]:
+    """A config as ``{"a.b.c": value}``; lists (the callbacks) stay whole values."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# What configs/ssv2_24gb.yaml changes in configs/ssv2.yaml (before it was an overlay it restated the rest)
+SWITCHES_24GB = {
+    "trainer.devices": 1,
+    "trainer.strategy": "auto",
+    "trainer.accumulate_grad_batches": 2,
+    "trainer.val_check_interval": 4000,
+    "trainer.logger.init_args.name": "ssv2_24gb",
+    "model.optimizer": "adam_offload",
+    "model.memory.fine_checkpointing": True,
+    "model.memory.offload_encoders": True,
+    "data.init_args.eval_batch_size": 2,
+    "data.init_args.cached_conditioning": True,
+}
+
+
+def test_24gb_overlay_changes_only_its_switches(run, tmp_path):
+    """`interdyn fit --config configs/ssv2.yaml --config configs/ssv2_24gb.yaml --print_config` is the
+    paper's recipe with the 24 GB switches and nothing else changed: one GPU, Adam's moments in host
+    memory, 2 accumulated micro-batches of 4 (the paper's 8 samples per step), cached conditioning with the
+    encoders off the GPU, whole-layer checkpointing on top of ssv2.yaml's bf16 UNet and checkpointing."""
+    configs = [REPO_ROOT / "configs" / f for f in ("ssv2.yaml", "ssv2_24gb.yaml")]
+    result = run("fit", *(a for c in configs for a in ("--config", str(c))), "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = flat_keys(yaml.safe_load(result.stdout))
+    base = flat_keys(read_config(configs[:1]))
+    changed = {k: printed.get(k) for k in base.keys() | printed.keys() if printed.get(k) != base.get(k)}
+    # ssv2.yaml's DDP strategy arguments go with its strategy
+    changed = {k: v for k, v in changed.items() if not k.startswith("trainer.strategy.")}
+    assert changed == SWITCHES_24GB
+    memory = yaml.safe_load(result.stdout)["model"]["memory"]
+    assert memory["frozen_dtype"] == "bfloat16" and memory["gradient_checkpointing"]
+    assert memory["unet_gradient_checkpointing"] and printed["trainer.precision"] == "bf16-mixed"
+    assert printed["data.init_args.batch_size"] == 4 and printed["model.learning_rate"] == 1e-5
+
+
 def test_demo_config_on_fresh_shards(tmp_path, run):
     """`interdyn fit --config configs/tiny_shards.yaml` with fast_dev_run on shards generated right here."""
     from data_prep.synthetic import World, write_split

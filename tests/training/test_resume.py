@@ -40,7 +40,7 @@ BASES: dict[str, tuple[list[str], str | None]] = {
     "tiny_shards.yaml": ([], None),
     "demo.yaml": ([], None),
     "ssv2.yaml": ([], None),
-    "ssv2_24gb.yaml": ([], None),
+    "ssv2_24gb.yaml": (["ssv2.yaml"], None),
     "clevrer.yaml": ([], None),
     "ssv2_256.yaml": (["ssv2.yaml"], None),
     **{f"ablations/{p.name}": (["ssv2.yaml"], None) for p in sorted((CONFIGS / "ablations").glob("*.yaml"))},

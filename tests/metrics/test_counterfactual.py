@@ -360,7 +360,7 @@ def world_group(seed: int = 3, paths: int = 3) -> list[dict]:
 def object_members(group: list[dict], samples: list) -> list:
     import numpy as np
 
-    from interdyn.metrics.counterfactual import ObjectMember
+    from interdyn.metrics.counterfactual_objects import ObjectMember
     from interdyn.metrics.physics import locate_discs
 
     colours = [d.colour for d in group[0]["discs"]]
@@ -376,7 +376,8 @@ def test_object_report_ranks_outcomes_by_where_the_discs_are():
     showing no disc is a wrong answer, counted apart."""
     import numpy as np
 
-    from interdyn.metrics.counterfactual import object_report, object_report_to_markdown
+    from interdyn.metrics.counterfactual import object_report_to_markdown
+    from interdyn.metrics.counterfactual_objects import object_report
 
     group = world_group()
     frames = [v["frames"] for v in group]
@@ -410,7 +411,7 @@ def test_object_report_averages_over_samples():
     is right (the first sample alone would make it wrong); a sample without discs is left out of the mean."""
     import numpy as np
 
-    from interdyn.metrics.counterfactual import ObjectMember, object_report
+    from interdyn.metrics.counterfactual_objects import ObjectMember, object_report
 
     expected_a, expected_b = np.zeros((3, 1, 2)), np.full((3, 1, 2), 10.0)
     near_b, on_a, blank = np.full((3, 1, 2), 6.0), np.zeros((3, 1, 2)), np.full((3, 1, 2), np.nan)
@@ -425,3 +426,25 @@ def test_object_report_averages_over_samples():
     )
     with pytest.raises(ValueError, match="differ in shape"):
         object_report({"g": [ObjectMember("a", on_a[None, :2], expected_a), b]})
+
+
+SHARED_HELPERS = {"mean_or_nan", "member_order", "nearest_credit", "score_group"}  # used by the three modules
+
+
+def test_the_report_module_gives_every_public_name_of_the_three():
+    """Callers import the counterfactual metrics from interdyn.metrics.counterfactual, whichever of the
+    three modules (the group's scoring, the objects', the report) defines them."""
+    import inspect
+
+    from interdyn.metrics import counterfactual, counterfactual_group, counterfactual_objects
+
+    for module in (counterfactual_group, counterfactual_objects):
+        defined = {
+            name
+            for name, value in vars(module).items()
+            if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == module.__name__
+        }
+        constants = {name for name in vars(module) if name.isupper()}
+        public = {name for name in defined | constants if not name.startswith("_")} - SHARED_HELPERS
+        assert public <= set(counterfactual.__all__), (module.__name__, public - set(counterfactual.__all__))
+    assert all(hasattr(counterfactual, name) for name in counterfactual.__all__)

@@ -51,7 +51,7 @@ def test_a_resumed_run_counts_to_its_total(
                     "init_args": {
                         "train_shards": str(synthetic_shards / "train/*.tar"),
                         "val_shards": str(synthetic_shards / "validation/*.tar"),
-                        "num_frames": 2,
+                        "clip": {"num_frames": 2, "height": 64, "width": 64},
                         "num_workers": 0,
                         "batch_size": 2,
                     }

@@ -43,8 +43,8 @@ def tiny_model(model: dict) -> dict:
         **model,
         "svd": DEMO["model"]["svd"],
         "conditioning_embedding_out_channels": list(TINY_CONTROL_CHANNELS),
-        "num_inference_steps": 1,
-        "fused_optimizer": True,
+        "sampling": {**model.get("sampling", {}), "num_inference_steps": 1},
+        "memory": {**model.get("memory", {}), "fused_optimizer": True},
     }
 
 
@@ -145,8 +145,7 @@ def test_gpu_config_fits_validates_and_tests_on_two_processes(name, tmp_path, sy
             str(synthetic_shards / "test" / "*.tar"),  # 2 groups x 2 variants
             str(broken_shard(tmp_path / "bad", first_test_shard(synthetic_shards))),
         ],
-        height=64,
-        width=64,
+        clip={**config["data"]["init_args"].get("clip", {}), "height": 64, "width": 64},
         batch_size=2,
         eval_batch_size=1,
         num_workers=0,

@@ -1,5 +1,6 @@
 """Helpers shared by test modules (fixtures live in conftest.py): tiny models and batches, running the
-``interdyn`` command, released-style folders and the authors' example clip folders."""
+``interdyn`` command, released-style folders, the authors' example clip folders and the input files of
+``interdyn generate``."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from interdyn.commands.cli import main
 from interdyn.data import MovingShapesDataset
-from interdyn.data.video import encode_video
+from interdyn.data.video import decode_frames, encode_video
 from interdyn.models.controlnet import SHARED_CONFIG, ControlNetSDVModel
 from interdyn.models.svd import TINY_ARCHITECTURE
 from interdyn.models.unet import UNetSpatioTemporalControlModel
@@ -282,3 +284,82 @@ def load_masks(data: bytes) -> dict[str, np.ndarray]:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+# Inputs of `interdyn generate` as real files (tests/commands/test_generate*.py) ----------------
+SOURCE_HEIGHT, SOURCE_WIDTH = 80, 120  # resized and cropped by the tests to their size
+SOURCE_FRAMES, SOURCE_FPS = 30, 14.0  # 14 frames at 7 FPS need 27 source frames at 14 fps
+
+
+def square_masks(num_frames: int, dx: int = 2, dy: int = 0, x0: int = 10, y0: int = 30) -> np.ndarray:
+    """(T, H, W) bool at the source size: a 20-pixel square moving by (dx, dy) per frame."""
+    masks = np.zeros((num_frames, SOURCE_HEIGHT, SOURCE_WIDTH), dtype=bool)
+    for t in range(num_frames):
+        x, y = x0 + dx * t, y0 + dy * t
+        masks[t, y : y + 20, x : x + 20] = True
+    return masks
+
+
+def _as_rgb(masks: np.ndarray) -> np.ndarray:
+    return np.repeat(masks[..., None].astype(np.uint8) * 255, 3, axis=-1)
+
+
+def write_mask_video(path: Path, masks: np.ndarray, fps: float = SOURCE_FPS) -> Path:
+    path.write_bytes(encode_video(_as_rgb(masks), fps, codec="libvpx-vp9"))
+    return path
+
+
+def write_mask_folder(folder: Path, masks: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    for t, mask in enumerate(masks):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{t}.png")
+    return folder
+
+
+def scene_frames(masks: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 at the source size: grey background, a blue disc, the driver where the masks are."""
+    frames = np.full((len(masks), SOURCE_HEIGHT, SOURCE_WIDTH, 3), 90, dtype=np.uint8)
+    frames[:, 40:60, 70:90] = (40, 160, 220)
+    frames[masks] = (220, 180, 140)
+    return frames
+
+
+def write_generate_inputs(root: Path) -> dict[str, Path]:
+    """Every input file of the ``interdyn generate`` tests, written in ``root``, by name."""
+    masks = square_masks(SOURCE_FRAMES)
+    Image.fromarray(scene_frames(masks)[0]).save(root / "scene.png")
+    f = {"image": root / "scene.png", "hand": write_mask_video(root / "hand.webm", masks)}
+    # Counterfactual controls in the three formats: a video, a folder of images (7 fps), a .npz with fps.
+    f["a"] = write_mask_video(root / "a.webm", square_masks(SOURCE_FRAMES, dx=2))
+    f["b"] = write_mask_folder(root / "b", square_masks(14, dx=0, dy=2, x0=50, y0=4))
+    np.savez_compressed(root / "c.npz", control=square_masks(SOURCE_FRAMES, dx=-2, x0=95), fps=SOURCE_FPS)
+    f["c"] = root / "c.npz"
+    # A clip folder: H.264 video, driver masks as images, a second object's masks as .npz.
+    clip = root / "clips" / "243"
+    clip.mkdir(parents=True)
+    (clip / "video.mp4").write_bytes(encode_video(scene_frames(masks), SOURCE_FPS))
+    write_mask_folder(clip / "mask_hand", masks)
+    np.savez_compressed(clip / "mask_cup.npz", control=np.zeros_like(masks))
+    f["clip"] = clip
+    # Bad inputs.
+    (root / "broken.png").write_bytes(b"this is not an image")
+    (root / "broken.webm").write_bytes(b"this is not a video")
+    f["broken_image"], f["broken_control"] = root / "broken.png", root / "broken.webm"
+    nothing = np.zeros((SOURCE_FRAMES, SOURCE_HEIGHT, SOURCE_WIDTH), dtype=bool)
+    f["empty"] = write_mask_video(root / "empty.webm", nothing)
+    f["short"] = write_mask_video(root / "short.webm", square_masks(10))
+    small = np.zeros((SOURCE_FRAMES, 64, 96), dtype=bool)
+    small[:, 20:40, 20:40] = True
+    f["small"] = write_mask_video(root / "small.webm", small)
+    bare = root / "clips" / "bare"
+    bare.mkdir()
+    (bare / "video.mp4").write_bytes(encode_video(scene_frames(masks), SOURCE_FPS))
+    f["bare_clip"] = bare
+    torch.save({"state_dict": {}}, root / "foreign.ckpt")
+    f["foreign_ckpt"] = root / "foreign.ckpt"
+    return f
+
+
+def decoded(path: Path) -> np.ndarray:
+    """The frames of a video file, (T, H, W, 3) uint8."""
+    return decode_frames(path.read_bytes())

@@ -7,6 +7,7 @@ interdyn app --host 0.0.0.0 --auth alice:secret --root /data/clips   # for a lab
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ class AppOptions:
         dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
         height: clip height (default: the model's; the paper's 256 with named weights)
         width: clip width (default: the model's; the paper's 384 with named weights)
+        steps: the sampler steps the page starts with (default: the model's: 10 for the built-in world, 50
+            for named weights); the page's slider changes them per run
         host: address to bind (0.0.0.0: every interface; then the page reads no server paths unless
             --root is given, and a warning is printed)
         port: port to serve on
@@ -49,6 +52,7 @@ class AppOptions:
     dtype: str = "auto"
     height: int | None = None
     width: int | None = None
+    steps: int | None = None
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
@@ -75,6 +79,10 @@ def make_engine(args: AppOptions):  # -> Engine (imported lazily: torch and diff
         label = f"svd {args.svd or '(the checkpoint’s)'}, controlnet {controlnet}"
         model = ModelChoice(label, args.svd, controlnet, DEMO_CLIP, DEFAULT_SAMPLING.num_inference_steps)
         device = args.device or "auto"
+    if args.steps is not None:
+        if args.steps < 1:
+            raise InputError(f"--steps must be at least 1, got {args.steps}.")
+        model = dataclasses.replace(model, steps=args.steps)
     return Engine(args.out, model, device, args.dtype, args.height, args.width)
 
 

@@ -63,7 +63,18 @@ def app_url(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
     log = open(tmp_path / "app.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "interdyn.commands.cli", "app", "--port", str(port), "--out", str(tmp_path / "runs")],
+        [
+            sys.executable,
+            "-m",
+            "interdyn.commands.cli",
+            "app",
+            "--port",
+            str(port),
+            "--out",
+            str(tmp_path / "runs"),
+            "--steps",
+            "3",
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
@@ -210,7 +221,7 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
         urllib.request.urlopen(next(h for h in hrefs if h.endswith("_settings.json"))).read()
     )
     assert settings["seed"] == 42 and settings["num_frames"] == 14 and settings["svd"] == DEFAULT_MODEL.svd
-    assert settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == DEFAULT_MODEL.steps
+    assert settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == 3  # the app's --steps
     sheet = urllib.request.urlopen(next(h for h in hrefs if h.endswith("_sheet.png"))).read()
     assert sheet.startswith(b"\x89PNG")
     # The drawn driver was dragged to the left: its last frame lies left of its first.

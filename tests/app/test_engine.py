@@ -176,3 +176,14 @@ def test_app_command_errors_are_one_sentence(capsys: pytest.CaptureFixture) -> N
     if not torch.cuda.is_available():
         assert app_main(["--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_the_steps_the_page_starts_with_are_an_option(tmp_path):
+    from interdyn.app.engine import DEFAULT_MODEL
+    from interdyn.app.main import AppOptions, make_engine
+
+    assert make_engine(AppOptions(out=str(tmp_path))).model.steps == DEFAULT_MODEL.steps
+    engine = make_engine(AppOptions(out=str(tmp_path), steps=4))
+    assert engine.model.steps == 4 and engine.model.svd == DEFAULT_MODEL.svd
+    with pytest.raises(InputError, match="--steps must be at least 1"):
+        make_engine(AppOptions(out=str(tmp_path), steps=0))

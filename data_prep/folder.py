@@ -195,37 +195,8 @@ class FolderMaker:
         if not is_utf8(folder.name):
             shown = printable_name(folder.name)
             raise SkipSample("name_not_utf8", f"the clip folder name '{shown}' is not UTF-8; rename it")
-        video_path = find_media(folder, "video")
-        if video_path is None:
-            raise SkipSample("missing_video", f"no video.* in {folder}")
-        if video_path.is_dir():
-            if not self.fps:
-                raise SkipSample("missing_fps", f"{video_path} is a frame folder: pass --fps")
-            data, frames, fps = None, read_images(video_path), float(self.fps)
-            t, h, w, _ = frames.shape
-        elif video_path.suffix.lower() in KEEP_AS_IS:  # stored as it is: only count the frames
-            data, t, fps, h, w = count_video(video_path)
-            frames, fps = None, float(self.fps or fps)
-        else:
-            _, frames, fps = read_video(video_path)
-            data, fps = None, float(self.fps or fps)
-            t, h, w, _ = frames.shape
-        mask_paths = {
-            p.stem[len("mask_") :] if p.is_file() else p.name[len("mask_") :]: p
-            for p in sorted(folder.iterdir())
-            if p.name.startswith("mask_")
-            and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES)
-        }
-        driver_names = [n for n in self.control if n in mask_paths]
-        if not driver_names:
-            wanted = ", ".join(f"mask_{n}.*" for n in self.control)
-            raise SkipSample("missing_masks", f"no {wanted} in {folder}")
-        masks: dict[str, np.ndarray] = {}
-        for name, path in mask_paths.items():
-            m = read_mask(path, self.threshold, self.min_blob)
-            if m.shape[0] == 1 and t > 1 and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                m = np.repeat(m, t, axis=0)  # one still image: the same mask on every frame
-            masks[name] = fit_mask(m, h, w, name)
+        video_path, data, frames, fps, (t, h, w) = self._read_video(folder)
+        masks, driver_names = self._read_masks(folder, t, h, w)
         masks, t, lengths = align_mask_lengths(masks, driver_names, t, self.short_objects)
         if frames is not None:
             frames = frames[:t]
@@ -272,6 +243,49 @@ class FolderMaker:
             "masks.npz": encode_masks(control, objects, object_names or None),
             "json": meta,
         }
+
+    def _read_video(
+        self, folder: Path
+    ) -> tuple[Path, bytes | None, np.ndarray | None, float, tuple[int, int, int]]:
+        """The clip's ``video.*``: its path, its bytes when it is stored as it is (else None), its frames
+        when they are re-encoded (else None), its frame rate (``fps`` wins) and ``(T, H, W)``."""
+        video_path = find_media(folder, "video")
+        if video_path is None:
+            raise SkipSample("missing_video", f"no video.* in {folder}")
+        if video_path.is_dir():
+            if not self.fps:
+                raise SkipSample("missing_fps", f"{video_path} is a frame folder: pass --fps")
+            data, frames, fps = None, read_images(video_path), float(self.fps)
+            t, h, w, _ = frames.shape
+        elif video_path.suffix.lower() in KEEP_AS_IS:  # stored as it is: only count the frames
+            data, t, fps, h, w = count_video(video_path)
+            frames, fps = None, float(self.fps or fps)
+        else:
+            _, frames, fps = read_video(video_path)
+            data, fps = None, float(self.fps or fps)
+            t, h, w, _ = frames.shape
+        return video_path, data, frames, fps, (t, h, w)
+
+    def _read_masks(self, folder: Path, t: int, h: int, w: int) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Every ``mask_<name>.*`` of the clip, fitted to the video's ``H x W`` (a still image repeated over
+        its ``t`` frames), and the names of the drivers among them (at least one, or the clip is skipped)."""
+        mask_paths = {
+            p.stem[len("mask_") :] if p.is_file() else p.name[len("mask_") :]: p
+            for p in sorted(folder.iterdir())
+            if p.name.startswith("mask_")
+            and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES)
+        }
+        driver_names = [n for n in self.control if n in mask_paths]
+        if not driver_names:
+            wanted = ", ".join(f"mask_{n}.*" for n in self.control)
+            raise SkipSample("missing_masks", f"no {wanted} in {folder}")
+        masks: dict[str, np.ndarray] = {}
+        for name, path in mask_paths.items():
+            m = read_mask(path, self.threshold, self.min_blob)
+            if m.shape[0] == 1 and t > 1 and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                m = np.repeat(m, t, axis=0)  # one still image: the same mask on every frame
+            masks[name] = fit_mask(m, h, w, name)
+        return masks, driver_names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -160,7 +160,8 @@ def write_split(
     return {"split": split, "samples": result.num_samples, "shards": result.num_shards}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ScriptParser:
+    """The command line of ``python -m data_prep.synthetic``."""
     parser = ScriptParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -212,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes that make the clips")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def world_of(args: argparse.Namespace, parser: ScriptParser) -> World:
+    """The world that ``args`` ask for: the built-in one, or one of their size, friction and restitution
+    (errors through ``parser``)."""
     if args.size[0] % 2 or args.size[1] % 2:
         parser.error("--size must be even (libx264)")
     if args.builtin_world:
@@ -220,15 +226,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--builtin_world needs a square --size")
         if args.friction is not None or args.driver_restitution is not None:
             parser.error("--builtin_world sets the friction and the driver's restitution itself")
-        world = builtin_world(args.size[0])
-    else:
-        friction = args.friction if args.friction is not None else 80.0 * min(args.size) / 128
-        restitution = 1.0 if args.driver_restitution is None else args.driver_restitution
-        if not 0.0 <= restitution <= 1.0:
-            parser.error("--driver_restitution must be between 0 and 1")
-        world = World(
-            height=args.size[0], width=args.size[1], friction=friction, driver_restitution=restitution
-        )
+        return builtin_world(args.size[0])
+    friction = args.friction if args.friction is not None else 80.0 * min(args.size) / 128
+    restitution = 1.0 if args.driver_restitution is None else args.driver_restitution
+    if not 0.0 <= restitution <= 1.0:
+        parser.error("--driver_restitution must be between 0 and 1")
+    return World(height=args.size[0], width=args.size[1], friction=friction, driver_restitution=restitution)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    world = world_of(args, parser)
     if args.train and args.seen_groups > args.train:
         parser.error(f"--seen_groups {args.seen_groups} is more than the {args.train} training clips")
     for split, count, variants, seed_split in (

@@ -158,17 +158,7 @@ def onestep_counterfactual(
     if not sigmas or any(not s > 0 for s in sigmas):
         raise InterDynError(f"noise levels must be positive, got {list(sigmas)}")
     t, _, h, w = clips[0]["pixel_values"].shape
-    shape = _latent_shape(svd.vae, t, h, w)
-    generator = torch.Generator().manual_seed(seed)
-    per_group: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for clip in clips:
-        if clip["group"] not in per_group:
-            per_group[clip["group"]] = (
-                torch.randn(shape, generator=generator),
-                torch.randn((3, h, w), generator=generator),
-            )
-    noise = torch.stack([per_group[c["group"]][0] for c in clips])
-    image_noise = torch.stack([per_group[c["group"]][1] for c in clips])
+    noise, image_noise, groups = _group_noise(clips, _latent_shape(svd.vae, t, h, w), seed)
     pixels = torch.stack([c["pixel_values"] for c in clips])
     control = torch.stack([c["control"] for c in clips])
     reports: dict[str, Any] = {}
@@ -188,29 +178,54 @@ def onestep_counterfactual(
                 for i in range(0, len(clips), batch_size)
             ]
         )
-        members = [
-            {**clip, "generated": video, "ground_truth": (clip["pixel_values"] + 1) / 2}
-            for clip, video in zip(clips, videos, strict=True)
-        ]
-        report = counterfactual_report(group_members(members, outside_driver=True))
-        report["accuracy_by_variant"] = accuracy_by_variant(report["pairs"], clips)
-        if all(
-            has_simulation(c["meta"], c["source_indices"], c["geometry"]) for c in clips
-        ):  # the built-in world: also on the discs
-            for member in members:
-                frames = to_uint8(member["generated"].permute(0, 2, 3, 1)).numpy()[None]
-                member |= disc_positions(frames, member["meta"], member["source_indices"], member["geometry"])
-            report["objects"] = object_report(group_object_members(members))
-        reports[_key(sigma)] = report
+        reports[_key(sigma)] = _score(clips, videos)
     protocol = {
         "clips": len(clips),
-        "groups": len(per_group),
+        "groups": groups,
         "seed": seed,
         "region": "outside_driver",
         "latents": "VAE posterior mean",
         "conditioning_scale": conditioning_scale if controlnet is not None else 0.0,
     }
     return {"sigmas": [float(s) for s in sigmas], "reports": reports, "protocol": protocol}
+
+
+def _group_noise(
+    clips: Sequence[dict[str, Any]], shape: tuple[int, ...], seed: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per clip, its group's latent noise of ``shape`` and image noise (every member of a group gets the
+    same, drawn in the order the groups first appear), and the number of groups."""
+    h, w = clips[0]["pixel_values"].shape[-2:]
+    generator = torch.Generator().manual_seed(seed)
+    per_group: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for clip in clips:
+        if clip["group"] not in per_group:
+            per_group[clip["group"]] = (
+                torch.randn(shape, generator=generator),
+                torch.randn((3, h, w), generator=generator),
+            )
+    noise = torch.stack([per_group[c["group"]][0] for c in clips])
+    image_noise = torch.stack([per_group[c["group"]][1] for c in clips])
+    return noise, image_noise, len(per_group)
+
+
+def _score(clips: Sequence[dict[str, Any]], videos: torch.Tensor) -> dict[str, Any]:
+    """The counterfactual report of one noise level's predictions ``videos`` (one per clip), outside the
+    drivers, with the accuracy per variant; in the built-in world also on the discs."""
+    members = [
+        {**clip, "generated": video, "ground_truth": (clip["pixel_values"] + 1) / 2}
+        for clip, video in zip(clips, videos, strict=True)
+    ]
+    report = counterfactual_report(group_members(members, outside_driver=True))
+    report["accuracy_by_variant"] = accuracy_by_variant(report["pairs"], clips)
+    if all(
+        has_simulation(c["meta"], c["source_indices"], c["geometry"]) for c in clips
+    ):  # the built-in world: also on the discs
+        for member in members:
+            frames = to_uint8(member["generated"].permute(0, 2, 3, 1)).numpy()[None]
+            member |= disc_positions(frames, member["meta"], member["source_indices"], member["geometry"])
+        report["objects"] = object_report(group_object_members(members))
+    return report
 
 
 def accuracy_by_variant(pairs: Sequence[dict[str, Any]], clips: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -53,6 +53,15 @@ def test_every_package_has_a_layer():
     assert modules == set(TOP_MODULES), "interdyn/ keeps only entry modules at its top level"
 
 
+def test_the_top_level_holds_subpackages_and_a_few_modules():
+    """interdyn/ is its layered subpackages, its ``__init__.py`` and at most a few base modules: no loose
+    files or folders beside them."""
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert entries == {*ALLOWED, "__init__.py", *(f"{m}.py" for m in TOP_MODULES)}
+    assert len(TOP_MODULES) <= 3, "a new top-level module belongs in a subpackage"
+    assert all((PACKAGE / p).is_dir() for p in ALLOWED)
+
+
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_layer_imports_flow_one_way(layer):
     offending = {

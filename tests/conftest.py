@@ -43,8 +43,6 @@ def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: 
     return folder
 
 
-
-
 @pytest.fixture(scope="session")
 def tiny_branch_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: SVDComponents) -> Path:
     """A tiny branch with non-zero weights everywhere (seed 3), saved with save_pretrained."""
@@ -63,12 +61,6 @@ def trained_like_branch(tiny_svd: SVDComponents) -> ControlNetSDVModel:
         tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
     )
     return randomize_(branch, seed=1).eval()
-
-
-
-
-
-
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +103,24 @@ def random_i3d_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("i3d") / "random-i3d.safetensors"
     save_file(InceptionI3d().state_dict(), path)
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``xdist_group`` tests on one worker under ``--dist loadgroup`` (``make test``): pytest-xdist 3.8
+    marks a group by renaming the test's nodeid (``...@group``), which pytest 9.2's structured node ids no
+    longer pick up, so every group was spread over the workers. Rename it the new way."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # older pytest: xdist's own renaming works
+        return
+    for item in items:
+        groups = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")

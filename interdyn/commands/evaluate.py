@@ -5,7 +5,7 @@ Predictions are one file per test clip, named by the clip's key: ``<pred_dir>/<k
 clips are cut from the shards exactly as ``interdyn test`` cuts them (same frames, fps, size and
 crop), so baselines such as CosHand are compared on equal terms. Predictions with more frames are
 truncated to the clip length. A prediction of another size than the clips is an error unless
-``--resize`` is given (resizing blurs: perfect predictions at another size lose about 0.1 SSIM).
+``--resize`` is given (resizing blurs: perfect predictions at another size lose SSIM).
 Unreadable predictions and predictions with too few frames are left out with a warning and counted by
 reason in ``metrics.json`` and ``metrics.md``.
 

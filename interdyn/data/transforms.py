@@ -26,7 +26,7 @@ def resize_to_cover(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``frames`` (T, 3, H, W) uint8 and ``masks`` (T, H, W) bool, resized so that both sides are at least
     ``height x width`` with the aspect ratio kept. Frames stay uint8: PyTorch's uint8 antialiased
-    bicubic path is more than ten times faster on CPU than the float one."""
+    bicubic path is much faster on CPU than the float one."""
     h, w = frames.shape[-2:]
     scale = max(height / h, width / w)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))

@@ -150,7 +150,7 @@ def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards, monkeypatch):
         and "no prediction videos" in result.stderr
         and "Traceback" not in result.stderr
     )
-    # The same one-sentence path in process (a second interpreter start costs ~10 s)
+    # The same one-sentence path in process (a second interpreter start is slow)
     from interdyn.errors import InterDynError
 
     write_predictions(tmp_path / "preds", synthetic_shards)

@@ -26,6 +26,9 @@ again to continue.
 
 :mod:`data_prep.split_plan` holds the plan, the progress records and the index; :mod:`data_prep.chunk`
 makes one chunk (the worker side) and runs the chunks in this process or a pool.
+
+Time: ``times`` (an :class:`~interdyn.utils.timing.PhaseTimes` the preparer prints once at its end) gets the
+split's phases: planning, ``building <split>`` (clips made by this process and clips/s) and indexing.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from data_prep.split_plan import (
     plan_difference,
 )
 from interdyn.utils.files import TMP_SUFFIX, write_atomic
+from interdyn.utils.timing import PhaseTimes, per_second
 
 __all__ = [
     "Item",
@@ -130,6 +134,7 @@ def build_split(
     progress: bool = True,
     part: Part | None = None,
     finalize_only: bool = False,
+    times: PhaseTimes | None = None,
 ) -> SplitResult:
     """Build (or finish building) ``out/split`` from ``items``; see the module docstring.
 
@@ -152,13 +157,45 @@ def build_split(
         part: make only this part's chunks (default: all of them, in this process).
         finalize_only: make nothing; write ``index.json`` and ``report.json`` if every chunk is done,
             else raise :class:`MissingChunksError` naming the missing ones.
+        times: where the phases' seconds go (see the module docstring); a record of its own if not given.
     """
     part = part or Part()
-    plan = SplitPlan.make(out, dataset, split, items, shard_size, settings, provenance)
+    times = times if times is not None else PhaseTimes(f"{dataset}/{split}")
+    with times.phase(PLANNING):
+        plan = SplitPlan.make(out, dataset, split, items, shard_size, settings, provenance)
+        if not finalize_only:
+            mine = part.chunks(len(plan.chunks))
+            _prepare_folder(plan, mine, part, overwrite)
+            records, todo = _unfinished(plan, mine)
     if finalize_only:
-        return _finalize_only(plan, part)
-    mine = part.chunks(len(plan.chunks))
-    _prepare_folder(plan, mine, part, overwrite)
+        with times.phase(INDEXING):
+            return _finalize_only(plan, part)
+    reused = len(records)
+    started = time.monotonic()
+    made: Counter = Counter()
+    try:
+        made = _make_chunks(plan, mine, todo, records, maker, part, workers, strict, max_errors, progress)
+    finally:  # interrupted too: the clips made until then
+        seconds = time.monotonic() - started
+        clips = sum(len(records[c]["keys"]) for c in todo if c in records)
+        kept = f", {reused} shard(s) kept from an earlier run" if reused else ""
+        name = f"building {split}" + ("" if part.whole else f" part {part}")
+        times.add(name, seconds, per_second(clips, "clips", seconds) + kept)
+    stats = {
+        "seconds": seconds,
+        "videos_made": sum(len(plan.chunks[c]) for c in todo),
+        "counters": dict(made),
+    }
+    with times.phase(INDEXING):
+        return _conclude(plan, part, records, reused, len(todo), stats)
+
+
+PLANNING = "planning (items, folder)"
+INDEXING = "indexing (index.json, report.json)"
+
+
+def _unfinished(plan: SplitPlan, mine: list[int]) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """The records of this part's finished chunks, and the chunks still to make (the stale index goes)."""
     records: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
     for c in mine:
@@ -169,15 +206,7 @@ def build_split(
             todo.append(c)
     if todo:
         (plan.folder / "index.json").unlink(missing_ok=True)  # rewritten at the end, once all shards are done
-    reused = len(records)
-    started = time.monotonic()
-    made = _make_chunks(plan, mine, todo, records, maker, part, workers, strict, max_errors, progress)
-    stats = {
-        "seconds": time.monotonic() - started,
-        "videos_made": sum(len(plan.chunks[c]) for c in todo),
-        "counters": dict(made),
-    }
-    return _conclude(plan, part, records, reused, len(todo), stats)
+    return records, todo
 
 
 def _finalize_only(plan: SplitPlan, part: Part) -> SplitResult:

@@ -39,7 +39,15 @@ import numpy as np
 
 from data_prep import rle
 from data_prep.build import Item
-from data_prep.common import add_common_arguments, check_length, read_video, run_split
+from data_prep.common import (
+    LISTING,
+    STARTUP,
+    add_common_arguments,
+    check_length,
+    prep_times,
+    read_video,
+    run_split,
+)
 from interdyn.commands.spelling import ScriptParser
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.shard_format import SkipSample, encode_masks
@@ -249,7 +257,8 @@ def counterfactual_groups(annotations: dict[str, Path], ids: list[str]) -> dict[
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``python -m data_prep.clevrer``."""
     parser = ScriptParser(
         prog="python -m data_prep.clevrer",
         description=__doc__.split("\n\n")[0],
@@ -268,7 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the counterfactual grouping pass (it reads every annotation once more)",
     )
     add_common_arguments(parser, "data/shards/clevrer")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    times = prep_times("data_prep.clevrer", argv)
+    args = parse_args(argv)
+    times.add(STARTUP, times.total())
+    listing, listed = f"{LISTING} (files, counterfactual groups)", times.total()
     try:
         if not args.root.is_dir():
             raise ClevrerInputError(f"CLEVRER root {args.root} does not exist")
@@ -286,9 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     except ClevrerInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    times.add(listing, times.total() - listed)
+    code = 0
     for split, (videos, annotation_paths) in per_split.items():
         ids = sorted(set(videos) | set(annotation_paths))[: args.limit]
-        groups = {} if args.no_groups else counterfactual_groups(annotation_paths, ids)
+        with times.phase(listing):
+            groups = {} if args.no_groups else counterfactual_groups(annotation_paths, ids)
         items = [
             Item(
                 vid,
@@ -307,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             "root": str(args.root),
             "proposals": str(proposals_dir),
         }
-        code = run_split(args, "clevrer", split, items, maker, {"groups": not args.no_groups}, provenance)
+        code = run_split(
+            args, "clevrer", split, items, maker, {"groups": not args.no_groups}, provenance, times=times
+        )
         if code:
-            return code
-    return 0
+            break
+    times.show()
+    return code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Pieces every dataset preparer shares: reading source videos, length checks, boxes to masks, and the
-command-line options common to all preparers (mask binarisation: :func:`interdyn.data.media.binarize`)."""
+"""Pieces every dataset preparer shares: reading source videos, length checks, boxes to masks, the
+command-line options common to all preparers (mask binarisation: :func:`interdyn.data.media.binarize`)
+and the run's time by phase (:func:`prep_times`, printed once at the end of ``main``)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.build import Item, build_split, default_workers
+from data_prep.build import INDEXING, Item, build_split, default_workers
 from data_prep.parts import Part, resolve_part
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.media import MediaError, read_video_file
 from interdyn.data.sampling import clip_offsets
 from interdyn.data.shard_format import SkipSample
+from interdyn.utils.timing import PhaseTimes, command_start
+
+STARTUP = "start-up (imports, arguments)"
+LISTING = "listing the sources"
 
 
 def read_video(path: Path) -> tuple[bytes, np.ndarray, float]:
@@ -158,13 +163,14 @@ def run_split(
     provenance: dict[str, Any],
     part: Part | None = None,
     on_finalized: Callable[[Path, str], int] | None = None,
+    times: PhaseTimes | None = None,
 ) -> int:
     """Build one split (or this process's part of it) with the common options of
     :func:`add_common_arguments`; print its summary.
 
     ``on_finalized(folder, split)`` runs once the split's index is written (by this process) and returns
     an exit code. Returns a process exit code: 0, 2 for a refused or broken run (one sentence on stderr),
-    130 after Ctrl-C (the builder has said what was kept).
+    130 after Ctrl-C (the builder has said what was kept). ``times`` gets the split's phases.
     """
     try:
         part = part or resolve_part(args.part)
@@ -185,6 +191,7 @@ def run_split(
             progress=not args.no_progress,
             part=part,
             finalize_only=args.finalize,
+            times=times,
         )
     except (RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -193,8 +200,18 @@ def run_split(
         return 130
     print(result.summary(), flush=True)
     if result.finalized and on_finalized is not None:
-        return on_finalized(result.folder, split)
+        if times is None:
+            return on_finalized(result.folder, split)
+        with times.phase(INDEXING):
+            return on_finalized(result.folder, split)
     return 0
+
+
+def prep_times(command: str, argv: list[str] | None) -> PhaseTimes:
+    """The time-by-phase record of a preparer's ``main(argv)``, counted from the process's start when it
+    runs as a command (``argv`` None: the imports count); call right before parsing the arguments, and
+    :meth:`~interdyn.utils.timing.PhaseTimes.show` it once the splits have run."""
+    return PhaseTimes(command, started=command_start(argv is None))
 
 
 def length_settings(args: argparse.Namespace) -> dict[str, Any]:

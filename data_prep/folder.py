@@ -44,7 +44,16 @@ from typing import Any
 import numpy as np
 
 from data_prep.build import Item
-from data_prep.common import add_common_arguments, check_length, count_video, read_video, run_split
+from data_prep.common import (
+    LISTING,
+    STARTUP,
+    add_common_arguments,
+    check_length,
+    count_video,
+    prep_times,
+    read_video,
+    run_split,
+)
 from interdyn.commands.spelling import ScriptParser
 from interdyn.data.clip_spec import PAPER_CLIP
 from interdyn.data.media import (
@@ -343,9 +352,12 @@ def _clip_folders(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    times = prep_times("data_prep.folder", argv)
     args = parse_args(argv)
+    times.add(STARTUP, times.total())
     try:
-        clips = _clip_folders(args)
+        with times.phase(f"{LISTING} (clip folders)"):
+            clips = _clip_folders(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -354,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         split = split_of(clip.name, args.val_fraction, args.test_fraction, args.split)
         # the item's id goes into the split's records: a name that is not UTF-8 is shown escaped there
         splits.setdefault(split, []).append(Item(printable_name(clip.name), str(clip)))
+    code = 0
     for split, items in splits.items():
         items = items[: args.limit]
         maker = FolderMaker(
@@ -379,11 +392,20 @@ def main(argv: list[str] | None = None) -> int:
         provenance = {"preparer": "data_prep.folder", "input": str(args.input)}
         # the mask-length counts go into report.json once the split is indexed (by this part or --finalize)
         code = run_split(
-            args, args.name, split, items, maker, settings, provenance, on_finalized=finish_report
+            args,
+            args.name,
+            split,
+            items,
+            maker,
+            settings,
+            provenance,
+            on_finalized=finish_report,
+            times=times,
         )
         if code:
-            return code
-    return 0
+            break
+    times.show()
+    return code
 
 
 def finish_report(folder: Path, split: str) -> int:

@@ -17,7 +17,12 @@ Parts: like the shard preparers, ``--part i/n`` (or torchrun's ``RANK``/``WORLD_
 array; see :mod:`data_prep.parts`) caches only shards ``i, i + n, ...`` of the sorted shard list, on the
 GPU ``LOCAL_RANK`` names. A shard's cache depends only on that shard, so n parts write the same bytes as
 one process. The last part to find every shard cached (or ``--finalize``) writes ``latents.json`` (the
-settings and the counts per shard) next to the shards; ``--finalize`` names the shards not cached yet.
+settings and the counts per shard) next to the shards; ``--finalize`` names the shards not cached yet
+(the records: :mod:`data_prep.latent_records`).
+
+At the end the run prints its time by phase (:class:`~interdyn.utils.timing.PhaseTimes`): start-up,
+planning, loading the encoders, reading shards, decoding clips, encoding (samples and samples/s),
+writing shards and ``latents.json``, then the total.
 """
 
 from __future__ import annotations
@@ -35,6 +40,17 @@ from typing import Any
 
 import torch
 
+from data_prep.latent_records import (
+    PROGRESS_DIR,
+    Job,
+    MissingCacheError,
+    finalize,
+    record_done,
+    shard_jobs,
+    shard_state,
+    to_do,
+    write_reports,
+)
 from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import write_shard
 from interdyn.commands.config import read_config
@@ -55,9 +71,9 @@ from interdyn.models.conditioning import (
 from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.models.svd import cast_frozen, get_encoders
 from interdyn.training.settings import DTYPES
-from interdyn.utils.files import TMP_SUFFIX, write_atomic
+from interdyn.utils.timing import PhaseTimes, command_start, per_second
 
-PROGRESS_DIR = "_latents"
+__all__ = ["PROGRESS_DIR", "ConditioningEncoder", "MissingCacheError", "cache_shard", "main", "run"]
 _DRIVER_KEYS = ("require_driver_in_first_frame", "require_driver_in_clip", "min_driver_pixels")
 # The data settings a cache depends on besides the clip, and their defaults.
 _DRIVER_DEFAULTS: dict[str, Any] = {
@@ -165,6 +181,11 @@ def _read_samples(path: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
     return samples
 
 
+# the phases of a shard's caching, in the time table
+READING, DECODING = "reading shards", "decoding clips"
+ENCODING, WRITING = "encoding (VAE, CLIP)", "writing shards"
+
+
 def cache_shard(
     src: Path,
     dst: Path,
@@ -173,35 +194,41 @@ def cache_shard(
     settings: dict[str, Any],
     batch_size: int,
     progress: Any = None,
+    times: PhaseTimes | None = None,
 ) -> Counter:
     """Add ``cond.npz`` to every usable sample of ``src`` and write the shard to ``dst`` atomically.
-    Returns counts: ``cached`` and one entry per skip reason."""
-    samples = _read_samples(src)
+    Returns counts: ``cached`` and one entry per skip reason. ``times`` gets the seconds spent reading,
+    decoding, encoding and writing."""
+    times = times if times is not None else PhaseTimes(f"latents {src.name}")
+    with times.phase(READING, runs=0):
+        samples = _read_samples(src)
     counts: Counter = Counter()
     cached: dict[str, bytes] = {}
     pending: list[dict[str, Any]] = []
 
     def flush() -> None:
-        for clip, (mean, std, image_latent, embed) in zip(
-            pending, encoder(pending, settings["seed"]), strict=True
-        ):
-            cached[clip["key"]] = pack_cache(
-                mean,
-                std,
-                image_latent,
-                embed,
-                clip["control"],
-                clip["source_indices"].tolist(),
-                {**settings, "effective_fps": clip["fps"]},
-                settings["store_dtype"],
-            )
-            counts["cached"] += 1
+        with times.phase(ENCODING, runs=0):
+            encoded = encoder(pending, settings["seed"])
+        with times.phase(WRITING, runs=0):
+            for clip, (mean, std, image_latent, embed) in zip(pending, encoded, strict=True):
+                cached[clip["key"]] = pack_cache(
+                    mean,
+                    std,
+                    image_latent,
+                    embed,
+                    clip["control"],
+                    clip["source_indices"].tolist(),
+                    {**settings, "effective_fps": clip["fps"]},
+                    settings["store_dtype"],
+                )
+                counts["cached"] += 1
         pending.clear()
 
     for key, fields in samples:
         sample = {"__key__": key, **{f: d for f, d in fields if f != FIELD}}
         try:
-            pending.append(decoder(sample, random.Random(key_seed(settings["seed"], key))))
+            with times.phase(DECODING, runs=0):
+                pending.append(decoder(sample, random.Random(key_seed(settings["seed"], key))))
         except SkipSample as skip:
             counts[skip.reason] += 1
         if len(pending) >= batch_size:
@@ -210,13 +237,14 @@ def cache_shard(
             progress.update(1)
     if pending:
         flush()
-    out = []
-    for key, fields in samples:
-        encoded = {f: d for f, d in fields if f != FIELD}
-        if key in cached:
-            encoded[FIELD] = cached[key]
-        out.append((key, encoded))
-    write_shard(dst, out)
+    with times.phase(WRITING, runs=0):
+        out = []
+        for key, fields in samples:
+            encoded = {f: d for f, d in fields if f != FIELD}
+            if key in cached:
+                encoded[FIELD] = cached[key]
+            out.append((key, encoded))
+        write_shard(dst, out)
     return counts
 
 
@@ -266,97 +294,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class MissingCacheError(InterDynError, ValueError):
-    """``--finalize`` found shards that no part has cached with these settings yet."""
-
-
-def _state(src: Path, dst: Path, record: Path, fingerprint: str) -> str:
-    """``done`` (cached with these settings), ``other`` (cached with other settings) or ``todo``."""
-    if not (record.is_file() and dst.is_file()):
-        return "todo"
-    try:
-        done = json.loads(record.read_text())
-    except json.JSONDecodeError:
-        return "todo"
-    stat = dst.stat()
-    if done.get("size") != stat.st_size or done.get("mtime_ns") != stat.st_mtime_ns:
-        return "todo"  # the shard changed since (rewritten by a preparer): cache it again
-    return "done" if done.get("settings") == fingerprint else "other"
-
-
-def _write_reports(jobs: list[tuple[Path, Path, Path]], settings: dict[str, Any]) -> None:
-    """``latents.json`` in every folder of cached shards: the settings and each shard's counts (no time
-    stamps: the same caches give the same bytes, whichever part writes the file)."""
-    folders: dict[Path, dict[str, Any]] = {}
-    for _, dst, record in jobs:
-        counts = json.loads(record.read_text()).get("counts", {})
-        folders.setdefault(dst.parent, {})[dst.name] = dict(sorted(counts.items()))
-    for folder, shards in folders.items():
-        total: Counter = Counter()
-        for counts in shards.values():
-            total.update(counts)
-        report = {"settings": settings, "counts": dict(sorted(total.items())), "shards": shards}
-        write_atomic(folder / "latents.json", json.dumps(report, indent=1, sort_keys=True).encode())
-
-
-def _jobs(urls: list[str], out: Path | None) -> list[tuple[Path, Path, Path]]:
-    """``(source shard, cached shard, progress record)`` per shard, in the order of ``urls``."""
-    jobs = []
-    for url in urls:
-        src = Path(url)
-        dst = (out / src.name) if out else src
-        jobs.append((src, dst, dst.parent / PROGRESS_DIR / (src.name + ".json")))
-    return jobs
-
-
-def _finalize(jobs: list[tuple[Path, Path, Path]], settings: dict[str, Any], fingerprint: str) -> None:
-    """``--finalize``: write ``latents.json`` when every shard is cached, else name the missing ones."""
-    missing = [j for j, job in enumerate(jobs) if _state(*job, fingerprint) != "done"]
-    if missing:
-        shown = ", ".join(f"{j} ({jobs[j][1].name})" for j in missing[:10]) + (
-            ", ..." if len(missing) > 10 else ""
-        )
-        raise MissingCacheError(
-            f"latents: {len(missing)} of {len(jobs)} shards are not cached with these settings: {shown};"
-            " shard j belongs to part j mod n of --part i/n: rerun those parts, then finalize again"
-        )
-    _write_reports(jobs, settings)
-    print(f"latents: all {len(jobs)} shards are cached; wrote latents.json")
-
-
-def _to_do(
-    mine: list[tuple[Path, Path, Path]], fingerprint: str, overwrite: bool
-) -> list[tuple[Path, Path, Path]]:
-    """The shards of this part not cached with these settings yet (an error for shards cached with other
-    settings unless ``overwrite``); removes temporary files a killed run left."""
-    todo = []
-    for src, dst, record in mine:
-        for stale in dst.parent.glob(f"{dst.name}*{TMP_SUFFIX}"):  # left by a killed run of this part
-            stale.unlink(missing_ok=True)
-        state = _state(src, dst, record, fingerprint)
-        if state == "done":
-            continue
-        if state == "other" and not overwrite:
-            raise ValueError(
-                f"{dst} was cached with other settings ({record}); pass --overwrite to rebuild the cache"
-            )
-        todo.append((src, dst, record))
-    return todo
-
-
 def _cache_shards(
-    todo: list[tuple[Path, Path, Path]],
+    todo: list[Job],
     settings: dict[str, Any],
     svd: Any,
     device: str,
     args: argparse.Namespace,
+    times: PhaseTimes,
 ) -> Counter:
     """Cache every shard of ``todo`` on ``device``, recording each one done; returns the counts."""
     fingerprint = json.dumps(settings, sort_keys=True)
     dtype_name = args.encoder_dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-    encoder = ConditioningEncoder(
-        svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
-    )
+    with times.phase("loading the encoders"):
+        encoder = ConditioningEncoder(
+            svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+        )
     decoder = ClipDecoder(
         ClipSpec.from_mapping({k: settings[k] for k in ClipSpec.names()}),
         **{k: settings[k] for k in _DRIVER_KEYS},
@@ -367,35 +319,49 @@ def _cache_shards(
 
         progress = tqdm(desc="caching", unit="video")
     total: Counter = Counter()
-    for src, dst, record in todo:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        counts = cache_shard(src, dst, decoder, encoder, settings, args.batch_size, progress)
-        total.update(counts)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        stat = dst.stat()
-        entry = {
-            "settings": fingerprint,
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "counts": counts,
-        }
-        write_atomic(record, json.dumps(entry, indent=1).encode())
-    if progress is not None:
-        progress.close()
+    shards = 0
+    try:
+        for src, dst, record in todo:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            counts = cache_shard(src, dst, decoder, encoder, settings, args.batch_size, progress, times)
+            total.update(counts)
+            with times.phase(WRITING, runs=0):
+                record_done(dst, record, fingerprint, counts)
+            shards += 1
+    finally:
+        if progress is not None:
+            progress.close()
+        _note_work(times, total, shards)
     return total
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Cache every shard; returns a summary (settings, shard counts, samples cached and skipped)."""
-    part = resolve_part(args.part)
-    settings, svd, urls = resolve_settings(args)
-    fingerprint = json.dumps(settings, sort_keys=True)
-    jobs = _jobs(urls, args.out)
+def _note_work(times: PhaseTimes, total: Counter, shards: int) -> None:
+    """What the reading, decoding and encoding phases did: shards, videos, samples and samples/s."""
+    if READING in times.seconds:
+        times.details[READING] = f"{shards} shard{'' if shards == 1 else 's'}"
+    if DECODING in times.seconds:
+        times.details[DECODING] = f"{sum(total.values())} videos"
+    if ENCODING in times.seconds:
+        times.details[ENCODING] = per_second(total.get("cached", 0), "samples", times.seconds[ENCODING])
+
+
+def run(args: argparse.Namespace, times: PhaseTimes | None = None) -> dict[str, Any]:
+    """Cache every shard; returns a summary (settings, shard counts, samples cached and skipped).
+    ``times`` gets the phases (see the module docstring)."""
+    times = times if times is not None else PhaseTimes("data_prep.latents")
+    with times.phase("planning (settings, shard list)"):
+        part = resolve_part(args.part)
+        if not part.whole:
+            times.command = f"data_prep.latents part {part}"
+        settings, svd, urls = resolve_settings(args)
+        fingerprint = json.dumps(settings, sort_keys=True)
+        jobs = shard_jobs(urls, args.out)
+        mine = [jobs[j] for j in part.chunks(len(jobs))]
+        todo = [] if args.finalize else to_do(mine, fingerprint, args.overwrite)
     if args.finalize:
-        _finalize(jobs, settings, fingerprint)
+        with times.phase("latents.json"):
+            finalize(jobs, settings, fingerprint)
         return {"settings": settings, "shards": len(urls), "cached_now": 0, "counts": {}}
-    mine = [jobs[j] for j in part.chunks(len(jobs))]
-    todo = _to_do(mine, fingerprint, args.overwrite)
     shown = {k: v for k, v in settings.items() if k not in ("svd", "version")}
     svd_name = svd if isinstance(svd, str) else "the config's random SVD"
     which = "" if part.whole else f" (part {part} from {part.source}: {len(mine)} of them)"
@@ -406,7 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     if todo:
         device = part_device(part, args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
-        total = _cache_shards(todo, settings, svd, device, args)
+        total = _cache_shards(todo, settings, svd, device, args, times)
     seconds = time.monotonic() - started
     skipped = {k: v for k, v in total.items() if k != "cached"}
     videos = sum(total.values())
@@ -416,11 +382,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         + (f"; skipped {skipped}" if skipped else ""),
         flush=True,
     )
-    # the last part to finish (or the only one) writes latents.json
-    waiting = [job[1].name for job in jobs if _state(*job, fingerprint) != "done"]
-    if not waiting:
-        _write_reports(jobs, settings)
-    else:
+    with times.phase("latents.json"):
+        # the last part to finish (or the only one) writes latents.json
+        waiting = [job[1].name for job in jobs if shard_state(*job, fingerprint) != "done"]
+        if not waiting:
+            write_reports(jobs, settings)
+    if waiting:
         print(
             f"latents: {len(waiting)} shard(s) of other parts are not cached yet; the last part to finish"
             " writes latents.json (or run the same command with --finalize)"
@@ -429,16 +396,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (2 with one sentence for user errors)."""
+    """Command-line entry point; returns the exit code (2 with one sentence for user errors). A run that
+    got to work ends with its time by phase, an interrupted one too."""
+    times = PhaseTimes("data_prep.latents", started=command_start(argv is None))
     args = parse_args(argv)
+    times.add("start-up (imports, arguments)", times.total())
     try:
-        run(args)
+        run(args, times)
     except (InterDynError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to go on", file=sys.stderr)
+        times.show()
         return 130
+    times.show()
     return 0
 
 

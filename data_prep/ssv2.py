@@ -38,11 +38,14 @@ import numpy as np
 
 from data_prep.build import Item
 from data_prep.common import (
+    LISTING,
+    STARTUP,
     add_common_arguments,
     check_length,
     clip_box,
     count_video,
     fill_boxes,
+    prep_times,
     read_video,
     run_split,
 )
@@ -248,12 +251,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    times = prep_times("data_prep.ssv2", argv)
     args = parse_args(argv)
     try:
         part = resolve_part(args.part)
     except PartSpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    times.add(STARTUP, times.total())
+    listing = times.total()
     try:
         videos = _find_dir(args.root, args.videos, VIDEO_DIRS, "videos", "*.webm")
         labels_dir = _find_dir(args.root, args.labels, LABEL_DIRS, "labels", "something-something-v2-*.json")
@@ -270,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except SSV2InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    times.add(f"{LISTING} (labels, boxes)", times.total() - listing)
     settings = {
         # the inputs as files: adding a Something-Else part or another checkpoint changes the plan
         "inputs": _file_stamps([*box_files, *(labels_dir / n for n in LABEL_FILES.values())])
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "boxes": [str(p) for p in box_files],
         "sam2_checkpoint": str(args.sam2_checkpoint) if sam2 else None,
     }
+    code = 0
     for split, ids in split_ids.items():
         items = [Item(v, (labels.get(v), boxes.get(v))) for v in ids]
         maker = SSV2Maker(
@@ -302,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             args.max_gap,
             sam2,
         )
-        code = run_split(args, "ssv2", split, items, maker, settings, provenance, part)
+        code = run_split(args, "ssv2", split, items, maker, settings, provenance, part, times=times)
         if code:
-            return code
-    return 0
+            break
+    times.show()
+    return code
 
 
 def _split_ids(

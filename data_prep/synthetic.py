@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 
 from data_prep.build import Item, PlanMismatchError, build_split
+from data_prep.common import STARTUP, prep_times
 from data_prep.synthetic_world import World, builtin_world, make_video
 from interdyn.commands.spelling import ScriptParser
 from interdyn.data.shard_format import encode_masks
 from interdyn.data.video import encode_video
+from interdyn.utils.timing import PhaseTimes
 
 __all__ = ["SyntheticMaker", "World", "builtin_world", "make_video", "sample_fields", "write_split"]
 
@@ -129,12 +131,14 @@ def write_split(
     progress: bool = True,
     workers: int = 1,
     seed_split: str | None = None,
+    times: PhaseTimes | None = None,
 ) -> dict[str, Any]:
     """Write ``count`` clips (train/val) or ``count`` counterfactual groups of ``variants`` clips (test)
     with the resumable build of every preparer (:func:`data_prep.build.build_split`): ``shard_size``
     clips (or groups) per shard, an interrupted run continues where it stopped, and a split made with
     other settings is replaced (the data is generated, nothing is lost). ``seed_split`` seeds the items
-    as another split's (:class:`SyntheticMaker`)."""
+    as another split's (:class:`SyntheticMaker`). ``times`` gets the split's phases (planning, building,
+    indexing)."""
     maker = SyntheticMaker(split, seed, world, num_frames, fps, variants, seed_split)
     items = [Item(f"{i:06d}", i) for i in range(count)]
     settings = {
@@ -152,6 +156,7 @@ def write_split(
         "shard_size": shard_size,
         "workers": workers,
         "progress": progress,
+        "times": times,
     }
     try:
         result = build_split(out, "synthetic", split, items, maker, **options)
@@ -235,9 +240,11 @@ def world_of(args: argparse.Namespace, parser: ScriptParser) -> World:
 
 
 def main(argv: list[str] | None = None) -> int:
+    times = prep_times("data_prep.synthetic", argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     world = world_of(args, parser)
+    times.add(STARTUP, times.total())
     if args.train and args.seen_groups > args.train:
         parser.error(f"--seen_groups {args.seen_groups} is more than the {args.train} training clips")
     for split, count, variants, seed_split in (
@@ -259,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.shard_size,
                 workers=args.workers,
                 seed_split=seed_split,
+                times=times,
             )
             print(
                 f"{info['split']}: {info['samples']} samples in {info['shards']} shard(s) -> {args.out / split}"
             )
+    times.show()
     return 0
 
 

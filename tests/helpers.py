@@ -363,3 +363,25 @@ def write_generate_inputs(root: Path) -> dict[str, Path]:
 def decoded(path: Path) -> np.ndarray:
     """The frames of a video file, (T, H, W, 3) uint8."""
     return decode_frames(path.read_bytes())
+
+
+def phase_table(printed: str) -> tuple[str, dict[str, tuple[float, str]]]:
+    """The time-by-phase table in a command's output (:meth:`interdyn.utils.timing.PhaseTimes.table`):
+    its title, and each row's seconds and note (``"total"`` included), in the order printed."""
+    lines = printed.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.endswith(": time by phase"))
+    rows: dict[str, tuple[float, str]] = {}
+    for line in lines[first + 1 :]:
+        name, sep, rest = line.strip().partition("  ")
+        if not line.startswith("  ") or not sep:
+            break
+        seconds, _, note = rest.strip().partition("  ")
+        if " min " in seconds:
+            minutes, _, secs = seconds.partition(" min ")
+            value = 60 * int(minutes) + float(secs.removesuffix(" s"))
+        else:
+            value = float(seconds.removesuffix(" s"))
+        rows[name] = (value, note.strip().removeprefix("(").removesuffix(")"))
+        if name == "total":
+            break
+    return lines[first].removesuffix(": time by phase"), rows

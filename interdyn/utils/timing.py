@@ -1,8 +1,10 @@
 """Wall time by phase, printed when a long command ends, so a user sees where the time went.
 
-`interdyn fit` / `test` (through :class:`interdyn.callbacks.PhaseTimer`), the preparers and the latent
-cache each keep a :class:`PhaseTimes` and print its table at the end: one line per phase, its seconds
-and what it did (steps, clips), then the total.
+`interdyn fit` / `test` (through :class:`interdyn.callbacks.PhaseTimer`), the preparers
+(:mod:`data_prep.build`) and the latent cache (:mod:`data_prep.latents`) each keep a :class:`PhaseTimes`
+and print its table at the end: one line per phase, its seconds and what it did (steps, clips), then
+the total. A command's record counts from :func:`command_start` (the process's start when it runs as a
+command, so that its imports count); :func:`per_second` writes a phase's work and rate.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass, field
 class PhaseTimes:
     """Seconds spent per named phase, in the order the phases first ran.
 
-    A phase may run several times (validation every N steps); its seconds add up and its count is kept.
+    A phase may run several times (validation every N steps); its seconds add up and its count is kept
+    (``runs=0`` for a phase timed in many small pieces, e.g. per sample, where a count says nothing).
     ``detail`` is a short note shown beside the phase (``"60 steps, 0.45 it/s"``).
     """
 
@@ -27,21 +30,21 @@ class PhaseTimes:
     details: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, name: str, seconds: float, detail: str | None = None) -> None:
-        """Add ``seconds`` to phase ``name`` (created on first use)."""
+    def add(self, name: str, seconds: float, detail: str | None = None, runs: int = 1) -> None:
+        """Add ``seconds`` (and ``runs``) to phase ``name`` (created on first use)."""
         self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
-        self.counts[name] = self.counts.get(name, 0) + 1
+        self.counts[name] = self.counts.get(name, 0) + runs
         if detail is not None:
             self.details[name] = detail
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the ``with`` block as (one more run of) phase ``name``."""
+    def phase(self, name: str, runs: int = 1) -> Iterator[None]:
+        """Time the ``with`` block as (``runs`` more runs of) phase ``name``."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - start)
+            self.add(name, time.perf_counter() - start, runs=runs)
 
     def total(self) -> float:
         """Seconds since this record was made (phases plus whatever ran between them)."""
@@ -66,6 +69,22 @@ class PhaseTimes:
         for name, secs, note in rows:
             lines.append(f"  {name:<{width}}  {secs:>9}" + (f"  ({note})" if note else ""))
         return "\n".join(lines)
+
+    def show(self) -> None:
+        """Print :meth:`table` after an empty line (on the process that runs the command, once)."""
+        print("\n" + self.table(), flush=True)
+
+
+def command_start(from_process_start: bool) -> float:
+    """The ``time.perf_counter()`` reading a command's time counts from: this process's start when it
+    runs as a command (``from_process_start``: its imports count), else now (called in-process)."""
+    return time.perf_counter() - (process_age() if from_process_start else 0.0)
+
+
+def per_second(count: int, unit: str, seconds: float) -> str:
+    """``"8 clips, 3.21 clips/s"``: what a phase did and how fast (no rate when nothing was timed)."""
+    rate = f", {count / seconds:.2f} {unit}/s" if seconds > 0 and count > 0 else ""
+    return f"{count} {unit}{rate}"
 
 
 def format_seconds(seconds: float) -> str:

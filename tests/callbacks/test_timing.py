@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from interdyn.utils.timing import PhaseTimes, format_seconds, process_age
+from interdyn.utils.timing import PhaseTimes, command_start, format_seconds, per_second, process_age
 from interdyn.world import demo
 
 
@@ -41,6 +41,20 @@ def test_time_not_in_any_phase_shows_as_other() -> None:
 def test_process_age_is_this_process_lifetime() -> None:
     age = process_age()
     assert 0.0 < age < 24 * 3600
+    assert time.perf_counter() - command_start(True) >= age - 0.1  # a command's time counts its imports
+    assert time.perf_counter() - command_start(False) < 1.0  # called in-process: from now
+
+
+def test_phases_timed_in_pieces_show_no_run_count_and_rates_read_plainly() -> None:
+    times = PhaseTimes("data_prep.latents")
+    for _ in range(3):  # per sample
+        times.add("decoding clips", 0.5, runs=0)
+    times.details["encoding"] = per_second(8, "samples", 2.0)
+    times.add("encoding", 2.0)
+    lines = times.table().splitlines()
+    assert lines[1].split() == ["decoding", "clips", "1.5", "s"]  # no "(3 runs)"
+    assert lines[2].endswith("(8 samples, 4.00 samples/s)")
+    assert per_second(0, "clips", 0.0) == "0 clips"
 
 
 def _step(name: str, code: str) -> demo.Step:

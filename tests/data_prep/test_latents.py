@@ -24,7 +24,7 @@ from interdyn.errors import BatchContractError, ConfigError
 from interdyn.models.conditioning import encode_image_latents
 from interdyn.training.module import InterDynModule
 from interdyn.training.settings import nest_settings
-from tests.helpers import REPO_ROOT, TINY_CONTROL_CHANNELS
+from tests.helpers import REPO_ROOT, TINY_CONTROL_CHANNELS, phase_table
 
 SIZE = 64
 CLIP = PAPER_CLIP.with_overrides(height=SIZE, width=SIZE)  # the cache's: centre window, mask-aware crop
@@ -256,6 +256,27 @@ def test_parts_cache_the_bytes_of_one_process(
     assert sorted(one) == sorted([*(p.name for p in synthetic_shards.glob("train/*.tar")), "latents.json"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == one
     assert json.loads(one["latents.json"])["counts"]["cached"] == 8
+
+
+def test_the_run_ends_with_its_time_by_phase(synthetic_shards, tiny_svd_folder, tmp_path, capsys):
+    """One part of two (one shard of 4 clips): every phase with its seconds, the encoding's samples/s, and
+    the phases adding up to the total."""
+    capsys.readouterr()
+    assert run_latents(synthetic_shards / "train", tmp_path, tiny_svd_folder, "--part", "0/2") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("time by phase") == 1
+    title, rows = phase_table(printed)
+    assert title == "data_prep.latents part 0/2"
+    assert list(rows) == [
+        "start-up (imports, arguments)", "planning (settings, shard list)", "loading the encoders",
+        "reading shards", "decoding clips", "encoding (VAE, CLIP)", "writing shards", "latents.json", "total",
+    ]  # fmt: skip
+    assert rows["reading shards"][1] == "1 shard" and rows["decoding clips"][1] == "4 videos"
+    seconds, note = rows["encoding (VAE, CLIP)"]
+    assert seconds > 0 and note.startswith("4 samples, ") and note.endswith(" samples/s")
+    assert rows["loading the encoders"][0] > 0
+    phases = sum(s for name, (s, _) in rows.items() if name != "total")
+    assert "other" not in rows and abs(phases - rows["total"][0]) <= 0.06 * len(rows) + 0.05 * phases + 0.2
 
 
 def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_shards):

@@ -10,6 +10,8 @@ Inputs are read and resampled by :mod:`interdyn.inputs` as the authors' demo pre
 256x384; 3 samples per input with seed 42); weights come from a local folder, a hub id, an
 ``interdyn export`` folder or a Lightning
 ``.ckpt`` (:mod:`interdyn.commands.export`); sampling is :class:`~interdyn.models.pipeline.InterDynPipeline`.
+A driver longer than the model's window (``--num_frames 30``) is sampled in overlapping windows
+(``--continuation hold`` or ``chain``, ``--window_overlap``) or in one pass (``single``): docs/long.md.
 Every output file is written atomically. ``interdyn export`` lives in :mod:`interdyn.commands.export`.
 """
 
@@ -48,6 +50,7 @@ from interdyn.inputs import (
 )
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
+from interdyn.models.long import Window, check_overlap, plan_windows
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import SamplingSettings
@@ -238,6 +241,34 @@ def sampling_settings(args: GenerateOptions, recorded: dict[str, Any]) -> Sampli
     return settings.with_overrides(num_inference_steps=int(settings.num_inference_steps))
 
 
+def window_plan(
+    args: GenerateOptions, settings: SamplingSettings, frames: int, window: int
+) -> dict[str, Any]:
+    """How a driver of ``frames`` frames is sampled by a model of ``window`` frames: the run record's
+    ``continuation`` (the one used: ``single`` for a driver of at most one window) and ``windows``
+    (``[start, stop]`` each). One sentence for a long mode asked of a driver of at most one window, or for
+    an overlap the window cannot take."""
+    given = given_settings(args, SamplingSettings)
+    if given.get("continuation", "single") != "single" and frames <= window:
+        raise InputError(
+            f"--continuation {settings.continuation} continues windows of the model's {window} frames and needs "
+            f"a driver longer than one window, but this one has {frames} frames (ask for more with "
+            "--num_frames, or leave --continuation out)."
+        )
+    long = frames > window and settings.continuation != "single"
+    if long or "window_overlap" in given:
+        try:
+            check_overlap(window, settings.window_overlap)
+        except ValueError as err:
+            raise InputError(f"--{err}") from None
+    plan = plan_windows(frames, window, settings.window_overlap) if long else [Window(0, frames, 0)]
+    return {
+        "continuation": settings.continuation if long else "single",
+        "model_window": window,
+        "windows": [[w.start, w.stop] for w in plan],
+    }
+
+
 # ---------------------------------------------------------------------------- the command
 @dataclass
 class LoadedWeights:
@@ -287,7 +318,10 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
     if weights is None:
         weights = load_weights(args)
     svd_source, recorded, pipe = weights.svd_source, weights.recorded, weights.pipe
-    settings = sampling_settings(args, recorded).as_kwargs()
+    chosen = sampling_settings(args, recorded)
+    length = len(inputs.controls[0])
+    windows = window_plan(args, chosen, length, int(pipe.unet.config.num_frames or length))
+    settings = chosen.as_kwargs()
     pipe.set_progress_bar_config(disable=args.no_progress, desc="sampling")
     svd_name = svd_source if isinstance(svd_source, str) else "an architecture dict (random weights)"
     print(
@@ -297,6 +331,11 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         f"sampling: {args.num_samples} sample(s) per control, seed {args.seed}, "
         + ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}" for k, v in settings.items())
     )
+    if len(windows["windows"]) > 1:
+        print(
+            f"long video: {length} frames in {len(windows['windows'])} windows of {windows['model_window']} "
+            f"(overlap {chosen.window_overlap}, continuation {chosen.continuation}): {windows['windows']}"
+        )
 
     videos: dict[str, np.ndarray] = {}
     for label, control in zip(inputs.labels, inputs.controls, strict=True):
@@ -315,9 +354,8 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         videos[label] = to_uint8(frames)
 
     paths = write_outputs(inputs, videos, out)
-    record = run_record(args, inputs, svd_source, device, dtype, settings) | {
-        "files": [p.name for p in paths]
-    }
+    record = run_record(args, inputs, svd_source, device, dtype, settings) | windows
+    record["files"] = [p.name for p in paths]
     paths.append(write_atomic(out / f"{inputs.name}_settings.json", json.dumps(record, indent=2).encode()))
     print(f"wrote {len(paths)} files to {out}/:")
     for path in paths:

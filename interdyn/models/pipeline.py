@@ -5,11 +5,15 @@ EDM noise range (``scheduler="dpmpp_2m"``), classifier-free guidance with a
 per-frame scale rising linearly from ``min_guidance_scale`` (first frame) to ``max_guidance_scale``
 (last frame). The unconditional branch zeroes the image conditioning (CLIP embedding and image
 latent) and keeps the control masks. Both branches run in one batched forward.
+
+A driver longer than the UNet's window (its ``num_frames``) is sampled in overlapping windows, one after
+another (``continuation``: ``hold`` or ``chain``, :mod:`interdyn.models.long`), or in one pass (``single``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from interdyn.models.conditioning import (
     make_added_time_ids,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.long import LatentHold, LongVideo, plan_windows, sample_windows
 from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
@@ -49,6 +54,7 @@ class InterDynPipelineOutput(BaseOutput):
     ``(B, T, H, W, 3)`` (np) / ``(B, T, 3, H, W)`` (pt) in ``[0, 1]``; or latents for ``"latent"``."""
 
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
+    windows: list[torch.Tensor] | None = None  # long sampling: each window's latents (N, W, 4, h, w)
 
 
 def image_to_tensor(image: ImageInput) -> torch.Tensor:
@@ -180,6 +186,8 @@ class InterDynPipeline(DiffusionPipeline):
         noise_aug_strength: float = DEFAULT_SAMPLING.noise_aug_strength,
         conditioning_scale: float = DEFAULT_SAMPLING.conditioning_scale,
         scheduler: str = DEFAULT_SAMPLING.scheduler,
+        window_overlap: int = DEFAULT_SAMPLING.window_overlap,
+        continuation: str = DEFAULT_SAMPLING.continuation,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -204,12 +212,14 @@ class InterDynPipeline(DiffusionPipeline):
             fps_id, motion_bucket_id, noise_aug_strength: SVD's added time ids (InterDyn: 6, 40, 0.02).
             conditioning_scale: multiplies the branch residuals (0 gives plain SVD, without running the branch).
             scheduler: ``euler`` (SVD's), ``dpmpp_2m`` or ``edm_euler`` (see :func:`make_scheduler`).
+            window_overlap, continuation: a control longer than the UNet's ``num_frames`` is sampled in windows
+                (:mod:`interdyn.models.long`; the output's ``windows``: their latents) or in one pass (``single``).
             num_videos_per_prompt: samples per input (outputs are grouped by input).
             generator: seeds the initial noise and the image noise augmentation; a list holds one generator
                 per input, and each input's videos are then those a call with that input alone and its
                 generator gives (batched sampling of clips seeded one by one).
             latents: optional initial noise ``(B * num_videos_per_prompt, T, 4, H/8, W/8)`` (unit variance).
-            decode_chunk_size: frames decoded at once (default: all frames of a clip).
+            decode_chunk_size: frames decoded at once (default: all frames of a clip; of a window when long).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
         """
         # The one mapping between diffusers-style keyword arguments and the settings object: the arguments
@@ -223,6 +233,8 @@ class InterDynPipeline(DiffusionPipeline):
             noise_aug_strength=noise_aug_strength,
             conditioning_scale=conditioning_scale,
             scheduler=scheduler,
+            window_overlap=window_overlap,
+            continuation=continuation,
         )
         device = self._execution_device
         pixels, control = self._check_inputs(image, control, device)
@@ -230,24 +242,67 @@ class InterDynPipeline(DiffusionPipeline):
             raise ValueError(
                 f"a list of generators needs one per input ({control.shape[0]}), got {len(generator)}"
             )
-        conditioning = self._conditioning(pixels, control, num_videos_per_prompt, settings, generator, device)
-        sampler = make_scheduler(settings.scheduler, self.scheduler)
-        sampler.set_timesteps(settings.num_inference_steps, device=device)
-        videos = (control.shape[0] * num_videos_per_prompt, *control.shape[1:])
-        latents = self._initial_latents(videos, sampler, generator, latents, device)
-        for t in self.progress_bar(sampler.timesteps):
-            pred = self._prediction(sampler, latents, t, conditioning, settings.conditioning_scale)
-            latents = sampler.step(pred, t, latents).prev_sample
-
-        if output_type == "latent":
-            frames_out: Any = latents
-        else:
-            video = decode_latents(self.vae, latents, decode_chunk_size or control.shape[1])
+        n, chunk = num_videos_per_prompt, decode_chunk_size or control.shape[1]
+        latents, long = self._sample(
+            settings, device, pixels, control, n, generator, latents, decode_chunk_size
+        )
+        frames_out: Any = latents
+        if output_type != "latent":
+            video = long.video_frames() if long else decode_latents(self.vae, latents, chunk)
             frames_out = frames_to_output(video, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames_out,)
-        return InterDynPipelineOutput(frames=frames_out)
+        return InterDynPipelineOutput(frames=frames_out, windows=long.latents if long else None)
+
+    def _sample(
+        self,
+        settings: SamplingSettings,
+        device: torch.device,
+        pixels: torch.Tensor,
+        control: torch.Tensor,
+        n: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        decode_chunk_size: int | None,
+    ) -> tuple[torch.Tensor, LongVideo | None]:
+        """The video's latents: one pass, or windows one after another (then also their :class:`LongVideo`)."""
+        window = int(self.unet.config.num_frames or control.shape[1])
+        if control.shape[1] <= window or settings.continuation == "single":
+            return self._denoise(settings, device, pixels, control, n, generator, latents), None
+        plan = plan_windows(control.shape[1], window, settings.window_overlap)
+        denoise = partial(self._denoise, settings, device)
+        decode = partial(decode_latents, self.vae, chunk_size=decode_chunk_size or window)
+        long = sample_windows(
+            denoise, decode, pixels, control, plan, settings.continuation, n, generator, latents
+        )
+        return long.video_latents(), long
+
+    def _denoise(
+        self,
+        settings: SamplingSettings,
+        device: torch.device,
+        pixels: torch.Tensor,
+        control: torch.Tensor,
+        n: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        hold: LatentHold | None = None,
+    ) -> torch.Tensor:
+        """The latents ``(B * n, T, 4, h, w)`` of one pass over ``control``'s frames (``hold``: see long.py)."""
+        conditioning = self._conditioning(pixels, control, n, settings, generator, device)
+        sampler = make_scheduler(settings.scheduler, self.scheduler)
+        sampler.set_timesteps(settings.num_inference_steps, device=device)
+        videos = (control.shape[0] * n, *control.shape[1:])
+        latents = self._initial_latents(videos, sampler, generator, latents, device)
+        if hold is not None:
+            latents = hold.start(latents, sampler)
+        for t in self.progress_bar(sampler.timesteps):
+            pred = self._prediction(sampler, latents, t, conditioning, settings.conditioning_scale)
+            latents = sampler.step(pred, t, latents).prev_sample
+            if hold is not None:
+                latents = hold.step(latents, sampler)
+        return latents
 
     def _check_inputs(
         self, image: ImageInput, control: torch.Tensor | np.ndarray, device: torch.device

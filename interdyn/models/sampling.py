@@ -15,6 +15,10 @@ from typing import Any, Literal, get_args
 
 Scheduler = Literal["euler", "dpmpp_2m", "edm_euler"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+# How a driver longer than the model's window is sampled (interdyn.models.long, docs/long.md).
+Continuation = Literal["single", "chain", "hold"]
+CONTINUATIONS: tuple[str, ...] = get_args(Continuation)
+DEFAULT_OVERLAP = 4
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class SamplingSettings:
         conditioning_scale: multiplies the branch residuals (0 gives plain SVD).
         scheduler: ``euler`` (SVD's, the paper's), ``dpmpp_2m`` (DPM-Solver++(2M); on the trained
             world it needs more steps than Euler, not fewer: see docs/benchmarks.md) or ``edm_euler``.
+        window_overlap: frames shared by consecutive windows when a driver is longer than the model's
+            window (at least 1, less than the window; see docs/long.md).
+        continuation: how a driver longer than the model's window is sampled: ``hold`` (windows; the
+            overlapping frames held to those already made), ``chain`` (windows, nothing held) or
+            ``single`` (one pass over all frames); a driver of at most one window is always one pass.
     """
 
     num_inference_steps: int = 50
@@ -41,10 +50,17 @@ class SamplingSettings:
     noise_aug_strength: float = 0.02
     conditioning_scale: float = 1.0
     scheduler: str = "euler"
+    window_overlap: int = DEFAULT_OVERLAP
+    continuation: str = "hold"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.continuation not in CONTINUATIONS:
+            raise ValueError(f"continuation must be one of {CONTINUATIONS}, got {self.continuation!r}")
+        overlap = self.window_overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1:
+            raise ValueError(f"window_overlap must be a whole number of frames, at least 1, got {overlap!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -30,6 +30,8 @@ def test_the_papers_settings_and_their_sources():
         "noise_aug_strength": 0.02,
         "conditioning_scale": 1.0,
         "scheduler": "euler",
+        "window_overlap": 4,  # long videos only (docs/long.md)
+        "continuation": "hold",
     }
     recorded = SamplingSettings.from_mapping({"num_inference_steps": 2, "learning_rate": 1e-5})
     assert (

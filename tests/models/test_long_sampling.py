@@ -155,5 +155,10 @@ def test_one_generator_per_input_gives_each_input_its_own_long_videos(pipe: Inte
     second = (image.flip(-1), masks.roll(4, dims=-1))  # the second input alone, with its generator
     alone = pipe(*second, generator=torch.Generator().manual_seed(1), **kw).frames
     other_seed = pipe(*second, generator=torch.Generator().manual_seed(5), **kw).frames
-    torch.testing.assert_close(together[:, :14], alone[:, :14], atol=1e-6, rtol=0)
+    # window 1 as sampled alone, up to the float32 steps of the image conditioning (CLIP's resize): about
+    # 1e-3 with one thread per process (make test's workers), far below another seed's difference
+    torch.testing.assert_close(together[:, :14], alone[:, :14], atol=5e-3, rtol=0)
+    assert (together[:, :14] - alone[:, :14]).abs().max() < 0.1 * (
+        other_seed[:, :14] - alone[:, :14]
+    ).abs().max()
     assert (together - alone).abs().mean() < 0.1 * (other_seed - alone).abs().mean()

@@ -202,9 +202,19 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     samples = browser.find_element(By.CSS_SELECTOR, "#samples input[type=number]")
     samples.clear()
     samples.send_keys("2", Keys.TAB)
-    browser.find_element(By.ID, "preview").click()
-    # the preview renders the driver's frames on the server: slow while the other worker is busy
-    WebDriverWait(browser, 240).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview_image img"))
+    # the preview renders the driver's frames on the server: slow while the other worker is busy; a click
+    # that lands while the page still handles the samples field is lost, so it is repeated now and then
+    clicked = [0.0]
+
+    def previewed(d) -> bool:
+        if d.find_elements(By.CSS_SELECTOR, "#preview_image img"):
+            return True
+        if time.monotonic() - clicked[0] > 45:
+            d.find_element(By.ID, "preview").click()
+            clicked[0] = time.monotonic()
+        return False
+
+    WebDriverWait(browser, 240, ignored_exceptions=(StaleElementReferenceException,)).until(previewed)
 
     browser.find_element(By.ID, "generate").click()
     video = WebDriverWait(browser, 300).until(

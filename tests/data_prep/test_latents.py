@@ -274,7 +274,7 @@ def test_the_run_ends_with_its_time_by_phase(synthetic_shards, tiny_svd_folder, 
     assert rows["reading shards"][1] == "1 shard" and rows["decoding clips"][1] == "4 videos"
     seconds, note = rows["encoding (VAE, CLIP)"]
     assert seconds > 0 and note.startswith("4 samples, ") and note.endswith(" samples/s")
-    assert rows["loading the encoders"][0] > 0
+    assert rows["loading the encoders"][0] >= 0  # the tiny encoders may load within the table's 0.1 s
     phases = sum(s for name, (s, _) in rows.items() if name != "total")
     assert "other" not in rows and abs(phases - rows["total"][0]) <= 0.06 * len(rows) + 0.05 * phases + 0.2
 

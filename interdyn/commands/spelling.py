@@ -69,7 +69,7 @@ OLD_SPELLINGS: dict[str, tuple[str, ...]] = {
     "max_guidance_scale": ("max_guidance",),
     "window": ("eval_window",),
 }
-_DATA_FLAG = re.compile(r"--data\.(?:init_args\.)?(\w+)(=.*)?")
+_DATA_FLAG = re.compile(r"(--data\.(?:init_args\.)?)(\w+)(=.*)?")
 
 
 def _read_yaml(path: str) -> Any:
@@ -137,16 +137,10 @@ def nested_clip_options(argv: Sequence[str]) -> list[str]:
                 f"holding only what differs from the paper's {paper.num_frames} frames at {paper.fps:g} fps of "
                 f"{paper.height}x{paper.width})"
             )
-    out = []
-    for arg in argv:
-        match = _DATA_FLAG.fullmatch(arg)
-        if match and match.group(1) in flat:
-            arg = f"--data.init_args.clip.{flat[match.group(1)]}{match.group(2) or ''}"
-        out.append(arg)
-    return out
+    return _renamed(argv, _DATA_FLAG, {old: f"init_args.clip.{new}" for old, new in flat.items()})
 
 
-_MODEL_FLAG = re.compile(r"--model\.(?:init_args\.)?(\w+)(=.*)?")
+_MODEL_FLAG = re.compile(r"(--model\.(?:init_args\.)?)(\w+)(=.*)?")
 
 
 def nested_model_options(argv: Sequence[str]) -> list[str]:
@@ -168,10 +162,22 @@ def nested_model_options(argv: Sequence[str]) -> list[str]:
                     f"(the module's settings are groups: {', '.join(GROUPS)}; write e.g. "
                     f"`{group_of[old[0]]}: {{{old[0]}: ...}}` under model)"
                 )
+    return _renamed(argv, _MODEL_FLAG, {name: f"{group}.{name}" for name, group in group_of.items()})
+
+
+def _renamed(argv: Sequence[str], flag: re.Pattern[str], renames: dict[str, str]) -> list[str]:
+    """``argv`` with each option that ``flag`` matches and whose name ``renames`` holds given its new
+    name (under the same ``--model.`` / ``--data.`` and ``init_args.`` prefix it was written with)."""
     out = []
     for arg in argv:
-        match = _MODEL_FLAG.fullmatch(arg)
-        if match and match.group(1) in group_of:
-            arg = f"--model.{group_of[match.group(1)]}.{match.group(1)}{match.group(2) or ''}"
+        match = flag.fullmatch(arg)
+        if match and match.group(2) in renames:
+            new = renames[match.group(2)]
+            prefix = (
+                match.group(1)
+                if not new.startswith("init_args.")
+                else match.group(1).removesuffix("init_args.")
+            )
+            arg = f"{prefix}{new}{match.group(3) or ''}"
         out.append(arg)
     return out

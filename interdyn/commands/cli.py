@@ -1,4 +1,6 @@
-"""The ``interdyn`` command: LightningCLI (fit / validate / test / predict) over :class:`InterDynModule`.
+"""The ``interdyn`` command: LightningCLI (fit / validate / test / predict) over :class:`InterDynModule`, or over the
+module a config names (``model: class_path: ...``: the Wan2.2 backbone's
+:class:`~interdyn.training.wan_module.InterDynWanModule`, see :func:`names_model_class`).
 
 Any LightningDataModule can be named with ``--data.class_path``; configs live in ``configs/``.
 User errors (missing weights, bad paths, batches that break the contract) are printed as one
@@ -25,7 +27,7 @@ from interdyn.callbacks.interrupt import LastCheckpointOnInterrupt
 from interdyn.callbacks.progress import resume_aware
 from interdyn.callbacks.timing import COMMAND_STARTED, PhaseTimer
 from interdyn.commands.parsers import user_message
-from interdyn.commands.spelling import nested_clip_options, nested_model_options
+from interdyn.commands.spelling import _option_values, _read_yaml, nested_clip_options, nested_model_options
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING
@@ -249,6 +251,27 @@ def check_config_files(argv: list[str]) -> None:
             )
 
 
+def names_model_class(argv: list[str]) -> bool:
+    """Whether the command names the module's class: a ``--config`` file whose ``model:`` section has a
+    ``class_path``, a ``--model`` / ``--model.class_path`` option, or a ``--ckpt_path`` file written by such a
+    run (its hyper-parameters record ``_class_path``). The CLI then takes that LightningModule (subclass
+    mode); without one it is :class:`InterDynModule` with its settings linked to the data, as always."""
+    for option, value in _option_values(argv, ("--config", "--model", "--model.class_path", "--ckpt_path")):
+        if option == "--config":
+            content = _read_yaml(value)
+            model = content.get("model") if isinstance(content, dict) else None
+            if isinstance(model, dict) and "class_path" in model:
+                return True
+        elif option == "--ckpt_path":
+            if value.endswith(".ckpt") and os.path.isfile(os.path.expanduser(value)):
+                hparams = load_checkpoint(value).get("hyper_parameters") or {}
+                if "_class_path" in hparams:
+                    return True
+        else:
+            return True
+    return False
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``interdyn`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -271,10 +294,11 @@ def main(args: list[str] | None = None) -> None:
             print(more_commands())
     try:
         check_config_files(argv)
+        subclass = world or names_model_class(argv)
         InterDynCLI(
-            L.LightningModule if world else InterDynModule,
+            L.LightningModule if subclass else InterDynModule,
             L.LightningDataModule,
-            subclass_mode_model=world,
+            subclass_mode_model=subclass,
             subclass_mode_data=True,
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},

@@ -85,3 +85,40 @@ class ClipSpec:
 
 
 PAPER_CLIP = ClipSpec()
+
+
+@dataclass(frozen=True)
+class ClipRules:
+    """What a backbone needs of its clips: ``1 + frame_step * k`` frames (a causal video VAE that encodes the
+    first frame alone, then ``frame_step`` frames per latent frame; 1 for any length) and a height and width
+    that are multiples of ``spatial_multiple`` (the VAE's compression times the denoiser's patch)."""
+
+    backbone: str
+    frame_step: int = 1
+    spatial_multiple: int = 8
+
+    def check(self, num_frames: int, height: int, width: int, where: str = "the clip") -> None:
+        """Raise ``ValueError`` (one sentence) for a clip shape the backbone cannot take."""
+        step, multiple = self.frame_step, self.spatial_multiple
+        if num_frames < 1 + (step > 1) or (num_frames - 1) % step:
+            k = max(1, (num_frames - 1) // step)
+            raise ValueError(
+                f"{where} has {num_frames} frames, but {self.backbone} needs 1 + {step}k frames (its VAE "
+                f"encodes the first frame alone, then {step} frames per latent frame): use e.g. "
+                f"{1 + step * k} or {1 + step * (k + 1)}"
+            )
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"{where} is {height}x{width} pixels, but {self.backbone} needs a height and width that are "
+                f"multiples of {multiple}: use e.g. {_nearest(height, multiple)}x{_nearest(width, multiple)}"
+            )
+
+
+def _nearest(size: int, multiple: int) -> int:
+    return max(multiple, round(size / multiple) * multiple)
+
+
+# The clip proposed for Wan2.2 TI2V-5B on SSV2 (configs/wan_ssv2.yaml): 49 frames (13 latent frames) at SSV2's
+# own 12 fps, about 4 s, every source frame; 256x384 as the paper's SVD clips (SSV2 is 240 pixels high), a
+# multiple of Wan's 32 (x16 VAE, 2x2 patch).
+WAN_SSV2_CLIP = replace(PAPER_CLIP, num_frames=49, fps=12.0)

@@ -7,6 +7,11 @@
 load like any other branch:
 
     interdyn export --ckpt_path runs/x/version_0/checkpoints/last.ckpt --out my_controlnet/
+
+A Wan branch (a Wan training run's ``.ckpt``, or a ``WanControlNetModel`` folder with ``--wan``) is written
+with ``interdyn_base.json`` naming its base (:mod:`interdyn.commands.backbone`):
+
+    interdyn export --ckpt_path my_branch/ --wan checkpoints/wan2.2-ti2v-5b --out my_wan_branch/
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from interdyn.commands.backbone import BASE_FILE, is_wan_branch, load_wan_branch, save_wan_branch
 from interdyn.commands.parsers import call_with, command_parser, run_command
 from interdyn.errors import InputError
 from interdyn.models.hub import SVD_REPO
@@ -49,7 +55,8 @@ def export_checkpoint(
 
 def _is_export_file(path: Path) -> bool:
     """A file that ``save_pretrained`` writes into a branch folder (weights, their index, the config)."""
-    return path.is_file() and (path.name == "config.json" or path.name.startswith("diffusion_pytorch_model"))
+    names = ("config.json", BASE_FILE)
+    return path.is_file() and (path.name in names or path.name.startswith("diffusion_pytorch_model"))
 
 
 def _check_export_target(
@@ -96,24 +103,49 @@ def _export(
     return write_folder_atomic(out, lambda folder: branch.save_pretrained(folder, safe_serialization=True))
 
 
+def export_wan_folder(folder: str, out: Path, dtype: str, wan: str | None) -> Path:
+    """Write the Wan branch of ``folder`` (``save_pretrained``'s, or an earlier export) with the base it
+    belongs to: ``wan``, else the one the folder records."""
+    branch, record = load_wan_branch(folder, DTYPES[dtype])
+    base = wan if wan is not None else record.get("base")
+    if base is None:
+        raise InputError(
+            f"'{folder}' holds a Wan branch but does not say which base it was trained on; name it with --wan."
+        )
+    save_wan_branch(branch, out, base, record)
+    print(f"use it with: interdyn generate --controlnet {out} --image <image> --control <masks>")
+    return out
+
+
 def export_command(
-    ckpt_path: str, out: str, dtype: str = "float32", overwrite: bool = False, weights: str = "ema"
+    ckpt_path: str,
+    out: str,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    weights: str = "ema",
+    wan: str | None = None,
 ) -> Path:
     """Export the control branch of an interdyn Lightning checkpoint as a diffusers folder (config.json +
     diffusion_pytorch_model.safetensors), for `interdyn generate --controlnet` and
-    interdyn.models.load_controlnet.
+    interdyn.models.load_controlnet; a Wan branch also gets interdyn_base.json, naming its base.
 
     Args:
-        ckpt_path: a .ckpt written by `interdyn fit`
+        ckpt_path: a .ckpt written by `interdyn fit`, or a folder holding a Wan branch (WanControlNetModel)
         out: the folder to write (created)
         dtype: dtype of the saved weights: float32, float16 or bfloat16
         overwrite: replace a non-empty --out folder
         weights: for a run trained with model.ema_decay: ema (the moving average of the weights) or live
             (the last step's); a run without an average has only the last step's
+        wan: the Wan2.2 TI2V base a Wan branch belongs to (default: the one its checkpoint or folder
+            records)
     """
     target = _check_export_target(
         out, dtype, overwrite, weights, ckpt_path
     )  # before reading a large checkpoint
+    if is_wan_branch(ckpt_path):
+        export_wan_folder(ckpt_path, target, dtype, wan)
+        _print_files(target)
+        return target
     checkpoint = read_checkpoint(ckpt_path)
     _export(checkpoint, ckpt_path, target, dtype, overwrite, weights)
     which = (
@@ -123,8 +155,7 @@ def export_command(
     )
     print(f"exported {which} of the branch")
     settings = checkpoint_settings(checkpoint)
-    for path in sorted(target.iterdir()):
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    _print_files(target)
     svd = settings.get("svd", SVD_REPO)
     svd_arg = f" --svd {svd}" if isinstance(svd, str) and svd != SVD_REPO else ""
     print(f"use it with: interdyn generate --controlnet {target}{svd_arg} --image <image> --control <masks>")
@@ -139,6 +170,11 @@ def export_command(
             + ", ".join(f"{k}={v}" for k, v in sampling.items())
         )
     return target
+
+
+def _print_files(folder: Path) -> None:
+    for path in sorted(folder.iterdir()):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def export_main(argv: list[str]) -> int:

@@ -13,11 +13,12 @@ Inputs are read and resampled by :mod:`interdyn.inputs` as the authors' demo pre
 A driver longer than the model's window (``--num_frames 30``) is sampled in overlapping windows
 (``--continuation hold`` or ``chain``, ``--window_overlap``) or in one pass (``single``): docs/long.md.
 Every output file is written atomically. ``interdyn export`` lives in :mod:`interdyn.commands.export`.
+The Wan2.2 TI2V backbone (``--backbone wan``, ``--wan``, or detected from the weights named:
+:func:`~interdyn.commands.backbone.backbone_of`) is sampled by :mod:`interdyn.commands.generate_wan`.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
-from interdyn.commands.generate_outputs import check_out_folder, check_outputs, output_names, write_outputs
+from interdyn.commands.backbone import add_backbone_options, backbone_of
+from interdyn.commands.generate_outputs import check_out_folder, check_outputs, output_names, write_run
 from interdyn.commands.parsers import (
     add_default_note,
     add_settings_options,
@@ -57,7 +59,6 @@ from interdyn.models.sampling import SamplingSettings
 from interdyn.models.svd import SVDComponents, get_svd
 from interdyn.training.checkpoint import load_branch
 from interdyn.training.settings import DTYPES
-from interdyn.utils.files import write_atomic
 from interdyn.utils.render import to_uint8
 
 MAX_SAMPLES = 32  # videos per control sequence in one run: all are sampled as one batch and kept in memory
@@ -151,6 +152,7 @@ def build_parser() -> ArgumentParser:
     add_settings_options(parser, ClipSpec, DEMO_CLIP, skip=["window"])
     add_settings_options(parser, SamplingSettings, "the .ckpt's, else {}", aliases=OLD_SPELLINGS)
     add_default_note(parser, {"threshold": "none with --clip, as the authors' demo; 128 with --image"})
+    add_backbone_options(parser)
     return parser
 
 
@@ -289,7 +291,12 @@ def weights_key(args: GenerateOptions) -> tuple:
 
 
 def load_weights(args: GenerateOptions) -> LoadedWeights:
-    """Load the branch and SVD that ``args`` name, check they fit each other, build the pipeline."""
+    """Load the branch and SVD that ``args`` name, check they fit each other, build the pipeline (or
+    the Wan pipeline, :func:`~interdyn.commands.generate_wan.load_wan_weights`, for that backbone)."""
+    if backbone_of(args) == "wan":
+        from interdyn.commands.generate_wan import load_wan_weights  # it imports this module
+
+        return load_wan_weights(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     branch, recorded = load_branch(args.controlnet, torch_dtype=dtype)
@@ -303,13 +310,12 @@ def load_weights(args: GenerateOptions) -> LoadedWeights:
 def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) -> GenerateResult:
     """Read the inputs, load the weights (or reuse ``weights``, loaded by :func:`load_weights` for the same
     ``--svd``/``--controlnet``/``--device``/``--dtype``), sample every control sequence, write the outputs."""
+    if backbone_of(args) == "wan":
+        from interdyn.commands.generate_wan import run_generate_wan  # it imports this module
+
+        return run_generate_wan(args, weights)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if not 1 <= args.num_samples <= MAX_SAMPLES:
-        raise InputError(
-            f"--num_samples must be from 1 to {MAX_SAMPLES} (all samples are drawn as one batch), got "
-            f"{args.num_samples}; run again with another --seed for more."
-        )
     out = Path(args.out).expanduser()
     inputs = prepare_run(args, out)
 
@@ -353,19 +359,19 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
         ).frames
         videos[label] = to_uint8(frames)
 
-    paths = write_outputs(inputs, videos, out)
     record = run_record(args, inputs, svd_source, device, dtype, settings) | windows
-    record["files"] = [p.name for p in paths]
-    paths.append(write_atomic(out / f"{inputs.name}_settings.json", json.dumps(record, indent=2).encode()))
-    print(f"wrote {len(paths)} files to {out}/:")
-    for path in paths:
-        print(f"  {path}")
+    paths = write_run(inputs, videos, out, record)
     return GenerateResult(inputs, videos, paths, settings)
 
 
 def prepare_run(args: GenerateOptions, out: Path) -> GenerationInputs:
     """The run's inputs, once ``out`` is known to be writable and to hold none of the outputs (or
     ``--overwrite``): every check that needs no weights, before any are loaded."""
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise InputError(
+            f"--num_samples must be from 1 to {MAX_SAMPLES} (all samples are drawn as one batch), got "
+            f"{args.num_samples}; run again with another --seed for more."
+        )
     check_out_folder(out)  # a folder that cannot be written fails now, not after sampling
     inputs = read_inputs(args)
     given = [p for p in (args.image, args.clip, *(args.control or [])) if p]
@@ -395,6 +401,7 @@ def run_record(
     threshold = mask_threshold(args)
     clip = clip_spec(args)
     return {
+        "backbone": "svd",
         "name": inputs.name,
         "image": args.image,
         "clip": args.clip,

@@ -8,7 +8,9 @@ an output that would replace one of the run's own inputs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,4 +126,18 @@ def write_outputs(inputs: GenerationInputs, videos: dict[str, np.ndarray], out: 
     mp4(f"{stem}_grid.mp4" if counterfactual else f"{stem}_compare.mp4", np.concatenate(rows, axis=1))
     sheet = contact_sheet(sheet_rows, sheet_labels)
     paths.append(write_atomic(out / f"{stem}_sheet.png", png_bytes(sheet)))
+    return paths
+
+
+def write_run(
+    inputs: GenerationInputs, videos: dict[str, np.ndarray], out: Path, record: dict[str, Any]
+) -> list[Path]:
+    """Every output of a run: :func:`write_outputs`, then ``<name>_settings.json`` (``record`` and the files
+    written); the paths are printed."""
+    paths = write_outputs(inputs, videos, out)
+    record = {**record, "files": [p.name for p in paths]}
+    paths.append(write_atomic(out / f"{inputs.name}_settings.json", json.dumps(record, indent=2).encode()))
+    print(f"wrote {len(paths)} files to {out}/:")
+    for path in paths:
+        print(f"  {path}")
     return paths

@@ -1,0 +1,179 @@
+"""Which backbone a set of weights belongs to, and the Wan control branch as ``interdyn generate``,
+``interdyn export`` and the app read and write it.
+
+An exported Wan branch is a folder holding the branch in diffusers format (``config.json`` naming
+``WanControlNetModel`` + ``diffusion_pytorch_model.safetensors``, as ``save_pretrained`` writes it) and
+``interdyn_base.json``: the Wan2.2 TI2V base it was trained on (a folder, hub id, preset or architecture
+dict), and what else its training run recorded (the prompt embedding, the clip, sampling settings), so
+that ``interdyn generate --controlnet <folder>`` needs no other option.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jsonargparse import ArgumentParser
+
+from interdyn.errors import InputError, WeightsMismatchError
+from interdyn.models.hub import load_component, looks_like_local_path, resolve_local_path
+from interdyn.models.wan import WanComponents, WanControlNetModel
+from interdyn.models.wan.components import WAN_PRESETS
+from interdyn.utils.files import write_folder_atomic
+
+BASE_FILE = "interdyn_base.json"
+WAN_BRANCH_CLASS = "WanControlNetModel"
+WAN_HUB_OWNER = "Wan-AI/"  # hub ids of the Wan models (checked without the network)
+# What a Wan branch must share with the transformer it runs beside (its config name -> the transformer's).
+_MATCHING = {
+    "num_transformer_layers": "num_layers",
+    "num_attention_heads": "num_attention_heads",
+    "attention_head_dim": "attention_head_dim",
+    "in_channels": "in_channels",
+    "ffn_dim": "ffn_dim",
+    "patch_size": "patch_size",
+}
+
+
+@dataclass
+class BackboneOptions:
+    """The options of ``interdyn generate`` that choose the video model (added to its parser by
+    :func:`add_backbone_options`).
+
+    Args:
+        backbone: auto (wan when --wan is given, --svd names a Wan folder or --controlnet a Wan branch;
+            else svd), svd or wan
+        wan: the Wan2.2 TI2V base: a diffusers folder or hub id, or random:wan-tiny (default: the one an
+            exported Wan branch names, else Wan-AI/Wan2.2-TI2V-5B-Diffusers)
+        prompt_embeds: Wan only: the fixed prompt embedding, a .safetensors written by
+            interdyn.models.wan.save_prompt_embeds (default: the one the branch was trained with, else zeros)
+    """
+
+    backbone: Literal["auto", "svd", "wan"] = "auto"
+    wan: str | None = None
+    prompt_embeds: str | None = None
+
+
+def add_backbone_options(parser: ArgumentParser) -> None:
+    """A ``--backbone``, ``--wan`` and ``--prompt_embeds`` option (:class:`BackboneOptions`)."""
+    parser.add_class_arguments(BackboneOptions, as_group=False, fail_untyped=True)
+
+
+def backbone_of(args: Any) -> str:
+    """``svd`` or ``wan``: ``--backbone``, or for ``auto`` what the weights named are."""
+    choice, wan = getattr(args, "backbone", "auto"), getattr(args, "wan", None)
+    if choice == "svd" and wan is not None:
+        raise InputError("--wan names a Wan2.2 base, but --backbone is svd; leave one of them out.")
+    found = choice if choice != "auto" else "wan" if wan is not None else None
+    if found is None:
+        found = "wan" if is_wan_base(args.svd) or is_wan_branch(args.controlnet) else "svd"
+    if found == "svd" and getattr(args, "prompt_embeds", None) is not None:
+        raise InputError(
+            "--prompt_embeds is for the Wan backbone; SVD takes no text (name a Wan base with --wan)."
+        )
+    return found
+
+
+def _json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when there is none (missing, unreadable, not an object)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _local(source: Any) -> Path | None:
+    """``source`` as an existing local path, else None (hub ids, presets, dicts)."""
+    if not isinstance(source, str) or not source or not looks_like_local_path(source):
+        return None
+    path = Path(resolve_local_path(source))
+    return path if path.exists() else None
+
+
+def is_wan_base(source: Any) -> bool:
+    """True for a Wan2.2 TI2V base: a preset (``random:wan-tiny``), an architecture dict of Wan parts, a
+    hub id of ``Wan-AI``, or a local diffusers folder whose ``model_index.json`` names a Wan pipeline or
+    whose ``transformer/config.json`` names ``WanTransformer3DModel``."""
+    if isinstance(source, dict):
+        return "transformer" in source and "unet" not in source
+    if not isinstance(source, str):
+        return False
+    if source in WAN_PRESETS or source.startswith(WAN_HUB_OWNER):
+        return True
+    folder = _local(source)
+    if folder is None or not folder.is_dir():
+        return False
+    index = _json(folder / "model_index.json").get("_class_name", "")
+    transformer = _json(folder / "transformer" / "config.json").get("_class_name", "")
+    return str(index).startswith("Wan") or transformer == "WanTransformer3DModel"
+
+
+def is_wan_branch(source: Any) -> bool:
+    """True for a local folder holding a Wan branch (its ``config.json`` names ``WanControlNetModel``)."""
+    folder = _local(source)
+    if folder is None or not folder.is_dir():
+        return False
+    return _json(folder / "config.json").get("_class_name") == WAN_BRANCH_CLASS
+
+
+def branch_record(folder: str | Path) -> dict[str, Any]:
+    """The ``interdyn_base.json`` of an exported Wan branch (``{}`` for a folder without one)."""
+    local = _local(str(folder))
+    return _json(local / BASE_FILE) if local is not None else {}
+
+
+def recorded_base(base: Any) -> Any:
+    """How a base is written into ``interdyn_base.json``: a local folder as an absolute path (the export
+    may be read from another working directory), anything else as it is."""
+    local = _local(base)
+    return str(local.resolve()) if local is not None else base
+
+
+def load_wan_branch(
+    source: str, torch_dtype: torch.dtype = torch.float32
+) -> tuple[WanControlNetModel, dict[str, Any]]:
+    """A Wan branch from a folder (``save_pretrained``'s, or an export) and what its ``interdyn_base.json``
+    records (``{}`` without one); missing or mismatched weights are one sentence."""
+    branch = load_component(
+        WanControlNetModel, source, what="Wan control branch", kind="controlnet", torch_dtype=torch_dtype
+    )
+    return branch.eval(), branch_record(source)
+
+
+def check_wan_compatible(branch: WanControlNetModel, wan: WanComponents) -> None:
+    """The branch must have been made from a transformer of this architecture, for this VAE."""
+
+    def norm(value: Any) -> Any:
+        return list(value) if isinstance(value, list | tuple) else value
+
+    for ours, theirs in _MATCHING.items():
+        a, b = norm(branch.config.get(ours)), norm(wan.transformer.config.get(theirs))
+        if a != b:
+            raise WeightsMismatchError(
+                f"the Wan branch does not fit this Wan transformer: {ours} is {a} in the branch and {b} in the "
+                "transformer (pair the branch with the base it was trained on, --wan)."
+            )
+    vae = (wan.vae.config.scale_factor_spatial, wan.vae.config.scale_factor_temporal)
+    if (branch.config.vae_scale_factor_spatial, branch.config.vae_scale_factor_temporal) != vae:
+        raise WeightsMismatchError(
+            "the Wan branch's mask encoder was built for another VAE compression than this base's (x"
+            f"{vae[1]} frames, x{vae[0]} pixels); pair the branch with the base it was trained on (--wan)."
+        )
+
+
+def save_wan_branch(
+    branch: WanControlNetModel, out: Path, base: Any, record: dict[str, Any] | None = None
+) -> Path:
+    """Write ``branch`` and its ``interdyn_base.json`` (``base`` and ``record``) into ``out``, which appears
+    complete or not at all."""
+    meta = {"backbone": "wan", **(record or {}), "base": recorded_base(base)}
+
+    def write(folder: Path) -> None:
+        branch.save_pretrained(folder, safe_serialization=True)
+        (folder / BASE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    return write_folder_atomic(out, write)

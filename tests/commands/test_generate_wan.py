@@ -1,0 +1,162 @@
+"""`interdyn generate` and `interdyn export` on the Wan2.2 TI2V backbone, with the tiny random Wan of
+diffusers' own classes: what generate writes, how it finds the backbone, what it refuses, and that an
+exported branch samples exactly as the branch it was exported from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from interdyn.commands.backbone import BASE_FILE, backbone_of
+from interdyn.commands.export import export_main
+from interdyn.commands.generate import generate, generate_main
+from interdyn.inputs import control_tensor
+from interdyn.models.pipeline import image_to_tensor
+from interdyn.models.wan import (
+    InterDynWanPipeline,
+    WanComponents,
+    WanControlNetModel,
+    get_wan,
+    save_wan,
+    zero_prompt_embeds,
+)
+from interdyn.utils.render import to_uint8
+from tests.helpers import decoded, write_generate_inputs
+from tests.models.wan.helpers import randomize_projections_, tiny_branch
+
+SIZE, FRAMES = 32, 5  # one token a frame, two latent frames: the cheapest clip Wan takes
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_generate_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Wan saved as the diffusers Wan2.2 TI2V folder is laid out."""
+    folder = tmp_path_factory.mktemp("wan")
+    save_wan(get_wan("random:wan-tiny"), folder)
+    return folder
+
+
+def acting_branch(wan: WanComponents) -> WanControlNetModel:
+    """A tiny Wan branch that acts (non-zero projections; its fresh mask encoder seeded too)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        return randomize_projections_(tiny_branch(wan), seed=2)
+
+
+@pytest.fixture(scope="module")
+def branch_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`acting_branch`, saved by save_pretrained (no base recorded)."""
+    folder = tmp_path_factory.mktemp("wan_branch")
+    acting_branch(get_wan("random:wan-tiny")).save_pretrained(folder)
+    return folder
+
+
+def options(out: Path, *extra: str) -> list[str]:
+    return [
+        *("--height", str(SIZE), "--width", str(SIZE), "--num_frames", str(FRAMES), "--steps", "2"),
+        *("--num_samples", "1", "--out", str(out), "--no_progress", "--device", "cpu", *extra),
+    ]
+
+
+def test_generate_with_the_tiny_wan_writes_the_video_and_its_settings(tmp_path, files, branch_folder):
+    inputs = ["--image", str(files["image"]), "--control", str(files["hand"])]
+    argv = inputs + ["--wan", "random:wan-tiny", "--controlnet", str(branch_folder), "--seed", "3"]
+    result = generate(argv + options(tmp_path / "out", "--num_samples", "2"))
+    videos = result.videos["hand"]
+    assert videos.shape == (2, FRAMES, SIZE, SIZE, 3) and videos.dtype == np.uint8
+    assert not np.array_equal(videos[0], videos[1])
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["scene_s0.mp4", "scene_s1.mp4", "scene_compare.mp4", "scene_sheet.png", "scene_settings.json"]
+    )
+    assert decoded(out / "scene_s0.mp4").shape == (FRAMES, SIZE, SIZE, 3)
+    record = json.loads((out / "scene_settings.json").read_text())
+    assert (record["backbone"], record["wan"], record["seed"], record["num_frames"]) == (
+        "wan", "random:wan-tiny", 3, FRAMES,
+    )  # fmt: skip
+    assert record["sampling"] == {"num_inference_steps": 2, "conditioning_scale": 1.0}
+    assert record["prompt_embeds"].startswith("zeros") and "svd" not in record
+    # The branch acts: without it (--controlnet none) the same seed gives another video.
+    plain = generate(inputs + ["--wan", "random:wan-tiny", "--controlnet", "none"] + options(tmp_path / "b"))
+    assert not np.array_equal(plain.videos["hand"][0], videos[0])
+
+
+def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, branch_folder):
+    def backbone(**given: object) -> str:
+        values = {"backbone": "auto", "wan": None, "svd": None, "controlnet": "rickakkerman/InterDyn"}
+        return backbone_of(SimpleNamespace(**(values | given)))
+
+    assert backbone() == "svd" and backbone(svd="random:tiny") == "svd"
+    assert backbone(svd=str(wan_folder)) == backbone(controlnet=str(branch_folder)) == "wan"
+    assert backbone(svd="random:wan-tiny") == backbone(backbone="wan") == "wan"
+    # A saved Wan folder given where SVD's would go is sampled with the Wan backbone.
+    argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--svd", str(wan_folder)]
+    result = generate(argv + ["--controlnet", "none"] + options(tmp_path / "out"))
+    assert result.videos["hand"].shape == (1, FRAMES, SIZE, SIZE, 3)
+    record = json.loads((tmp_path / "out" / "scene_settings.json").read_text())
+    assert record["backbone"] == "wan" and record["wan"] == str(wan_folder.resolve())
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--num_frames", "10"], "--num_frames is 10, but the Wan2.2 VAE encodes the first frame alone"),
+        (["--height", "48"], "multiples of 32"),
+        (["--motion_bucket_id", "30"], "--motion_bucket_id is a setting of SVD's sampler"),
+        (["--backbone", "svd", "--wan", "random:wan-tiny"], "--backbone is svd"),
+    ],
+)
+def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extra, words):
+    argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--wan", "random:wan-tiny"]
+    code = generate_main(argv + options(tmp_path / "out") + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and words in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_clip_length_becomes_wans(tmp_path, files, capsys):
+    argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--wan", "random:wan-tiny"]
+    argv += ["--controlnet", "none", "--height", "32", "--width", "32", "--steps", "1", "--num_samples", "1"]
+    result = generate(argv + ["--out", str(tmp_path), "--no_progress"])
+    assert "clip: 13 frames" in capsys.readouterr().out
+    assert result.videos["hand"].shape[1] == 13  # 14, SVD's default, is not 1 + 4k
+
+
+def test_an_exported_branch_samples_as_the_branch_itself(tmp_path, files, branch_folder, capsys):
+    exported = tmp_path / "exported"
+    argv = ["--ckpt_path", str(branch_folder), "--wan", "random:wan-tiny", "--out", str(exported)]
+    assert export_main(argv) == 0
+    assert f"interdyn generate --controlnet {exported}" in capsys.readouterr().out
+    assert sorted(p.name for p in exported.iterdir()) == sorted(
+        ["config.json", "diffusion_pytorch_model.safetensors", BASE_FILE]
+    )
+    assert json.loads((exported / BASE_FILE).read_text())["base"] == "random:wan-tiny"
+    # The exported folder names its base: --controlnet alone picks the backbone and the base.
+    inputs = ["--image", str(files["image"]), "--control", str(files["hand"]), "--seed", "5"]
+    result = generate(inputs + ["--controlnet", str(exported)] + options(tmp_path / "out"))
+
+    wan = get_wan("random:wan-tiny")
+    pipe = InterDynWanPipeline.from_components(wan, acting_branch(wan))  # the branch in memory
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(
+        image_to_tensor(result.inputs.image),
+        zero_prompt_embeds(wan.transformer.config.text_dim),
+        control=control_tensor(result.inputs.controls[0]),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+    ).frames
+    np.testing.assert_array_equal(result.videos["hand"], to_uint8(frames))
+    # Exporting over it again needs --overwrite, which replaces the earlier export.
+    assert export_main(argv) == 2
+    assert export_main([*argv, "--overwrite"]) == 0

@@ -18,10 +18,18 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ArgumentParser
 
-from interdyn.errors import InputError, WeightsMismatchError
+from interdyn.errors import InputError, InterDynError, WeightsMismatchError
 from interdyn.models.hub import load_component, looks_like_local_path, resolve_local_path
 from interdyn.models.wan import WanComponents, WanControlNetModel
-from interdyn.models.wan.components import WAN_PRESETS
+from interdyn.models.wan.components import WAN_PRESETS, WAN_TI2V_REPO
+from interdyn.training.checkpoint import (
+    CONFIG_KEY,
+    branch_mismatch,
+    branch_state,
+    is_checkpoint_path,
+    read_checkpoint,
+)
+from interdyn.training.wan_module import BACKBONE_KEY, WAN_BACKBONE
 from interdyn.utils.files import write_folder_atomic
 
 BASE_FILE = "interdyn_base.json"
@@ -113,11 +121,48 @@ def is_wan_base(source: Any) -> bool:
 
 
 def is_wan_branch(source: Any) -> bool:
-    """True for a local folder holding a Wan branch (its ``config.json`` names ``WanControlNetModel``)."""
-    folder = _local(source)
-    if folder is None or not folder.is_dir():
+    """True for a local folder holding a Wan branch (its ``config.json`` names ``WanControlNetModel``) or
+    a checkpoint of a Wan training run; a checkpoint that cannot be read is not (the SVD path says why)."""
+    path = _local(source)
+    if path is None:
         return False
-    return _json(folder / "config.json").get("_class_name") == WAN_BRANCH_CLASS
+    if path.is_dir():
+        return _json(path / "config.json").get("_class_name") == WAN_BRANCH_CLASS
+    try:
+        return is_wan_checkpoint(read_checkpoint(path))
+    except InterDynError:
+        return False
+
+
+def is_wan_checkpoint(checkpoint: dict[str, Any]) -> bool:
+    """True for a checkpoint of :class:`~interdyn.training.wan_module.InterDynWanModule`."""
+    return checkpoint.get(BACKBONE_KEY) == WAN_BACKBONE
+
+
+def wan_branch_from_checkpoint(
+    checkpoint: dict[str, Any], torch_dtype: torch.dtype = torch.float32, where: str = "the checkpoint"
+) -> tuple[WanControlNetModel, dict[str, Any]]:
+    """The Wan branch of a Wan training run's checkpoint (loaded strictly), and what the run recorded for
+    sampling with it: its base, prompt embedding and sampling settings (``interdyn_base.json``'s fields)."""
+    config = {k: v for k, v in checkpoint[CONFIG_KEY].items() if not str(k).startswith("_")}
+    state = branch_state(checkpoint, "live")  # a Wan run keeps no moving average
+    try:
+        with torch.device("meta"):  # every tensor comes from the checkpoint
+            branch = WanControlNetModel(**config)
+    except (TypeError, ValueError) as err:
+        raise WeightsMismatchError(f"the Wan branch config in {where} is invalid ({err}).") from None
+    problem = branch_mismatch(branch.state_dict(), state)
+    if problem:
+        raise WeightsMismatchError(f"the Wan branch in {where} does not match its recorded config {problem}.")
+    branch.load_state_dict({k: v.to(torch_dtype, copy=True) for k, v in state.items()}, assign=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    prompt = hparams.get("prompt_embeds")
+    record = {
+        "base": recorded_base(hparams.get("wan", WAN_TI2V_REPO)),
+        "prompt_embeds": recorded_base(prompt) if prompt else None,
+        "sampling": dict(hparams.get("sampling") or {}),
+    }
+    return branch.eval(), record
 
 
 def branch_record(folder: str | Path) -> dict[str, Any]:
@@ -137,7 +182,16 @@ def load_wan_branch(
     source: str, torch_dtype: torch.dtype = torch.float32
 ) -> tuple[WanControlNetModel, dict[str, Any]]:
     """A Wan branch from a folder (``save_pretrained``'s, or an export) and what its ``interdyn_base.json``
-    records (``{}`` without one); missing or mismatched weights are one sentence."""
+    records (``{}`` without one), or from a Wan run's ``.ckpt`` and what the run recorded; missing or
+    mismatched weights are one sentence."""
+    if is_checkpoint_path(source):
+        checkpoint = read_checkpoint(source)
+        if not is_wan_checkpoint(checkpoint):
+            raise WeightsMismatchError(
+                f"'{source}' is a checkpoint of an SVD run; the Wan backbone needs a Wan branch (--backbone svd, "
+                "or a Wan run's checkpoint)."
+            )
+        return wan_branch_from_checkpoint(checkpoint, torch_dtype, where=f"'{source}'")
     branch = load_component(
         WanControlNetModel, source, what="Wan control branch", kind="controlnet", torch_dtype=torch_dtype
     )

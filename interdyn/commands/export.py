@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interdyn.commands.backbone import BASE_FILE, is_wan_branch, load_wan_branch, save_wan_branch
+from interdyn.commands.backbone import (
+    BASE_FILE,
+    is_wan_branch,
+    is_wan_checkpoint,
+    load_wan_branch,
+    save_wan_branch,
+    wan_branch_from_checkpoint,
+)
 from interdyn.commands.parsers import call_with, command_parser, run_command
 from interdyn.errors import InputError
 from interdyn.models.hub import SVD_REPO
@@ -103,16 +110,23 @@ def _export(
     return write_folder_atomic(out, lambda folder: branch.save_pretrained(folder, safe_serialization=True))
 
 
-def export_wan_folder(folder: str, out: Path, dtype: str, wan: str | None) -> Path:
-    """Write the Wan branch of ``folder`` (``save_pretrained``'s, or an earlier export) with the base it
-    belongs to: ``wan``, else the one the folder records."""
-    branch, record = load_wan_branch(folder, DTYPES[dtype])
+def export_wan(
+    source: str, out: Path, dtype: str, wan: str | None, checkpoint: dict[str, Any] | None = None
+) -> Path:
+    """Write the Wan branch of a Wan run's ``checkpoint`` (read from ``source``), or of the folder
+    ``source`` (``save_pretrained``'s, or an earlier export), with the base it belongs to: ``wan``, else
+    the one the checkpoint or folder records."""
+    if checkpoint is not None:
+        branch, record = wan_branch_from_checkpoint(checkpoint, DTYPES[dtype], where=f"'{source}'")
+    else:
+        branch, record = load_wan_branch(source, DTYPES[dtype])
     base = wan if wan is not None else record.get("base")
     if base is None:
         raise InputError(
-            f"'{folder}' holds a Wan branch but does not say which base it was trained on; name it with --wan."
+            f"'{source}' holds a Wan branch but does not say which base it was trained on; name it with --wan."
         )
     save_wan_branch(branch, out, base, record)
+    _print_files(out)
     print(f"use it with: interdyn generate --controlnet {out} --image <image> --control <masks>")
     return out
 
@@ -142,11 +156,11 @@ def export_command(
     target = _check_export_target(
         out, dtype, overwrite, weights, ckpt_path
     )  # before reading a large checkpoint
-    if is_wan_branch(ckpt_path):
-        export_wan_folder(ckpt_path, target, dtype, wan)
-        _print_files(target)
-        return target
+    if is_wan_branch(ckpt_path) and Path(ckpt_path).expanduser().is_dir():
+        return export_wan(ckpt_path, target, dtype, wan)
     checkpoint = read_checkpoint(ckpt_path)
+    if is_wan_checkpoint(checkpoint):
+        return export_wan(ckpt_path, target, dtype, wan, checkpoint)
     _export(checkpoint, ckpt_path, target, dtype, overwrite, weights)
     which = (
         "the moving average of the weights"

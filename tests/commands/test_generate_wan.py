@@ -14,7 +14,8 @@ import torch
 
 from interdyn.commands.backbone import BASE_FILE, backbone_of
 from interdyn.commands.export import export_main
-from interdyn.commands.generate import generate, generate_main
+from interdyn.commands.generate import build_parser, generate, generate_main
+from interdyn.commands.generate_wan import wan_clip_args
 from interdyn.inputs import control_tensor
 from interdyn.models.pipeline import image_to_tensor
 from interdyn.models.wan import (
@@ -67,14 +68,19 @@ def options(out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_generate_with_the_tiny_wan_writes_the_video_and_its_settings(tmp_path, files, branch_folder):
+@pytest.fixture(scope="module")
+def branch_run(tmp_path_factory: pytest.TempPathFactory, files, branch_folder) -> tuple[Path, np.ndarray]:
+    """Two samples with the tiny Wan and the acting branch (seed 3): the output folder and the videos."""
+    out = tmp_path_factory.mktemp("branch_run")
     inputs = ["--image", str(files["image"]), "--control", str(files["hand"])]
     argv = inputs + ["--wan", "random:wan-tiny", "--controlnet", str(branch_folder), "--seed", "3"]
-    result = generate(argv + options(tmp_path / "out", "--num_samples", "2"))
-    videos = result.videos["hand"]
+    return out, generate(argv + options(out, "--num_samples", "2")).videos["hand"]
+
+
+def test_generate_with_the_tiny_wan_writes_the_video_and_its_settings(branch_run):
+    out, videos = branch_run
     assert videos.shape == (2, FRAMES, SIZE, SIZE, 3) and videos.dtype == np.uint8
     assert not np.array_equal(videos[0], videos[1])
-    out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["scene_s0.mp4", "scene_s1.mp4", "scene_compare.mp4", "scene_sheet.png", "scene_settings.json"]
     )
@@ -85,12 +91,9 @@ def test_generate_with_the_tiny_wan_writes_the_video_and_its_settings(tmp_path, 
     )  # fmt: skip
     assert record["sampling"] == {"num_inference_steps": 2, "conditioning_scale": 1.0}
     assert record["prompt_embeds"].startswith("zeros") and "svd" not in record
-    # The branch acts: without it (--controlnet none) the same seed gives another video.
-    plain = generate(inputs + ["--wan", "random:wan-tiny", "--controlnet", "none"] + options(tmp_path / "b"))
-    assert not np.array_equal(plain.videos["hand"][0], videos[0])
 
 
-def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, branch_folder):
+def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, branch_folder, branch_run):
     def backbone(**given: object) -> str:
         values = {"backbone": "auto", "wan": None, "svd": None, "controlnet": "rickakkerman/InterDyn"}
         return backbone_of(SimpleNamespace(**(values | given)))
@@ -98,10 +101,12 @@ def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, bra
     assert backbone() == "svd" and backbone(svd="random:tiny") == "svd"
     assert backbone(svd=str(wan_folder)) == backbone(controlnet=str(branch_folder)) == "wan"
     assert backbone(svd="random:wan-tiny") == backbone(backbone="wan") == "wan"
-    # A saved Wan folder given where SVD's would go is sampled with the Wan backbone.
+    # A saved Wan folder given where SVD's would go is sampled with the Wan backbone (the tiny preset's
+    # weights); without the branch (--controlnet none) the same seed gives another video: the branch acts.
     argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--svd", str(wan_folder)]
-    result = generate(argv + ["--controlnet", "none"] + options(tmp_path / "out"))
+    result = generate(argv + ["--controlnet", "none", "--seed", "3"] + options(tmp_path / "out"))
     assert result.videos["hand"].shape == (1, FRAMES, SIZE, SIZE, 3)
+    assert not np.array_equal(result.videos["hand"][0], branch_run[1][0])
     record = json.loads((tmp_path / "out" / "scene_settings.json").read_text())
     assert record["backbone"] == "wan" and record["wan"] == str(wan_folder.resolve())
 
@@ -124,12 +129,12 @@ def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extr
     assert not (tmp_path / "out").exists()
 
 
-def test_the_default_clip_length_becomes_wans(tmp_path, files, capsys):
-    argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--wan", "random:wan-tiny"]
-    argv += ["--controlnet", "none", "--height", "32", "--width", "32", "--steps", "1", "--num_samples", "1"]
-    result = generate(argv + ["--out", str(tmp_path), "--no_progress"])
+def test_the_default_clip_length_becomes_wans(capsys):
+    args = build_parser().parse_args(["--wan", "random:wan-tiny"])
+    assert args.num_frames == 14 and wan_clip_args(args).num_frames == 13  # SVD's 14 is not 1 + 4k
     assert "clip: 13 frames" in capsys.readouterr().out
-    assert result.videos["hand"].shape[1] == 13  # 14, SVD's default, is not 1 + 4k
+    args = build_parser().parse_args(["--wan", "random:wan-tiny", "--num_frames", "49"])
+    assert wan_clip_args(args) is args
 
 
 def test_an_exported_branch_samples_as_the_branch_itself(tmp_path, files, branch_folder, capsys):
@@ -160,3 +165,32 @@ def test_an_exported_branch_samples_as_the_branch_itself(tmp_path, files, branch
     # Exporting over it again needs --overwrite, which replaces the earlier export.
     assert export_main(argv) == 2
     assert export_main([*argv, "--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_a_wan_run_exports_and_generates_from_its_checkpoint(tmp_path, files, capsys):
+    """One training step of the tiny Wan module (its checkpoint names the backbone and the base): generate
+    reads the .ckpt itself (its sampling steps too), and its export gives the same frames."""
+    from tests.training.wan.helpers import quiet_trainer, tiny_wan_module, toy_data
+
+    module = tiny_wan_module(sampling={"num_inference_steps": 2, "conditioning_scale": 0.5})
+    trainer = quiet_trainer(max_steps=1, default_root_dir=tmp_path)
+    trainer.fit(module, toy_data(num_train=2, batch_size=1))
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    exported = tmp_path / "exported"
+    assert export_main(["--ckpt_path", str(ckpt), "--out", str(exported)]) == 0
+    record = json.loads((exported / BASE_FILE).read_text())
+    assert record["base"] == "random:wan-tiny" and record["sampling"]["conditioning_scale"] == 0.5
+    inputs = ["--image", str(files["image"]), "--control", str(files["hand"])]
+    size = ["--height", str(SIZE), "--width", str(SIZE), "--num_frames", str(FRAMES), "--no_progress"]
+    from_ckpt = generate(inputs + size + ["--controlnet", str(ckpt), "--out", str(tmp_path / "a")])
+    assert from_ckpt.settings == {"num_inference_steps": 2, "conditioning_scale": 0.5}
+    from_export = generate(inputs + size + ["--controlnet", str(exported), "--out", str(tmp_path / "b")])
+    np.testing.assert_array_equal(from_ckpt.videos["hand"], from_export.videos["hand"])
+    # An SVD checkpoint where a Wan branch is wanted is one sentence.
+    code = generate_main(
+        inputs + size + ["--wan", "random:wan-tiny", "--controlnet", str(files["foreign_ckpt"])]
+    )
+    assert code == 2

@@ -1,11 +1,11 @@
 """Everything a CUDA machine has to measure, in one command, written into docs/benchmarks.md.
 
-    make gpu-check                                  # installs, then runs this (at most 8 minutes)
+    make gpu-check                                  # installs, then runs this (at most 12 minutes)
     python benchmarks/gpu_check.py --dry_run        # no GPU: every code path on the tiny model, on CPU
     python benchmarks/gpu_check.py --only sample:compile   # the optional item (minutes of compiling)
 
 Items, each in its own process (clean peak memory) under a hard timeout, in this order (most valuable
-first; their limits, :data:`LIMITS`, fit the 480 s budget together); a finished item's rows are written
+first; their limits, :data:`LIMITS`, fit the 720 s budget together); a finished item's rows are written
 at once, so partial results survive a timeout, a crash or an interrupted run:
 
 - a real one-GPU ``interdyn fit`` + ``interdyn test`` with configs/ssv2.yaml's recipe on the tiny model
@@ -15,9 +15,12 @@ at once, so partial results survive a timeout, a crash or an interrupted run:
   256x384, batch 4, for ``recommended`` (configs/ssv2.yaml), ``24gb`` (configs/ssv2_24gb.yaml),
   ``recommended+cache`` and ``plain``; then, with the allocator capped at the recipe's memory budget,
   the largest micro-batch whose step fits;
-- one 50-step guided sample at 256x384 (Euler); with ``torch.compile`` only when asked for.
+- one 50-step guided sample at 256x384 (Euler); with ``torch.compile`` only when asked for;
+- Wan2.2 TI2V-5B (benchmarks/wan_step.py, full-size architecture with random weights, 49 frames at
+  480x832): the training step of configs/wan_ssv2.yaml's recipe (per GPU) and of configs/wan_48gb.yaml's
+  with the allocator capped at a 48 GB card, and one 50-step video with the branch.
 
-The dry run uses the tiny model at 64x64 in float32 with one step per item, ``aot_eager`` instead of
+The dry run uses the tiny models at 64x64 (Wan: 5 frames) in float32 with one step per item, ``aot_eager`` instead of
 inductor for the compiled sample, gloo instead of NCCL, and writes to a scratch copy of the page
 (``--docs``), never to the CUDA rows.
 """
@@ -41,7 +44,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from report import DOCS, machine, write_section  # noqa: E402
-from train_recipes import RECIPES  # noqa: E402
+from train_recipes import CUDA_CONTEXT_GIB, RECIPES  # noqa: E402
+from wan_recipes import CARD_GIB, WAN_GPU_RECIPES, WAN_RECIPES  # noqa: E402
 
 GIB_PER_GB = 1e9 / 2**30
 # The memory each recipe must fit in: plain the paper's 80 GB H100, recommended 40 GB (its target),
@@ -102,7 +106,7 @@ def run_item(item: Item, timeout: float, env: dict[str, str]) -> None:
 # recipe first, then the figures the recipes' claims rest on, the optional compiled sample last. The
 # default items' CUDA limits add up to less than DEFAULT_BUDGET_S (tests/benchmarks/test_gpu_check.py checks it),
 # so that on a machine with 2 GPUs every item gets its whole limit.
-DEFAULT_BUDGET_S = 480.0
+DEFAULT_BUDGET_S = 720.0
 PROBE_S = 15.0  # the CUDA probe (one interpreter start with torch) before the first item
 LIMITS: dict[str, tuple[float, float]] = {
     "smoke": (110, 400),
@@ -112,6 +116,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "sample": (45, 90),
     "train:recommended+cache": (40, 150),
     "train:plain": (40, 150),
+    "wan:2x80gb": (80, 300),
+    "wan:48gb": (80, 300),
+    "wan:sample": (70, 200),
     "sample:compile": (200, 300),
 }
 # run only when named with --only (inductor compiling the full UNet alone takes minutes)
@@ -137,6 +144,14 @@ def build_items(args: argparse.Namespace, python: str, gpus: int) -> list[Item]:
     commands["sample"] = ("sample", sample)
     backend = ["--compile_backend", "aot_eager"] if dry else []
     commands["sample:compile"] = ("sample", [*sample, "--compile", *backend])
+    wan = [python, str(HERE / "wan_step.py"), "--device", device]
+    wan += ["--tiny", "--steps", "1", "--warmup", "0", "--accumulate", "2"] if dry else []
+    for recipe in WAN_GPU_RECIPES:
+        commands[f"wan:{recipe}"] = (
+            "wan",
+            [*wan, "--recipe", recipe, "--budget_gib", f"{wan_budget(recipe):.1f}"],
+        )
+    commands["wan:sample"] = ("wan", [*wan, "--sample", "2" if dry else "50"])
     return [
         Item(name, section, cmd, LIMITS[name][1 if dry else 0])
         for name in LIMITS
@@ -152,6 +167,11 @@ def train_command(recipe: str, dry: bool, python: str, device: str) -> list[str]
            "--batch", "1" if dry else "4", *size, "--steps", "1" if dry else "3", "--warmup", "0" if dry else "1",
            "--budget_gib", f"{BUDGET_GIB[recipe]:.2f}", "--max_batch", "2" if dry else "8"]  # fmt: skip
     return cmd + (["--fp32"] if dry else [])
+
+
+def wan_budget(recipe: str) -> float:
+    """The allocator cap of a Wan recipe: its card's memory less the CUDA context."""
+    return CARD_GIB[WAN_RECIPES[recipe]["card"]] - CUDA_CONTEXT_GIB
 
 
 def cuda_devices(python: str) -> int:
@@ -233,6 +253,44 @@ def sample_section(items: list[Item], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def wan_section(items: list[Item], header: list[str]) -> str:
+    """The Wan rows: each recipe's step per GPU (with the allocator capped at its card) and one video."""
+    lines = [
+        *header,
+        "- Wan2.2 TI2V-5B (benchmarks/wan_step.py): full-size architecture with random weights, the default"
+        " branch, 49 frames at 480x832; a step = `accumulate` micro-batches, bf16 autocast, clipping, Adam"
+        " (configs/wan_48gb.yaml: its moments in host memory, latents cached); 1 warm-up and 2 timed steps;"
+        " the allocator capped at the recipe's card less the CUDA context (the analysis:"
+        ' "Wan2.2 TI2V-5B: memory and FLOPs per training step").',
+        "",
+        "| recipe | clips x accumulate | s/step | clips/s | peak GiB | reserved GiB | cap GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for item in items:
+        name = item.name.split(":", 1)[1]
+        if name == "sample":
+            continue
+        r = next((r for r in item.records if "wan_recipe" in r), None)
+        if r is None or r.get("out_of_memory"):
+            status = "out of memory" if r else status_cell(item)
+            lines.append(f"| {name} | {status} | | | | | {wan_budget(name):.1f} |")
+            continue
+        reserved = f"{r['reserved_gib']:.1f}" if "reserved_gib" in r else "-"
+        lines.append(
+            f"| {name} | {r['batch']} x {r['accumulate']} | {r['seconds_per_step']:.2f} | {r['clips_per_second']:.2f} |"
+            f" {r['peak_gib']:.1f} | {reserved} | {wan_budget(name):.1f} |"
+        )
+    for item in (i for i in items if i.name == "wan:sample"):
+        r = next((r for r in item.records if "wan_sample" in r), None)
+        done = (
+            f"{r['wan_sample']} steps: {r['seconds']:.1f} s per video, peak {r['peak_gib']:.1f} GiB"
+            if r
+            else status_cell(item)
+        )
+        lines += ["", f"One video with the branch (UniPC, VAE decode included, after a warm-up): {done}."]
+    return "\n".join(lines)
+
+
 def ddp_section(items: list[Item], header: list[str], gpus: int) -> str:
     """The real runs of configs/ssv2.yaml's recipe: one GPU, then two processes with its DDP strategy."""
     lines = [*header, ""]
@@ -269,8 +327,9 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
         "train": "Training step on CUDA (`make gpu-check`)",
         "sample": "Sampling on CUDA (`make gpu-check`)",
         "ddp": "Real runs and DDP on CUDA (`make gpu-check`)",
+        "wan": "Wan2.2 TI2V-5B on CUDA (`make gpu-check`)",
     }
-    for section in ("train", "sample", "ddp"):
+    for section in ("train", "sample", "ddp", "wan"):
         mine = [i for i in items if i.section == section]
         if all(i.status == "not run" or i.status.startswith("not run (optional") for i in mine) and not (
             section == "ddp" and not args.only
@@ -281,6 +340,8 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
             text = train_section(mine, header)
         elif section == "sample":
             text = sample_section(mine, header)
+        elif section == "wan":
+            text = wan_section(mine, header)
         else:
             text = ddp_section(mine, header, gpus)
         write_section(f"{section}-cuda", text, docs)

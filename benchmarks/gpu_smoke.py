@@ -77,7 +77,7 @@ def smoke_config(config_path: Path, shards: Path, runs: Path, device: str, devic
     data = config["data"]["init_args"]
     for key, split in (("train", "train"), ("val", "validation"), ("test", "test")):
         data[f"{key}_shards"] = str(shards / split / "*.tar")
-    data.update(height=64, width=64, epoch_samples=8 * devices)
+    data.update(clip={**(data.get("clip") or {}), "height": 64, "width": 64}, epoch_samples=8 * devices)
     data.update(batch_size=2, eval_batch_size=1, num_workers=1, persistent_workers=False)
     return config
 

@@ -80,6 +80,26 @@ def _zero_conv(channels: int) -> nn.Conv2d:
     return conv
 
 
+def context_input(latents: torch.Tensor, known: torch.Tensor | int) -> torch.Tensor:
+    """A context branch's input: ``(B, T, C, h, w)`` latents whose first ``known`` frames (an int, or one
+    per sample ``(B,)``) are known -> ``(B, T, C + 1, h, w)``: those latents, zeros at the other frames, and
+    a last channel that is 1 at the known frames and 0 elsewhere."""
+    b, t = latents.shape[:2]
+    known = torch.as_tensor(known, device=latents.device).reshape(-1).expand(b)
+    mask = (torch.arange(t, device=latents.device)[None] < known[:, None]).to(latents.dtype)
+    mask = mask[:, :, None, None, None]
+    return torch.cat([latents * mask, mask.expand(-1, -1, 1, *latents.shape[3:])], dim=2)
+
+
+def _zero_context_conv(channels: int, out_channels: int) -> nn.Conv2d:
+    # The known latents and their mask enter at latent resolution, next to conv_in's output (as SVD's image
+    # latent enters the UNet), through their own conv at zero: a branch made a context branch is unchanged.
+    conv = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class ControlConditioningEncoder(nn.Module):
     """Per-frame encoder of the control masks down to the latent resolution (x8 smaller).
 
@@ -123,6 +143,11 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
     ``residual_addition``: a marker, always ``"single"``, that tells weights meant for a once-per-skip
     addition apart from the released checkpoint (whose config lacks it).
 
+    A *context branch* (``context_frames > 0``) also takes the first ``k <= context_frames`` frames of the
+    window as known latents and a per-frame known mask (:func:`context_input`), through a zero-initialised
+    conv added next to ``conv_in``'s output; ``context_window`` records the base's window (``num_frames``)
+    it was trained on. Make one from any branch with :meth:`from_branch` (it starts equal to that branch).
+
     Build a new branch with :meth:`from_unet`; load the released InterDyn weights with
     :func:`interdyn.models.released.load_controlnet`.
     """
@@ -158,6 +183,8 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
         residual_addition: str = "single",
+        context_frames: int = 0,
+        context_window: int | None = None,
     ) -> None:
         super().__init__()
         if residual_addition != "single":
@@ -201,6 +228,12 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
             num_attention_heads=heads[-1],
         )
         self.controlnet_mid_block = _zero_conv(block_out_channels[-1])
+        if context_frames < 0:
+            raise ValueError(
+                f"context_frames must be >= 0 (0: a branch without context), got {context_frames}"
+            )
+        if context_frames:
+            self.controlnet_context_embedding = _zero_context_conv(out_channels + 1, c0)
 
     def _build_down_blocks(
         self,
@@ -275,6 +308,32 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
                 getattr(controlnet, name).load_state_dict(getattr(unet, name).state_dict(), strict=True)
         return controlnet
 
+    @property
+    def is_context_branch(self) -> bool:
+        """True when the branch takes known context frames (``context_frames > 0``)."""
+        return int(self.config.context_frames) > 0
+
+    @classmethod
+    def from_branch(
+        cls, branch: ControlNetSDVModel, context_frames: int, context_window: int
+    ) -> ControlNetSDVModel:
+        """A context branch taking up to ``context_frames`` known frames of ``context_window``-frame windows,
+        with ``branch``'s weights (a plain branch, the released one included, or a context branch) and, where
+        ``branch`` has none, a zero context conv: it gives ``branch``'s residuals for any context."""
+        if not 0 < context_frames < context_window:
+            raise ValueError(
+                f"context_frames must be at least 1 and smaller than the window of {context_window} frames, "
+                f"got {context_frames}"
+            )
+        config = {k: v for k, v in branch.config.items() if not k.startswith("_")}
+        config.update(context_frames=int(context_frames), context_window=int(context_window))
+        model = cls(**config)
+        missing, unexpected = model.load_state_dict(branch.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("controlnet_context_embedding.") for k in missing):
+            raise ValueError(f"the branch's weights do not fit: missing {missing}, unexpected {unexpected}")
+        param = next(branch.parameters())
+        return model.to(param.device, param.dtype).train(branch.training)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -284,6 +343,7 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
         controlnet_cond: torch.Tensor,
         conditioning_scale: float = 1.0,
         return_dict: bool = True,
+        controlnet_context: torch.Tensor | None = None,
     ) -> ControlNetSDVOutput | tuple:
         """Compute the residuals for the UNet.
 
@@ -295,6 +355,8 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
             added_time_ids: ``(B, 3)`` ``[fps_id, motion_bucket_id, noise_aug_strength]``.
             controlnet_cond: ``(B, T, conditioning_channels, 8h, 8w)`` control masks in ``[-1, 1]``.
             conditioning_scale: multiplies every residual.
+            controlnet_context: a context branch's ``(B, T, out_channels + 1, h, w)`` known latents and mask
+                (:func:`context_input`); None: no known frames (``k = 0``).
         """
         batch, frames = sample.shape[:2]
         if controlnet_cond.shape[:2] != (batch, frames):
@@ -304,6 +366,16 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
         emb, context = conditioning_embeddings(self, sample, timestep, encoder_hidden_states, added_time_ids)
         hidden = self.conv_in(sample.flatten(0, 1))
         hidden = hidden + self.controlnet_cond_embedding(controlnet_cond.flatten(0, 1).to(hidden.dtype))
+        if self.is_context_branch:  # k = 0 is the zero input (the conv's bias, once trained, still counts)
+            if controlnet_context is None:
+                controlnet_context = sample.new_zeros(
+                    batch, frames, self.config.out_channels + 1, *sample.shape[3:]
+                )
+            hidden = hidden + self.controlnet_context_embedding(
+                controlnet_context.flatten(0, 1).to(hidden.dtype)
+            )
+        elif controlnet_context is not None:
+            raise ValueError("controlnet_context was given to a branch without context (context_frames 0)")
         image_only_indicator = torch.zeros(batch, frames, dtype=hidden.dtype, device=hidden.device)
         hidden, skips = run_down_blocks(self.down_blocks, hidden, emb, context, image_only_indicator)
         hidden = self.mid_block(

@@ -1,16 +1,20 @@
-"""Videos longer than the model's window, training-free: overlapping windows sampled one after another.
+"""Videos longer than the model's window: overlapping windows sampled one after another.
 
 A driver of ``T`` frames, longer than the UNet's window ``W`` (its ``num_frames``: 14 for SVD), is cut into
 windows of ``W`` frames that overlap by ``O`` frames (:func:`plan_windows`); the last window is moved back
 so that it is full and then overlaps its predecessor by more. Each window after the first takes the
-previous window's frame at its start as its SVD conditioning image (the decoded frame). Two ways to
+previous window's frame at its start as its SVD conditioning image (the decoded frame). Three ways to
 continue (``continuation``):
 
 - ``chain``: nothing more (naive chaining; the overlapping frames are sampled afresh);
 - ``hold``: the overlapping frames are also held to the latents already generated while the window is
   sampled (:class:`LatentHold`): after every sampler step, the known latents noised to the sampler's
   current sigma (with the window's own starting noise) replace those frames, and at the end they are
-  the known latents, so that motion under way carries into the new window.
+  the known latents, so that motion under way carries into the new window (training-free);
+- ``context``: held as ``hold``, and a context branch (``ControlNetSDVModel.from_branch``) also gets the
+  first known frames, up to its ``context_frames``, as input (:func:`~interdyn.models.controlnet.context_input`):
+  the input it was trained with, whose noisy known frames are the clean ones noised to the step's sigma,
+  which holding keeps them at.
 
 ``single`` is the baseline: one pass over all frames (what a driver of at most ``W`` frames always gets).
 The video is the first window followed by each later window minus its overlap; only one window's
@@ -19,12 +23,14 @@ activations are alive at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from interdyn.errors import ConfigError
+from interdyn.models.controlnet import context_input
 from interdyn.models.sampling import CONTINUATIONS
 
 
@@ -67,6 +73,23 @@ def check_continuation(continuation: str) -> None:
         raise ValueError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
 
 
+def check_context_branch(branch_config: Mapping[str, Any], window: int) -> None:
+    """One sentence (:class:`~interdyn.errors.ConfigError`) when a branch of ``branch_config`` cannot continue
+    windows of ``window`` frames with ``continuation="context"``: it is no context branch, or it was trained
+    on windows of another length."""
+    if not branch_config.get("context_frames", 0):
+        raise ConfigError(
+            "continuation 'context' needs a context branch (trained with context_frames_max > 0), and this "
+            "branch takes no context frames; use continuation 'hold' with it"
+        )
+    trained = branch_config.get("context_window")
+    if trained != window:
+        raise ConfigError(
+            f"this context branch was trained on windows of {trained} frames, but the base's window is "
+            f"{window} frames; use it with a base of {trained} frames, or use continuation 'hold'"
+        )
+
+
 class LatentHold:
     """Holds the first frames of a window's latents ``(N, W, C, h, w)`` to ``known`` ``(N, k, C, h, w)``.
 
@@ -76,9 +99,19 @@ class LatentHold:
     last step (sigma 0) the held frames equal ``known``.
     """
 
-    def __init__(self, known: torch.Tensor) -> None:
+    def __init__(self, known: torch.Tensor, context_frames: int = 0) -> None:
         self.known = known.float()
         self.noise: torch.Tensor | None = None
+        self.context_frames = min(context_frames, known.shape[1])  # how many a context branch is given
+
+    def context(self, frames: int) -> torch.Tensor | None:
+        """A context branch's input for a window of ``frames`` frames: its first ``context_frames`` known
+        (None when it gets none)."""
+        if not self.context_frames:
+            return None
+        latents = self.known.new_zeros(self.known.shape[0], frames, *self.known.shape[2:])
+        latents[:, : self.context_frames] = self.known[:, : self.context_frames]
+        return context_input(latents, self.context_frames)
 
     def _apply(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
         assert self.noise is not None
@@ -147,6 +180,7 @@ def sample_windows(
     n: int = 1,
     generator: Any = None,
     latents: torch.Tensor | None = None,
+    context_frames: int = 0,
 ) -> LongVideo:
     """Sample the windows of ``plan`` one after another.
 
@@ -154,8 +188,9 @@ def sample_windows(
     window is ``denoise(pixels, control[:, :W], n, generator, ...)``, as a short clip is sampled. Later
     windows have one row per sample (``n = 1``): the frame at their start from the previous window's
     decoded frames, the control repeated per sample, the generators of :func:`row_generators`, and a
-    :class:`LatentHold` of their known frames with ``continuation="hold"``. ``latents`` (starting noise
-    ``(B * n, T, C, h, w)``) is cut per window.
+    :class:`LatentHold` of their known frames with ``continuation="hold"`` or ``"context"`` (then giving the
+    branch up to ``context_frames`` of them). ``latents`` (starting noise ``(B * n, T, C, h, w)``) is cut
+    per window.
     """
     check_continuation(continuation)
     if latents is not None and latents.shape[1] != control.shape[1]:
@@ -169,7 +204,9 @@ def sample_windows(
         else:
             previous, offset = out.latents[-1], window.start - plan[i - 1].start
             image = out.frames[-1][:, offset].contiguous()
-            hold = LatentHold(previous[:, offset:]) if continuation == "hold" else None
+            given = context_frames if continuation == "context" else 0
+            held = continuation in ("hold", "context")
+            hold = LatentHold(previous[:, offset:], given) if held else None
             result = denoise(image, rows[:, window.start : window.stop], 1, generators, noise, hold)
         out.latents.append(result)
         out.frames.append(decode(result))

@@ -7,7 +7,8 @@ per-frame scale rising linearly from ``min_guidance_scale`` (first frame) to ``m
 latent) and keeps the control masks. Both branches run in one batched forward.
 
 A driver longer than the UNet's window (its ``num_frames``) is sampled in overlapping windows, one after
-another (``continuation``: ``hold`` or ``chain``, :mod:`interdyn.models.long`), or in one pass (``single``).
+another (``continuation``: ``hold``, ``chain`` or, with a context branch, ``context``:
+:mod:`interdyn.models.long`), or in one pass (``single``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import (
-    AutoencoderKLTemporalDecoder,
-    DiffusionPipeline,
-    EDMDPMSolverMultistepScheduler,
-    EDMEulerScheduler,
-    EulerDiscreteScheduler,
-)
+from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection
@@ -39,8 +34,9 @@ from interdyn.models.conditioning import (
     make_added_time_ids,
 )
 from interdyn.models.controlnet import ControlNetSDVModel
-from interdyn.models.long import LatentHold, LongVideo, plan_windows, sample_windows
-from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS, SamplingSettings
+from interdyn.models.long import LatentHold, LongVideo, check_context_branch, plan_windows, sample_windows
+from interdyn.models.samplers import make_scheduler
+from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVDComponents
 from interdyn.models.unet import UNetSpatioTemporalControlModel
 from interdyn.utils.render import to_uint8
@@ -78,33 +74,6 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
     return tensor.float()
 
 
-def make_scheduler(name: str, svd_scheduler: EulerDiscreteScheduler) -> Any:
-    """A sampler over SVD's noise range (``sigma_min``..``sigma_max`` of its scheduler, Karras spacing).
-
-    - ``euler``: SVD's own scheduler (what the paper used);
-    - ``dpmpp_2m``: DPM-Solver++(2M), second order, for fewer steps;
-    - ``edm_euler``: diffusers' EDM Euler, the same sampler as ``euler`` built the EDM way (a check).
-
-    The EDM schedulers use SVD's preconditioning (``sigma_data = 1``, v-prediction, ``c_noise = log(sigma) / 4``),
-    so the denoising loop stays the same for all three.
-    """
-    if name == "euler":
-        return svd_scheduler
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
-    config = svd_scheduler.config
-    common = {
-        "sigma_min": float(config.get("sigma_min") or 0.002),
-        "sigma_max": float(config.get("sigma_max") or 700.0),
-        "sigma_data": 1.0,
-        "prediction_type": config.get("prediction_type", "v_prediction"),
-        "sigma_schedule": "karras",
-    }
-    if name == "edm_euler":
-        return EDMEulerScheduler(**common)
-    return EDMDPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++")
-
-
 @dataclass
 class _Conditioning:
     """What every denoising step feeds the branch and the UNet (stacked ``[unconditional, conditional]``
@@ -115,6 +84,7 @@ class _Conditioning:
     control: torch.Tensor
     time_ids: torch.Tensor
     guidance: torch.Tensor | None
+    context: torch.Tensor | None = None  # a context branch's known frames (long.py), like control
 
 
 def frames_to_output(frames: torch.Tensor, output_type: str) -> Any:
@@ -213,7 +183,7 @@ class InterDynPipeline(DiffusionPipeline):
             conditioning_scale: multiplies the branch residuals (0 gives plain SVD, without running the branch).
             scheduler: ``euler`` (SVD's), ``dpmpp_2m`` or ``edm_euler`` (see :func:`make_scheduler`).
             window_overlap, continuation: a control longer than the UNet's ``num_frames`` is sampled in windows
-                (:mod:`interdyn.models.long`; the output's ``windows``: their latents) or in one pass (``single``).
+                (:mod:`interdyn.models.long`; ``context`` needs a context branch) or in one pass (``single``).
             num_videos_per_prompt: samples per input (outputs are grouped by input).
             generator: seeds the initial noise and the image noise augmentation; a list holds one generator
                 per input, and each input's videos are then those a call with that input alone and its
@@ -271,10 +241,13 @@ class InterDynPipeline(DiffusionPipeline):
         if control.shape[1] <= window or settings.continuation == "single":
             return self._denoise(settings, device, pixels, control, n, generator, latents), None
         plan = plan_windows(control.shape[1], window, settings.window_overlap)
+        if settings.continuation == "context":
+            check_context_branch(self.controlnet.config, window)
         denoise = partial(self._denoise, settings, device)
         decode = partial(decode_latents, self.vae, chunk_size=decode_chunk_size or window)
+        given = int(self.controlnet.config.get("context_frames", 0))
         long = sample_windows(
-            denoise, decode, pixels, control, plan, settings.continuation, n, generator, latents
+            denoise, decode, pixels, control, plan, settings.continuation, n, generator, latents, given
         )
         return long.video_latents(), long
 
@@ -291,6 +264,9 @@ class InterDynPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """The latents ``(B * n, T, 4, h, w)`` of one pass over ``control``'s frames (``hold``: see long.py)."""
         conditioning = self._conditioning(pixels, control, n, settings, generator, device)
+        if hold is not None and (context := hold.context(control.shape[1])) is not None:
+            context = context.to(device, conditioning.control.dtype)
+            conditioning.context = context if conditioning.guidance is None else torch.cat([context, context])
         sampler = make_scheduler(settings.scheduler, self.scheduler)
         sampler.set_timesteps(settings.num_inference_steps, device=device)
         videos = (control.shape[0] * n, *control.shape[1:])
@@ -430,6 +406,9 @@ class InterDynPipeline(DiffusionPipeline):
                 conditioning.control.to(branch_dtype),
                 conditioning_scale=conditioning_scale,
                 return_dict=False,
+                controlnet_context=None
+                if conditioning.context is None
+                else conditioning.context.to(branch_dtype),
             )
         pred = self.unet(
             model_in,

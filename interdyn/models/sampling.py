@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 Scheduler = Literal["euler", "dpmpp_2m", "edm_euler"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 # How a driver longer than the model's window is sampled (interdyn.models.long, docs/long.md).
-Continuation = Literal["single", "chain", "hold"]
+Continuation = Literal["single", "chain", "hold", "context"]
 CONTINUATIONS: tuple[str, ...] = get_args(Continuation)
 DEFAULT_OVERLAP = 4
 
@@ -39,7 +39,8 @@ class SamplingSettings:
             window (at least 1, less than the window; see docs/long.md).
         continuation: how a driver longer than the model's window is sampled: ``hold`` (windows; the
             overlapping frames held to those already made), ``chain`` (windows, nothing held) or
-            ``single`` (one pass over all frames); a driver of at most one window is always one pass.
+            ``single`` (one pass over all frames), or ``context`` (held as ``hold``, and a context branch
+            also gets the known frames as input); a driver of at most one window is always one pass.
     """
 
     num_inference_steps: int = 50

@@ -32,7 +32,7 @@ from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVDSource
 from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.training.ema import swap_in, swap_out, update_average
-from interdyn.training.objective import EDMObjective
+from interdyn.training.objective import EDMObjective, context_branch
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
 from interdyn.training.settings import DEFAULT_MEMORY, DEFAULT_OBJECTIVE, MemorySettings, ObjectiveSettings
 from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing, store_settings
@@ -61,7 +61,7 @@ class InterDynModule(EDMObjective, L.LightningModule):
             checkpoints store next to the last step's weights and ``interdyn export`` writes by default.
             Single-device and DDP training only (the average is a full copy of the branch on each rank).
         objective: how the training loss draws its inputs (:class:`ObjectiveSettings`: image drop, noise
-            levels, motion weighting, the validation loss's fixed noise).
+            levels, motion weighting, the validation loss's fixed noise, a context branch's known frames).
         sampling: how videos are sampled in ``predict``, the test metrics and the logged videos, and SVD's
             added time ids and the branch's scale in training too (:class:`SamplingSettings`;
             ``interdyn fit`` sets ``fps_id`` to the data's ``fps - 1``).
@@ -98,7 +98,10 @@ class InterDynModule(EDMObjective, L.LightningModule):
         # Registered in this order (the state dict's), frozen parts first.
         self.unet, self.vae, self.image_encoder = nets.unet, nets.vae, nets.image_encoder
         self.scheduler = nets.scheduler
-        self.controlnet = nets.controlnet
+        window = int(
+            nets.unet.config.num_frames
+        )  # a context branch is made (or checked) for the base's window
+        self.controlnet = context_branch(nets.controlnet, self.objective.context_frames_max, window)
         # The average is a frozen copy of the branch, registered under its own prefix: DDP ignores it
         # (it is not "controlnet.") and checkpoints store it under EMA_KEY, not in the state dict.
         self.branch_ema = (

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from interdyn.errors import ConfigError
 from interdyn.models.conditioning import (
     clip_image_embeds,
     encode_image_latents,
@@ -20,7 +21,7 @@ from interdyn.models.conditioning import (
     make_added_time_ids,
     sample_video_latents,
 )
-from interdyn.models.controlnet import ControlNetSDVModel
+from interdyn.models.controlnet import ControlNetSDVModel, context_input
 from interdyn.models.edm import denoised, edm_loss, motion_weights, sample_sigmas, unet_input
 from interdyn.models.sampling import SamplingSettings
 from interdyn.models.unet import UNetSpatioTemporalControlModel
@@ -30,6 +31,26 @@ from interdyn.training.settings import MemorySettings, ObjectiveSettings
 def _randn(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+
+
+def context_branch(branch: ControlNetSDVModel, context_frames_max: int, window: int) -> ControlNetSDVModel:
+    """The branch to train for ``context_frames_max`` (:class:`ObjectiveSettings`): ``branch`` itself when it is
+    0 or ``branch`` is a context branch of that range, else a context branch made from it (new channels at
+    zero, so it starts equal to ``branch``); ``window`` is the base's (its UNet's ``num_frames``). One sentence
+    for a range the window cannot hold or a context branch trained on another window length."""
+    recorded = branch.config.get("context_window")
+    if branch.is_context_branch and recorded != window:
+        raise ConfigError(
+            f"the context branch was trained on windows of {recorded} frames, but the base's window is {window} "
+            "frames; fine-tune a plain branch (or one trained on this base) instead"
+        )
+    if context_frames_max == 0 or context_frames_max == branch.config.get("context_frames", 0):
+        return branch
+    if context_frames_max >= window:
+        raise ConfigError(
+            f"context_frames_max must be smaller than the model's window of {window} frames, got {context_frames_max}"
+        )
+    return ControlNetSDVModel.from_branch(branch, context_frames_max, window)
 
 
 class EDMObjective:
@@ -191,7 +212,8 @@ class EDMObjective:
         latents, embeds, image_latents, sigma, noisy = draw(pixel_values, cache, sigma, generator, drop_image)
         pc, model_in, c_noise = unet_input(noisy, sigma, image_latents)
         time_ids = self.added_time_ids(latents.shape[0])
-        down, mid = self._residuals(model_in, c_noise, embeds, time_ids, control)
+        context = self.context(latents, generator)
+        down, mid = self._residuals(model_in, c_noise, embeds, time_ids, control, context)
         unet = unet if unet is not None else self.unet
         unet_dtype = unet.dtype
         model_out = unet(
@@ -206,6 +228,23 @@ class EDMObjective:
         weights = motion_weights(latents, motion_loss_weight) if motion_loss_weight > 0 else None
         return edm_loss(denoised(pc, noisy, model_out), latents, sigma, weights)
 
+    def context(
+        self, latents: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor | None:
+        """A context branch's input for clean ``latents`` ``(B, T, C, h, w)``: each sample's first ``k`` frames
+        known, ``k`` drawn uniformly from 0 to the branch's ``context_frames`` (at most ``T - 1``), from its own
+        generator when ``generator`` is a list (after the sample's other draws). None for a plain branch."""
+        if self.controlnet is None or not self.controlnet.is_context_branch:
+            return None
+        b, t = latents.shape[:2]
+        high = min(int(self.controlnet.config.context_frames), t - 1) + 1
+        if isinstance(generator, (list, tuple)):
+            k = torch.cat([torch.randint(high, (1,), generator=g, device=g.device) for g in generator])
+        else:
+            device = generator.device if generator is not None else self.device
+            k = torch.randint(high, (b,), generator=generator, device=device)
+        return context_input(latents, k.to(latents.device))
+
     def _residuals(
         self,
         model_in: torch.Tensor,
@@ -213,6 +252,7 @@ class EDMObjective:
         embeds: torch.Tensor,
         time_ids: torch.Tensor,
         control: torch.Tensor | None,
+        context: torch.Tensor | None = None,
     ) -> tuple[Any, Any]:
         """The branch's down and mid residuals for ``control`` (None and None without a branch)."""
         if self.controlnet is None:
@@ -228,5 +268,6 @@ class EDMObjective:
             control.to(dtype),
             conditioning_scale=self.sampling.conditioning_scale,
             return_dict=False,
+            controlnet_context=None if context is None else context.to(dtype),
         )
         return residuals[0], residuals[1]

@@ -40,6 +40,10 @@ class ObjectiveSettings:
             test losses are always the plain loss, so runs stay comparable.
         val_sigmas: fixed noise levels of the validation loss, cycled over the samples of each batch.
         val_seed: seed of the validation noise (the validation loss is deterministic).
+        context_frames_max: 0 trains a plain branch; ``K > 0`` trains a *context branch* (docs/long.md): the
+            branch also gets each clip's first ``k`` clean latents and their known mask, ``k`` drawn per
+            sample from 0 to ``K`` (set it to the sampling overlap, 4 by default); a plain branch to start
+            from is made one with new channels at zero, so training starts from its outputs.
     """
 
     image_drop_prob: float = 0.05
@@ -48,8 +52,12 @@ class ObjectiveSettings:
     motion_loss_weight: float = 0.0
     val_sigmas: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0)
     val_seed: int = 0
+    context_frames_max: int = 0
 
     def __post_init__(self) -> None:
+        frames = self.context_frames_max
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise ConfigError(f"context_frames_max must be a whole number of frames >= 0, got {frames!r}")
         if not 0.0 <= self.image_drop_prob <= 1.0:
             raise ConfigError(f"image_drop_prob must lie in [0, 1], got {self.image_drop_prob}")
         if self.motion_loss_weight < 0:

@@ -31,7 +31,7 @@ from interdyn.errors import BatchContractError, ConfigError, WeightsMismatchErro
 from interdyn.models.wan.components import WAN_TI2V_REPO, WanSource
 from interdyn.models.wan.controlnet import DEFAULT_LAYERS
 from interdyn.models.wan.pipeline import InterDynWanPipeline
-from interdyn.models.wan.ti2v import encode_image_latents, encode_video_latents
+from interdyn.models.wan.ti2v import encode_video_latents
 from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.training.flow_objective import FlowMatchingObjective
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
@@ -237,8 +237,11 @@ class InterDynWanModule(L.LightningModule):
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clips ``(B, T, 3, H, W)`` in ``[-1, 1]`` -> their normalised latents and their first frames'."""
-        return encode_video_latents(self.vae, pixels), encode_image_latents(self.vae, pixels[:, 0])
+        """Clips ``(B, T, 3, H, W)`` in ``[-1, 1]`` -> their normalised latents and their first frames'. The
+        causal VAE encodes the first frame alone, so its latent frame is the image latent as TI2V encodes it
+        (:func:`~interdyn.models.wan.ti2v.encode_image_latents`): one encoder pass serves both."""
+        latents = encode_video_latents(self.vae, pixels)
+        return latents, latents[:, :, :1]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # the values are read back (a device sync) on the first step only: wrong data is wrong from the start

@@ -11,6 +11,7 @@ import torch
 
 from interdyn.data.clip_spec import ClipRules
 from interdyn.errors import ConfigError, WeightsNotFoundError
+from interdyn.models.svd import cast_frozen
 from interdyn.models.wan.components import WanComponents, WanScheduler, WanSource, get_wan
 from interdyn.models.wan.controlnet import WanControlNetModel
 from interdyn.models.wan.prompt import WAN_PROMPT_LENGTH, load_prompt_embeds, zero_prompt_embeds
@@ -81,9 +82,20 @@ def build_wan_networks(
                 f"but conditioning_channels={conditioning_channels}"
             )
     branch.train()
-    parts.transformer.to(DTYPES[frozen_dtype])
+    cast_transformer(parts.transformer, DTYPES[frozen_dtype])
     prompt = fixed_prompt_embeds(prompt_embeds, parts.transformer.config.text_dim)
     return WanNetworks(parts, branch, prompt)
+
+
+def cast_transformer(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the frozen transformer to ``dtype`` but for the modules its class keeps in float32 (norms, time
+    embedding, rotary table), as diffusers' ``from_pretrained(torch_dtype=...)`` loads it."""
+    cast_frozen(transformer, dtype)
+    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    if dtype != torch.float32 and keep:
+        for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
+            if keep & set(name.split(".")) and tensor.is_floating_point():
+                tensor.data = tensor.data.float()
 
 
 def fixed_prompt_embeds(path: str | None, text_dim: int, length: int = WAN_PROMPT_LENGTH) -> torch.Tensor:

@@ -4,7 +4,9 @@ Every generation writes its inputs into a run folder (``first_frame.png`` and th
 for a drawn path, or the uploaded mask file as it is) and runs :func:`interdyn.commands.generate.run_generate` on
 the command line that ``interdyn generate`` would parse for them. Preprocessing, seeds and output files
 are therefore exactly the command's; the run's ``command.txt`` repeats it from a shell. The weights are
-loaded once, on the first generation, and kept.
+loaded once, on the first generation, and kept. A Wan2.2 TI2V model (:data:`TINY_WAN`, or ``interdyn app
+--wan``) runs the same way through generate's Wan path; the page's SVD-only settings (guidance, scheduler)
+do not reach it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from interdyn.app.paths import drag_mask
+from interdyn.commands.backbone import is_wan_base, save_wan_branch
 from interdyn.commands.generate import (
     GenerateResult,
     LoadedWeights,
@@ -32,6 +35,7 @@ from interdyn.commands.generate import (
     read_inputs,
     run_generate,
 )
+from interdyn.commands.generate_wan import FRAME_STEP, WAN_SAMPLING
 from interdyn.data.clip_spec import ClipSpec
 from interdyn.errors import InputError
 from interdyn.inputs import (
@@ -45,12 +49,14 @@ from interdyn.inputs import (
     read_image,
 )
 from interdyn.models.sampling import SamplingSettings
-from interdyn.utils.files import write_atomic
+from interdyn.utils.files import write_atomic, write_folder_atomic
 from interdyn.utils.render import png_bytes
 
 NUM_FRAMES = DEMO_CLIP.num_frames  # the app's clips are generate's (the paper's length); sizes vary by model
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 16, 4096, 8.0
 MASK_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES | {".npz"}
+# Wan's clips: generate's demo clip at the nearest 1 + 4k frames below (13).
+WAN_CLIP = DEMO_CLIP.with_overrides(num_frames=1 + FRAME_STEP * ((DEMO_CLIP.num_frames - 1) // FRAME_STEP))
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class ModelChoice:
     clip: ClipSpec  # generate's demo clip at the model's size (its NUM_FRAMES frames)
     steps: int  # sampler steps unless the page sets them
     notice: str = ""  # said plainly in the page
+    wan: str | None = None  # the Wan base (--wan); None: the branch's recorded one, or an SVD model
+    backbone: str = "svd"  # svd or wan (which of the page's sampling settings apply)
 
 
 TINY_RANDOM = ModelChoice(
@@ -74,6 +82,19 @@ TINY_RANDOM = ModelChoice(
     notice="This runs the tiny **random** model: its videos are noise that shows how the app works, not "
     "what InterDyn does (this checkout has no weights/world/). Start the app with `--svd` and `--controlnet` "
     "for trained ones.",
+)
+TINY_WAN = ModelChoice(
+    label="tiny random Wan2.2 TI2V (CPU)",
+    svd=None,
+    controlnet=None,
+    clip=WAN_CLIP.with_overrides(height=64, width=64),
+    steps=3,
+    notice="This runs a tiny **random** Wan2.2 TI2V with a random branch: its videos are noise that shows how "
+    "the app works with the Wan backbone. Start the app with `--wan` and `--controlnet` for trained weights; "
+    "the guidance and scheduler settings are SVD's and do not apply to Wan (it samples with its base's own "
+    "scheduler).",
+    wan="random:wan-tiny",
+    backbone="wan",
 )
 # The built-in world's own trained SVD and converged branch, shipped in the repository (docs/world.md).
 WORLD_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "world"
@@ -91,26 +112,43 @@ WORLD = ModelChoice(
 DEFAULT_MODEL = WORLD if (WORLD_WEIGHTS / "branch" / "config.json").is_file() else TINY_RANDOM
 
 
-def random_branch(folder: Path, svd: str = "random:tiny", seed: int = 0) -> Path:
-    """A control branch for the preset ``svd`` with seeded random weights (non-zero everywhere, so that the
-    driver changes the video), saved once at ``folder`` for ``interdyn generate --controlnet``."""
-    if (folder / "config.json").is_file():
-        return folder
+def _fresh_branch(base: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter], float]:
+    """A small branch for the preset ``base``, the parameters to draw at random, and their scale: every
+    parameter of an SVD branch; a Wan branch's output projections (its blocks stay the transformer's)."""
+    if is_wan_base(base):
+        from interdyn.models.wan import WanControlNetModel, get_wan
+
+        wan = get_wan(base)
+        branch = WanControlNetModel.from_transformer(
+            wan.transformer, conditioning_embedding_out_channels=(8, 8, 8, 16), vae=wan.vae
+        )
+        outputs = [branch.controlnet_blocks, branch.controlnet_cond_embedding.conv_out]
+        return branch, [p for part in outputs for p in part.parameters()], 0.2
     from interdyn.models.controlnet import ControlNetSDVModel
     from interdyn.models.svd import get_svd
 
+    branch = ControlNetSDVModel.from_unet(
+        get_svd(base).unet, conditioning_embedding_out_channels=(8, 16, 16, 32)
+    )
+    return branch, list(branch.parameters()), 0.05
+
+
+def random_branch(folder: Path, svd: str = "random:tiny", seed: int = 0) -> Path:
+    """A control branch for the preset ``svd`` (or a Wan preset) with seeded random weights (non-zero, so
+    that the driver changes the video), saved once at ``folder`` for ``interdyn generate --controlnet`` (a
+    Wan branch with the base it belongs to)."""
+    if (folder / "config.json").is_file():
+        return folder
     with torch.random.fork_rng(devices=[]):
-        unet = get_svd(svd).unet
-        branch = ControlNetSDVModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+        torch.manual_seed(seed)
+        branch, drawn, scale = _fresh_branch(svd)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for p in branch.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    branch.save_pretrained(tmp, safe_serialization=True)
-    tmp.replace(folder)
-    return folder
+            for p in drawn:
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)
+    if is_wan_base(svd):
+        return save_wan_branch(branch, folder, svd)
+    return write_folder_atomic(folder, lambda tmp: branch.save_pretrained(tmp, safe_serialization=True))
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -229,11 +267,13 @@ class Engine:
         self._lock = threading.Lock()  # one generation at a time per process (the UI's queue also waits)
 
     def weight_args(self) -> list[str]:
-        controlnet = self.model.controlnet
+        model, controlnet = self.model, self.model.controlnet
         if controlnet is None:
-            controlnet = str(random_branch(self.out / ".tiny-random-branch", self.model.svd or "random:tiny"))
+            base = model.wan or model.svd or "random:tiny"
+            controlnet = str(random_branch(self.out / f".tiny-random-{model.backbone}-branch", base))
         argv = ["--controlnet", controlnet, "--device", self.device, "--dtype", self.dtype]
-        return argv + (["--svd", self.model.svd] if self.model.svd else [])
+        argv += ["--wan", model.wan] if model.wan else []
+        return argv + (["--svd", model.svd] if model.svd else [])
 
     def _write_inputs(self, folder: Path, image: np.ndarray, driver: Driver) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -302,7 +342,9 @@ class Engine:
         if unknown:
             raise TypeError(f"unknown sampling settings {unknown}; known: {SamplingSettings.names()}")
         sampling = {"num_inference_steps": self.model.steps} | {
-            k: v for k, v in sampling.items() if v is not None
+            k: v
+            for k, v in sampling.items()
+            if v is not None and (self.model.backbone != "wan" or k in WAN_SAMPLING)  # the page's SVD-only
         }
         with self._lock:
             check_image(image)

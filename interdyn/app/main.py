@@ -2,6 +2,7 @@
 
 interdyn app                                   # the default model on CPU, http://127.0.0.1:7860
 interdyn app --svd checkpoints/svd --controlnet rickakkerman/InterDyn --device cuda
+interdyn app --wan checkpoints/wan2.2-ti2v-5b --controlnet my_wan_branch/ --device cuda   # Wan2.2 TI2V
 interdyn app --host 0.0.0.0 --auth alice:secret --root /data/clips   # for a lab: a login, one readable folder
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from jsonargparse import ArgumentParser
 
@@ -27,7 +29,10 @@ class AppOptions:
     Args:
         svd: SVD img2vid folder or hub id, as for interdyn generate (default: the default model's)
         controlnet: control branch: a folder, a hub id or a .ckpt (default: the released InterDyn branch
-            when --svd is given, else the default model's)
+            when --svd is given, none with --wan, else the default model's); an exported Wan branch names
+            its own base
+        wan: Wan2.2 TI2V base, as for interdyn generate --wan (random:wan-tiny: a tiny random one with a
+            random branch, for trying the app)
         device: auto, cpu, cuda or cuda:<index> (default: cpu for the default model, else auto)
         dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
         height: clip height (default: the model's; the paper's 256 with named weights)
@@ -48,6 +53,7 @@ class AppOptions:
 
     svd: str | None = None
     controlnet: str | None = None
+    wan: str | None = None
     device: str | None = None
     dtype: str = "auto"
     height: int | None = None
@@ -69,11 +75,21 @@ def build_parser() -> ArgumentParser:
 
 def make_engine(args: AppOptions):  # -> Engine (imported lazily: torch and diffusers)
     """The engine for the command line: the default model, or the named weights."""
-    from interdyn.app.engine import DEFAULT_MODEL, Engine, ModelChoice
+    from interdyn.app.engine import DEFAULT_MODEL, TINY_WAN, WAN_CLIP, Engine, ModelChoice
+    from interdyn.commands.backbone import backbone_of
     from interdyn.inputs import DEMO_CLIP
 
-    if args.svd is None and args.controlnet is None:
+    named = SimpleNamespace(backbone="auto", svd=args.svd, wan=args.wan, controlnet=args.controlnet)
+    if args.svd is None and args.controlnet is None and args.wan is None:
         model, device = DEFAULT_MODEL, args.device or "cpu"
+    elif args.controlnet is None and args.wan == TINY_WAN.wan:
+        model, device = TINY_WAN, args.device or "cpu"
+    elif backbone_of(named) == "wan":
+        controlnet = args.controlnet or "none"
+        label = f"wan {args.wan or '(the branch’s base)'}, controlnet {controlnet}"
+        steps = DEFAULT_SAMPLING.num_inference_steps
+        model = ModelChoice(label, args.svd, controlnet, WAN_CLIP, steps, wan=args.wan, backbone="wan")
+        device = args.device or "auto"
     else:
         controlnet = args.controlnet or RELEASED_REPO
         label = f"svd {args.svd or '(the checkpoint’s)'}, controlnet {controlnet}"
@@ -84,6 +100,15 @@ def make_engine(args: AppOptions):  # -> Engine (imported lazily: torch and diff
             raise InputError(f"--steps must be at least 1, got {args.steps}.")
         model = dataclasses.replace(model, steps=args.steps)
     return Engine(args.out, model, device, args.dtype, args.height, args.width)
+
+
+def check_size(engine, args: AppOptions) -> None:  # engine: an Engine (imported lazily)
+    """``--height`` and ``--width`` fit the model: multiples of 8 for SVD, of 32 for Wan (its x16 VAE times
+    its 2x2 patch)."""
+    multiple = 32 if engine.model.backbone == "wan" else 8
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and (value <= 0 or value % multiple):
+            raise InputError(f"{flag} must be a positive multiple of {multiple}, got {value}.")
 
 
 def app_main(argv: list[str]) -> int:
@@ -101,12 +126,10 @@ def app_main(argv: list[str]) -> int:
     from interdyn.app.ui import build_ui
 
     try:
-        for flag, value in (("--height", args.height), ("--width", args.width)):
-            if value is not None and (value <= 0 or value % 8):
-                raise InputError(f"{flag} must be a positive multiple of 8, got {value}.")
         files = ServerFiles.for_host(args.host, args.share, args.root)
         auth = read_auth(args.auth, args.auth_file)
         engine = make_engine(args)
+        check_size(engine, args)
         if engine.device != "auto":
             resolve_device(engine.device)
     except InterDynError as err:

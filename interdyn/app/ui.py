@@ -133,7 +133,7 @@ def on_path_edit(frame: tuple | None, points: list, action: str) -> tuple:
 
 def on_scrub(frames: list, index: float) -> np.ndarray | None:
     """The preview's frame at the slider."""
-    return frames[int(index)] if frames else None
+    return frames[min(int(index), len(frames) - 1)] if frames else None  # a Wan clip has 13 frames
 
 
 @guarded
@@ -243,7 +243,8 @@ def generate_callback(engine: Engine) -> Callable:
         history = [(str(sheet), caption), *history][:HISTORY]
         command = (compare.parent / "command.txt").read_text().strip()
         info = (
-            f"**{run}** written to `{compare.parent}`: {NUM_FRAMES} frames at {result.inputs.fps:g} fps.\n\n"
+            f"**{run}** written to `{compare.parent}`: {len(result.inputs.controls[0])} frames at "
+            f"{result.inputs.fps:g} fps.\n\n"
         )
         info += f"The same from a shell:\n```\n{command}\n```"
         files = [str(p) for p in result.paths]
@@ -402,8 +403,8 @@ def build_ui(engine: Engine, files: ServerFiles | None = None) -> gr.Blocks:
     with gr.Blocks(title="InterDyn") as demo:
         gr.Markdown(
             "# InterDyn: draw the driver, watch the world react\n"
-            f"Model: **{model.label}**, {engine.clip.width}x{engine.clip.height} pixels, {NUM_FRAMES} frames."
-            + (f"\n\n> {model.notice}" if model.notice else "")
+            f"Model: **{model.label}**, {engine.clip.width}x{engine.clip.height} pixels, "
+            f"{engine.clip.num_frames} frames." + (f"\n\n> {model.notice}" if model.notice else "")
         )
         states = {
             "points": gr.State([list(p) for p in first.points]),

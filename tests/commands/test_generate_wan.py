@@ -23,8 +23,8 @@ from interdyn.models.wan import (
     WanComponents,
     WanControlNetModel,
     get_wan,
+    save_prompt_embeds,
     save_wan,
-    zero_prompt_embeds,
 )
 from interdyn.utils.render import to_uint8
 from tests.helpers import decoded, write_generate_inputs
@@ -146,22 +146,33 @@ def test_an_exported_branch_samples_as_the_branch_itself(tmp_path, files, branch
         ["config.json", "diffusion_pytorch_model.safetensors", BASE_FILE]
     )
     assert json.loads((exported / BASE_FILE).read_text())["base"] == "random:wan-tiny"
-    # The exported folder names its base: --controlnet alone picks the backbone and the base.
+    # The exported folder names its base: --controlnet alone picks the backbone and the base. The prompt
+    # embedding comes from a file.
+    prompt = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(0))
+    save_prompt_embeds(prompt, tmp_path / "prompt.safetensors", prompt="a hand pushes a cup")
     inputs = ["--image", str(files["image"]), "--control", str(files["hand"]), "--seed", "5"]
+    inputs += ["--prompt_embeds", str(tmp_path / "prompt.safetensors")]
     result = generate(inputs + ["--controlnet", str(exported)] + options(tmp_path / "out"))
+    record = json.loads((tmp_path / "out" / "scene_settings.json").read_text())
+    assert record["prompt_embeds"] == str(tmp_path / "prompt.safetensors")
 
     wan = get_wan("random:wan-tiny")
     pipe = InterDynWanPipeline.from_components(wan, acting_branch(wan))  # the branch in memory
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(
         image_to_tensor(result.inputs.image),
-        zero_prompt_embeds(wan.transformer.config.text_dim),
+        prompt,
         control=control_tensor(result.inputs.controls[0]),
         num_inference_steps=2,
         generator=torch.Generator().manual_seed(5),
         output_type="np",
     ).frames
     np.testing.assert_array_equal(result.videos["hand"], to_uint8(frames))
+    # A prompt embedding of another width is one sentence.
+    save_prompt_embeds(torch.zeros(1, 8, 16), tmp_path / "narrow.safetensors")
+    inputs[-1] = str(tmp_path / "narrow.safetensors")
+    assert generate_main(inputs + ["--controlnet", str(exported)] + options(tmp_path / "c")) == 2
+    assert "this Wan base takes (1, length, 32)" in capsys.readouterr().err
     # Exporting over it again needs --overwrite, which replaces the earlier export.
     assert export_main(argv) == 2
     assert export_main([*argv, "--overwrite"]) == 0

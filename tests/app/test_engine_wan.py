@@ -1,0 +1,66 @@
+"""The app's engine on the Wan2.2 TI2V backbone (the tiny random Wan with a random branch): a run is
+``interdyn generate``'s Wan path, the page's SVD-only settings do not reach it, and ``interdyn app --wan``
+builds such an engine."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interdyn.app.engine import TINY_WAN, WAN_CLIP, Driver, Engine
+from interdyn.app.main import AppOptions, check_size, make_engine
+from interdyn.commands.generate import generate
+from interdyn.errors import InputError
+from tests.app.test_engine import picture, square_mask
+
+SIZE, FRAMES = 32, 5  # the smallest Wan clip of two latent frames
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    model = TINY_WAN.__class__(**{**TINY_WAN.__dict__, "clip": WAN_CLIP.with_overrides(num_frames=FRAMES)})
+    return Engine(tmp_path_factory.mktemp("runs"), model, device="cpu", height=SIZE, width=SIZE)
+
+
+def test_a_wan_run_is_interdyn_generate(engine: Engine, tmp_path: Path) -> None:
+    driver = Driver.drawn(square_mask(), [(48, 24), (12, 24)])
+    # The page always sends its guidance and scheduler; they are SVD's and are left out for Wan.
+    result = engine.generate(
+        picture(), driver, 1, 7, num_inference_steps=2, scheduler="euler", max_guidance_scale=2.5
+    )
+    run = engine.out / "run001"
+    assert result.videos["driver"].shape == (1, FRAMES, SIZE, SIZE, 3)
+    settings = json.loads((run / "run001_settings.json").read_text())
+    assert settings["backbone"] == "wan" and settings["wan"] == "random:wan-tiny"
+    assert settings["sampling"] == {"num_inference_steps": 2, "conditioning_scale": 1.0}
+    branch = Path(settings["controlnet"])
+    assert json.loads((branch / "interdyn_base.json").read_text())["base"] == "random:wan-tiny"
+    # The run's command line, from a shell, gives the same frames.
+    argv = shlex.split((run / "command.txt").read_text())[2:]
+    assert "--scheduler" not in argv and "--wan" in argv
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    again = generate(argv + ["--no_progress"])
+    np.testing.assert_array_equal(again.videos["driver"], result.videos["driver"])
+
+
+def test_interdyn_app_takes_a_wan_base(tmp_path: Path) -> None:
+    tiny = make_engine(AppOptions(wan="random:wan-tiny", out=str(tmp_path)))
+    assert tiny.model == TINY_WAN and tiny.clip.num_frames == 13 and tiny.device == "cpu"
+    named = make_engine(AppOptions(wan="checkpoints/wan", controlnet="my_branch/", out=str(tmp_path)))
+    assert named.model.backbone == "wan" and named.clip == WAN_CLIP
+    assert named.weight_args()[:2] == ["--controlnet", "my_branch/"] and "--wan" in named.weight_args()
+    svd = make_engine(AppOptions(svd="random:tiny", out=str(tmp_path)))
+    assert svd.model.backbone == "svd"
+
+
+def test_the_app_refuses_a_wan_size_in_one_sentence(tmp_path: Path) -> None:
+    wan = make_engine(AppOptions(wan="random:wan-tiny", out=str(tmp_path)))
+    with pytest.raises(InputError, match="--height must be a positive multiple of 32, got 48"):
+        check_size(wan, AppOptions(height=48))
+    check_size(make_engine(AppOptions(out=str(tmp_path))), AppOptions(height=48))  # SVD: multiples of 8
+    with pytest.raises(InputError, match="--steps must be at least 1"):
+        make_engine(AppOptions(wan="random:wan-tiny", steps=0))

@@ -11,9 +11,9 @@ import torch
 from interdyn.data import MovingShapesDataModule
 from interdyn.errors import ConfigError
 from interdyn.models import ControlNetSDVModel
-from interdyn.training.checkpoint import load_branch
+from interdyn.training.checkpoint import branch_from_checkpoint, load_branch
 from interdyn.training.settings import ObjectiveSettings
-from tests.helpers import short_fit_trainer, tiny_module, toy_batch
+from tests.helpers import randomize_, short_fit_trainer, tiny_module, toy_batch
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])
@@ -46,10 +46,14 @@ def test_a_context_branch_starts_equal_to_its_branch_and_learns_from_the_context
     assert set(counts.tolist()) == {0.0, 1.0, 2.0, 3.0}
     assert torch.equal(known, (torch.arange(6) < counts[:, None]).float()), "the first k frames"
     module.train()
+    torch.manual_seed(
+        0
+    )  # a draw where some sample has k > 0 (k = 0 everywhere, 1 in 16, gives the weights none)
     loss = module.compute_loss(batch["pixel_values"], batch["control"], drop_image=True)  # random k
     loss.backward()
     grad = branch.controlnet_context_embedding.weight.grad
     assert grad is not None and grad.abs().sum() > 0, "the new weights learn"
+    assert branch.controlnet_context_embedding.bias.grad.abs().sum() > 0
 
 
 def test_settings_the_base_cannot_take_are_one_sentence(tiny_svd, tmp_path: Path) -> None:
@@ -63,6 +67,21 @@ def test_settings_the_base_cannot_take_are_one_sentence(tiny_svd, tmp_path: Path
         tiny_module(controlnet=str(tmp_path / "xt"))
 
 
+def test_a_checkpoint_holds_the_context_branch() -> None:
+    module = tiny_module(context_frames_max=2)
+    randomize_(module.controlnet.controlnet_context_embedding, seed=4)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # what every training checkpoint keeps of the module
+    branch = branch_from_checkpoint(checkpoint, weights="live")
+    assert (
+        branch.is_context_branch and branch.config.context_frames == 2 and branch.config.context_window == 14
+    )
+    state = module.controlnet.state_dict()
+    assert branch.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in branch.state_dict().items())
+
+
+@pytest.mark.slow
 def test_a_fitted_context_branch_is_stored_and_read_back(tmp_path: Path) -> None:
     module = tiny_module(context_frames_max=2)
     trainer = short_fit_trainer(max_steps=1, limit_val_batches=0, logger=False, default_root_dir=tmp_path)

@@ -15,8 +15,8 @@ import torch
 from interdyn.commands.backbone import BASE_FILE, backbone_of
 from interdyn.commands.export import export_main
 from interdyn.commands.generate import build_parser, generate, generate_main
-from interdyn.commands.generate_wan import wan_clip_args
-from interdyn.inputs import control_tensor
+from interdyn.commands.generate_wan import wan_clip_args, whole_latent_frames
+from interdyn.inputs import GenerationInputs, control_tensor
 from interdyn.models.pipeline import image_to_tensor
 from interdyn.models.wan import (
     InterDynWanPipeline,
@@ -127,6 +127,25 @@ def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extr
     assert code == 2 and words in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_svd_model_named_for_wan_is_one_sentence(tmp_path, files, capsys):
+    argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--backbone", "wan"]
+    assert generate_main(argv + ["--svd", "random:tiny"] + options(tmp_path / "out")) == 2
+    assert "--svd 'random:tiny' is not a Wan2.2 TI2V model" in capsys.readouterr().err
+
+
+def test_a_driver_cut_short_keeps_whole_latent_frames(capsys):
+    """A clip folder whose driver mask is shorter than the clip cuts it to its length; Wan keeps the first
+    1 + 4k frames of it (and of the ground truth)."""
+    masks = np.zeros((7, 8, 8), dtype=bool)
+    truth = np.zeros((7, 8, 8, 3), dtype=np.uint8)
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    inputs = GenerationInputs("clip", image, [masks], ["hand"], truth, 7.0, source_frames=list(range(7)))
+    cut = whole_latent_frames(inputs)
+    assert len(cut.controls[0]) == len(cut.truth) == len(cut.source_frames) == 5
+    assert "the first 5 are taken" in capsys.readouterr().out and cut.notes
+    assert whole_latent_frames(cut) is cut
 
 
 def test_the_default_clip_length_becomes_wans(capsys):

@@ -106,7 +106,10 @@ class InterDynWanModule(L.LightningModule):
         for hparams in (self.hparams, self._hparams_initial):
             store_wan_settings(hparams)
         check_arguments(self.hparams)
-        memory = self.memory
+        # The settings groups as objects (frozen), read once from the checked hyper-parameters.
+        self.objective = WanObjectiveSettings(**self.hparams.objective)
+        self.sampling = WanSamplingSettings(**self.hparams.sampling)
+        self.memory = memory = WanMemorySettings(**self.hparams.memory)
         nets = build_wan_networks(
             wan, controlnet, layers, conditioning_channels, conditioning_embedding_out_channels,
             memory.frozen_dtype, prompt_embeds,
@@ -122,22 +125,6 @@ class InterDynWanModule(L.LightningModule):
         if memory.transformer_gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.eval_means = torch.nn.ModuleDict({name: MeanMetric() for name in _EVAL_METRICS})
-
-    # ------------------------------------------------------------------ settings
-    @property
-    def objective(self) -> WanObjectiveSettings:
-        """The flow-matching draws (``hparams.objective``)."""
-        return WanObjectiveSettings(**self.hparams.objective)
-
-    @property
-    def sampling(self) -> WanSamplingSettings:
-        """The sampling settings (``hparams.sampling``)."""
-        return WanSamplingSettings(**self.hparams.sampling)
-
-    @property
-    def memory(self) -> WanMemorySettings:
-        """The memory and speed switches (``hparams.memory``)."""
-        return WanMemorySettings(**self.hparams.memory)
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True) -> InterDynWanModule:
@@ -284,13 +271,9 @@ class InterDynWanModule(L.LightningModule):
             self.fixed_loss(pixels, control, batch_idx, dataloader_idx), weight=b
         )
         if self.hparams.test_videos:
-            keys = batch.get("key")
-            seeds = (
-                [key_seed(self.hparams.sample_seed, k) for k in keys]
-                if keys
-                else self.hparams.sample_seed + batch_idx
-            )
-            videos = self.sample(pixels, control, seed=seeds, num_videos_per_prompt=1)[:, 0]
+            videos = self.sample(
+                pixels, control, seed=self._seeds(batch, batch_idx), num_videos_per_prompt=1
+            )[:, 0]
             video_mse, mask_mse = video_errors(videos, pixels, control)
             self.eval_means["test_video_mse"].update(video_mse)
             self.eval_means["test_mask_mse"].update(mask_mse)
@@ -365,13 +348,16 @@ class InterDynWanModule(L.LightningModule):
         if not has_clips(batch):
             return None
         pixels, control = self._checked(batch)
+        videos = self.sample(pixels, control, seed=self._seeds(batch, batch_idx))
+        return {"key": batch.get("key"), "videos": to_uint8(videos).cpu()}
+
+    def _seeds(self, batch: dict[str, Any], batch_idx: int) -> int | list[int]:
+        """One seed per clip from its key (the same videos whatever the batch, rank or order), or one for a
+        batch without keys."""
         keys = batch.get("key")
-        seeds = (
-            [key_seed(self.hparams.sample_seed, k) for k in keys]
-            if keys
-            else self.hparams.sample_seed + batch_idx
-        )
-        return {"key": keys, "videos": to_uint8(self.sample(pixels, control, seed=seeds)).cpu()}
+        if not keys:
+            return self.hparams.sample_seed + batch_idx
+        return [key_seed(self.hparams.sample_seed, k) for k in keys]
 
 
 def video_errors(

@@ -43,6 +43,7 @@ from interdyn.commands.generate import (
 )
 from interdyn.commands.generate_outputs import write_run
 from interdyn.commands.parsers import given_settings, resolve_device
+from interdyn.data.clip_spec import ClipRules
 from interdyn.errors import InputError
 from interdyn.inputs import DEMO_CLIP, GenerationInputs, control_tensor
 from interdyn.models.pipeline import image_to_tensor
@@ -50,12 +51,14 @@ from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.wan import InterDynWanPipeline, get_wan, load_prompt_embeds, zero_prompt_embeds
 from interdyn.models.wan.components import WAN_TI2V_REPO
+from interdyn.training.wan_setup import BACKBONE
 from interdyn.utils.render import to_uint8
 
 FRAME_STEP = 4  # frames per latent frame after the first (the Wan2.2 VAE's temporal compression)
 PIXELS_PER_TOKEN = 32  # the Wan2.2 VAE's x16 times the transformer's 2x2 patch
 WAN_SAMPLING = ("num_inference_steps", "conditioning_scale")  # the sampling settings Wan's sampler takes
 NO_BRANCH = "none"
+WAN_RULES = ClipRules(BACKBONE, FRAME_STEP, PIXELS_PER_TOKEN)  # what a Wan2.2 TI2V clip must be
 
 
 @dataclass
@@ -119,9 +122,9 @@ def wan_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def wan_clip_args(args: Any) -> Any:
-    """``args`` with a clip length Wan takes: SVD's default 14 becomes 13 (said), a count that is not
-    ``1 + 4k`` is refused in one sentence, as are a size that is not a multiple of 32 and a setting of
-    SVD's sampler."""
+    """``args`` with a clip length Wan takes: SVD's default 14 becomes 13 (said); a count that is not
+    ``1 + 4k`` (at least 5), a size that is not a multiple of 32 and a setting of SVD's sampler are refused
+    in one sentence."""
     given = sorted(set(given_settings(args, SamplingSettings)) - set(WAN_SAMPLING))
     if given:
         raise InputError(
@@ -136,17 +139,10 @@ def wan_clip_args(args: Any) -> Any:
         )
         args = copy.copy(args)
         args.num_frames = lower
-    elif frames < 1 or frames != lower:
-        raise InputError(
-            f"--num_frames is {frames}, but the Wan2.2 VAE encodes the first frame alone and then "
-            f"{FRAME_STEP} frames per latent frame, so a Wan clip has 1 + {FRAME_STEP}k frames (e.g. {lower} "
-            f"or {lower + FRAME_STEP})."
-        )
-    if clip.height % PIXELS_PER_TOKEN or clip.width % PIXELS_PER_TOKEN:
-        raise InputError(
-            f"the clip is {clip.height}x{clip.width} pixels, but Wan2.2 TI2V needs a height and width that are "
-            f"multiples of {PIXELS_PER_TOKEN} (--height, --width)."
-        )
+    try:
+        WAN_RULES.check(args.num_frames, clip.height, clip.width)
+    except ValueError as err:
+        raise InputError(f"{err}.") from None
     return args
 
 

@@ -114,8 +114,8 @@ def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, bra
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--num_frames", "10"], "--num_frames is 10, but the Wan2.2 VAE encodes the first frame alone"),
-        (["--height", "48"], "multiples of 32"),
+        (["--num_frames", "10"], "the clip has 10 frames, but Wan2.2 TI2V needs 1 + 4k frames"),
+        (["--height", "48"], "multiples of 32: use e.g. 64x32"),
         (["--motion_bucket_id", "30"], "--motion_bucket_id is a setting of SVD's sampler"),
         (["--backbone", "svd", "--wan", "random:wan-tiny"], "--backbone is svd"),
     ],

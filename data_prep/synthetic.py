@@ -13,9 +13,13 @@ makes the dataset's samples and writes them with the resumable build of every pr
 The test split is made of counterfactual groups: the same first frame (same scene, driver at the same
 entry point) with different driver paths. Everything is deterministic per seed. An optional ``seen``
 split holds groups of the same kind whose first member is a training clip (``--seen_groups``): a model
-scored on them shows whether it fails to generalise or fails to fit (experiments/world/README.md).
+scored on them shows whether it fails to generalise or fails to fit (experiments/world/README.md). An
+optional ``long`` split holds held-out clips of ``--long_frames`` frames (``--long``, scenes of their
+own), for videos longer than one model window (docs/long.md).
 
     python -m data_prep.synthetic --out data/shards/synthetic --train 512 --val 32 --test_groups 16
+    python -m data_prep.synthetic --out data/shards/world --builtin_world --size 64 64 --fps 7 \\
+        --train 0 --val 0 --test_groups 0 --long 6 --long_frames 38
 """
 
 from __future__ import annotations
@@ -102,7 +106,9 @@ class SyntheticMaker:
 
     def __call__(self, item: Item) -> list[tuple[str, dict[str, Any]]]:
         i = int(item.data)
-        split_number = {"train": 0, "validation": 1, "test": 2}.get(self.seed_split or self.split, 3)
+        # "long" draws its own scenes: held out from every other split
+        numbers = {"train": 0, "validation": 1, "test": 2, "long": 4}
+        split_number = numbers.get(self.seed_split or self.split, 3)
         rng = np.random.default_rng([self.seed, split_number, i])
         first = make_video(rng, self.world, self.num_frames, self.fps)
         samples = []
@@ -187,6 +193,14 @@ def build_parser() -> ScriptParser:
         "underfitting from overfitting; needs the same --seed and physics as the training clips)",
     )
     parser.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        help="held-out long clips (split `long`, scenes of their own) of --long_frames frames, with every "
+        "disc's position per frame, for videos longer than one model window (docs/long.md)",
+    )
+    parser.add_argument("--long_frames", type=int, default=38, help="frames per clip of the `long` split")
+    parser.add_argument(
         "--variants", type=int, default=3, help="driver paths per test group (same first frame)"
     )
     parser.add_argument(
@@ -247,11 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     times.add(STARTUP, times.total())
     if args.train and args.seen_groups > args.train:
         parser.error(f"--seen_groups {args.seen_groups} is more than the {args.train} training clips")
+    if args.long and args.long_frames < 2:
+        parser.error("--long_frames must be at least 2")
     for split, count, variants, seed_split in (
         ("train", args.train, 1, None),
         ("validation", args.val, 1, None),
         ("test", args.test_groups, args.variants, None),
         ("seen", args.seen_groups, args.variants, "train"),
+        ("long", args.long, 1, None),
     ):
         if count > 0:
             info = write_split(
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 count,
                 args.seed,
                 world,
-                args.frames,
+                args.long_frames if split == "long" else args.frames,
                 args.fps,
                 variants,
                 args.shard_size,

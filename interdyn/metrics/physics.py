@@ -85,6 +85,31 @@ def disc_positions(
     return {"found": found.astype(np.float32), "expected": expected.astype(np.float32)}
 
 
+def disc_errors(
+    frames: np.ndarray,
+    meta: dict,
+    source_indices: Sequence[int],
+    geometry: Sequence[float],
+    moved_threshold: float = 2.0,
+    discs: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame and disc: the distance in output pixels between where ``frames`` (T, H, W, 3) uint8 show
+    each measured disc (by its colour) and where the simulation in ``meta`` puts it, ``(T, K)`` with NaN
+    where the disc is not found, and the indices ``(K,)`` of the measured discs: those that move more than
+    ``moved_threshold`` pixels over the clip or, when given, ``discs``."""
+    expected = expected_positions(meta, source_indices, geometry, frames.shape[2])
+    if discs is None:
+        travel = np.linalg.norm(expected[-1] - expected[0], axis=-1)
+        discs = np.nonzero(travel > moved_threshold)[0]
+    chosen = np.asarray([int(k) for k in discs], dtype=np.int64)
+    errors = np.full((frames.shape[0], len(chosen)), np.nan)
+    colours = meta["physics"]["colours"]
+    for j, k in enumerate(chosen):
+        seen = locate_by_colour(frames, colours[k])
+        errors[:, j] = np.linalg.norm(seen - expected[:, k], axis=-1)
+    return errors, chosen
+
+
 def physics_error(
     frames: np.ndarray,
     meta: dict,
@@ -102,21 +127,9 @@ def physics_error(
     of discs measured: ``moved_objects``, or ``objects`` for a given list. NaN errors without discs.
     """
     count = "moved_objects" if discs is None else "objects"
-    if discs is not None and len(discs) == 0:
+    errors, chosen = disc_errors(frames, meta, source_indices, geometry, moved_threshold, discs)
+    if len(chosen) == 0:
         return {"position_error": math.nan, "found": math.nan, count: 0.0}
-    expected = expected_positions(meta, source_indices, geometry, frames.shape[2])
-    if discs is None:
-        travel = np.linalg.norm(expected[-1] - expected[0], axis=-1)
-        discs = np.nonzero(travel > moved_threshold)[0]
-        if len(discs) == 0:
-            return {"position_error": math.nan, "found": math.nan, count: 0.0}
-    errors, found = [], []
-    colours = meta["physics"]["colours"]
-    for k in (int(k) for k in discs):
-        seen = locate_by_colour(frames, colours[k])
-        ok = ~np.isnan(seen[:, 0])
-        found.append(ok.mean())
-        if ok.any():
-            errors.append(np.linalg.norm(seen[ok] - expected[ok, k], axis=-1))
-    error = float(np.concatenate(errors).mean()) if errors else math.nan
-    return {"position_error": error, "found": float(np.mean(found)), count: float(len(discs))}
+    ok = ~np.isnan(errors)
+    error = float(errors[ok].mean()) if ok.any() else math.nan
+    return {"position_error": error, "found": float(ok.mean()), count: float(len(chosen))}

@@ -4,7 +4,8 @@
 and I3D features; :func:`summarize` merges the states of all ranks and computes the set-level values
 (per-frame metrics averaged per video, then over videos; FVD / KVD between all real clips and all
 generated samples). It knows nothing of the model: the evaluation callback and ``interdyn evaluate``
-feed it videos.
+feed it videos. Videos longer than a model's window can also be scored per window (``windows``: each
+window's physics error, the seam score, FVD/KVD on the windows; :mod:`interdyn.metrics.windows`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from interdyn.metrics.distances import fid_from_features, polynomial_mmd
 from interdyn.metrics.frame_metrics import build_lpips, lpips_per_video, psnr_per_video, ssim_per_video
 from interdyn.metrics.motion_fidelity import CoTracker, LKTracker, motion_fidelity
-from interdyn.metrics.physics import physics_error
+from interdyn.metrics.physics import disc_errors
+from interdyn.metrics.windows import Span, check_spans, seam_score, window_clips, window_means
 from interdyn.utils.render import to_uint8
 
 Metric = Literal["ssim", "psnr", "lpips", "fvd", "kvd", "motion_fidelity", "physics"]
@@ -35,6 +37,8 @@ PAPER_COLUMNS = (
     ("physics_position_error", "Physics error (px)"),
 )
 
+WINDOW_COLUMNS = (("seam_score", "Seam score"), ("seam_score_truth", "Seam score of the truth"))
+
 
 class VideoMetrics:
     """Accumulates the evaluation of generated videos.
@@ -46,6 +50,10 @@ class VideoMetrics:
         tracker: ``"lk"`` (offline) or ``"cotracker"``; ``track_spacing`` is the query grid spacing;
             ``track_in_mask_box`` restricts query points to the driver's bounding box.
         device: where I3D and LPIPS run.
+        windows: the frame spans ``(start, stop)`` of the windows a long video was made of: each row then
+            also holds each window's physics error (``physics_position_error_window_<i>``, from 1) and the
+            seam score of the sample (``seam_score``) and of its ground truth (``seam_score_truth``), and
+            FVD/KVD compare the windows' clips (one per window) instead of whole videos.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class VideoMetrics:
         track_spacing: int = 16,
         track_in_mask_box: bool = True,
         device: torch.device | str = "cpu",
+        windows: Sequence[Span] | None = None,
     ) -> None:
         unknown = set(metrics) - set(ALL_METRICS)
         if unknown:
@@ -80,6 +89,7 @@ class VideoMetrics:
             track_spacing,
             track_in_mask_box,
         )
+        self.windows = [(int(a), int(b)) for a, b in windows] if windows else None
         self.rows: list[dict[str, Any]] = []
         self.real_features: list[torch.Tensor] = []
         self.fake_features: list[torch.Tensor] = []
@@ -98,12 +108,14 @@ class VideoMetrics:
     ) -> list[dict[str, Any]]:
         """Score ``fakes`` (N, T, 3, H, W) against ``real`` (T, 3, H, W), both in [0, 1]; returns the rows."""
         self.shape = tuple(real.shape)
+        if self.windows is not None:
+            check_spans(self.windows, real.shape[0])
         real, fakes = real.float().to(self.device), fakes.float().to(self.device)
         needs_u8 = "motion_fidelity" in self.metrics or "physics" in self.metrics
         real_u8 = to_uint8(real.permute(0, 2, 3, 1)).cpu().numpy() if needs_u8 else None
         if self.i3d is not None:
-            self.real_features.append(self.i3d(real[None] * 2 - 1).cpu())
-            self.fake_features.append(self.i3d(fakes * 2 - 1).cpu())
+            self.real_features.append(self._features(real[None]))
+            self.fake_features.append(self._features(fakes))
         rows = []
         for n, fake in enumerate(fakes):
             row: dict[str, Any] = {"key": key, "sample": n}
@@ -122,12 +134,39 @@ class VideoMetrics:
                     fake_u8, real_u8, self.tracker, box_masks, self.track_spacing
                 )
             if "physics" in self.metrics and meta is not None and "physics" in meta:
-                result = physics_error(fake_u8, meta, list(source_indices), list(geometry))
-                row["physics_position_error"] = result["position_error"]
-                row["physics_found"] = result["found"]
+                row |= self._physics(fake_u8, meta, list(source_indices), list(geometry))
+            if self.windows is not None:
+                row["seam_score"] = seam_score(fake.cpu().numpy(), self.windows)
+                row["seam_score_truth"] = seam_score(real.cpu().numpy(), self.windows)
             rows.append(row)
         self.rows += rows
         return rows
+
+    def _features(self, videos: torch.Tensor) -> torch.Tensor:
+        """I3D features of ``videos`` ``(N, T, 3, H, W)`` in [0, 1]: ``(N, 400)``, or ``(N, K, 400)`` for
+        the ``K`` windows of each (one entry per video either way, so that states merge per video)."""
+        if self.windows is None:
+            return self.i3d(videos * 2 - 1).cpu()
+        clips = torch.stack([w for video in videos for w in window_clips(video, self.windows)])
+        return self.i3d(clips * 2 - 1).cpu().unflatten(0, (len(videos), len(self.windows)))
+
+    def _physics(
+        self, frames: np.ndarray, meta: dict, source_indices: list, geometry: list
+    ) -> dict[str, float]:
+        """The physics columns of one sample: error and found fraction over the video (the discs moved in
+        it), and with ``windows`` the error over each window's frames (the same discs)."""
+        errors, discs = disc_errors(frames, meta, source_indices, geometry)
+        if len(discs) == 0:
+            return {"physics_position_error": math.nan, "physics_found": math.nan}
+        ok = ~np.isnan(errors)
+        row = {
+            "physics_position_error": float(errors[ok].mean()) if ok.any() else math.nan,
+            "physics_found": float(ok.mean()),
+        }
+        if self.windows is not None:
+            for i, value in enumerate(window_means(errors, self.windows)):
+                row[f"physics_position_error_window_{i + 1}"] = value
+        return row
 
     def spawn(self) -> VideoMetrics:
         """A new accumulator with the same settings that shares this one's networks (I3D, LPIPS,
@@ -147,6 +186,13 @@ class VideoMetrics:
         }
 
 
+def window_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The per-window columns found in ``rows`` (``physics_position_error_window_<i>``), by window."""
+    prefix = "physics_position_error_window_"
+    found = {name for row in rows for name in row if name.startswith(prefix)}
+    return sorted(found, key=lambda name: int(name[len(prefix) :]))
+
+
 def summarize(states: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
     """Merge rank states; per-frame/motion/physics metrics are means over videos (and samples), FVD/KVD
     are computed on the union of the features."""
@@ -160,12 +206,16 @@ def summarize(states: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[
         "motion_fidelity",
         "physics_position_error",
         "physics_found",
+        *window_columns(rows),
+        "seam_score",
+        "seam_score_truth",
     ):
         values = [r[name] for r in rows if name in r and not math.isnan(r[name])]
         if values:
             results[name] = float(np.mean(values))
-    real = torch.cat([s["real"] for s in states])
-    fake = torch.cat([s["fake"] for s in states])
+    # one feature row per clip (per window of it when scored by windows)
+    real = torch.cat([s["real"].flatten(0, -2) for s in states])
+    fake = torch.cat([s["fake"].flatten(0, -2) for s in states])
     if "fvd" in metrics and len(real) >= 2 and len(fake) >= 2:
         results["fvd"] = fid_from_features(real, fake)
     if "kvd" in metrics and len(real) >= 2 and len(fake) >= 2:
@@ -208,6 +258,9 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown_table(results: dict[str, Any], protocol: dict[str, Any]) -> str:
     """The paper's table layout, one row, plus the protocol under it."""
     columns = [(k, title) for k, title in PAPER_COLUMNS if k in results]
+    for name in window_columns([results]):
+        columns.append((name, f"Physics error window {name.rsplit('_', 1)[1]} (px)"))
+    columns += [(k, title) for k, title in WINDOW_COLUMNS if k in results]
     fmt = lambda v: f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"  # noqa: E731
     lines = [
         "| method | " + " | ".join(title for _, title in columns) + " |",

@@ -16,8 +16,8 @@ at once, so partial results survive a timeout, a crash or an interrupted run:
   ``recommended+cache`` and ``plain``; then, with the allocator capped at the recipe's memory budget,
   the largest micro-batch whose step fits;
 - one 50-step guided sample at 256x384 (Euler); with ``torch.compile`` only when asked for;
-- Wan2.2 TI2V-5B (benchmarks/wan_step.py, full-size architecture with random weights, 49 frames at
-  480x832): the training step of configs/wan_ssv2.yaml's recipe (per GPU) and of configs/wan_48gb.yaml's
+- Wan2.2 TI2V-5B (benchmarks/wan_step.py, full-size architecture with random weights, configs/wan_ssv2.yaml's
+  clip of 49 frames at 256x384): the training step of configs/wan_ssv2.yaml's recipe (per GPU) and of configs/wan_48gb.yaml's
   with the allocator capped at a 48 GB card, and one 50-step video with the branch.
 
 The dry run uses the tiny models at 64x64 (Wan: 5 frames) in float32 with one step per item, ``aot_eager`` instead of
@@ -258,8 +258,9 @@ def wan_section(items: list[Item], header: list[str]) -> str:
     lines = [
         *header,
         "- Wan2.2 TI2V-5B (benchmarks/wan_step.py): full-size architecture with random weights, the default"
-        " branch, 49 frames at 480x832; a step = `accumulate` micro-batches, bf16 autocast, clipping, Adam"
-        " (configs/wan_48gb.yaml: its moments in host memory, latents cached); 1 warm-up and 2 timed steps;"
+        " branch, configs/wan_ssv2.yaml's clip (49 frames at 256x384); a step = `accumulate` micro-batches"
+        " (the VAE encoding each), bf16 autocast, clipping, Adam (configs/wan_48gb.yaml: its moments in host"
+        " memory); 1 warm-up and 2 timed steps;"
         " the allocator capped at the recipe's card less the CUDA context (the analysis:"
         ' "Wan2.2 TI2V-5B: memory and FLOPs per training step").',
         "",

@@ -2,13 +2,13 @@
 (shapes and dtypes only: nothing is allocated, no GPU is needed). Call the measuring functions inside
 ``simulated()`` and :func:`keyword_attention` (as :func:`analyze` does).
 
-    python benchmarks/wan_analysis.py                 # 49 frames at 480x832; writes docs/benchmarks.md
-    python benchmarks/wan_analysis.py --no_write --recipes 48gb
+    python benchmarks/wan_analysis.py       # configs/wan_ssv2.yaml's clip and 480x832; writes docs/benchmarks.md
+    python benchmarks/wan_analysis.py --no_write --recipes 48gb --clips 49x480x832
 
 The step is the real one: the frozen transformer (``random:wan2.2-ti2v-5b`` built on the meta device) and
 the default branch (:class:`~interdyn.models.wan.WanControlNetModel`, layers ``"half"``) under
 :class:`~interdyn.training.flow_objective.FlowMatchingObjective`, with the VAE encoding the clip and its
-first frame unless the latents are cached. As ``benchmarks/train_analysis.py`` does for SVD (and with its
+once unless the latents are cached. As ``benchmarks/train_analysis.py`` does for SVD (and with its
 machinery, ``benchmarks/fake_cuda.py``): the forward pass on fake CUDA tensors under CUDA's autocast rules
 gives the saved activations, autocast's bf16 copies of the branch's weights and the largest tensor; the
 forward and backward passes on fake CPU tensors give the FLOPs (torch's FLOP counter) and the backward's
@@ -48,6 +48,7 @@ from wan_recipes import (  # noqa: E402
     CARD_GIB,
     WAN_CLIP,
     WAN_CONFIG_RECIPES,
+    WAN_LARGE_CLIP,
     WAN_RECIPES,
     describe,
     keep_fp32_cast,
@@ -177,19 +178,19 @@ def largest_block(b: int, clip: dict[str, int]) -> int:
 
 
 def measure_vae(b: int, clip: dict[str, int]) -> tuple[int, int]:
-    """(live peak bytes, FLOPs) of encoding ``b`` clips and their first frames with the VAE (float32
-    weights, bf16 autocast, no autograd), on fake CUDA tensors."""
+    """(live peak bytes, FLOPs) of encoding ``b`` clips with the VAE (float32 weights, bf16 autocast, no
+    autograd), on fake CUDA tensors; the first latent frame is the image latent, as InterDynWanModule
+    takes it (the causal VAE encodes the first frame alone)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from interdyn.models.wan.ti2v import encode_image_latents, encode_video_latents
+    from interdyn.models.wan.ti2v import encode_video_latents
 
     wan, _ = build_meta()
     mode = to_fake(wan.vae, "cuda")
     with mode, device_autocast("cuda", torch.bfloat16), torch.no_grad():
         video = torch.zeros(b, clip["frames"], 3, clip["height"], clip["width"], device="cuda")
         with FlopCounterMode(display=False) as flops, LiveBytes(track_live=True) as live:
-            encode_video_latents(wan.vae, video)
-            encode_image_latents(wan.vae, video[:, 0])
+            encode_video_latents(wan.vae, video)  # its first latent frame is the image's (causal VAE)
     return live.peak, flops.get_total_flops()
 
 
@@ -313,61 +314,77 @@ COLUMNS = [  # (heading, row key) of the table, GiB per GPU
 ]
 
 
+def clip_name(clip: dict[str, int]) -> str:
+    """``49 frames at 256x384``."""
+    return f"{clip['frames']} frames at {clip['height']}x{clip['width']}"
+
+
 def analysis_text(rows: list[dict[str, Any]], today: str) -> str:
-    """The rows as the markdown section ``wan-analysis``: a summary per shipped config, then every recipe."""
-    clip = rows[0]["clip"]
+    """The rows (of one or more clips) as the markdown section ``wan-analysis``: a summary of the shipped
+    configs' recipes at each clip, then every recipe, clip by clip."""
     p = rows[0]["params_m"]
-    by_name = {r["recipe"]: r for r in rows}
-    tokens = (1 + (clip["frames"] - 1) // 4) * (clip["height"] // 32) * (clip["width"] // 32)
+    clips = list({clip_name(r["clip"]): r["clip"] for r in rows}.values())
     lines = [
         "## Wan2.2 TI2V-5B: memory and FLOPs per training step",
         "",
         f"{today}. Analysis on fake tensors (`python benchmarks/wan_analysis.py`), not a GPU measurement:"
-        f" shapes and dtypes only. Full-size architecture (`random:wan2.2-ti2v-5b`), {clip['frames']} frames at"
-        f' {clip["height"]}x{clip["width"]} ({tokens} tokens a clip), the default branch (layers `"half"`).'
-        f" Parameters (millions): transformer {p['transformer_params']:.0f}, VAE {p['vae_params']:.0f},"
-        f" branch {p['branch_params']:.0f}. GiB (2^30 bytes) per GPU; `+ slack + context`:"
-        f" {ALLOCATOR_SLACK:.0%} allocator fragmentation and {CUDA_CONTEXT_GIB} GiB of CUDA context, both"
-        f" assumed; cards: an 80 GB H100 offers {CARD_GIB['80gb']} GiB, a 48 GB card {CARD_GIB['48gb']}"
-        " (the smallest of its class, assumed).",
+        " shapes and dtypes only. Full-size architecture (`random:wan2.2-ti2v-5b`), the default branch"
+        f' (layers `"half"`); parameters (millions): transformer {p["transformer_params"]:.0f}, VAE'
+        f" {p['vae_params']:.0f}, branch {p['branch_params']:.0f}. Clips: "
+        + ", ".join(f"{clip_name(c)} ({tokens(c)} tokens)" for c in clips)
+        + f". GiB (2^30 bytes) per GPU; `+ slack + context`: {ALLOCATOR_SLACK:.0%} allocator fragmentation"
+        f" and {CUDA_CONTEXT_GIB} GiB of CUDA context, both assumed; what torch offers, assumed: an 80 GB H100"
+        f" {CARD_GIB['80gb']} GiB, a 48 GB card {CARD_GIB['48gb']} (the smallest of its class).",
         "",
-        "| config | recipe | GPUs | clips per GPU x accumulate | TFLOP per clip | peak GiB per GPU | card GiB | fits |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | clip | recipe | GPUs | clips per GPU x accumulate | TFLOP per clip | peak GiB per GPU | card GiB | fits |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, name in WAN_CONFIG_RECIPES.items():
-        if name in by_name:
-            r = by_name[name]
+        for r in (r for r in rows if r["recipe"] == name):
             lines.append(
-                f"| `{config}` | {name}: {r['switches']} | {r['gpus']} | {r['batch']} x {r['accumulate']} |"
-                f" {r['tflop_per_sample']:.0f} | {r['with_context_gib']:.1f} | {r['card_gib']} | {'yes' if r['fits'] else 'no'} |"
+                f"| `{config}` | {clip_name(r['clip'])} | {name}: {r['switches']} | {r['gpus']} |"
+                f" {r['batch']} x {r['accumulate']} | {r['tflop_per_sample']:.0f} | {r['with_context_gib']:.1f} |"
+                f" {r['card_gib']} | {'yes' if r['fits'] else 'no'} |"
             )
-    lines += [
-        "",
-        "| recipe | settings | clips per GPU | TFLOP per clip (VAE) | "
-        + " | ".join(h for h, _ in COLUMNS)
-        + " | fits |",
-        "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|",
-    ]
-    for r in rows:
-        values = " | ".join(f"{r[k]:.1f}" for _, k in COLUMNS)
-        lines.append(
-            f"| {r['recipe']} | {r['switches']} | {r['batch']} | {r['tflop_per_sample']:.0f}"
-            f" ({r['tflop_vae_per_sample']:.0f}) | {values} | {'yes' if r['fits'] else 'no'} ({r['card_gib']}) |"
-        )
+    for clip in clips:
+        lines += [
+            "",
+            f"{clip_name(clip)}:",
+            "",
+            "| recipe | settings | clips per GPU | TFLOP per clip (VAE) | "
+            + " | ".join(h for h, _ in COLUMNS)
+            + " | fits |",
+            "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|",
+        ]
+        for r in (r for r in rows if r["clip"] == clip):
+            values = " | ".join(f"{r[k]:.1f}" for _, k in COLUMNS)
+            lines.append(
+                f"| {r['recipe']} | {r['switches']} | {r['batch']} | {r['tflop_per_sample']:.0f}"
+                f" ({r['tflop_vae_per_sample']:.0f}) | {values} | {'yes' if r['fits'] else 'no'} ({r['card_gib']}) |"
+            )
     return "\n".join(lines)
 
 
+def tokens(clip: dict[str, int]) -> int:
+    """Transformer tokens of a clip: latent frames x (H / 32) x (W / 32)."""
+    return (1 + (clip["frames"] - 1) // 4) * (clip["height"] // 32) * (clip["width"] // 32)
+
+
+def parse_clip(text: str) -> dict[str, int]:
+    """``49x256x384`` -> ``{"frames": 49, "height": 256, "width": 384}``."""
+    frames, height, width = (int(v) for v in text.split("x"))
+    return {"frames": frames, "height": height, "width": width}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Analyse the recipes and write the section (``--no_write``: print only)."""
+    """Analyse the recipes at each clip and write the section (``--no_write``: print only)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", nargs="+", default=list(WAN_RECIPES), choices=list(WAN_RECIPES))
-    parser.add_argument("--frames", type=int, default=WAN_CLIP["frames"])
-    parser.add_argument("--height", type=int, default=WAN_CLIP["height"])
-    parser.add_argument("--width", type=int, default=WAN_CLIP["width"])
+    default = [f"{c['frames']}x{c['height']}x{c['width']}" for c in (WAN_CLIP, WAN_LARGE_CLIP)]
+    parser.add_argument("--clips", nargs="+", default=default, help="FRAMESxHEIGHTxWIDTH each")
     parser.add_argument("--no_write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
-    clip = {"frames": args.frames, "height": args.height, "width": args.width}
-    rows = analyze(args.recipes, clip)
+    rows = [row for clip in args.clips for row in analyze(args.recipes, parse_clip(clip))]
     publish(analysis_text(rows, time.strftime("%Y-%m-%d")), "wan-analysis", not args.no_write)
     return 0
 

@@ -13,14 +13,20 @@ from typing import Any
 
 import torch
 
-# SSV2 at its 12 fps: 49 frames (1 + 4 x 12, about 4 s) -> 13 latent frames, at 480x832 (SSV2's 240p
-# videos, about 16:9, upsampled x2 to the lower of the sizes Wan2.2 TI2V-5B generates well).
-WAN_CLIP = {"frames": 49, "height": 480, "width": 832}
+from interdyn.data.clip_spec import WAN_SSV2_CLIP
+
+# configs/wan_ssv2.yaml's clip (interdyn.data.clip_spec.WAN_SSV2_CLIP): 49 frames (1 + 4 x 12, 13 latent
+# frames) at SSV2's own 12 fps, about 4 s, at the paper's 256x384.
+WAN_CLIP = {"frames": WAN_SSV2_CLIP.num_frames, "height": WAN_SSV2_CLIP.height, "width": WAN_SSV2_CLIP.width}
+# The larger clip the analysis also counts: SSV2's 240p videos (about 16:9) upsampled x2 to 480x832, the
+# lower of the sizes Wan2.2 TI2V-5B generates well.
+WAN_LARGE_CLIP = {"frames": 49, "height": 480, "width": 832}
 WAN_NATIVE_CLIP = {"frames": 121, "height": 704, "width": 1280}  # the backbone's own default output
 TINY_CLIP = {"frames": 5, "height": 64, "width": 64}  # the dry run's, on the tiny preset
 
-# What torch reports as total memory (GiB): an 80 GB H100 (the paper's machines); a 48 GB card, the
-# smallest of the class (L40S with ECC; RTX A6000 and RTX 6000 Ada report ~47.5).
+# What torch reports as total memory (GiB), about 0.5 GiB under nvidia-smi's total: an 80 GB H100 (the
+# paper's machines, 81,559 MiB); a 48 GB card, the smallest of the class (L40S with ECC, 46,068 MiB; RTX
+# A6000 and RTX 6000 Ada show 49,140 MiB, about 47.5 GiB to torch). Assumed, not read from a card here.
 CARD_GIB = {"80gb": 79.1, "48gb": 44.5}
 
 WAN_RECIPES: dict[str, dict[str, Any]] = {
@@ -39,23 +45,23 @@ WAN_RECIPES: dict[str, dict[str, Any]] = {
     "2x80gb-fsdp": {
         "card": "80gb", "gpus": 2, "strategy": "fsdp", "checkpointing": True, "batch": 2, "accumulate": 2,
     },
-    # configs/wan_48gb.yaml: one card, latents cached (the VAE off the device), Adam's moments in host memory
+    # configs/wan_48gb.yaml: one card, Adam's moments in host memory, the VAE encoding in the step (as
+    # InterDynWanModule trains); +cache: with the latents cached instead, the VAE off the device
     "48gb": {
-        "card": "48gb", "gpus": 1, "strategy": "single", "checkpointing": True, "batch": 1, "accumulate": 8,
-        "cached": True, "optimizer": "adam_offload",
-    },
-    "48gb, VAE in step": {
         "card": "48gb", "gpus": 1, "strategy": "single", "checkpointing": True, "batch": 1, "accumulate": 8,
         "optimizer": "adam_offload",
     },
+    "48gb+cache": {
+        "card": "48gb", "gpus": 1, "strategy": "single", "checkpointing": True, "batch": 1, "accumulate": 8,
+        "cached": True, "optimizer": "adam_offload",
+    },
     "48gb, Adam on GPU": {
         "card": "48gb", "gpus": 1, "strategy": "single", "checkpointing": True, "batch": 1, "accumulate": 8,
-        "cached": True,
     },
     # the fallback that always fits: FSDP's CPU offload (weights, gradients and the Adam step on the host)
     "48gb-fsdp-offload": {
         "card": "48gb", "gpus": 1, "strategy": "fsdp_offload", "checkpointing": True, "batch": 1,
-        "accumulate": 8, "cached": True,
+        "accumulate": 8,
     },
 }  # fmt: skip
 # The shipped configs and the recipe that models each.

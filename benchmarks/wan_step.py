@@ -7,7 +7,7 @@
     python benchmarks/wan_step.py --device cpu --tiny --recipe 48gb   # the same code on the tiny model
 
 The model is ``random:wan2.2-ti2v-5b`` (``--tiny``: ``random:wan-tiny``, float32) with the default branch,
-the clip 49 frames at 480x832 (``--tiny``: 5 at 64x64). A training step is the recipe's: ``accumulate``
+the clip configs/wan_ssv2.yaml's, 49 frames at 256x384 (``--tiny``: 5 at 64x64). A training step is the recipe's: ``accumulate``
 micro-batches of ``batch`` clips, each the flow-matching loss under bf16 autocast with the frozen
 transformer in bf16 and the branch in float32, then gradient clipping and Adam (its moments in host memory
 for ``adam_offload``). A recipe of several GPUs is timed as one of its processes (DDP's per-GPU step; the
@@ -57,7 +57,7 @@ def clip_inputs(args: argparse.Namespace, b: int) -> tuple[torch.Tensor, torch.T
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Time ``--steps`` optimizer steps of the recipe after ``--warmup`` of them."""
-    from interdyn.models.wan.ti2v import encode_image_latents, encode_video_latents
+    from interdyn.models.wan.ti2v import encode_video_latents
     from interdyn.training.flow_objective import FlowMatchingObjective
     from interdyn.training.optim_offload import OffloadedAdam
 
@@ -83,7 +83,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     def encode() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad(), autocast:
-            return encode_video_latents(wan.vae, video), encode_image_latents(wan.vae, video[:, 0])
+            latents = encode_video_latents(wan.vae, video)
+            return latents, latents[:, :, :1]  # the causal VAE encodes the first frame alone
 
     cached = encode() if recipe.get("cached") else None
     if cached is not None:

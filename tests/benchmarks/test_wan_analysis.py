@@ -39,6 +39,7 @@ def test_each_strategy_keeps_its_share_per_gpu(sizes):
     ddp = wan_analysis.static_parts(WAN_RECIPES["2x80gb"], sizes)
     fsdp = wan_analysis.static_parts(WAN_RECIPES["2x80gb-fsdp"], sizes)
     single = wan_analysis.static_parts(WAN_RECIPES["48gb"], sizes)
+    cached = wan_analysis.static_parts(WAN_RECIPES["48gb+cache"], sizes)
     offload = wan_analysis.static_parts(WAN_RECIPES["48gb-fsdp-offload"], sizes)
     branch = sizes["branch_params"]
     assert ddp["branch"] == ddp["gradients"] == 4 * branch and ddp["optimizer_state"] == 8 * branch
@@ -46,7 +47,8 @@ def test_each_strategy_keeps_its_share_per_gpu(sizes):
         assert fsdp[key] == pytest.approx(ddp[key] / 2)  # full shard over 2 GPUs
         assert offload[key] == 0  # everything in host memory
     assert fsdp["vae"] == ddp["vae"] == sizes["vae_bytes"]  # the VAE encodes in the step: not sharded
-    assert single["vae"] == 0 and single["optimizer_state"] == 0  # cached latents, Adam's moments on the host
+    assert single["optimizer_state"] == 0 and single["vae"] == sizes["vae_bytes"]  # Adam's moments on the host
+    assert cached["vae"] == 0  # cached latents: the VAE off the device
     assert single["frozen"] == ddp["frozen"]
 
 
@@ -62,7 +64,7 @@ def test_a_row_adds_the_largest_transient_to_the_static_parts(sizes):
     assert row["tflop_per_sample"] == pytest.approx(370 / 2) and row["tflop_vae_per_sample"] == 35
     fsdp = wan_analysis.memory_row("f", WAN_RECIPES["2x80gb-fsdp"], sizes, step, vae, 2 * GIB, clip)
     assert fsdp["weight_copies_gib"] == 0 and fsdp["fsdp_units_gib"] > 0  # bf16 gathered, nothing to cast
-    cached = wan_analysis.memory_row("c", WAN_RECIPES["48gb"], sizes, step, vae, 2 * GIB, clip)
+    cached = wan_analysis.memory_row("c", WAN_RECIPES["48gb+cache"], sizes, step, vae, 2 * GIB, clip)
     assert cached["tflop_vae_per_sample"] == 0 and cached["encoder_peak_gib"] == 0
     assert row["fits"] == (row["with_context_gib"] <= 79.1)
 

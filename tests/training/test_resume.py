@@ -43,6 +43,7 @@ BASES: dict[str, tuple[list[str], str | None]] = {
     "ssv2_24gb.yaml": (["ssv2.yaml"], None),
     "clevrer.yaml": ([], None),
     "ssv2_256.yaml": (["ssv2.yaml"], None),
+    "svd_xt.yaml": (["ssv2.yaml"], None),
     # the Wan backbone's configs name their module (model.class_path): read with the subclass parser
     "wan_tiny.yaml": ([], WORLD),
     "wan_ssv2.yaml": ([], WORLD),

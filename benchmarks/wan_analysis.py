@@ -7,8 +7,8 @@
 
 The step is the real one: the frozen transformer (``random:wan2.2-ti2v-5b`` built on the meta device) and
 the default branch (:class:`~interdyn.models.wan.WanControlNetModel`, layers ``"half"``) under
-:class:`~interdyn.training.flow_objective.FlowMatchingObjective`, with the VAE encoding the clip and its
-once unless the latents are cached. As ``benchmarks/train_analysis.py`` does for SVD (and with its
+:class:`~interdyn.training.flow_objective.FlowMatchingObjective`, with the VAE encoding the clip once
+unless the latents are cached. As ``benchmarks/train_analysis.py`` does for SVD (and with its
 machinery, ``benchmarks/fake_cuda.py``): the forward pass on fake CUDA tensors under CUDA's autocast rules
 gives the saved activations, autocast's bf16 copies of the branch's weights and the largest tensor; the
 forward and backward passes on fake CPU tensors give the FLOPs (torch's FLOP counter) and the backward's
@@ -109,12 +109,33 @@ def latent_shape(b: int, clip: dict[str, int]) -> tuple[int, ...]:
     return (b, 48, 1 + (clip["frames"] - 1) // 4, clip["height"] // 16, clip["width"] // 16)
 
 
+def step_loss(wan: Any, branch: Any, b: int, clip: dict[str, int], device: str) -> torch.Tensor:
+    """The flow-matching loss of ``b`` clips (zeros, noise level 1) on the (fake) ``device``, as
+    InterDynWanModule computes it from the clips' latents."""
+    from interdyn.training.flow_objective import FlowMatchingObjective
+
+    latents = torch.zeros(latent_shape(b, clip), device=device)
+    control = torch.zeros(b, clip["frames"], 3, clip["height"], clip["width"], device=device)
+    prompt = torch.zeros(1, PROMPT_TOKENS, wan.transformer.config.text_dim, device=device)
+    return (
+        FlowMatchingObjective()
+        .compute_loss(
+            wan.transformer,
+            latents,
+            latents[:, :, :1],
+            prompt,
+            branch,
+            control,
+            sigma=torch.ones(b, device=device),
+        )
+        .loss
+    )
+
+
 def measure(rules: str, checkpointing: bool, b: int, clip: dict[str, int], backward: bool) -> StepMemory:
     """One step on fake tensors: the saved activations, autocast's weight copies, the largest tensor and
     (``backward``: CPU rules only) the FLOPs of the forward and the whole step."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from interdyn.training.flow_objective import FlowMatchingObjective
 
     wan, branch, mode = fake_step_models(rules, checkpointing)
     trainable = {p.untyped_storage()._cdata for p in branch.parameters()}
@@ -122,15 +143,9 @@ def measure(rules: str, checkpointing: bool, b: int, clip: dict[str, int], backw
     result = StepMemory()
     counter = FlopCounterMode(display=False) if backward else NoFlops()
     with mode, device_autocast(rules, torch.bfloat16):
-        latents = torch.zeros(latent_shape(b, clip), device=rules)
-        control = torch.zeros(b, clip["frames"], 3, clip["height"], clip["width"], device=rules)
-        prompt = torch.zeros(1, PROMPT_TOKENS, wan.transformer.config.text_dim, device=rules)
         with counter as flops, LiveBytes() as live, WeightCopies(trainable, torch.bfloat16) as copies:
             with torch.autograd.graph.saved_tensors_hooks(saved, lambda x: x):
-                loss = FlowMatchingObjective().compute_loss(
-                    wan.transformer, latents, latents[:, :, :1], prompt, branch, control,
-                    sigma=torch.ones(b, device=rules),
-                ).loss  # fmt: skip
+                loss = step_loss(wan, branch, b, clip, rules)
         result.flops_forward = flops.get_total_flops()
         result.activations, result.by_dtype = saved.bytes, dict(saved.by_dtype)
         result.weight_copies = copies.bytes_beyond(saved.seen)
@@ -146,8 +161,6 @@ def largest_block(b: int, clip: dict[str, int]) -> int:
     """Bytes one recomputed block saves during the backward pass under checkpointing: the most any
     transformer block (frozen or branch) saves in an un-checkpointed step under CUDA's rules."""
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
-
-    from interdyn.training.flow_objective import FlowMatchingObjective
 
     wan, branch, mode = fake_step_models("cuda", checkpointing=False)
     saved = SavedBytes(exclude=static_storages(wan.transformer) | static_storages(branch))
@@ -166,14 +179,8 @@ def largest_block(b: int, clip: dict[str, int]) -> int:
             mod.register_forward_pre_hook(before)
             mod.register_forward_hook(after)
     with mode, device_autocast("cuda", torch.bfloat16):
-        latents = torch.zeros(latent_shape(b, clip), device="cuda")
-        control = torch.zeros(b, clip["frames"], 3, clip["height"], clip["width"], device="cuda")
-        prompt = torch.zeros(1, PROMPT_TOKENS, wan.transformer.config.text_dim, device="cuda")
         with torch.autograd.graph.saved_tensors_hooks(saved, lambda x: x):
-            FlowMatchingObjective().compute_loss(
-                wan.transformer, latents, latents[:, :, :1], prompt, branch, control,
-                sigma=torch.ones(b, device="cuda"),
-            )  # fmt: skip
+            step_loss(wan, branch, b, clip, "cuda")
     return largest
 
 

@@ -192,9 +192,19 @@ def load_wan_branch(
                 "or a Wan run's checkpoint)."
             )
         return wan_branch_from_checkpoint(checkpoint, torch_dtype, where=f"'{source}'")
-    branch = load_component(
-        WanControlNetModel, source, what="Wan control branch", kind="controlnet", torch_dtype=torch_dtype
-    )
+    folder = _local(source)
+    found = _json(folder / "config.json").get("_class_name") if folder is not None else None
+    if found is not None and found != WAN_BRANCH_CLASS:
+        raise WeightsMismatchError(
+            f"'{source}' holds a {found}, not a Wan branch ({WAN_BRANCH_CLASS}); pair it with its own backbone "
+            "(--backbone svd), or name a Wan branch with --controlnet."
+        )
+    try:
+        branch = load_component(
+            WanControlNetModel, source, what="Wan control branch", kind="controlnet", torch_dtype=torch_dtype
+        )
+    except (TypeError, ValueError) as err:  # a config this class cannot be built from
+        raise WeightsMismatchError(f"the Wan branch at '{source}' has an invalid config ({err}).") from None
     return branch.eval(), branch_record(source)
 
 

@@ -129,10 +129,12 @@ def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extr
     assert not (tmp_path / "out").exists()
 
 
-def test_an_svd_model_named_for_wan_is_one_sentence(tmp_path, files, capsys):
+def test_svd_weights_named_for_wan_are_one_sentence(tmp_path, files, capsys, tiny_branch_folder):
     argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--backbone", "wan"]
     assert generate_main(argv + ["--svd", "random:tiny"] + options(tmp_path / "out")) == 2
     assert "--svd 'random:tiny' is not a Wan2.2 TI2V model" in capsys.readouterr().err
+    assert generate_main(argv + ["--controlnet", str(tiny_branch_folder)] + options(tmp_path / "out")) == 2
+    assert "holds a ControlNetSDVModel, not a Wan branch" in capsys.readouterr().err
 
 
 def test_a_driver_cut_short_keeps_whole_latent_frames(capsys):

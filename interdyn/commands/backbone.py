@@ -75,6 +75,10 @@ def backbone_of(args: Any) -> str:
     choice, wan = getattr(args, "backbone", "auto"), getattr(args, "wan", None)
     if choice == "svd" and wan is not None:
         raise InputError("--wan names a Wan2.2 base, but --backbone is svd; leave one of them out.")
+    if choice == "svd" and is_wan_branch(args.controlnet):
+        raise InputError(
+            f"--controlnet '{args.controlnet}' is a Wan branch, but --backbone is svd; leave it auto."
+        )
     found = choice if choice != "auto" else "wan" if wan is not None else None
     if found is None:
         found = "wan" if is_wan_base(args.svd) or is_wan_branch(args.controlnet) else "svd"

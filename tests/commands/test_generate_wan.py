@@ -16,6 +16,7 @@ from interdyn.commands.backbone import BASE_FILE, backbone_of
 from interdyn.commands.export import export_main
 from interdyn.commands.generate import build_parser, generate, generate_main
 from interdyn.commands.generate_wan import wan_clip_args, whole_latent_frames
+from interdyn.errors import InputError
 from interdyn.inputs import GenerationInputs, control_tensor
 from interdyn.models.pipeline import image_to_tensor
 from interdyn.models.wan import (
@@ -101,6 +102,8 @@ def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, bra
     assert backbone() == "svd" and backbone(svd="random:tiny") == "svd"
     assert backbone(svd=str(wan_folder)) == backbone(controlnet=str(branch_folder)) == "wan"
     assert backbone(svd="random:wan-tiny") == backbone(backbone="wan") == "wan"
+    with pytest.raises(InputError, match="is a Wan branch, but --backbone is svd"):
+        backbone(backbone="svd", controlnet=str(branch_folder))
     # A saved Wan folder given where SVD's would go is sampled with the Wan backbone (the tiny preset's
     # weights); without the branch (--controlnet none) the same seed gives another video: the branch acts.
     argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--svd", str(wan_folder)]

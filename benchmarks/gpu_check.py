@@ -320,7 +320,8 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
     """Rewrite the sections whose items have run (each write atomic)."""
     today = time.strftime("%Y-%m-%d")
     where = (
-        "CPU dry run: tiny model, 2 frames at 64x64, float32, one step per item (the notes below describe the CUDA run)"
+        "CPU dry run: tiny models at 64x64 (SVD 2 frames, Wan 5), float32, one step per item (the notes below"
+        " describe the CUDA run)"
         if args.dry_run
         else machine("cuda")
     )

@@ -37,9 +37,9 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     torch.manual_seed(0)
     with torch.device(args.device):  # the full model's random initialisation on the CPU takes minutes
         wan = get_wan("random:wan-tiny" if args.tiny else "random:wan2.2-ti2v-5b")
+        if not args.tiny:  # cast before the branch is built: a lower build peak (random weights either way)
+            keep_fp32_cast(wan.transformer, torch.bfloat16)
         branch = WanControlNetModel.from_transformer(wan.transformer, vae=wan.vae)
-    if not args.tiny:
-        keep_fp32_cast(wan.transformer, torch.bfloat16)
     wan.transformer.requires_grad_(False)
     wan.vae.requires_grad_(False)
     return wan, branch
@@ -90,6 +90,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if cached is not None:
         wan.vae.to("cpu")  # cached latents: the VAE stays off the device while training
     objective = FlowMatchingObjective()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()  # the training step's peak, not the model's build
 
     def step() -> float:
         total = 0.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interdyn.app.engine import TINY_WAN, WAN_CLIP, Driver, Engine
+from interdyn.app.engine import TINY_WAN, WAN_CLIP, Driver, Engine, random_branch
 from interdyn.app.main import AppOptions, check_size, make_engine
 from interdyn.commands.generate import generate
 from interdyn.errors import InputError
@@ -55,6 +55,10 @@ def test_interdyn_app_takes_a_wan_base(tmp_path: Path) -> None:
     assert named.weight_args()[:2] == ["--controlnet", "my_branch/"] and "--wan" in named.weight_args()
     svd = make_engine(AppOptions(svd="random:tiny", out=str(tmp_path)))
     assert svd.model.backbone == "svd"
+    # A Wan branch alone (it names its base) is found as Wan, so the page's SVD settings stay out.
+    branch = random_branch(tmp_path / "branch", "random:wan-tiny")
+    alone = make_engine(AppOptions(controlnet=str(branch), out=str(tmp_path)))
+    assert alone.model.backbone == "wan" and alone.model.wan is None and alone.clip == WAN_CLIP
 
 
 def test_the_app_refuses_a_wan_size_in_one_sentence(tmp_path: Path) -> None:

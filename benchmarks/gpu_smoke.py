@@ -69,10 +69,11 @@ def smoke_config(config_path: Path, shards: Path, runs: Path, device: str, devic
                 num_inference_steps=2,
                 save_videos=1,
             )
-    config["model"].update(
+    model = config["model"]
+    model.update(
         svd=demo["model"]["svd"],
         conditioning_embedding_out_channels=demo["model"]["conditioning_embedding_out_channels"],
-        num_inference_steps=2,
+        sampling={**(model.get("sampling") or {}), "num_inference_steps": 2},
     )
     data = config["data"]["init_args"]
     for key, split in (("train", "train"), ("val", "validation"), ("test", "test")):

@@ -39,7 +39,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check device-kit weights
+.PHONY: install test test-all lint clean help app demo demo-long world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check device-kit weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -48,6 +48,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
 	@echo "make demo      train an InterDyn branch on the world's shipped SVD on CPU, test it against no control (docs/world.md)"
+	@echo "make demo-long videos longer than one window on the world: no control, single, chain, hold (docs/long.md)"
 	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (hours on a CPU; docs/benchmarks.md)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
@@ -206,6 +207,20 @@ DEMO_STARTED := $(shell date +%s)
 demo: $(CORE_STAMP)
 	@$(MAKE) --no-print-directory world-data WORLD_TRAIN=1024
 	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.demo --out $(DEMO_EVAL) --started $(DEMO_STARTED) --venv $(VENV) $(DEMO_ARGS)
+
+# Videos longer than one window on the world (docs/long.md, "On the world"): LONG_CLIPS held-out clips of
+# LONG_FRAMES frames (the preparer's `long` split), sampled with the same seeds by the SVD without control
+# and by the shipped branch in one pass, chained and held; one table and pictures in $(DEMO_LONG).
+# DEMO_LONG_ARGS="--context_branch DIR" adds a context branch's row, "--fvd" FVD on the windows.
+LONG_CLIPS ?= 4
+LONG_FRAMES ?= 38
+DEMO_LONG ?= runs/demo_long
+DEMO_LONG_ARGS ?=
+demo-long: $(CORE_STAMP)
+	$(PY) -m data_prep.synthetic --out $(WORLD) --size 64 64 --builtin_world --fps 7 \
+		--train 0 --val 0 --test_groups 0 --long $(LONG_CLIPS) --long_frames $(LONG_FRAMES)
+	HF_HUB_OFFLINE=1 $(PY) -m interdyn.world.demo_long --out $(DEMO_LONG) --clips $(LONG_CLIPS) \
+		--num_frames $(LONG_FRAMES) --shards '$(WORLD)/long/*.tar' $(DEMO_LONG_ARGS)
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py

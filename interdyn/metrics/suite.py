@@ -147,8 +147,9 @@ class VideoMetrics:
         the ``K`` windows of each (one entry per video either way, so that states merge per video)."""
         if self.windows is None:
             return self.i3d(videos * 2 - 1).cpu()
-        clips = torch.stack([w for video in videos for w in window_clips(video, self.windows)])
-        return self.i3d(clips * 2 - 1).cpu().unflatten(0, (len(videos), len(self.windows)))
+        # one window of every video at a time (windows may differ in length)
+        windows = window_clips(videos.transpose(0, 1), self.windows)
+        return torch.stack([self.i3d(w.transpose(0, 1) * 2 - 1).cpu() for w in windows], dim=1)
 
     def _physics(
         self, frames: np.ndarray, meta: dict, source_indices: list, geometry: list

@@ -26,18 +26,21 @@ from interdyn.metrics.physics import disc_positions, has_simulation
 from interdyn.utils.render import to_uint8
 
 
-def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """The test split's clips in ``interdyn test``'s order (its first ``limit`` when given), each with
-    ``key``, ``group``, ``variant``, ``pixel_values`` ``(T, 3, H, W)`` in [-1, 1], ``control``
-    ``(T, C, H, W)`` in [-1, 1], ``driver`` bool ``(T, H, W)``, and its ``meta``, ``source_indices`` and
-    ``geometry`` (None where the batch has none). Clips without a group are skipped (they still count
-    towards ``limit``)."""
+def test_clips(
+    test_shards: str, size: int, limit: int | None = None, num_frames: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The clips of ``test_shards`` in ``interdyn test``'s order (its first ``limit`` when given), cut as the
+    demo's tests cut them (``num_frames`` from the start, the paper's 14 when None, at ``size`` x ``size``),
+    each with ``key``, ``group`` and ``variant`` (None outside a counterfactual group), ``pixel_values``
+    ``(T, 3, H, W)`` in [-1, 1], ``control`` ``(T, C, H, W)`` in [-1, 1], ``driver`` bool ``(T, H, W)``, and its
+    ``meta``, ``source_indices`` and ``geometry`` (None where the batch has none)."""
     from interdyn.data import ShardDataModule
     from interdyn.data.clip_spec import PAPER_CLIP
 
+    frames = {} if num_frames is None else {"num_frames": num_frames}
     data = ShardDataModule(
         test_shards=test_shards,
-        clip=PAPER_CLIP.with_overrides(height=size, width=size, crop="center", window="start"),
+        clip=PAPER_CLIP.with_overrides(height=size, width=size, crop="center", window="start", **frames),
         batch_size=1,
         num_workers=0,
         persistent_workers=False,
@@ -53,12 +56,11 @@ def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iter
             continue
         seen += 1
         meta = batch["meta"][0] if isinstance(batch.get("meta"), list) else {}
-        if not meta or meta.get("group") is None:
-            continue
+        group = (meta or {}).get("group")
         yield {
             "key": batch["key"][0],
-            "group": str(meta["group"]),
-            "variant": meta.get("variant"),
+            "group": None if group is None else str(group),
+            "variant": (meta or {}).get("variant"),
             "pixel_values": batch["pixel_values"][0],
             "control": batch["control"][0],
             "driver": batch["control"][0, :, 0] > 0,
@@ -66,6 +68,12 @@ def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iter
             "source_indices": batch["source_indices"][0].tolist() if "source_indices" in batch else None,
             "geometry": batch["geometry"][0].tolist() if "geometry" in batch else None,
         }
+
+
+def grouped_clips(test_shards: str, size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The clips of :func:`test_clips` that belong to a counterfactual group (those without one still count
+    towards ``limit``)."""
+    return (clip for clip in test_clips(test_shards, size, limit) if clip["group"] is not None)
 
 
 @torch.no_grad()

@@ -94,9 +94,20 @@ def first_group(test_shards: str, size: int, members: int) -> dict[str, Any]:
     raise InterDynError(f"no counterfactual group of {members} clips in {test_shards}")
 
 
-def _uint8(video: torch.Tensor) -> np.ndarray:
+def uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``(T, 3, H, W)`` in ``[0, 1]`` -> ``(T, H, W, 3)`` uint8."""
     return (video.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def world_module(svd: str, branch: str | None, conditioning_channels: tuple[int, ...]) -> torch.nn.Module:
+    """An :class:`~interdyn.training.module.InterDynModule` for sampling (eval mode): the SVD of ``svd`` and
+    the branch saved in ``branch`` (a fresh one when None: sample it with ``conditioning_scale 0``)."""
+    from interdyn.training.module import InterDynModule
+
+    module = InterDynModule(
+        svd=svd, controlnet=branch, conditioning_embedding_out_channels=conditioning_channels
+    )
+    return module.eval()
 
 
 def pictures(
@@ -115,16 +126,13 @@ def pictures(
     their controls make of it (and by their first frames' encodings, nearly the same). The grid's tiles are
     drawn at twice their size; its PNG is the last frame."""
     from interdyn.data.video import encode_video
-    from interdyn.training.module import InterDynModule
     from interdyn.utils.render import contact_sheet, labelled_row, png_bytes
 
     pixels, control = group["pixel_values"], group["control"]
     samples: dict[str, torch.Tensor] = {}
     models = {"no control": None, **branches}
     for name, branch in models.items():
-        module = InterDynModule(
-            svd=svd, controlnet=branch, conditioning_embedding_out_channels=conditioning_channels
-        ).eval()
+        module = world_module(svd, branch, conditioning_channels)
         scale = {"conditioning_scale": 0.0} if branch is None else {}
         # each path from the same noise (one call per member, one seed), so that only the driver differs
         samples[name] = torch.cat(
@@ -135,18 +143,21 @@ def pictures(
                 for m in range(len(pixels))
             ]
         )
-    truth = [(_uint8((v + 1) / 2)) for v in pixels]
-    masks = [_uint8((c + 1) / 2) for c in control]
+    truth = [(uint8_frames((v + 1) / 2)) for v in pixels]
+    masks = [uint8_frames((c + 1) / 2) for c in control]
     written = []
-    rows = [masks[0]] + [_uint8(s[0]) for s in samples.values()] + [truth[0]]
+    rows = [masks[0]] + [uint8_frames(s[0]) for s in samples.values()] + [truth[0]]
     labels = ["control"] + list(samples) + ["ground truth"]
     written.append(write_atomic(out / "contact_sheet.png", png_bytes(contact_sheet(rows, labels))))
     row_video = labelled_row(rows, labels)
-    written.append(write_atomic(out / "contact_sheet.mp4", encode_video(_even(row_video), fps=7.0)))
+    written.append(write_atomic(out / "contact_sheet.mp4", encode_video(even_frames(row_video), fps=7.0)))
     # the world's 64 px frames, twice as large in the grid, so that its labels fit and its discs show
     grid_rows = [
         labelled_row(
-            [_zoom(v) for v in [masks[m]] + [_uint8(s[m]) for s in samples.values()] + [truth[m]]],
+            [
+                zoom_frames(v)
+                for v in [masks[m]] + [uint8_frames(s[m]) for s in samples.values()] + [truth[m]]
+            ],
             [f"control {m + 1}"] + list(samples) + [f"truth {m + 1}"],
         )
         for m in range(len(truth))
@@ -154,16 +165,16 @@ def pictures(
     grid = np.concatenate(grid_rows, axis=1)
     # the picture shows the last frame: where each path's outcome has gone
     written.append(write_atomic(out / "counterfactual_grid.png", png_bytes(grid[-1])))
-    written.append(write_atomic(out / "counterfactual_grid.mp4", encode_video(_even(grid), fps=7.0)))
+    written.append(write_atomic(out / "counterfactual_grid.mp4", encode_video(even_frames(grid), fps=7.0)))
     return written
 
 
-def _zoom(video: np.ndarray, factor: int = 2) -> np.ndarray:
+def zoom_frames(video: np.ndarray, factor: int = 2) -> np.ndarray:
     """``(T, H, W, 3)`` -> ``(T, factor * H, factor * W, 3)``, each pixel repeated (no smoothing)."""
     return video.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def _even(video: np.ndarray) -> np.ndarray:
+def even_frames(video: np.ndarray) -> np.ndarray:
     """Crop to even height and width (libx264)."""
     t, h, w, _ = video.shape
     return np.ascontiguousarray(video[:, : h - h % 2, : w - w % 2])

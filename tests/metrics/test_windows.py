@@ -107,3 +107,19 @@ def test_windows_must_fit_the_clip():
     evaluator = VideoMetrics(["physics"], windows=SPANS)
     with pytest.raises(ValueError, match="in 20 frames"):
         evaluator.update(torch.zeros(20, 3, 8, 8), torch.zeros(1, 20, 3, 8, 8), "clip")
+
+
+@pytest.mark.slow  # I3D on CPU
+def test_fvd_compares_the_windows_of_the_videos(random_i3d_weights):
+    """With windows, I3D sees each window as a clip of its own: one feature row per window, one entry per
+    video (so that states of several ranks merge per video)."""
+    spans = [(0, 10), (6, 16)]
+    evaluator = VideoMetrics(["fvd"], i3d_weights=str(random_i3d_weights), windows=spans)
+    real = torch.from_numpy(moving_square(16, 32)).permute(0, 3, 1, 2)
+    evaluator.update(real, torch.stack([real, real.flip(-1)]), "clip")
+    state = evaluator.state()
+    assert state["real"].shape == (1, 2, 400) and state["fake"].shape == (2, 2, 400)
+    # the first sample is the truth itself (to the rounding of a batch of two)
+    assert torch.allclose(state["fake"][0], state["real"][0], atol=1e-5)
+    results = summarize([state], ["fvd"])
+    assert math.isfinite(results["fvd"])

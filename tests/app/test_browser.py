@@ -105,8 +105,10 @@ def app_url(tmp_path_factory: pytest.TempPathFactory):
         log.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
+    """One headless Chromium for the module (each test opens the page anew; starting the browser is the
+    expensive part)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1900"):
@@ -231,7 +233,9 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
         urllib.request.urlopen(next(h for h in hrefs if h.endswith("_settings.json"))).read()
     )
     assert settings["seed"] == 42 and settings["num_frames"] == 14 and settings["svd"] == DEFAULT_MODEL.svd
-    assert settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == 3  # the app's --steps
+    assert (
+        settings["num_samples"] == 2 and settings["sampling"]["num_inference_steps"] == 3
+    )  # the app's --steps
     sheet = urllib.request.urlopen(next(h for h in hrefs if h.endswith("_sheet.png"))).read()
     assert sheet.startswith(b"\x89PNG")
     # The drawn driver was dragged to the left: its last frame lies left of its first.

@@ -1,11 +1,10 @@
-"""The `interdyn` command on the tiny config: once as a subprocess, as a user runs it, then in this
-process through the same entry point (``main``), which saves the seconds of importing the stack anew."""
+"""The `interdyn` command on the tiny config, in this process through the entry point the installed command
+calls (``main``), which saves the seconds of importing the stack anew; the command as a process, with its
+exit code, is tested once (tests/commands/test_generate_inputs.py)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -14,7 +13,7 @@ import yaml
 
 from interdyn.commands.config import read_config
 from interdyn.training.module import InterDynModule
-from tests.helpers import REPO_ROOT, interdyn, run_interdyn
+from tests.helpers import REPO_ROOT
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
 FAST = [
@@ -27,18 +26,8 @@ FAST = [
 ]
 
 
-@pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """``run(*args, cwd=...)``: ``interdyn *args`` in this process; returns its exit code and output."""
-
-    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        return run_interdyn(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
-
-    return call
-
-
-def test_help_lists_the_subcommands(tmp_path):
-    result = interdyn("--help", cwd=tmp_path)
+def test_help_lists_the_subcommands(tmp_path, run):
+    result = run("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for sub in ("fit", "validate", "test", "predict"):
         assert sub in result.stdout

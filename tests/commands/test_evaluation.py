@@ -11,13 +11,13 @@ import yaml
 from interdyn.data import ClipDecoder, ShardClipStream
 from interdyn.data.clip_spec import PAPER_CLIP, ClipSpec
 from interdyn.data.video import decode_frames, encode_video
-from tests.helpers import REPO_ROOT, interdyn
+from tests.helpers import REPO_ROOT
 
 METRICS = ["ssim", "psnr", "fvd", "kvd", "motion_fidelity", "physics"]
 SMALL = PAPER_CLIP.with_overrides(height=64, width=64)  # the paper's clips at the test shards' size
 
 
-def test_interdyn_test_writes_the_table_and_videos(tmp_path, synthetic_shards, random_i3d_weights):
+def test_interdyn_test_writes_the_table_and_videos(tmp_path, synthetic_shards, random_i3d_weights, run):
     override = {
         "trainer": {
             "logger": {
@@ -45,7 +45,7 @@ def test_interdyn_test_writes_the_table_and_videos(tmp_path, synthetic_shards, r
         },
     }
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
-    result = interdyn(
+    result = run(
         "test",
         "--config",
         str(REPO_ROOT / "configs/tiny_shards.yaml"),
@@ -87,9 +87,9 @@ def write_predictions(folder: Path, shards: Path, skip: int = 1) -> list[str]:
     return keys
 
 
-def test_evaluate_scores_a_prediction_folder(tmp_path, synthetic_shards, random_i3d_weights):
+def test_evaluate_scores_a_prediction_folder(tmp_path, synthetic_shards, random_i3d_weights, run):
     keys = write_predictions(tmp_path / "coshand", synthetic_shards)
-    result = interdyn(
+    result = run(
         "evaluate",
         "--pred_dir",
         str(tmp_path / "coshand"),
@@ -135,9 +135,9 @@ def test_evaluate_flags_make_one_clip_over_the_paper_clip(monkeypatch):
     assert seen["clip"] == PAPER_CLIP.with_overrides(height=64, num_frames=4, window="start")
 
 
-def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards, monkeypatch):
+def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards, monkeypatch, run):
     (tmp_path / "empty").mkdir()
-    result = interdyn(
+    result = run(
         "evaluate",
         "--pred_dir",
         str(tmp_path / "empty"),
@@ -150,7 +150,6 @@ def test_evaluate_explains_bad_inputs(tmp_path, synthetic_shards, monkeypatch):
         and "no prediction videos" in result.stderr
         and "Traceback" not in result.stderr
     )
-    # The same one-sentence path in process (a second interpreter start is slow)
     from interdyn.errors import InterDynError
 
     write_predictions(tmp_path / "preds", synthetic_shards)

@@ -6,9 +6,6 @@ writes: test_generate.py."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,10 +22,10 @@ from interdyn.errors import InputError
 from interdyn.inputs import DEMO_CLIP, load_clip_inputs, load_image_inputs
 from interdyn.models import InterDynPipeline
 from tests.helpers import (
-    REPO_ROOT,
     SOURCE_FRAMES,
     decoded,
     hand_masks,
+    interdyn,
     square_masks,
     write_example,
     write_generate_inputs,
@@ -121,18 +118,19 @@ def test_bad_inputs_give_one_sentence_and_exit_2(case, files, tmp_path, capsys):
 
 
 def test_exit_code_as_a_process(files, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    code = "import sys; from interdyn.commands.generate import generate_main; sys.exit(generate_main(sys.argv[1:]))"
-    result = subprocess.run(
-        [sys.executable, "-c", code, "--image", str(files["image"]), "--control", str(files["short"])],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """The one test of the command as a user's process: the installed command's entry point, a user error
+    as one sentence on stderr and exit code 2, no traceback. Every other command test calls ``main`` in
+    the test's own process."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "interdyn"]
+    assert script.value == "interdyn.commands.cli:main"
+    result = interdyn(
+        "generate", "--image", str(files["image"]), "--control", str(files["short"]), cwd=tmp_path
     )
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr[-2000:]
     assert "need 27 source frames" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------- the authors' example folders

@@ -67,19 +67,6 @@ def test_shipped_branch_draws_the_driver_where_its_control_says(steps: int) -> N
     assert error(with_control) < 0.8 * error(without)
 
 
-@pytest.fixture(scope="module")
-def world_test_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The world's test split as `make world-data` writes it (64x64, 14 frames at 7 fps, the world's physics),
-    with other seeds: 3 counterfactual groups of 3 driver paths, in real shards."""
-    from data_prep.synthetic import write_split
-    from data_prep.synthetic_world import builtin_world
-
-    out = tmp_path_factory.mktemp("world_shards")
-    world = builtin_world(64)
-    write_split(out, "test", 3, seed=11, world=world, num_frames=14, fps=7.0, variants=3, progress=False)
-    return str(out / "test" / "*.tar")
-
-
 def test_the_vae_keeps_what_tells_counterfactual_outcomes_apart(world_test_shards: str) -> None:
     """The shipped VAE's reconstructions of the truths score (nearly) perfectly on the counterfactual test
     (so the VAE is not what holds the models below 0.8), while one video for the whole group, the shared

@@ -1,7 +1,6 @@
 """Everything a CUDA machine has to measure, in one command, written into docs/benchmarks.md.
 
-    make gpu-check                                  # installs, then runs the SVD items (at most 8 minutes)
-    make gpu-check-wan                              # the Wan2.2 items alone (--backbone wan, at most 5 minutes)
+    make gpu-check / gpu-check-wan                  # installs, then the SVD items (<= 8 min) / Wan2.2's (<= 5)
     python benchmarks/gpu_check.py --dry_run        # no GPU: every code path on the tiny model, on CPU
     python benchmarks/gpu_check.py --only sample:compile   # the optional item (minutes of compiling)
 
@@ -104,11 +103,9 @@ def run_item(item: Item, timeout: float, env: dict[str, str]) -> None:
         item.error = tail[0][:160].replace("|", "/")
 
 
-# Hard limits in seconds on CUDA (CPU dry run), in the order the items run: the real runs of the paper's
-# recipe first, then the figures the recipes' claims rest on, the optional compiled sample last. Each
-# backbone's default items' CUDA limits add up to less than its budget (tests/benchmarks/test_gpu_check.py
-# checks it), so that on a machine with 2 GPUs every item gets its whole limit and each group fits one
-# command of at most 10 minutes on a lent GPU node.
+# Hard limits in seconds on CUDA (CPU dry run), in the order the items run: the paper recipe's real runs
+# first, then the figures the recipes' claims rest on, the optional compiled sample last. Each backbone's
+# items' CUDA limits add up to less than its budget (tests/benchmarks/test_gpu_check.py checks it).
 DEFAULT_BUDGET_S = 480.0
 WAN_BUDGET_S = 300.0
 WAN_ITEMS = {"wan:2x80gb", "wan:48gb", "wan:sample"}
@@ -356,16 +353,14 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
 
 # --------------------------------------------------------------------------- driver
 def select_items(items: list[Item], args: argparse.Namespace) -> list[Item] | None:
-    """The items named by ``--only`` (``None`` after printing the error for an unknown name), else every item
-    with those of the other backbone and the optional ones marked as not run."""
+    """The items ``--only`` names (``None`` for an unknown name), else all, the optional ones not run."""
     if args.only:
         unknown = sorted(set(args.only) - {i.name for i in items})
         if unknown:
             print(f"error: unknown items {unknown}; available: {[i.name for i in items]}", file=sys.stderr)
             return None
         return [i for i in items if i.name in args.only]
-    backbone = args.backbone or ("all" if args.dry_run else "svd")
-    args.backbone = backbone
+    backbone = args.backbone = args.backbone or ("all" if args.dry_run else "svd")
     for item in items:
         if item.name in OPTIONAL:
             item.status = f"not run (optional: --only {item.name})"

@@ -26,7 +26,20 @@ from interdyn.callbacks.video_logger import gif_bytes, log_gif, side_by_side
 from interdyn.data.video import encode_video
 from interdyn.errors import EvaluationError
 from interdyn.metrics.suite import ALL_METRICS, VideoMetrics, markdown_table, merge_states, summarize
+from interdyn.models.long import plan_windows
 from interdyn.utils.files import write_atomic
+
+
+def long_windows(pl_module: L.LightningModule, num_frames: int) -> list[tuple[int, int]] | None:
+    """The frame spans of the windows a clip of ``num_frames`` is sampled in, when it is longer than the
+    module's UNet window (``None`` otherwise, or for a module without one): the metrics then score each
+    window and the seams between them (docs/long.md)."""
+    unet = getattr(pl_module, "unet", None)
+    window = getattr(getattr(unet, "config", None), "num_frames", None)
+    if window is None or num_frames <= window:
+        return None
+    plan = plan_windows(num_frames, window, pl_module.sampling.window_overlap)
+    return [(w.start, w.stop) for w in plan]
 
 
 class VideoEvaluation(ClipCallback):
@@ -95,6 +108,8 @@ class VideoEvaluation(ClipCallback):
         metas = clips.field("meta")
         # the batch's clips sampled together, each with its key's seed (the same videos as one by one)
         batch_samples = self.sampler.sample_batch(pl_module, pixels, control, clips.keys)
+        if self.evaluator.windows is None:
+            self.evaluator.windows = long_windows(pl_module, pixels.shape[1])
         for i, key in enumerate(clips.keys):
             samples = batch_samples[i]
             source_indices, geometry = clips.timing(i)

@@ -331,12 +331,12 @@ def write_page(items: list[Item], args: argparse.Namespace, docs: Path, gpus: in
         "train": "Training step on CUDA (`make gpu-check`)",
         "sample": "Sampling on CUDA (`make gpu-check`)",
         "ddp": "Real runs and DDP on CUDA (`make gpu-check`)",
-        "wan": "Wan2.2 TI2V-5B on CUDA (`make gpu-check`)",
+        "wan": "Wan2.2 TI2V-5B on CUDA (`make gpu-check-wan`)",
     }
     for section in ("train", "sample", "ddp", "wan"):
         mine = [i for i in items if i.section == section]
         if all(i.status == "not run" or i.status.startswith("not run (optional") for i in mine) and not (
-            section == "ddp" and not args.only and args.backbone != "wan"
+            section == "ddp" and not args.only and getattr(args, "backbone", None) != "wan"
         ):
             continue  # nothing measured yet (the DDP section also says why it was not run)
         header = [f"## {titles[section]}, {today}", "", f"- {where}"]

@@ -264,7 +264,10 @@ def names_model_class(argv: list[str]) -> bool:
                 return True
         elif option == "--ckpt_path":
             if value.endswith(".ckpt") and os.path.isfile(os.path.expanduser(value)):
-                hparams = load_checkpoint(value).get("hyper_parameters") or {}
+                try:
+                    hparams = load_checkpoint(value).get("hyper_parameters") or {}
+                except InterDynError:  # unreadable or refused: the run's own checks say so in their order
+                    continue
                 if "_class_path" in hparams:
                     return True
         else:

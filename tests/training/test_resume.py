@@ -47,13 +47,14 @@ BASES: dict[str, tuple[list[str], str | None]] = {
     # the Wan backbone's configs name their module (model.class_path): read with the subclass parser
     "wan_tiny.yaml": ([], WORLD),
     "wan_ssv2.yaml": ([], WORLD),
+    "wan_48gb.yaml": (["wan_ssv2.yaml"], WORLD),
     **{f"ablations/{p.name}": (["ssv2.yaml"], None) for p in sorted((CONFIGS / "ablations").glob("*.yaml"))},
     **{f"experiments/{p.name}": (["clevrer.yaml"], None) for p in sorted((CONFIGS / "experiments").glob("*.yaml"))},
     "world/vae.yaml": ([], WORLD),
     "world/base.yaml": ([], WORLD),
     "world/gpu/base.yaml": (["world/base.yaml"], WORLD),
     "world/gpu/vae.yaml": (["world/vae.yaml"], WORLD),
-    **{f"world/{name}": (["demo.yaml"], None) for name in ("branch.yaml", "branch_anneal.yaml", "gpu/branch.yaml")},
+    **{f"world/{name}": (["demo.yaml"], None) for name in ("branch.yaml", "branch_anneal.yaml", "gpu/branch.yaml", "context.yaml")},
     # the world's experiments (experiments/world/configs, named relative to configs/)
     f"{EXPERIMENTS}/push_base.yaml": (["world/base.yaml"], WORLD),
     **{

@@ -6,29 +6,46 @@ import copy
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
+
+if TYPE_CHECKING:
+    from interdyn.models import ControlNetSDVModel, SVDComponents
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the cores, so
-# that two workers' thread pools do not fight over the same cores.
+# that two workers' thread pools do not fight over the same cores. The stack (torch, diffusers) is
+# imported by the workers only: the process that starts them does not wait for it.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     _threads = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(_threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))  # and the processes that tests start
 
-from interdyn.models import ControlNetSDVModel, SVDComponents, build_svd, save_svd  # noqa: E402
-from interdyn.models.svd import TINY_ARCHITECTURE  # noqa: E402
-from tests.helpers import FPS, FRAMES, TINY_CONTROL_CHANNELS, randomize_, run_interdyn  # noqa: E402
+# The longest tests, started first so that the workers finish together instead of one waiting for the
+# other's last long test (`--dist loadgroup` hands tests out in this order).
+LONGEST_FIRST = (
+    "tests/app/test_browser.py",
+    "tests/commands/test_ddp.py",
+    "tests/world/test_shipped.py",
+    "tests/commands/test_cli.py",
+    "tests/benchmarks/test_device_kit.py",
+    "tests/commands/test_generate_inputs.py::test_exit_code_as_a_process",
+    "tests/data_prep/test_build.py::test_pool_workers_exit_when_the_preparer_is_killed",
+    "tests/commands/test_evaluation.py",
+)
 
 
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """``run(*args, cwd=...)``: ``interdyn *args`` in this process (the same ``main`` the installed command
     calls, without the seconds of importing the stack anew); returns its exit code and output."""
+
+    from tests.helpers import run_interdyn
 
     def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         return run_interdyn(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
@@ -38,6 +55,9 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
 
 @pytest.fixture(scope="session")
 def tiny_svd_session() -> SVDComponents:
+    from interdyn.models import build_svd
+    from interdyn.models.svd import TINY_ARCHITECTURE
+
     return build_svd({**TINY_ARCHITECTURE, "seed": 0})
 
 
@@ -51,6 +71,8 @@ def tiny_svd(tiny_svd_session: SVDComponents) -> SVDComponents:
 def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: SVDComponents) -> Path:
     """The tiny SVD saved in the hub layout (unet/ vae/ image_encoder/ scheduler/)."""
     folder = tmp_path_factory.mktemp("tiny_svd")
+    from interdyn.models import save_svd
+
     save_svd(tiny_svd_session, str(folder))
     return folder
 
@@ -58,6 +80,9 @@ def tiny_svd_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: 
 @pytest.fixture(scope="session")
 def tiny_branch_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_session: SVDComponents) -> Path:
     """A tiny branch with non-zero weights everywhere (seed 3), saved with save_pretrained."""
+    from interdyn.models import ControlNetSDVModel
+    from tests.helpers import TINY_CONTROL_CHANNELS, randomize_
+
     branch = ControlNetSDVModel.from_unet(
         tiny_svd_session.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
     )
@@ -69,6 +94,9 @@ def tiny_branch_folder(tmp_path_factory: pytest.TempPathFactory, tiny_svd_sessio
 @pytest.fixture
 def trained_like_branch(tiny_svd: SVDComponents) -> ControlNetSDVModel:
     """A branch with random non-zero weights everywhere (as if trained)."""
+    from interdyn.models import ControlNetSDVModel
+    from tests.helpers import TINY_CONTROL_CHANNELS, randomize_
+
     branch = ControlNetSDVModel.from_unet(
         tiny_svd.unet, conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS
     )
@@ -80,6 +108,7 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built-in dataset shards written with the real writer: train 8 clips in 2 shards; validation 10
     clips in 4 shards; test 2 counterfactual groups x 2 variants (64x96, 30 frames at 14 fps)."""
     from data_prep.synthetic import World, write_split
+    from tests.helpers import FPS, FRAMES
 
     out = tmp_path_factory.mktemp("shards")
     world = World(height=64, width=96)
@@ -121,6 +150,7 @@ def world_test_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def random_i3d_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An I3D weights file with random values (the real ones come from `interdyn weights fetch i3d`)."""
+    import torch
     from safetensors.torch import save_file
 
     from interdyn.metrics.i3d import InceptionI3d
@@ -132,9 +162,14 @@ def random_i3d_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep ``xdist_group`` tests on one worker under ``--dist loadgroup`` (``make test``): pytest-xdist 3.8
+    """Start the longest tests first (:data:`LONGEST_FIRST`). Keep ``xdist_group`` tests on one worker under ``--dist loadgroup`` (``make test``): pytest-xdist 3.8
     marks a group by renaming the test's nodeid (``...@group``), which pytest 9.2's structured node ids no
     longer pick up, so every group was spread over the workers. Rename it the new way."""
+    rank = {
+        item: next((i for i, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)), None)
+        for item in items
+    }
+    items.sort(key=lambda item: len(LONGEST_FIRST) if rank[item] is None else rank[item])  # stable
     if not getattr(config.option, "loadgroup", False):
         return
     try:

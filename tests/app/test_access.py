@@ -4,6 +4,7 @@ start-up warning. And the page's first state: the first built-in scene, its mask
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -15,7 +16,11 @@ from interdyn.app.main import app_main
 from interdyn.app.scenes import builtin_scenes
 from interdyn.errors import InputError
 
-gr = pytest.importorskip("gradio", reason="the app's extra is not installed (pip install -e '.[app]')")
+# gradio is imported by the tests that use it, not at collection (seconds on every test worker)
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gradio") is None,
+    reason="the app's extra is not installed (pip install -e '.[app]')",
+)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +114,8 @@ def test_the_page_opens_on_the_first_scene_ready_to_generate(tmp_path):
     shown = by_id["editor"].value
     assert shown["background"] is not None and len(shown["layers"]) == 1
     assert by_id["path_canvas"].value is not None
+    import gradio as gr
+
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     assert any(s.value == [list(p) for p in scene.points] for s in states)
 
@@ -141,5 +148,7 @@ def test_a_path_under_the_root_loads_in_the_page(tmp_path):
     load = server_path_callback(ServerFiles.for_host("0.0.0.0", root=root))
     value, points = load("frame.png", [[1, 2]])
     assert value["background"].shape == (32, 48, 3) and points == []
+    import gradio as gr
+
     with pytest.raises(gr.Error, match="under the app's root folder"):
         load(str(Path("/etc/hostname")), [])

@@ -7,6 +7,7 @@ Needs the system's Chromium and its driver (Debian: ``apt-get install chromium c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -26,7 +27,6 @@ from interdyn.app.engine import DEFAULT_MODEL
 from interdyn.data.video import decode_frames
 from tests.helpers import REPO_ROOT
 
-pytest.importorskip("gradio", reason="the app's extra is not installed (pip install -e '.[app]')")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in [dev])")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -37,6 +37,11 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
+    # gradio runs in the app's own process: checked here, not imported (seconds on every test worker)
+    pytest.mark.skipif(
+        importlib.util.find_spec("gradio") is None,
+        reason="the app's extra is not installed (pip install -e '.[app]')",
+    ),
     pytest.mark.skipif(
         CHROMIUM is None or CHROMEDRIVER is None,
         reason="no Chromium browser and driver on this machine (Debian: apt-get install chromium chromium-driver; "

@@ -36,7 +36,8 @@ class PhaseTimer(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         now = time.perf_counter()
-        self.times = PhaseTimes(f"interdyn {'fit' if stage == 'fit' else stage}")
+        stage = getattr(stage, "value", stage)  # Lightning may pass its TrainerFn enum, not the string
+        self.times = PhaseTimes(f"interdyn {stage}")
         if COMMAND_STARTED:
             self.times.started = COMMAND_STARTED[0]
             self.times.add("start-up (imports, config, model)", now - COMMAND_STARTED[0])

@@ -104,3 +104,15 @@ def test_the_demo_accounts_for_the_install_and_clips_made_by_make(tmp_path: Path
     assert list(times.seconds) == ["install", "world clips"]
     assert 29 <= times.seconds["install"] <= 32
     assert times.total() >= 30  # the total counts from make's start
+
+
+@pytest.mark.parametrize("stage", ["test", "fit"])
+def test_the_table_names_the_command_whether_lightning_passes_a_string_or_its_enum(stage: str) -> None:
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from interdyn.callbacks.timing import PhaseTimer
+
+    for given in (stage, TrainerFn(stage if stage == "fit" else "test")):
+        timer = PhaseTimer()
+        timer.setup(None, None, given)
+        assert timer.times.table().splitlines()[0] == f"interdyn {stage}: time by phase"

@@ -220,17 +220,22 @@ class Driver:
     frames: list[Path] = field(default_factory=list)  # mask images uploaded together: a folder of frames
     points: list[list[float]] = field(default_factory=list)
     speed: float | None = None
+    length: int | None = None  # the video's frames when not the clip's (longer: sampled in windows)
 
     @classmethod
-    def drawn(cls, mask: np.ndarray, points: list, speed: float | None = None) -> Driver:
-        """``mask`` dragged along ``points`` over the clip (``speed`` in pixels per frame)."""
+    def drawn(
+        cls, mask: np.ndarray, points: list, speed: float | None = None, length: int | None = None
+    ) -> Driver:
+        """``mask`` dragged along ``points`` over the clip, or over ``length`` frames (``speed`` in pixels
+        per frame)."""
         pts = [[float(x), float(y)] for x, y in points]
-        return cls(masks=drag_mask(mask, pts, NUM_FRAMES, speed), points=pts, speed=speed)
+        masks = drag_mask(mask, pts, length or NUM_FRAMES, speed)
+        return cls(masks=masks, points=pts, speed=speed, length=length)
 
     @classmethod
-    def uploaded(cls, files: str | Path | list | None) -> Driver:
+    def uploaded(cls, files: str | Path | list | None, length: int | None = None) -> Driver:
         """A mask video, a mask image (the same mask on every frame) or a ``.npz``; several mask images
-        are a folder of frames (in natural order of their names)."""
+        are a folder of frames (in natural order of their names); ``length``: the frames to take."""
         paths = [Path(f) for f in ([files] if isinstance(files, str | Path) else files or [])]
         if not paths:
             raise InputError("upload a mask video, a mask image or a .npz, or draw a path instead.")
@@ -243,7 +248,7 @@ class Driver:
             raise InputError(
                 "several files are a folder of mask images; upload one video or .npz on its own."
             )
-        return cls(file=paths[0]) if len(paths) == 1 else cls(frames=paths)
+        return cls(file=paths[0], length=length) if len(paths) == 1 else cls(frames=paths, length=length)
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -282,7 +287,7 @@ class Engine:
             control = write_atomic(
                 folder / "driver.npz", masks_npz_bytes(driver.masks, self.clip.fps or FOLDER_FPS)
             )
-            path = {"points": driver.points, "speed_px_per_frame": driver.speed, "frames": NUM_FRAMES}
+            path = {"points": driver.points, "speed_px_per_frame": driver.speed, "frames": len(driver.masks)}
             write_atomic(folder / "driver_path.json", json.dumps(path, indent=2).encode())
         elif driver.file is not None:
             control = folder / f"driver{driver.file.suffix.lower()}"
@@ -305,6 +310,8 @@ class Engine:
         argv = self._write_inputs(folder, image, driver)
         clip = {k: v for k, v in self.clip.as_kwargs().items() if k != "window"}
         options = {k: v for k, v in clip.items() if v != getattr(DEMO_CLIP, k)} | options
+        if driver.length and driver.length != self.clip.num_frames:  # a long video: generate's windows
+            options["num_frames"] = driver.length
         argv += ["--out", str(folder), "--name", folder.name]
         for key, value in options.items():
             if value is not None:

@@ -29,7 +29,7 @@ from interdyn.app.engine import (
 )
 from interdyn.app.scenes import Scene, builtin_scenes
 from interdyn.errors import InterDynError
-from interdyn.models.sampling import DEFAULT_SAMPLING, SCHEDULERS
+from interdyn.models.sampling import CONTINUATIONS, DEFAULT_SAMPLING, SCHEDULERS
 
 log = logging.getLogger(__name__)
 HISTORY = 6  # runs kept side by side
@@ -82,19 +82,26 @@ def scene_mask(image: np.ndarray | None, mask: np.ndarray | None, frame: tuple |
 
 
 def driver_of(
-    editor: dict | None, frame: tuple | None, mode: str, points: list, speed: float, upload: Any
+    editor: dict | None,
+    frame: tuple | None,
+    mode: str,
+    points: list,
+    speed: float,
+    upload: Any,
+    length: float | None = None,
 ) -> Driver:
     """The driver the page describes: the uploaded masks, or the painted mask (or the scene's) dragged
-    along the path."""
+    along the path; over ``length`` frames."""
+    length = int(length) if length else None
     if mode == "upload":
-        return Driver.uploaded(upload)
+        return Driver.uploaded(upload, length)
     image, mask = editor_parts(editor)
     mask = scene_mask(image, mask, frame)
     if image is None:
         raise InterDynError(
             "pick a first frame: upload an image, take a video's first frame or pick a scene."
         )
-    return Driver.drawn(mask, points, float(speed) or None)
+    return Driver.drawn(mask, points, float(speed) or None, length)
 
 
 @guarded
@@ -174,13 +181,12 @@ def preview_callback(engine: Engine) -> Callable:
     """The callback that shows the driver as ``engine``'s model will see it."""
 
     @guarded
-    def on_preview(
-        editor: dict | None, frame: tuple | None, mode: str, points: list, speed: float, upload: Any
-    ) -> tuple:
+    def on_preview(*driver_inputs: Any) -> tuple:
+        editor = driver_inputs[0]
         image, _ = editor_parts(editor)
         if image is None:
             raise InterDynError("pick a first frame first.")
-        inputs = engine.preview(image, driver_of(editor, frame, mode, points, speed, upload))
+        inputs = engine.preview(image, driver_of(*driver_inputs))
         zoom = zoom_of(inputs.image.shape, 256)
         frames = [enlarge(overlay(inputs.image, m), zoom) for m in inputs.controls[0]]
         notes = "\n".join(f"- {n}" for n in [f"timing: {inputs.timing}", *inputs.notes])
@@ -211,11 +217,13 @@ def generate_callback(engine: Engine) -> Callable:
         points: list,
         speed: float,
         upload: Any,
+        length: float,
         samples: float,
         steps: float,
         scheduler: str,
         min_guidance: float,
         max_guidance: float,
+        continuation: str,
         seed: float,
         history: list,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way to ask for it)
@@ -223,7 +231,8 @@ def generate_callback(engine: Engine) -> Callable:
         image, _ = editor_parts(editor)
         if image is None:
             raise InterDynError("pick a first frame first.")
-        driver = driver_of(editor, frame, mode, points, speed, upload)
+        driver = driver_of(editor, frame, mode, points, speed, upload, length)
+        long = bool(driver.length and driver.length > engine.clip.num_frames)
         progress(0, desc="loading the weights and preparing the inputs")
         result = engine.generate(
             image,
@@ -234,6 +243,7 @@ def generate_callback(engine: Engine) -> Callable:
             scheduler=scheduler,
             min_guidance_scale=float(min_guidance),
             max_guidance_scale=float(max_guidance),
+            continuation=continuation if long else None,  # a one-window video has nothing to continue
         )
         compare = next(p for p in result.paths if p.name.endswith(("_compare.mp4", "_grid.mp4")))
         run = compare.parent.name
@@ -297,7 +307,7 @@ def first_frame_panel(scenes: dict[str, Scene], files: ServerFiles) -> dict[str,
     return parts
 
 
-def driver_panel(scene: Scene) -> dict[str, Any]:
+def driver_panel(scene: Scene, frames: int) -> dict[str, Any]:
     """Step 2: the path drawn on the first frame (``scene``'s at first; or uploaded masks) and the
     driver's preview."""
     gr.Markdown(
@@ -324,6 +334,10 @@ def driver_panel(scene: Scene) -> dict[str, Any]:
     parts["speed"] = gr.Slider(
         0, 40, value=0, step=0.5, label="speed, pixels per frame (0: the whole path over the clip)"
     )
+    parts["length"] = gr.Slider(
+        frames, 7 * frames, value=frames, step=1, elem_id="length",
+        label=f"video length, frames (over {frames}: made in overlapping windows, see docs/long.md)",
+    )  # fmt: skip
     parts["upload"] = gr.File(
         label="mask video, mask image, .npz or mask frames (driver: uploaded masks)",
         file_count="multiple",
@@ -348,6 +362,9 @@ def generate_panel(model: ModelChoice) -> dict[str, Any]:
         parts["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SAMPLING.scheduler, label="sampler")
         parts["min_guidance"] = gr.Number(DEFAULT_SAMPLING.min_guidance_scale, label="guidance, first frame")
         parts["max_guidance"] = gr.Number(DEFAULT_SAMPLING.max_guidance_scale, label="guidance, last frame")
+        parts["continuation"] = gr.Dropdown(
+            list(CONTINUATIONS), value=DEFAULT_SAMPLING.continuation, label="long videos: windows continue by"
+        )
         parts["seed"] = gr.Number(42, label="seed", precision=0)
     parts["go"] = gr.Button("generate", variant="primary", elem_id="generate")
     with gr.Row():
@@ -368,7 +385,7 @@ def generate_panel(model: ModelChoice) -> dict[str, Any]:
 
 def wire(c: SimpleNamespace, engine: Engine, scenes: dict[str, Scene], files: ServerFiles) -> None:
     """Connect the page's events to the callbacks (``c``: the page's components and states)."""
-    driver_inputs = [c.editor, c.frame, c.mode, c.points, c.speed, c.upload]
+    driver_inputs = [c.editor, c.frame, c.mode, c.points, c.speed, c.upload, c.length]
     path = [c.points, c.canvas]
     c.editor.change(
         on_editor_change, [c.editor, c.points, c.frame], [c.frame, c.points, c.canvas], show_progress="hidden"
@@ -385,7 +402,8 @@ def wire(c: SimpleNamespace, engine: Engine, scenes: dict[str, Scene], files: Se
     c.scrub.change(on_scrub, [c.preview_frames, c.scrub], c.preview, show_progress="hidden")
     c.go.click(
         generate_callback(engine),
-        [*driver_inputs, c.samples, c.steps, c.scheduler, c.min_guidance, c.max_guidance, c.seed, c.history],
+        [*driver_inputs, c.samples, c.steps, c.scheduler, c.min_guidance, c.max_guidance, c.continuation]
+        + [c.seed, c.history],
         [c.video, c.files, c.info, c.history, c.gallery],
         concurrency_limit=1,
         concurrency_id="generate",
@@ -417,7 +435,7 @@ def build_ui(engine: Engine, files: ServerFiles | None = None) -> gr.Blocks:
             with gr.Column():
                 first_frame = first_frame_panel(scenes, files)
             with gr.Column():
-                driver = driver_panel(first)
+                driver = driver_panel(first, engine.clip.num_frames)
         page = SimpleNamespace(**states, **first_frame, **driver, **generate_panel(model))
         wire(page, engine, scenes, files)
     return demo

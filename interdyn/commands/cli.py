@@ -27,7 +27,7 @@ from interdyn.callbacks.interrupt import LastCheckpointOnInterrupt
 from interdyn.callbacks.progress import resume_aware
 from interdyn.callbacks.timing import COMMAND_STARTED, PhaseTimer
 from interdyn.commands.parsers import user_message
-from interdyn.commands.spelling import _option_values, _read_yaml, nested_clip_options, nested_model_options
+from interdyn.commands.spelling import nested_clip_options, nested_model_options, option_values, read_yaml
 from interdyn.data.shards import CONTROL_CHANNELS
 from interdyn.errors import ConfigError, InterDynError
 from interdyn.models.sampling import DEFAULT_SAMPLING
@@ -256,9 +256,9 @@ def names_model_class(argv: list[str]) -> bool:
     ``class_path``, a ``--model`` / ``--model.class_path`` option, or a ``--ckpt_path`` file written by such a
     run (its hyper-parameters record ``_class_path``). The CLI then takes that LightningModule (subclass
     mode); without one it is :class:`InterDynModule` with its settings linked to the data, as always."""
-    for option, value in _option_values(argv, ("--config", "--model", "--model.class_path", "--ckpt_path")):
+    for option, value in option_values(argv, ("--config", "--model", "--model.class_path", "--ckpt_path")):
         if option == "--config":
-            content = _read_yaml(value)
+            content = read_yaml(value)
             model = content.get("model") if isinstance(content, dict) else None
             if isinstance(model, dict) and "class_path" in model:
                 return True

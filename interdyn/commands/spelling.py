@@ -72,7 +72,7 @@ OLD_SPELLINGS: dict[str, tuple[str, ...]] = {
 _DATA_FLAG = re.compile(r"(--data\.(?:init_args\.)?)(\w+)(=.*)?")
 
 
-def _read_yaml(path: str) -> Any:
+def read_yaml(path: str) -> Any:
     try:
         with open(os.path.expanduser(path), encoding="utf-8") as f:
             return yaml.safe_load(f)
@@ -82,12 +82,12 @@ def _read_yaml(path: str) -> Any:
 
 def _data_section(path: str) -> dict[str, Any]:
     """The ``data:`` section of a config file ({} when there is none or the file cannot be read)."""
-    content = _read_yaml(path)
+    content = read_yaml(path)
     section = content.get("data") if isinstance(content, dict) else None
     return section if isinstance(section, dict) else {}
 
 
-def _option_values(argv: Sequence[str], names: tuple[str, ...]) -> list[tuple[str, str]]:
+def option_values(argv: Sequence[str], names: tuple[str, ...]) -> list[tuple[str, str]]:
     """``(option, value)`` of every ``--name value`` and ``--name=value`` in ``argv`` for ``names``."""
     found = [(a, b) for a, b in zip(argv, argv[1:], strict=False) if a in names]
     found += [tuple(a.split("=", 1)) for a in argv if a.split("=", 1)[0] in names and "=" in a]
@@ -98,7 +98,7 @@ def _data_class(argv: Sequence[str]) -> type | None:
     """The DataModule class that ``--config`` files and ``--data`` options of ``argv`` name (the last one),
     or None when none is named or it cannot be imported."""
     class_path = None
-    for option, value in _option_values(argv, ("--config", "--data", "--data.class_path")):
+    for option, value in option_values(argv, ("--config", "--data", "--data.class_path")):
         if option == "--config":
             class_path = _data_section(value).get("class_path", class_path)
         elif re.fullmatch(r"[\w.]+", value):
@@ -127,7 +127,7 @@ def nested_clip_options(argv: Sequence[str]) -> list[str]:
     own = set(inspect.signature(data).parameters)
     flat = {name: name for name in ClipSpec.names()} | {"eval_window": "window"}
     flat = {old: new for old, new in flat.items() if old not in own}
-    for _, value in _option_values(argv, ("--config",)):
+    for _, value in option_values(argv, ("--config",)):
         init = _data_section(value).get("init_args")
         old = sorted(set(init) & set(flat)) if isinstance(init, dict) else []
         if old:
@@ -151,8 +151,8 @@ def nested_model_options(argv: Sequence[str]) -> list[str]:
     from interdyn.training.settings import GROUPS
 
     group_of = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
-    for _, value in _option_values(argv, ("--config",)):
-        content = _read_yaml(value)
+    for _, value in option_values(argv, ("--config",)):
+        content = read_yaml(value)
         model = content.get("model") if isinstance(content, dict) else None
         if isinstance(model, dict) and "class_path" not in model:
             old = sorted(set(model) & set(group_of))

@@ -12,7 +12,6 @@ Checkpoints hold only the branch (and the optimizer state): the frozen parts are
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -34,6 +33,7 @@ from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, kee
 from interdyn.training.ema import swap_in, swap_out, update_average
 from interdyn.training.objective import EDMObjective, context_branch
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
+from interdyn.training.sampling_context import sampling_context
 from interdyn.training.settings import DEFAULT_MEMORY, DEFAULT_OBJECTIVE, MemorySettings, ObjectiveSettings
 from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing, store_settings
 from interdyn.utils.render import to_uint8
@@ -401,17 +401,10 @@ class InterDynModule(EDMObjective, L.LightningModule):
             generator: Any = [torch.Generator().manual_seed(int(s)) for s in seed]
         else:
             generator = torch.Generator().manual_seed(hp.sample_seed if seed is None else seed)
-        was_training = self.controlnet.training
-        self.controlnet.eval()
-        trainer = self._trainer
-        precision = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
-        try:
-            with precision:
-                frames = self.pipeline()(
-                    image, control, num_videos_per_prompt=n, generator=generator, output_type="pt", **kwargs
-                ).frames
-        finally:
-            self.controlnet.train(was_training)
+        with sampling_context(self):
+            frames = self.pipeline()(
+                image, control, num_videos_per_prompt=n, generator=generator, output_type="pt", **kwargs
+            ).frames
         return frames.float().unflatten(0, (image.shape[0], n))
 
     def predict_step(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -35,6 +34,7 @@ from interdyn.models.wan.ti2v import encode_video_latents
 from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.training.flow_objective import FlowMatchingObjective
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
+from interdyn.training.sampling_context import sampling_context
 from interdyn.training.setup import check_arguments
 from interdyn.training.wan_settings import (
     DEFAULT_WAN_MEMORY,
@@ -326,18 +326,11 @@ class InterDynWanModule(L.LightningModule):
         else:
             generator = torch.Generator().manual_seed(self.hparams.sample_seed if seed is None else seed)
         kwargs = {**self.sampling.as_kwargs(), **overrides}
-        was_training = self.controlnet.training
-        self.controlnet.eval()
-        trainer = self._trainer
-        precision = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
-        try:
-            with precision:
-                frames = self.pipeline()(
-                    image.repeat_interleave(n, 0), self.prompt_embeds, control=control.repeat_interleave(n, 0),
-                    generator=generator, output_type="pt", **kwargs,
-                ).frames  # fmt: skip
-        finally:
-            self.controlnet.train(was_training)
+        with sampling_context(self):
+            frames = self.pipeline()(
+                image.repeat_interleave(n, 0), self.prompt_embeds, control=control.repeat_interleave(n, 0),
+                generator=generator, output_type="pt", **kwargs,
+            ).frames  # fmt: skip
         return frames.float().unflatten(0, (image.shape[0], n))
 
     def predict_step(

@@ -200,6 +200,11 @@ COMMANDS = {
         "export_main",
         "a training checkpoint's branch as a diffusers folder",
     ),
+    "prompt": (
+        "interdyn.commands.prompt",
+        "prompt_main",
+        "encode a text prompt once into the Wan backbone's prompt embedding file",
+    ),
     "evaluate": (
         "interdyn.commands.evaluate",
         "evaluate_main",

@@ -26,7 +26,7 @@ from interdyn.models.wan.transformer import WanTransformer3DControlModel
 
 WAN_TI2V_REPO = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 
-_HOW_TO_GET_WAN = (
+HOW_TO_GET_WAN = (
     f"Wan2.2 TI2V-5B is Apache-2.0: on a machine with internet access run `hf download {WAN_TI2V_REPO} "
     "--local-dir checkpoints/wan2.2-ti2v-5b` and pass that folder."
 )
@@ -224,7 +224,7 @@ def load_wan(path: str = WAN_TI2V_REPO, torch_dtype: torch.dtype | None = None) 
         vae = load_component(AutoencoderKLWan, path, subfolder="vae", what="Wan VAE", kind="wan")
         scheduler = _load_scheduler(path)
     except WeightsNotFoundError as err:
-        raise WeightsNotFoundError(f"{err} {_HOW_TO_GET_WAN}") from None
+        raise WeightsNotFoundError(f"{err} {HOW_TO_GET_WAN}") from None
     _check_ti2v(transformer, vae)
     return WanComponents(transformer, vae, scheduler)
 

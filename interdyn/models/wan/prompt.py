@@ -4,7 +4,9 @@ training or sampling.
 
 By default the embedding is all zeros (:func:`zero_prompt_embeds`): a neutral context that needs no text
 encoder at all. The user's own prompt (or the empty prompt as Wan encodes it: its end-of-text token, then
-zero padding) is encoded once by :func:`encode_prompt` and stored with :func:`save_prompt_embeds`.
+zero padding) is encoded once by :func:`encode_prompt` and stored with :func:`save_prompt_embeds`; the
+tokenizer and text encoder of a Wan folder are loaded by :func:`load_text_encoder` (``interdyn prompt`` does
+all three).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from interdyn.errors import WeightsNotFoundError
+from interdyn.models.hub import load_component
+from interdyn.models.wan.components import HOW_TO_GET_WAN, WAN_TI2V_REPO
+from interdyn.utils.files import write_atomic
 
 # Wan's text context length (its pipelines pad every prompt to 512 tokens).
 WAN_PROMPT_LENGTH = 512
@@ -42,9 +49,33 @@ def encode_prompt(
     return (hidden * mask.unsqueeze(-1).to(hidden.dtype)).float().cpu()
 
 
+def load_text_encoder(path: str = WAN_TI2V_REPO, torch_dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """The tokenizer and text encoder (UMT5, in eval mode, in ``torch_dtype``) of a Wan diffusers folder or hub
+    id (its ``tokenizer/`` and ``text_encoder/``), for :func:`encode_prompt`. The tokenizer is loaded first (it
+    is small), so that a folder without one fails before the encoder's gigabytes are read; anything missing is
+    a :class:`~interdyn.errors.WeightsNotFoundError` saying how to get Wan."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    kw: dict[str, Any] = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        tokenizer = load_component(
+            AutoTokenizer, path, subfolder="tokenizer", what="Wan tokenizer", kind="wan", strict=False,
+            marker="tokenizer_config.json",
+        )  # fmt: skip
+        encoder = load_component(
+            UMT5EncoderModel, path, subfolder="text_encoder", what="Wan text encoder", kind="wan", **kw
+        )
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError(f"{err} {HOW_TO_GET_WAN}") from None
+    return tokenizer, encoder.eval()
+
+
 def save_prompt_embeds(embeds: torch.Tensor, path: str | Path, prompt: str = "") -> None:
-    """Store a prompt embedding ``(1, S, D)`` (and the prompt it encodes, as metadata) in a safetensors file."""
-    save_file({"prompt_embeds": embeds.contiguous().cpu()}, str(path), metadata={"prompt": prompt})
+    """Store a prompt embedding ``(1, S, D)`` (and the prompt it encodes, as metadata) in a safetensors file
+    (made with its folder; written through a temporary sibling and renamed, so that an interrupted write
+    leaves no half-written file under ``path``)."""
+    data = save({"prompt_embeds": embeds.contiguous().cpu()}, metadata={"prompt": prompt})
+    write_atomic(path, data)
 
 
 def load_prompt_embeds(path: str | Path) -> torch.Tensor:

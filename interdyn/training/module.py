@@ -29,17 +29,17 @@ from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVDSource
+from interdyn.training.branch_training import BranchTraining
 from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
 from interdyn.training.ema import swap_in, swap_out, update_average
 from interdyn.training.objective import EDMObjective, context_branch
-from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
 from interdyn.training.sampling_context import sampling_context
 from interdyn.training.settings import DEFAULT_MEMORY, DEFAULT_OBJECTIVE, MemorySettings, ObjectiveSettings
 from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing, store_settings
 from interdyn.utils.render import to_uint8
 
 
-class InterDynModule(EDMObjective, L.LightningModule):
+class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
     """Trains the InterDyn control branch on a frozen Stable Video Diffusion (the objective:
     :class:`~interdyn.training.objective.EDMObjective`).
 
@@ -158,28 +158,6 @@ class InterDynModule(EDMObjective, L.LightningModule):
         complete_checkpoint(checkpoint, self.controlnet, self.branch_ema, self.state_dict())
         self._resumed_step = int(checkpoint.get("global_step", 0))  # seeds the resumed run (on_fit_start)
 
-    @property
-    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
-        """Everything but the branch, read by ``DistributedDataParallel`` when it wraps the module: the
-        frozen SVD is neither broadcast at start-up (gigabytes of identical weights) nor has its buffers
-        synchronised in forward passes, a collective that hangs validation when one rank has no batch."""
-        return [
-            name
-            for name, _ in (*self.named_parameters(), *self.named_buffers())
-            if not name.startswith(BRANCH_PREFIX)
-        ]
-
-    def on_fit_start(self) -> None:
-        """Give each data-parallel rank its own random stream, and a resumed run a new one: ``seed_everything``
-        seeds all ranks alike, and a resumed run like its start, which would draw the same noise levels, noise,
-        image drops and (through the loader's seeds, drawn from this stream) the same clips and crops on every
-        GPU and again after every resume. Lightning calls this after loading the checkpoint and before the
-        training loader starts."""
-        step = self.__dict__.get("_resumed_step", 0)
-        if self.trainer.world_size > 1 or step > 0:
-            seed = (torch.initial_seed() + 7919 * self.global_rank + 1_000_003 * step) % (2**63)
-            torch.manual_seed(seed)
-
     def setup(self, stage: str) -> None:
         """Refuse a moving average under sharded strategies, whose parameters are not the branch's own."""
         if self.branch_ema is None or self._trainer is None:
@@ -217,28 +195,6 @@ class InterDynModule(EDMObjective, L.LightningModule):
 
     on_validation_start = on_test_start = on_predict_start = _average_in
     on_validation_end = on_test_end = on_predict_end = _average_out
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip also with fused Adam. Lightning's mixed-precision plugin refuses to clip for an optimizer
-        that unscales inside its step (fused kernels), even under bf16, which has no grad scaler."""
-        if not gradient_clip_val or not unscales_in_step(optimizer):
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        clip_unscaling_step(optimizer, scaler, gradient_clip_val, gradient_clip_algorithm)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam (lr 1e-5 in the paper), AdamW or 8-bit AdamW on the branch parameters only: the frozen
-        parts get no optimizer state."""
-        hp, fused = self.hparams, self.memory.fused_optimizer
-        fused = fused if fused is not None else self.device.type == "cuda"
-        params = [p for p in self.controlnet.parameters() if p.requires_grad]
-        return make_optimizer(params, hp.optimizer, hp.learning_rate, hp.adam_betas, hp.weight_decay, fused)
 
     # ------------------------------------------------------------------ steps
     def _checked(self, batch: dict[str, Any], check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,9 +31,9 @@ from interdyn.models.wan.components import WAN_TI2V_REPO, WanSource
 from interdyn.models.wan.controlnet import DEFAULT_LAYERS
 from interdyn.models.wan.pipeline import InterDynWanPipeline
 from interdyn.models.wan.ti2v import encode_video_latents
-from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
+from interdyn.training.branch_training import BranchTraining
+from interdyn.training.checkpoint import complete_checkpoint, keep_branch_only
 from interdyn.training.flow_objective import FlowMatchingObjective
-from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
 from interdyn.training.sampling_context import sampling_context
 from interdyn.training.setup import check_arguments
 from interdyn.training.wan_settings import (
@@ -54,7 +54,7 @@ WAN_BACKBONE = "wan2.2-ti2v"
 _EVAL_METRICS = ("val_loss", "test_loss", "test_video_mse", "test_mask_mse")
 
 
-class InterDynWanModule(L.LightningModule):
+class InterDynWanModule(BranchTraining, L.LightningModule):
     """Trains InterDyn's control branch on a frozen Wan2.2 TI2V (see the module docstring).
 
     Args:
@@ -151,12 +151,6 @@ class InterDynWanModule(L.LightningModule):
         complete_checkpoint(checkpoint, self.controlnet, None, self.state_dict())
         self._resumed_step = int(checkpoint.get("global_step", 0))
 
-    @property
-    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
-        """Everything but the branch (read by ``DistributedDataParallel``): the frozen Wan is not broadcast."""
-        names = [n for n, _ in self.named_parameters()] + [n for n, _ in self.named_buffers()]
-        return [n for n in names if not n.startswith(BRANCH_PREFIX)]
-
     def setup(self, stage: str) -> None:
         """Refuse data whose clips this backbone cannot take, or whose control has other channels, in one
         sentence before any batch is read."""
@@ -179,34 +173,6 @@ class InterDynWanModule(L.LightningModule):
                 f"the data's control has {channels} channels but the branch takes "
                 f"{self.controlnet.config.conditioning_channels}; set model conditioning_channels: {channels}"
             )
-
-    def on_fit_start(self) -> None:
-        """Each data-parallel rank, and a resumed run, draws its own noise (``seed_everything`` seeds all
-        ranks alike, and a resumed run like its start)."""
-        step = self.__dict__.get("_resumed_step", 0)
-        if self.trainer.world_size > 1 or step > 0:
-            torch.manual_seed((torch.initial_seed() + 7919 * self.global_rank + 1_000_003 * step) % (2**63))
-
-    # ------------------------------------------------------------------ optimizer
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The optimizer on the branch's parameters only: the frozen parts get no optimizer state."""
-        hp, fused = self.hparams, self.memory.fused_optimizer
-        fused = fused if fused is not None else self.device.type == "cuda"
-        params = [p for p in self.controlnet.parameters() if p.requires_grad]
-        return make_optimizer(params, hp.optimizer, hp.learning_rate, hp.adam_betas, hp.weight_decay, fused)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip also with fused Adam under mixed precision (:func:`~interdyn.training.optim.clip_unscaling_step`)."""
-        if gradient_clip_val and unscales_in_step(optimizer):
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-            clip_unscaling_step(optimizer, scaler, gradient_clip_val, gradient_clip_algorithm)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ steps
     def _checked(self, batch: dict[str, Any], check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

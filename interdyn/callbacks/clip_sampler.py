@@ -21,7 +21,6 @@ import torch
 from interdyn.contract import has_clips
 from interdyn.data.sampling import key_seed
 from interdyn.metrics.report import json_safe
-from interdyn.models.sampling import SamplingSettings
 from interdyn.utils.files import write_atomic
 
 
@@ -142,15 +141,19 @@ class ClipSampler:
         return found
 
     def protocol(self, pl_module: L.LightningModule, shape: tuple[int, ...] | None) -> dict[str, Any]:
-        """The sampling part of a report's protocol, ``shape`` being a sample's ``(T, 3, H, W)``."""
-        settings = SamplingSettings.from_mapping(pl_module.hparams)
+        """The sampling part of a report's protocol, ``shape`` being a sample's ``(T, 3, H, W)``: the module
+        describes its own sampling (``sampling_protocol()``: steps, sampler, guidance, whatever the
+        backbone), and this sampler's step count replaces the module's when it sets one."""
+        describe = getattr(pl_module, "sampling_protocol", None)
+        own = describe() if callable(describe) else {}
         return {
             "samples_per_input": self.num_samples,
             "frames": shape[0] if shape else None,
             "resolution": f"{shape[-2]}x{shape[-1]}" if shape else None,
             "seed": self.seed,
-            "sampling_steps": self.num_inference_steps or settings.num_inference_steps,
-            "sampler": settings.scheduler,
+            "sampling_steps": self.num_inference_steps or own.get("sampling_steps"),
+            "sampler": own.get("sampler"),
+            "guidance": own.get("guidance"),
         }
 
 

@@ -32,7 +32,7 @@ from interdyn.utils.files import write_atomic
 
 def long_windows(pl_module: L.LightningModule, num_frames: int) -> list[tuple[int, int]] | None:
     """The frame spans of the windows a clip of ``num_frames`` is sampled in, when it is longer than the
-    module's UNet window (``None`` otherwise, or for a module without one): the metrics then score each
+    module's UNet window (``None`` otherwise, or for a module without a UNet, e.g. Wan's): the metrics score each
     window and the seams between them (docs/long.md)."""
     unet = getattr(pl_module, "unet", None)
     window = getattr(getattr(unet, "config", None), "num_frames", None)
@@ -164,11 +164,9 @@ class VideoEvaluation(ClipCallback):
         states = [state]
         results = summarize(states, self.metrics)
         shape = state["shape"]
-        hp = pl_module.hparams
         protocol = {
             "videos": results["num_videos"],
-            **self.sampler.protocol(pl_module, shape),
-            "guidance": f"{hp.get('min_guidance_scale')}->{hp.get('max_guidance_scale')}",
+            **self.sampler.protocol(pl_module, shape),  # the module's own sampling (SVD or Wan)
             "i3d_weights_sha256": self.evaluator.i3d_sha256,
             "tracker": self.options["tracker"] if "motion_fidelity" in self.metrics else None,
         }

@@ -315,6 +315,16 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
         """The sampling settings (``hparams.sampling``)."""
         return SamplingSettings(**self.hparams.sampling)
 
+    def sampling_protocol(self) -> dict[str, Any]:
+        """How this module samples, as a report's protocol states it (the test callbacks' ``sampling_steps``,
+        ``sampler`` and ``guidance``): SVD's steps, scheduler and frame-wise guidance range."""
+        s = self.sampling
+        return {
+            "sampling_steps": s.num_inference_steps,
+            "sampler": s.scheduler,
+            "guidance": f"{s.min_guidance_scale}->{s.max_guidance_scale}",
+        }
+
     @property
     def objective(self) -> ObjectiveSettings:
         """How the training loss draws its inputs (``hparams.objective``)."""

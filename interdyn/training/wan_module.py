@@ -269,6 +269,16 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def sampling_protocol(self) -> dict[str, Any]:
+        """How this module samples, as a report's protocol states it (the test callbacks' ``sampling_steps``,
+        ``sampler`` and ``guidance``): the steps of ``sampling``, the backbone's own scheduler by class name,
+        and no prompt guidance (one fixed prompt embedding, no negative one: the pipeline's scale stays 1)."""
+        return {
+            "sampling_steps": self.sampling.num_inference_steps,
+            "sampler": type(self.scheduler).__name__,
+            "guidance": "none",
+        }
+
     @torch.no_grad()
     def sample(
         self,

@@ -25,6 +25,13 @@ def test_a_long_test_clip_is_scored_with_its_windows_and_seams(tmp_path):
     trainer.test(module, datamodule=data)
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["protocol"]["frames"] == frames
+    # the SVD protocol's keys as before, its sampling described by the module (SVD's steps, Euler, guidance range)
+    protocol = report["protocol"]
+    assert list(protocol) == [
+        *("videos", "samples_per_input", "frames", "resolution", "seed"),
+        *("sampling_steps", "sampler", "guidance", "i3d_weights_sha256", "tracker"),
+    ]
+    assert (protocol["sampling_steps"], protocol["sampler"], protocol["guidance"]) == (1, "euler", "1.0->3.0")
     rows = report["per_video"]
     assert len(rows) == 2 and all("seam_score" in row and "seam_score_truth" in row for row in rows)
     assert all(row["seam_score"] > 0 for row in rows)

@@ -22,7 +22,7 @@ The random VAE's latents are rescaled to unit variance per channel on the traini
 ``latents_mean`` / ``latents_std`` do for the real VAE), so that the clips' differences are not lost under
 the noise of flow matching.
 
-Run ``python -m experiments.world.wan_follow --out runs/wan_follow`` (about 5 minutes on 2 CPU cores);
+Run ``python -m experiments.world.wan_follow --out runs/wan_follow`` (about 10 minutes on 2 CPU cores);
 it writes ``table.md`` and ``results.json``. ``tests/experiments/test_wan_follow.py`` runs it (slow).
 """
 
@@ -59,7 +59,7 @@ class FollowSettings:
     num_layers: int = 4
     base_steps: int = 500
     base_lr: float = 1e-3
-    branch_steps: int = 600
+    branch_steps: int = 1200
     branch_lr: float = 3e-4
     batch_size: int = 4
     sample_steps: int = 20

@@ -1,6 +1,6 @@
 """The Wan backbone's learning proof (experiments.world.wan_follow): a branch trained by the real Wan module on
 16 world clips (counterfactual groups: one first frame, several driver paths) follows its driver masks.
-The parts are checked quickly; the whole run is slow (about 5 minutes on 2 cores)."""
+The parts are checked quickly; the whole run is slow (about 10 minutes on 2 cores)."""
 
 from __future__ import annotations
 

@@ -58,9 +58,7 @@ def overlay(args: argparse.Namespace, scheduler: str, steps: int) -> dict[str, A
     return {
         "model": {
             "controlnet": args.controlnet,
-            "scheduler": scheduler,
-            "num_inference_steps": steps,
-            "conditioning_scale": 1.0,
+            "sampling": {"scheduler": scheduler, "num_inference_steps": steps, "conditioning_scale": 1.0},
         },
         "trainer": {
             "limit_test_batches": args.limit_test_batches,

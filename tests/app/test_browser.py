@@ -28,7 +28,7 @@ from interdyn.data.video import decode_frames
 from tests.helpers import REPO_ROOT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in [dev])")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -221,7 +221,11 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
             clicked[0] = time.monotonic()
         return False
 
-    WebDriverWait(browser, 240, ignored_exceptions=(StaleElementReferenceException,)).until(previewed)
+    try:
+        WebDriverWait(browser, 240, ignored_exceptions=(StaleElementReferenceException,)).until(previewed)
+    except TimeoutException:  # say what the server did: the page alone does not tell a hang from slowness
+        log = (runs.parent / "app.log").read_text()[-3000:]
+        raise AssertionError(f"no preview after 240 s; the app's log ends with:\n{log}") from None
 
     browser.find_element(By.ID, "generate").click()
     video = WebDriverWait(browser, 300).until(

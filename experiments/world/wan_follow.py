@@ -161,7 +161,7 @@ def make_base(
     }
 
 
-def train_branch(base: str, shards: str, s: FollowSettings) -> tuple[Any, float]:
+def train_branch(base: str, shards: str, s: FollowSettings, progress: bool = True) -> tuple[Any, float]:
     """An InterDyn branch on the frozen ``base``, trained by Lightning on the shards (the real module and
     data module); returns it and the wall time."""
     from interdyn.data import ShardDataModule
@@ -182,7 +182,7 @@ def train_branch(base: str, shards: str, s: FollowSettings) -> tuple[Any, float]
     )  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu", max_steps=s.branch_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
     )  # fmt: skip
     started = time.perf_counter()
     trainer.fit(module, datamodule=data)
@@ -192,6 +192,9 @@ def train_branch(base: str, shards: str, s: FollowSettings) -> tuple[Any, float]
 def driver_cells(control: torch.Tensor, spatial: int = 16, temporal: int = 4) -> torch.Tensor:
     """The latent cells a driver visits: ``(N, 1, F, h, w)`` from masks ``(N, T, C, H, W)`` (frames packed as
     the VAE packs them: the first alone, then ``temporal`` at a time)."""
+    from interdyn.models.wan.controlnet import check_clip_frames
+
+    check_clip_frames(control.shape[1], temporal)  # 1 + 4k frames, or one sentence
     driver = (control[:, :, 0] > 0).float()
     first, rest = driver[:, :1], driver[:, 1:]
     rest = rest.unflatten(1, (rest.shape[1] // temporal, temporal)).amax(2)
@@ -243,14 +246,16 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out: Path, s: FollowSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    out: Path, s: FollowSettings, log: Callable[[str], None] = print, progress: bool = True
+) -> dict[str, Any]:
     """The whole experiment: shards, base, branch, scores (written to ``out/results.json`` and ``table.md``)."""
     out.mkdir(parents=True, exist_ok=True)
     shards = write_groups(out / "shards", s)
     train, held = read_groups(shards["train"], s), read_groups(shards["held"], s)
     base = make_base(out, train, s, log)
     log(f"base trained in {base['seconds']:.0f} s; training the branch")
-    module, seconds = train_branch(base["folder"], shards["train"], s)
+    module, seconds = train_branch(base["folder"], shards["train"], s, progress)
     log(f"branch trained in {seconds:.0f} s; sampling")
     results = {
         "settings": dataclasses.asdict(s),

@@ -25,6 +25,8 @@ def test_driver_cells_pack_frames_as_the_vae_does() -> None:
     assert cells[0, 0, 0].tolist() == [[1, 0], [0, 0]]
     assert cells[0, 0, 1].tolist() == [[0, 0], [1, 0]]
     assert cells[0, 0, 2].tolist() == [[0, 0], [0, 1]]
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        driver_cells(control[:, :8])
 
 
 def test_siblings_stay_inside_their_group() -> None:
@@ -64,7 +66,7 @@ def test_a_wan_branch_trained_on_world_groups_follows_its_masks(tmp_path: Path) 
       close to the sibling's: the video goes where the masks go, which remembering scenes cannot do."""
     from experiments.world.wan_follow import FollowSettings, run
 
-    results = run(tmp_path, FollowSettings(), log=lambda _: None)
+    results = run(tmp_path, FollowSettings(), log=lambda _: None, progress=False)
     train = results["train"]
     assert train["control"] < 0.6 * train["no branch"], train
     assert train["control"] < 0.75 * train["sibling masks"], train

@@ -86,6 +86,18 @@ class RankProbe(pl.Callback):
         self._write(trainer)
 
 
+def ranks_trained_in_sync(probe: Path, steps: int) -> list[dict[str, Any]]:
+    """The two ranks' records under ``probe``, checked for what every 2-process run must show: both ran
+    ``steps`` steps in a world of 2, drew their own training clips, started from the same branch and ended
+    with the same, changed weights."""
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [steps, steps]
+    assert ranks[0]["train_keys"] != ranks[1]["train_keys"]
+    assert ranks[0]["start_hash"] == ranks[1]["start_hash"]
+    assert ranks[0]["end_hash"] == ranks[1]["end_hash"] != ranks[0]["start_hash"]
+    return ranks
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build the CLI from ``argv`` without running a subcommand, then fit and test the same trainer."""
     import lightning as L

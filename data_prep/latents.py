@@ -89,7 +89,13 @@ def read_configs(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {}
     config = read_config(paths)
     data = config.get("data") or {}
-    return config.get("model") or {}, data.get("init_args", data)
+    model = config.get("model") or {}
+    if "class_path" in model:  # e.g. the Wan backbone's configs
+        raise ValueError(
+            f"the latent cache holds SVD's latents and CLIP embeddings; the configs {[str(p) for p in paths]} "
+            f"train {model['class_path']}, which does not read them"
+        )
+    return model, data.get("init_args", data)
 
 
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any, list[str]]:

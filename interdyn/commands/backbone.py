@@ -23,9 +23,7 @@ from interdyn.models.hub import load_component, looks_like_local_path, resolve_l
 from interdyn.models.wan import WanComponents, WanControlNetModel
 from interdyn.models.wan.components import WAN_PRESETS, WAN_TI2V_REPO
 from interdyn.training.checkpoint import (
-    CONFIG_KEY,
-    branch_mismatch,
-    branch_state,
+    branch_from_checkpoint,
     is_checkpoint_path,
     read_checkpoint,
 )
@@ -148,17 +146,8 @@ def wan_branch_from_checkpoint(
 ) -> tuple[WanControlNetModel, dict[str, Any]]:
     """The Wan branch of a Wan training run's checkpoint (loaded strictly), and what the run recorded for
     sampling with it: its base, prompt embedding and sampling settings (``interdyn_base.json``'s fields)."""
-    config = {k: v for k, v in checkpoint[CONFIG_KEY].items() if not str(k).startswith("_")}
-    state = branch_state(checkpoint, "live")  # a Wan run keeps no moving average
-    try:
-        with torch.device("meta"):  # every tensor comes from the checkpoint
-            branch = WanControlNetModel(**config)
-    except (TypeError, ValueError) as err:
-        raise WeightsMismatchError(f"the Wan branch config in {where} is invalid ({err}).") from None
-    problem = branch_mismatch(branch.state_dict(), state)
-    if problem:
-        raise WeightsMismatchError(f"the Wan branch in {where} does not match its recorded config {problem}.")
-    branch.load_state_dict({k: v.to(torch_dtype, copy=True) for k, v in state.items()}, assign=True)
+    # a Wan run keeps no moving average: its live weights
+    branch = branch_from_checkpoint(checkpoint, torch_dtype, where, "live", WanControlNetModel)
     hparams = checkpoint.get("hyper_parameters") or {}
     prompt = hparams.get("prompt_embeds")
     record = {
@@ -166,7 +155,7 @@ def wan_branch_from_checkpoint(
         "prompt_embeds": recorded_base(prompt) if prompt else None,
         "sampling": dict(hparams.get("sampling") or {}),
     }
-    return branch.eval(), record
+    return branch, record
 
 
 def branch_record(folder: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import lightning as L
 import yaml
 from jsonargparse import ArgumentError
 
-from interdyn.commands.cli import InterDynCLI
+from interdyn.commands.cli import InterDynCLI, names_model_class
 from interdyn.errors import ConfigError
 from interdyn.training.module import InterDynModule
 
@@ -46,15 +46,17 @@ def read_config(
 ) -> dict[str, Any]:
     """The settings ``interdyn fit --config configs[0] --config configs[1] ... *args`` would run with, as the
     plain dict of a config file that holds them all: ``model`` (the module's arguments), ``data`` (``class_path`` and ``init_args``),
-    ``trainer``, ``optimizer``... With ``world`` those of ``interdyn world fit`` (any LightningModule named
-    by ``model.class_path``). Raises :class:`ConfigError` with the parser's reason when the
+    ``trainer``, ``optimizer``... A config that names its module's class (``model: class_path:``, as the
+    Wan backbone's and the world's configs do) is read as the command reads it, for that class; ``world``
+    forces this reading (``interdyn world fit``'s). Raises :class:`ConfigError` with the parser's reason when the
     configs do not parse (a missing file, an unknown key, a wrong type)."""
     argv = [arg for path in configs for arg in ("--config", os.fspath(path))] + list(args)
+    subclass = world or names_model_class(argv)
     try:
         cli = _ParseOnly(
-            L.LightningModule if world else InterDynModule,
+            L.LightningModule if subclass else InterDynModule,
             L.LightningDataModule,
-            subclass_mode_model=world,
+            subclass_mode_model=subclass,
             subclass_mode_data=True,
             run=False,
             args=argv,

@@ -275,15 +275,17 @@ def branch_from_checkpoint(
     torch_dtype: torch.dtype = torch.float32,
     where: str = "the checkpoint",
     weights: str = "ema",
-) -> ControlNetSDVModel:
+    model_class: type[torch.nn.Module] = ControlNetSDVModel,
+) -> torch.nn.Module:
     """Build the branch recorded in a checkpoint read by :func:`read_checkpoint` and load its weights
     strictly (every tensor present, none left over, every shape equal): the moving average of its
-    weights when the run kept one and ``weights`` is ``"ema"``, else the last step's."""
+    weights when the run kept one and ``weights`` is ``"ema"``, else the last step's. ``model_class`` is
+    the branch's class: :class:`ControlNetSDVModel`, or the Wan backbone's branch for a Wan run."""
     config = {k: v for k, v in checkpoint[CONFIG_KEY].items() if not str(k).startswith("_")}
     state = branch_state(checkpoint, weights)
     try:
         with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
-            model = ControlNetSDVModel(**config)
+            model = model_class(**config)
     except (TypeError, ValueError) as err:
         raise WeightsMismatchError(f"the branch config in {where} is invalid ({err}).") from None
     mismatch = branch_mismatch(model.state_dict(), state)

@@ -89,7 +89,7 @@ def test_the_48gb_recipe_trains_on_the_tiny_wan(tmp_path, synthetic_shards, monk
     with Adam's moments in host memory."""
     monkeypatch.chdir(tmp_path)
     config = tiny(
-        read_config([WAN_SSV2, WAN_48GB], world=True), synthetic_shards, tmp_path / "runs", "wan_48gb"
+        read_config([WAN_SSV2, WAN_48GB]), synthetic_shards, tmp_path / "runs", "wan_48gb"
     )
     config["trainer"].update(max_steps=1)
     config["trainer"]["callbacks"].append({"class_path": "tests.commands.test_wan_ddp.OptimizerProbe"})
@@ -117,7 +117,7 @@ def test_the_2x80gb_recipe_runs_on_two_processes(tmp_path, synthetic_shards):
     """configs/wan_ssv2.yaml's trainer and model recipe as two processes: each rank draws its own clips,
     the branch's weights stay in sync and change, the checkpoint holds the branch only; then `interdyn
     test` on both ranks scores every test clip once."""
-    config = tiny(read_config([WAN_SSV2], world=True), synthetic_shards, tmp_path / "runs", "wan_ssv2")
+    config = tiny(read_config([WAN_SSV2]), synthetic_shards, tmp_path / "runs", "wan_ssv2")
     trainer = config["trainer"]
     assert (
         trainer["devices"] == 2 and trainer["precision"] == "bf16-mixed" and trainer["gradient_clip_val"] > 0

@@ -308,3 +308,7 @@ def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_sh
     flat.write_text("data:\n  init_args:\n    width: 256\n")
     with pytest.raises(ConfigError, match=r"data.init_args.width, which is now data.init_args.clip.width"):
         resolve_settings(parse_args(["--config", str(base[0]), "--config", str(flat)]))
+    # a config of another module class (the Wan backbone's) is read, then refused with one sentence
+    wan = ["--config", str(REPO_ROOT / "configs" / "wan_ssv2.yaml")]
+    with pytest.raises(ValueError, match="InterDynWanModule, which does not read them"):
+        resolve_settings(parse_args(wan))

@@ -66,7 +66,7 @@ def test_the_command_takes_the_module_a_config_names():
 
 
 def test_the_ssv2_config_parses_with_wan_s_clip_and_recipe():
-    config = read_config([SSV2], world=True)
+    config = read_config([SSV2])
     model = config["model"]["init_args"]
     assert config["model"]["class_path"].endswith("InterDynWanModule") and model["wan"] == WAN_TI2V_REPO
     assert model["memory"]["frozen_dtype"] == "bfloat16" and model["memory"]["gradient_checkpointing"]

@@ -39,7 +39,7 @@ SYN_TRAIN ?= 512
 SYN_VAL ?= 32
 SYN_TEST_GROUPS ?= 16
 
-.PHONY: install test test-all lint clean help app demo demo-long world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-steps bench gpu-check gpu-check-wan device-kit weights
+.PHONY: install test test-all lint clean help app demo demo-long world-data world-base world-branch world-gpu latents shards shards-synthetic shards-ssv2 shards-clevrer shards-folder bench-loader bench-encode bench-steps bench gpu-check gpu-check-wan device-kit weights
 
 help:
 	@echo "make install   create .venv and install interdyn with its dev tools"
@@ -54,6 +54,7 @@ help:
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
 	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
+	@echo "make bench-encode  video encoding: time and reproducible bytes (writes docs/benchmarks.md)"
 	@echo "make world-gpu   a larger world on one GPU: more clips, wider VAE and UNet, longer runs (docs/world.md; not yet measured)"
 	@echo "make bench-steps   sample quality against sampler steps on the trained world (docs/benchmarks.md)"
 	@echo "make bench     training-step, sampling and optimizer-state benchmarks + full-size analysis (BENCH_DEVICE=cuda on a GPU)"
@@ -226,6 +227,10 @@ demo-long: $(CORE_STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py
+
+# libx264's time per clip, and its bytes, with the preparers' instruction sets, its own choice and its C code
+bench-encode: $(STAMP)
+	$(PY) benchmarks/encode.py
 
 # Sample quality against sampler steps on the trained world (needs `make world-data weights`)
 bench-steps: $(STAMP)

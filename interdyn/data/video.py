@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import re
 from collections.abc import Sequence
 from fractions import Fraction
@@ -55,12 +56,23 @@ DETERMINISTIC_OPTIONS = {
 }
 
 
+# The instruction sets x264 may use (its ``asm`` parameter, a mask of x264.h's CPU flags): on x86-64 its
+# MMX, MMX2, SSE and SSE2 code (flags 1, 2, 4, 8), which every x86-64 CPU has and which writes the same
+# bytes as x264's C code; elsewhere the C code. x264's own choice depends on the CPU: its SSSE3 and later
+# code writes other bytes than its C code, and its AVX-512 code other bytes from one process to the next
+# (None: x264's own choice).
+X264_ASM: int | None = 1 | 2 | 4 | 8 if platform.machine().lower() in ("x86_64", "amd64") else 0
+
+
 def encoder_options(codec: str, crf: int) -> dict[str, str]:
     """The encoder options of :func:`encode_video` for ``codec``: the quality (``crf``) and the settings
-    that make the same frames give the same bytes in any process, under any load, on any core count."""
+    that make the same frames give the same bytes in any process, under any load, on any core count and
+    any CPU of the same architecture (:data:`X264_ASM`)."""
     options = dict(DETERMINISTIC_OPTIONS.get(codec, {"threads": "1"}))
     if codec == "libx264":
         options["crf"] = str(crf)  # libvpx keeps its default rate control, as it always has here
+        if X264_ASM is not None:
+            options["x264-params"] += f":asm={X264_ASM}"
     return options
 
 
@@ -69,8 +81,8 @@ def encode_video(frames: np.ndarray, fps: float, codec: str = "libx264", crf: in
 
     The same frames always give the same bytes (:data:`DETERMINISTIC_OPTIONS`): one encoder thread,
     no slice or lookahead threads, whatever else runs on the machine (the parallelism of the preparers
-    is across videos), the RGB to YUV conversion in one thread, and a WebM container without its random
-    segment id or date."""
+    is across videos), x264's code for the instruction sets every x86-64 CPU has (:data:`X264_ASM`), the
+    RGB to YUV conversion in one thread, and a WebM container without its random segment id or date."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")

@@ -12,16 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interdyn.data import video
 from interdyn.data.video import decode_frames, encode_video
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# Shared by this process and the encoder processes (which load no torch, so they start at once and overlap).
-FRAMES_SOURCE = """
-import numpy as np
-def moving_frames(seed):
-    # 24 frames of a disc moving over noise: enough motion and detail for real encoder choices
+def moving_frames(seed: int) -> np.ndarray:
+    """24 frames of a disc moving over noise: enough motion and detail for real encoder choices."""
     rng = np.random.default_rng(seed)
     background = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
     y, x = np.mgrid[:96, :128]
@@ -31,34 +29,43 @@ def moving_frames(seed):
         frame[(y - 48) ** 2 + (x - 20 - 4 * t) ** 2 < 15**2] = (200, 60 + 5 * t, 40)
         frames.append(frame)
     return np.stack(frames)
-"""
-_frames: dict = {}
-exec(FRAMES_SOURCE, _frames)
-moving_frames = _frames["moving_frames"]
 
-# Encodes a few clips with each codec and prints one hash per encoding (the encoder module loaded from
-# its file, without the interdyn.data package and its torch).
-ENCODER_SCRIPT = (
-    FRAMES_SOURCE
-    + """
+
+def world_frames(seed: int, height: int) -> np.ndarray:
+    """A clip of the built-in world (flat floor, shaded discs, 16 frames): pictures on which x264's
+    AVX-512 code wrote other bytes in each process."""
+    from data_prep.synthetic_world import builtin_world, make_video
+
+    return make_video(np.random.default_rng([0, 2, seed]), builtin_world(height), 16, 7.0)["frames"]
+
+
+def clips() -> list[tuple[str, np.ndarray]]:
+    """The clips the encoder processes encode, with the codec of each."""
+    world = [("libx264", world_frames(i, 64)) for i in range(8)]
+    return world + [(codec, moving_frames(i)) for i in range(2) for codec in ("libx264", "libvpx-vp9")]
+
+
+# Encodes the clips of a .npz with their codecs and prints one hash per encoding (the encoder module loaded
+# from its file, without the interdyn.data package and its torch, so that the processes start at once and
+# overlap).
+ENCODER_SCRIPT = """
 import hashlib, importlib.util, sys
+import numpy as np
 spec = importlib.util.spec_from_file_location("video", "interdyn/data/video.py")
 video = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(video)
-encode_video = video.encode_video
-for i in range(int(sys.argv[1])):
-    for codec in ("libx264", "libvpx-vp9"):
-        data = encode_video(moving_frames(i), 12.0, codec=codec)
-        print(codec, i, hashlib.sha256(data).hexdigest(), flush=True)
+with np.load(sys.argv[1]) as clips:
+    for name in sorted(clips.files, key=lambda n: int(n.split("_")[0])):
+        codec = name.split("_", 1)[1]
+        print(name, hashlib.sha256(video.encode_video(clips[name], 12.0, codec=codec)).hexdigest(), flush=True)
 """
-)
 
 
-def encode_in_processes(processes: int, clips: int) -> list[str]:
+def encode_in_processes(processes: int, clips_file: Path) -> list[str]:
     """Each process's printed hashes, the processes running at the same time."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", ENCODER_SCRIPT, str(clips)],
+            [sys.executable, "-c", ENCODER_SCRIPT, str(clips_file)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -74,13 +81,27 @@ def encode_in_processes(processes: int, clips: int) -> list[str]:
     return outputs
 
 
-def test_concurrent_processes_encode_the_same_frames_to_the_same_bytes() -> None:
-    first, second = encode_in_processes(2, clips=2)
-    assert first.count("\n") == 4  # 2 clips x 2 codecs
-    assert first == second
-    # and the same bytes as this (pytest's) process, with its own threads and load
-    here = hashlib.sha256(encode_video(moving_frames(1), 12.0, codec="libvpx-vp9")).hexdigest()
-    assert first.splitlines()[3] == f"libvpx-vp9 1 {here}"
+def test_concurrent_processes_encode_the_same_frames_to_the_same_bytes(tmp_path: Path) -> None:
+    made = clips()
+    np.savez(tmp_path / "clips.npz", **{f"{i}_{codec}": frames for i, (codec, frames) in enumerate(made)})
+    outputs = encode_in_processes(3, tmp_path / "clips.npz")
+    assert outputs[0].count("\n") == len(made) == 12
+    assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
+    # and the same bytes in this (pytest's) process, with its own threads and load
+    here = [
+        f"{i}_{codec} {hashlib.sha256(encode_video(frames, 12.0, codec=codec)).hexdigest()}"
+        for i, (codec, frames) in enumerate(made)
+    ]
+    assert outputs[0].splitlines() == here
+
+
+def test_x264_writes_the_bytes_of_its_c_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bytes on any x86-64 CPU: the x264 code used writes what x264's C code writes (its own
+    choice of instruction sets would not on a CPU with SSSE3 or later)."""
+    frames = [world_frames(i, 64) for i in range(3)] + [moving_frames(0)]
+    encoded = [encode_video(f, 12.0) for f in frames]
+    monkeypatch.setattr(video, "X264_ASM", 0)
+    assert [encode_video(f, 12.0) for f in frames] == encoded
 
 
 def test_x264_runs_with_one_thread_and_no_slice_or_lookahead_threads() -> None:

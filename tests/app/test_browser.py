@@ -173,7 +173,7 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
 
     browser.get(url)
     # the page opens on the first built-in scene: wait until it is drawn (the editor is redrawn with it)
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))
+    scene = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img")).get_attribute("src")
     upload = str(tmp_path / "scene.png")
     wait.until(
         lambda d: act(
@@ -181,21 +181,31 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
             upload,
         )
     )
+    # the server has the picture once the path canvas shows it: strokes painted before would be lost
+    wait.until(redrawn(scene))
     wait.until(
         lambda d: act(
             d.find_element(By.ID, "editor").find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click
         )
     )
+    painted_at = [0.0]
+    uploaded = browser.find_element(By.CSS_SELECTOR, "#path_canvas img").get_attribute("src")
 
     def paint(d) -> bool:
-        canvas = d.find_element(By.ID, "editor").find_elements(By.CSS_SELECTOR, "canvas")[-1]
-        strokes = ActionChains(d).move_to_element_with_offset(canvas, 20, -20).click_and_hold()
-        for dx, dy in [(45, -20), (45, 0), (20, 0), (20, 15), (45, 15)]:
-            strokes.move_to_element_with_offset(canvas, dx, dy)
-        strokes.release().perform()
-        return True
+        """Paint the strokes, again if the canvas has not shown the mask 20 s later (a busy page can drop
+        strokes); True once the path canvas shows the painted mask."""
+        if redrawn(uploaded)(d):
+            return True
+        if time.monotonic() - painted_at[0] > 20:
+            canvas = d.find_element(By.ID, "editor").find_elements(By.CSS_SELECTOR, "canvas")[-1]
+            strokes = ActionChains(d).move_to_element_with_offset(canvas, 20, -20).click_and_hold()
+            for dx, dy in [(45, -20), (45, 0), (20, 0), (20, 15), (45, 15)]:
+                strokes.move_to_element_with_offset(canvas, dx, dy)
+            strokes.release().perform()
+            painted_at[0] = time.monotonic()
+        return False
 
-    wait.until(paint)
+    WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,)).until(paint)
 
     # The path canvas shows the frame once the editor has it; two clicks make a path to the left.
     path = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#path_canvas img"))
@@ -216,6 +226,8 @@ def test_paint_drag_generate_download(app_url, browser, tmp_path: Path) -> None:
     def previewed(d) -> bool:
         if d.find_elements(By.CSS_SELECTOR, "#preview_image img"):
             return True
+        errors = [t.get_attribute("textContent") for t in d.find_elements(By.CSS_SELECTOR, ".toast-body")]
+        assert not any(errors), f"the preview failed: {errors}"
         if time.monotonic() - clicked[0] > 45:
             d.find_element(By.ID, "preview").click()
             clicked[0] = time.monotonic()

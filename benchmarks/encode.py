@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import publish  # noqa: E402
+from report import machine, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ((16, 64, 64), (30, 256, 384), (60, 480, 640))  # frames, height, width
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     c_code = encoded["C code (asm=0)"]
     sizes = [f"{t} x {h}x{w}" for t, h, w in SIZES]
     lines = [
-        f"Encoding, {datetime.date.today()}: `python benchmarks/encode.py` on {platform_line()}; "
+        f"Encoding, {datetime.date.today()}: `python benchmarks/encode.py` on {machine('cpu')}; "
         f"libx264 crf 18, preset fast, one thread, median of {args.repeats} encodes; `X264_ASM` = {default}. "
         "The last column: the timed clips and 16 clips of the built-in world, each encoded in 3 processes.",
         "",
@@ -116,26 +116,6 @@ def main(argv: list[str] | None = None) -> None:
             + f" | {as_c} of {len(SIZES)} | {'yes' if same else 'no'} |"
         )
     publish("\n".join(lines), "encoding", write=not args.no_write)
-
-
-def platform_line() -> str:
-    """The CPU model and core count."""
-    import os
-    import platform
-
-    model = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if line.startswith("model name")
-            ),
-            platform.processor() or platform.machine(),
-        )
-        if os.path.exists("/proc/cpuinfo")
-        else platform.machine()
-    )
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -142,12 +142,15 @@ def is_wan_checkpoint(checkpoint: dict[str, Any]) -> bool:
 
 
 def wan_branch_from_checkpoint(
-    checkpoint: dict[str, Any], torch_dtype: torch.dtype = torch.float32, where: str = "the checkpoint"
+    checkpoint: dict[str, Any],
+    torch_dtype: torch.dtype = torch.float32,
+    where: str = "the checkpoint",
+    weights: str = "ema",
 ) -> tuple[WanControlNetModel, dict[str, Any]]:
-    """The Wan branch of a Wan training run's checkpoint (loaded strictly), and what the run recorded for
+    """The Wan branch of a Wan training run's checkpoint (loaded strictly: the moving average of its weights
+    when the run kept one and ``weights`` is ``"ema"``, else the last step's), and what the run recorded for
     sampling with it: its base, prompt embedding and sampling settings (``interdyn_base.json``'s fields)."""
-    # a Wan run keeps no moving average: its live weights
-    branch = branch_from_checkpoint(checkpoint, torch_dtype, where, "live", WanControlNetModel)
+    branch = branch_from_checkpoint(checkpoint, torch_dtype, where, weights, WanControlNetModel)
     hparams = checkpoint.get("hyper_parameters") or {}
     prompt = hparams.get("prompt_embeds")
     record = {
@@ -172,11 +175,11 @@ def recorded_base(base: Any) -> Any:
 
 
 def load_wan_branch(
-    source: str, torch_dtype: torch.dtype = torch.float32
+    source: str, torch_dtype: torch.dtype = torch.float32, weights: str = "ema"
 ) -> tuple[WanControlNetModel, dict[str, Any]]:
     """A Wan branch from a folder (``save_pretrained``'s, or an export) and what its ``interdyn_base.json``
-    records (``{}`` without one), or from a Wan run's ``.ckpt`` and what the run recorded; missing or
-    mismatched weights are one sentence."""
+    records (``{}`` without one), or from a Wan run's ``.ckpt`` (its moving average when it kept one and
+    ``weights`` is ``"ema"``) and what the run recorded; missing or mismatched weights are one sentence."""
     if is_checkpoint_path(source):
         checkpoint = read_checkpoint(source)
         if not is_wan_checkpoint(checkpoint):
@@ -184,7 +187,7 @@ def load_wan_branch(
                 f"'{source}' is a checkpoint of an SVD run; the Wan backbone needs a Wan branch (--backbone svd, "
                 "or a Wan run's checkpoint)."
             )
-        return wan_branch_from_checkpoint(checkpoint, torch_dtype, where=f"'{source}'")
+        return wan_branch_from_checkpoint(checkpoint, torch_dtype, f"'{source}'", weights)
     folder = _local(source)
     found = _json(folder / "config.json").get("_class_name") if folder is not None else None
     if found is not None and found != WAN_BRANCH_CLASS:

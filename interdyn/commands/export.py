@@ -110,14 +110,26 @@ def _export(
     return write_folder_atomic(out, lambda folder: branch.save_pretrained(folder, safe_serialization=True))
 
 
+def _which_weights(checkpoint: dict[str, Any], weights: str) -> str:
+    """Which of a checkpoint's branch weights an export with ``weights`` writes, in words."""
+    if weights == "ema" and has_ema(checkpoint):
+        return "the moving average of the weights"
+    return "the last step's weights"
+
+
 def export_wan(
-    source: str, out: Path, dtype: str, wan: str | None, checkpoint: dict[str, Any] | None = None
+    source: str,
+    out: Path,
+    dtype: str,
+    wan: str | None,
+    checkpoint: dict[str, Any] | None = None,
+    weights: str = "ema",
 ) -> Path:
-    """Write the Wan branch of a Wan run's ``checkpoint`` (read from ``source``), or of the folder
-    ``source`` (``save_pretrained``'s, or an earlier export), with the base it belongs to: ``wan``, else
-    the one the checkpoint or folder records."""
+    """Write the Wan branch of a Wan run's ``checkpoint`` (read from ``source``; its moving average when it
+    kept one and ``weights`` is ``"ema"``), or of the folder ``source`` (``save_pretrained``'s, or an earlier
+    export), with the base it belongs to: ``wan``, else the one the checkpoint or folder records."""
     if checkpoint is not None:
-        branch, record = wan_branch_from_checkpoint(checkpoint, DTYPES[dtype], where=f"'{source}'")
+        branch, record = wan_branch_from_checkpoint(checkpoint, DTYPES[dtype], f"'{source}'", weights)
     else:
         branch, record = load_wan_branch(source, DTYPES[dtype])
     base = wan if wan is not None else record.get("base")
@@ -126,6 +138,8 @@ def export_wan(
             f"'{source}' holds a Wan branch but does not say which base it was trained on; name it with --wan."
         )
     save_wan_branch(branch, out, base, record)
+    if checkpoint is not None:
+        print(f"exported {_which_weights(checkpoint, weights)} of the branch")
     _print_files(out)
     print(f"use it with: interdyn generate --controlnet {out} --image <image> --control <masks>")
     return out
@@ -160,14 +174,9 @@ def export_command(
         return export_wan(ckpt_path, target, dtype, wan)
     checkpoint = read_checkpoint(ckpt_path)
     if is_wan_checkpoint(checkpoint):
-        return export_wan(ckpt_path, target, dtype, wan, checkpoint)
+        return export_wan(ckpt_path, target, dtype, wan, checkpoint, weights)
     _export(checkpoint, ckpt_path, target, dtype, overwrite, weights)
-    which = (
-        "the moving average of the weights"
-        if weights == "ema" and has_ema(checkpoint)
-        else "the last step's weights"
-    )
-    print(f"exported {which} of the branch")
+    print(f"exported {_which_weights(checkpoint, weights)} of the branch")
     settings = checkpoint_settings(checkpoint)
     _print_files(target)
     svd = settings.get("svd", SVD_REPO)

@@ -3,20 +3,40 @@
 :class:`BranchTraining` is mixed into :class:`~interdyn.training.module.InterDynModule` (SVD) and
 :class:`~interdyn.training.wan_module.InterDynWanModule` (Wan). It expects the module to hold its branch as
 ``self.controlnet`` (under the checkpoint prefix ``BRANCH_PREFIX``), its settings as ``self.hparams``
-(``optimizer``, ``learning_rate``, ``adam_betas``, ``weight_decay``) and ``self.memory.fused_optimizer``, and
-a resumed run's step as ``self._resumed_step`` (set when a checkpoint is loaded).
+(``optimizer``, ``learning_rate``, ``adam_betas``, ``weight_decay``, ``ema_decay``) and
+``self.memory.fused_optimizer``, and a resumed run's step as ``self._resumed_step`` (set when a checkpoint is
+loaded), and to call :meth:`BranchTraining.init_average` once its branch exists.
 """
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 
+from interdyn.errors import ConfigError
 from interdyn.training.checkpoint import BRANCH_PREFIX
+from interdyn.training.ema import swap_in, swap_out, update_average
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
 
 
 class BranchTraining:
-    """Optimizer, gradient clipping, data-parallel and seeding hooks for a branch on frozen networks."""
+    """Optimizer, gradient clipping, data-parallel and seeding hooks for a branch on frozen networks, and the
+    branch's moving average (``ema_decay``): updated after every optimizer step, put into the branch while
+    validation, test and prediction run (and the callbacks' sampling at epoch end), stored by checkpoints
+    beside the last step's weights."""
+
+    def init_average(self) -> None:
+        """Start the moving average as a frozen copy of the branch when ``ema_decay`` > 0 (``branch_ema``, else
+        None); every module calls this once its branch exists. The copy is registered under its own prefix:
+        DDP ignores it (it is not ``controlnet.``) and checkpoints store it under ``EMA_KEY``, not in the state
+        dict."""
+        average = None
+        if self.hparams.get("ema_decay", 0.0) > 0:
+            average = copy.deepcopy(self.controlnet).requires_grad_(False).eval()
+        self.branch_ema: torch.nn.Module | None = average
+        self._live_backup: list[torch.Tensor] | None = None  # the live weights while the average is in use
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
@@ -28,6 +48,56 @@ class BranchTraining:
             for name, _ in (*self.named_parameters(), *self.named_buffers())
             if not name.startswith(BRANCH_PREFIX)
         ]
+
+    def average_state(self, checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """For ``on_save_checkpoint``: put the last step's weights back into ``checkpoint``'s state dict when
+        it was taken while the average was in the branch (e.g. at the end of validation), and return a copy
+        of the average's weights (None without one)."""
+        if self._live_backup is not None:
+            state = checkpoint["state_dict"]
+            for (name, _), live in zip(self.controlnet.named_parameters(), self._live_backup, strict=True):
+                state[BRANCH_PREFIX + name] = live.detach().clone()
+        if self.branch_ema is None:
+            return None
+        return {k: v.detach().clone() for k, v in self.branch_ema.state_dict().items()}
+
+    def setup(self, stage: str) -> None:
+        """Refuse a moving average under sharded strategies, whose parameters are not the branch's own."""
+        if self.branch_ema is None or self._trainer is None:
+            return
+        strategy = type(self.trainer.strategy).__name__
+        if "FSDP" in strategy or "DeepSpeed" in strategy:
+            raise ConfigError(
+                f"ema_decay needs whole parameters on every rank; it does not work with {strategy} "
+                "(use DDP or a single device, or set ema_decay 0)"
+            )
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the moving average's update."""
+        super().optimizer_step(*args, **kwargs)
+        if self.branch_ema is not None:  # global_step: the steps before this one (Lightning counts it after)
+            update_average(self.branch_ema, self.controlnet, self.global_step, self.hparams.ema_decay)
+
+    def _use_average(self, on: bool) -> None:
+        """Put the moving average into the branch (``on``), or the saved live weights back."""
+        if self.branch_ema is None or (self._live_backup is not None) == on:
+            return
+        if on:
+            self._live_backup = swap_in(self.controlnet, self.branch_ema)
+        else:
+            swap_out(self.controlnet, self._live_backup)
+            self._live_backup = None
+
+    # Lightning runs the callbacks' hooks before the module's at the start and the end of a stage: the
+    # average is in the branch for the callbacks' sampling at epoch end and out before training resumes.
+    def _average_in(self) -> None:
+        self._use_average(True)
+
+    def _average_out(self) -> None:
+        self._use_average(False)
+
+    on_validation_start = on_test_start = on_predict_start = _average_in
+    on_validation_end = on_test_end = on_predict_end = _average_out
 
     def on_fit_start(self) -> None:
         """Give each data-parallel rank its own random stream, and a resumed run a new one: ``seed_everything``

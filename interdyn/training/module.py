@@ -11,7 +11,6 @@ Checkpoints hold only the branch (and the optimizer state): the frozen parts are
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import lightning as L
@@ -30,8 +29,7 @@ from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.svd import SVDSource
 from interdyn.training.branch_training import BranchTraining
-from interdyn.training.checkpoint import BRANCH_PREFIX, complete_checkpoint, keep_branch_only
-from interdyn.training.ema import swap_in, swap_out, update_average
+from interdyn.training.checkpoint import complete_checkpoint, keep_branch_only
 from interdyn.training.objective import EDMObjective, context_branch
 from interdyn.training.sampling_context import sampling_context
 from interdyn.training.settings import DEFAULT_MEMORY, DEFAULT_OBJECTIVE, MemorySettings, ObjectiveSettings
@@ -102,12 +100,7 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
             nets.unet.config.num_frames
         )  # a context branch is made (or checked) for the base's window
         self.controlnet = context_branch(nets.controlnet, self.objective.context_frames_max, window)
-        # The average is a frozen copy of the branch, registered under its own prefix: DDP ignores it
-        # (it is not "controlnet.") and checkpoints store it under EMA_KEY, not in the state dict.
-        self.branch_ema = (
-            copy.deepcopy(self.controlnet).requires_grad_(False).eval() if ema_decay > 0 else None
-        )
-        self._live_backup: list[torch.Tensor] | None = None  # the live weights while the average is in use
+        self.init_average()
         enable_checkpointing(
             self.controlnet,
             self.unet,
@@ -143,58 +136,13 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the branch's weights (the last step's, also while the average is in use) and their
         moving average: the frozen SVD is reloaded from ``svd`` on resume."""
-        if self._live_backup is not None:  # e.g. a checkpoint written at the end of validation
-            state = checkpoint["state_dict"]
-            for (name, _), live in zip(self.controlnet.named_parameters(), self._live_backup, strict=True):
-                state[BRANCH_PREFIX + name] = live.detach().clone()
-        ema = None
-        if self.branch_ema is not None:
-            ema = {k: v.detach().clone() for k, v in self.branch_ema.state_dict().items()}
-        keep_branch_only(checkpoint, self.controlnet, ema)
+        keep_branch_only(checkpoint, self.controlnet, self.average_state(checkpoint))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint's branch weights and fill in the frozen weights from the loaded SVD (and the
         average from the checkpoint's, or from its branch when it kept none)."""
         complete_checkpoint(checkpoint, self.controlnet, self.branch_ema, self.state_dict())
         self._resumed_step = int(checkpoint.get("global_step", 0))  # seeds the resumed run (on_fit_start)
-
-    def setup(self, stage: str) -> None:
-        """Refuse a moving average under sharded strategies, whose parameters are not the branch's own."""
-        if self.branch_ema is None or self._trainer is None:
-            return
-        strategy = type(self.trainer.strategy).__name__
-        if "FSDP" in strategy or "DeepSpeed" in strategy:
-            raise ConfigError(
-                f"ema_decay needs whole parameters on every rank; it does not work with {strategy} "
-                "(use DDP or a single device, or set ema_decay 0)"
-            )
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer step, then the moving average's update."""
-        super().optimizer_step(*args, **kwargs)
-        if self.branch_ema is not None:  # global_step: the steps before this one (Lightning counts it after)
-            update_average(self.branch_ema, self.controlnet, self.global_step, self.hparams.ema_decay)
-
-    def _use_average(self, on: bool) -> None:
-        """Put the moving average into the branch (``on``), or the saved live weights back."""
-        if self.branch_ema is None or (self._live_backup is not None) == on:
-            return
-        if on:
-            self._live_backup = swap_in(self.controlnet, self.branch_ema)
-        else:
-            swap_out(self.controlnet, self._live_backup)
-            self._live_backup = None
-
-    # Lightning runs the callbacks' hooks before the module's at the start and the end of a stage: the
-    # average is in the branch for the callbacks' sampling at epoch end and out before training resumes.
-    def _average_in(self) -> None:
-        self._use_average(True)
-
-    def _average_out(self) -> None:
-        self._use_average(False)
-
-    on_validation_start = on_test_start = on_predict_start = _average_in
-    on_validation_end = on_test_end = on_predict_end = _average_out
 
     # ------------------------------------------------------------------ steps
     def _checked(self, batch: dict[str, Any], check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,6 +73,11 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
             (:func:`~interdyn.models.wan.prompt.save_prompt_embeds`); None: zeros, no text encoder at all.
         learning_rate, adam_betas, weight_decay, optimizer: the optimizer on the branch's parameters
             (``adam``, ``adamw``, ``adam_offload`` or ``adamw8bit``, as for SVD).
+        ema_decay: keep an exponential moving average of the branch's weights, as the SVD module does (decay per
+            optimizer step, warmed up as ``min(ema_decay, (1 + step) / (10 + step))``; 0, the default, keeps
+            none). Validation, test and prediction then use the average, which checkpoints store next to the
+            last step's weights and ``interdyn export`` and ``interdyn generate`` take by default. Single-device
+            and DDP training only.
         objective: the flow-matching draws and the validation loss's fixed ones
             (:class:`~interdyn.training.wan_settings.WanObjectiveSettings`).
         sampling: the sampler's steps and the branch's scale (:class:`WanSamplingSettings`).
@@ -94,6 +99,7 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         adam_betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         optimizer: str = "adam",
+        ema_decay: float = 0.0,
         objective: WanObjectiveSettings = DEFAULT_WAN_OBJECTIVE,
         sampling: WanSamplingSettings = DEFAULT_WAN_SAMPLING,
         memory: WanMemorySettings = DEFAULT_WAN_MEMORY,
@@ -117,6 +123,7 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         # Registered frozen parts first; the branch under the prefix checkpoints keep (BRANCH_PREFIX).
         self.transformer, self.vae, self.scheduler = nets.wan.transformer, nets.wan.vae, nets.scheduler
         self.controlnet = nets.controlnet
+        self.init_average()
         self.register_buffer("prompt_embeds", nets.prompt_embeds, persistent=False)
         self.rules = clip_rules(nets.wan)
         self.flow = FlowMatchingObjective(self.objective)
@@ -130,30 +137,33 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
     def train(self, mode: bool = True) -> InterDynWanModule:
         """Switch the branch's mode; the frozen parts always stay in eval mode."""
         super().train(mode)
-        self.transformer.eval()
-        self.vae.eval()
+        for frozen in (self.transformer, self.vae, self.branch_ema):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the branch's weights and config, and name the backbone: the frozen Wan is reloaded from
-        ``wan`` on resume."""
-        keep_branch_only(checkpoint, self.controlnet)
+        """Keep only the branch's weights (the last step's, also while the average is in use), its config and
+        moving average, and name the backbone: the frozen Wan is reloaded from ``wan`` on resume."""
+        keep_branch_only(checkpoint, self.controlnet, self.average_state(checkpoint))
         checkpoint[BACKBONE_KEY] = WAN_BACKBONE
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint holds a Wan branch that fits this one, and fill in the frozen weights."""
+        """Check that the checkpoint holds a Wan branch that fits this one, and fill in the frozen weights (and
+        the average from the checkpoint's, or from its branch when it kept none)."""
         found = checkpoint.get(BACKBONE_KEY, "svd")
         if found != WAN_BACKBONE:
             raise WeightsMismatchError(
                 f"this checkpoint holds a branch trained on the {found} backbone, not on {WAN_BACKBONE}; test "
                 "it with that backbone's config"
             )
-        complete_checkpoint(checkpoint, self.controlnet, None, self.state_dict())
+        complete_checkpoint(checkpoint, self.controlnet, self.branch_ema, self.state_dict())
         self._resumed_step = int(checkpoint.get("global_step", 0))
 
     def setup(self, stage: str) -> None:
         """Refuse data whose clips this backbone cannot take, or whose control has other channels, in one
-        sentence before any batch is read."""
+        sentence before any batch is read (and a moving average under sharded strategies)."""
+        super().setup(stage)
         data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if data is None:
             return

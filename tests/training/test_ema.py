@@ -113,3 +113,57 @@ def test_decay_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ConfigError, match="ema_decay"):
         tiny_module(ema_decay=1.0)
     assert tiny_module().branch_ema is None
+
+
+def test_a_wan_run_averages_its_branch_and_export_and_generate_take_the_average(tmp_path) -> None:
+    """The same average on the Wan backbone: the shared training hooks update it and put it in for
+    validation; its checkpoint keeps both weights; the Wan readers (export, generate's loader, a branch
+    started from a checkpoint) take the average unless asked for the last step's."""
+    from interdyn.commands.backbone import load_wan_branch, wan_branch_from_checkpoint
+    from interdyn.commands.export import export_command
+    from tests.training.wan.helpers import tiny_wan_module, toy_data
+
+    torch.manual_seed(0)
+    module = tiny_wan_module(layers="first:1", ema_decay=0.5, learning_rate=1e-2)
+    start = _params(module.controlnet)
+    recorder = _Recorder()
+    saver = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, enable_version_counter=False
+    )
+    trainer = short_fit_trainer(
+        max_steps=3,
+        val_check_interval=3,
+        callbacks=[recorder, saver],
+        enable_checkpointing=True,
+        logger=False,
+    )
+    trainer.fit(module, datamodule=toy_data(num_train=6))
+
+    live, average = recorder.steps[-1][1], _params(module.branch_ema)
+    assert _close(average, _expected_average(start, recorder.steps, 0.5))
+    assert not _close(average, live)
+    assert recorder.in_validation and _close(recorder.in_validation[0], average), (
+        "validation uses the average"
+    )
+    assert _close(_params(module.controlnet), live) and not module.branch_ema.training
+
+    path = tmp_path / "ckpt" / "last.ckpt"
+    checkpoint = read_checkpoint(path)
+    names = [n for n, _ in module.controlnet.named_parameters()]
+    assert _close([checkpoint["state_dict"][BRANCH_PREFIX + n] for n in names], live)
+    assert _close([checkpoint[EMA_KEY][n] for n in names], average)
+    assert _close(_params(wan_branch_from_checkpoint(checkpoint)[0]), average)
+    assert _close(_params(wan_branch_from_checkpoint(checkpoint, weights="live")[0]), live)
+    assert _close(_params(load_wan_branch(str(path))[0]), average), "generate's loader takes the average"
+
+    export_command(str(path), str(tmp_path / "ema"))
+    export_command(str(path), str(tmp_path / "live"), weights="live")
+    assert _close(_params(load_wan_branch(str(tmp_path / "ema"))[0]), average)
+    assert _close(_params(load_wan_branch(str(tmp_path / "live"))[0]), live)
+
+    resumed = tiny_wan_module(layers="first:1", ema_decay=0.5)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert _close(_params(resumed.branch_ema), average) and _close(_params(resumed.controlnet), live)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        tiny_wan_module(ema_decay=1.0)

@@ -115,8 +115,9 @@ def tiny_module(**kw) -> InterDynModule:
     return InterDynModule(**nest_settings(kw))
 
 
-def toy_batch(n: int = 2, frames: int = 6) -> dict:
-    data = MovingShapesDataset(n, num_frames=frames, height=64, width=64, seed=3)
+def toy_batch(n: int = 2, frames: int = 6, size: int = 64) -> dict:
+    """``n`` toy clips of ``frames`` square frames of ``size`` pixels as one batch, with their keys."""
+    data = MovingShapesDataset(n, num_frames=frames, height=size, width=size, seed=3)
     items = [data[i] for i in range(n)]
     return {
         "pixel_values": torch.stack([it["pixel_values"] for it in items]),

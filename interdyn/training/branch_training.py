@@ -2,10 +2,12 @@
 
 :class:`BranchTraining` is mixed into :class:`~interdyn.training.module.InterDynModule` (SVD) and
 :class:`~interdyn.training.wan_module.InterDynWanModule` (Wan). It expects the module to hold its branch as
-``self.controlnet`` (under the checkpoint prefix ``BRANCH_PREFIX``), its settings as ``self.hparams``
-(``optimizer``, ``learning_rate``, ``adam_betas``, ``weight_decay``, ``ema_decay``) and
-``self.memory.fused_optimizer``, and a resumed run's step as ``self._resumed_step`` (set when a checkpoint is
-loaded), and to call :meth:`BranchTraining.init_average` once its branch exists.
+``self.controlnet`` (under the checkpoint prefix ``BRANCH_PREFIX``); its settings as ``self.hparams``
+(``optimizer``, ``learning_rate``, ``adam_betas``, ``weight_decay``, ``ema_decay``, ``num_samples``,
+``sample_seed``) and ``self.memory.fused_optimizer``; ``self._checked(batch)`` (a batch's clips and control,
+checked) and ``self.sample(pixels, control, seed=...)`` (videos ``(B, N, T, 3, H, W)`` in ``[0, 1]``, one
+seed or one per clip); a resumed run's step as ``self._resumed_step`` (set when a checkpoint is loaded). It
+calls :meth:`BranchTraining.init_average` once its branch exists.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Any
 
 import torch
 
+from interdyn.contract import has_clips
+from interdyn.data.sampling import key_seed
 from interdyn.errors import ConfigError
 from interdyn.training.checkpoint import BRANCH_PREFIX
 from interdyn.training.ema import swap_in, swap_out, update_average
 from interdyn.training.optim import clip_unscaling_step, make_optimizer, unscales_in_step
+from interdyn.utils.render import to_uint8
 
 
 class BranchTraining:
@@ -131,3 +136,32 @@ class BranchTraining:
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         clip_unscaling_step(optimizer, scaler, gradient_clip_val, gradient_clip_algorithm)
+
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any] | None:
+        """Sample videos for a batch, its clips together; returns ``{"key", "videos": (B, N, T, 3, H, W)
+        uint8}`` on the host. Clips with keys are seeded by key (the same videos whatever the batch, rank
+        or order), and those a prediction writer already holds (a callback with ``has_prediction(key, n)``,
+        e.g. :class:`~interdyn.callbacks.VideoPredictionWriter`) are not sampled again, so a killed run
+        resumes. Batches holding only records of skipped samples, or only written clips, give None."""
+        if not has_clips(batch):
+            return None
+        pixels, control = self._checked(batch)
+        keys = batch.get("key")
+        if not keys:
+            videos = self.sample(pixels, control, seed=self.hparams.sample_seed + batch_idx)
+            return {"key": keys, "videos": to_uint8(videos).cpu()}
+        n = self.hparams.num_samples
+        writers = [c for c in self.trainer.callbacks if hasattr(c, "has_prediction")] if self._trainer else []
+        todo = [
+            i
+            for i, key in enumerate(keys)
+            if not writers or not all(w.has_prediction(key, n) for w in writers)
+        ]
+        if not todo:
+            return None
+        index = torch.tensor(todo, device=pixels.device)
+        seeds = [key_seed(self.hparams.sample_seed, keys[i]) for i in todo]
+        videos = self.sample(pixels.index_select(0, index), control.index_select(0, index), seed=seeds)
+        return {"key": [keys[i] for i in todo], "videos": to_uint8(videos).cpu()}

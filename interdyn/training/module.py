@@ -22,7 +22,6 @@ from interdyn.contract import (
     validate_batch,
     validate_cached_batch,
 )
-from interdyn.data.sampling import key_seed
 from interdyn.errors import ConfigError
 from interdyn.models.hub import SVD_REPO
 from interdyn.models.pipeline import InterDynPipeline
@@ -34,7 +33,6 @@ from interdyn.training.objective import EDMObjective, context_branch
 from interdyn.training.sampling_context import sampling_context
 from interdyn.training.settings import DEFAULT_MEMORY, DEFAULT_OBJECTIVE, MemorySettings, ObjectiveSettings
 from interdyn.training.setup import build_networks, check_arguments, enable_checkpointing, store_settings
-from interdyn.utils.render import to_uint8
 
 
 class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
@@ -320,32 +318,3 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
                 image, control, num_videos_per_prompt=n, generator=generator, output_type="pt", **kwargs
             ).frames
         return frames.float().unflatten(0, (image.shape[0], n))
-
-    def predict_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, Any] | None:
-        """Sample videos for a batch, its clips together; returns ``{"key", "videos": (B, N, T, 3, H, W)
-        uint8}`` on the host. Clips with keys are seeded by key (the same videos whatever the batch, rank
-        or order), and those a prediction writer already holds (a callback with ``has_prediction(key, n)``,
-        e.g. :class:`~interdyn.callbacks.VideoPredictionWriter`) are not sampled again, so a killed run
-        resumes. Batches holding only records of skipped samples, or only written clips, give None."""
-        if not has_clips(batch):
-            return None
-        pixel_values, control = self._checked(batch)
-        keys = batch.get("key")
-        if not keys:
-            videos = self.sample(pixel_values, control, seed=self.hparams.sample_seed + batch_idx)
-            return {"key": keys, "videos": to_uint8(videos).cpu()}
-        n = self.hparams.num_samples
-        writers = [c for c in self.trainer.callbacks if hasattr(c, "has_prediction")] if self._trainer else []
-        todo = [
-            i
-            for i, key in enumerate(keys)
-            if not writers or not all(w.has_prediction(key, n) for w in writers)
-        ]
-        if not todo:
-            return None
-        index = torch.tensor(todo, device=pixel_values.device)
-        seeds = [key_seed(self.hparams.sample_seed, keys[i]) for i in todo]
-        videos = self.sample(pixel_values.index_select(0, index), control.index_select(0, index), seed=seeds)
-        return {"key": [keys[i] for i in todo], "videos": to_uint8(videos).cpu()}

@@ -46,7 +46,6 @@ from interdyn.training.wan_settings import (
     store_wan_settings,
 )
 from interdyn.training.wan_setup import build_wan_networks, clip_rules
-from interdyn.utils.render import to_uint8
 
 # The checkpoint entry naming the backbone a branch was trained on (SVD checkpoints have none).
 BACKBONE_KEY = "interdyn_backbone"
@@ -318,17 +317,6 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
                 generator=generator, output_type="pt", **kwargs,
             ).frames  # fmt: skip
         return frames.float().unflatten(0, (image.shape[0], n))
-
-    def predict_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, Any] | None:
-        """Sample videos for a batch: ``{"key", "videos": (B, N, T, 3, H, W) uint8}`` on the host; clips with
-        keys are seeded by key (the same videos whatever the batch, rank or order)."""
-        if not has_clips(batch):
-            return None
-        pixels, control = self._checked(batch)
-        videos = self.sample(pixels, control, seed=self._seeds(batch, batch_idx))
-        return {"key": batch.get("key"), "videos": to_uint8(videos).cpu()}
 
     def _seeds(self, batch: dict[str, Any], batch_idx: int) -> int | list[int]:
         """One seed per clip from its key (the same videos whatever the batch, rank or order), or one for a

@@ -4,12 +4,26 @@ host memory, and a killed run finished by rerunning it, with the same bytes as o
 from __future__ import annotations
 
 import lightning as L
+import pytest
 from torch.utils.data import DataLoader
 
 from interdyn.callbacks import VideoPredictionWriter
 from interdyn.data.video import decode_frames
 from interdyn.utils.files import TMP_SUFFIX
 from tests.helpers import tiny_module, toy_batch
+from tests.training.wan.helpers import FRAMES, SIZE, tiny_wan_module
+
+
+def svd_case():
+    """The tiny SVD module sampling 2 videos per clip in one step, and 4 toy clips of its shape."""
+    return tiny_module(num_samples=2, num_inference_steps=1), toy_batch(n=4, frames=4), (4, 64, 64, 3)
+
+
+def wan_case():
+    """The same for the tiny Wan (its smallest clip)."""
+    module = tiny_wan_module(layers="first:1", num_samples=2, sampling={"num_inference_steps": 1})
+    batch = toy_batch(n=4, frames=FRAMES, size=SIZE)
+    return module, batch, (FRAMES, SIZE, SIZE, 3)
 
 
 def predict(module, out, batches) -> tuple[list, list[int]]:
@@ -26,9 +40,9 @@ def predict(module, out, batches) -> tuple[list, list[int]]:
     return predictions, calls
 
 
-def test_videos_go_to_disk_per_clip_and_a_rerun_samples_only_what_is_missing(tmp_path):
-    module = tiny_module(num_samples=2, num_inference_steps=1)
-    whole = toy_batch(n=4, frames=4)
+@pytest.mark.parametrize("case", [svd_case, wan_case], ids=["svd", "wan"])
+def test_videos_go_to_disk_per_clip_and_a_rerun_samples_only_what_is_missing(tmp_path, case):
+    module, whole, shape = case()
     batches = [
         {k: v[:2] for k, v in whole.items()},
         {k: v[2:] for k, v in whole.items()},
@@ -41,7 +55,7 @@ def test_videos_go_to_disk_per_clip_and_a_rerun_samples_only_what_is_missing(tmp
     assert calls == [2, 2]  # each batch's clips sampled together
     # what trainer.predict keeps: keys and paths, no videos
     assert all(p["videos"] is None and len(p["paths"]) == 4 for p in predictions)
-    assert decode_frames((out / files[0]).read_bytes()).shape == (4, 64, 64, 3)
+    assert decode_frames((out / files[0]).read_bytes()).shape == shape
     first_run = {name: (out / name).read_bytes() for name in files}
 
     # a run killed after clip 2's first video: clips 2 and 3 are sampled again (together, each with its
@@ -56,5 +70,5 @@ def test_videos_go_to_disk_per_clip_and_a_rerun_samples_only_what_is_missing(tmp
         if name.startswith((keys[0], keys[1])):
             assert (out / name).read_bytes() == data, name
         else:  # rewritten whole (the same videos up to the sampling's rounding)
-            assert decode_frames((out / name).read_bytes()).shape == (4, 64, 64, 3)
+            assert decode_frames((out / name).read_bytes()).shape == shape
     assert not list(out.glob(f"*{TMP_SUFFIX}*"))  # written through temporary files, all renamed

@@ -54,17 +54,27 @@ class BackboneOptions:
             else svd), svd or wan
         wan: the Wan2.2 TI2V base: a diffusers folder or hub id, or random:wan-tiny (default: the one an
             exported Wan branch names, else Wan-AI/Wan2.2-TI2V-5B-Diffusers)
-        prompt_embeds: Wan only: the fixed prompt embedding, a .safetensors written by
-            interdyn.models.wan.save_prompt_embeds (default: the one the branch was trained with, else zeros)
+        prompt_embeds: Wan only: the fixed prompt embedding, a .safetensors written by interdyn prompt
+            (default: the one the branch was trained with, else zeros)
+        guidance_scale: Wan only: prompt guidance, each step moved away from the negative prompt embedding
+            by this factor; 1: none (default: the branch's recorded setting, else 1)
+        negative_prompt_embeds: Wan only: the negative prompt embedding of --guidance_scale above 1, a
+            .safetensors written by interdyn prompt (default: the one the branch's run named)
     """
 
     backbone: Literal["auto", "svd", "wan"] = "auto"
     wan: str | None = None
     prompt_embeds: str | None = None
+    guidance_scale: float | None = None
+    negative_prompt_embeds: str | None = None
+
+
+# The options of BackboneOptions that only the Wan backbone takes.
+WAN_ONLY = ("prompt_embeds", "guidance_scale", "negative_prompt_embeds")
 
 
 def add_backbone_options(parser: ArgumentParser) -> None:
-    """A ``--backbone``, ``--wan`` and ``--prompt_embeds`` option (:class:`BackboneOptions`)."""
+    """The options of :class:`BackboneOptions`: ``--backbone``, ``--wan`` and the Wan prompt's."""
     parser.add_class_arguments(BackboneOptions, as_group=False, fail_untyped=True)
 
 
@@ -80,9 +90,15 @@ def backbone_of(args: Any) -> str:
     found = choice if choice != "auto" else "wan" if wan is not None else None
     if found is None:
         found = "wan" if is_wan_base(args.svd) or is_wan_branch(args.controlnet) else "svd"
-    if found == "svd" and getattr(args, "prompt_embeds", None) is not None:
+    given = [name for name in WAN_ONLY if getattr(args, name, None) is not None]
+    if found == "svd" and given:
+        guidance = (
+            " (its guidance is --min_guidance_scale and --max_guidance_scale)"
+            if "guidance" in given[0]
+            else ""
+        )
         raise InputError(
-            "--prompt_embeds is for the Wan backbone; SVD takes no text (name a Wan base with --wan)."
+            f"--{given[0]} is for the Wan backbone; SVD takes no text{guidance} (name a Wan base with --wan)."
         )
     return found
 
@@ -149,13 +165,14 @@ def wan_branch_from_checkpoint(
 ) -> tuple[WanControlNetModel, dict[str, Any]]:
     """The Wan branch of a Wan training run's checkpoint (loaded strictly: the moving average of its weights
     when the run kept one and ``weights`` is ``"ema"``, else the last step's), and what the run recorded for
-    sampling with it: its base, prompt embedding and sampling settings (``interdyn_base.json``'s fields)."""
+    sampling with it: its base, prompt embeddings and sampling settings (``interdyn_base.json``'s fields)."""
     branch = branch_from_checkpoint(checkpoint, torch_dtype, where, weights, WanControlNetModel)
     hparams = checkpoint.get("hyper_parameters") or {}
-    prompt = hparams.get("prompt_embeds")
+    prompt, negative = hparams.get("prompt_embeds"), hparams.get("negative_prompt_embeds")
     record = {
         "base": recorded_base(hparams.get("wan", WAN_TI2V_REPO)),
         "prompt_embeds": recorded_base(prompt) if prompt else None,
+        "negative_prompt_embeds": recorded_base(negative) if negative else None,
         "sampling": dict(hparams.get("sampling") or {}),
     }
     return branch, record

@@ -13,7 +13,8 @@ frames per latent frame; the SVD default of 14 becomes 13, another count is refu
 a driver cut shorter by its file loses its last frames down to ``1 + 4k``) and a size that is a multiple
 of 32; the sampler is the base's own scheduler, whose only settings here are ``--steps`` and
 ``--conditioning_scale``; the text context is one fixed prompt embedding (zeros by default,
-``--prompt_embeds`` for a file).
+``--prompt_embeds`` for a file), optionally guided away from a negative one (``--guidance_scale`` with
+``--negative_prompt_embeds``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 
 from interdyn.commands.backbone import (
+    branch_record,
     check_wan_compatible,
     is_wan_base,
     load_wan_branch,
@@ -164,26 +166,54 @@ def whole_latent_frames(inputs: GenerationInputs) -> GenerationInputs:
 
 
 def wan_sampling(args: Any, recorded: dict[str, Any]) -> dict[str, Any]:
-    """Steps and branch scale: the command line's, else the branch's recorded ones, else the defaults."""
+    """Steps, branch scale and prompt guidance: the command line's, else the branch's recorded ones, else the
+    defaults."""
     given = {k: v for k, v in given_settings(args, SamplingSettings).items() if k in WAN_SAMPLING}
     values = {k: recorded[k] for k in WAN_SAMPLING if k in recorded} | given
     steps = int(values.get("num_inference_steps", DEFAULT_SAMPLING.num_inference_steps))
     if steps < 1:
         raise InputError("--num_inference_steps (--steps) must be at least 1.")
     scale = float(values.get("conditioning_scale", DEFAULT_SAMPLING.conditioning_scale))
-    return {"num_inference_steps": steps, "conditioning_scale": scale}
+    given_guidance = getattr(args, "guidance_scale", None)
+    guidance = float(given_guidance if given_guidance is not None else recorded.get("guidance_scale", 1.0))
+    check_guidance_scale(guidance)
+    return {"num_inference_steps": steps, "conditioning_scale": scale, "guidance_scale": guidance}
 
 
-def prompt_embedding(args: Any, weights: LoadedWanWeights) -> tuple[torch.Tensor, str]:
-    """The fixed prompt embedding ``(1, S, text_dim)`` and what it is: ``--prompt_embeds``, else the one the
-    branch was trained with, else zeros."""
-    text_dim = weights.pipe.transformer.config.text_dim
-    path = args.prompt_embeds or weights.recorded.get("prompt_embeds")
-    if path is None:
-        return zero_prompt_embeds(text_dim), "zeros (no text)"
+def check_guidance_scale(scale: float) -> None:
+    """Refuse a prompt guidance scale below 1 in one sentence."""
+    if not scale >= 1:
+        raise InputError(f"--guidance_scale must be at least 1 (1: no prompt guidance), got {scale:g}.")
+
+
+def check_guidance_early(args: Any) -> None:
+    """Before any weights are read: a ``--guidance_scale`` below 1, or above 1 with no negative prompt embedding
+    given and none that a branch folder could record (no branch, or a folder without one)."""
+    scale = getattr(args, "guidance_scale", None)
+    if scale is None:
+        return
+    check_guidance_scale(scale)
+    source = branch_source(args)
+    if scale > 1 and getattr(args, "negative_prompt_embeds", None) is None:
+        folder = source is not None and Path(source).expanduser().is_dir()
+        if source is None or (folder and branch_record(source).get("negative_prompt_embeds") is None):
+            raise_no_negative(scale)
+
+
+def raise_no_negative(scale: float) -> NoReturn:
+    """The one sentence for prompt guidance without a negative prompt embedding."""
+    raise InputError(
+        f"--guidance_scale {scale:g} needs a negative prompt embedding: pass --negative_prompt_embeds (a file "
+        "written by interdyn prompt), or --guidance_scale 1."
+    )
+
+
+def read_prompt_embeds(path: Any, text_dim: int, option: str) -> torch.Tensor:
+    """The prompt embedding ``(1, S, text_dim)`` stored at ``path`` (named by ``option``, or recorded with the
+    branch); a missing, unreadable or mis-shaped file is one sentence."""
     file = Path(str(path)).expanduser()
     if not file.is_file():
-        raise InputError(f"the prompt embedding '{path}' does not exist (--prompt_embeds).")
+        raise InputError(f"the prompt embedding '{path}' does not exist (--{option}).")
     try:
         embeds = load_prompt_embeds(file)
     except (OSError, ValueError, SafetensorError) as err:
@@ -193,7 +223,31 @@ def prompt_embedding(args: Any, weights: LoadedWanWeights) -> tuple[torch.Tensor
             f"the prompt embedding '{path}' has shape {tuple(embeds.shape)}, but this Wan base takes "
             f"(1, length, {text_dim})."
         )
-    return embeds, str(path)
+    return embeds
+
+
+def prompt_embedding(args: Any, weights: LoadedWanWeights) -> tuple[torch.Tensor, str]:
+    """The fixed prompt embedding ``(1, S, text_dim)`` and what it is: ``--prompt_embeds``, else the one the
+    branch was trained with, else zeros."""
+    text_dim = weights.pipe.transformer.config.text_dim
+    path = args.prompt_embeds or weights.recorded.get("prompt_embeds")
+    if path is None:
+        return zero_prompt_embeds(text_dim), "zeros (no text)"
+    return read_prompt_embeds(path, text_dim, "prompt_embeds"), str(path)
+
+
+def negative_embedding(
+    args: Any, weights: LoadedWanWeights, guidance_scale: float
+) -> tuple[torch.Tensor | None, str | None]:
+    """The negative prompt embedding of prompt guidance and its file: ``--negative_prompt_embeds``, else the
+    one the branch's run named; none without guidance, and a guidance scale above 1 without one is refused."""
+    if guidance_scale <= 1:
+        return None, None
+    path = getattr(args, "negative_prompt_embeds", None) or weights.recorded.get("negative_prompt_embeds")
+    if path is None:
+        raise_no_negative(guidance_scale)
+    text_dim = weights.pipe.transformer.config.text_dim
+    return read_prompt_embeds(path, text_dim, "negative_prompt_embeds"), str(path)
 
 
 def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> GenerateResult:
@@ -201,6 +255,7 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
     ``weights``), sample every control sequence, write the outputs as the SVD path does."""
     resolve_device(args.device)
     args = wan_clip_args(args)
+    check_guidance_early(args)
     out = Path(args.out).expanduser()
     inputs = whole_latent_frames(prepare_run(args, out))
     if weights is not None and weights.key != wan_weights_key(args):
@@ -208,6 +263,12 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
     weights = weights or load_wan_weights(args)
     sampling = wan_sampling(args, weights.recorded.get("sampling") or {})
     embeds, prompt = prompt_embedding(args, weights)
+    negative, negative_path = negative_embedding(args, weights, sampling["guidance_scale"])
+    guidance = (
+        f"guidance {sampling['guidance_scale']:g} from {negative_path}"
+        if negative is not None
+        else "no guidance"
+    )
     pipe = weights.pipe
     pipe.set_progress_bar_config(disable=args.no_progress, desc="sampling")
     base = weights.base if isinstance(weights.base, str) else "an architecture dict (random weights)"
@@ -216,15 +277,16 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
     print(
         f"sampling: {args.num_samples} sample(s) per control, seed {args.seed}, steps "
         f"{sampling['num_inference_steps']}, conditioning_scale {sampling['conditioning_scale']:g}, "
-        f"{type(pipe.scheduler).__name__}, prompt {prompt}"
+        f"{type(pipe.scheduler).__name__}, prompt {prompt}, {guidance}"
     )
     image = image_to_tensor(inputs.image).expand(args.num_samples, -1, -1, -1)
     videos: dict[str, np.ndarray] = {}
     for label, control in zip(inputs.labels, inputs.controls, strict=True):
         generator = torch.Generator().manual_seed(args.seed)  # as SVD's path: the same noise for every row
         frames = pipe(
-            image, embeds, control=control_tensor(control), generator=generator, output_type="np", **sampling
-        ).frames
+            image, embeds, control=control_tensor(control), negative_prompt_embeds=negative,
+            generator=generator, output_type="np", **sampling,
+        ).frames  # fmt: skip
         videos[label] = to_uint8(frames)
     record = run_record(args, inputs, None, weights.device, weights.dtype, sampling)
     del record["svd"]
@@ -234,6 +296,7 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
         "controlnet": branch_source(args) or NO_BRANCH,
         "scheduler": type(pipe.scheduler).__name__,
         "prompt_embeds": prompt,
+        "negative_prompt_embeds": negative_path,
     }
     paths = write_run(inputs, videos, out, record)
     return GenerateResult(inputs, videos, paths, sampling)

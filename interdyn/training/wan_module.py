@@ -4,7 +4,8 @@ control branch (:class:`~interdyn.models.wan.controlnet.WanControlNetModel`).
 Training minimises the backbone's own objective, flow matching with its timestep shift
 (:class:`~interdyn.training.flow_objective.FlowMatchingObjective`), on VAE latents of the clips, the first
 latent frame being the clean conditioning image as in TI2V. There is no text: the transformer's context is
-one fixed prompt embedding (zeros, or read from a file), held as a buffer and never saved. Validation and
+one fixed prompt embedding (zeros, or read from a file), held as a buffer and never saved; sampling may guide
+it away from a negative one (``sampling.guidance_scale`` with ``negative_prompt_embeds``). Validation and
 test compute the same loss with fixed noise levels and noise; test also samples each clip with
 :class:`~interdyn.models.wan.pipeline.InterDynWanPipeline` (seeded by its key) and scores the videos
 against the clip, over all pixels and inside the driver masks; prediction samples videos.
@@ -69,7 +70,11 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
             ``control_channels``).
         conditioning_embedding_out_channels: widths of the mask encoder (one per x2 step, plus one).
         prompt_embeds: a safetensors file holding the fixed prompt embedding
-            (:func:`~interdyn.models.wan.prompt.save_prompt_embeds`); None: zeros, no text encoder at all.
+            (:func:`~interdyn.models.wan.prompt.save_prompt_embeds`, ``interdyn prompt``); None: zeros, no text
+            encoder at all.
+        negative_prompt_embeds: a file of the same kind, the negative side of prompt guidance when sampling with
+            ``sampling.guidance_scale`` above 1 (e.g. Wan's negative prompt encoded by ``interdyn prompt``);
+            training never reads it.
         learning_rate, adam_betas, weight_decay, optimizer: the optimizer on the branch's parameters
             (``adam``, ``adamw``, ``adam_offload`` or ``adamw8bit``, as for SVD).
         ema_decay: keep an exponential moving average of the branch's weights, as the SVD module does (decay per
@@ -94,6 +99,7 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
         prompt_embeds: str | None = None,
+        negative_prompt_embeds: str | None = None,
         learning_rate: float = 1e-5,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -115,15 +121,22 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         self.objective = WanObjectiveSettings(**self.hparams.objective)
         self.sampling = WanSamplingSettings(**self.hparams.sampling)
         self.memory = memory = WanMemorySettings(**self.hparams.memory)
+        if self.sampling.guidance_scale > 1 and negative_prompt_embeds is None:
+            raise ConfigError(
+                f"sampling.guidance_scale {self.sampling.guidance_scale:g} guides the prompt away from a negative "
+                "one, which there is no text encoder to make: set model negative_prompt_embeds to a file written "
+                "by `interdyn prompt`, or guidance_scale 1"
+            )
         nets = build_wan_networks(
             wan, controlnet, layers, conditioning_channels, conditioning_embedding_out_channels,
-            memory.frozen_dtype, prompt_embeds,
+            memory.frozen_dtype, prompt_embeds, negative_prompt_embeds,
         )  # fmt: skip
         # Registered frozen parts first; the branch under the prefix checkpoints keep (BRANCH_PREFIX).
         self.transformer, self.vae, self.scheduler = nets.wan.transformer, nets.wan.vae, nets.scheduler
         self.controlnet = nets.controlnet
         self.init_average()
         self.register_buffer("prompt_embeds", nets.prompt_embeds, persistent=False)
+        self.register_buffer("negative_prompt_embeds", nets.negative_prompt_embeds, persistent=False)
         self.rules = clip_rules(nets.wan)
         self.flow = FlowMatchingObjective(self.objective)
         if memory.gradient_checkpointing:
@@ -281,11 +294,12 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
     def sampling_protocol(self) -> dict[str, Any]:
         """How this module samples, as a report's protocol states it (the test callbacks' ``sampling_steps``,
         ``sampler`` and ``guidance``): the steps of ``sampling``, the backbone's own scheduler by class name,
-        and no prompt guidance (one fixed prompt embedding, no negative one: the pipeline's scale stays 1)."""
+        and the prompt guidance's scale (``none`` at 1)."""
+        scale = self.sampling.guidance_scale
         return {
             "sampling_steps": self.sampling.num_inference_steps,
             "sampler": type(self.scheduler).__name__,
-            "guidance": "none",
+            "guidance": f"prompt {scale:g}" if scale > 1 else "none",
         }
 
     @torch.no_grad()
@@ -300,8 +314,9 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
 
         ``seed``: one seed for the batch, or one per input (each input's videos are then those it gets sampled
         alone with its seed). ``pixel_values`` gives the first frame (``(B, T, 3, H, W)`` or ``(B, 3, H, W)``);
-        keyword overrides go to the pipeline (``num_inference_steps``, ``conditioning_scale``). Attached to a
-        trainer, sampling runs in the trainer's precision (e.g. bf16 autocast).
+        keyword overrides go to the pipeline (``num_inference_steps``, ``conditioning_scale``,
+        ``guidance_scale``, whose negative side is ``negative_prompt_embeds``). Attached to a trainer, sampling
+        runs in the trainer's precision (e.g. bf16 autocast).
         """
         image = pixel_values[:, 0] if pixel_values.ndim == 5 else pixel_values
         n = int(overrides.pop("num_videos_per_prompt", self.hparams.num_samples))
@@ -314,7 +329,8 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         with sampling_context(self):
             frames = self.pipeline()(
                 image.repeat_interleave(n, 0), self.prompt_embeds, control=control.repeat_interleave(n, 0),
-                generator=generator, output_type="pt", **kwargs,
+                negative_prompt_embeds=self.negative_prompt_embeds, generator=generator, output_type="pt",
+                **kwargs,
             ).frames  # fmt: skip
         return frames.float().unflatten(0, (image.shape[0], n))
 

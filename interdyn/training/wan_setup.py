@@ -28,6 +28,7 @@ class WanNetworks:
     wan: WanComponents
     controlnet: WanControlNetModel
     prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None  # the guidance's, when one is named
 
     @property
     def scheduler(self) -> WanScheduler:
@@ -54,11 +55,13 @@ def build_wan_networks(
     conditioning_embedding_out_channels: Sequence[int],
     frozen_dtype: str,
     prompt_embeds: str | None = None,
+    negative_prompt_embeds: str | None = None,
 ) -> WanNetworks:
     """Load (or build) the frozen Wan and make the branch: copies of the transformer's blocks at ``layers``
     taken before the transformer is cast to ``frozen_dtype`` (so that a bf16 backbone does not round the
     branch's starting weights), or the saved branch at ``controlnet``; the prompt embedding from the file
-    ``prompt_embeds`` (None: zeros)."""
+    ``prompt_embeds`` (None: zeros), and the prompt guidance's negative one from ``negative_prompt_embeds``
+    (None: none)."""
     parts = get_wan(wan, torch_dtype=None if controlnet is None else DTYPES[frozen_dtype])
     for frozen in (parts.transformer, parts.vae):
         frozen.requires_grad_(False)
@@ -83,8 +86,12 @@ def build_wan_networks(
             )
     branch.train()
     cast_transformer(parts.transformer, DTYPES[frozen_dtype])
-    prompt = fixed_prompt_embeds(prompt_embeds, parts.transformer.config.text_dim)
-    return WanNetworks(parts, branch, prompt)
+    text_dim = parts.transformer.config.text_dim
+    prompt = fixed_prompt_embeds(prompt_embeds, text_dim)
+    negative = None
+    if negative_prompt_embeds is not None:
+        negative = fixed_prompt_embeds(negative_prompt_embeds, text_dim, option="negative_prompt_embeds")
+    return WanNetworks(parts, branch, prompt, negative)
 
 
 def cast_transformer(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -98,24 +105,27 @@ def cast_transformer(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
                 tensor.data = tensor.data.float()
 
 
-def fixed_prompt_embeds(path: str | None, text_dim: int, length: int = WAN_PROMPT_LENGTH) -> torch.Tensor:
+def fixed_prompt_embeds(
+    path: str | None, text_dim: int, length: int = WAN_PROMPT_LENGTH, option: str = "prompt_embeds"
+) -> torch.Tensor:
     """The fixed prompt embedding: zeros ``(1, length, text_dim)`` without ``path``, else the one stored in
-    ``path`` (:func:`~interdyn.models.wan.prompt.save_prompt_embeds`), checked against ``text_dim``."""
+    ``path`` (:func:`~interdyn.models.wan.prompt.save_prompt_embeds`), checked against ``text_dim``;
+    ``option`` is the setting that named it, for the messages."""
     if path is None:
         return zero_prompt_embeds(text_dim, length)
     file = Path(path).expanduser()
     if not file.is_file():
         raise WeightsNotFoundError(
-            f"the prompt embedding file '{path}' does not exist; write one with "
-            "interdyn.models.wan.prompt.save_prompt_embeds, or leave prompt_embeds unset for the empty prompt"
+            f"the prompt embedding file '{path}' ({option}) does not exist; write one with `interdyn prompt`"
+            + (", or leave prompt_embeds unset for zeros" if option == "prompt_embeds" else "")
         )
     try:
         embeds = load_prompt_embeds(file).float()
     except (ValueError, OSError) as err:
-        raise ConfigError(f"cannot read the prompt embedding {path}: {err}") from None
+        raise ConfigError(f"cannot read the prompt embedding {path} ({option}): {err}") from None
     if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != text_dim:
         raise ConfigError(
-            f"the prompt embedding in {path} has shape {tuple(embeds.shape)}, but this transformer takes "
+            f"the prompt embedding in {path} ({option}) has shape {tuple(embeds.shape)}, but this transformer takes "
             f"(1, S, {text_dim})"
         )
     return embeds

@@ -90,7 +90,7 @@ def test_generate_with_the_tiny_wan_writes_the_video_and_its_settings(branch_run
     assert (record["backbone"], record["wan"], record["seed"], record["num_frames"]) == (
         "wan", "random:wan-tiny", 3, FRAMES,
     )  # fmt: skip
-    assert record["sampling"] == {"num_inference_steps": 2, "conditioning_scale": 1.0}
+    assert record["sampling"] == {"num_inference_steps": 2, "conditioning_scale": 1.0, "guidance_scale": 1.0}
     assert record["prompt_embeds"].startswith("zeros") and "svd" not in record
 
 
@@ -121,6 +121,8 @@ def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, bra
         (["--height", "48"], "multiples of 32: use e.g. 64x32"),
         (["--motion_bucket_id", "30"], "--motion_bucket_id is a setting of SVD's sampler"),
         (["--backbone", "svd", "--wan", "random:wan-tiny"], "--backbone is svd"),
+        (["--guidance_scale", "3"], "--guidance_scale 3 needs a negative prompt embedding"),
+        (["--guidance_scale", "0.5"], "--guidance_scale must be at least 1"),
     ],
 )
 def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extra, words):
@@ -134,6 +136,12 @@ def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extr
 
 def test_svd_weights_named_for_wan_are_one_sentence(tmp_path, files, capsys, tiny_branch_folder):
     argv = ["--image", str(files["image"]), "--control", str(files["hand"]), "--backbone", "wan"]
+    svd = ["--image", str(files["image"]), "--control", str(files["hand"]), "--svd", "random:tiny"]
+    assert generate_main(svd + ["--guidance_scale", "3"] + options(tmp_path / "out")) == 2
+    assert (
+        "--guidance_scale is for the Wan backbone; SVD takes no text (its guidance is --min_guidance_scale"
+        in (capsys.readouterr().err)
+    )
     assert generate_main(argv + ["--svd", "random:tiny"] + options(tmp_path / "out")) == 2
     assert "--svd 'random:tiny' is not a Wan2.2 TI2V model" in capsys.readouterr().err
     assert generate_main(argv + ["--controlnet", str(tiny_branch_folder)] + options(tmp_path / "out")) == 2
@@ -192,6 +200,25 @@ def test_an_exported_branch_samples_as_the_branch_itself(tmp_path, files, branch
         output_type="np",
     ).frames
     np.testing.assert_array_equal(result.videos["hand"], to_uint8(frames))
+    # Prompt guidance away from a negative embedding: the pipeline's guided frames, recorded in the settings.
+    negative = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
+    save_prompt_embeds(negative, tmp_path / "negative.safetensors", prompt="blurry, static")
+    guided_args = [
+        "--guidance_scale",
+        "3",
+        "--negative_prompt_embeds",
+        str(tmp_path / "negative.safetensors"),
+    ]
+    guided = generate(inputs + guided_args + ["--controlnet", str(exported)] + options(tmp_path / "guided"))
+    frames = pipe(
+        image_to_tensor(result.inputs.image), prompt, control=control_tensor(result.inputs.controls[0]),
+        negative_prompt_embeds=negative, guidance_scale=3.0, num_inference_steps=2,
+        generator=torch.Generator().manual_seed(5), output_type="np",
+    ).frames  # fmt: skip
+    np.testing.assert_array_equal(guided.videos["hand"], to_uint8(frames))
+    assert not np.array_equal(guided.videos["hand"], result.videos["hand"])
+    record = json.loads((tmp_path / "guided" / "scene_settings.json").read_text())
+    assert record["negative_prompt_embeds"] == guided_args[-1] and record["sampling"]["guidance_scale"] == 3.0
     # A prompt embedding of another width is one sentence.
     save_prompt_embeds(torch.zeros(1, 8, 16), tmp_path / "narrow.safetensors")
     inputs[-1] = str(tmp_path / "narrow.safetensors")
@@ -221,7 +248,7 @@ def test_a_wan_run_exports_and_generates_from_its_checkpoint(tmp_path, files, ca
     inputs = ["--image", str(files["image"]), "--control", str(files["hand"])]
     size = ["--height", str(SIZE), "--width", str(SIZE), "--num_frames", str(FRAMES), "--no_progress"]
     from_ckpt = generate(inputs + size + ["--controlnet", str(ckpt), "--out", str(tmp_path / "a")])
-    assert from_ckpt.settings == {"num_inference_steps": 2, "conditioning_scale": 0.5}
+    assert from_ckpt.settings == {"num_inference_steps": 2, "conditioning_scale": 0.5, "guidance_scale": 1.0}
     from_export = generate(inputs + size + ["--controlnet", str(exported), "--out", str(tmp_path / "b")])
     np.testing.assert_array_equal(from_ckpt.videos["hand"], from_export.videos["hand"])
     # An SVD checkpoint where a Wan branch is wanted is one sentence.

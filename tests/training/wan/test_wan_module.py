@@ -104,3 +104,39 @@ def test_settings_and_clips_that_cannot_run_are_one_sentence(tmp_path):
     batch = {"pixel_values": torch.zeros(1, 6, 3, 32, 32), "control": -torch.ones(1, 6, 3, 32, 32)}
     with pytest.raises(BatchContractError, match="use e.g. 5 or 9"):
         module.training_step(batch, 0)
+
+
+def test_prompt_guidance_samples_away_from_the_negative_prompt_embedding(tmp_path):
+    """``sampling.guidance_scale`` with ``negative_prompt_embeds``: the module's videos are the pipeline's
+    guided ones for the two files (the pipeline's guidance is diffusers' own, tests/models/wan/test_oracle.py),
+    not the unguided ones; the protocol says so; a scale without a negative embedding, or below 1, is refused."""
+    from interdyn.models.wan import save_prompt_embeds
+
+    noise = torch.Generator().manual_seed(0)
+    prompt, negative = torch.randn(1, 8, 32, generator=noise), torch.randn(1, 8, 32, generator=noise)
+    save_prompt_embeds(prompt, tmp_path / "prompt.safetensors")
+    save_prompt_embeds(negative, tmp_path / "negative.safetensors")
+    files = {"prompt_embeds": str(tmp_path / "prompt.safetensors")}
+    files["negative_prompt_embeds"] = str(tmp_path / "negative.safetensors")
+    module = tiny_wan_module(sampling={"num_inference_steps": 2, "guidance_scale": 4.0}, **files)
+    assert module.sampling_protocol()["guidance"] == "prompt 4"
+    data = toy_data()
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    pixels, control = batch["pixel_values"][:1], batch["control"][:1]
+
+    guided = module.sample(pixels, control, seed=3, num_videos_per_prompt=1)[:, 0]
+    plain = module.sample(pixels, control, seed=3, num_videos_per_prompt=1, guidance_scale=1.0)[:, 0]
+    expected = module.pipeline()(
+        pixels[:, 0], prompt, control=control, negative_prompt_embeds=negative, guidance_scale=4.0,
+        num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt",
+    ).frames  # fmt: skip
+    torch.testing.assert_close(guided, expected.float(), rtol=0, atol=1e-6)
+    assert (guided - plain).abs().max() > 1e-3, "guidance changes the videos"
+
+    with pytest.raises(ConfigError, match="set model negative_prompt_embeds"):
+        tiny_wan_module(sampling={"guidance_scale": 4.0})
+    with pytest.raises(ConfigError, match="guidance_scale must be >= 1"):
+        tiny_wan_module(sampling={"guidance_scale": 0.5})
+    with pytest.raises(WeightsNotFoundError, match="negative_prompt_embeds"):
+        tiny_wan_module(negative_prompt_embeds=str(tmp_path / "none.safetensors"))

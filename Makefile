@@ -107,6 +107,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check interdyn data_prep tests benchmarks experiments
+	$(VENV)/bin/ruff format --check interdyn data_prep tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -21,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "inputs": _BASE | {"contract", "data", "inputs"},
     "training": _BASE | {"contract", "data", "models", "training"},
     "callbacks": _BASE | {"contract", "data", "models", "metrics", "callbacks"},
-    "commands": _BASE | {"contract", "data", "models", "metrics", "inputs", "training", "callbacks", "commands"},
+    "commands": _BASE
+    | {"contract", "data", "models", "metrics", "inputs", "training", "callbacks", "commands"},
     "app": _BASE | {"contract", "data", "models", "inputs", "commands", "app"},
     "world": _BASE
     | {"contract", "data", "models", "metrics", "inputs", "training", "callbacks", "commands", "world"},
@@ -83,6 +84,9 @@ def test_no_lightning_below_training(where):
     offending = [
         str(path.relative_to(PACKAGE))
         for path in paths
-        if any(n == "lightning" or n.startswith(("lightning.", "pytorch_lightning")) for n in imported_modules(path))
+        if any(
+            n == "lightning" or n.startswith(("lightning.", "pytorch_lightning"))
+            for n in imported_modules(path)
+        )
     ]
     assert not offending, f"these import Lightning: {offending}"

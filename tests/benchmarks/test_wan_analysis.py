@@ -47,7 +47,9 @@ def test_each_strategy_keeps_its_share_per_gpu(sizes):
         assert fsdp[key] == pytest.approx(ddp[key] / 2)  # full shard over 2 GPUs
         assert offload[key] == 0  # everything in host memory
     assert fsdp["vae"] == ddp["vae"] == sizes["vae_bytes"]  # the VAE encodes in the step: not sharded
-    assert single["optimizer_state"] == 0 and single["vae"] == sizes["vae_bytes"]  # Adam's moments on the host
+    assert (
+        single["optimizer_state"] == 0 and single["vae"] == sizes["vae_bytes"]
+    )  # Adam's moments on the host
     assert cached["vae"] == 0  # cached latents: the VAE off the device
     assert single["frozen"] == ddp["frozen"]
 

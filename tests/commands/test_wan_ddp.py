@@ -88,9 +88,7 @@ def test_the_48gb_recipe_trains_on_the_tiny_wan(tmp_path, synthetic_shards, monk
     transformer and checkpointing from wan_ssv2.yaml): one optimizer step of 8 micro-batches of one clip,
     with Adam's moments in host memory."""
     monkeypatch.chdir(tmp_path)
-    config = tiny(
-        read_config([WAN_SSV2, WAN_48GB]), synthetic_shards, tmp_path / "runs", "wan_48gb"
-    )
+    config = tiny(read_config([WAN_SSV2, WAN_48GB]), synthetic_shards, tmp_path / "runs", "wan_48gb")
     config["trainer"].update(max_steps=1)
     config["trainer"]["callbacks"].append({"class_path": "tests.commands.test_wan_ddp.OptimizerProbe"})
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(config))

@@ -85,8 +85,6 @@ def test_full_size_branch_matches_spec_parameter_count():
     assert branch.skips_per_block == [4, 3, 3, 2]
 
 
-
-
 def test_save_and_load_round_trip(tmp_path, trained_like_branch):
     trained_like_branch.save_pretrained(tmp_path / "branch")
     loaded = load_controlnet(str(tmp_path / "branch")).eval()

@@ -99,8 +99,6 @@ def skip_deltas(unet, inputs, residuals):
     return [m - s for m, s in zip(moved, base, strict=True)]
 
 
-
-
 def lands_once_on_its_skip(unet, inputs) -> bool:
     residuals = [torch.full_like(r, float(i + 1)) for i, r in enumerate(random_residuals(unet, inputs)[0])]
     deltas = skip_deltas(unet, inputs, residuals)

@@ -33,8 +33,6 @@ class SigintAtStep3(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-
-
 def fit_tiny(*extra: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
     """``interdyn fit`` of configs/tiny.yaml, shortened, with ``extra`` arguments."""
     return run_cli("fit", "--config", TINY, *FAST, *extra, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)

@@ -60,6 +60,8 @@ class BackboneOptions:
             by this factor; 1: none (default: the branch's recorded setting, else 1)
         negative_prompt_embeds: Wan only: the negative prompt embedding of --guidance_scale above 1, a
             .safetensors written by interdyn prompt (default: the one the branch's run named)
+        window_frames: Wan only: the frames of one window of a long video sampled with --continuation hold
+            or chain (1 + 4k; default 49, the clip of configs/wan_ssv2.yaml)
     """
 
     backbone: Literal["auto", "svd", "wan"] = "auto"
@@ -67,10 +69,11 @@ class BackboneOptions:
     prompt_embeds: str | None = None
     guidance_scale: float | None = None
     negative_prompt_embeds: str | None = None
+    window_frames: int | None = None
 
 
 # The options of BackboneOptions that only the Wan backbone takes.
-WAN_ONLY = ("prompt_embeds", "guidance_scale", "negative_prompt_embeds")
+WAN_ONLY = ("prompt_embeds", "guidance_scale", "negative_prompt_embeds", "window_frames")
 
 
 def add_backbone_options(parser: ArgumentParser) -> None:
@@ -92,14 +95,11 @@ def backbone_of(args: Any) -> str:
         found = "wan" if is_wan_base(args.svd) or is_wan_branch(args.controlnet) else "svd"
     given = [name for name in WAN_ONLY if getattr(args, name, None) is not None]
     if found == "svd" and given:
-        guidance = (
-            " (its guidance is --min_guidance_scale and --max_guidance_scale)"
-            if "guidance" in given[0]
-            else ""
-        )
-        raise InputError(
-            f"--{given[0]} is for the Wan backbone; SVD takes no text{guidance} (name a Wan base with --wan)."
-        )
+        why = {
+            "guidance_scale": "SVD takes no text (its guidance is --min_guidance_scale and --max_guidance_scale)",
+            "window_frames": "SVD's window is its UNet's frame count",
+        }.get(given[0], "SVD takes no text")
+        raise InputError(f"--{given[0]} is for the Wan backbone; {why} (name a Wan base with --wan).")
     return found
 
 

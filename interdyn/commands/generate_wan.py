@@ -14,7 +14,8 @@ a driver cut shorter by its file loses its last frames down to ``1 + 4k``) and a
 of 32; the sampler is the base's own scheduler, whose only settings here are ``--steps`` and
 ``--conditioning_scale``; the text context is one fixed prompt embedding (zeros by default,
 ``--prompt_embeds`` for a file), optionally guided away from a negative one (``--guidance_scale`` with
-``--negative_prompt_embeds``).
+``--negative_prompt_embeds``). A clip is one pass however long, or with ``--continuation hold`` or ``chain``
+overlapping windows of ``--window_frames`` (:mod:`interdyn.models.wan.long`, docs/long.md).
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
 from interdyn.models.wan import InterDynWanPipeline, get_wan, load_prompt_embeds, zero_prompt_embeds
 from interdyn.models.wan.components import WAN_TI2V_REPO
+from interdyn.models.wan.long import plan_wan_windows, sample_wan_windows
 from interdyn.training.wan_setup import BACKBONE
 from interdyn.utils.render import to_uint8
 
 FRAME_STEP = 4  # frames per latent frame after the first (the Wan2.2 VAE's temporal compression)
 PIXELS_PER_TOKEN = 32  # the Wan2.2 VAE's x16 times the transformer's 2x2 patch
 WAN_SAMPLING = ("num_inference_steps", "conditioning_scale")  # the sampling settings Wan's sampler takes
+WAN_LONG = ("continuation", "window_overlap")  # and the long-video settings Wan takes (docs/long.md)
+WAN_WINDOW, WAN_OVERLAP = (
+    49,
+    5,
+)  # long videos: the window (configs/wan_ssv2.yaml's clip) and overlap by default
 NO_BRANCH = "none"
 WAN_RULES = ClipRules(BACKBONE, FRAME_STEP, PIXELS_PER_TOKEN)  # what a Wan2.2 TI2V clip must be
 
@@ -127,7 +134,7 @@ def wan_clip_args(args: Any) -> Any:
     """``args`` with a clip length Wan takes: SVD's default 14 becomes 13 (said); a count that is not
     ``1 + 4k`` (at least 5), a size that is not a multiple of 32 and a setting of SVD's sampler are refused
     in one sentence."""
-    given = sorted(set(given_settings(args, SamplingSettings)) - set(WAN_SAMPLING))
+    given = sorted(set(given_settings(args, SamplingSettings)) - set(WAN_SAMPLING) - set(WAN_LONG))
     if given:
         raise InputError(
             f"--{given[0]} is a setting of SVD's sampler; Wan samples with its base's own scheduler and takes "
@@ -146,6 +153,69 @@ def wan_clip_args(args: Any) -> Any:
     except ValueError as err:
         raise InputError(f"{err}.") from None
     return args
+
+
+@dataclass(frozen=True)
+class WanWindows:
+    """How a Wan video is sampled: ``continuation`` (``single``: one pass), the window's frames and the
+    overlap (None in one pass)."""
+
+    continuation: str = "single"
+    window: int | None = None
+    overlap: int | None = None
+
+    def record(self, frames: int) -> dict[str, Any]:
+        """The run record's ``continuation``, ``model_window`` and ``windows`` (``[start, stop]`` each) for a
+        video of ``frames`` frames, as SVD's runs record them; one sentence when a driver cut the clip to one
+        window or less."""
+        if self.window is None or self.overlap is None:
+            return {"continuation": "single", "model_window": frames, "windows": [[0, frames]]}
+        if frames <= self.window:
+            raise InputError(
+                f"--continuation {self.continuation} needs a clip longer than one window of {self.window} frames, "
+                f"but the driver gives {frames} (a shorter --window_frames, or a longer driver)."
+            )
+        plan = plan_wan_windows(frames, self.window, self.overlap)
+        return {
+            "continuation": self.continuation,
+            "model_window": self.window,
+            "windows": [[w.start, w.stop] for w in plan],
+        }
+
+
+def wan_windows(args: Any) -> WanWindows:
+    """The long-video options, checked before anything is read: ``--continuation hold`` or ``chain`` samples
+    the clip in windows of ``--window_frames`` (default 49) overlapping by ``--window_overlap`` (default 5),
+    each ``1 + 4k`` frames; the default, ``single``, is one pass however long the clip (Wan has no fixed
+    window). ``context`` (SVD's context branches), a window option without a long mode, and a clip of at most
+    one window are refused in one sentence."""
+    given = given_settings(args, SamplingSettings)
+    continuation = given.get("continuation", "single")
+    window_given = getattr(args, "window_frames", None)
+    if continuation == "context":
+        raise InputError(
+            "--continuation context needs SVD's context branch; on Wan use --continuation hold or chain."
+        )
+    if continuation == "single":
+        extra = "window_overlap" if "window_overlap" in given else "window_frames" if window_given else None
+        if extra is not None:
+            raise InputError(
+                f"--{extra} sets the windows of a long video: add --continuation hold or chain (on Wan one pass "
+                "is the default, however long the clip)."
+            )
+        return WanWindows()
+    window = int(window_given or WAN_WINDOW)
+    overlap = int(given.get("window_overlap", WAN_OVERLAP))
+    if args.num_frames <= window:
+        raise InputError(
+            f"--continuation {continuation} samples windows of {window} frames (--window_frames) and needs a "
+            f"longer clip, but this one has {args.num_frames} frames (ask for more with --num_frames)."
+        )
+    try:
+        plan_wan_windows(args.num_frames, window, overlap)
+    except ValueError as err:
+        raise InputError(f"{err}.") from None
+    return WanWindows(continuation, window, overlap)
 
 
 def whole_latent_frames(inputs: GenerationInputs) -> GenerationInputs:
@@ -256,8 +326,11 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
     resolve_device(args.device)
     args = wan_clip_args(args)
     check_guidance_early(args)
+    long = wan_windows(args)
     out = Path(args.out).expanduser()
     inputs = whole_latent_frames(prepare_run(args, out))
+    frames_made = len(inputs.controls[0])  # a short driver may have cut the clip to a shorter 1 + 4k
+    windows = long.record(frames_made)
     if weights is not None and weights.key != wan_weights_key(args):
         raise ValueError(f"the loaded weights serve {weights.key}, not {wan_weights_key(args)}")
     weights = weights or load_wan_weights(args)
@@ -279,16 +352,28 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
         f"{sampling['num_inference_steps']}, conditioning_scale {sampling['conditioning_scale']:g}, "
         f"{type(pipe.scheduler).__name__}, prompt {prompt}, {guidance}"
     )
+    if len(windows["windows"]) > 1:
+        print(
+            f"long video: {frames_made} frames in {len(windows['windows'])} windows of {long.window} "
+            f"(overlap {long.overlap}, continuation {long.continuation}): {windows['windows']}"
+        )
     image = image_to_tensor(inputs.image).expand(args.num_samples, -1, -1, -1)
     videos: dict[str, np.ndarray] = {}
     for label, control in zip(inputs.labels, inputs.controls, strict=True):
         generator = torch.Generator().manual_seed(args.seed)  # as SVD's path: the same noise for every row
-        frames = pipe(
-            image, embeds, control=control_tensor(control), negative_prompt_embeds=negative,
-            generator=generator, output_type="np", **sampling,
-        ).frames  # fmt: skip
+        if len(windows["windows"]) > 1:
+            assert long.window is not None and long.overlap is not None
+            frames = sample_wan_windows(
+                pipe, image, embeds, control_tensor(control), long.window, long.overlap, long.continuation,
+                generator, negative_prompt_embeds=negative, **sampling,
+            ).frames.permute(0, 1, 3, 4, 2).cpu().numpy()  # fmt: skip
+        else:
+            frames = pipe(
+                image, embeds, control=control_tensor(control), negative_prompt_embeds=negative,
+                generator=generator, output_type="np", **sampling,
+            ).frames  # fmt: skip
         videos[label] = to_uint8(frames)
-    record = run_record(args, inputs, None, weights.device, weights.dtype, sampling)
+    record = run_record(args, inputs, None, weights.device, weights.dtype, sampling) | windows
     del record["svd"]
     record |= {
         "backbone": "wan",

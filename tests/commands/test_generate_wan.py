@@ -123,6 +123,29 @@ def test_the_backbone_is_found_from_the_weights(tmp_path, files, wan_folder, bra
         (["--backbone", "svd", "--wan", "random:wan-tiny"], "--backbone is svd"),
         (["--guidance_scale", "3"], "--guidance_scale 3 needs a negative prompt embedding"),
         (["--guidance_scale", "0.5"], "--guidance_scale must be at least 1"),
+        (
+            ["--continuation", "context", "--num_frames", "13"],
+            "--continuation context needs SVD's context branch",
+        ),
+        (
+            ["--window_overlap", "5", "--num_frames", "13"],
+            "--window_overlap sets the windows of a long video",
+        ),
+        (["--continuation", "hold", "--num_frames", "13"], "samples windows of 49 frames (--window_frames)"),
+        (["--continuation", "hold", "--num_frames", "13", "--window_frames", "8"], "the window has 8 frames"),
+        (
+            [
+                "--continuation",
+                "chain",
+                "--num_frames",
+                "13",
+                "--window_frames",
+                "9",
+                "--window_overlap",
+                "4",
+            ],
+            "the overlap has 4 frames",
+        ),
     ],
 )
 def test_what_the_wan_path_refuses_is_one_sentence(tmp_path, files, capsys, extra, words):
@@ -146,6 +169,43 @@ def test_svd_weights_named_for_wan_are_one_sentence(tmp_path, files, capsys, tin
     assert "--svd 'random:tiny' is not a Wan2.2 TI2V model" in capsys.readouterr().err
     assert generate_main(argv + ["--controlnet", str(tiny_branch_folder)] + options(tmp_path / "out")) == 2
     assert "holds a ControlNetSDVModel, not a Wan branch" in capsys.readouterr().err
+
+
+def test_a_long_video_is_sampled_in_windows_and_recorded(tmp_path, files, branch_folder, capsys):
+    """``--continuation hold`` with windows of 9 frames: the 13-frame video is the window loop's (one
+    generator seeded with --seed, as one pass draws it), its settings record the windows; on SVD the Wan
+    window option is one sentence."""
+    from interdyn.models.wan.long import sample_wan_windows
+
+    inputs = ["--image", str(files["image"]), "--control", str(files["hand"]), "--seed", "4"]
+    argv = inputs + ["--wan", "random:wan-tiny", "--controlnet", str(branch_folder)]
+    long = ["--continuation", "hold", "--window_frames", "9"]
+    out = tmp_path / "long"
+    result = generate(argv + long + options(out, "--num_frames", "13"))
+    assert result.videos["hand"].shape == (1, 13, SIZE, SIZE, 3)
+    assert "long video: 13 frames in 2 windows of 9 (overlap 5, continuation hold)" in capsys.readouterr().out
+    record = json.loads((out / "scene_settings.json").read_text())
+    assert (record["continuation"], record["model_window"], record["windows"]) == (
+        "hold",
+        9,
+        [[0, 9], [4, 13]],
+    )
+
+    wan = get_wan("random:wan-tiny")
+    pipe = InterDynWanPipeline.from_components(wan, acting_branch(wan))
+    pipe.set_progress_bar_config(disable=True)
+    frames = sample_wan_windows(
+        pipe, image_to_tensor(result.inputs.image), torch.zeros(1, 512, 32),
+        control_tensor(result.inputs.controls[0]), 9, 5, "hold", torch.Generator().manual_seed(4),
+        num_inference_steps=2,
+    ).frames  # fmt: skip
+    np.testing.assert_array_equal(result.videos["hand"], to_uint8(frames.permute(0, 1, 3, 4, 2).numpy()))
+
+    svd = ["--image", str(files["image"]), "--control", str(files["hand"]), "--svd", "random:tiny"]
+    assert generate_main(svd + ["--window_frames", "9"] + options(tmp_path / "svd")) == 2
+    assert "--window_frames is for the Wan backbone; SVD's window is its UNet's frame count" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_driver_cut_short_keeps_whole_latent_frames(capsys):

@@ -102,6 +102,7 @@ class InterDynWanPipeline(DiffusionPipeline):
         conditioning_scale: float = 1.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
+        known_latents: torch.Tensor | None = None,
         output_type: str = "pt",
         return_dict: bool = True,
     ) -> WanPipelineOutput | tuple:
@@ -118,6 +119,10 @@ class InterDynWanPipeline(DiffusionPipeline):
             guidance_scale: prompt guidance (needs ``negative_prompt_embeds`` when above 1).
             conditioning_scale: multiplies the branch residuals (0: the frozen model alone, branch not run).
             generator: seeds the initial noise; latents: or the noise itself ``(B, C, F, h, w)``.
+            known_latents: the normalised latents ``(B, C, k, h, w)`` of the first ``1 + 4(k - 1)`` frames, known
+                already (a long video's window, :mod:`interdyn.models.wan.long`): held clean, with timestep 0,
+                as TI2V holds the image's latent frame (which they replace: their first frame should be
+                ``image``). None: the image's alone.
             output_type: ``"pt"``, ``"np"``, ``"pil"`` or ``"latent"``.
         """
         device = self._execution_device
@@ -128,7 +133,7 @@ class InterDynWanPipeline(DiffusionPipeline):
         embeds, negative = self._prompts(
             prompt_embeds, negative_prompt_embeds, guidance_scale, pixels.shape[0]
         )
-        image_latents = encode_image_latents(self.vae, pixels)
+        image_latents = self._known(pixels, known_latents, check_clip_frames(frames))
         latents = self._initial_latents(image_latents, check_clip_frames(frames), generator, latents)
         control_tokens = None
         if self.controlnet is not None and control is not None and conditioning_scale != 0:
@@ -138,7 +143,7 @@ class InterDynWanPipeline(DiffusionPipeline):
         patch = tuple(self.transformer.config.patch_size)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = with_first_frame(latents, image_latents)
-            timestep = token_timesteps(t, model_in, patch)
+            timestep = token_timesteps(t, model_in, patch, known=image_latents.shape[2])
             kw: dict[str, Any] = dict(control_tokens=control_tokens, conditioning_scale=conditioning_scale)
             pred = predict_flow(self.transformer, model_in, timestep, embeds, self.controlnet, **kw)
             if negative is not None:
@@ -177,6 +182,22 @@ class InterDynWanPipeline(DiffusionPipeline):
                 "resize/crop both to the same size first"
             )
         return pixels, cond
+
+    def _known(self, pixels: torch.Tensor, known: torch.Tensor | None, latent_frames: int) -> torch.Tensor:
+        """The clean latent frames the video starts from: the image's, or ``known`` (checked: one per clip,
+        the clip's latent size, fewer frames than the clip has)."""
+        if known is None:
+            return encode_image_latents(self.vae, pixels)
+        batch, height, width = pixels.shape[0], *pixels.shape[-2:]
+        factor = self.vae.config.scale_factor_spatial
+        expected = (batch, self.vae.config.z_dim, height // factor, width // factor)
+        found = (known.shape[0], known.shape[1], *known.shape[-2:])
+        if known.ndim != 5 or found != expected or not 1 <= known.shape[2] < latent_frames:
+            raise ValueError(
+                f"known_latents must be (B, C, k, h, w) = {expected[:2]} + (k,) + {expected[2:]} with k from 1 "
+                f"to {latent_frames - 1}, got {tuple(known.shape)}"
+            )
+        return known.to(pixels.device, torch.float32)
 
     def _prompts(
         self, embeds: torch.Tensor, negative: torch.Tensor | None, guidance_scale: float, batch: int

@@ -60,17 +60,19 @@ def decode_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor
     return vae.decode(raw, return_dict=False)[0].transpose(1, 2)
 
 
-def with_first_frame(latents: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
-    """``latents`` ``(B, C, F, h, w)`` with their first latent frame replaced by ``image_latents``
-    ``(B, C, 1, h, w)``."""
-    return torch.cat([image_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
+def with_first_frame(latents: torch.Tensor, known_latents: torch.Tensor) -> torch.Tensor:
+    """``latents`` ``(B, C, F, h, w)`` with their first ``k`` latent frames replaced by ``known_latents``
+    ``(B, C, k, h, w)``: the image latent (``k = 1``, TI2V), or a long video's frames already made."""
+    k = known_latents.shape[2]
+    return torch.cat([known_latents.to(latents.dtype), latents[:, :, k:]], dim=2)
 
 
 def token_timesteps(
-    timestep: torch.Tensor | float, latents: torch.Tensor, patch_size: tuple[int, ...]
+    timestep: torch.Tensor | float, latents: torch.Tensor, patch_size: tuple[int, ...], known: int = 1
 ) -> torch.Tensor:
-    """Per-token timesteps ``(B, L)``: 0 on the first latent frame's tokens, ``timestep`` (a scalar or one
-    per sample ``(B,)``) on every other token (TI2V's ``expand_timesteps``)."""
+    """Per-token timesteps ``(B, L)``: 0 on the tokens of the first ``known`` latent frames (the clean
+    conditioning: the image's alone in TI2V's ``expand_timesteps``), ``timestep`` (a scalar or one per sample
+    ``(B,)``) on every other token."""
     batch, _, frames, height, width = latents.shape
     p_t, p_h, p_w = patch_size
     if p_t != 1:
@@ -78,7 +80,7 @@ def token_timesteps(
     per_frame = (height // p_h) * (width // p_w)
     t = torch.as_tensor(timestep, dtype=torch.float32, device=latents.device).reshape(-1, 1)
     keep = torch.ones(1, frames * per_frame, dtype=torch.float32, device=latents.device)
-    keep[:, :per_frame] = 0
+    keep[:, : known * per_frame] = 0
     return (keep * t).expand(batch, -1)
 
 

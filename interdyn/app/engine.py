@@ -361,6 +361,8 @@ class Engine:
                     folder, image, driver, num_samples=int(num_samples), seed=int(seed), **sampling
                 )
                 argv += self.weight_args()
+                if self.model.backbone == "wan":  # the page has no negative prompt: no prompt guidance
+                    argv += ["--guidance_scale", "1"]
                 args = parse_or_error(argv)
                 read_inputs(args)  # bad inputs fail before the weights are loaded
                 if self._weights is None:

@@ -263,11 +263,21 @@ def check_guidance_early(args: Any) -> None:
     if scale is None:
         return
     check_guidance_scale(scale)
+    if scale <= 1 and getattr(args, "negative_prompt_embeds", None) is not None:
+        raise_unused_negative()
     source = branch_source(args)
     if scale > 1 and getattr(args, "negative_prompt_embeds", None) is None:
         folder = source is not None and Path(source).expanduser().is_dir()
         if source is None or (folder and branch_record(source).get("negative_prompt_embeds") is None):
             raise_no_negative(scale)
+
+
+def raise_unused_negative() -> NoReturn:
+    """The one sentence for a negative prompt embedding given while prompt guidance is off."""
+    raise InputError(
+        "--negative_prompt_embeds is the negative side of prompt guidance, which is off (guidance scale 1): add "
+        "--guidance_scale above 1, or leave it out."
+    )
 
 
 def raise_no_negative(scale: float) -> NoReturn:
@@ -310,8 +320,11 @@ def negative_embedding(
     args: Any, weights: LoadedWanWeights, guidance_scale: float
 ) -> tuple[torch.Tensor | None, str | None]:
     """The negative prompt embedding of prompt guidance and its file: ``--negative_prompt_embeds``, else the
-    one the branch's run named; none without guidance, and a guidance scale above 1 without one is refused."""
+    one the branch's run named; none without guidance (where one given is refused rather than ignored), and a
+    guidance scale above 1 without one is refused."""
     if guidance_scale <= 1:
+        if getattr(args, "negative_prompt_embeds", None) is not None:
+            raise_unused_negative()
         return None, None
     path = getattr(args, "negative_prompt_embeds", None) or weights.recorded.get("negative_prompt_embeds")
     if path is None:

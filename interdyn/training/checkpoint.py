@@ -1,7 +1,8 @@
 """Reading training checkpoints, and the control branch inside them: the one weights-only loader of the
 project (``interdyn fit``'s resume and ``test`` through :mod:`interdyn.training.checkpoint_io`,
-``interdyn export``, ``interdyn generate`` and the latent cache), and how
-:class:`~interdyn.training.module.InterDynModule` writes the branch.
+``interdyn export``, ``interdyn generate`` and the latent cache), and how the training modules
+(:class:`~interdyn.training.module.InterDynModule`, and the Wan backbone's with its branch class) write the
+branch.
 
 Every load, local file, remote file system or URL, unpickles weights-only (tensors and plain values), so
 that a checkpoint can never run code: a pickle can call any importable function while it is read;

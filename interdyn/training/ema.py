@@ -1,6 +1,6 @@
 """The exponential moving average of trained weights: its warm-up rule, its update, and putting it in and
-out of the live model. Used by InterDyn's branch (``InterDynModule``) and the world's UNet
-(``interdyn.world.base``); plain PyTorch, no Lightning."""
+out of the live model. Used by InterDyn's branch on either backbone (``BranchTraining``, the hooks both
+modules share) and the world's UNet (``interdyn.world.base``); plain PyTorch, no Lightning."""
 
 from __future__ import annotations
 

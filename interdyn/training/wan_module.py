@@ -74,7 +74,7 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
             encoder at all.
         negative_prompt_embeds: a file of the same kind, the negative side of prompt guidance when sampling with
             ``sampling.guidance_scale`` above 1 (e.g. Wan's negative prompt encoded by ``interdyn prompt``);
-            training never reads it.
+            read only then (training never uses it).
         learning_rate, adam_betas, weight_decay, optimizer: the optimizer on the branch's parameters
             (``adam``, ``adamw``, ``adam_offload`` or ``adamw8bit``, as for SVD).
         ema_decay: keep an exponential moving average of the branch's weights, as the SVD module does (decay per
@@ -129,7 +129,8 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
             )
         nets = build_wan_networks(
             wan, controlnet, layers, conditioning_channels, conditioning_embedding_out_channels,
-            memory.frozen_dtype, prompt_embeds, negative_prompt_embeds,
+            memory.frozen_dtype, prompt_embeds,
+            negative_prompt_embeds if self.sampling.guidance_scale > 1 else None,
         )  # fmt: skip
         # Registered frozen parts first; the branch under the prefix checkpoints keep (BRANCH_PREFIX).
         self.transformer, self.vae, self.scheduler = nets.wan.transformer, nets.wan.vae, nets.scheduler

@@ -36,12 +36,17 @@ def test_a_wan_run_is_interdyn_generate(engine: Engine, tmp_path: Path) -> None:
     assert result.videos["driver"].shape == (1, FRAMES, SIZE, SIZE, 3)
     settings = json.loads((run / "run001_settings.json").read_text())
     assert settings["backbone"] == "wan" and settings["wan"] == "random:wan-tiny"
-    assert settings["sampling"] == {"num_inference_steps": 2, "conditioning_scale": 1.0}
+    assert settings["sampling"] == {
+        "num_inference_steps": 2,
+        "conditioning_scale": 1.0,
+        "guidance_scale": 1.0,
+    }
     branch = Path(settings["controlnet"])
     assert json.loads((branch / "interdyn_base.json").read_text())["base"] == "random:wan-tiny"
     # The run's command line, from a shell, gives the same frames.
     argv = shlex.split((run / "command.txt").read_text())[2:]
     assert "--scheduler" not in argv and "--wan" in argv
+    assert argv[argv.index("--guidance_scale") + 1] == "1"  # a branch's recorded prompt guidance is not used
     argv[argv.index("--out") + 1] = str(tmp_path)
     again = generate(argv + ["--no_progress"])
     np.testing.assert_array_equal(again.videos["driver"], result.videos["driver"])

@@ -316,3 +316,57 @@ def test_a_wan_run_exports_and_generates_from_its_checkpoint(tmp_path, files, ca
         inputs + size + ["--wan", "random:wan-tiny", "--controlnet", str(files["foreign_ckpt"])]
     )
     assert code == 2
+
+
+def test_a_runs_prompt_guidance_is_recorded_and_generate_uses_it(tmp_path, files, branch_folder, capsys):
+    """A run trained with ``sampling.guidance_scale`` and ``negative_prompt_embeds``: its export records both,
+    and generate samples with them by default as with the options given; a negative embedding while guidance
+    is off, and guidance asked of a branch folder that records no negative embedding, are one sentence
+    before any weights are read."""
+    from interdyn.commands.backbone import save_wan_branch, wan_branch_from_checkpoint
+    from tests.training.wan.helpers import tiny_wan_module
+
+    noise = torch.Generator().manual_seed(0)
+    for name in ("prompt", "negative"):
+        save_prompt_embeds(torch.randn(1, 8, 32, generator=noise), tmp_path / f"{name}.safetensors")
+    prompt, negative = str(tmp_path / "prompt.safetensors"), str(tmp_path / "negative.safetensors")
+    module = tiny_wan_module(
+        prompt_embeds=prompt, negative_prompt_embeds=negative,
+        sampling={"num_inference_steps": 2, "guidance_scale": 3.0},
+    )  # fmt: skip
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    branch, record = wan_branch_from_checkpoint(checkpoint)
+    assert record["negative_prompt_embeds"] == negative and record["sampling"]["guidance_scale"] == 3.0
+    exported = save_wan_branch(branch, tmp_path / "exported", record["base"], record)
+
+    inputs = ["--image", str(files["image"]), "--control", str(files["hand"]), "--controlnet", str(exported)]
+    recorded = generate(inputs + options(tmp_path / "a"))
+    assert "guidance 3 from " + negative in capsys.readouterr().out
+    explicit = generate(
+        inputs + ["--guidance_scale", "3", "--negative_prompt_embeds", negative] + options(tmp_path / "b")
+    )
+    unguided = generate(inputs + ["--guidance_scale", "1"] + options(tmp_path / "c"))
+    np.testing.assert_array_equal(recorded.videos["hand"], explicit.videos["hand"])
+    assert not np.array_equal(recorded.videos["hand"], unguided.videos["hand"])
+    settings = json.loads((tmp_path / "a" / "scene_settings.json").read_text())
+    assert settings["negative_prompt_embeds"] == negative and settings["sampling"]["guidance_scale"] == 3.0
+
+    capsys.readouterr()
+    off = ["--guidance_scale", "1", "--negative_prompt_embeds", negative]
+    assert generate_main(inputs + off + options(tmp_path / "d")) == 2
+    assert "which is off (guidance scale 1)" in capsys.readouterr().err
+    plain = [
+        "--image",
+        str(files["image"]),
+        "--control",
+        str(files["hand"]),
+        "--controlnet",
+        str(branch_folder),
+    ]
+    assert (
+        generate_main(plain + ["--wan", "random:wan-tiny", "--guidance_scale", "3"] + options(tmp_path / "e"))
+        == 2
+    )
+    assert "needs a negative prompt embedding" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()

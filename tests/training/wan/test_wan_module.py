@@ -139,4 +139,10 @@ def test_prompt_guidance_samples_away_from_the_negative_prompt_embedding(tmp_pat
     with pytest.raises(ConfigError, match="guidance_scale must be >= 1"):
         tiny_wan_module(sampling={"guidance_scale": 0.5})
     with pytest.raises(WeightsNotFoundError, match="negative_prompt_embeds"):
-        tiny_wan_module(negative_prompt_embeds=str(tmp_path / "none.safetensors"))
+        tiny_wan_module(
+            negative_prompt_embeds=str(tmp_path / "none.safetensors"), sampling={"guidance_scale": 2.0}
+        )
+    unguided = tiny_wan_module(
+        negative_prompt_embeds=str(tmp_path / "none.safetensors")
+    )  # read only to guide
+    assert unguided.negative_prompt_embeds is None

@@ -112,9 +112,9 @@ def test_the_48gb_recipe_trains_on_the_tiny_wan(tmp_path, synthetic_shards, monk
 
 @pytest.mark.slow  # two gloo processes building the tiny Wan, bf16 emulated on CPU
 def test_the_2x80gb_recipe_runs_on_two_processes(tmp_path, synthetic_shards):
-    """configs/wan_ssv2.yaml's trainer and model recipe as two processes: each rank draws its own clips,
-    the branch's weights stay in sync and change, the checkpoint holds the branch only; then `interdyn
-    test` on both ranks scores every test clip once."""
+    """configs/wan_ssv2.yaml's trainer and model recipe as two processes, with a moving average: each rank
+    draws its own clips, the branch's weights and their average stay in sync and change, the checkpoint
+    holds the branch and its average only; then `interdyn test` on both ranks scores every test clip once."""
     config = tiny(read_config([WAN_SSV2]), synthetic_shards, tmp_path / "runs", "wan_ssv2")
     trainer = config["trainer"]
     assert (
@@ -126,6 +126,7 @@ def test_the_2x80gb_recipe_runs_on_two_processes(tmp_path, synthetic_shards):
     assert memory["frozen_dtype"] == "bfloat16"
     assert memory["gradient_checkpointing"] and memory["transformer_gradient_checkpointing"]
     memory["fused_optimizer"] = True  # as on CUDA
+    config["model"]["init_args"]["ema_decay"] = 0.9  # the average too: each rank updates its own copy
     config["data"]["init_args"].update(batch_size=1, eval_batch_size=1)
     probe = tmp_path / "probe"
     trainer["callbacks"].append(
@@ -135,11 +136,13 @@ def test_the_2x80gb_recipe_runs_on_two_processes(tmp_path, synthetic_shards):
     result = launch("-m", "tests.commands.test_wan_ddp", "--config", str(tmp_path / "two.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = ranks_trained_in_sync(probe, steps=2)
+    assert ranks[0]["ema_hash"] == ranks[1]["ema_hash"] not in ("", ranks[0]["end_hash"])
     test0, test1 = ranks[0]["test_keys"], ranks[1]["test_keys"]
     assert len(test0) == len(test1) == 2 and len(set(test0 + test1)) == 4
     last = tmp_path / "runs" / "wan_ssv2" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True, map_location="cpu")
     assert state["global_step"] == 2 and all(k.startswith("controlnet.") for k in state["state_dict"])
+    assert set(state["interdyn_branch_ema"]) == {k.removeprefix("controlnet.") for k in state["state_dict"]}
 
 
 def fit_and_test(argv: list[str]) -> None:

@@ -52,7 +52,7 @@ help:
 	@echo "make world-base world-branch   retrain the world's SVD and its converged branch from scratch (hours on a CPU; docs/benchmarks.md)"
 	@echo "make shards    prepare shards: SSV2_ROOT=.. SOMETHING_ELSE=.. [SAM2_CHECKPOINT=..] CLEVRER_ROOT=.. FOLDER=.. OUT=data/shards"
 	@echo "               (the built-in dataset when no input is given; shards-ssv2/-clevrer/-folder/-synthetic alone)"
-	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml)"
+	@echo "make latents   cache VAE latents + CLIP embeddings in the training shards (CONFIG=configs/ssv2.yaml; a Wan config: its VAE latents)"
 	@echo "make bench-loader  data loading benchmark (writes docs/benchmarks.md)"
 	@echo "make bench-encode  video encoding: time and reproducible bytes (writes docs/benchmarks.md)"
 	@echo "make world-gpu   a larger world on one GPU: more clips, wider VAE and UNet, longer runs (docs/world.md; not yet measured)"

@@ -9,6 +9,10 @@ by default) and crop (the config's training crop; ``random`` becomes ``center``)
 ``data.init_args.cached_conditioning: true`` then skips video decoding and both encoders; the price
 is that every epoch sees the same window and crop of each video.
 
+A config that trains the Wan2.2 TI2V backbone (``model.class_path: ...InterDynWanModule``, e.g.
+``configs/wan_ssv2.yaml``) caches that backbone's VAE latents instead (``--wan`` or the config's
+``model.init_args.wan``; only the VAE is loaded, in float32), for its clip of ``1 + 4k`` frames.
+
 Shards are rewritten whole (a temporary file, then a rename), in place unless ``--out`` is given, so a
 killed run never leaves a broken shard. A rerun skips the shards already done with the same settings
 (``_latents/<shard>.json``) and refuses other settings unless ``--overwrite``.
@@ -57,7 +61,7 @@ from interdyn.commands.config import read_config
 from interdyn.commands.parsers import add_settings_options, given_settings
 from interdyn.commands.spelling import ScriptParser
 from interdyn.contract import to_contract
-from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache
+from interdyn.data.cache import FIELD, FORMAT_VERSION, pack_cache, pack_wan_cache
 from interdyn.data.clip_spec import ClipSpec
 from interdyn.data.sampling import key_seed
 from interdyn.data.shard_format import SkipSample
@@ -70,10 +74,23 @@ from interdyn.models.conditioning import (
 )
 from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.models.svd import cast_frozen, get_encoders
+from interdyn.models.wan.components import WAN_TI2V_REPO, get_wan_vae
+from interdyn.models.wan.controlnet import check_clip_frames
+from interdyn.models.wan.ti2v import encode_video_latents
 from interdyn.training.settings import DTYPES
 from interdyn.utils.timing import PhaseTimes, command_start, per_second
 
-__all__ = ["PROGRESS_DIR", "ConditioningEncoder", "MissingCacheError", "cache_shard", "main", "run"]
+__all__ = [
+    "PROGRESS_DIR",
+    "ConditioningEncoder",
+    "MissingCacheError",
+    "WanLatentEncoder",
+    "cache_shard",
+    "main",
+    "run",
+]
+# The Lightning module of the Wan backbone, as a config names it.
+WAN_MODULE = "interdyn.training.wan_module.InterDynWanModule"
 _DRIVER_KEYS = ("require_driver_in_first_frame", "require_driver_in_clip", "min_driver_pixels")
 # The data settings a cache depends on besides the clip, and their defaults.
 _DRIVER_DEFAULTS: dict[str, Any] = {
@@ -81,33 +98,40 @@ _DRIVER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def read_configs(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_configs(paths: list[Path]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The settings of LightningCLI configs as ``interdyn fit`` reads them (overlays in order, defaults
-    filled in; :func:`interdyn.commands.config.read_config`) -> ``(model arguments, data init_args)``; empty
-    without configs."""
+    filled in; :func:`interdyn.commands.config.read_config`) -> ``(backbone, model arguments, data
+    init_args)``: ``"wan"`` for a config that names the Wan module, else ``"svd"``; empty without configs."""
     if not paths:
-        return {}, {}
+        return "svd", {}, {}
     config = read_config(paths)
     data = config.get("data") or {}
     model = config.get("model") or {}
-    if "class_path" in model:  # e.g. the Wan backbone's configs
-        raise ValueError(
-            f"the latent cache holds SVD's latents and CLIP embeddings; the configs {[str(p) for p in paths]} "
-            f"train {model['class_path']}, which does not read them"
-        )
-    return model, data.get("init_args", data)
+    backbone = "svd"
+    if "class_path" in model:
+        if model["class_path"] != WAN_MODULE:
+            raise ValueError(
+                f"the latent cache is for interdyn's SVD and Wan modules; the configs {[str(p) for p in paths]} "
+                f"train {model['class_path']}, which does not read it"
+            )
+        backbone, model = "wan", model.get("init_args") or {}
+    return backbone, model, data.get("init_args", data)
 
 
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any, list[str]]:
     """The cache settings (the configs' clip, overridden by the clip flags; the window is a flag of its
-    own, the config's is for evaluation clips), the SVD source and shards."""
-    model, data = read_configs(args.config or [])
+    own, the config's is for evaluation clips), the SVD (or Wan) source and shards."""
+    backbone, model, data = read_configs(args.config or [])
     clip = ClipSpec.from_mapping(data.get("clip") or {}).with_overrides(**given_settings(args, ClipSpec))
     # one fixed window and crop per video are cached
     clip = dataclasses.replace(
         clip, window=args.window, crop="center" if clip.crop == "random" else clip.crop
     )
     settings = {**clip.as_kwargs(), **{k: data.get(k, default) for k, default in _DRIVER_DEFAULTS.items()}}
+    shards = args.shards or data.get(f"{args.split}_shards")
+    if backbone == "wan" or args.wan is not None:
+        wan = args.wan if args.wan is not None else model.get("wan", WAN_TI2V_REPO)
+        return _wan_settings(args, wan, settings, clip, backbone), wan, _shard_urls(shards, args.split)
     svd = args.svd if args.svd is not None else model.get("svd")
     if svd is None:
         raise ValueError("no SVD given: pass --svd or a --config whose model section names it")
@@ -123,20 +147,54 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any, lis
         store_dtype=args.store_dtype,
         svd=svd if isinstance(svd, str) else json.dumps(svd, sort_keys=True),
     )
-    shards = args.shards or data.get(f"{args.split}_shards")
+    return settings, svd, _shard_urls(shards, args.split)
+
+
+def _shard_urls(shards: Any, split: str) -> list[str]:
+    """The local shard files a cache is written into."""
     if not shards:
-        raise ValueError(f"no shards: pass --shards or a --config with data.init_args.{args.split}_shards")
+        raise ValueError(f"no shards: pass --shards or a --config with data.init_args.{split}_shards")
     urls = expand_urls(shards)
     if not urls:
         raise FileNotFoundError(f"no shards match {shards!r}")
     remote = [u for u in urls if u.startswith("pipe:") or "://" in u]
     if remote:
         raise ValueError(f"the cache is written next to local shards; {remote[0]!r} is not a local file")
-    return settings, svd, urls
+    return urls
+
+
+def _wan_settings(
+    args: argparse.Namespace, wan: Any, settings: dict[str, Any], clip: ClipSpec, backbone: str
+) -> dict[str, Any]:
+    """The settings of a Wan cache of the base ``wan`` (``backbone: wan``); SVD's options and a clip the Wan
+    VAE cannot take are one sentence."""
+    if backbone != "wan":
+        raise ValueError("--wan caches the Wan backbone's latents: give it with a --config that trains it")
+    given = [
+        f"--{name}"
+        for name in ("svd", "noise_aug_strength", "encoder_dtype")
+        if getattr(args, name) is not None
+    ]
+    if given:
+        raise ValueError(
+            f"{given[0]} is for SVD's cache; a Wan config caches its VAE's latents (in float32, no noise)"
+        )
+    try:
+        check_clip_frames(clip.num_frames)
+    except ValueError as err:
+        raise ValueError(f"the data's clip: {err}") from None
+    return {
+        **settings,
+        "version": FORMAT_VERSION,
+        "backbone": "wan",
+        "seed": args.seed,
+        "store_dtype": args.store_dtype,
+        "wan": wan if isinstance(wan, str) else json.dumps(wan, sort_keys=True),
+    }
 
 
 class ConditioningEncoder:
-    """The frozen VAE and CLIP on one device, encoding batches of decoded clips."""
+    """SVD's frozen VAE and CLIP on one device, encoding batches of decoded clips."""
 
     def __init__(self, svd: Any, device: str, dtype: torch.dtype, noise_aug: float, chunk: int) -> None:
         # The VAE is read in float32, as the training module reads it: SVD's (force_upcast) encodes in
@@ -169,6 +227,39 @@ class ConditioningEncoder:
         image_latents = encode_image_latents(self.vae, first, 0.0)
         return [(mean[i], std[i], image_latents[i], embeds[i]) for i in range(len(clips))]
 
+    @staticmethod
+    def pack(clip: dict[str, Any], encoded: tuple[torch.Tensor, ...], settings: dict[str, Any]) -> bytes:
+        """A clip's ``cond.npz`` bytes from what :meth:`__call__` gave for it."""
+        mean, std, image_latent, embed = encoded
+        indices = clip["source_indices"].tolist()
+        meta = {**settings, "effective_fps": clip["fps"]}
+        return pack_cache(
+            mean, std, image_latent, embed, clip["control"], indices, meta, settings["store_dtype"]
+        )
+
+
+class WanLatentEncoder:
+    """The Wan backbone's VAE (float32) on one device, encoding batches of decoded clips to their normalised
+    latents as the Wan module's training step does (the posterior's mode)."""
+
+    def __init__(self, wan: Any, device: str) -> None:
+        self.vae = get_wan_vae(json.loads(wan) if isinstance(wan, str) and wan.startswith("{") else wan)
+        self.vae.to(device).eval().requires_grad_(False)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, clips: list[dict[str, Any]], seed: int) -> list[tuple[torch.Tensor, ...]]:
+        batch = to_contract({"pixel_values": torch.stack([c["pixel_values"] for c in clips]).to(self.device)})
+        latents = encode_video_latents(self.vae, batch["pixel_values"])
+        return [(latents[i],) for i in range(len(clips))]
+
+    @staticmethod
+    def pack(clip: dict[str, Any], encoded: tuple[torch.Tensor, ...], settings: dict[str, Any]) -> bytes:
+        """A clip's ``cond.npz`` bytes (Wan's) from what :meth:`__call__` gave for it."""
+        indices = clip["source_indices"].tolist()
+        meta = {**settings, "effective_fps": clip["fps"]}
+        return pack_wan_cache(encoded[0], clip["control"], indices, meta, settings["store_dtype"])
+
 
 def _read_samples(path: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
     """A tar's samples in order: ``(key, [(field, bytes), ...])`` (WebDataset's key.field naming)."""
@@ -196,7 +287,7 @@ def cache_shard(
     src: Path,
     dst: Path,
     decoder: ClipDecoder,
-    encoder: ConditioningEncoder,
+    encoder: ConditioningEncoder | WanLatentEncoder,
     settings: dict[str, Any],
     batch_size: int,
     progress: Any = None,
@@ -216,17 +307,8 @@ def cache_shard(
         with times.phase(ENCODING, runs=0):
             encoded = encoder(pending, settings["seed"])
         with times.phase(WRITING, runs=0):
-            for clip, (mean, std, image_latent, embed) in zip(pending, encoded, strict=True):
-                cached[clip["key"]] = pack_cache(
-                    mean,
-                    std,
-                    image_latent,
-                    embed,
-                    clip["control"],
-                    clip["source_indices"].tolist(),
-                    {**settings, "effective_fps": clip["fps"]},
-                    settings["store_dtype"],
-                )
+            for clip, result in zip(pending, encoded, strict=True):
+                cached[clip["key"]] = encoder.pack(clip, result, settings)
                 counts["cached"] += 1
         pending.clear()
 
@@ -257,7 +339,8 @@ def cache_shard(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ScriptParser(
         prog="python -m data_prep.latents",
-        description="Store VAE latents, the first-frame latent and CLIP embedding as a cond.npz field of each shard sample.",
+        description="Store VAE latents, the first-frame latent and CLIP embedding (SVD; a Wan config: the Wan VAE's "
+        "latents) as a cond.npz field of each shard sample.",
     )
     parser.add_argument(
         "--config", type=Path, action="append", help="LightningCLI config(s) to read settings from"
@@ -268,6 +351,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", nargs="+", help="shard globs / brace patterns (instead of the config's)")
     parser.add_argument("--out", type=Path, help="write the cached shards here (default: in place)")
     parser.add_argument("--svd", help="SVD folder, hub id or preset (default: the config's model.svd)")
+    parser.add_argument(
+        "--wan",
+        help="with a Wan config: Wan2.2 TI2V folder, hub id or preset (default: the config's model wan)",
+    )
     add_settings_options(parser, ClipSpec, "the config's, else {}", skip=["window"])
     parser.add_argument(
         "--window", choices=("center", "start"), default="center", help="which clip of each video"
@@ -311,10 +398,14 @@ def _cache_shards(
     """Cache every shard of ``todo`` on ``device``, recording each one done; returns the counts."""
     fingerprint = json.dumps(settings, sort_keys=True)
     dtype_name = args.encoder_dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    encoder: ConditioningEncoder | WanLatentEncoder
     with times.phase("loading the encoders"):
-        encoder = ConditioningEncoder(
-            svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
-        )
+        if settings.get("backbone") == "wan":
+            encoder = WanLatentEncoder(svd, device)
+        else:
+            encoder = ConditioningEncoder(
+                svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+            )
     decoder = ClipDecoder(
         ClipSpec.from_mapping({k: settings[k] for k in ClipSpec.names()}),
         **{k: settings[k] for k in _DRIVER_KEYS},
@@ -368,8 +459,9 @@ def run(args: argparse.Namespace, times: PhaseTimes | None = None) -> dict[str, 
         with times.phase("latents.json"):
             finalize(jobs, settings, fingerprint)
         return {"settings": settings, "shards": len(urls), "cached_now": 0, "counts": {}}
-    shown = {k: v for k, v in settings.items() if k not in ("svd", "version")}
-    svd_name = svd if isinstance(svd, str) else "the config's random SVD"
+    shown = {k: v for k, v in settings.items() if k not in ("svd", "wan", "version")}
+    model = "Wan" if settings.get("backbone") == "wan" else "SVD"
+    svd_name = svd if isinstance(svd, str) else f"the config's random {model}"
     which = "" if part.whole else f" (part {part} from {part.source}: {len(mine)} of them)"
     print(
         f"latents: {len(urls)} shards{which}, {len(mine) - len(todo)} already cached, with {svd_name}; {shown}"

@@ -205,3 +205,41 @@ def validate_cached_batch(
             raise BatchContractError(f"batch['{name}'] holds NaN or infinite values")
         cache[name] = value
     return control, cache
+
+
+WAN_CACHED_KEY = "wan_latents"
+
+
+def is_wan_cached_batch(batch: Mapping[str, Any]) -> bool:
+    """Whether a batch carries the Wan backbone's cached latents (``make latents`` with a Wan config)."""
+    return isinstance(batch, Mapping) and WAN_CACHED_KEY in batch
+
+
+def validate_wan_cached_batch(
+    batch: Mapping[str, Any],
+    control_channels: int | None = 3,
+    latent_channels: int = 48,
+    spatial_factor: int = 16,
+    temporal_factor: int = 4,
+    check_values: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a batch of Wan's cached latents and return ``(control, latents)``: ``control`` as in
+    :func:`validate_batch`, ``latents`` ``(B, C, 1 + (T - 1) / t, H/f, W/f)`` float and finite (not checked with
+    ``check_values=False``)."""
+    missing = [k for k in ("control", WAN_CACHED_KEY) if k not in batch]
+    if missing:
+        raise BatchContractError(f"cached batch is missing {missing}; it has keys {sorted(batch)}")
+    control = _check_video("control", batch["control"], control_channels, check_values)
+    b, t, _, h, w = control.shape
+    latents = batch[WAN_CACHED_KEY]
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        raise BatchContractError(f"batch['{WAN_CACHED_KEY}'] must be a float tensor")
+    want = (b, latent_channels, 1 + (t - 1) // temporal_factor, h // spatial_factor, w // spatial_factor)
+    if tuple(latents.shape) != want:
+        raise BatchContractError(
+            f"batch['{WAN_CACHED_KEY}'] has shape {tuple(latents.shape)}, expected {want} for control "
+            f"{tuple(control.shape)}; was the cache built for another size or frame count, or another VAE?"
+        )
+    if check_values and not torch.isfinite(latents).all():
+        raise BatchContractError(f"batch['{WAN_CACHED_KEY}'] holds NaN or infinite values")
+    return control, latents

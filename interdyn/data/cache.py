@@ -11,6 +11,13 @@ fixed clip window and crop, and adds ``<key>.cond.npz`` to each sample of the sh
 - ``control``: the clip's driver masks ``(T, H, W)`` after the same window and crop.
 - ``indices``: the source frames of the window; ``settings``: what the cache was built with (JSON).
 
+For the Wan2.2 TI2V backbone (a config naming ``InterDynWanModule``; ``settings["backbone"]`` is ``"wan"``)
+the field holds instead:
+
+- ``wan_latents``: the normalised latents of the clip ``(C, 1 + (T - 1) / 4, H/16, W/16)``, the posterior's
+  mode as the training step encodes it (no noise is drawn from the posterior; the first latent frame is
+  the image's), with ``control``, ``indices`` and ``settings`` as above.
+
 :class:`CachedClipDecoder` turns such a sample into a training clip without decoding the video, so
 both the encoders and video decoding leave the training loop.
 """
@@ -68,11 +75,40 @@ def pack_cache(
     return buffer.getvalue()
 
 
+def pack_wan_cache(
+    latents: torch.Tensor,
+    control: torch.Tensor,
+    indices: Iterable[int],
+    settings: dict[str, Any],
+    dtype: str = "float16",
+) -> bytes:
+    """Encode one sample's Wan latents ``(C, F, h, w)`` and driver masks as the bytes of a ``cond.npz`` field."""
+    store = np.float16 if dtype == "float16" else np.float32
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        wan_latents=latents.detach().float().cpu().numpy().astype(store),
+        control=np.packbits(control.bool().cpu().numpy(), axis=-1),
+        control_shape=np.asarray(control.shape, dtype=np.int64),
+        indices=np.asarray(list(indices), dtype=np.int64),
+        settings=np.asarray(json.dumps(settings, sort_keys=True)),
+    )
+    return buffer.getvalue()
+
+
 def unpack_cache(data: bytes) -> dict[str, Any]:
-    """Decode a ``cond.npz`` field: tensors (``control`` as bool) plus the ``settings`` dict."""
+    """Decode a ``cond.npz`` field: tensors (``control`` as bool) plus the ``settings`` dict; SVD's fields or
+    Wan's ``wan_latents``."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         shape = tuple(int(v) for v in npz["control_shape"])
         control = np.unpackbits(npz["control"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+        if "wan_latents" in npz.files:
+            return {
+                "wan_latents": torch.from_numpy(npz["wan_latents"]),
+                "control": torch.from_numpy(control),
+                "indices": torch.from_numpy(npz["indices"]),
+                "settings": json.loads(str(npz["settings"])),
+            }
         return {
             "latent_mean": torch.from_numpy(npz["latent_mean"]),
             "latent_std": torch.from_numpy(npz["latent_std"]),
@@ -123,7 +159,8 @@ def check_cache_settings(settings: dict[str, Any], clip: ClipSpec, where: str) -
 class CachedClipDecoder:
     """Turns a shard sample with a ``cond.npz`` field into a training clip:
     ``{control (T,H,W) bool, latent_mean, latent_std (T,4,h,w), image_latents (4,h,w), image_embeds (1,D),
-    key, fps, start_frame, cache_noise_aug}``. The video is not decoded.
+    key, fps, start_frame, cache_noise_aug}``, or for a Wan cache ``{control, wan_latents (C,F,h,w), key, fps,
+    start_frame}``. The video is not decoded.
 
     Args:
         clip: the DataModule's clip; a sample cached for other frames or another size (see ``GEOMETRY_KEYS``)
@@ -146,6 +183,14 @@ class CachedClipDecoder:
         settings = cache["settings"]
         check_cache_settings(settings, self.clip, f"sample {key!r}")
         fps = settings.get("effective_fps", settings.get("fps"))
+        if "wan_latents" in cache:
+            return {
+                "control": cache["control"],
+                "wan_latents": cache["wan_latents"],
+                "key": key,
+                "fps": float(fps) if fps is not None else 0.0,
+                "start_frame": int(cache["indices"][0]),
+            }
         return {
             "control": cache["control"],
             "latent_mean": cache["latent_mean"],

@@ -19,6 +19,7 @@ import torch
 from interdyn.contract import (
     has_clips,
     is_cached_batch,
+    is_wan_cached_batch,
     validate_batch,
     validate_cached_batch,
 )
@@ -188,6 +189,12 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
                 )
             self._encoders_on("cpu")  # back to host memory after validation or sampling
         motion = self.objective.motion_loss_weight
+        if is_wan_cached_batch(batch):
+            raise ConfigError(
+                "the training shards' cache holds the Wan VAE's latents, not SVD's: rebuild it with this config "
+                "(make latents CONFIG=<this config> LATENTS_ARGS=--overwrite), or set the data's "
+                "cached_conditioning: false"
+            )
         if is_cached_batch(batch):
             control, cache = self._checked_cache(batch, check_values)
             loss = self.compute_loss(None, control, drop_image=True, cache=cache, motion_loss_weight=motion)

@@ -25,7 +25,13 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from interdyn.contract import has_clips, validate_batch
+from interdyn.contract import (
+    has_clips,
+    is_cached_batch,
+    is_wan_cached_batch,
+    validate_batch,
+    validate_wan_cached_batch,
+)
 from interdyn.data.sampling import key_seed
 from interdyn.errors import BatchContractError, ConfigError, WeightsMismatchError
 from interdyn.models.wan.components import WAN_TI2V_REPO, WanSource
@@ -219,16 +225,46 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         latents = encode_video_latents(self.vae, pixels)
         return latents, latents[:, :, :1]
 
+    def _checked_cache(
+        self, batch: dict[str, Any], check_values: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The control and the cached latents (float32) of a batch of ``make latents``' Wan cache, checked
+        against this VAE and the clip rules; SVD's cache is one sentence."""
+        if is_cached_batch(batch):
+            raise ConfigError(
+                "the training shards' cache holds SVD's latents and CLIP embeddings, not the Wan VAE's: rebuild "
+                "it with this config (make latents CONFIG=<this config> LATENTS_ARGS=--overwrite), or set the "
+                "data's cached_conditioning: false"
+            )
+        vae = self.vae.config
+        control, latents = validate_wan_cached_batch(
+            batch,
+            control_channels=self.controlnet.config.conditioning_channels,
+            latent_channels=vae.z_dim,
+            spatial_factor=vae.scale_factor_spatial,
+            temporal_factor=vae.scale_factor_temporal,
+            check_values=check_values,
+        )
+        try:
+            self.rules.check(control.shape[1], *control.shape[-2:], where="the cached clip")
+        except ValueError as err:
+            raise BatchContractError(str(err)) from None
+        return control, latents.float()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # the values are read back (a device sync) on the first step only: wrong data is wrong from the start
         check_values = not self.__dict__.get("_train_values_checked", False)
         self._train_values_checked = True
-        pixels, control = self._checked(batch, check_values)
-        latents, image_latents = self.encode(pixels)
+        if is_wan_cached_batch(batch) or is_cached_batch(batch):  # make latents: no video, no VAE pass
+            control, latents = self._checked_cache(batch, check_values)
+            image_latents = latents[:, :, :1]  # the causal VAE's first latent frame is the image's
+        else:
+            pixels, control = self._checked(batch, check_values)
+            latents, image_latents = self.encode(pixels)
         loss = self.flow.compute_loss(
             self.transformer, latents, image_latents, self.prompt_embeds, self.controlnet, control
         ).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=pixels.shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=control.shape[0])
         return loss
 
     def fixed_loss(

@@ -308,7 +308,119 @@ def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_sh
     flat.write_text("data:\n  init_args:\n    width: 256\n")
     with pytest.raises(ConfigError, match=r"data.init_args.width, which is now data.init_args.clip.width"):
         resolve_settings(parse_args(["--config", str(base[0]), "--config", str(flat)]))
-    # a config of another module class (the Wan backbone's) is read, then refused with one sentence
-    wan = ["--config", str(REPO_ROOT / "configs" / "wan_ssv2.yaml")]
-    with pytest.raises(ValueError, match="InterDynWanModule, which does not read them"):
-        resolve_settings(parse_args(wan))
+    # a config of the Wan backbone's module caches its VAE's latents, for its clip; SVD's options are refused
+    wan = [
+        "--config",
+        str(REPO_ROOT / "configs" / "wan_ssv2.yaml"),
+        "--shards",
+        str(synthetic_shards / "train" / "*.tar"),
+    ]
+    settings, source, _ = resolve_settings(parse_args(wan))
+    assert (settings["backbone"], settings["num_frames"], source) == (
+        "wan",
+        49,
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    )
+    assert "noise_aug_strength" not in settings and settings["wan"] == source
+    with pytest.raises(ValueError, match="--svd is for SVD's cache"):
+        resolve_settings(parse_args([*wan, "--svd", "random:tiny"]))
+    with pytest.raises(ValueError, match="the data's clip: The clip has 14 frames"):
+        resolve_settings(parse_args([*wan, "--num_frames", "14"]))
+    with pytest.raises(ValueError, match="--wan caches the Wan backbone's latents"):
+        resolve_settings(parse_args(["--config", str(base[0]), "--wan", "random:wan-tiny"]))
+
+
+WAN_CLIP = CLIP.with_overrides(num_frames=5)  # Wan's 1 + 4k frames; 64 pixels: 2 x 2 tokens
+
+
+@pytest.fixture(scope="module")
+def wan_cached(tmp_path_factory, synthetic_shards) -> Path:
+    """The training shards with a float32 cache of the tiny Wan's latents, made from a Wan config."""
+    folder = tmp_path_factory.mktemp("wan_cached")
+    config = folder / "wan.yaml"
+    config.write_text(
+        "model:\n  class_path: interdyn.training.wan_module.InterDynWanModule\n"
+        "  init_args:\n    wan: random:wan-tiny\n"
+        "data:\n  class_path: interdyn.data.ShardDataModule\n  init_args:\n"
+        f"    train_shards: {synthetic_shards / 'train' / '*.tar'}\n"
+        f"    clip: {{num_frames: 5, height: {SIZE}, width: {SIZE}}}\n"
+    )
+    out = folder / "shards"
+    argv = ["--config", str(config), "--out", str(out), "--store_dtype", "float32", "--device", "cpu"]
+    assert latents_main([*argv, "--no_progress"]) == 0
+    return out
+
+
+def wan_module(**kw):
+    from tests.training.wan.helpers import tiny_wan_module
+
+    return tiny_wan_module(layers="first:1", **kw)
+
+
+def test_a_wan_config_caches_the_latents_its_training_step_encodes(wan_cached, tmp_path):
+    """``make latents`` with a Wan config: every sample gets the Wan VAE's latents of its clip, equal to what
+    the Wan module's step encodes from the frames; the loss is the same from either; training from the cache
+    never runs the VAE."""
+    shard = next(wan_cached.glob("*.tar"))
+    samples = read_samples(shard)
+    cache = unpack_cache(samples[0][FIELD])
+    assert cache["settings"]["backbone"] == "wan" and cache["wan_latents"].shape == (
+        48,
+        2,
+        SIZE // 16,
+        SIZE // 16,
+    )
+    rng = random.Random(0)
+    frames = to_contract(collate_clips([ClipDecoder(WAN_CLIP)(s, rng) for s in samples]))
+    cached = to_contract(collate_clips([CachedClipDecoder(WAN_CLIP)(s, rng) for s in samples]))
+    assert torch.equal(frames["control"], cached["control"]) and "pixel_values" not in cached
+    model = wan_module()
+    control, latents = model._checked_cache(cached)
+    encoded, image_latents = model.encode(frames["pixel_values"])
+    torch.testing.assert_close(latents, encoded, rtol=1e-5, atol=1e-5)
+    sigma = torch.tensor([0.2, 0.5, 0.8, 0.9])[: control.shape[0]]
+    args = (model.transformer, latents, latents[:, :, :1], model.prompt_embeds, model.controlnet, control)
+    with torch.no_grad():
+        from_cache = model.flow.compute_loss(
+            *args, generator=torch.Generator().manual_seed(5), sigma=sigma
+        ).loss
+        from_frames = model.flow.compute_loss(
+            model.transformer, encoded, image_latents, model.prompt_embeds, model.controlnet, frames["control"],
+            generator=torch.Generator().manual_seed(5), sigma=sigma,
+        ).loss  # fmt: skip
+        other = model.flow.compute_loss(*args, generator=torch.Generator().manual_seed(6), sigma=sigma).loss
+    assert from_cache.item() == pytest.approx(from_frames.item(), rel=1e-5)
+    assert abs(other.item() - from_frames.item()) > 1e-5  # the comparison can fail
+
+    def no_vae(*args, **kwargs):
+        raise AssertionError("training from the cache ran the VAE")
+
+    model.vae.encode = no_vae
+    data = ShardDataModule(
+        train_shards=str(wan_cached / "*.tar"), clip=WAN_CLIP, batch_size=2, num_workers=0, epoch_samples=4,
+        cached_conditioning=True, shuffle_buffer=1,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in model.controlnet.state_dict().items()}
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(v, model.controlnet.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_cache_of_the_other_backbone_is_one_sentence(wan_cached, cached, tiny_svd_folder):
+    rng = random.Random(0)
+    wan_batch = to_contract(
+        collate_clips(
+            [CachedClipDecoder(WAN_CLIP)(s, rng) for s in read_samples(next(wan_cached.glob("*.tar")))]
+        )
+    )
+    with pytest.raises(ConfigError, match="holds the Wan VAE's latents, not SVD's"):
+        module(tiny_svd_folder).training_step(wan_batch, 0)
+    _, svd_batch = both_batches(next(cached.glob("*.tar")))
+    with pytest.raises(ConfigError, match="holds SVD's latents and CLIP embeddings, not the Wan VAE's"):
+        wan_module().training_step(svd_batch, 0)
+    with pytest.raises(BatchContractError, match="wan_latents"):
+        wan_module()._checked_cache({**wan_batch, "wan_latents": wan_batch["wan_latents"][:, :, :1]})

@@ -256,6 +256,18 @@ def get_wan(source: WanSource, torch_dtype: torch.dtype | None = None) -> WanCom
     return components
 
 
+def get_wan_vae(source: WanSource) -> AutoencoderKLWan:
+    """Only the VAE of a Wan source, in float32 (the latent cache needs no transformer): a folder's or hub id's
+    ``vae/``, or the VAE of a preset or architecture dict (built whole: the same seeded weights as
+    :func:`get_wan` gives)."""
+    if isinstance(source, dict) or (isinstance(source, str) and source.startswith("random:")):
+        return get_wan(source).vae
+    try:
+        return load_component(AutoencoderKLWan, source, subfolder="vae", what="Wan VAE", kind="wan")
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError(f"{err} {HOW_TO_GET_WAN}") from None
+
+
 def save_wan(components: WanComponents, folder: str | Path) -> None:
     """Write components in the layout of the diffusers Wan2.2 TI2V folder (``transformer/ vae/ scheduler/``
     and a ``model_index.json`` without text encoder), so that diffusers' ``WanImageToVideoPipeline`` loads it

@@ -151,6 +151,15 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         if memory.transformer_gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.eval_means = torch.nn.ModuleDict({name: MeanMetric() for name in _EVAL_METRICS})
+        if memory.offload_encoders:
+            # Held outside the module tree: Lightning's move to the accelerator, DDP and the state dict leave
+            # it alone; `_vae_on(device)` moves it when a step needs it.
+            self.__dict__["vae"] = self._modules.pop("vae")
+
+    def _vae_on(self, device: torch.device | str) -> None:
+        """With ``offload_encoders``, move the VAE to ``device`` (no-op where it is)."""
+        if self.memory.offload_encoders and next(self.vae.parameters()).device != torch.device(device):
+            self.vae.to(device)
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True) -> InterDynWanModule:
@@ -222,6 +231,7 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         """Clips ``(B, T, 3, H, W)`` in ``[-1, 1]`` -> their normalised latents and their first frames'. The
         causal VAE encodes the first frame alone, so its latent frame is the image latent as TI2V encodes it
         (:func:`~interdyn.models.wan.ti2v.encode_image_latents`): one encoder pass serves both."""
+        self._vae_on(pixels.device)
         latents = encode_video_latents(self.vae, pixels)
         return latents, latents[:, :, :1]
 
@@ -258,6 +268,12 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
         if is_wan_cached_batch(batch) or is_cached_batch(batch):  # make latents: no video, no VAE pass
             control, latents = self._checked_cache(batch, check_values)
             image_latents = latents[:, :, :1]  # the causal VAE's first latent frame is the image's
+            self._vae_on("cpu")  # back to host memory after validation or sampling (offload_encoders)
+        elif self.memory.offload_encoders:
+            raise ConfigError(
+                "offload_encoders trains on cached latents only; set the data's cached_conditioning: true (after "
+                "`make latents` with this config) or turn offload_encoders off"
+            )
         else:
             pixels, control = self._checked(batch, check_values)
             latents, image_latents = self.encode(pixels)
@@ -324,6 +340,7 @@ class InterDynWanModule(BranchTraining, L.LightningModule):
     # ------------------------------------------------------------------ sampling
     def pipeline(self) -> InterDynWanPipeline:
         """A sampling pipeline sharing this module's weights (no copies)."""
+        self._vae_on(self.device)
         pipe = InterDynWanPipeline(self.transformer, self.vae, self.scheduler, self.controlnet)
         pipe.set_progress_bar_config(disable=True)
         return pipe

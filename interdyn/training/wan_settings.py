@@ -82,12 +82,16 @@ class WanMemorySettings:
         gradient_checkpointing: recompute the branch's block activations in the backward pass.
         transformer_gradient_checkpointing: the same for the frozen transformer (the loss back-propagates
             through its blocks after the first branch residual).
+        offload_encoders: keep the VAE in host memory while training on cached latents (the data's
+            ``cached_conditioning: true``, after ``make latents``); it moves to the device for validation,
+            testing and sampling, and back afterwards.
         fused_optimizer: fused Adam/AdamW kernels; ``None`` uses them on CUDA.
     """
 
     frozen_dtype: str = "float32"
     gradient_checkpointing: bool = False
     transformer_gradient_checkpointing: bool = False
+    offload_encoders: bool = False
     fused_optimizer: bool | None = None
 
     def __post_init__(self) -> None:

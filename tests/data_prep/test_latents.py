@@ -424,3 +424,31 @@ def test_a_cache_of_the_other_backbone_is_one_sentence(wan_cached, cached, tiny_
         wan_module().training_step(svd_batch, 0)
     with pytest.raises(BatchContractError, match="wan_latents"):
         wan_module()._checked_cache({**wan_batch, "wan_latents": wan_batch["wan_latents"][:, :, :1]})
+
+
+def test_offloaded_wan_vae_trains_from_the_cache_and_still_validates(wan_cached, synthetic_shards, tmp_path):
+    """``memory.offload_encoders`` on Wan: the VAE is out of the module (its state dict, Lightning's device
+    moves), training reads the cache, validation still encodes the videos with it; a batch of frames in
+    training is one sentence."""
+    model = wan_module(memory={"offload_encoders": True})
+    assert not any(k.startswith("vae.") for k in model.state_dict()) and model.vae is not None
+    data = ShardDataModule(
+        train_shards=str(wan_cached / "*.tar"), val_shards=str(synthetic_shards / "validation" / "*.tar"),
+        clip=WAN_CLIP, batch_size=2, num_workers=0, epoch_samples=4, cached_conditioning=True, shuffle_buffer=1,
+    )  # fmt: skip
+    validated = []
+    real_encode = model.encode
+    model.encode = lambda pixels: validated.append(len(pixels)) or real_encode(pixels)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2 and validated == [2], "training read the cache, validation the frames"
+    assert "val/loss" in trainer.callback_metrics
+    rng = random.Random(0)
+    frames = to_contract(
+        collate_clips([ClipDecoder(WAN_CLIP)(s, rng) for s in read_samples(next(wan_cached.glob("*.tar")))])
+    )
+    with pytest.raises(ConfigError, match="offload_encoders trains on cached latents only"):
+        model.training_step(frames, 0)

@@ -35,7 +35,7 @@ from interdyn.commands.generate import (
     read_inputs,
     run_generate,
 )
-from interdyn.commands.generate_wan import FRAME_STEP, WAN_SAMPLING
+from interdyn.commands.generate_wan import FRAME_STEP, WAN_OVERLAP, WAN_SAMPLING
 from interdyn.data.clip_spec import ClipSpec
 from interdyn.errors import InputError
 from interdyn.inputs import (
@@ -348,10 +348,11 @@ class Engine:
         unknown = sorted(set(sampling) - set(SamplingSettings.names()))
         if unknown:
             raise TypeError(f"unknown sampling settings {unknown}; known: {SamplingSettings.names()}")
+        wan_keys = {*WAN_SAMPLING, "continuation"}  # what of the page's settings Wan takes
         sampling = {"num_inference_steps": self.model.steps} | {
             k: v
             for k, v in sampling.items()
-            if v is not None and (self.model.backbone != "wan" or k in WAN_SAMPLING)  # the page's SVD-only
+            if v is not None and (self.model.backbone != "wan" or k in wan_keys)  # the page's SVD-only
         }
         with self._lock:
             check_image(image)
@@ -363,6 +364,10 @@ class Engine:
                 argv += self.weight_args()
                 if self.model.backbone == "wan":  # the page has no negative prompt: no prompt guidance
                     argv += ["--guidance_scale", "1"]
+                    if sampling.get("continuation", "single") != "single":  # windows of the app's clip
+                        window = self.clip.num_frames
+                        overlap = min(WAN_OVERLAP, 1 + FRAME_STEP * ((window - 2) // FRAME_STEP))
+                        argv += ["--window_frames", str(window), "--window_overlap", str(overlap)]
                 args = parse_or_error(argv)
                 read_inputs(args)  # bad inputs fail before the weights are loaded
                 if self._weights is None:

@@ -28,6 +28,7 @@ from interdyn.app.engine import (
     painted_mask,
 )
 from interdyn.app.scenes import Scene, builtin_scenes
+from interdyn.commands.generate_wan import FRAME_STEP
 from interdyn.errors import InterDynError
 from interdyn.models.sampling import CONTINUATIONS, DEFAULT_SAMPLING, SCHEDULERS
 
@@ -307,9 +308,10 @@ def first_frame_panel(scenes: dict[str, Scene], files: ServerFiles) -> dict[str,
     return parts
 
 
-def driver_panel(scene: Scene, frames: int) -> dict[str, Any]:
+def driver_panel(scene: Scene, frames: int, length_step: int = 1) -> dict[str, Any]:
     """Step 2: the path drawn on the first frame (``scene``'s at first; or uploaded masks) and the
-    driver's preview."""
+    driver's preview; the video's length goes from ``frames`` in steps of ``length_step`` (4 on Wan, whose
+    clips are 1 + 4k frames)."""
     gr.Markdown(
         "### 2. Driver\nClick points on the image to draw the path the mask is dragged along, "
         "or upload a mask video."
@@ -335,7 +337,7 @@ def driver_panel(scene: Scene, frames: int) -> dict[str, Any]:
         0, 40, value=0, step=0.5, label="speed, pixels per frame (0: the whole path over the clip)"
     )
     parts["length"] = gr.Slider(
-        frames, 7 * frames, value=frames, step=1, elem_id="length",
+        frames, 7 * frames, value=frames, step=length_step, elem_id="length",
         label=f"video length, frames (over {frames}: made in overlapping windows, see docs/long.md)",
     )  # fmt: skip
     parts["upload"] = gr.File(
@@ -435,7 +437,8 @@ def build_ui(engine: Engine, files: ServerFiles | None = None) -> gr.Blocks:
             with gr.Column():
                 first_frame = first_frame_panel(scenes, files)
             with gr.Column():
-                driver = driver_panel(first, engine.clip.num_frames)
+                step = FRAME_STEP if engine.model.backbone == "wan" else 1
+                driver = driver_panel(first, engine.clip.num_frames, step)
         page = SimpleNamespace(**states, **first_frame, **driver, **generate_panel(model))
         wire(page, engine, scenes, files)
     return demo

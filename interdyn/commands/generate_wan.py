@@ -214,7 +214,9 @@ def wan_windows(args: Any) -> WanWindows:
     try:
         plan_wan_windows(args.num_frames, window, overlap)
     except ValueError as err:
-        raise InputError(f"{err}.") from None
+        raise InputError(
+            f"--{str(err).rstrip('.')}." if "window_overlap" in str(err) else f"{err}."
+        ) from None
     return WanWindows(continuation, window, overlap)
 
 

@@ -73,3 +73,38 @@ def test_the_app_refuses_a_wan_size_in_one_sentence(tmp_path: Path) -> None:
     check_size(make_engine(AppOptions(out=str(tmp_path))), AppOptions(height=48))  # SVD: multiples of 8
     with pytest.raises(InputError, match="--steps must be at least 1"):
         make_engine(AppOptions(wan="random:wan-tiny", steps=0))
+
+
+def test_a_long_path_on_wan_is_made_in_windows_of_the_app_clip(engine: Engine) -> None:
+    """A driver longer than the app's Wan clip, with the page's continuation: ``interdyn generate`` samples it
+    in windows of that clip (``--window_frames``), as the page's length slider says; the run records them."""
+    frames = FRAMES + 4  # the slider's next length on Wan (its clips are 1 + 4k frames)
+    driver = Driver.drawn(square_mask(), [(48, 24), (4, 24)], length=frames)
+    result = engine.generate(picture(), driver, 1, 3, num_inference_steps=1, continuation="hold")
+    assert result.videos["driver"].shape[:2] == (1, frames)
+    run = sorted(engine.out.glob("run*"))[-1]
+    settings = json.loads((run / f"{run.name}_settings.json").read_text())
+    assert (settings["continuation"], settings["model_window"], settings["windows"]) == (
+        "hold",
+        5,
+        [[0, 5], [4, 9]],
+    )
+    argv = shlex.split((run / "command.txt").read_text())
+    assert (
+        argv[argv.index("--window_frames") + 1] == str(FRAMES)
+        and argv[argv.index("--window_overlap") + 1] == "1"
+    )
+
+
+def test_the_page_length_slider_keeps_wan_clips_whole(tmp_path: Path) -> None:
+    from interdyn.app.ui import build_ui
+
+    sliders = {}
+    for model in (TINY_WAN, None):
+        engine = (
+            Engine(tmp_path / str(model), model, device="cpu") if model else Engine(tmp_path, device="cpu")
+        )
+        demo = build_ui(engine)
+        length = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "length")
+        sliders[engine.model.backbone] = (length.minimum, length.step)
+    assert sliders == {"wan": (13, 4), "svd": (14, 1)}  # Wan: 13, 17, 21, ... frames (1 + 4k)

@@ -58,6 +58,7 @@ from data_prep.latent_records import (
 from data_prep.parts import part_device, resolve_part
 from data_prep.shard_writer import write_shard
 from interdyn.commands.config import read_config
+from interdyn.commands.generate_wan import WAN_RULES
 from interdyn.commands.parsers import add_settings_options, given_settings
 from interdyn.commands.spelling import ScriptParser
 from interdyn.contract import to_contract
@@ -75,7 +76,6 @@ from interdyn.models.conditioning import (
 from interdyn.models.sampling import DEFAULT_SAMPLING
 from interdyn.models.svd import cast_frozen, get_encoders
 from interdyn.models.wan.components import WAN_TI2V_REPO, get_wan_vae
-from interdyn.models.wan.controlnet import check_clip_frames
 from interdyn.models.wan.ti2v import encode_video_latents
 from interdyn.training.settings import DTYPES
 from interdyn.utils.timing import PhaseTimes, command_start, per_second
@@ -172,22 +172,18 @@ def _wan_settings(
         raise ValueError("--wan caches the Wan backbone's latents: give it with a --config that trains it")
     given = [
         f"--{name}"
-        for name in ("svd", "noise_aug_strength", "encoder_dtype")
+        for name in ("svd", "noise_aug_strength", "encoder_dtype", "vae_chunk_size")
         if getattr(args, name) is not None
     ]
     if given:
         raise ValueError(
             f"{given[0]} is for SVD's cache; a Wan config caches its VAE's latents (in float32, no noise)"
         )
-    try:
-        check_clip_frames(clip.num_frames)
-    except ValueError as err:
-        raise ValueError(f"the data's clip: {err}") from None
+    WAN_RULES.check(clip.num_frames, clip.height, clip.width, where="the data's clip")
     return {
         **settings,
         "version": FORMAT_VERSION,
-        "backbone": "wan",
-        "seed": args.seed,
+        "backbone": "wan",  # no seed: no noise is drawn, and the window and crop are fixed
         "store_dtype": args.store_dtype,
         "wan": wan if isinstance(wan, str) else json.dumps(wan, sort_keys=True),
     }
@@ -305,7 +301,7 @@ def cache_shard(
 
     def flush() -> None:
         with times.phase(ENCODING, runs=0):
-            encoded = encoder(pending, settings["seed"])
+            encoded = encoder(pending, settings.get("seed", 0))
         with times.phase(WRITING, runs=0):
             for clip, result in zip(pending, encoded, strict=True):
                 cached[clip["key"]] = encoder.pack(clip, result, settings)
@@ -316,7 +312,7 @@ def cache_shard(
         sample = {"__key__": key, **{f: d for f, d in fields if f != FIELD}}
         try:
             with times.phase(DECODING, runs=0):
-                pending.append(decoder(sample, random.Random(key_seed(settings["seed"], key))))
+                pending.append(decoder(sample, random.Random(key_seed(settings.get("seed", 0), key))))
         except SkipSample as skip:
             counts[skip.reason] += 1
         if len(pending) >= batch_size:
@@ -371,7 +367,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--store_dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--batch_size", type=int, default=8, help="clips per encoder call")
-    parser.add_argument("--vae_chunk_size", type=int, default=16, help="frames per VAE call")
+    parser.add_argument("--vae_chunk_size", type=int, help="frames per VAE call (SVD's cache; default 16)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild caches made with other settings")
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument(
@@ -404,7 +400,7 @@ def _cache_shards(
             encoder = WanLatentEncoder(svd, device)
         else:
             encoder = ConditioningEncoder(
-                svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size
+                svd, device, DTYPES[dtype_name], settings["noise_aug_strength"], args.vae_chunk_size or 16
             )
     decoder = ClipDecoder(
         ClipSpec.from_mapping({k: settings[k] for k in ClipSpec.names()}),

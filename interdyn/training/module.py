@@ -181,6 +181,12 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
         # check every batch. The compact batches of the shard DataModule are in range by construction.
         check_values = not self.__dict__.get("_train_values_checked", False)
         self._train_values_checked = True
+        if is_wan_cached_batch(batch):
+            raise ConfigError(
+                "the training shards' cache holds the Wan VAE's latents, not SVD's: rebuild it with this config "
+                "(make latents CONFIG=<this config> LATENTS_ARGS=--overwrite), or set the data's "
+                "cached_conditioning: false"
+            )
         if self.memory.offload_encoders:
             if not is_cached_batch(batch):
                 raise ConfigError(
@@ -189,12 +195,6 @@ class InterDynModule(EDMObjective, BranchTraining, L.LightningModule):
                 )
             self._encoders_on("cpu")  # back to host memory after validation or sampling
         motion = self.objective.motion_loss_weight
-        if is_wan_cached_batch(batch):
-            raise ConfigError(
-                "the training shards' cache holds the Wan VAE's latents, not SVD's: rebuild it with this config "
-                "(make latents CONFIG=<this config> LATENTS_ARGS=--overwrite), or set the data's "
-                "cached_conditioning: false"
-            )
         if is_cached_batch(batch):
             control, cache = self._checked_cache(batch, check_values)
             loss = self.compute_loss(None, control, drop_image=True, cache=cache, motion_loss_weight=motion)

@@ -324,8 +324,12 @@ def test_settings_come_from_the_configs_as_fit_reads_them(tmp_path, synthetic_sh
     assert "noise_aug_strength" not in settings and settings["wan"] == source
     with pytest.raises(ValueError, match="--svd is for SVD's cache"):
         resolve_settings(parse_args([*wan, "--svd", "random:tiny"]))
-    with pytest.raises(ValueError, match="the data's clip: The clip has 14 frames"):
+    with pytest.raises(ValueError, match="the data's clip has 14 frames"):
         resolve_settings(parse_args([*wan, "--num_frames", "14"]))
+    with pytest.raises(ValueError, match="the data's clip is 48x64 pixels"):
+        resolve_settings(parse_args([*wan, "--height", "48", "--width", "64"]))
+    with pytest.raises(ValueError, match="--vae_chunk_size is for SVD's cache"):
+        resolve_settings(parse_args([*wan, "--vae_chunk_size", "8"]))
     with pytest.raises(ValueError, match="--wan caches the Wan backbone's latents"):
         resolve_settings(parse_args(["--config", str(base[0]), "--wan", "random:wan-tiny"]))
 

@@ -71,6 +71,7 @@ class ModelChoice:
     notice: str = ""  # said plainly in the page
     wan: str | None = None  # the Wan base (--wan); None: the branch's recorded one, or an SVD model
     backbone: str = "svd"  # svd or wan (which of the page's sampling settings apply)
+    prompt: tuple[str, ...] = ()  # Wan: generate's prompt options (--prompt_embeds, guidance), as given
 
 
 TINY_RANDOM = ModelChoice(
@@ -362,8 +363,9 @@ class Engine:
                     folder, image, driver, num_samples=int(num_samples), seed=int(seed), **sampling
                 )
                 argv += self.weight_args()
-                if self.model.backbone == "wan":  # the page has no negative prompt: no prompt guidance
-                    argv += ["--guidance_scale", "1"]
+                if self.model.backbone == "wan":  # prompt guidance only as `interdyn app` was started
+                    given = self.model.prompt
+                    argv += [*given, *([] if "--guidance_scale" in given else ["--guidance_scale", "1"])]
                     if sampling.get("continuation", "single") != "single":  # windows of the app's clip
                         window = self.clip.num_frames
                         overlap = min(WAN_OVERLAP, 1 + FRAME_STEP * ((window - 2) // FRAME_STEP))

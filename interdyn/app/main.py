@@ -33,6 +33,11 @@ class AppOptions:
             its own base
         wan: Wan2.2 TI2V base, as for interdyn generate --wan (random:wan-tiny: a tiny random one with a
             random branch, for trying the app)
+        prompt_embeds: Wan only: the fixed prompt embedding, as for interdyn generate (default: the one the
+            branch was trained with, else zeros)
+        guidance_scale: Wan only: prompt guidance for every run, as for interdyn generate; needs
+            --negative_prompt_embeds (default: 1, no guidance, whatever the branch's run recorded)
+        negative_prompt_embeds: Wan only: the negative prompt embedding of --guidance_scale
         device: auto, cpu, cuda or cuda:<index> (default: cpu for the default model, else auto)
         dtype: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16
         height: clip height (default: the model's; the paper's 256 with named weights)
@@ -54,6 +59,9 @@ class AppOptions:
     svd: str | None = None
     controlnet: str | None = None
     wan: str | None = None
+    prompt_embeds: str | None = None
+    guidance_scale: float | None = None
+    negative_prompt_embeds: str | None = None
     device: str | None = None
     dtype: str = "auto"
     height: int | None = None
@@ -83,23 +91,54 @@ def make_engine(args: AppOptions):  # -> Engine (imported lazily: torch and diff
     if args.svd is None and args.controlnet is None and args.wan is None:
         model, device = DEFAULT_MODEL, args.device or "cpu"
     elif args.controlnet is None and args.wan == TINY_WAN.wan:
-        model, device = TINY_WAN, args.device or "cpu"
+        model, device = dataclasses.replace(TINY_WAN, prompt=prompt_args(args)), args.device or "cpu"
     elif backbone_of(named) == "wan":
         controlnet = args.controlnet or "none"
         label = f"wan {args.wan or '(the branch’s base)'}, controlnet {controlnet}"
         steps = DEFAULT_SAMPLING.num_inference_steps
-        model = ModelChoice(label, args.svd, controlnet, WAN_CLIP, steps, wan=args.wan, backbone="wan")
+        model = ModelChoice(
+            label,
+            args.svd,
+            controlnet,
+            WAN_CLIP,
+            steps,
+            wan=args.wan,
+            backbone="wan",
+            prompt=prompt_args(args),
+        )
         device = args.device or "auto"
     else:
         controlnet = args.controlnet or RELEASED_REPO
         label = f"svd {args.svd or '(the checkpoint’s)'}, controlnet {controlnet}"
         model = ModelChoice(label, args.svd, controlnet, DEMO_CLIP, DEFAULT_SAMPLING.num_inference_steps)
         device = args.device or "auto"
+    if model.backbone != "wan" and prompt_args(args):
+        raise InputError(f"{prompt_args(args)[0]} is for the Wan backbone (start the app with --wan).")
     if args.steps is not None:
         if args.steps < 1:
             raise InputError(f"--steps must be at least 1, got {args.steps}.")
         model = dataclasses.replace(model, steps=args.steps)
     return Engine(args.out, model, device, args.dtype, args.height, args.width)
+
+
+def prompt_args(args: AppOptions) -> tuple[str, ...]:
+    """The Wan prompt options given to ``interdyn app``, as ``interdyn generate`` arguments (checked with
+    ``generate``'s own rules when a run starts, and the guidance's at once)."""
+    guided = args.guidance_scale is not None and args.guidance_scale > 1
+    if guided and args.negative_prompt_embeds is None:
+        raise InputError(
+            f"--guidance_scale {args.guidance_scale:g} needs --negative_prompt_embeds (a file written by "
+            "interdyn prompt)."
+        )
+    if args.negative_prompt_embeds is not None and not guided:
+        raise InputError("--negative_prompt_embeds is for prompt guidance: add --guidance_scale above 1.")
+    names = ("prompt_embeds", "guidance_scale", "negative_prompt_embeds")
+    return tuple(
+        v
+        for name in names
+        if getattr(args, name) is not None
+        for v in (f"--{name}", str(getattr(args, name)))
+    )
 
 
 def check_size(engine, args: AppOptions) -> None:  # engine: an Engine (imported lazily)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,42 @@ def test_the_page_length_slider_keeps_wan_clips_whole(tmp_path: Path) -> None:
         length = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "length")
         sliders[engine.model.backbone] = (length.minimum, length.step)
     assert sliders == {"wan": (13, 4), "svd": (14, 1)}  # Wan: 13, 17, 21, ... frames (1 + 4k)
+
+
+def test_interdyn_app_takes_wans_prompt_options(tmp_path: Path) -> None:
+    """``interdyn app --wan ... --prompt_embeds --guidance_scale --negative_prompt_embeds``: every run is
+    generate's with those options; guidance without a negative embedding (or the reverse), and prompt
+    options for SVD, are one sentence at start."""
+    import torch
+
+    from interdyn.models.wan import save_prompt_embeds
+
+    noise = torch.Generator().manual_seed(0)
+    for name in ("prompt", "negative"):
+        save_prompt_embeds(torch.randn(1, 8, 32, generator=noise), tmp_path / f"{name}.safetensors")
+    files = {"prompt_embeds": str(tmp_path / "prompt.safetensors")}
+    negative = str(tmp_path / "negative.safetensors")
+    options = AppOptions(
+        wan="random:wan-tiny", out=str(tmp_path / "runs"), height=SIZE, width=SIZE, guidance_scale=3.0,
+        negative_prompt_embeds=negative, **files,
+    )  # fmt: skip
+    model = make_engine(options).model  # as the command builds it, at the smallest Wan clip
+    small = Engine(
+        options.out,
+        replace(model, clip=model.clip.with_overrides(num_frames=FRAMES)),
+        device="cpu",
+        height=SIZE,
+        width=SIZE,
+    )
+    small.generate(picture(), Driver.drawn(square_mask(), [(48, 24), (12, 24)]), 1, 7, num_inference_steps=1)
+    settings = json.loads((small.out / "run001" / "run001_settings.json").read_text())
+    assert settings["sampling"]["guidance_scale"] == 3.0 and settings["negative_prompt_embeds"] == negative
+    assert settings["prompt_embeds"] == files["prompt_embeds"]
+    for wrong, words in [
+        ({"guidance_scale": 3.0}, "needs --negative_prompt_embeds"),
+        ({"negative_prompt_embeds": negative}, "add --guidance_scale above 1"),
+    ]:
+        with pytest.raises(InputError, match=words):
+            make_engine(AppOptions(wan="random:wan-tiny", out=str(tmp_path), **wrong))
+    with pytest.raises(InputError, match="--prompt_embeds is for the Wan backbone"):
+        make_engine(AppOptions(svd="random:tiny", out=str(tmp_path), **files))

@@ -44,6 +44,28 @@ FIELD = "cond.npz"
 FORMAT_VERSION = 2
 
 
+def _pack(
+    tensors: dict[str, torch.Tensor],
+    control: torch.Tensor,
+    indices: Iterable[int],
+    settings: dict[str, Any],
+    dtype: str,
+) -> bytes:
+    """The bytes of a ``cond.npz`` field: ``tensors`` stored in ``dtype``, then the bit-packed masks, the
+    source frames and the settings."""
+    store = np.float16 if dtype == "float16" else np.float32
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        **{name: x.detach().float().cpu().numpy().astype(store) for name, x in tensors.items()},
+        control=np.packbits(control.bool().cpu().numpy(), axis=-1),
+        control_shape=np.asarray(control.shape, dtype=np.int64),
+        indices=np.asarray(list(indices), dtype=np.int64),
+        settings=np.asarray(json.dumps(settings, sort_keys=True)),
+    )
+    return buffer.getvalue()
+
+
 def pack_cache(
     latent_mean: torch.Tensor,
     latent_std: torch.Tensor,
@@ -55,24 +77,13 @@ def pack_cache(
     dtype: str = "float16",
 ) -> bytes:
     """Encode one sample's cached conditioning as the bytes of a ``cond.npz`` field."""
-    store = np.float16 if dtype == "float16" else np.float32
-
-    def arr(x: torch.Tensor) -> np.ndarray:
-        return x.detach().float().cpu().numpy().astype(store)
-
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        latent_mean=arr(latent_mean),
-        latent_std=arr(latent_std),
-        image_latent=arr(image_latent),
-        image_embed=arr(image_embed.flatten()),
-        control=np.packbits(control.bool().cpu().numpy(), axis=-1),
-        control_shape=np.asarray(control.shape, dtype=np.int64),
-        indices=np.asarray(list(indices), dtype=np.int64),
-        settings=np.asarray(json.dumps(settings, sort_keys=True)),
-    )
-    return buffer.getvalue()
+    tensors = {
+        "latent_mean": latent_mean,
+        "latent_std": latent_std,
+        "image_latent": image_latent,
+        "image_embed": image_embed.flatten(),
+    }
+    return _pack(tensors, control, indices, settings, dtype)
 
 
 def pack_wan_cache(
@@ -83,17 +94,7 @@ def pack_wan_cache(
     dtype: str = "float16",
 ) -> bytes:
     """Encode one sample's Wan latents ``(C, F, h, w)`` and driver masks as the bytes of a ``cond.npz`` field."""
-    store = np.float16 if dtype == "float16" else np.float32
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        wan_latents=latents.detach().float().cpu().numpy().astype(store),
-        control=np.packbits(control.bool().cpu().numpy(), axis=-1),
-        control_shape=np.asarray(control.shape, dtype=np.int64),
-        indices=np.asarray(list(indices), dtype=np.int64),
-        settings=np.asarray(json.dumps(settings, sort_keys=True)),
-    )
-    return buffer.getvalue()
+    return _pack({"wan_latents": latents}, control, indices, settings, dtype)
 
 
 def unpack_cache(data: bytes) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from interdyn.inputs import (
 )
 from interdyn.models.controlnet import ControlNetSDVModel
 from interdyn.models.hub import SVD_REPO
-from interdyn.models.long import Window, check_overlap, plan_windows
+from interdyn.models.long import Window, check_overlap, plan_windows, short_last_window
 from interdyn.models.pipeline import InterDynPipeline
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import SamplingSettings
@@ -342,6 +342,9 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
             f"long video: {length} frames in {len(windows['windows'])} windows of {windows['model_window']} "
             f"(overlap {chosen.window_overlap}, continuation {chosen.continuation}): {windows['windows']}"
         )
+        note = short_last_window([Window(a, b, 0) for a, b in windows["windows"]], chosen.window_overlap)
+        if note:
+            print(note)
 
     videos: dict[str, np.ndarray] = {}
     for label, control in zip(inputs.labels, inputs.controls, strict=True):

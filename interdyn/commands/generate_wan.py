@@ -49,6 +49,7 @@ from interdyn.commands.parsers import given_settings, resolve_device
 from interdyn.data.clip_spec import ClipRules
 from interdyn.errors import InputError
 from interdyn.inputs import DEMO_CLIP, GenerationInputs, control_tensor
+from interdyn.models.long import Window, short_last_window
 from interdyn.models.pipeline import image_to_tensor
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
@@ -372,6 +373,9 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
             f"long video: {frames_made} frames in {len(windows['windows'])} windows of {long.window} "
             f"(overlap {long.overlap}, continuation {long.continuation}): {windows['windows']}"
         )
+        note = short_last_window([Window(a, b, 0) for a, b in windows["windows"]], long.overlap or 0)
+        if note:
+            print(note)
     image = image_to_tensor(inputs.image).expand(args.num_samples, -1, -1, -1)
     videos: dict[str, np.ndarray] = {}
     for label, control in zip(inputs.labels, inputs.controls, strict=True):

@@ -67,6 +67,23 @@ def plan_windows(num_frames: int, window: int, overlap: int) -> list[Window]:
     return plan
 
 
+def short_last_window(plan: list[Window], overlap: int) -> str | None:
+    """A note when the plan's last window was moved back to be full and so adds fewer new frames than the
+    others (a whole window sampled for a few frames), naming the nearest lengths that give whole steps; None
+    otherwise."""
+    if len(plan) < 2:
+        return None
+    step = (plan[0].stop - plan[0].start) - overlap
+    added = plan[-1].stop - plan[-2].stop
+    if added >= step:
+        return None
+    whole = plan[-2].stop
+    return (
+        f"note: the last window adds {added} new frame{'s' if added != 1 else ''} (the others {step}); "
+        f"{whole} or {whole + step} frames give every window {step} new ones"
+    )
+
+
 def check_continuation(continuation: str) -> None:
     """One sentence (``ValueError``) for an unknown continuation."""
     if continuation not in CONTINUATIONS:

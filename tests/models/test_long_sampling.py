@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interdyn.models import InterDynPipeline
-from interdyn.models.long import LatentHold, Window, assemble, plan_windows
+from interdyn.models.long import LatentHold, Window, assemble, plan_windows, short_last_window
 from interdyn.models.sampling import SamplingSettings
 
 SIZE, STEPS = 32, 2
@@ -38,6 +38,18 @@ def test_plans_cover_every_frame_with_full_windows(frames: int, window: int, ove
 def test_plan_examples() -> None:
     assert plan_windows(30, 14, 4) == [Window(0, 14, 0), Window(10, 24, 4), Window(16, 30, 8)]
     assert plan_windows(34, 14, 4) == [Window(0, 14, 0), Window(10, 24, 4), Window(20, 34, 4)]
+
+
+def test_a_short_last_window_is_named_with_the_lengths_that_avoid_it() -> None:
+    """30 frames in windows of 14 overlapping by 4: the last window, moved back, adds 6 frames where the
+    others add 10; 24 or 34 frames would not. Whole steps, and one window, give no note."""
+    note = short_last_window(plan_windows(30, 14, 4), 4)
+    assert (
+        note
+        == "note: the last window adds 6 new frames (the others 10); 24 or 34 frames give every window 10 new ones"
+    )
+    assert short_last_window(plan_windows(34, 14, 4), 4) is None
+    assert short_last_window(plan_windows(14, 14, 4), 4) is None
 
 
 @pytest.mark.parametrize("overlap", [0, 14, 20, -1])

@@ -342,7 +342,7 @@ def run_generate(args: GenerateOptions, weights: LoadedWeights | None = None) ->
             f"long video: {length} frames in {len(windows['windows'])} windows of {windows['model_window']} "
             f"(overlap {chosen.window_overlap}, continuation {chosen.continuation}): {windows['windows']}"
         )
-        note = short_last_window([Window(a, b, 0) for a, b in windows["windows"]], chosen.window_overlap)
+        note = short_last_window(windows["windows"], chosen.window_overlap)
         if note:
             print(note)
 

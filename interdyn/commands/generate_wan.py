@@ -49,7 +49,7 @@ from interdyn.commands.parsers import given_settings, resolve_device
 from interdyn.data.clip_spec import ClipRules
 from interdyn.errors import InputError
 from interdyn.inputs import DEMO_CLIP, GenerationInputs, control_tensor
-from interdyn.models.long import Window, short_last_window
+from interdyn.models.long import short_last_window
 from interdyn.models.pipeline import image_to_tensor
 from interdyn.models.released import RELEASED_REPO
 from interdyn.models.sampling import DEFAULT_SAMPLING, SamplingSettings
@@ -63,10 +63,8 @@ FRAME_STEP = 4  # frames per latent frame after the first (the Wan2.2 VAE's temp
 PIXELS_PER_TOKEN = 32  # the Wan2.2 VAE's x16 times the transformer's 2x2 patch
 WAN_SAMPLING = ("num_inference_steps", "conditioning_scale")  # the sampling settings Wan's sampler takes
 WAN_LONG = ("continuation", "window_overlap")  # and the long-video settings Wan takes (docs/long.md)
-WAN_WINDOW, WAN_OVERLAP = (
-    49,
-    5,
-)  # long videos: the window (configs/wan_ssv2.yaml's clip) and overlap by default
+# long videos by default: the window (configs/wan_ssv2.yaml's clip) and the overlap
+WAN_WINDOW, WAN_OVERLAP = 49, 5
 NO_BRANCH = "none"
 WAN_RULES = ClipRules(BACKBONE, FRAME_STEP, PIXELS_PER_TOKEN)  # what a Wan2.2 TI2V clip must be
 
@@ -373,7 +371,7 @@ def run_generate_wan(args: Any, weights: LoadedWanWeights | None = None) -> Gene
             f"long video: {frames_made} frames in {len(windows['windows'])} windows of {long.window} "
             f"(overlap {long.overlap}, continuation {long.continuation}): {windows['windows']}"
         )
-        note = short_last_window([Window(a, b, 0) for a, b in windows["windows"]], long.overlap or 0)
+        note = short_last_window(windows["windows"], long.overlap or 0)
         if note:
             print(note)
     image = image_to_tensor(inputs.image).expand(args.num_samples, -1, -1, -1)

@@ -23,7 +23,7 @@ activations are alive at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,17 +67,16 @@ def plan_windows(num_frames: int, window: int, overlap: int) -> list[Window]:
     return plan
 
 
-def short_last_window(plan: list[Window], overlap: int) -> str | None:
-    """A note when the plan's last window was moved back to be full and so adds fewer new frames than the
-    others (a whole window sampled for a few frames), naming the nearest lengths that give whole steps; None
-    otherwise."""
-    if len(plan) < 2:
+def short_last_window(windows: Sequence[Sequence[int]], overlap: int) -> str | None:
+    """A note when the last of ``windows`` (``[start, stop]`` each, as a run records them) was moved back to be
+    full and so adds fewer new frames than the others (a whole window sampled for a few frames), naming the
+    nearest lengths that give whole steps; None otherwise."""
+    if len(windows) < 2:
         return None
-    step = (plan[0].stop - plan[0].start) - overlap
-    added = plan[-1].stop - plan[-2].stop
+    step = (windows[0][1] - windows[0][0]) - overlap
+    whole, added = windows[-2][1], windows[-1][1] - windows[-2][1]
     if added >= step:
         return None
-    whole = plan[-2].stop
     return (
         f"note: the last window adds {added} new frame{'s' if added != 1 else ''} (the others {step}); "
         f"{whole} or {whole + step} frames give every window {step} new ones"

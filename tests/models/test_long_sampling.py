@@ -40,16 +40,21 @@ def test_plan_examples() -> None:
     assert plan_windows(34, 14, 4) == [Window(0, 14, 0), Window(10, 24, 4), Window(20, 34, 4)]
 
 
+def spans(plan: list[Window]) -> list[list[int]]:
+    """A plan as a run records it: ``[start, stop]`` per window."""
+    return [[w.start, w.stop] for w in plan]
+
+
 def test_a_short_last_window_is_named_with_the_lengths_that_avoid_it() -> None:
     """30 frames in windows of 14 overlapping by 4: the last window, moved back, adds 6 frames where the
     others add 10; 24 or 34 frames would not. Whole steps, and one window, give no note."""
-    note = short_last_window(plan_windows(30, 14, 4), 4)
+    note = short_last_window(spans(plan_windows(30, 14, 4)), 4)
     assert (
         note
         == "note: the last window adds 6 new frames (the others 10); 24 or 34 frames give every window 10 new ones"
     )
-    assert short_last_window(plan_windows(34, 14, 4), 4) is None
-    assert short_last_window(plan_windows(14, 14, 4), 4) is None
+    assert short_last_window(spans(plan_windows(34, 14, 4)), 4) is None
+    assert short_last_window(spans(plan_windows(14, 14, 4)), 4) is None
 
 
 @pytest.mark.parametrize("overlap", [0, 14, 20, -1])
